@@ -1,0 +1,16 @@
+"""Type stub for the compiled HEAN core (cpp_ext/)."""
+
+import enum
+
+class EngineState(enum.Enum):
+    STOPPED = 0
+    RUNNING = 1
+
+class Engine:
+    def __init__(self) -> None: ...
+    def start(self) -> bool: ...
+    def stop(self) -> bool: ...
+    @property
+    def state(self) -> EngineState: ...
+    @property
+    def command_count(self) -> int: ...

@@ -1,0 +1,120 @@
+"""One Settings object for every HEAN process, read from the environment once."""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Default Redis used when neither REDIS_URL nor a private server started by `hean up` exists.
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def _env(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class Settings(BaseSettings):
+    """Environment-driven configuration; see the README's table for every variable."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    home: Path = Field(
+        default=Path(".hean"),
+        validation_alias=_env("HEAN_HOME"),
+        description="Directory for the token, private Redis data, logs and the default database.",
+    )
+    host: str = Field(default="127.0.0.1", validation_alias=_env("HEAN_HOST"))
+    port: int = Field(default=8000, ge=1, le=65535, validation_alias=_env("HEAN_PORT"))
+    api_token: SecretStr | None = Field(default=None, validation_alias=_env("HEAN_API_TOKEN"))
+    redis_url: str | None = Field(default=None, validation_alias=_env("REDIS_URL"))
+    flower_port: int = Field(default=5555, ge=1, le=65535, validation_alias=_env("HEAN_FLOWER_PORT"))
+    database_url: str | None = Field(default=None, validation_alias=_env("DATABASE_URL"))
+    socketio_channel: str = Field(
+        default="hean-socketio",
+        min_length=1,
+        validation_alias=_env("HEAN_SOCKETIO_CHANNEL"),
+        description="Redis pub/sub channel shared by the web process and the workers' emitter.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", validation_alias=_env("HEAN_LOG_LEVEL")
+    )
+    visibility_timeout: int = Field(
+        default=3600, ge=10, validation_alias=_env("HEAN_VISIBILITY_TIMEOUT")
+    )
+    result_expires: int = Field(default=3600, ge=10, validation_alias=_env("HEAN_RESULT_EXPIRES"))
+    auto_dev_mode: bool = Field(default=False, validation_alias=_env("AUTO_DEV_MODE"))
+    llm_provider: Literal["openai", "anthropic"] = Field(
+        default="openai", validation_alias=_env("LLM_PROVIDER")
+    )
+    llm_model: str | None = Field(default=None, validation_alias=_env("LLM_MODEL"))
+    openai_api_key: SecretStr | None = Field(default=None, validation_alias=_env("OPENAI_API_KEY"))
+    anthropic_api_key: SecretStr | None = Field(
+        default=None, validation_alias=_env("ANTHROPIC_API_KEY")
+    )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        # Flask-SocketIO hands any other scheme to kombu, which has no valkey:// transport.
+        if not value.startswith(("redis://", "rediss://")):
+            raise ValueError(f"REDIS_URL must start with redis:// or rediss://, got {value!r}")
+        return value
+
+    @property
+    def redis_url_file(self) -> Path:
+        """Where `hean up` records the URL of the private Redis it started."""
+        return self.home / "redis.url"
+
+    @property
+    def token_file(self) -> Path:
+        return self.home / "token"
+
+    def effective_redis_url(self) -> str:
+        """REDIS_URL if set, else the private server `hean up` recorded, else the default."""
+        if self.redis_url:
+            return self.redis_url
+        try:
+            recorded = self.redis_url_file.read_text().strip()
+        except OSError:
+            recorded = ""
+        return recorded or DEFAULT_REDIS_URL
+
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.home / 'hean.db').resolve()}"
+
+    def read_token(self) -> str | None:
+        """The control token: HEAN_API_TOKEN, else the one `hean up` stored in .hean/token."""
+        if self.api_token is not None:
+            return self.api_token.get_secret_value()
+        try:
+            return self.token_file.read_text().strip() or None
+        except OSError:
+            return None
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, built from the environment on first use."""
+    return Settings()
+
+
+def reload_settings() -> Settings:
+    """Forget the cached settings (after the environment changed) and read them again."""
+    get_settings.cache_clear()
+    return get_settings()
+
+
+def env_for_children(settings: Settings, **overrides: str) -> dict[str, str]:
+    """The environment for a child process: ours plus the resolved values it must share."""
+    env = dict(os.environ)
+    env["REDIS_URL"] = settings.effective_redis_url()
+    env["HEAN_HOME"] = str(settings.home.resolve())
+    env.update(overrides)
+    return env
