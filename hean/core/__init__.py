@@ -1,0 +1,1 @@
+"""HEAN core services shared by every process: the state bus, health and error analysis."""

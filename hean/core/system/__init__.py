@@ -1,0 +1,1 @@
+"""System services with the original docs' import paths (``redis_state``, health, analyzer)."""
