@@ -21,7 +21,8 @@ def _env(*names: str) -> AliasChoices:
 class Settings(BaseSettings):
     """Environment-driven configuration; see the README's table for every variable."""
 
-    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+    # No populate_by_name: field names like `home` or `port` must never read HOME or PORT.
+    model_config = SettingsConfigDict(extra="ignore")
 
     home: Path = Field(
         default=Path(".hean"),
@@ -32,7 +33,9 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535, validation_alias=_env("HEAN_PORT"))
     api_token: SecretStr | None = Field(default=None, validation_alias=_env("HEAN_API_TOKEN"))
     redis_url: str | None = Field(default=None, validation_alias=_env("REDIS_URL"))
-    flower_port: int = Field(default=5555, ge=1, le=65535, validation_alias=_env("HEAN_FLOWER_PORT"))
+    flower_port: int = Field(
+        default=5555, ge=1, le=65535, validation_alias=_env("HEAN_FLOWER_PORT")
+    )
     database_url: str | None = Field(default=None, validation_alias=_env("DATABASE_URL"))
     socketio_channel: str = Field(
         default="hean-socketio",

@@ -46,6 +46,17 @@ def redis_answers(url: str, timeout: float = 0.5) -> bool:
         client.close()
 
 
+def _served_by(url: str, pid: int) -> bool:
+    """True when the server answering at `url` is the process `pid` (not another on that port)."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.2, socket_timeout=0.2)
+    try:
+        return int(client.info("server")["process_id"]) == pid
+    except (redis.RedisError, OSError, KeyError, ValueError):
+        return False
+    finally:
+        client.close()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that was free a moment ago (callers retry if it is taken meanwhile)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -129,7 +140,7 @@ class PrivateRedis:
             url = f"redis://{self.host}:{port}/0"
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline and process.poll() is None:
-                if redis_answers(url, timeout=0.2):
+                if _served_by(url, process.pid):
                     self._process, self.port = process, port
                     log.info("event=redis_started pid=%s url=%s", process.pid, url)
                     return url

@@ -6,6 +6,7 @@ Real parts only: this is the same `hean.redis_server.PrivateRedis` that `hean up
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,3 +57,36 @@ def base_env(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     env["HEAN_HOME"] = str(tmp_path_factory.mktemp("hean-home"))
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+@pytest.fixture(scope="session")
+def logs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="session")
+def api_token() -> str:
+    return "test-token-" + os.urandom(8).hex()
+
+
+@pytest.fixture(scope="session")
+def system(base_env: dict[str, str], api_token: str, logs_dir: Path) -> Iterator[dict[str, object]]:
+    """The web process and the engine + default workers, as `hean up` runs them."""
+    from hean.processes import PROCESSES
+    from hean.redis_server import free_port
+    from support import ManagedProcess, http_ok, wait_for
+
+    port = free_port()
+    env = dict(base_env, HEAN_API_TOKEN=api_token, HEAN_PORT=str(port))
+    specs = {spec.name: spec for spec in PROCESSES}
+    started = []
+    try:
+        for name in ("worker-engine", "worker-llm", "web"):
+            argv = specs[name].argv(sys.executable)
+            started.append(ManagedProcess(name, argv, env, logs_dir))
+        base_url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: http_ok(base_url + "/api/system/health"), 60, "the web process")
+        yield {"url": base_url, "token": api_token, "env": env, "processes": started}
+    finally:
+        for process in reversed(started):
+            process.stop()

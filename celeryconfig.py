@@ -1,0 +1,75 @@
+"""Celery configuration: queues, routes, beat schedule and reliability knobs, in one place.
+
+Every queue name in the project is declared here and nowhere else; code that needs one
+imports it from this module.
+"""
+
+from __future__ import annotations
+
+from kombu import Exchange, Queue
+
+from hean.config import get_settings
+
+_settings = get_settings()
+
+# -- queues ---------------------------------------------------------------------------------
+ENGINE_QUEUE = "engine"  # exactly one consumer: commands and orders apply in order
+PULSE_QUEUE = "pulse"  # the 100 ms health heartbeat
+LLM_QUEUE = "llm"  # slow LLM error analysis, kept away from everything else
+DEFAULT_QUEUE = "default"
+
+ALL_QUEUES = (ENGINE_QUEUE, PULSE_QUEUE, LLM_QUEUE, DEFAULT_QUEUE)
+
+task_queues = tuple(Queue(name, Exchange(name), routing_key=name) for name in ALL_QUEUES)
+task_default_queue = DEFAULT_QUEUE
+task_default_exchange = DEFAULT_QUEUE
+task_default_routing_key = DEFAULT_QUEUE
+
+task_routes = {
+    "workers.engine.*": {"queue": ENGINE_QUEUE, "routing_key": ENGINE_QUEUE},
+    "workers.pulse.*": {"queue": PULSE_QUEUE, "routing_key": PULSE_QUEUE},
+    "workers.llm.*": {"queue": LLM_QUEUE, "routing_key": LLM_QUEUE},
+}
+
+# -- broker and results ---------------------------------------------------------------------
+broker_url = _settings.effective_redis_url()
+result_backend = broker_url
+broker_connection_retry_on_startup = True
+
+# An acks_late task that runs past the visibility timeout is delivered twice: the broker, the
+# result backend and every process must agree on one value.
+broker_transport_options = {"visibility_timeout": _settings.visibility_timeout}
+result_backend_transport_options = {"visibility_timeout": _settings.visibility_timeout}
+result_expires = _settings.result_expires
+
+# -- serialization --------------------------------------------------------------------------
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+
+# -- reliability ----------------------------------------------------------------------------
+task_acks_late = True  # a task is acknowledged after it ran, so a crash re-delivers it
+task_reject_on_worker_lost = True  # ... including a worker killed mid-task
+worker_prefetch_multiplier = 1  # the engine worker holds at most one unacknowledged command
+# Redeliveries of one message are capped in workers.app (a poison command must not loop).
+MAX_REDELIVERIES = 3
+
+# -- monitoring (Flower) --------------------------------------------------------------------
+worker_send_task_events = True
+task_send_sent_event = True
+
+# -- beat -----------------------------------------------------------------------------------
+PULSE_PERIOD_S = 0.1
+beat_schedule_filename = str(_settings.home / "celerybeat-schedule")
+beat_schedule = {
+    "pulse": {
+        "task": "workers.pulse.pulse",
+        "schedule": PULSE_PERIOD_S,
+        # A pulse older than one period is useless: drop it rather than run it late.
+        "options": {"expires": PULSE_PERIOD_S, "queue": PULSE_QUEUE},
+    },
+}
+
+worker_hijack_root_logger = False
+timezone = "UTC"
+enable_utc = True

@@ -1,0 +1,316 @@
+"""`hean up`: start Redis, then supervise every HEAN process under supervisord.
+
+supervisord (a maintained supervisor) does the spawning, logging, restarting with backoff
+and group shutdown; this module writes its configuration, watches process states over its
+XML-RPC socket, prints them, restarts processes that supervisord gave up on (with a longer
+backoff), and tears everything down in order on Ctrl-C / SIGTERM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import xmlrpc.client
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+import psutil
+
+from hean.auth import ensure_token
+from hean.config import Settings, env_for_children
+from hean.processes import PROCESSES, ProcessSpec
+from hean.redis_server import PrivateRedis, ensure_redis
+
+GROUP = "hean"
+#: Total budget for a clean shutdown; the issue promises exit within 10 s.
+SHUTDOWN_BUDGET_S = 8.0
+#: Backoff before `hean up` restarts a process that supervisord marked FATAL.
+FATAL_BACKOFF_S = (2.0, 5.0, 15.0, 30.0, 60.0)
+
+
+class LaunchError(RuntimeError):
+    """`hean up` cannot start (port taken, Redis did not start, ...)."""
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def supervisord_config(settings: Settings, python: str, workdir: Path) -> str:
+    """The supervisord configuration for every process in `PROCESSES`."""
+    home = settings.home.resolve()
+    logs = home / "logs"
+    sections = [
+        "[supervisord]",
+        "nodaemon=true",
+        f"logfile={logs / 'supervisord.log'}",
+        "logfile_maxbytes=10MB",
+        f"pidfile={home / 'supervisord.pid'}",
+        f"childlogdir={logs}",
+        "loglevel=info",
+        "",
+        "[unix_http_server]",
+        f"file={home / 'supervisor.sock'}",
+        "chmod=0700",
+        "",
+        "[rpcinterface:supervisor]",
+        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+        "",
+        # One group: supervisord stops a group's processes in parallel, so shutdown takes
+        # the slowest process's time, not the sum.
+        "[group:" + GROUP + "]",
+        "programs=" + ",".join(spec.name for spec in PROCESSES),
+        "",
+    ]
+    for spec in PROCESSES:
+        command = " ".join(_quote(arg) for arg in spec.argv(python)).replace("%", "%%")
+        sections += [
+            f"[program:{spec.name}]",
+            f"command={command}",
+            f"directory={workdir}",
+            "autostart=true",
+            "autorestart=true",
+            "startsecs=2",
+            "startretries=4",
+            "stopsignal=TERM",
+            "stopwaitsecs=5",
+            "stopasgroup=true",
+            "killasgroup=true",
+            "redirect_stderr=true",
+            f"stdout_logfile={logs / (spec.name + '.log')}",
+            "stdout_logfile_maxbytes=10MB",
+            "stdout_logfile_backups=3",
+            "",
+        ]
+    return "\n".join(sections)
+
+
+def _quote(arg: str) -> str:
+    return f'"{arg}"' if any(c.isspace() for c in arg) else arg
+
+
+@dataclass
+class ProcessState:
+    name: str
+    state: str
+    pid: int
+    fatal_restarts: int = 0
+    next_restart_at: float | None = None
+
+
+@dataclass
+class Launcher:
+    """Runs the whole system until told to stop; see the module docstring."""
+
+    settings: Settings
+    out: Callable[[str], None] = field(default=lambda line: print(line, flush=True))
+    python: str = sys.executable
+    workdir: Path = field(default_factory=Path.cwd)
+    _redis: PrivateRedis | None = None
+    _supervisord: subprocess.Popen[bytes] | None = None
+    _stop_requested: bool = False
+    _states: dict[str, ProcessState] = field(default_factory=dict)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def run(self) -> int:
+        previous = {
+            sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            self._start()
+            self._watch()
+            return 0
+        except LaunchError as exc:
+            self.out(f"error: {exc}")
+            return 2
+        finally:
+            self._shutdown()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _request_stop(self, signum: int, _frame: FrameType | None) -> None:
+        self._stop_requested = True
+
+    def _start(self) -> None:
+        settings = self.settings
+        for what, host, port, env in (
+            ("web", settings.host, settings.port, "HEAN_PORT"),
+            ("Flower", "127.0.0.1", settings.flower_port, "HEAN_FLOWER_PORT"),
+        ):
+            if not port_is_free(host, port):
+                raise LaunchError(f"{what} port {host}:{port} is in use; free it or set {env}")
+        home = settings.home.resolve()
+        (home / "logs").mkdir(parents=True, exist_ok=True)
+        token = ensure_token(settings)
+
+        url, self._redis = ensure_redis(settings.redis_url, home / "redis")
+        if self._redis is not None:
+            settings.redis_url_file.write_text(url + "\n")
+            self.out(f"redis: private server pid={self._redis.pid} url={url} data={home / 'redis'}")
+        else:
+            self.out(f"redis: using REDIS_URL ({_host_of(url)})")
+        effective = settings.model_copy(update={"redis_url": url})
+
+        conf = home / "supervisord.conf"
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(supervisord_config(effective, self.python, self.workdir))
+        env = env_for_children(
+            effective,
+            FLOWER_ADDRESS="127.0.0.1",
+            FLOWER_PORT=str(settings.flower_port),
+            # Flower 2 keeps its API off without auth: user "hean", password = the token.
+            FLOWER_BASIC_AUTH=f"hean:{token}",
+            PYTHONUNBUFFERED="1",
+        )
+        self._supervisord = subprocess.Popen(
+            [self.python, "-m", "supervisor.supervisord", "-c", str(conf)],
+            env=env,
+            cwd=self.workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C reaches us, and we stop the children in order
+        )
+        self.out(f"supervisor: pid={self._supervisord.pid} logs={home / 'logs'}")
+        self._wait_for_web(token)
+
+    def _wait_for_web(self, token: str, timeout: float = 60.0) -> None:
+        base = f"http://{_url_host(self.settings.host)}:{self.settings.port}"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self._stop_requested:
+            self._poll_states()
+            try:
+                with urllib.request.urlopen(base + "/api/system/health", timeout=1) as response:
+                    if response.status == 200:
+                        self.out(f"ready: dashboard {base}/#token={token}")
+                        self.out(
+                            f"ready: flower http://127.0.0.1:{self.settings.flower_port} "
+                            "(user hean, password = the token)"
+                        )
+                        return
+            except OSError:
+                pass
+            time.sleep(0.25)
+        if not self._stop_requested:
+            raise LaunchError(
+                f"web did not answer on {base} within {timeout:.0f} s; "
+                f"see {self.settings.home.resolve() / 'logs' / 'web.log'}"
+            )
+
+    def _watch(self) -> None:
+        while not self._stop_requested:
+            if self._supervisord is not None and self._supervisord.poll() is not None:
+                raise LaunchError(
+                    f"supervisord exited with code {self._supervisord.returncode}; see "
+                    f"{self.settings.home.resolve() / 'logs' / 'supervisord.log'}"
+                )
+            self._poll_states()
+            time.sleep(0.25)
+
+    # -- states ---------------------------------------------------------------------------------
+    def _rpc(self) -> xmlrpc.client.ServerProxy:
+        from supervisor.xmlrpc import SupervisorTransport
+
+        sock = self.settings.home.resolve() / "supervisor.sock"
+        return xmlrpc.client.ServerProxy(
+            "http://127.0.0.1", transport=SupervisorTransport(None, None, f"unix://{sock}")
+        )
+
+    def _poll_states(self) -> None:
+        try:
+            infos = self._rpc().supervisor.getAllProcessInfo()
+        except (OSError, xmlrpc.client.Fault, xmlrpc.client.ProtocolError):
+            return  # supervisord is still starting
+        now = time.monotonic()
+        for info in infos:  # type: ignore[union-attr]
+            name, state, pid = info["name"], info["statename"], int(info["pid"])
+            known = self._states.get(name)
+            if known is None or known.state != state or known.pid != pid:
+                self.out(f"process={name} state={state} pid={pid}")
+                known = known or ProcessState(name, state, pid)
+                known.state, known.pid = state, pid
+                self._states[name] = known
+                if state == "RUNNING":
+                    known.next_restart_at = None
+            if state == "FATAL":
+                self._restart_fatal(known, now)
+
+    def _restart_fatal(self, process: ProcessState, now: float) -> None:
+        # supervisord stops retrying after startretries; we keep trying, more slowly.
+        if process.next_restart_at is None:
+            delay = FATAL_BACKOFF_S[min(process.fatal_restarts, len(FATAL_BACKOFF_S) - 1)]
+            process.next_restart_at = now + delay
+            self.out(f"process={process.name} event=fatal retry_in_s={delay:.0f}")
+        elif now >= process.next_restart_at:
+            process.fatal_restarts += 1
+            process.next_restart_at = None
+            with contextlib.suppress(OSError, xmlrpc.client.Fault):
+                self._rpc().supervisor.startProcess(f"{GROUP}:{process.name}", False)
+
+    # -- shutdown -------------------------------------------------------------------------------
+    def _shutdown(self) -> None:
+        deadline = time.monotonic() + SHUTDOWN_BUDGET_S
+        supervisord, self._supervisord = self._supervisord, None
+        if supervisord is not None:
+            self.out("stopping: supervised processes")
+            descendants = _descendants(supervisord.pid)
+            if supervisord.poll() is None:
+                supervisord.send_signal(signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    supervisord.wait(timeout=max(0.5, deadline - time.monotonic() - 1.5))
+            if supervisord.poll() is None:
+                supervisord.kill()
+                supervisord.wait()
+            _kill_leftovers(descendants)
+        if self._redis is not None:
+            self.out("stopping: redis")
+            self._redis.stop(timeout=max(0.5, deadline - time.monotonic()))
+            self._redis = None
+            with contextlib.suppress(OSError):
+                self.settings.redis_url_file.unlink()
+        self.out("stopped")
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _kill_leftovers(processes: list[psutil.Process]) -> None:
+    alive = [p for p in processes if p.is_running()]
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(alive, timeout=1.0)
+
+
+def _url_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "") else (f"[{host}]" if ":" in host else host)
+
+
+def _host_of(url: str) -> str:
+    return url.split("@", 1)[-1].split("://", 1)[-1]
+
+
+def describe_processes() -> list[str]:
+    return [f"{spec.name}: {spec.description}" for spec in PROCESSES]
+
+
+__all__ = ["LaunchError", "Launcher", "ProcessSpec", "describe_processes", "supervisord_config"]

@@ -1,0 +1,70 @@
+"""Typed messages that cross process boundaries (Socket.IO, REST, Celery), validated on entry."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+#: Command names and request ids: short, printable, safe in Redis keys and logs.
+NAME_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def now_ms() -> float:
+    return time.time() * 1000.0
+
+
+class ErrorInfo(BaseModel):
+    """An error as a value: a stable code, a message for people, the offending field if any."""
+
+    code: str
+    message: str
+    field: str | None = None
+
+
+class CommandRequest(BaseModel):
+    """What a client sends as a `command` event (or POST /api/commands)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    command: str = Field(pattern=NAME_PATTERN)
+    params: dict[str, Any] = Field(default_factory=dict)
+    request_id: str | None = Field(default=None, pattern=REQUEST_ID_PATTERN)
+
+
+class TaskEnvelope(BaseModel):
+    """A validated command on its way to a worker."""
+
+    request_id: str
+    command: str
+    params: dict[str, Any]
+    reply_to: str | None = None  # the sender's Socket.IO sid
+    received_at_ms: float
+
+
+class CommandAck(BaseModel):
+    """Sent at once: the command was validated and durably enqueued (or why it was not)."""
+
+    request_id: str
+    command: str | None
+    accepted: bool
+    ack_time_ms: float
+    error: ErrorInfo | None = None
+
+
+class CommandResult(BaseModel):
+    """Sent when a worker has run the command."""
+
+    request_id: str
+    command: str
+    success: bool
+    result: Any = None
+    error: ErrorInfo | None = None
+    execution_time_ms: float

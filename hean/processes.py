@@ -1,0 +1,62 @@
+"""The processes that make up a running HEAN system, shared by `hean up` and docker-compose.
+
+tests/test_compose.py checks docker-compose.yml against this table, so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from celeryconfig import DEFAULT_QUEUE, ENGINE_QUEUE, LLM_QUEUE, PULSE_QUEUE
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """One supervised process: run as `python -m <module> <args...>`."""
+
+    name: str
+    module: str
+    args: tuple[str, ...]
+    description: str
+
+    def argv(self, python: str) -> list[str]:
+        return [python, "-m", self.module, *self.args]
+
+
+def _worker(name: str, queues: str, pool: str, concurrency: int, description: str) -> ProcessSpec:
+    return ProcessSpec(
+        name=f"worker-{name}",
+        module="celery",
+        args=(
+            "-A",
+            "workers",
+            "worker",
+            "-Q",
+            queues,
+            "-P",
+            pool,
+            "-c",
+            str(concurrency),
+            "-n",
+            f"{name}@%h",
+            "-E",  # task events for Flower
+            "-l",
+            "warning",
+        ),
+        description=description,
+    )
+
+
+PROCESSES: tuple[ProcessSpec, ...] = (
+    ProcessSpec("web", "web", (), "Flask + Flask-SocketIO on eventlet"),
+    # solo pool, one process: the only consumer of the engine queue, so commands apply in order
+    _worker("engine", ENGINE_QUEUE, "solo", 1, "engine worker (owns the C++ core)"),
+    _worker("pulse", PULSE_QUEUE, "threads", 2, "health pulse worker"),
+    _worker("llm", f"{LLM_QUEUE},{DEFAULT_QUEUE}", "threads", 4, "LLM analysis + default worker"),
+    ProcessSpec("beat", "celery", ("-A", "workers", "beat", "-l", "warning"), "celery beat"),
+    ProcessSpec("flower", "celery", ("-A", "workers", "flower"), "Flower monitor"),
+)
+
+
+def process_names() -> list[str]:
+    return [spec.name for spec in PROCESSES]

@@ -1,0 +1,59 @@
+"""docker-compose.yml cannot run here (no Docker engine), so check it against `hean up`'s table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+
+from hean.processes import PROCESSES
+from support import REPO_ROOT
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
+
+
+def test_compose_runs_exactly_the_processes_hean_up_runs(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert set(services) == {spec.name for spec in PROCESSES} | {"redis"}
+    for spec in PROCESSES:
+        assert services[spec.name]["command"] == ["python", "-m", spec.module, *spec.args], (
+            spec.name
+        )
+
+
+def test_redis_service_is_persistent_and_health_checked(compose: dict[str, Any]) -> None:
+    redis = compose["services"]["redis"]
+    assert redis["image"].startswith("redis:7") and "alpine" in redis["image"]
+    command = redis["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+    volume = redis["volumes"][0].split(":")
+    assert volume[1] == "/data" and volume[0] in compose["volumes"]
+    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+
+
+def test_every_hean_service_waits_for_healthy_redis_and_shares_one_image(
+    compose: dict[str, Any],
+) -> None:
+    for spec in PROCESSES:
+        service = compose["services"][spec.name]
+        assert service["depends_on"]["redis"]["condition"] == "service_healthy", spec.name
+        assert service["build"] == "." and service["image"] == "hean:latest", spec.name
+        assert service["environment"]["REDIS_URL"] == "redis://redis:6379/0", spec.name
+    assert (REPO_ROOT / "Dockerfile").is_file()
+
+
+def test_published_ports_stay_on_loopback(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+
+
+def test_the_image_installs_the_package_the_way_make_does() -> None:
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    assert "--no-build-isolation -e ." in dockerfile and "--no-build-isolation -e" in makefile

@@ -1,0 +1,103 @@
+"""Settings and Celery configuration: validated, documented defaults, reliability knobs on."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+import celeryconfig
+from hean.auth import ensure_token, token_matches
+from hean.config import DEFAULT_REDIS_URL, Settings
+from workers import app
+
+
+def test_defaults_match_the_shared_conventions(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HEAN_HOST", "HEAN_PORT", "HEAN_FLOWER_PORT", "REDIS_URL", "HEAN_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    # generic variables that merely share a field's name must not leak in
+    monkeypatch.setenv("HOME", "/elsewhere")
+    monkeypatch.setenv("PORT", "1")
+    monkeypatch.setenv("HOST", "0.0.0.0")
+    settings = Settings()
+    assert (settings.host, settings.port, settings.flower_port) == ("127.0.0.1", 8000, 5555)
+    assert settings.home == Path(".hean")
+    assert settings.effective_database_url().startswith("sqlite:///")
+    assert settings.effective_database_url().endswith(".hean/hean.db")
+
+
+def test_redis_url_falls_back_to_the_server_hean_up_recorded(tmp_path: Path) -> None:
+    settings = Settings(HEAN_HOME=tmp_path, REDIS_URL=None)
+    assert settings.effective_redis_url() == DEFAULT_REDIS_URL
+    (tmp_path / "redis.url").write_text("redis://127.0.0.1:4242/0\n")
+    assert settings.effective_redis_url() == "redis://127.0.0.1:4242/0"
+    explicit = Settings(HEAN_HOME=tmp_path, REDIS_URL="redis://example:1/0")
+    assert explicit.effective_redis_url() == "redis://example:1/0"
+
+
+@pytest.mark.parametrize(
+    ("env", "value"),
+    [
+        ("REDIS_URL", "valkey://127.0.0.1:6379"),
+        ("HEAN_PORT", "0"),
+        ("HEAN_PORT", "eighty"),
+        ("LLM_PROVIDER", "gpt"),
+        ("HEAN_LOG_LEVEL", "loud"),
+    ],
+)
+def test_invalid_settings_are_rejected_with_the_variable_named(env: str, value: str) -> None:
+    with pytest.raises(ValidationError, match=env):
+        Settings(**{env: value})
+
+
+def test_secrets_do_not_show_in_repr() -> None:
+    settings = Settings(OPENAI_API_KEY="sk-secret-value", HEAN_API_TOKEN="tok-secret")
+    assert "sk-secret-value" not in repr(settings) and "tok-secret" not in repr(settings)
+
+
+def test_generated_token_is_private_and_stable(tmp_path: Path) -> None:
+    settings = Settings(HEAN_HOME=tmp_path / "home", HEAN_API_TOKEN=None)
+    token = ensure_token(settings)
+    assert len(token) >= 32
+    assert stat.S_IMODE(os.stat(tmp_path / "home" / "token").st_mode) == 0o600
+    assert ensure_token(settings) == token
+    assert token_matches(token, token)
+    assert not token_matches(token, token[:-1]) and not token_matches(token, None)
+    assert not token_matches("", "")
+
+
+def test_queues_and_routes_are_declared_in_celeryconfig() -> None:
+    assert {q.name for q in app.conf.task_queues} == {"engine", "pulse", "llm", "default"}
+    route = app.amqp.router.route
+    for task, queue in (
+        ("workers.engine.run_command", "engine"),
+        ("workers.pulse.pulse", "pulse"),
+        ("workers.default.run_command", "default"),
+    ):
+        assert route({}, task)["queue"].name == queue
+
+
+def test_reliability_knobs_are_on() -> None:
+    conf = app.conf
+    assert conf.task_acks_late is True
+    assert conf.task_reject_on_worker_lost is True
+    assert conf.worker_prefetch_multiplier == 1
+    assert (
+        conf.broker_transport_options["visibility_timeout"]
+        == celeryconfig.broker_transport_options["visibility_timeout"]
+    )
+    assert (
+        conf.result_backend_transport_options["visibility_timeout"]
+        == conf.broker_transport_options["visibility_timeout"]
+    )
+    assert conf.result_expires > 0
+    assert conf.worker_send_task_events and conf.task_send_sent_event
+
+
+def test_pulse_is_scheduled_every_100_ms_and_expires() -> None:
+    entry = app.conf.beat_schedule["pulse"]
+    assert entry["schedule"] == 0.1
+    assert entry["options"]["expires"] <= 0.2

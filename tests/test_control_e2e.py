@@ -1,0 +1,129 @@
+"""End to end: python-socketio client → web (eventlet) → Redis → Celery engine worker → C++ core,
+and the result back through Flask-SocketIO's Redis message queue. Real processes only."""
+
+from __future__ import annotations
+
+import json
+import queue
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import socketio
+
+RESULT_TIMEOUT_S = 30
+
+
+class Client:
+    """A python-socketio client that records `command_ack` and `command_result` events."""
+
+    def __init__(self, url: str, token: str | None) -> None:
+        self.sio = socketio.Client(reconnection=False)
+        self.acks: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.results: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.sio.on("command_ack", self.acks.put)
+        self.sio.on("command_result", self.results.put)
+        auth = {"token": token} if token is not None else None
+        self.sio.connect(url, auth=auth, transports=["websocket"], wait_timeout=10)
+
+    def command(self, payload: Any) -> dict[str, Any]:
+        """Send `command`; returns the Socket.IO ack value after checking the ack event matches."""
+        value = self.sio.call("command", payload, timeout=10)
+        event = self.acks.get(timeout=10)
+        assert event == value
+        return value
+
+    def result_for(self, request_id: str) -> dict[str, Any]:
+        while True:
+            result = self.results.get(timeout=RESULT_TIMEOUT_S)
+            if result["request_id"] == request_id:
+                return result
+
+
+@pytest.fixture
+def client(system: dict[str, Any]) -> Iterator[Client]:
+    c = Client(str(system["url"]), str(system["token"]))
+    try:
+        yield c
+    finally:
+        c.sio.disconnect()
+
+
+def test_connection_without_token_is_refused(system: dict[str, Any]) -> None:
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        Client(str(system["url"]), None)
+
+
+def test_connection_with_wrong_token_is_refused(system: dict[str, Any]) -> None:
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        Client(str(system["url"]), "not-the-token")
+
+
+def test_start_and_stop_run_in_the_engine_worker(client: Client) -> None:
+    for name, state in (("start", "RUNNING"), ("stop", "STOPPED"), ("start", "RUNNING")):
+        request_id = uuid.uuid4().hex
+        ack = client.command({"command": name, "params": {}, "request_id": request_id})
+        assert ack["accepted"] is True
+        assert ack["request_id"] == request_id and ack["command"] == name
+        assert isinstance(ack["ack_time_ms"], float) and ack["ack_time_ms"] >= 0
+        result = client.result_for(request_id)
+        assert result["success"] is True, result
+        assert result["command"] == name
+        assert result["result"]["state"] == state
+        assert result["execution_time_ms"] >= 0
+
+
+def test_command_counter_counts_every_command(client: Client) -> None:
+    counts = []
+    for _ in range(3):
+        request_id = uuid.uuid4().hex
+        client.command({"command": "stop", "params": {}, "request_id": request_id})
+        counts.append(client.result_for(request_id)["result"]["command_count"])
+    assert counts[1] == counts[0] + 1 and counts[2] == counts[1] + 1
+
+
+def test_health_reports_the_engine_state(system: dict[str, Any], client: Client) -> None:
+    request_id = uuid.uuid4().hex
+    client.command({"command": "start", "params": {}, "request_id": request_id})
+    client.result_for(request_id)
+    with urllib.request.urlopen(str(system["url"]) + "/api/system/health", timeout=5) as response:
+        body = json.load(response)
+    assert body["engine"]["state"] == "RUNNING"
+    assert body["redis"]["ok"] is True
+
+
+def test_unknown_command_names_the_valid_ones(client: Client) -> None:
+    ack = client.command({"command": "launch_rockets", "params": {}, "request_id": "x1"})
+    assert ack["accepted"] is False
+    assert ack["error"]["code"] == "unknown_command"
+    assert "start" in ack["error"]["message"] and "stop" in ack["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "code", "field"),
+    [
+        ([1, 2, 3], "invalid_payload", None),
+        ("start", "invalid_payload", None),
+        (None, "invalid_payload", None),
+        ({"params": {}}, "invalid_payload", "command"),
+        ({"command": 42}, "invalid_payload", "command"),
+        ({"command": "start", "params": "fast"}, "invalid_payload", "params"),
+        ({"command": "start", "request_id": "bad id with spaces"}, "invalid_payload", "request_id"),
+        ({"command": "start", "surprise": 1}, "invalid_payload", "surprise"),
+        ({"command": "start", "params": {"speed": 1}}, "invalid_params", "params.speed"),
+    ],
+)
+def test_malformed_payloads_get_clear_errors_and_the_connection_stays_usable(
+    client: Client, payload: Any, code: str, field: str | None
+) -> None:
+    ack = client.command(payload)
+    assert ack["accepted"] is False
+    assert ack["error"]["code"] == code
+    assert ack["error"]["field"] == field
+    assert ack["error"]["message"]
+    # the same connection still works
+    request_id = uuid.uuid4().hex
+    assert client.command({"command": "start", "request_id": request_id})["accepted"] is True
+    assert client.result_for(request_id)["success"] is True

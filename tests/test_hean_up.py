@@ -1,0 +1,148 @@
+"""`hean up` as a user runs it: private Redis, every process supervised, a command end to end,
+a crashed process restarted, and a SIGTERM that leaves no process behind."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+import socketio
+
+from hean.processes import process_names
+from hean.redis_server import free_port
+from support import REPO_ROOT, wait_for
+
+
+class UpProcess:
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in finish()
+        self.process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "hean"), "up"],
+            env=env,
+            cwd=REPO_ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def pids(self) -> dict[str, int]:
+        """The latest pid of every supervised process, from `hean up`'s state lines."""
+        found: dict[str, int] = {}
+        for name, state, pid in re.findall(r"process=(\S+) state=(\S+) pid=(\d+)", self.output()):
+            if state == "RUNNING":
+                found[name] = int(pid)
+        return found
+
+    def finish(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def up_env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    for name in ("REDIS_URL", "HEAN_API_TOKEN"):
+        env.pop(name, None)
+    env.update(
+        HEAN_HOME=str(tmp_path / "hean-home"),
+        HEAN_PORT=str(free_port()),
+        HEAN_FLOWER_PORT=str(free_port()),
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def test_hean_up_runs_the_system_and_stops_cleanly(up_env: dict[str, str], tmp_path: Path) -> None:
+    up = UpProcess(up_env, tmp_path / "up.log")
+    try:
+        match = wait_for(
+            lambda: re.search(r"ready: dashboard (http://\S+)/#token=(\S+)", up.output()),
+            120,
+            "hean up to print the dashboard URL",
+        )
+        assert isinstance(match, re.Match)
+        url, token = match.group(1), match.group(2)
+        home = Path(up_env["HEAN_HOME"])
+        # the generated token is stored with mode 0600 and is the one printed
+        token_file = home / "token"
+        assert token_file.read_text().strip() == token
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        # a private Redis was started with its data under .hean/redis (AOF on)
+        assert "redis: private server" in up.output()
+        wait_for(lambda: (home / "redis" / "appendonlydir").is_dir(), 10, "the AOF directory")
+
+        wait_for(lambda: set(up.pids()) == set(process_names()), 60, "every process RUNNING")
+
+        client = socketio.Client(reconnection=False)
+        results: list[dict[str, object]] = []
+        client.on("command_result", results.append)
+        client.connect(url, auth={"token": token}, transports=["websocket"], wait_timeout=10)
+        request_id = uuid.uuid4().hex
+        ack = client.call("command", {"command": "start", "params": {}, "request_id": request_id})
+        assert ack["accepted"] is True
+        wait_for(lambda: results, 30, "the command result")
+        assert results[0]["request_id"] == request_id and results[0]["success"] is True
+        assert results[0]["result"]["state"] == "RUNNING"  # type: ignore[index]
+        client.disconnect()
+
+        # a crashed process is restarted by the supervisor
+        beat_pid = up.pids()["beat"]
+        os.kill(beat_pid, signal.SIGKILL)
+        wait_for(lambda: up.pids().get("beat", beat_pid) != beat_pid, 30, "beat to be restarted")
+
+        descendants = psutil.Process(up.process.pid).children(recursive=True)
+        assert len(descendants) >= len(process_names()) + 2  # + redis + supervisord
+        started = time.monotonic()
+        up.process.send_signal(signal.SIGTERM)
+        assert up.process.wait(timeout=15) == 0
+        assert time.monotonic() - started < 10.0, "hean up must exit within 10 s of SIGTERM"
+        time.sleep(0.2)
+        left = [p for p in descendants if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert left == [], f"orphans left behind: {[(p.pid, p.name()) for p in left]}"
+        assert "stopped" in up.output().splitlines()[-1]
+    finally:
+        up.finish()
+
+
+def test_hean_up_refuses_a_taken_port(up_env: dict[str, str], tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", int(up_env["HEAN_PORT"])))
+        blocker.listen()
+        up = UpProcess(up_env, tmp_path / "up.log")
+        try:
+            assert up.process.wait(timeout=30) == 2
+            assert f"port 127.0.0.1:{up_env['HEAN_PORT']} is in use" in up.output()
+            assert "HEAN_PORT" in up.output()
+        finally:
+            up.finish()
+
+
+def test_hean_up_uses_redis_url_when_it_answers(
+    up_env: dict[str, str], tmp_path: Path, redis_url: str
+) -> None:
+    up_env["REDIS_URL"] = redis_url
+    up = UpProcess(up_env, tmp_path / "up.log")
+    try:
+        wait_for(lambda: "ready: dashboard" in up.output(), 120, "hean up to be ready")
+        assert "redis: using REDIS_URL" in up.output()
+        assert "private server" not in up.output()
+        up.process.send_signal(signal.SIGTERM)
+        assert up.process.wait(timeout=15) == 0
+    finally:
+        up.finish()

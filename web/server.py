@@ -1,0 +1,43 @@
+"""Serve the web app on eventlet with TCP_NODELAY (the ack budget cannot afford Nagle)."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+
+from hean.config import get_settings
+from hean.logs import configure_logging
+
+log = logging.getLogger("hean.web")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def main() -> None:
+    import eventlet
+    import eventlet.wsgi
+
+    from web.app import create_app
+
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    app = create_app(settings, async_mode="eventlet")
+    if not is_loopback(settings.host):
+        log.warning(
+            "event=exposed_bind host=%s note=control needs the token but traffic is not encrypted",
+            settings.host,
+        )
+    listener = eventlet.listen((settings.host, settings.port))
+    # Accepted sockets inherit TCP_NODELAY: an ack event followed by the ack value would
+    # otherwise wait ~40 ms for the client's delayed ACK.
+    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    log.info("event=web_listening host=%s port=%d", settings.host, settings.port)
+    eventlet.wsgi.server(listener, app, log_output=False, log=logging.getLogger("hean.web.wsgi"))
