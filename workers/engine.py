@@ -66,6 +66,18 @@ def run_command(envelope: dict[str, Any]) -> dict[str, Any]:
     return execute(envelope, ENGINE_QUEUE)
 
 
+@app.task(name="workers.engine.ping")
+def ping(sent_at: float | None = None) -> dict[str, Any]:
+    """Round trip through the engine queue to this worker's C++ core (the health probe)."""
+    engine = get_engine()
+    return {
+        "state": engine.state.name,
+        "command_count": engine.command_count,
+        "sent_at": sent_at,
+        "answered_at": time.time(),
+    }
+
+
 @worker_ready.connect
 def _announce_engine(sender: Any = None, **_: Any) -> None:
     queues = {q.name for q in getattr(getattr(sender, "task_consumer", None), "queues", [])}
