@@ -33,9 +33,7 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535, validation_alias=_env("HEAN_PORT"))
     api_token: SecretStr | None = Field(default=None, validation_alias=_env("HEAN_API_TOKEN"))
     redis_url: str | None = Field(default=None, validation_alias=_env("REDIS_URL"))
-    flower_port: int = Field(
-        default=5555, ge=1, le=65535, validation_alias=_env("HEAN_FLOWER_PORT")
-    )
+    flower_port: int = Field(default=5555, ge=1, le=65535, validation_alias=_env("HEAN_FLOWER_PORT"))
     database_url: str | None = Field(default=None, validation_alias=_env("DATABASE_URL"))
     socketio_channel: str = Field(
         default="hean-socketio",
@@ -46,19 +44,37 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", validation_alias=_env("HEAN_LOG_LEVEL")
     )
-    visibility_timeout: int = Field(
-        default=3600, ge=10, validation_alias=_env("HEAN_VISIBILITY_TIMEOUT")
-    )
+    visibility_timeout: int = Field(default=3600, ge=10, validation_alias=_env("HEAN_VISIBILITY_TIMEOUT"))
     result_expires: int = Field(default=3600, ge=10, validation_alias=_env("HEAN_RESULT_EXPIRES"))
+    cors_origins: str = Field(
+        default="",
+        validation_alias=_env("HEAN_CORS_ORIGINS"),
+        description="Comma-separated origins allowed to call the API from a browser; none by default.",
+    )
+    command_rate: float = Field(
+        default=2000.0,
+        gt=0,
+        validation_alias=_env("HEAN_COMMAND_RATE"),
+        description="Commands per second one connection may send (token bucket refill rate).",
+    )
+    command_burst: int = Field(
+        default=2000,
+        ge=1,
+        validation_alias=_env("HEAN_COMMAND_BURST"),
+        description="Token bucket size: commands one connection may send at once.",
+    )
+    command_modules: str = Field(
+        default="",
+        validation_alias=_env("HEAN_COMMAND_MODULES"),
+        description="Comma-separated modules that register project commands (imported by web and workers).",
+    )
     auto_dev_mode: bool = Field(default=False, validation_alias=_env("AUTO_DEV_MODE"))
     llm_provider: Literal["openai", "anthropic"] = Field(
         default="openai", validation_alias=_env("LLM_PROVIDER")
     )
     llm_model: str | None = Field(default=None, validation_alias=_env("LLM_MODEL"))
     openai_api_key: SecretStr | None = Field(default=None, validation_alias=_env("OPENAI_API_KEY"))
-    anthropic_api_key: SecretStr | None = Field(
-        default=None, validation_alias=_env("ANTHROPIC_API_KEY")
-    )
+    anthropic_api_key: SecretStr | None = Field(default=None, validation_alias=_env("ANTHROPIC_API_KEY"))
 
     @field_validator("redis_url")
     @classmethod
@@ -69,6 +85,14 @@ class Settings(BaseSettings):
         if not value.startswith(("redis://", "rediss://")):
             raise ValueError(f"REDIS_URL must start with redis:// or rediss://, got {value!r}")
         return value
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+    @property
+    def command_module_list(self) -> list[str]:
+        return [m.strip() for m in self.command_modules.split(",") if m.strip()]
 
     @property
     def redis_url_file(self) -> Path:

@@ -12,6 +12,17 @@ from pydantic import BaseModel, ConfigDict, Field
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 
+#: Socket.IO room that dashboards join to see every command's result.
+OPERATORS_ROOM = "operators"
+
+
+class CommandError(Exception):
+    """Raised by a command handler to fail with a stable error code (e.g. `engine_halted`)."""
+
+    def __init__(self, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.field = code, message, field
+
 
 def new_request_id() -> str:
     return uuid.uuid4().hex
@@ -57,6 +68,7 @@ class CommandAck(BaseModel):
     accepted: bool
     ack_time_ms: float
     error: ErrorInfo | None = None
+    duplicate: bool = False  # True when this request id was seen before: the original ack
 
 
 class CommandResult(BaseModel):

@@ -15,6 +15,8 @@ import redis
 
 from hean.redis_server import PrivateRedis
 
+PLUGINS_DIR = Path(__file__).resolve().parent / "plugins"
+
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRedis]:
@@ -77,7 +79,14 @@ def system(base_env: dict[str, str], api_token: str, logs_dir: Path) -> Iterator
     from support import ManagedProcess, http_ok, wait_for
 
     port = free_port()
-    env = dict(base_env, HEAN_API_TOKEN=api_token, HEAN_PORT=str(port))
+    env = dict(
+        base_env,
+        HEAN_API_TOKEN=api_token,
+        HEAN_PORT=str(port),
+        # a project's own commands, loaded by the web process and every worker
+        HEAN_COMMAND_MODULES="custom_commands",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(PLUGINS_DIR), base_env.get("PYTHONPATH")])),
+    )
     specs = {spec.name: spec for spec in PROCESSES}
     started = []
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -11,15 +12,15 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
+import socketio
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def wait_for(
-    condition: Callable[[], object], timeout: float, what: str, interval: float = 0.05
-) -> object:
+def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.05) -> object:
     """Poll `condition` until it returns something truthy; fail with `what` after `timeout`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -86,3 +87,39 @@ class ManagedProcess:
 
 def python_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
+
+
+RESULT_TIMEOUT_S = 30
+
+
+class Client:
+    """A python-socketio client that records `command_ack` and `command_result` events."""
+
+    def __init__(self, url: str, token: str | None, **auth_extra: Any) -> None:
+        self.sio = socketio.Client(reconnection=False)
+        self.acks: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.results: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.states: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.sio.on("command_ack", self.acks.put)
+        self.sio.on("command_result", self.results.put)
+        self.sio.on("state_update", self.states.put)
+        auth = {"token": token, **auth_extra} if token is not None else None
+        self.sio.connect(url, auth=auth, transports=["websocket"], wait_timeout=10)
+
+    def close(self) -> None:
+        self.sio.disconnect()
+
+    def command(self, payload: Any) -> dict[str, Any]:
+        """Send `command`; returns the Socket.IO ack value after checking the ack event matches."""
+        value = self.sio.call("command", payload, timeout=10)
+        while True:  # skip acks of earlier fire-and-forget emits
+            event = self.acks.get(timeout=10)
+            if event["request_id"] == value["request_id"]:
+                assert event == value
+                return value
+
+    def result_for(self, request_id: str) -> dict[str, Any]:
+        while True:
+            result = self.results.get(timeout=RESULT_TIMEOUT_S)
+            if result["request_id"] == request_id:
+                return result

@@ -4,7 +4,6 @@ and the result back through Flask-SocketIO's Redis message queue. Real processes
 from __future__ import annotations
 
 import json
-import queue
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -13,33 +12,7 @@ from typing import Any
 import pytest
 import socketio
 
-RESULT_TIMEOUT_S = 30
-
-
-class Client:
-    """A python-socketio client that records `command_ack` and `command_result` events."""
-
-    def __init__(self, url: str, token: str | None) -> None:
-        self.sio = socketio.Client(reconnection=False)
-        self.acks: queue.Queue[dict[str, Any]] = queue.Queue()
-        self.results: queue.Queue[dict[str, Any]] = queue.Queue()
-        self.sio.on("command_ack", self.acks.put)
-        self.sio.on("command_result", self.results.put)
-        auth = {"token": token} if token is not None else None
-        self.sio.connect(url, auth=auth, transports=["websocket"], wait_timeout=10)
-
-    def command(self, payload: Any) -> dict[str, Any]:
-        """Send `command`; returns the Socket.IO ack value after checking the ack event matches."""
-        value = self.sio.call("command", payload, timeout=10)
-        event = self.acks.get(timeout=10)
-        assert event == value
-        return value
-
-    def result_for(self, request_id: str) -> dict[str, Any]:
-        while True:
-            result = self.results.get(timeout=RESULT_TIMEOUT_S)
-            if result["request_id"] == request_id:
-                return result
+from support import Client
 
 
 @pytest.fixture

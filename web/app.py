@@ -10,6 +10,10 @@ from flask_socketio import SocketIO
 
 from hean.config import Settings, get_settings
 
+#: Largest Socket.IO message the transport accepts; a bigger one closes the connection.
+#: Below it, an oversized command gets a `payload_too_large` error (see web/intake.py).
+MAX_MESSAGE_BYTES = 2_000_000
+
 
 def create_app(settings: Settings | None = None, async_mode: str = "eventlet") -> Flask:
     """Build the Flask app; its SocketIO server is at ``app.extensions["socketio"]``.
@@ -27,18 +31,34 @@ def create_app(settings: Settings | None = None, async_mode: str = "eventlet") -
         channel=settings.socketio_channel,
         redis_options={"socket_timeout": None, "health_check_interval": 30},
     )
+    origins = settings.cors_origin_list
     sio = SocketIO(
         app,
         async_mode=async_mode,
         client_manager=manager,
-        cors_allowed_origins=[],
-        max_http_buffer_size=1_000_000,
+        # None: same origin only (python-engineio reads [] as "no checks at all").
+        cors_allowed_origins=origins or None,
+        max_http_buffer_size=MAX_MESSAGE_BYTES,
+        # Each connection's events run in order in its own reader; handlers yield first (see
+        # web/socket_handlers.py), so a flooding client cannot starve the others.
+        async_handlers=False,
     )
+    if origins:
+        from flask_cors import CORS
 
-    from web import rest, socket_handlers
+        CORS(app, resources={r"/api/*": {"origins": origins}})
 
+    from hean.command_journal import CommandJournal
+    from hean.redis_client import sync_client
+    from web import commands_api, rest, socket_handlers
+    from web.intake import CommandIntake
+    from workers import app as celery_app
+
+    intake = CommandIntake(celery_app, CommandJournal(sync_client()))
+    app.extensions["hean_intake"] = intake
     app.register_blueprint(rest.blueprint)
-    socket_handlers.register(sio, settings)
+    app.register_blueprint(commands_api.blueprint)
+    socket_handlers.register(sio, settings, intake)
     return app
 
 

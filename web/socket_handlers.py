@@ -1,32 +1,217 @@
-"""Socket.IO handlers: token-checked connections and the `command` control channel."""
+"""Socket.IO handlers: token-checked connections, the `command` control channel, and rooms."""
 
 from __future__ import annotations
 
+import functools
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 from flask import request
-from flask_socketio import SocketIO, emit
+from flask_socketio import SocketIO, emit, join_room, leave_room
 
 from hean.auth import ensure_token, token_matches
 from hean.config import Settings
-from web.intake import accept_command
+from hean.core.system.redis_state import (
+    DEFAULT_NAMESPACE,
+    KEY_RE,
+    NAMESPACE_RE,
+    StateError,
+    StateUpdate,
+    StateValidationError,
+    StateWatch,
+    SyncRedisStateManager,
+    get_sync_state_manager,
+)
+from hean.messages import OPERATORS_ROOM, CommandAck, ErrorInfo, new_request_id
+from web.intake import CommandIntake
 
 log = logging.getLogger(__name__)
 
+Handler = Callable[..., Any]
 
-def register(sio: SocketIO, settings: Settings) -> None:
+
+class TokenBucket:
+    """Per-connection rate limit: `rate` events per second, bursts up to `burst`."""
+
+    __slots__ = ("burst", "rate", "tokens", "updated")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, float(burst)
+        self.tokens, self.updated = float(burst), time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+def _sid() -> str:
+    return request.sid  # type: ignore[attr-defined,no-any-return]
+
+
+def state_payload(update: StateUpdate) -> dict[str, Any]:
+    """The `state_update` event for one change (the DESIGN.md contract)."""
+    return {
+        "namespace": update.namespace,
+        "key": update.key,
+        "value": update.value,
+        "version": update.version,
+        "timestamp": update.timestamp,
+    }
+
+
+def _state_error(code: str, message: str, field: str | None = None) -> dict[str, Any]:
+    return {"subscribed": False, "error": {"code": code, "message": message, "field": field}}
+
+
+def _state_target(data: Any) -> tuple[str, str] | dict[str, Any]:
+    """(namespace, key) from a `{key, namespace}` payload, or an error reply."""
+    if not isinstance(data, dict):
+        return _state_error("invalid_payload", "expected an object {key, namespace}")
+    key, namespace = data.get("key"), data.get("namespace", DEFAULT_NAMESPACE)
+    if not isinstance(key, str) or not KEY_RE.match(key):
+        return _state_error("invalid_params", f"key must match {KEY_RE.pattern}", "key")
+    if not isinstance(namespace, str) or not NAMESPACE_RE.match(namespace):
+        return _state_error("invalid_params", f"namespace must match {NAMESPACE_RE.pattern}", "namespace")
+    return namespace, key
+
+
+def state_manager() -> SyncRedisStateManager:
+    return get_sync_state_manager()
+
+
+def register(sio: SocketIO, settings: Settings, intake: CommandIntake) -> None:
     token = ensure_token(settings)
+
+    def on(event: str) -> Callable[[Handler], Handler]:
+        """Register a handler that first yields to other connections' greenlets.
+
+        With async_handlers off, a connection's reader greenlet runs its events one after
+        another; eventlet sockets only yield when they would block, so a client with a full
+        receive buffer would otherwise hold the hub until its backlog is drained.
+        """
+
+        def decorate(handler: Handler) -> Handler:
+            @functools.wraps(handler)
+            def fair(*args: Any) -> Any:
+                sio.sleep(0)
+                return handler(*args)
+
+            sio.on(event)(fair)
+            return handler
+
+        return decorate
+
+    buckets: dict[str, TokenBucket] = {}
+    watches: dict[str, dict[tuple[str, str], StateWatch]] = {}
+
+    def rate_limited(data: Any) -> dict[str, Any] | None:
+        bucket = buckets.get(_sid())
+        if bucket is None or bucket.take():
+            return None
+        raw_id = data.get("request_id") if isinstance(data, dict) else None
+        return CommandAck(
+            request_id=raw_id if isinstance(raw_id, str) and raw_id else new_request_id(),
+            command=data.get("command")
+            if isinstance(data, dict) and isinstance(data.get("command"), str)
+            else None,
+            accepted=False,
+            ack_time_ms=0.0,
+            error=ErrorInfo(
+                code="rate_limited",
+                message=f"more than {settings.command_rate:g} commands/s on this connection; slow down",
+            ),
+        ).model_dump(mode="json")
 
     @sio.on("connect")
     def on_connect(auth: Any = None) -> None:
         supplied = auth.get("token") if isinstance(auth, dict) else None
         if not token_matches(token, supplied):
-            log.warning("event=connect_refused sid=%s reason=unauthorized", request.sid)  # type: ignore[attr-defined]
+            log.warning("event=connect_refused sid=%s reason=unauthorized", _sid())
             raise ConnectionRefusedError("unauthorized: connect with auth={'token': <HEAN token>}")
+        buckets[_sid()] = TokenBucket(settings.command_rate, settings.command_burst)
+        if isinstance(auth, dict) and auth.get("operator") is True:
+            join_room(OPERATORS_ROOM)
 
-    @sio.on("command")
+    @sio.on("disconnect")
+    def on_disconnect(*_: Any) -> None:
+        buckets.pop(_sid(), None)
+        for watch in watches.pop(_sid(), {}).values():
+            watch.cancel()
+
+    @on("command")
     def on_command(data: Any = None) -> dict[str, Any]:
-        ack = accept_command(data, reply_to=request.sid)  # type: ignore[attr-defined]
+        ack = rate_limited(data)
+        earlier_result = None
+        if ack is None:
+            outcome = intake.accept(data, reply_to=_sid())
+            ack, earlier_result = outcome.ack, outcome.earlier_result
         emit("command_ack", ack)
+        if earlier_result is not None:  # a duplicate request id: replay the original result
+            emit("command_result", earlier_result)
         return ack
+
+    @on("join_operators")
+    def on_join_operators(*_: Any) -> dict[str, Any]:
+        join_room(OPERATORS_ROOM)
+        return {"room": OPERATORS_ROOM, "joined": True}
+
+    @on("leave_operators")
+    def on_leave_operators(*_: Any) -> dict[str, Any]:
+        leave_room(OPERATORS_ROOM)
+        return {"room": OPERATORS_ROOM, "joined": False}
+
+    @on("subscribe_state")
+    def on_subscribe_state(data: Any = None) -> dict[str, Any]:
+        if rate_limited(data) is not None:
+            return _state_error("rate_limited", "too many events on this connection; slow down")
+        target = _state_target(data)
+        if isinstance(target, dict):
+            return target
+        namespace, key = target
+        sid = _sid()
+        mine = watches.setdefault(sid, {})
+        if (namespace, key) in mine:
+            return {"subscribed": True, "namespace": namespace, "key": key, "already": True}
+
+        def forward(update: Any) -> None:
+            sio.emit("state_update", state_payload(update), to=sid)
+
+        try:
+            mine[(namespace, key)] = state_manager().watch_state(key, forward, namespace=namespace)
+        except StateValidationError as exc:
+            return _state_error("invalid_params", str(exc))
+        except StateError as exc:
+            return _state_error("unavailable", f"state store unreachable: {type(exc).__name__}")
+        return {"subscribed": True, "namespace": namespace, "key": key}
+
+    @on("unsubscribe_state")
+    def on_unsubscribe_state(data: Any = None) -> dict[str, Any]:
+        target = _state_target(data)
+        if isinstance(target, dict):
+            return target
+        watch = watches.get(_sid(), {}).pop(target, None)
+        if watch is not None:
+            watch.cancel()
+        return {
+            "subscribed": False,
+            "namespace": target[0],
+            "key": target[1],
+            "was_subscribed": watch is not None,
+        }
+
+    @on("*")
+    def on_unknown_event(event: str, *_: Any) -> dict[str, Any]:
+        error = {
+            "code": "unknown_event",
+            "message": f"unknown event {str(event)[:64]!r}; events: command, subscribe_state, "
+            "unsubscribe_state, join_operators, leave_operators",
+        }
+        emit("error", error)
+        return {"error": error}

@@ -1,11 +1,13 @@
 """The command registry: every control command has a name, a params schema and a queue.
 
-Projects add their own with the `command` decorator; the web process validates against
-this registry before anything is enqueued.
+Projects add their own with the `command` decorator in a module named in
+HEAN_COMMAND_MODULES (imported by the web process and every worker), and they appear in
+`list_commands`. The web process validates against this registry before enqueuing.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import time
 from collections.abc import Callable
@@ -15,7 +17,17 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from celeryconfig import DEFAULT_QUEUE, ENGINE_QUEUE
-from hean.messages import CommandResult, ErrorInfo, TaskEnvelope
+from hean.command_journal import CommandJournal
+from hean.config import get_settings
+from hean.messages import (
+    NAME_PATTERN,
+    OPERATORS_ROOM,
+    CommandError,
+    CommandResult,
+    ErrorInfo,
+    TaskEnvelope,
+)
+from hean.redis_client import sync_client
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +49,14 @@ class CommandSpec:
     handler: Handler
     description: str
 
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "queue": self.queue,
+            "description": self.description,
+            "params": self.params.model_json_schema(),
+        }
+
 
 #: The Celery task that runs commands for each queue (its route is declared in celeryconfig).
 TASK_FOR_QUEUE = {
@@ -54,12 +74,21 @@ def command(
     queue: str = ENGINE_QUEUE,
     description: str = "",
 ) -> Callable[[Handler], Handler]:
-    """Register `handler(params_model_instance) -> JSON-serializable result` as command `name`."""
+    """Register `handler(params) -> JSON-serializable result` as command `name` on `queue`.
+
+    The handler runs in a worker consuming `queue`; raise `hean.messages.CommandError` to fail
+    with a stable error code.
+    """
+    import re
+
+    if not re.match(NAME_PATTERN, name):
+        raise ValueError(f"command name {name!r} must match {NAME_PATTERN}")
     if queue not in TASK_FOR_QUEUE:
         raise ValueError(f"command {name!r}: queue must be one of {sorted(TASK_FOR_QUEUE)}")
 
     def register(handler: Handler) -> Handler:
-        if name in _REGISTRY and _REGISTRY[name].handler is not handler:
+        existing = _REGISTRY.get(name)
+        if existing is not None and existing.handler.__qualname__ != handler.__qualname__:
             raise ValueError(f"command {name!r} is already registered")
         summary = description or next(iter((handler.__doc__ or "").strip().splitlines()), "")
         _REGISTRY[name] = CommandSpec(name, params, queue, handler, summary)
@@ -76,40 +105,76 @@ def command_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def load_command_modules() -> None:
+    """Import the project modules named in HEAN_COMMAND_MODULES (they register commands)."""
+    for module in get_settings().command_module_list:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ImportError(
+                f"HEAN_COMMAND_MODULES names {module!r}, which cannot be imported: {exc}"
+            ) from exc
+
+
+@command(
+    "list_commands",
+    queue=DEFAULT_QUEUE,
+    description="Every registered command and its params schema.",
+)
+def list_commands(_: NoParams) -> dict[str, Any]:
+    return {"commands": [_REGISTRY[name].describe() for name in command_names()]}
+
+
+def _error_from(exc: Exception) -> ErrorInfo:
+    if isinstance(exc, CommandError):
+        return ErrorInfo(code=exc.code, message=exc.message, field=exc.field)
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or None
+        return ErrorInfo(code="invalid_params", message=f"{field}: {first['msg']}", field=field)
+    return ErrorInfo(code="command_failed", message=f"{type(exc).__name__}: {exc}")
+
+
 def execute(envelope_data: dict[str, Any], queue: str) -> dict[str, Any]:
-    """Run one enqueued command and send its result to the client that asked for it."""
+    """Run one enqueued command (once per request id) and send its result to the sender and
+    to the operators room."""
     from workers.emit import emit
 
     started = time.perf_counter()
     envelope = TaskEnvelope.model_validate(envelope_data)
-    spec = _REGISTRY.get(envelope.command)
-    result: Any = None
-    error: ErrorInfo | None = None
-    if spec is None or spec.queue != queue:
-        error = ErrorInfo(code="unknown_command", message=f"no command {envelope.command!r} here")
+    journal = CommandJournal(sync_client())
+    message = journal.start(envelope.request_id)
+    if message is None:
+        spec = _REGISTRY.get(envelope.command)
+        result: Any = None
+        error: ErrorInfo | None = None
+        if spec is None or spec.queue != queue:
+            error = ErrorInfo(code="unknown_command", message=f"no command {envelope.command!r} here")
+        else:
+            try:
+                result = spec.handler(spec.params.model_validate(envelope.params))
+            except Exception as exc:  # a failing command is reported, never kills the worker
+                error = _error_from(exc)
+                if error.code == "command_failed":
+                    log.exception(
+                        "event=command_failed command=%s request_id=%s",
+                        spec.name,
+                        envelope.request_id,
+                    )
+        message = CommandResult(
+            request_id=envelope.request_id,
+            command=envelope.command,
+            success=error is None,
+            result=result,
+            error=error,
+            execution_time_ms=round((time.perf_counter() - started) * 1000.0, 3),
+        ).model_dump(mode="json")
+        journal.record_result(envelope.request_id, message)
     else:
-        try:
-            result = spec.handler(spec.params.model_validate(envelope.params))
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            error = ErrorInfo(
-                code="invalid_params",
-                message=first["msg"],
-                field=".".join(str(p) for p in first["loc"]) or None,
-            )
-        except Exception as exc:  # a failing command is reported, never kills the worker
-            log.exception(
-                "event=command_failed command=%s request_id=%s", spec.name, envelope.request_id
-            )
-            error = ErrorInfo(code="command_failed", message=f"{type(exc).__name__}: {exc}")
-    message = CommandResult(
-        request_id=envelope.request_id,
-        command=envelope.command,
-        success=error is None,
-        result=result,
-        error=error,
-        execution_time_ms=round((time.perf_counter() - started) * 1000.0, 3),
-    ).model_dump(mode="json")
-    if envelope.reply_to:
-        emit("command_result", message, to=envelope.reply_to)
+        log.warning("event=command_already_ran request_id=%s action=resend_result", envelope.request_id)
+    emit(
+        "command_result",
+        message,
+        to=[envelope.reply_to, OPERATORS_ROOM] if envelope.reply_to else OPERATORS_ROOM,
+    )
     return message

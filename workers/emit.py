@@ -19,6 +19,6 @@ def _manager() -> socketio.RedisManager:
     )
 
 
-def emit(event: str, data: Any, to: str | None = None, namespace: str = "/") -> None:
-    """Send `event` to one client (its sid or a room) or, with `to=None`, to everyone."""
+def emit(event: str, data: Any, to: str | list[str] | None = None, namespace: str = "/") -> None:
+    """Send `event` to clients and rooms (sids or room names), or with `to=None` to everyone."""
     _manager().emit(event, data, namespace=namespace, room=to)

@@ -1,0 +1,35 @@
+"""A project's own commands, registered the way users do it (HEAN_COMMAND_MODULES=custom_commands)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from celeryconfig import DEFAULT_QUEUE
+from hean.messages import CommandError
+from workers.commands import command
+
+
+class EchoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(max_length=100_000)
+    times: int = Field(default=1, ge=1, le=10)
+
+
+@command("echo", params=EchoParams, queue=DEFAULT_QUEUE, description="Repeat a text (test command).")
+def echo(params: EchoParams) -> dict[str, Any]:
+    return {"echo": params.text * params.times}
+
+
+class FailParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    code: str = "custom_failure"
+
+
+@command("always_fail", params=FailParams, queue=DEFAULT_QUEUE)
+def always_fail(params: FailParams) -> None:
+    """Fail with the given error code (test command)."""
+    raise CommandError(params.code, f"failed on purpose with {params.code}")

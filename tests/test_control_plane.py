@@ -1,0 +1,398 @@
+"""The control plane against real processes: protocol, error codes, idempotency, rooms, custom
+commands, REST twins, state subscriptions, and a flood that must not starve anyone."""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from hean.core.system.redis_state import get_sync_state_manager
+from hean.redis_server import free_port
+from support import Client, ManagedProcess, http_ok, python_module, wait_for
+
+
+@pytest.fixture
+def client(system: dict[str, Any]) -> Iterator[Client]:
+    c = Client(str(system["url"]), str(system["token"]))
+    yield c
+    c.close()
+
+
+def rest(
+    system: dict[str, Any],
+    method: str,
+    path: str,
+    body: Any = None,
+    token: str | None = "default",
+    headers: dict[str, str] | None = None,
+    raw: bytes | None = None,
+) -> tuple[int, dict[str, Any], Any]:  # headers: case-insensitive
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    request = urllib.request.Request(str(system["url"]) + path, data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {system['token'] if token == 'default' else token}")
+    for name, value in (headers or {}).items():
+        request.add_header(name, value)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.load(response), response.headers
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc), exc.headers
+
+
+# -- protocol --------------------------------------------------------------------------------
+
+
+def test_result_goes_to_the_sender_and_the_operators_room_only(system: dict[str, Any]) -> None:
+    url, token = str(system["url"]), str(system["token"])
+    sender = Client(url, token)
+    operator = Client(url, token, operator=True)  # joins at connect
+    dashboard = Client(url, token)
+    bystander = Client(url, token)
+    try:
+        assert dashboard.sio.call("join_operators", timeout=5) == {"room": "operators", "joined": True}
+        request_id = uuid.uuid4().hex
+        ack = sender.command(
+            {"command": "echo", "params": {"text": "hi", "times": 2}, "request_id": request_id}
+        )
+        assert ack["accepted"] is True and ack["duplicate"] is False
+        for receiver in (sender, operator, dashboard):
+            result = receiver.result_for(request_id)
+            assert result == {
+                "request_id": request_id,
+                "command": "echo",
+                "success": True,
+                "result": {"echo": "hihi"},
+                "error": None,
+                "execution_time_ms": result["execution_time_ms"],
+            }
+        with pytest.raises(queue.Empty):
+            bystander.results.get(timeout=1.0)
+    finally:
+        for c in (sender, operator, dashboard, bystander):
+            c.close()
+
+
+def test_a_request_id_is_generated_when_omitted(client: Client) -> None:
+    ack = client.command({"command": "echo", "params": {"text": "x"}})
+    assert ack["accepted"] is True and len(ack["request_id"]) == 32
+    assert client.result_for(ack["request_id"])["result"] == {"echo": "x"}
+
+
+def test_a_repeated_request_id_returns_the_original_and_never_runs_twice(client: Client) -> None:
+    def stop(request_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        ack = client.command({"command": "stop", "params": {}, "request_id": request_id})
+        return ack, client.result_for(request_id)
+
+    first_ack, first = stop("dup-" + uuid.uuid4().hex)
+    again_ack, again = stop(first_ack["request_id"])
+    assert again_ack["duplicate"] is True and first_ack["duplicate"] is False
+    assert {k: v for k, v in again_ack.items() if k != "duplicate"} == {
+        k: v for k, v in first_ack.items() if k != "duplicate"
+    }
+    assert again == first  # the stored result, not a second run
+    _, after = stop("dup-" + uuid.uuid4().hex)
+    assert after["result"]["command_count"] == first["result"]["command_count"] + 1
+
+
+def test_list_commands_shows_builtin_and_custom_commands(client: Client) -> None:
+    ack = client.command({"command": "list_commands", "params": {}})
+    result = client.result_for(ack["request_id"])
+    commands = {c["name"]: c for c in result["result"]["commands"]}
+    assert {"start", "stop", "list_commands", "echo", "always_fail"} <= set(commands)
+    assert commands["echo"]["queue"] == "default"
+    assert commands["echo"]["description"] == "Repeat a text (test command)."
+    assert commands["echo"]["params"]["properties"]["times"]["maximum"] == 10
+    assert commands["always_fail"]["description"] == "Fail with the given error code (test command)."
+
+
+# -- error codes -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("payload", "code", "field"),
+    [
+        ({"command": "no_such_thing"}, "unknown_command", "command"),
+        ({"command": "echo", "params": {"text": "a", "times": 11}}, "invalid_params", "params.times"),
+        ({"command": "echo", "params": {}}, "invalid_params", "params.text"),
+        ({"command": "echo", "params": {"text": 5}}, "invalid_params", "params.text"),
+        ({"command": "echo", "params": {"text": "a" * 70_000}}, "payload_too_large", "params"),
+        ({"command": "echo", "params": {"text": "a"}, "request_id": ""}, "invalid_payload", "request_id"),
+        ({"command": "Echo"}, "invalid_payload", "command"),
+        ({"command": "echo", "params": [1]}, "invalid_payload", "params"),
+    ],
+)
+def test_rejections_carry_a_stable_code_and_name_the_field(
+    client: Client, payload: dict[str, Any], code: str, field: str
+) -> None:
+    ack = client.command(payload)
+    assert ack["accepted"] is False
+    assert ack["error"]["code"] == code
+    assert ack["error"]["field"] == field
+    assert field.split(".")[-1] in ack["error"]["message"]
+
+
+def test_a_handler_error_comes_back_with_its_code(client: Client) -> None:
+    ack = client.command({"command": "always_fail", "params": {"code": "engine_halted"}})
+    assert ack["accepted"] is True
+    result = client.result_for(ack["request_id"])
+    assert result["success"] is False
+    assert result["error"]["code"] == "engine_halted"
+    assert "engine_halted" in result["error"]["message"]
+
+
+def test_unknown_events_get_an_error(client: Client) -> None:
+    reply = client.sio.call("launch", {"x": 1}, timeout=5)
+    assert reply["error"]["code"] == "unknown_event"
+    assert "command" in reply["error"]["message"]
+
+
+# -- REST twins ------------------------------------------------------------------------------
+
+
+def test_rest_commands_share_the_schemas_and_codes(system: dict[str, Any]) -> None:
+    status, body, _ = rest(system, "POST", "/api/commands", {"command": "echo", "params": {"text": "r"}})
+    assert status == 202 and body["accepted"] is True
+    request_id = body["request_id"]
+
+    def done() -> dict[str, Any] | None:
+        code, record, _ = rest(system, "GET", f"/api/commands/{request_id}")
+        return record if code == 200 and record["status"] == "done" else None
+
+    record = wait_for(done, 30, "the REST command to finish")
+    assert isinstance(record, dict)
+    assert record["result"]["result"] == {"echo": "r"} and record["ack"]["accepted"] is True
+
+    status, again, _ = rest(
+        system,
+        "POST",
+        "/api/commands",
+        {"command": "echo", "params": {"text": "r"}, "request_id": request_id},
+    )
+    assert status == 200 and again["duplicate"] is True and again["result"]["result"] == {"echo": "r"}
+
+    cases = [
+        ({"command": "nope"}, 404, "unknown_command"),
+        ({"command": "echo", "params": {"text": "a", "times": 0}}, 422, "invalid_params"),
+        ({"command": "echo", "extra": 1}, 400, "invalid_payload"),
+        ([1, 2], 400, "invalid_payload"),
+    ]
+    for payload, expected_status, code in cases:
+        status, body, _ = rest(system, "POST", "/api/commands", payload)
+        assert status == expected_status and body["error"]["code"] == code, payload
+    status, body, _ = rest(system, "POST", "/api/commands", raw=b"{not json")
+    assert status == 400 and body["error"]["code"] == "invalid_payload"
+    status, body, _ = rest(system, "GET", "/api/commands/never-seen")
+    assert status == 404 and body["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize("token", [None, "wrong", ""])
+def test_rest_control_needs_the_bearer_token(system: dict[str, Any], token: str | None) -> None:
+    for method, path, body in (
+        ("POST", "/api/commands", {"command": "start"}),
+        ("GET", "/api/commands/x", None),
+        ("GET", "/api/state/global/x", None),
+    ):
+        status, reply, headers = rest(system, method, path, body, token=token)
+        assert status == 401 and reply["error"]["code"] == "unauthorized"
+        assert headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_health_is_open_without_a_token(system: dict[str, Any]) -> None:
+    status, body, _ = rest(system, "GET", "/api/system/health", token=None)
+    assert status == 200 and "status" in body
+
+
+def test_rest_state_reads_the_state_bus(system: dict[str, Any]) -> None:
+    manager = get_sync_state_manager(system["env"]["REDIS_URL"])
+    key = "k" + uuid.uuid4().hex[:8]
+    status, body, _ = rest(system, "GET", f"/api/state/tests/{key}")
+    assert status == 404 and body["error"]["code"] == "not_found"
+    manager.set_state(key, {"orders": 3}, namespace="tests")
+    status, body, _ = rest(system, "GET", f"/api/state/tests/{key}")
+    assert status == 200
+    assert body["value"] == {"orders": 3} and body["version"] == 1 and body["namespace"] == "tests"
+    status, body, _ = rest(system, "GET", "/api/state/bad%20ns/x")
+    assert status == 400 and body["error"]["code"] == "invalid_params"
+
+
+def test_cors_is_closed_by_default(system: dict[str, Any]) -> None:
+    _, _, headers = rest(system, "GET", "/api/system/health", headers={"Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in headers
+
+
+# -- state subscriptions ---------------------------------------------------------------------
+
+
+def test_subscribe_state_streams_every_version_until_unsubscribed(
+    system: dict[str, Any], client: Client
+) -> None:
+    manager = get_sync_state_manager(system["env"]["REDIS_URL"])
+    key = "sub" + uuid.uuid4().hex[:8]
+    manager.set_state(key, {"n": 0}, namespace="tests")
+    reply = client.sio.call("subscribe_state", {"key": key, "namespace": "tests"}, timeout=5)
+    assert reply["subscribed"] is True
+    first = client.states.get(timeout=5)
+    assert first["namespace"] == "tests" and first["key"] == key
+    assert first["value"] == {"n": 0} and first["version"] == 1 and first["timestamp"] > 0
+    for n in range(1, 4):
+        manager.set_state(key, {"n": n}, namespace="tests")
+    seen = [client.states.get(timeout=5) for _ in range(3)]
+    assert [s["version"] for s in seen] == [2, 3, 4]
+    assert [s["value"]["n"] for s in seen] == [1, 2, 3]
+    reply = client.sio.call("unsubscribe_state", {"key": key, "namespace": "tests"}, timeout=5)
+    assert reply == {"subscribed": False, "namespace": "tests", "key": key, "was_subscribed": True}
+    manager.set_state(key, {"n": 99}, namespace="tests")
+    with pytest.raises(queue.Empty):
+        client.states.get(timeout=1.0)
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ("trading_state", None),
+        ({"namespace": "x"}, "key"),
+        ({"key": "a b"}, "key"),
+        ({"key": "k", "namespace": 3}, "namespace"),
+    ],
+)
+def test_subscribe_state_rejects_bad_targets(client: Client, payload: Any, field: str | None) -> None:
+    reply = client.sio.call("subscribe_state", payload, timeout=5)
+    assert reply["subscribed"] is False
+    assert reply["error"]["field"] == field
+    assert reply["error"]["code"] in {"invalid_payload", "invalid_params"}
+
+
+# -- flood -----------------------------------------------------------------------------------
+
+
+def _malformed(i: int) -> tuple[str, Any]:
+    """Ten kinds of bad event, cycled; every 500th carries a 1 MB payload."""
+    if i % 500 == 0:
+        return "command", {"command": "x" * 1_000_000}
+    kinds: list[tuple[str, Any]] = [
+        ("command", None),
+        ("command", 42),
+        ("command", "start"),
+        ("command", [1, 2]),
+        ("command", {"params": {}}),
+        ("command", {"command": 7}),
+        ("command", {"command": "start", "params": {"x": 1}}),
+        ("command", {"command": "nope"}),
+        ("command", {"command": "echo", "params": {"text": None}}),
+        ("not_an_event", {"a": 1}),
+    ]
+    return kinds[i % len(kinds)]
+
+
+def test_a_flood_of_malformed_events_is_answered_and_does_not_starve_others(system: dict[str, Any]) -> None:
+    url, token = str(system["url"]), str(system["token"])
+    flooder, worker_client = Client(url, token), Client(url, token)
+    total = 10_000
+    answers: list[Any] = []
+    answered = threading.Event()
+    lock = threading.Lock()
+
+    def on_answer(reply: Any = None) -> None:
+        with lock:
+            answers.append(reply)
+            if len(answers) == total:
+                answered.set()
+
+    def flood() -> None:
+        for i in range(total):
+            event, payload = _malformed(i)
+            flooder.sio.emit(event, payload, callback=on_answer)
+
+    good: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    try:
+        thread = threading.Thread(target=flood)
+        thread.start()
+        while thread.is_alive() or not good:
+            request_id = uuid.uuid4().hex
+            ack = worker_client.command(
+                {"command": "echo", "params": {"text": "alive"}, "request_id": request_id}
+            )
+            good.append((ack, worker_client.result_for(request_id)))
+        thread.join()
+        assert answered.wait(60), f"only {len(answers)} of {total} malformed events were answered"
+        codes = {(a.get("error") or {}).get("code") if isinstance(a, dict) else repr(a) for a in answers}
+        assert all(isinstance(a, dict) and a.get("accepted") is not True for a in answers)
+        assert codes <= {
+            "invalid_payload",
+            "invalid_params",
+            "unknown_command",
+            "unknown_event",
+            "rate_limited",
+        }, codes
+        assert {"invalid_payload", "invalid_params", "unknown_command", "unknown_event"} <= codes
+        assert good and all(a["accepted"] and r["success"] for a, r in good)
+        # the flooding connection itself is still usable once it slows down
+        time.sleep(1.0)
+        request_id = uuid.uuid4().hex
+        assert flooder.command({"command": "echo", "params": {"text": "ok"}, "request_id": request_id})[
+            "accepted"
+        ]
+    finally:
+        flooder.close()
+        worker_client.close()
+
+
+@pytest.fixture(scope="module")
+def strict_web(system: dict[str, Any], logs_dir: Any) -> Iterator[str]:
+    """A second web process with a low per-connection rate (50/s, bursts of 20)."""
+    port = free_port()
+    env = dict(system["env"], HEAN_PORT=str(port), HEAN_COMMAND_RATE="50", HEAN_COMMAND_BURST="20")
+    web = ManagedProcess("web-strict", python_module("web"), env, logs_dir)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: http_ok(url + "/api/system/health"), 60, "the strict web process")
+        yield url
+    finally:
+        web.stop()
+
+
+def test_a_flooding_connection_is_rate_limited_and_others_are_not(
+    system: dict[str, Any], strict_web: str
+) -> None:
+    token = str(system["token"])
+    flooder, neighbour = Client(strict_web, token), Client(strict_web, token)
+    replies: list[dict[str, Any]] = []
+    done = threading.Event()
+    total = 200
+
+    def on_answer(reply: dict[str, Any]) -> None:
+        replies.append(reply)
+        if len(replies) == total:
+            done.set()
+
+    try:
+        for _ in range(total):
+            flooder.sio.emit("command", {"command": "nope"}, callback=on_answer)
+        assert done.wait(60)
+        codes = [r["error"]["code"] for r in replies]
+        assert codes.count("rate_limited") >= total - 20 - 50  # burst + at most a second of refill
+        assert codes.count("unknown_command") >= 20
+        limited = next(r for r in replies if r["error"]["code"] == "rate_limited")
+        assert "50" in limited["error"]["message"]
+        # the neighbour on the same server has its own budget
+        request_id = uuid.uuid4().hex
+        ack = neighbour.command({"command": "echo", "params": {"text": "n"}, "request_id": request_id})
+        assert ack["accepted"] is True
+        assert neighbour.result_for(request_id)["result"] == {"echo": "n"}
+        # and the flooder's budget refills
+        time.sleep(1.0)
+        assert flooder.command({"command": "list_commands"})["accepted"] is True
+    finally:
+        flooder.close()
+        neighbour.close()

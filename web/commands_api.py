@@ -1,0 +1,128 @@
+"""REST twins of the control channel: same schemas, same error codes, bearer token required."""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from flask import Blueprint, current_app, jsonify, request
+from flask.typing import ResponseReturnValue
+from redis.exceptions import RedisError
+
+from hean.auth import ensure_token, token_matches
+from hean.command_journal import CommandJournal
+from hean.config import Settings
+from hean.redis_client import sync_client
+from web.socket_handlers import TokenBucket
+
+blueprint = Blueprint("commands_api", __name__)
+
+F = TypeVar("F", bound=Callable[..., ResponseReturnValue])
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None) -> ResponseReturnValue:
+    return jsonify({"error": {"code": code, "message": message, "field": field}}), status
+
+
+def _settings() -> Settings:
+    return current_app.config["HEAN_SETTINGS"]  # type: ignore[no-any-return]
+
+
+def require_token(view: F) -> F:
+    """401 unless `Authorization: Bearer <token>` matches (constant-time)."""
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> ResponseReturnValue:
+        header = request.headers.get("Authorization", "")
+        scheme, _, supplied = header.partition(" ")
+        if scheme.lower() != "bearer" or not token_matches(ensure_token(_settings()), supplied.strip()):
+            response = error_response(401, "unauthorized", "send Authorization: Bearer <HEAN token>")
+            body, status = response  # type: ignore[misc]
+            return body, status, {"WWW-Authenticate": 'Bearer realm="hean"'}
+        return view(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+_buckets: dict[str, TokenBucket] = {}
+_buckets_lock = threading.Lock()
+
+
+def _rate_limited() -> bool:
+    """Per-client-address rate limit, the REST counterpart of the per-connection one."""
+    settings = _settings()
+    address = request.remote_addr or "?"
+    with _buckets_lock:
+        bucket = _buckets.get(address)
+        if bucket is None:
+            if len(_buckets) > 10_000:
+                _buckets.clear()
+            bucket = _buckets[address] = TokenBucket(settings.command_rate, settings.command_burst)
+        return not bucket.take()
+
+
+@blueprint.post("/api/commands")
+@require_token
+def post_command() -> ResponseReturnValue:
+    if _rate_limited():
+        return error_response(429, "rate_limited", "too many commands from this client; slow down")
+    data = request.get_json(silent=True)
+    if data is None:
+        return error_response(400, "invalid_payload", "body must be JSON: {command, params, request_id}")
+    outcome = current_app.extensions["hean_intake"].accept(data, reply_to=None)
+    body = dict(outcome.ack)
+    if outcome.earlier_result is not None:
+        body["result"] = outcome.earlier_result
+    return jsonify(body), outcome.http_status
+
+
+@blueprint.get("/api/commands/<request_id>")
+@require_token
+def get_command(request_id: str) -> ResponseReturnValue:
+    try:
+        record = CommandJournal(sync_client()).get(request_id)
+    except RedisError:
+        return error_response(503, "unavailable", "command store unreachable; retry")
+    if record is None:
+        return error_response(404, "not_found", f"no command with request_id {request_id!r} in the last 24 h")
+    status = "done" if record["result"] else ("running" if record["started_at"] else "queued")
+    envelope = record["envelope"] or {}
+    return jsonify(
+        {
+            "request_id": request_id,
+            "command": envelope.get("command"),
+            "status": status,
+            "ack": record["ack"],
+            "result": record["result"],
+        }
+    )
+
+
+@blueprint.get("/api/state/<namespace>/<key>")
+@require_token
+def get_state(namespace: str, key: str) -> ResponseReturnValue:
+    from hean.core.system.redis_state import (
+        StateUnavailableError,
+        StateValidationError,
+        get_sync_state_manager,
+    )
+
+    try:
+        value, version, timestamp = get_sync_state_manager().get_state_versioned(key, namespace=namespace)
+    except StateValidationError as exc:
+        return error_response(400, "invalid_params", str(exc))
+    except StateUnavailableError:
+        return error_response(503, "unavailable", "state store unreachable; retry")
+    if version == 0:
+        return error_response(404, "not_found", f"no state {namespace}/{key}")
+    return jsonify(
+        {
+            "namespace": namespace,
+            "key": key,
+            "value": value,
+            "version": version,
+            "timestamp": timestamp,
+        }
+    )
