@@ -42,8 +42,8 @@ void require(bool ok, const char* message) {
 void validate_config(const EngineConfig& config) {
   require(config.starting_equity > 0 && config.starting_equity <= kMaxCash,
           "starting_equity: must be > 0 and <= 1e10");
-  require(config.idempotency_capacity >= 1 && config.idempotency_capacity <= 100'000'000,
-          "idempotency_capacity: must be between 1 and 100000000");
+  require(config.idempotency_capacity >= 1 && config.idempotency_capacity <= 10'000'000,
+          "idempotency_capacity: must be between 1 and 10000000");
 }
 
 i128 equity(const Core& c) noexcept {
@@ -70,9 +70,16 @@ void refresh_symbol(Core& c, SymbolState& s) noexcept {
   c.gross_total += s.gross;
 }
 
-SymbolState* find_symbol(Core& c, std::string_view name) {
+// Index of a known symbol or -1. Batches repeat the same few symbols, so the last hit
+// is checked first.
+std::int64_t find_symbol(Core& c, std::string_view name) {
+  if (c.last_symbol >= 0 && c.symbols[static_cast<std::size_t>(c.last_symbol)]->name == name) {
+    return c.last_symbol;
+  }
   auto it = c.symbol_index.find(std::string(name));
-  return it == c.symbol_index.end() ? nullptr : c.symbols[it->second].get();
+  if (it == c.symbol_index.end()) return -1;
+  c.last_symbol = it->second;
+  return it->second;
 }
 
 std::uint32_t symbol_id(Core& c, std::string_view name) {
@@ -160,18 +167,8 @@ bool throttle_admits(Core& c, i64 now_ns) {
   return true;
 }
 
-void remember(Core& c, const std::string& key, const OrderResult& r) {
-  const auto cap = static_cast<std::size_t>(c.config.idempotency_capacity);
-  if (c.seen_ring.size() < cap) {
-    c.seen_ring.push_back(key);
-  } else {
-    std::string& slot = c.seen_ring[c.seen_head];
-    c.seen.erase(slot);
-    slot = key;
-    c.seen_head = (c.seen_head + 1) % cap;
-  }
-  c.seen.emplace(key, r);
-  c.seen_size = c.seen.size();
+void remember(Core& c, std::string_view key, std::uint64_t h, const OrderResult& r) {
+  c.seen.insert(key, h, r);
 }
 
 void rest_order(Core& c, std::uint32_t sym, const std::string& client_id, Side side, i64 price,
@@ -192,18 +189,21 @@ void rest_order(Core& c, std::uint32_t sym, const std::string& client_id, Side s
 
 // Decides and executes one order; the caller holds the lock and has validated `req`.
 OrderResult submit_locked(Core& c, const OrderRequest& req, i64 now_ns) {
-  const std::string key(req.client_id);
-  if (auto it = c.seen.find(key); it != c.seen.end()) {
-    OrderResult r = it->second;
+  const std::string_view key = req.client_id;
+  const std::uint64_t h = decltype(c.seen)::hash(key);
+  if (const OrderResult* seen = c.seen.find(key, h)) {
+    OrderResult r = *seen;
     r.duplicate = true;
     ++c.counters.duplicates;
     return r;
   }
-  if (auto it = c.open.find(key); it != c.open.end()) {
-    OrderResult r = it->second.it->first;
-    r.duplicate = true;
-    ++c.counters.duplicates;
-    return r;
+  if (!c.open.empty()) {
+    if (auto it = c.open.find(std::string(key)); it != c.open.end()) {
+      OrderResult r = it->second.it->first;
+      r.duplicate = true;
+      ++c.counters.duplicates;
+      return r;
+    }
   }
   ++c.counters.orders_submitted;
 
@@ -212,14 +212,15 @@ OrderResult submit_locked(Core& c, const OrderRequest& req, i64 now_ns) {
     r.status = OrderStatus::Rejected;
     r.reason = why;
     ++c.counters.orders_rejected;
-    remember(c, key, r);
+    remember(c, key, h, r);
     return r;
   };
   if (c.state == EngineState::Stopped) return reject(RejectReason::EngineStopped);
   if (c.state == EngineState::Halted) return reject(RejectReason::EngineHalted);
   if (!throttle_admits(c, now_ns)) return reject(RejectReason::Throttled);
 
-  SymbolState* s = find_symbol(c, req.symbol);
+  const std::int64_t known = find_symbol(c, req.symbol);
+  SymbolState* s = known < 0 ? nullptr : c.symbols[static_cast<std::size_t>(known)].get();
   const bool buy = req.side == Side::Buy;
   bool crosses = false;
   i64 exec_price = 0;
@@ -271,7 +272,8 @@ OrderResult submit_locked(Core& c, const OrderRequest& req, i64 now_ns) {
     }
   }
 
-  const std::uint32_t sym = symbol_id(c, req.symbol);
+  const std::uint32_t sym =
+      known < 0 ? symbol_id(c, req.symbol) : static_cast<std::uint32_t>(known);
   r.order_id = c.next_order_id++;
   if (crosses) {
     r.fee = apply_fill(c, *c.symbols[sym], req.side, req.quantity, exec_price);
@@ -279,15 +281,15 @@ OrderResult submit_locked(Core& c, const OrderRequest& req, i64 now_ns) {
     r.filled_qty = req.quantity;
     r.fill_price = exec_price;
     ++c.counters.orders_filled;
-    remember(c, key, r);
+    remember(c, key, h, r);
     check_equity(c);
   } else if (rests) {
     r.status = OrderStatus::Resting;
-    rest_order(c, sym, key, req.side, req.price, req.quantity, r);
-    remember(c, key, r);
+    rest_order(c, sym, std::string(key), req.side, req.price, req.quantity, r);
+    remember(c, key, h, r);
   } else {
     r.status = OrderStatus::Expired;
-    remember(c, key, r);
+    remember(c, key, h, r);
   }
   return r;
 }
@@ -580,7 +582,7 @@ Engine::Engine(EngineConfig config) {
   core_.config = config;
   core_.peak_equity = config.starting_equity;
   core_.day_start_equity = config.starting_equity;
-  core_.seen.reserve(static_cast<std::size_t>(std::min<i64>(config.idempotency_capacity, 1 << 20)));
+  core_.seen = IdempotencyCache<OrderResult>(static_cast<std::size_t>(config.idempotency_capacity));
 }
 
 Engine::~Engine() = default;
@@ -808,15 +810,11 @@ std::string Engine::snapshot() const {
     w.result(o.first);
   });
   // Idempotency cache, oldest first.
-  const std::size_t n = c.seen_ring.size();
-  w.u64v(n);
-  const std::size_t start = n < static_cast<std::size_t>(c.config.idempotency_capacity) ? 0
-                                                                                       : c.seen_head;
-  for (std::size_t k = 0; k < n; ++k) {
-    const std::string& key = c.seen_ring[(start + k) % n];
+  w.u64v(c.seen.size());
+  c.seen.for_each_oldest_first([&](const std::string& key, const OrderResult& res) {
     w.str(key);
-    w.result(c.seen.at(key));
-  }
+    w.result(res);
+  });
   const u64 sum = fnv1a(w.out().data(), w.out().size());
   w.u64v(sum);
   return std::move(w.out());
@@ -890,11 +888,13 @@ void Engine::restore(std::string_view data) {
     c.next_seq = saved_seq;
   }
   const u64 nseen = r.count(static_cast<u64>(c.config.idempotency_capacity));
+  c.seen = IdempotencyCache<OrderResult>(static_cast<std::size_t>(c.config.idempotency_capacity));
   for (u64 i = 0; i < nseen; ++i) {
-    std::string key = r.str();
+    const std::string key = r.str();
     const OrderResult res = r.result();
-    require(c.seen.count(key) == 0, "snapshot: duplicate client id (corrupt)");
-    remember(c, key, res);
+    const std::uint64_t h = decltype(c.seen)::hash(key);
+    require(c.seen.find(key, h) == nullptr, "snapshot: duplicate client id (corrupt)");
+    c.seen.insert(key, h, res);
   }
   require(r.pos() == body.size() - sizeof kMagic, "snapshot: trailing bytes (corrupt)");
 

@@ -39,6 +39,7 @@
 #include <vector>
 
 #include "fixed_point.hpp"
+#include "idempotency.hpp"
 
 namespace hean {
 
@@ -246,16 +247,14 @@ struct Core {
 
   std::vector<std::unique_ptr<SymbolState>> symbols;
   std::unordered_map<std::string, std::uint32_t> symbol_index;
+  std::int64_t last_symbol = -1;  // lookup cache, not state
 
   std::unordered_map<std::string, OpenRef> open;  // client id -> resting order
   i64 open_order_notional = 0;
   i64 open_positions = 0;
 
-  // Idempotency cache: outcome by client id, eviction order in a ring of keys.
-  std::unordered_map<std::string, OrderResult> seen;
-  std::vector<std::string> seen_ring;
-  std::size_t seen_head = 0;  // next slot to (over)write
-  std::size_t seen_size = 0;
+  // Outcome by client id for the most recent `idempotency_capacity` ids.
+  IdempotencyCache<OrderResult> seen{1};
 
   i64 realized_total = 0, fees_total = 0, unrealized_total = 0, gross_total = 0;
   i64 peak_equity = 0, day_start_equity = 0;

@@ -20,9 +20,15 @@ constexpr i64 kMaxPrice = kScale * 1'000'000'000LL;     // 1e9 (USD per unit)
 constexpr i64 kMaxQuantity = kScale * 1'000'000'000LL;  // 1e9 units
 constexpr i64 kMaxCash = kScale * 10'000'000'000LL;     // 1e10 USD
 
+__extension__ typedef unsigned __int128 u128;
+
 // Cash value of `qty` at `price`: floor(price * qty / 1e8). Both arguments are >= 0.
+// The common case (product below 2^64) divides in 64 bits by a constant, which compiles
+// to a multiply; int128 division is a library call and is kept for the rare large case.
 inline i128 notional_wide(i64 price, i64 qty) noexcept {
-  return (static_cast<i128>(price) * qty) / kScale;
+  const u128 p = static_cast<u128>(static_cast<u64>(price)) * static_cast<u64>(qty);
+  if ((p >> 64) == 0) return static_cast<i128>(static_cast<u64>(p) / kScale);
+  return static_cast<i128>(p / kScale);
 }
 
 inline i64 notional(i64 price, i64 qty) noexcept {
@@ -32,8 +38,21 @@ inline i64 notional(i64 price, i64 qty) noexcept {
 // Fee of one fill: ceil(price * qty * fee_rate / 1e16), i.e. the exact fee rounded up to
 // the next 1e-8 USD (never undercharges). All arguments are >= 0.
 inline i64 fee_for(i64 price, i64 qty, i64 fee_rate) noexcept {
-  const i128 num = static_cast<i128>(price) * qty * fee_rate;
-  const i128 den = static_cast<i128>(kScale) * kScale;
+  if (fee_rate == 0) return 0;
+  const u128 n = static_cast<u128>(static_cast<u64>(price)) * static_cast<u64>(qty);
+  const u64 s = static_cast<u64>(kScale);
+  const u64 r = static_cast<u64>(fee_rate);  // <= 1e7 (validated)
+  if ((n >> 64) == 0) {
+    // n * r = c * 1e16 + (d * 1e8 + b * r) with n = a * 1e8 + b and a * r = c * 1e8 + d;
+    // every step fits in 64 bits (a < 1.9e11, r <= 1e7, the tail < 1.1e16).
+    const u64 a = static_cast<u64>(n) / s, b = static_cast<u64>(n) % s;
+    const u64 ar = a * r;
+    const u64 c = ar / s, d = ar % s;
+    const u64 tail = d * s + b * r;
+    return static_cast<i64>(c + (tail + s * s - 1) / (s * s));
+  }
+  const u128 num = n * r;
+  const u128 den = static_cast<u128>(s) * s;
   return static_cast<i64>((num + den - 1) / den);
 }
 

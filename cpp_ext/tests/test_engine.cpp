@@ -55,6 +55,25 @@ RiskLimits loose() {
   return l;
 }
 
+// The fast 64-bit paths of notional() and fee_for() agree with plain int128 arithmetic.
+void test_fixed_point() {
+  std::mt19937_64 rng(42);
+  for (int i = 0; i < 200'000; ++i) {
+    const int shape = i % 3;
+    const i64 price = static_cast<i64>(rng() % static_cast<u64>(shape == 0 ? 1000 : kMaxPrice)) + 1;
+    const i64 qty = static_cast<i64>(rng() % static_cast<u64>(shape == 1 ? 1000 : kMaxQuantity)) + 1;
+    const i64 rate = static_cast<i64>(rng() % static_cast<u64>(kScale / 10 + 1));
+    const i128 product = static_cast<i128>(price) * qty;
+    CHECK(notional_wide(price, qty) == product / kScale);
+    const i128 den = static_cast<i128>(kScale) * kScale;
+    if (product / kScale <= kMaxCash) {
+      CHECK(fee_for(price, qty, rate) == static_cast<i64>((product * rate + den - 1) / den));
+    }
+  }
+  CHECK(fee_for(1, 1, 1) == 1);
+  CHECK(fee_for(100 * S, S, 100'000) == 10'000'000);
+}
+
 void test_positions_and_flip() {
   Engine e;
   e.set_risk_limits(loose());
@@ -211,6 +230,7 @@ void test_lead_lag() {
 }  // namespace
 
 int main() {
+  test_fixed_point();
   test_positions_and_flip();
   test_rejects_and_kill_switch();
   test_snapshot_roundtrip_and_corruption();
