@@ -214,6 +214,31 @@ hean::OrderResult submit_order(hean::Engine& engine, const std::string& client_i
   return engine.submit(req, now_ns);
 }
 
+// The typed Python layer's fast path: integer codes in, a plain tuple out (pybind11 enum
+// objects cost more than the engine call itself).
+py::tuple submit_order_codes(hean::Engine& engine, const std::string& client_id,
+                             const std::string& symbol, int side, int type, i64 quantity,
+                             i64 price, int tif, i64 now_ns) {
+  auto code = [](int v, const char* field) {
+    if (v < 0 || v > 255) throw py::value_error(std::string(field) + ": bad code");
+    return static_cast<std::uint8_t>(v);
+  };
+  hean::OrderRequest req{client_id,
+                         symbol,
+                         static_cast<hean::Side>(code(side, "side")),
+                         static_cast<hean::OrderType>(code(type, "order_type")),
+                         static_cast<hean::TimeInForce>(code(tif, "time_in_force")),
+                         quantity,
+                         price};
+  hean::OrderResult r;
+  {
+    py::gil_scoped_release release;
+    r = engine.submit(req, now_ns);
+  }
+  return py::make_tuple(r.order_id, static_cast<int>(r.status), static_cast<int>(r.reason),
+                        r.filled_qty, r.fill_price, r.fee, r.duplicate);
+}
+
 std::unique_ptr<hean::Engine> make_engine(i64 starting_equity, i64 idempotency_capacity) {
   hean::EngineConfig config;
   config.starting_equity = starting_equity;
@@ -387,6 +412,11 @@ PYBIND11_MODULE(_core, m) {
       .def("submit_order", &submit_order, py::arg("client_order_id"), py::arg("symbol"),
            py::arg("side"), py::arg("order_type"), py::arg("quantity"), py::arg("price") = 0,
            py::arg("time_in_force") = hean::TimeInForce::GTC, py::arg("now_ns") = 0)
+      .def("submit_order_codes", &submit_order_codes, py::arg("client_order_id"),
+           py::arg("symbol"), py::arg("side"), py::arg("order_type"), py::arg("quantity"),
+           py::arg("price"), py::arg("time_in_force"), py::arg("now_ns") = 0,
+           "submit_order with integer codes; returns (order_id, status, reason, filled_qty, "
+           "fill_price, fee, duplicate)")
       .def("submit_batch", &submit_batch, py::arg("client_order_ids"), py::arg("symbols"),
            py::arg("sides"), py::arg("order_types"), py::arg("quantities"), py::arg("prices"),
            py::arg("time_in_force"), py::arg("now_ns") = 0)

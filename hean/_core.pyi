@@ -237,6 +237,17 @@ class Engine:
         time_in_force: TimeInForce = ...,
         now_ns: int = 0,
     ) -> OrderResult: ...
+    def submit_order_codes(
+        self,
+        client_order_id: str,
+        symbol: str,
+        side: int,
+        order_type: int,
+        quantity: int,
+        price: int,
+        time_in_force: int,
+        now_ns: int = 0,
+    ) -> tuple[int, int, int, int, int, int, bool]: ...
     def submit_batch(
         self,
         client_order_ids: Sequence[str],

@@ -213,9 +213,7 @@ def _now_ns(now_ns: int | None) -> int:
 def _pct(numerator: int, denominator: int) -> Decimal:
     if denominator <= 0:
         return Decimal(0)
-    return (Decimal(numerator) * 100 / Decimal(denominator)).quantize(
-        _PCT_QUANTUM, rounding=ROUND_HALF_EVEN
-    )
+    return (Decimal(numerator) * 100 / Decimal(denominator)).quantize(_PCT_QUANTUM, rounding=ROUND_HALF_EVEN)
 
 
 def _jsonable(value: Any) -> Any:
@@ -255,6 +253,9 @@ class OrderRequest(_Message):
     order_type: OrderType = OrderType.MARKET
     price: Decimal | None = None
     time_in_force: TimeInForce = TimeInForce.GTC
+    _codes: tuple[int, int, int, int, int] = field(
+        init=False, repr=False, compare=False, default=(0, 0, 0, 0, 0)
+    )
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -263,18 +264,29 @@ class OrderRequest(_Message):
         set_(self, "side", _parse_enum(Side, self.side, "side"))
         set_(self, "order_type", _parse_enum(OrderType, self.order_type, "order_type"))
         set_(self, "time_in_force", _parse_enum(TimeInForce, self.time_in_force, "time_in_force"))
-        set_(self, "quantity", from_units(_positive_units(self.quantity, "quantity")))
+        qty = _positive_units(self.quantity, "quantity")
+        set_(self, "quantity", from_units(qty))
+        price = 0
         if self.order_type is OrderType.LIMIT:
             if self.price is None:
                 raise ValueError("price: required for a LIMIT order")
-            set_(self, "price", from_units(_positive_units(self.price, "price")))
+            price = _positive_units(self.price, "price")
+            set_(self, "price", from_units(price))
         elif self.price is not None:
             raise ValueError("price: must be omitted for a MARKET order")
+        codes = (
+            _SIDE_CODE[self.side],
+            _TYPE_CODE[self.order_type],
+            _TIF_CODE[self.time_in_force],
+            qty,
+            price,
+        )
+        set_(self, "_codes", codes)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> OrderRequest:
         """Builds a request from a JSON-like mapping (e.g. a Socket.IO payload)."""
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls) if f.init}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"order: unknown field(s) {sorted(unknown)}")
@@ -285,14 +297,12 @@ class OrderRequest(_Message):
 
     def units(self) -> tuple[int, int, int, int, int]:
         """(side, type, tif, quantity, price) as the core's integer codes and units."""
-        price = 0 if self.price is None else to_units(self.price, "price")
-        return (
-            _SIDE_CODE[self.side],
-            _TYPE_CODE[self.order_type],
-            _TIF_CODE[self.time_in_force],
-            to_units(self.quantity, "quantity"),
-            price,
-        )
+        return self._codes
+
+    def to_dict(self) -> dict[str, Any]:
+        out = _Message.to_dict(self)
+        del out["_codes"]
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -447,9 +457,7 @@ class RiskLimits(_Message):
         names = {f.name for f in fields(self)}
         unknown = sorted(set(changes) - names)
         if unknown:
-            raise ValueError(
-                f"{unknown[0]}: unknown risk limit (known: {', '.join(sorted(names))})"
-            )
+            raise ValueError(f"{unknown[0]}: unknown risk limit (known: {', '.join(sorted(names))})")
         return RiskLimits(**{**asdict(self), **changes})
 
 
@@ -624,19 +632,6 @@ class BatchResult:
 # ---------------------------------------------------------------- the engine
 
 
-def _order_result(client_order_id: str, raw: _core.OrderResult) -> OrderResult:
-    return OrderResult(
-        client_order_id=client_order_id,
-        order_id=raw.order_id,
-        status=_STATUS_BY_CODE[int(raw.status)],
-        reject_reason=_REASON_BY_CODE[int(raw.reason)],
-        filled_quantity=from_units(raw.filled_qty),
-        fill_price=from_units(raw.fill_price) if raw.fill_price else None,
-        fee=from_units(raw.fee),
-        duplicate=raw.duplicate,
-    )
-
-
 def _fill(raw: _core.Fill) -> Fill:
     return Fill(
         order_id=raw.order_id,
@@ -665,9 +660,7 @@ class TradingEngine:
             idempotency_capacity=idempotency_capacity,
         )
         if risk_limits is not None:
-            self.set_risk_limits(
-                asdict(risk_limits) if isinstance(risk_limits, RiskLimits) else risk_limits
-            )
+            self.set_risk_limits(asdict(risk_limits) if isinstance(risk_limits, RiskLimits) else risk_limits)
 
     @classmethod
     def from_snapshot(cls, data: bytes) -> TradingEngine:
@@ -704,9 +697,7 @@ class TradingEngine:
         """Starts a new trading day: daily drawdown is measured from current equity."""
         self._core.reset_daily()
 
-    def set_risk_limits(
-        self, changes: Mapping[str, Any] | None = None, /, **kwargs: Any
-    ) -> RiskLimits:
+    def set_risk_limits(self, changes: Mapping[str, Any] | None = None, /, **kwargs: Any) -> RiskLimits:
         """Applies limit changes by name (validated as a whole); returns the new limits."""
         merged = {**(changes or {}), **kwargs}
         limits = self.risk_limits().replace(merged)
@@ -728,17 +719,19 @@ class TradingEngine:
 
     def submit(self, order: OrderRequest, *, now_ns: int | None = None) -> OrderResult:
         side, kind, tif, qty, price = order.units()
-        raw = self._core.submit_order(
-            order.client_order_id,
-            order.symbol,
-            _core.Side(side),
-            _core.OrderType(kind),
-            qty,
-            price,
-            _core.TimeInForce(tif),
-            _now_ns(now_ns),
+        order_id, status, reason, filled, fill_price, fee, duplicate = self._core.submit_order_codes(
+            order.client_order_id, order.symbol, side, kind, qty, price, tif, _now_ns(now_ns)
         )
-        return _order_result(order.client_order_id, raw)
+        return OrderResult(
+            order.client_order_id,
+            order_id,
+            _STATUS_BY_CODE[status],
+            _REASON_BY_CODE[reason],
+            from_units(filled),
+            from_units(fill_price) if fill_price else None,
+            from_units(fee),
+            duplicate,
+        )
 
     def submit_order(
         self,
@@ -806,9 +799,7 @@ class TradingEngine:
 
     # -- market --
 
-    def update_market(
-        self, symbol: str, bid: Number, ask: Number, last: Number
-    ) -> MarketUpdateResult:
+    def update_market(self, symbol: str, bid: Number, ask: Number, last: Number) -> MarketUpdateResult:
         tick = MarketTick(symbol, bid, ask, last)  # type: ignore[arg-type]
         raw = self._core.update_market(
             tick.symbol,
