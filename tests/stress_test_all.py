@@ -47,9 +47,7 @@ def _template() -> tuple[OrderBatch, list[str]]:
 
 def test_stress_memory_leak_detection() -> None:
     """10M orders through the binding in batches: RSS after warm-up grows < 5 MB."""
-    engine = TradingEngine(
-        risk_limits={"max_orders_per_second": 0, "fee_rate": 0, "max_trade_risk_pct": 100}
-    )
+    engine = TradingEngine(risk_limits={"max_orders_per_second": 0, "fee_rate": 0, "max_trade_risk_pct": 100})
     engine.start()
     engine.update_market("BTC", 100, 100, 100)
     template, suffixes = _template()
