@@ -106,7 +106,7 @@ class CommandIntake:
         envelope = TaskEnvelope(
             request_id=request_id,
             command=spec.name,
-            params=params.model_dump(mode="json"),
+            params=params.model_dump(mode="json", exclude_unset=True),
             reply_to=reply_to,
             received_at_ms=received_ms,
         )

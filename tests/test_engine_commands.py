@@ -1,0 +1,265 @@
+"""Engine commands end to end: Socket.IO -> web -> Celery engine worker -> C++ core, and the
+results, state and snapshots that come back. Real processes only."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from hean.core.system.redis_state import get_sync_state_manager
+from hean.processes import PROCESSES
+from support import Client, ManagedProcess, wait_for
+
+REDIS: dict[str, str] = {}
+
+
+@pytest.fixture
+def client(system: dict[str, Any]) -> Iterator[Client]:
+    REDIS["url"] = system["env"]["REDIS_URL"]
+    c = Client(str(system["url"]), str(system["token"]))
+    yield c
+    c.close()
+
+
+def run(client: Client, command: str, **params: Any) -> dict[str, Any]:
+    """Send a command, check it was accepted, and return its result message."""
+    request_id = uuid.uuid4().hex
+    ack = client.command({"command": command, "params": params, "request_id": request_id})
+    assert ack["accepted"] is True, ack
+    return client.result_for(request_id)
+
+
+def ok(client: Client, command: str, **params: Any) -> dict[str, Any]:
+    result = run(client, command, **params)
+    assert result["success"] is True, result["error"]
+    return result["result"]  # type: ignore[no-any-return]
+
+
+def fail(client: Client, command: str, code: str, **params: Any) -> dict[str, Any]:
+    result = run(client, command, **params)
+    assert result["success"] is False and result["error"]["code"] == code, result
+    return result
+
+
+def running(client: Client) -> None:
+    """Bring the shared engine to RUNNING whatever earlier tests left it in."""
+    state = ok(client, "stop")["state"]
+    if state == "HALTED":
+        ok(client, "reset_kill_switch")
+    assert ok(client, "start")["state"] == "RUNNING"
+
+
+def symbol() -> str:
+    return "T" + uuid.uuid4().hex[:8].upper() + "USDT"
+
+
+def test_market_order_fills_at_the_ask_and_moves_the_position(client: Client) -> None:
+    running(client)
+    sym = symbol()
+    ok(client, "update_market", symbol=sym, bid="99.5", ask="100.5", last="100")
+    order = ok(client, "submit_order", client_order_id=uuid.uuid4().hex, symbol=sym, side="BUY", quantity="2")
+    assert order["order"]["status"] == "FILLED"
+    assert Decimal(order["order"]["fill_price"]) == Decimal("100.5")
+    assert Decimal(order["order"]["filled_quantity"]) == Decimal(2)
+    assert Decimal(order["order"]["fee"]) == Decimal("100.5") * 2 * Decimal("0.001")
+
+
+def test_limit_order_rests_then_cancels_once(client: Client) -> None:
+    running(client)
+    sym = symbol()
+    ok(client, "update_market", symbol=sym, bid="10", ask="10.1", last="10.05")
+    cid = uuid.uuid4().hex
+    placed = ok(
+        client,
+        "submit_order",
+        client_order_id=cid,
+        symbol=sym,
+        side="BUY",
+        quantity="1",
+        order_type="LIMIT",
+        price="9",
+    )
+    assert placed["order"]["status"] == "RESTING"
+    assert ok(client, "cancel_order", client_order_id=cid) == {"client_order_id": cid, "cancelled": True}
+    result = fail(client, "cancel_order", "not_found", client_order_id=cid)
+    assert result["error"]["field"] == "params.client_order_id"
+
+
+def test_resubmitting_a_client_order_id_never_fills_twice(client: Client) -> None:
+    running(client)
+    sym = symbol()
+    ok(client, "update_market", symbol=sym, bid="50", ask="51", last="50.5")
+    cid = uuid.uuid4().hex
+    first = ok(client, "submit_order", client_order_id=cid, symbol=sym, side="BUY", quantity="1")
+    again = ok(client, "submit_order", client_order_id=cid, symbol=sym, side="BUY", quantity="1")
+    assert again["order"]["duplicate"] is True
+    assert again["order"]["order_id"] == first["order"]["order_id"]
+    positions = get_sync_state_manager(REDIS["url"]).get_state("positions", namespace="system")
+    mine = [p for p in positions if p["symbol"] == sym]
+    assert len(mine) == 1 and Decimal(mine[0]["quantity"]) == Decimal(1)
+
+
+def test_kill_switch_halts_cancels_and_rejects_until_reset(client: Client) -> None:
+    running(client)
+    sym = symbol()
+    ok(client, "update_market", symbol=sym, bid="10", ask="10.1", last="10.05")
+    ok(
+        client,
+        "submit_order",
+        client_order_id=uuid.uuid4().hex,
+        symbol=sym,
+        side="BUY",
+        quantity="1",
+        order_type="LIMIT",
+        price="9",
+    )
+    halted = ok(client, "kill_switch", reason="test drill")
+    assert halted["state"] == "HALTED" and halted["halt_reason"] == "test drill"
+    assert halted["account"]["open_orders"] == 0
+    result = fail(
+        client,
+        "submit_order",
+        "engine_halted",
+        client_order_id=uuid.uuid4().hex,
+        symbol=sym,
+        side="BUY",
+        quantity="1",
+    )
+    assert result["error"]["field"] == "order" and "ENGINE_HALTED" in result["error"]["message"]
+    fail(client, "start", "engine_halted")
+    assert ok(client, "reset_kill_switch")["state"] == "STOPPED"
+    assert ok(client, "start")["state"] == "RUNNING"
+
+
+def test_a_stopped_engine_rejects_orders(client: Client) -> None:
+    running(client)
+    ok(client, "stop")
+    fail(
+        client,
+        "submit_order",
+        "engine_stopped",
+        client_order_id=uuid.uuid4().hex,
+        symbol=symbol(),
+        side="SELL",
+        quantity="1",
+    )
+
+
+def test_pause_and_resume(client: Client) -> None:
+    running(client)
+    paused = ok(client, "pause")
+    assert paused["state"] == "STOPPED" and paused["paused"] is True
+    resumed = ok(client, "resume")
+    assert resumed["state"] == "RUNNING" and resumed["paused"] is False
+    fail(client, "resume", "invalid_state")
+    ok(client, "stop")
+    fail(client, "pause", "invalid_state")
+
+
+def test_risk_adjust_changes_limits_the_engine_enforces(client: Client) -> None:
+    running(client)
+    try:
+        changed = ok(client, "risk_adjust", max_notional="150", max_leverage="2")
+        assert changed["changed"] == ["max_leverage", "max_notional"]
+        assert Decimal(changed["risk_limits"]["max_notional"]) == 150
+        published = get_sync_state_manager(REDIS["url"]).get_state("risk_limits", namespace="system")
+        assert Decimal(published["max_notional"]) == 150
+        sym = symbol()
+        ok(client, "update_market", symbol=sym, bid="100", ask="100", last="100")
+        result = fail(
+            client,
+            "submit_order",
+            "order_rejected",
+            client_order_id=uuid.uuid4().hex,
+            symbol=sym,
+            side="BUY",
+            quantity="2",
+        )
+        assert "MAX_NOTIONAL" in result["error"]["message"]
+        # the core's own cross-field rule: min above max is refused, nothing changes
+        refused = fail(client, "risk_adjust", "invalid_params", min_notional="200")
+        assert refused["error"]["field"].startswith("params.")
+    finally:
+        ok(client, "risk_adjust", max_notional="50000", max_leverage="3")
+
+
+@pytest.mark.parametrize(
+    ("command", "params", "field"),
+    [
+        ("risk_adjust", {}, "params"),
+        ("risk_adjust", {"max_leverage": 0}, "params.max_leverage"),
+        ("risk_adjust", {"max_open_orders": 1.5}, "params.max_open_orders"),
+        ("risk_adjust", {"leverage": 2}, "params.leverage"),
+        (
+            "submit_order",
+            {"client_order_id": "a", "symbol": "X", "side": "HOLD", "quantity": 1},
+            "params.side",
+        ),
+        (
+            "submit_order",
+            {"client_order_id": "a", "symbol": "X", "side": "BUY", "quantity": -1},
+            "params.quantity",
+        ),
+        (
+            "submit_order",
+            {"client_order_id": "a", "symbol": "X", "side": "BUY", "quantity": "NaN"},
+            "params.quantity",
+        ),
+        (
+            "submit_order",
+            {"client_order_id": "a", "symbol": "X", "side": "BUY", "quantity": 1, "order_type": "LIMIT"},
+            "params",
+        ),
+        ("update_market", {"symbol": "X", "bid": 2, "ask": 1, "last": 1}, "params"),
+        ("kill_switch", {"reason": ""}, "params.reason"),
+    ],
+)
+def test_engine_commands_validate_params_before_anything_is_queued(
+    client: Client, command: str, params: dict[str, Any], field: str
+) -> None:
+    ack = client.command({"command": command, "params": params})
+    assert ack["accepted"] is False
+    assert ack["error"]["code"] == "invalid_params"
+    assert ack["error"]["field"] == field
+
+
+def test_engine_state_streams_to_subscribers(client: Client) -> None:
+    reply = client.sio.call("subscribe_state", {"key": "engine", "namespace": "system"}, timeout=5)
+    assert reply["subscribed"] is True
+    current = client.states.get(timeout=5)
+    assert current["namespace"] == "system" and current["key"] == "engine"
+    running(client)
+    ok(client, "stop")
+    states = []
+    while not states or states[-1]["value"]["state"] != "STOPPED":
+        states.append(client.states.get(timeout=10))
+    versions = [current["version"]] + [s["version"] for s in states]
+    assert versions == sorted(versions) and len(set(versions)) == len(versions)
+
+
+def test_engine_state_survives_a_worker_crash(system: dict[str, Any], client: Client, logs_dir: Any) -> None:
+    running(client)
+    sym = symbol()
+    ok(client, "update_market", symbol=sym, bid="20", ask="20", last="20")
+    ok(client, "submit_order", client_order_id=uuid.uuid4().hex, symbol=sym, side="SELL", quantity="3")
+    before = ok(client, "stop")
+    processes: list[ManagedProcess] = system["processes"]
+    old = next(p for p in processes if p.name == "worker-engine")
+    old.process.send_signal(signal.SIGKILL)
+    old.stop()
+    spec = next(s for s in PROCESSES if s.name == "worker-engine")
+    new = ManagedProcess("worker-engine-2", spec.argv(sys.executable), system["env"], logs_dir)
+    processes[processes.index(old)] = new
+    after = ok(client, "stop")
+    assert after["command_count"] == before["command_count"] + 1
+    assert after["orders_filled"] == before["orders_filled"]
+    positions = get_sync_state_manager(REDIS["url"]).get_state("positions", namespace="system")
+    mine = next(p for p in positions if p["symbol"] == sym)
+    assert Decimal(mine["quantity"]) == Decimal(-3)
+    wait_for(lambda: new.alive(), 5, "the new engine worker")
