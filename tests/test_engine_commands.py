@@ -11,10 +11,12 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+import redis
 
 from hean.core.system.redis_state import get_sync_state_manager
 from hean.processes import PROCESSES
-from support import Client, ManagedProcess, wait_for
+from support import Client, ManagedProcess
+from workers.engine import LOG_KEY
 
 REDIS: dict[str, str] = {}
 
@@ -243,14 +245,20 @@ def test_engine_state_streams_to_subscribers(client: Client) -> None:
     assert versions == sorted(versions) and len(set(versions)) == len(versions)
 
 
-def test_engine_state_survives_a_worker_crash(system: dict[str, Any], client: Client, logs_dir: Any) -> None:
-    running(client)
+def test_orders_survive_a_worker_crash_between_snapshots(
+    system: dict[str, Any], client: Client, logs_dir: Any
+) -> None:
+    running(client)  # control commands snapshot; what follows lives only in the command log
     sym = symbol()
     ok(client, "update_market", symbol=sym, bid="20", ask="20", last="20")
-    ok(client, "submit_order", client_order_id=uuid.uuid4().hex, symbol=sym, side="SELL", quantity="3")
-    before = ok(client, "stop")
+    for _ in range(3):
+        ok(client, "submit_order", client_order_id=uuid.uuid4().hex, symbol=sym, side="SELL", quantity="1")
+    before = get_sync_state_manager(REDIS["url"]).get_state("engine", namespace="system")
+    log = redis.Redis.from_url(REDIS["url"])
+    assert log.xlen(LOG_KEY) >= 4  # the market update and 3 orders are not in the snapshot
+    log.close()
     processes: list[ManagedProcess] = system["processes"]
-    old = next(p for p in processes if p.name == "worker-engine")
+    old = next(p for p in processes if p.name.startswith("worker-engine"))
     old.process.send_signal(signal.SIGKILL)
     old.stop()
     spec = next(s for s in PROCESSES if s.name == "worker-engine")
@@ -259,7 +267,7 @@ def test_engine_state_survives_a_worker_crash(system: dict[str, Any], client: Cl
     after = ok(client, "stop")
     assert after["command_count"] == before["command_count"] + 1
     assert after["orders_filled"] == before["orders_filled"]
+    assert after["account"] == {**before["account"], **{k: after["account"][k] for k in ("leverage",)}}
     positions = get_sync_state_manager(REDIS["url"]).get_state("positions", namespace="system")
     mine = next(p for p in positions if p["symbol"] == sym)
     assert Decimal(mine["quantity"]) == Decimal(-3)
-    wait_for(lambda: new.alive(), 5, "the new engine worker")

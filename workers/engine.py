@@ -1,7 +1,14 @@
 """Engine queue tasks: the one ordered consumer that owns this worker's trading engine.
 
-Every command that changes the engine is followed by a snapshot to Redis (restored when the
-worker restarts) and by the system state on the state bus (namespace ``system``: keys
+Durability: every command that changes the engine is appended, with the time it was applied,
+to the Redis stream ``hean:engine:log`` before its result is sent; a snapshot (hash
+``hean:engine:snapshot``: ``data``, ``log_id``) is taken after control commands, every
+``SNAPSHOT_EVERY`` logged commands or ``SNAPSHOT_INTERVAL_S`` seconds, and at shutdown, and
+trims the log. A restarted worker restores the snapshot and replays the log after it, so no
+applied order is forgotten; a command whose task was not acknowledged is redelivered, and the
+command journal (hean/command_journal.py) makes sure it is applied once.
+
+After each command the system state goes to the state bus (namespace ``system``: keys
 ``engine``, ``risk_limits``, ``positions``), which dashboards follow with `subscribe_state`.
 """
 
@@ -11,10 +18,11 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from celery.signals import worker_ready
+from celery.signals import worker_ready, worker_shutdown
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from celeryconfig import ENGINE_QUEUE
@@ -27,12 +35,15 @@ from workers.commands import NoParams, command, execute
 
 log = logging.getLogger(__name__)
 
-#: Where the engine worker keeps the engine snapshot it restores on restart.
+#: The engine snapshot (hash: data, log_id) and the log of commands applied after it.
 SNAPSHOT_KEY = "hean:engine:snapshot"
+LOG_KEY = "hean:engine:log"
+SNAPSHOT_EVERY = 5_000
+SNAPSHOT_INTERVAL_S = 5.0
 #: State bus namespace and keys of the system state the engine worker publishes.
 SYSTEM_NAMESPACE = "system"
 ENGINE_KEY, RISK_KEY, POSITIONS_KEY = "engine", "risk_limits", "positions"
-#: Legacy plain key read by the health endpoint (the engine status as JSON).
+#: Plain key read by the health endpoint (the engine status as JSON).
 ENGINE_STATUS_KEY = "hean:engine:status"
 
 _engine: TradingEngine | None = None
@@ -40,30 +51,68 @@ _paused = False
 _engine_lock = threading.Lock()
 
 
+class EngineLog:
+    """Snapshot + command log bookkeeping for this worker's engine."""
+
+    def __init__(self) -> None:
+        self.last_id = "0-0"
+        self.since_snapshot = 0
+        self.snapshot_at = time.monotonic()
+
+    def append(self, command: str, params: dict[str, Any], now_ns: int) -> None:
+        entry = {"cmd": command, "params": json.dumps(params, separators=(",", ":")), "now_ns": now_ns}
+        self.last_id = _id_text(sync_client().xadd(LOG_KEY, entry))  # type: ignore[arg-type]
+        self.since_snapshot += 1
+        if (
+            self.since_snapshot >= SNAPSHOT_EVERY
+            or time.monotonic() - self.snapshot_at >= SNAPSHOT_INTERVAL_S
+        ):
+            self.snapshot()
+
+    def snapshot(self) -> None:
+        engine = get_engine()
+        ms, seq = (int(part) for part in self.last_id.split("-"))
+        pipe = sync_client().pipeline(transaction=True)
+        pipe.hset(SNAPSHOT_KEY, mapping={"data": engine.snapshot(), "log_id": self.last_id})
+        pipe.xtrim(LOG_KEY, minid=f"{ms}-{seq + 1}")  # drop what the snapshot now contains
+        pipe.execute()
+        self.since_snapshot, self.snapshot_at = 0, time.monotonic()
+
+
+_log = EngineLog()
+
+
+def _id_text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
 def get_engine() -> TradingEngine:
-    """This worker process's engine: restored from the last snapshot, or new."""
+    """This worker process's engine: restored from snapshot + log, or new."""
     global _engine
     with _engine_lock:
         if _engine is None:
-            _engine = _restore_or_new()
+            _engine = TradingEngine()
+            _recover(_engine)
         return _engine
 
 
-def _restore_or_new() -> TradingEngine:
-    engine = TradingEngine()
+def _recover(engine: TradingEngine) -> None:
+    client = sync_client()
     try:
-        snapshot = sync_client().get(SNAPSHOT_KEY)
-    except Exception as exc:  # Redis down at start: run, and say so
-        log.error("event=snapshot_unavailable error=%s", type(exc).__name__)
-        return engine
-    if snapshot:
-        try:
-            engine.restore(snapshot)
-            log.info("event=engine_restored bytes=%d state=%s", len(snapshot), engine.state)
-        except ValueError as exc:
-            sync_client().set(SNAPSHOT_KEY + ":corrupt", snapshot)
-            log.error("event=snapshot_corrupt error=%s action=start_fresh kept=%s:corrupt", exc, SNAPSHOT_KEY)
-    return engine
+        stored = client.hgetall(SNAPSHOT_KEY)
+        if stored.get(b"data"):
+            engine.restore(stored[b"data"])
+            _log.last_id = _id_text(stored[b"log_id"])
+        replayed = 0
+        for entry_id, fields in client.xrange(LOG_KEY, min=f"({_log.last_id}", max="+"):
+            _replay(engine, fields)
+            _log.last_id = _id_text(entry_id)
+            replayed += 1
+    except ValueError as exc:  # a corrupt snapshot: keep it for inspection, start fresh
+        client.rename(SNAPSHOT_KEY, SNAPSHOT_KEY + ":corrupt")
+        log.error("event=snapshot_corrupt error=%s action=start_fresh kept=%s:corrupt", exc, SNAPSHOT_KEY)
+        return
+    log.info("event=engine_recovered log_id=%s replayed=%d state=%s", _log.last_id, replayed, engine.state)
 
 
 def engine_status() -> dict[str, Any]:
@@ -72,17 +121,13 @@ def engine_status() -> dict[str, Any]:
 
 
 def publish(changed_positions: bool = True) -> dict[str, Any]:
-    """Snapshot the engine and publish its state; returns the engine status."""
+    """Publish the engine's state (status, positions); returns the status."""
     engine = get_engine()
     status = engine_status()
     ops = [StateOp.set(ENGINE_KEY, status, SYSTEM_NAMESPACE)]
     if changed_positions:
         ops.append(StateOp.set(POSITIONS_KEY, [p.to_dict() for p in engine.positions()], SYSTEM_NAMESPACE))
-    client = sync_client()
-    pipe = client.pipeline(transaction=False)
-    pipe.set(SNAPSHOT_KEY, engine.snapshot())
-    pipe.set(ENGINE_STATUS_KEY, json.dumps(status, separators=(",", ":")))
-    pipe.execute()
+    sync_client().set(ENGINE_STATUS_KEY, json.dumps(status, separators=(",", ":")))
     try:
         get_sync_state_manager().batch_update(ops)
     except StateError as exc:  # the command ran; only its broadcast failed
@@ -99,6 +144,56 @@ def _publish_risk_limits() -> dict[str, Any]:
     return limits
 
 
+# -- the one path that changes the engine -------------------------------------------------------
+
+
+def _set_paused(value: bool) -> None:
+    global _paused
+    _paused = value
+
+
+def _apply_pause(engine: TradingEngine, paused: bool) -> bool:
+    changed = engine.stop() if paused else engine.start()
+    _set_paused(paused)
+    return changed
+
+
+#: How each logged command changes the engine: (engine, JSON params, time applied) -> outcome.
+#: Replay after a restart calls the same functions with the logged params and time.
+MUTATIONS: dict[str, Callable[[TradingEngine, dict[str, Any], int], Any]] = {
+    "start": lambda e, p, t: (_set_paused(False), e.start())[1],
+    "stop": lambda e, p, t: (_set_paused(False), e.stop())[1],
+    "pause": lambda e, p, t: _apply_pause(e, True),
+    "resume": lambda e, p, t: _apply_pause(e, False),
+    "kill_switch": lambda e, p, t: (_set_paused(False), e.kill_switch(p["reason"]))[1],
+    "reset_kill_switch": lambda e, p, t: e.reset_kill_switch(),
+    "risk_adjust": lambda e, p, t: e.set_risk_limits(p),
+    "submit_order": lambda e, p, t: e.submit_order(**p, now_ns=t),
+    "cancel_order": lambda e, p, t: e.cancel_order(p["client_order_id"]),
+    "update_market": lambda e, p, t: e.update_market(**p),
+}
+CONTROL = frozenset({"start", "stop", "pause", "resume", "kill_switch", "reset_kill_switch", "risk_adjust"})
+
+
+def apply(command_name: str, params: BaseModel | None = None) -> Any:
+    """Change the engine, then log the change (and snapshot after control commands)."""
+    data = params.model_dump(mode="json", exclude_unset=True) if params is not None else {}
+    now_ns = time.time_ns()
+    outcome = MUTATIONS[command_name](get_engine(), data, now_ns)
+    _log.append(command_name, data, now_ns)
+    if command_name in CONTROL:
+        _log.snapshot()
+    return outcome
+
+
+def _replay(engine: TradingEngine, fields: dict[bytes, bytes]) -> None:
+    name = fields[b"cmd"].decode()
+    try:
+        MUTATIONS[name](engine, json.loads(fields[b"params"]), int(fields[b"now_ns"]))
+    except ValueError as exc:  # it failed the same way the first time; the log keeps order
+        log.warning("event=replay_refused command=%s error=%s", name, exc)
+
+
 # -- control ------------------------------------------------------------------------------------
 
 
@@ -107,40 +202,32 @@ def _control(changed: bool) -> dict[str, Any]:
 
 
 @command("start", description="Start the trading engine (STOPPED -> RUNNING).")
-def start(_: NoParams) -> dict[str, Any]:
-    global _paused
+def start(params: NoParams) -> dict[str, Any]:
     engine = get_engine()
     if engine.state is EngineState.HALTED:
         raise CommandError("engine_halted", f"engine is halted ({engine.status().halt_reason}); reset first")
-    _paused = False
-    return _control(engine.start())
+    return _control(apply("start", params))
 
 
 @command("stop", description="Stop taking orders (RUNNING -> STOPPED); resting orders stay.")
-def stop(_: NoParams) -> dict[str, Any]:
-    global _paused
-    _paused = False
-    return _control(get_engine().stop())
+def stop(params: NoParams) -> dict[str, Any]:
+    return _control(apply("stop", params))
 
 
 @command("pause", description="Pause a running engine; `resume` continues it.")
-def pause(_: NoParams) -> dict[str, Any]:
-    global _paused
+def pause(params: NoParams) -> dict[str, Any]:
     engine = get_engine()
     if engine.state is not EngineState.RUNNING:
         raise CommandError("invalid_state", f"only a RUNNING engine can pause; it is {engine.state}")
-    _paused = True
-    return _control(engine.stop())
+    return _control(apply("pause", params))
 
 
 @command("resume", description="Resume an engine that `pause` paused.")
-def resume(_: NoParams) -> dict[str, Any]:
-    global _paused
+def resume(params: NoParams) -> dict[str, Any]:
     engine = get_engine()
     if not _paused or engine.state is not EngineState.STOPPED:
         raise CommandError("invalid_state", f"nothing to resume: engine is {engine.state}, not paused")
-    _paused = False
-    return _control(engine.start())
+    return _control(apply("resume", params))
 
 
 class KillSwitchParams(BaseModel):
@@ -151,15 +238,14 @@ class KillSwitchParams(BaseModel):
 
 @command("kill_switch", params=KillSwitchParams, description="Cancel every open order and halt.")
 def kill_switch(params: KillSwitchParams) -> dict[str, Any]:
-    global _paused
-    _paused = False
-    changed = get_engine().kill_switch(params.reason)
+    # the reason is always logged, so a replay halts for the same reason
+    changed = apply("kill_switch", KillSwitchParams(reason=params.reason))
     return {"changed": changed, **publish()}
 
 
 @command("reset_kill_switch", description="Leave HALTED (-> STOPPED) after a kill switch.")
-def reset_kill_switch(_: NoParams) -> dict[str, Any]:
-    return _control(get_engine().reset_kill_switch())
+def reset_kill_switch(params: NoParams) -> dict[str, Any]:
+    return _control(apply("reset_kill_switch", params))
 
 
 Pct = Annotated[Decimal, Field(gt=0, le=100)]
@@ -191,20 +277,19 @@ class RiskAdjustParams(BaseModel):
 
 @command("risk_adjust", params=RiskAdjustParams, description="Change risk limits by name.")
 def risk_adjust(params: RiskAdjustParams) -> dict[str, Any]:
-    changes = params.model_dump(exclude_unset=True)
     try:
-        get_engine().set_risk_limits(changes)
-    except ValueError as exc:  # a combination the core refuses (e.g. min above max)
+        apply("risk_adjust", params)
+    except ValueError as exc:  # a combination the core refuses (e.g. min above max): nothing logged
         field = str(exc).split(":", 1)[0]
         raise CommandError("invalid_params", str(exc), field=f"params.{field}") from exc
     publish(changed_positions=False)
-    return {"changed": sorted(changes), "risk_limits": _publish_risk_limits()}
+    return {"changed": sorted(params.model_fields_set), "risk_limits": _publish_risk_limits()}
 
 
 # -- orders and market --------------------------------------------------------------------------
 
 Text = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:/-]+$")]
-Amount = Annotated[Decimal, Field(gt=0, le=Decimal("1e12"), allow_inf_nan=False)]
+Amount = Annotated[Decimal, Field(gt=0, le=Decimal("1e9"), allow_inf_nan=False)]
 
 
 class OrderParams(BaseModel):
@@ -244,11 +329,8 @@ def _order_outcome(result: OrderResult) -> dict[str, Any]:
 
 @command("submit_order", params=OrderParams, description="Submit one order to the engine.")
 def submit_order(params: OrderParams) -> dict[str, Any]:
-    engine = get_engine()
-    try:
-        result = engine.submit_order(**params.model_dump())
-    finally:
-        publish()
+    result = apply("submit_order", params)
+    publish()
     return {"order": _order_outcome(result)}
 
 
@@ -260,13 +342,13 @@ class CancelParams(BaseModel):
 
 @command("cancel_order", params=CancelParams, description="Cancel a resting order.")
 def cancel_order(params: CancelParams) -> dict[str, Any]:
-    outcome = get_engine().cancel_order(params.client_order_id)
+    outcome = apply("cancel_order", params)
     publish(changed_positions=False)
     if not outcome.cancelled:
         raise CommandError(
             "not_found", f"no resting order {params.client_order_id!r}", field="params.client_order_id"
         )
-    return outcome.to_dict()
+    return outcome.to_dict()  # type: ignore[no-any-return]
 
 
 class MarketParams(BaseModel):
@@ -286,9 +368,9 @@ class MarketParams(BaseModel):
 
 @command("update_market", params=MarketParams, description="Feed the paper market a new top of book.")
 def update_market(params: MarketParams) -> dict[str, Any]:
-    outcome = get_engine().update_market(params.symbol, params.bid, params.ask, params.last)
+    outcome = apply("update_market", params)
     publish()
-    return outcome.to_dict()
+    return outcome.to_dict()  # type: ignore[no-any-return]
 
 
 # -- tasks --------------------------------------------------------------------------------------
@@ -309,6 +391,13 @@ def ping(sent_at: float | None = None) -> dict[str, Any]:
         "sent_at": sent_at,
         "answered_at": time.time(),
     }
+
+
+@worker_shutdown.connect
+def _snapshot_on_shutdown(**_: Any) -> None:
+    if _engine is not None:
+        _log.snapshot()
+        log.info("event=engine_snapshot reason=shutdown log_id=%s", _log.last_id)
 
 
 @worker_ready.connect
