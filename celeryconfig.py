@@ -20,9 +20,12 @@ DEFAULT_QUEUE = "default"
 
 ALL_QUEUES = (ENGINE_QUEUE, PULSE_QUEUE, LLM_QUEUE, DEFAULT_QUEUE)
 
-task_queues = tuple(Queue(name, Exchange(name), routing_key=name) for name in ALL_QUEUES)
+# The nameless default exchange: kombu's Redis transport then pushes straight onto the queue's
+# list, instead of first reading the exchange's binding table (one round trip per publish).
+DIRECT = Exchange("")
+task_queues = tuple(Queue(name, DIRECT, routing_key=name) for name in ALL_QUEUES)
 task_default_queue = DEFAULT_QUEUE
-task_default_exchange = DEFAULT_QUEUE
+task_default_exchange = ""
 task_default_routing_key = DEFAULT_QUEUE
 
 task_routes = {

@@ -3,13 +3,15 @@
 Key ``hean:cmd:{request_id}`` (kept 24 hours) holds the fields ``envelope`` (written first,
 atomically, by the web process: the reservation), ``ack`` (the ack sent to the client),
 ``started`` and ``result`` (written by the worker). A request id seen again returns the
-original ack and result instead of enqueuing anything.
+original ack and result instead of enqueuing anything. Every operation takes many request
+ids at once, so a batch of commands costs one round trip.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,22 +21,36 @@ import redis
 RETENTION_S = 24 * 3600
 KEY_PREFIX = "hean:cmd:"
 
-# Reserve a request id in one round trip: returns {1} when new, else {0, ack, result}.
+# Reserve request ids (KEYS) for envelopes (ARGV[2..]); ARGV[1] is the retention.
+# Returns, per key, {1} when new, else {0, ack or false, result or false}.
 _RESERVE = """
-if redis.call('HSETNX', KEYS[1], 'envelope', ARGV[1]) == 1 then
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
-  return {1}
+local out = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('HSETNX', key, 'envelope', ARGV[i + 1]) == 1 then
+    redis.call('EXPIRE', key, ARGV[1])
+    out[i] = {1}
+  else
+    out[i] = {0, redis.call('HGET', key, 'ack') or false, redis.call('HGET', key, 'result') or false}
+  end
 end
-return {0, redis.call('HGET', KEYS[1], 'ack') or false, redis.call('HGET', KEYS[1], 'result') or false}
+return out
 """
 
-# Mark a command as started; returns the stored result if it already ran, else false.
+# Mark commands (KEYS) as started at ARGV[1]; returns, per key, its stored result if it
+# already ran, else false.
 _START = """
-local result = redis.call('HGET', KEYS[1], 'result')
-if result then return result end
-redis.call('HSET', KEYS[1], 'started', ARGV[1])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-return false
+local out = {}
+for i, key in ipairs(KEYS) do
+  local result = redis.call('HGET', key, 'result')
+  if result then
+    out[i] = result
+  else
+    redis.call('HSET', key, 'started', ARGV[1])
+    redis.call('EXPIRE', key, ARGV[2])
+    out[i] = false
+  end
+end
+return out
 """
 
 
@@ -55,6 +71,10 @@ def _decode(raw: bytes | str | None) -> dict[str, Any] | None:
     return json.loads(raw) if raw else None
 
 
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
 class CommandJournal:
     """Sync face over the journal (the web process under eventlet and Celery workers)."""
 
@@ -63,26 +83,46 @@ class CommandJournal:
         self._reserve = client.register_script(_RESERVE)
         self._start = client.register_script(_START)
 
+    def reserve_many(self, items: Sequence[tuple[str, str]]) -> list[Reservation]:
+        """Claim each (request_id, encoded envelope); one round trip for all of them."""
+        if not items:
+            return []
+        reply = self._reserve(
+            keys=[journal_key(rid) for rid, _ in items], args=[RETENTION_S, *(env for _, env in items)]
+        )
+        return [
+            Reservation(new=True)
+            if int(r[0]) == 1
+            else Reservation(new=False, ack=_decode(r[1]), result=_decode(r[2]))
+            for r in reply
+        ]
+
     def reserve(self, request_id: str, envelope_json: str) -> Reservation:
-        """Claim `request_id` for the command `envelope_json` (already encoded)."""
-        reply = self._reserve(keys=[journal_key(request_id)], args=[envelope_json, RETENTION_S])
-        if int(reply[0]) == 1:
-            return Reservation(new=True)
-        return Reservation(new=False, ack=_decode(reply[1]), result=_decode(reply[2]))
+        return self.reserve_many([(request_id, envelope_json)])[0]
 
-    def release(self, request_id: str) -> None:
-        """Forget a reservation whose command was never enqueued (the client may retry)."""
-        self._client.delete(journal_key(request_id))
+    def release_many(self, request_ids: Sequence[str]) -> None:
+        """Forget reservations whose commands were never enqueued (clients may retry)."""
+        if request_ids:
+            self._client.delete(*(journal_key(rid) for rid in request_ids))
 
-    def record_ack(self, request_id: str, ack: dict[str, Any]) -> None:
-        self._client.hset(journal_key(request_id), "ack", json.dumps(ack))
+    def record_acks(self, acks: Sequence[dict[str, Any]]) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        for ack in acks:
+            pipe.hset(journal_key(ack["request_id"]), "ack", _dumps(ack))
+        pipe.execute()
 
-    def start(self, request_id: str) -> dict[str, Any] | None:
-        """Mark the command started; returns its result instead if it already ran."""
-        return _decode(self._start(keys=[journal_key(request_id)], args=[time.time(), RETENTION_S]))
+    def start_many(self, request_ids: Sequence[str]) -> list[dict[str, Any] | None]:
+        """Mark commands started; for those that already ran, their stored result instead."""
+        if not request_ids:
+            return []
+        reply = self._start(keys=[journal_key(rid) for rid in request_ids], args=[time.time(), RETENTION_S])
+        return [_decode(r) for r in reply]
 
-    def record_result(self, request_id: str, result: dict[str, Any]) -> None:
-        self._client.hset(journal_key(request_id), "result", json.dumps(result))
+    @staticmethod
+    def record_results(pipe: Any, results: Sequence[dict[str, Any]]) -> None:
+        """Queue the results on `pipe` (a pipeline the caller executes with other writes)."""
+        for result in results:
+            pipe.hset(journal_key(result["request_id"]), "result", _dumps(result))
 
     def get(self, request_id: str) -> dict[str, Any] | None:
         """Everything known about a request id, or None if it was never seen (or expired)."""

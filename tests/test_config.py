@@ -73,9 +73,9 @@ def test_queues_and_routes_are_declared_in_celeryconfig() -> None:
     assert {q.name for q in app.conf.task_queues} == {"engine", "pulse", "llm", "default"}
     route = app.amqp.router.route
     for task, queue in (
-        ("workers.engine.run_command", "engine"),
+        ("workers.engine.run_batch", "engine"),
         ("workers.pulse.pulse", "pulse"),
-        ("workers.default.run_command", "default"),
+        ("workers.default.run_batch", "default"),
     ):
         assert route({}, task)["queue"].name == queue
 

@@ -7,7 +7,11 @@ published to the broker. A request id seen before gets the original ack back (wi
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import queue
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +36,10 @@ log = logging.getLogger(__name__)
 
 #: Largest encoded command (params included) accepted for the queue.
 MAX_COMMAND_BYTES = 64 * 1024
+#: Most commands the writer puts in one Celery task.
+MAX_BATCH = 500
+#: How long a handler waits for the writer to confirm the enqueue.
+ENQUEUE_TIMEOUT_S = 5.0
 
 
 def first_error(exc: ValidationError, code: str, prefix: str = "") -> ErrorInfo:
@@ -52,9 +60,10 @@ class Outcome:
 
 
 class CommandIntake:
+    """Validates commands on the handler's greenlet; the writer does all the Redis I/O."""
+
     def __init__(self, celery_app: Celery, journal: CommandJournal) -> None:
-        self._celery = celery_app
-        self._journal = journal
+        self._writer = CommandWriter(celery_app, journal)
 
     def accept(self, data: Any, reply_to: str | None) -> Outcome:
         """Validate `data`, enqueue it for a worker, and return the ack (accepted or not)."""
@@ -121,46 +130,137 @@ class CommandIntake:
                 ),
                 status=413,
             )
-        try:
-            reservation = self._journal.reserve(request_id, encoded)
-        except RedisError as exc:
-            log.error("event=journal_unavailable request_id=%s error=%s", request_id, type(exc).__name__)
-            return reject(ErrorInfo(code="unavailable", message="command store unreachable; retry"), 503)
-        if not reservation.new:
-            return self._duplicate(reservation, request_id, name, started)
-        try:
-            self._celery.send_task(
-                TASK_FOR_QUEUE[spec.queue],
-                args=[envelope.model_dump(mode="json")],
-                task_id=request_id,
+        pending = PendingCommand(request_id, spec.name, spec.queue, encoded, started)
+        self._writer.submit(pending)
+        if not pending.done.wait(ENQUEUE_TIMEOUT_S):
+            # The writer may still enqueue it: the client must not assume either way.
+            return reject(
+                ErrorInfo(
+                    code="unavailable",
+                    message=f"enqueue did not confirm within {ENQUEUE_TIMEOUT_S:g} s; the command may "
+                    "still run: resend the same request_id, or GET /api/commands/<request_id>",
+                ),
+                503,
             )
-        except (KombuError, RedisError, OSError) as exc:
-            log.error("event=enqueue_failed command=%s request_id=%s error=%s", spec.name, request_id, exc)
-            self._journal.release(request_id)
-            return reject(ErrorInfo(code="unavailable", message="broker unreachable; retry"), 503)
-        ack = CommandAck(
-            request_id=request_id,
-            command=spec.name,
-            accepted=True,
-            ack_time_ms=round((time.perf_counter() - started) * 1000.0, 3),
-        ).model_dump(mode="json")
-        try:
-            self._journal.record_ack(request_id, ack)
-        except RedisError:  # the command is queued; only the replay copy of its ack is missing
-            log.warning("event=ack_not_journaled request_id=%s", request_id)
-        return Outcome(ack)
+        assert pending.outcome is not None
+        return pending.outcome
 
-    def _duplicate(
-        self, reservation: Reservation, request_id: str, name: str | None, started: float
-    ) -> Outcome:
-        if reservation.ack is not None:
-            ack = dict(reservation.ack, duplicate=True)
-        else:  # the first copy is still being enqueued right now
-            ack = CommandAck(
-                request_id=request_id,
-                command=name,
-                accepted=True,
-                ack_time_ms=round((time.perf_counter() - started) * 1000.0, 3),
-                duplicate=True,
-            ).model_dump(mode="json")
-        return Outcome(ack, earlier_result=reservation.result, http_status=200)
+
+class CommandWriter:
+    """The one greenlet (or thread) that talks to Redis for the intake.
+
+    Handlers hand it validated commands and wait; it takes whatever is waiting (batches grow
+    with load on their own, no timer), reserves every request id in one round trip, publishes
+    one Celery task per queue for the new ones, wakes each handler with its ack, and then
+    journals the acks. Few writers also keep the web process far from the connection limit.
+    """
+
+    def __init__(self, celery_app: Celery, journal: CommandJournal) -> None:
+        self._celery = celery_app
+        self._journal = journal
+        self._queue: queue.Queue[PendingCommand] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, pending: PendingCommand) -> None:
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="hean-command-writer", daemon=True)
+                    self._thread.start()
+        self._queue.put(pending)
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < MAX_BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._flush(batch)
+            except Exception:  # never let the writer die: fail this batch, keep serving
+                log.exception("event=writer_failed size=%d", len(batch))
+                for pending in batch:
+                    if not pending.done.is_set():
+                        pending.fail(ErrorInfo(code="unavailable", message="internal error; retry"), 503)
+
+    def _flush(self, batch: list[PendingCommand]) -> None:
+        try:
+            reservations = self._journal.reserve_many([(p.request_id, p.encoded) for p in batch])
+        except RedisError as exc:
+            log.error("event=journal_unavailable size=%d error=%s", len(batch), type(exc).__name__)
+            for pending in batch:
+                pending.fail(ErrorInfo(code="unavailable", message="command store unreachable; retry"), 503)
+            return
+        fresh: dict[str, list[PendingCommand]] = {}
+        for pending, reservation in zip(batch, reservations, strict=True):
+            if reservation.new:
+                fresh.setdefault(pending.queue, []).append(pending)
+            else:
+                pending.duplicate(reservation)
+        acks = []
+        for queue_name, items in fresh.items():
+            try:
+                self._celery.send_task(
+                    TASK_FOR_QUEUE[queue_name],
+                    args=[[json.loads(p.encoded) for p in items]],
+                    task_id=f"batch-{items[0].request_id}-{len(items)}",
+                    # a short summary for Flower instead of repr() of every command (cheaper,
+                    # and no order details in the monitor)
+                    argsrepr=f"[{len(items)} commands: {', '.join(sorted({p.command for p in items}))}]",
+                    kwargsrepr="{}",
+                )
+            except (KombuError, RedisError, OSError) as exc:
+                log.error("event=enqueue_failed queue=%s size=%d error=%s", queue_name, len(items), exc)
+                with contextlib.suppress(RedisError):
+                    self._journal.release_many([p.request_id for p in items])
+                for pending in items:
+                    pending.fail(ErrorInfo(code="unavailable", message="broker unreachable; retry"), 503)
+                continue
+            acks += [pending.accept() for pending in items]
+        if acks:
+            try:
+                self._journal.record_acks(acks)
+            except RedisError:  # the commands are queued; only the replay copies of acks are missing
+                log.warning("event=acks_not_journaled size=%d", len(acks))
+
+
+class PendingCommand:
+    """A validated command waiting for the writer; `outcome` is set when `done` is."""
+
+    __slots__ = ("command", "done", "encoded", "outcome", "queue", "request_id", "started")
+
+    def __init__(self, request_id: str, command: str, queue_name: str, encoded: str, started: float) -> None:
+        self.request_id, self.command, self.queue = request_id, command, queue_name
+        self.encoded, self.started = encoded, started
+        self.done = threading.Event()
+        self.outcome: Outcome | None = None
+
+    def _ack(self, accepted: bool, error: ErrorInfo | None = None, duplicate: bool = False) -> dict[str, Any]:
+        return CommandAck(
+            request_id=self.request_id,
+            command=self.command,
+            accepted=accepted,
+            ack_time_ms=round((time.perf_counter() - self.started) * 1000.0, 3),
+            error=error,
+            duplicate=duplicate,
+        ).model_dump(mode="json")
+
+    def _finish(self, outcome: Outcome) -> None:
+        self.outcome = outcome
+        self.done.set()
+
+    def accept(self) -> dict[str, Any]:
+        ack = self._ack(True)
+        self._finish(Outcome(ack))
+        return ack
+
+    def fail(self, error: ErrorInfo, status: int) -> None:
+        self._finish(Outcome(self._ack(False, error), http_status=status))
+
+    def duplicate(self, reservation: Reservation) -> None:
+        # the original ack if it was journaled; else the first copy is being enqueued right now
+        ack = dict(reservation.ack, duplicate=True) if reservation.ack else self._ack(True, duplicate=True)
+        self._finish(Outcome(ack, earlier_result=reservation.result, http_status=200))

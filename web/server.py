@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+from typing import Any
 
 from hean.config import get_settings
 from hean.logs import configure_logging
@@ -22,9 +23,6 @@ def is_loopback(host: str) -> bool:
 
 
 def main() -> None:
-    import eventlet
-    import eventlet.wsgi
-
     from web.app import create_app
 
     settings = get_settings()
@@ -35,9 +33,17 @@ def main() -> None:
             "event=exposed_bind host=%s note=control needs the token but traffic is not encrypted",
             settings.host,
         )
-    listener = eventlet.listen((settings.host, settings.port))
+    serve(app, settings.host, settings.port)
+
+
+def serve(app: Any, host: str, port: int) -> None:
+    """Serve a WSGI app on eventlet (monkey-patched by the caller) with TCP_NODELAY."""
+    import eventlet
+    import eventlet.wsgi
+
+    listener = eventlet.listen((host, port))
     # Accepted sockets inherit TCP_NODELAY: an ack event followed by the ack value would
     # otherwise wait ~40 ms for the client's delayed ACK.
     listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    log.info("event=web_listening host=%s port=%d", settings.host, settings.port)
+    log.info("event=web_listening host=%s port=%d", host, port)
     eventlet.wsgi.server(listener, app, log_output=False, log=logging.getLogger("hean.web.wsgi"))

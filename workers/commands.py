@@ -60,8 +60,8 @@ class CommandSpec:
 
 #: The Celery task that runs commands for each queue (its route is declared in celeryconfig).
 TASK_FOR_QUEUE = {
-    ENGINE_QUEUE: "workers.engine.run_command",
-    DEFAULT_QUEUE: "workers.default.run_command",
+    ENGINE_QUEUE: "workers.engine.run_batch",
+    DEFAULT_QUEUE: "workers.default.run_batch",
 }
 
 _REGISTRY: dict[str, CommandSpec] = {}
@@ -135,46 +135,76 @@ def _error_from(exc: Exception) -> ErrorInfo:
     return ErrorInfo(code="command_failed", message=f"{type(exc).__name__}: {exc}")
 
 
-def execute(envelope_data: dict[str, Any], queue: str) -> dict[str, Any]:
-    """Run one enqueued command (once per request id) and send its result to the sender and
-    to the operators room."""
-    from workers.emit import emit
+#: Hooks a queue's module registers to take part in a batch: `before()` runs ahead of the
+#: handlers, `after(pipe)` queues writes that must commit together with the results (the
+#: engine's command log), `published()` runs once everything is committed.
+@dataclass
+class BatchHooks:
+    before: Callable[[], None] = lambda: None
+    after: Callable[[Any], None] = lambda pipe: None
+    published: Callable[[], None] = lambda: None
 
-    started = time.perf_counter()
-    envelope = TaskEnvelope.model_validate(envelope_data)
-    journal = CommandJournal(sync_client())
-    message = journal.start(envelope.request_id)
-    if message is None:
-        spec = _REGISTRY.get(envelope.command)
-        result: Any = None
-        error: ErrorInfo | None = None
-        if spec is None or spec.queue != queue:
-            error = ErrorInfo(code="unknown_command", message=f"no command {envelope.command!r} here")
-        else:
-            try:
-                result = spec.handler(spec.params.model_validate(envelope.params))
-            except Exception as exc:  # a failing command is reported, never kills the worker
-                error = _error_from(exc)
-                if error.code == "command_failed":
-                    log.exception(
-                        "event=command_failed command=%s request_id=%s",
-                        spec.name,
-                        envelope.request_id,
-                    )
-        message = CommandResult(
-            request_id=envelope.request_id,
-            command=envelope.command,
-            success=error is None,
-            result=result,
-            error=error,
-            execution_time_ms=round((time.perf_counter() - started) * 1000.0, 3),
-        ).model_dump(mode="json")
-        journal.record_result(envelope.request_id, message)
+
+_HOOKS: dict[str, BatchHooks] = {}
+
+
+def set_batch_hooks(queue: str, hooks: BatchHooks) -> None:
+    _HOOKS[queue] = hooks
+
+
+def _run_one(envelope: TaskEnvelope, queue: str, started: float) -> dict[str, Any]:
+    spec = _REGISTRY.get(envelope.command)
+    result: Any = None
+    error: ErrorInfo | None = None
+    if spec is None or spec.queue != queue:
+        error = ErrorInfo(code="unknown_command", message=f"no command {envelope.command!r} here")
     else:
-        log.warning("event=command_already_ran request_id=%s action=resend_result", envelope.request_id)
-    emit(
-        "command_result",
-        message,
-        to=[envelope.reply_to, OPERATORS_ROOM] if envelope.reply_to else OPERATORS_ROOM,
-    )
-    return message
+        try:
+            result = spec.handler(spec.params.model_validate(envelope.params))
+        except Exception as exc:  # a failing command is reported, never kills the worker
+            error = _error_from(exc)
+            if error.code == "command_failed":
+                log.exception("event=command_failed command=%s request_id=%s", spec.name, envelope.request_id)
+    return CommandResult(
+        request_id=envelope.request_id,
+        command=envelope.command,
+        success=error is None,
+        result=result,
+        error=error,
+        execution_time_ms=round((time.perf_counter() - started) * 1000.0, 3),
+    ).model_dump(mode="json")
+
+
+def execute_batch(envelopes_data: list[dict[str, Any]], queue: str) -> int:
+    """Run a batch of enqueued commands in order, each at most once per request id.
+
+    Results are committed together with the queue's own writes (one MULTI/EXEC), then sent
+    to each sender and to the operators room in one pipelined publish.
+    """
+    from workers.emit import buffered_emits
+
+    envelopes = [TaskEnvelope.model_validate(data) for data in envelopes_data]
+    client = sync_client()
+    journal = CommandJournal(client)
+    earlier = journal.start_many([e.request_id for e in envelopes])
+    hooks = _HOOKS.get(queue, BatchHooks())
+    hooks.before()
+    fresh: list[dict[str, Any]] = []
+    messages: list[tuple[dict[str, Any], str | None]] = []
+    for envelope, previous in zip(envelopes, earlier, strict=True):
+        if previous is not None:
+            log.warning("event=command_already_ran request_id=%s action=resend_result", envelope.request_id)
+            messages.append((previous, envelope.reply_to))
+            continue
+        message = _run_one(envelope, queue, time.perf_counter())
+        fresh.append(message)
+        messages.append((message, envelope.reply_to))
+    pipe = client.pipeline(transaction=True)
+    hooks.after(pipe)
+    CommandJournal.record_results(pipe, fresh)
+    pipe.execute()
+    hooks.published()
+    with buffered_emits() as emit:
+        for message, reply_to in messages:
+            emit("command_result", message, to=[reply_to, OPERATORS_ROOM] if reply_to else OPERATORS_ROOM)
+    return len(messages)

@@ -6,9 +6,9 @@ from typing import Any
 
 from celeryconfig import DEFAULT_QUEUE
 from workers.app import app
-from workers.commands import execute
+from workers.commands import execute_batch
 
 
-@app.task(name="workers.default.run_command")
-def run_command(envelope: dict[str, Any]) -> dict[str, Any]:
-    return execute(envelope, DEFAULT_QUEUE)
+@app.task(name="workers.default.run_batch", ignore_result=True)
+def run_batch(envelopes: list[dict[str, Any]]) -> int:
+    return execute_batch(envelopes, DEFAULT_QUEUE)

@@ -2,19 +2,68 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import socketio
 
 from hean.config import get_settings
 
+Emit = Callable[..., None]
+
+
+class BufferedRedisManager(socketio.RedisManager):  # type: ignore[misc]
+    """A write-only RedisManager that can gather emits and publish them in one pipeline.
+
+    python-socketio publishes one message per emit (one round trip each); a batch of results
+    should cost one round trip. Buffers are per thread (the default worker runs threads).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._local = threading.local()
+
+    def _publish(self, data: Any) -> Any:
+        buffer = getattr(self._local, "buffer", None)
+        if buffer is None:
+            return super()._publish(data)
+        buffer.append(data)
+        return None
+
+    @contextlib.contextmanager
+    def buffered(self) -> Iterator[None]:
+        self._local.buffer = []
+        try:
+            yield
+        finally:
+            buffer, self._local.buffer = self._local.buffer, None
+            if buffer:
+                self._publish_many(buffer)
+
+    def _publish_many(self, messages: list[Any]) -> None:
+        for attempt in (1, 2):
+            try:
+                if not self.connected:
+                    self._redis_connect()
+                pipe = self.redis.pipeline(transaction=False)
+                for message in messages:
+                    pipe.publish(self.channel, self.json.dumps(message))
+                pipe.execute()
+                return
+            except Exception:
+                self.connected = False
+                if attempt == 2:
+                    raise
+
 
 @functools.cache
-def _manager() -> socketio.RedisManager:
+def _manager() -> BufferedRedisManager:
     settings = get_settings()
-    # Same channel as the web process's manager (web/__init__.py), or messages go nowhere.
-    return socketio.RedisManager(
+    # Same channel as the web process's manager (web/app.py), or messages go nowhere.
+    return BufferedRedisManager(
         settings.effective_redis_url(), channel=settings.socketio_channel, write_only=True
     )
 
@@ -22,3 +71,11 @@ def _manager() -> socketio.RedisManager:
 def emit(event: str, data: Any, to: str | list[str] | None = None, namespace: str = "/") -> None:
     """Send `event` to clients and rooms (sids or room names), or with `to=None` to everyone."""
     _manager().emit(event, data, namespace=namespace, room=to)
+
+
+@contextlib.contextmanager
+def buffered_emits() -> Iterator[Emit]:
+    """`emit` whose messages go out together, in order, when the block ends."""
+    manager = _manager()
+    with manager.buffered():
+        yield emit

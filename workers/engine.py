@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal
 
 from celery.signals import worker_ready, worker_shutdown
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from redis.exceptions import RedisError
 
 from celeryconfig import ENGINE_QUEUE
 from hean.core.system.redis_state import StateError, StateOp, get_sync_state_manager
@@ -31,7 +32,7 @@ from hean.engine import EngineState, OrderResult, RejectReason, TradingEngine
 from hean.messages import CommandError
 from hean.redis_client import sync_client
 from workers.app import app
-from workers.commands import NoParams, command, execute
+from workers.commands import BatchHooks, NoParams, command, execute_batch, set_batch_hooks
 
 log = logging.getLogger(__name__)
 
@@ -52,28 +53,56 @@ _engine_lock = threading.Lock()
 
 
 class EngineLog:
-    """Snapshot + command log bookkeeping for this worker's engine."""
+    """Snapshot + command log bookkeeping for this worker's engine.
+
+    Entries get explicit, increasing stream ids so that they can be written in the same
+    MULTI/EXEC as the commands' results (and so that the snapshot knows where it stands).
+    """
 
     def __init__(self) -> None:
         self.last_id = "0-0"
+        self.pending: list[tuple[str, dict[str, Any]]] = []
         self.since_snapshot = 0
         self.snapshot_at = time.monotonic()
+        self.control_seen = False
 
-    def append(self, command: str, params: dict[str, Any], now_ns: int) -> None:
+    def _next_id(self) -> str:
+        last_ms, last_seq = (
+            int(part) for part in (self.pending[-1][0] if self.pending else self.last_id).split("-")
+        )
+        now_ms = time.time_ns() // 1_000_000
+        return f"{now_ms}-0" if now_ms > last_ms else f"{last_ms}-{last_seq + 1}"
+
+    def add(self, command: str, params: dict[str, Any], now_ns: int) -> None:
         entry = {"cmd": command, "params": json.dumps(params, separators=(",", ":")), "now_ns": now_ns}
-        self.last_id = _id_text(sync_client().xadd(LOG_KEY, entry))  # type: ignore[arg-type]
-        self.since_snapshot += 1
-        if (
+        self.pending.append((self._next_id(), entry))
+        self.control_seen |= command in CONTROL
+
+    def write(self, pipe: Any) -> None:
+        """Queue the pending entries on `pipe` (committed with the commands' results)."""
+        for entry_id, entry in self.pending:
+            pipe.xadd(LOG_KEY, entry, id=entry_id)
+
+    def committed(self) -> None:
+        if self.pending:
+            self.last_id = self.pending[-1][0]
+            self.since_snapshot += len(self.pending)
+            self.pending.clear()
+        due = (
             self.since_snapshot >= SNAPSHOT_EVERY
             or time.monotonic() - self.snapshot_at >= SNAPSHOT_INTERVAL_S
-        ):
+        )
+        if self.control_seen or (self.since_snapshot and due):
             self.snapshot()
+        self.control_seen = False
 
     def snapshot(self) -> None:
         engine = get_engine()
         ms, seq = (int(part) for part in self.last_id.split("-"))
         pipe = sync_client().pipeline(transaction=True)
-        pipe.hset(SNAPSHOT_KEY, mapping={"data": engine.snapshot(), "log_id": self.last_id})
+        pipe.hset(
+            SNAPSHOT_KEY, mapping={"data": engine.snapshot(), "log_id": self.last_id, "paused": int(_paused)}
+        )
         pipe.xtrim(LOG_KEY, minid=f"{ms}-{seq + 1}")  # drop what the snapshot now contains
         pipe.execute()
         self.since_snapshot, self.snapshot_at = 0, time.monotonic()
@@ -103,6 +132,7 @@ def _recover(engine: TradingEngine) -> None:
         if stored.get(b"data"):
             engine.restore(stored[b"data"])
             _log.last_id = _id_text(stored[b"log_id"])
+            _set_paused(stored.get(b"paused") == b"1")
         replayed = 0
         for entry_id, fields in client.xrange(LOG_KEY, min=f"({_log.last_id}", max="+"):
             _replay(engine, fields)
@@ -118,6 +148,15 @@ def _recover(engine: TradingEngine) -> None:
 def engine_status() -> dict[str, Any]:
     engine = get_engine()
     return dict(engine.status().to_dict(), paused=_paused, updated_at=time.time())
+
+
+_dirty = {"engine": False, "positions": False, "risk": False}
+
+
+def _mark_dirty(positions: bool = False, risk: bool = False) -> None:
+    _dirty["engine"] = True
+    _dirty["positions"] |= positions
+    _dirty["risk"] |= risk
 
 
 def publish(changed_positions: bool = True) -> dict[str, Any]:
@@ -176,13 +215,12 @@ CONTROL = frozenset({"start", "stop", "pause", "resume", "kill_switch", "reset_k
 
 
 def apply(command_name: str, params: BaseModel | None = None) -> Any:
-    """Change the engine, then log the change (and snapshot after control commands)."""
+    """Change the engine and log the change (written with the batch's results)."""
     data = params.model_dump(mode="json", exclude_unset=True) if params is not None else {}
     now_ns = time.time_ns()
     outcome = MUTATIONS[command_name](get_engine(), data, now_ns)
-    _log.append(command_name, data, now_ns)
-    if command_name in CONTROL:
-        _log.snapshot()
+    _log.add(command_name, data, now_ns)
+    _mark_dirty(positions=command_name not in CONTROL or command_name == "kill_switch")
     return outcome
 
 
@@ -198,7 +236,7 @@ def _replay(engine: TradingEngine, fields: dict[bytes, bytes]) -> None:
 
 
 def _control(changed: bool) -> dict[str, Any]:
-    return {"changed": changed, **publish(changed_positions=False)}
+    return {"changed": changed, **engine_status()}
 
 
 @command("start", description="Start the trading engine (STOPPED -> RUNNING).")
@@ -240,7 +278,7 @@ class KillSwitchParams(BaseModel):
 def kill_switch(params: KillSwitchParams) -> dict[str, Any]:
     # the reason is always logged, so a replay halts for the same reason
     changed = apply("kill_switch", KillSwitchParams(reason=params.reason))
-    return {"changed": changed, **publish()}
+    return {"changed": changed, **engine_status()}
 
 
 @command("reset_kill_switch", description="Leave HALTED (-> STOPPED) after a kill switch.")
@@ -282,8 +320,8 @@ def risk_adjust(params: RiskAdjustParams) -> dict[str, Any]:
     except ValueError as exc:  # a combination the core refuses (e.g. min above max): nothing logged
         field = str(exc).split(":", 1)[0]
         raise CommandError("invalid_params", str(exc), field=f"params.{field}") from exc
-    publish(changed_positions=False)
-    return {"changed": sorted(params.model_fields_set), "risk_limits": _publish_risk_limits()}
+    _mark_dirty(risk=True)
+    return {"changed": sorted(params.model_fields_set), "risk_limits": get_engine().risk_limits().to_dict()}
 
 
 # -- orders and market --------------------------------------------------------------------------
@@ -329,9 +367,7 @@ def _order_outcome(result: OrderResult) -> dict[str, Any]:
 
 @command("submit_order", params=OrderParams, description="Submit one order to the engine.")
 def submit_order(params: OrderParams) -> dict[str, Any]:
-    result = apply("submit_order", params)
-    publish()
-    return {"order": _order_outcome(result)}
+    return {"order": _order_outcome(apply("submit_order", params))}
 
 
 class CancelParams(BaseModel):
@@ -343,7 +379,6 @@ class CancelParams(BaseModel):
 @command("cancel_order", params=CancelParams, description="Cancel a resting order.")
 def cancel_order(params: CancelParams) -> dict[str, Any]:
     outcome = apply("cancel_order", params)
-    publish(changed_positions=False)
     if not outcome.cancelled:
         raise CommandError(
             "not_found", f"no resting order {params.client_order_id!r}", field="params.client_order_id"
@@ -368,17 +403,41 @@ class MarketParams(BaseModel):
 
 @command("update_market", params=MarketParams, description="Feed the paper market a new top of book.")
 def update_market(params: MarketParams) -> dict[str, Any]:
-    outcome = apply("update_market", params)
-    publish()
-    return outcome.to_dict()  # type: ignore[no-any-return]
+    return apply("update_market", params).to_dict()  # type: ignore[no-any-return]
 
 
 # -- tasks --------------------------------------------------------------------------------------
 
 
-@app.task(name="workers.engine.run_command")
-def run_command(envelope: dict[str, Any]) -> dict[str, Any]:
-    return execute(envelope, ENGINE_QUEUE)
+def _publish_if_dirty() -> None:
+    if _dirty["engine"]:
+        publish(changed_positions=_dirty["positions"])
+    if _dirty["risk"]:
+        _publish_risk_limits()
+    _dirty.update(engine=False, positions=False, risk=False)
+
+
+set_batch_hooks(
+    ENGINE_QUEUE,
+    BatchHooks(
+        after=lambda pipe: _log.write(pipe), published=lambda: (_log.committed(), _publish_if_dirty())
+    ),
+)
+
+
+@app.task(name="workers.engine.run_batch", bind=True, ignore_result=True, max_retries=None)
+def run_batch(self: Any, envelopes: list[dict[str, Any]]) -> int:
+    try:
+        return execute_batch(envelopes, ENGINE_QUEUE)
+    except RedisError as exc:
+        # Results and log did not commit: forget the in-memory engine (it will be rebuilt from
+        # what did commit) and run the batch again; the journal applies each command once.
+        global _engine
+        with _engine_lock:
+            _engine = None
+            _log.pending.clear()
+        log.error("event=batch_not_committed size=%d error=%s action=retry", len(envelopes), exc)
+        raise self.retry(exc=exc, countdown=min(5.0, 0.2 * 2 ** min(self.request.retries, 5))) from exc
 
 
 @app.task(name="workers.engine.ping")

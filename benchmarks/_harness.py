@@ -1,0 +1,110 @@
+"""Shared benchmark plumbing: a private Redis and HEAN processes started like `hean up` does."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from hean.processes import PROCESSES
+from hean.redis_server import PrivateRedis, free_port, redis_answers
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q / 100.0 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def wait_http(url: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as response:
+            if response.status == 200:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
+
+
+class Stack:
+    """Redis (REDIS_URL if it answers, else private) plus the named HEAN processes."""
+
+    def __init__(self, names: list[str], **env: str) -> None:
+        self.home = Path(tempfile.mkdtemp(prefix="hean-bench-"))
+        self._redis: PrivateRedis | None = None
+        url = os.environ.get("REDIS_URL", "")
+        if not (url and redis_answers(url)):
+            self._redis = PrivateRedis(self.home / "redis")
+            url = self._redis.start()
+        self.redis_url = url
+        self.port = free_port()
+        self.token = "bench-" + os.urandom(8).hex()
+        self.env = dict(
+            os.environ,
+            REDIS_URL=url,
+            HEAN_HOME=str(self.home),
+            HEAN_PORT=str(self.port),
+            HEAN_API_TOKEN=self.token,
+            HEAN_LOG_LEVEL="warning",
+            PYTHONUNBUFFERED="1",
+            **env,
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        specs = {spec.name: spec for spec in PROCESSES}
+        for name in names:
+            self.spawn(name, specs[name].argv(sys.executable))
+        if "web" in names:
+            wait_http(self.url + "/api/system/health")
+
+    def spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        log = open(self.home / f"{name}.log", "wb")  # noqa: SIM115 - owned by the child
+        process = subprocess.Popen(argv, env=self.env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+        self.processes[name] = process
+        return process
+
+    def close(self) -> None:
+        for process in self.processes.values():
+            process.terminate()
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self._redis is not None:
+            self._redis.stop()
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def stack(names: list[str], **env: str) -> Iterator[Stack]:
+    s = Stack(names, **env)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def print_table(title: str, header: list[str], rows: list[list[object]]) -> None:
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows, strict=True)]
+    print(f"\n{title}")
+    print("  ".join(str(h).ljust(w) for h, w in zip(header, widths, strict=True)))
+    print("  ".join("-" * w for w in widths))
+    for row in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
