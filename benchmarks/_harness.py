@@ -108,3 +108,69 @@ def print_table(title: str, header: list[str], rows: list[list[object]]) -> None
     print("  ".join("-" * w for w in widths))
     for row in rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+
+
+class RawSocketIO:
+    """A minimal Socket.IO v5 client over one WebSocket, for load and latency measurement.
+
+    python-socketio's client starts a thread per incoming event, which caps it far below what
+    the server can do; this one reads frames in a single loop. Protocol: "0" open, "40" connect,
+    "42[id]" event (with ack id), "43id" ack, "2"/"3" ping/pong.
+    """
+
+    def __init__(self, url: str, auth: dict[str, object] | None = None) -> None:
+        import json
+
+        import websocket
+
+        self._json = json
+        ws_url = url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket"
+        self.ws = websocket.create_connection(ws_url, enable_multithread=True)
+        self.ws.sock.setsockopt(6, 1, 1)  # TCP_NODELAY on our side too
+        opening = self.ws.recv()
+        if not opening.startswith("0"):
+            raise RuntimeError(f"unexpected opening packet {opening!r}")
+        self.ws.send("40" + json.dumps(auth or {}))
+        while True:
+            reply = self.ws.recv()
+            if reply.startswith("40"):
+                break
+            if reply.startswith("44"):
+                raise RuntimeError(f"connection refused: {reply}")
+        self._next_id = 0
+
+    def send(self, event: str, data: object, ack: bool = True) -> int:
+        """Send an event; returns its ack id (-1 without ack)."""
+        body = self._json.dumps([event, data])
+        if not ack:
+            self.ws.send("42" + body)
+            return -1
+        self._next_id += 1
+        self.ws.send(f"42{self._next_id}{body}")
+        return self._next_id
+
+    def recv(self) -> tuple[str, object, object]:
+        """The next packet as (kind, id_or_event, payload): kind is "ack" or "event"."""
+        while True:
+            frame = self.ws.recv()
+            if frame == "2":
+                self.ws.send("3")
+                continue
+            if frame.startswith("43"):
+                digits = len(frame) - len(frame[2:].lstrip("0123456789"))
+                ack_id = int(frame[2:digits])
+                return "ack", ack_id, self._json.loads(frame[digits:])[0]
+            if frame.startswith("42"):
+                event, *rest = self._json.loads(frame[2:])
+                return "event", event, rest[0] if rest else None
+
+    def call(self, event: str, data: object) -> object:
+        """Send and wait for the ack, skipping other packets."""
+        ack_id = self.send(event, data)
+        while True:
+            kind, key, payload = self.recv()
+            if kind == "ack" and key == ack_id:
+                return payload
+
+    def close(self) -> None:
+        self.ws.close()

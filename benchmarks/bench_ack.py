@@ -17,23 +17,21 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import socketio
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import REPO_ROOT, percentile, print_table, stack
+from _harness import REPO_ROOT, RawSocketIO, percentile, print_table, stack, wait_http
 
 from hean.redis_server import free_port
 
 
-def measure(client: socketio.Client, payload: Any, samples: int) -> list[float]:
-    """Round-trip times in ms of `command` calls, after a warm-up."""
+def measure(client: RawSocketIO, payload: Any, samples: int, warmup: int = 200) -> list[float]:
+    """Round-trip times in ms of `command` calls (send -> Socket.IO ack), after a warm-up."""
     times = []
-    for i in range(samples + 200):
+    for i in range(samples + warmup):
         body = payload() if callable(payload) else payload
         started = time.perf_counter()
-        reply = client.call("command", body, timeout=10)
+        reply = client.call("command", body)
         elapsed = (time.perf_counter() - started) * 1000.0
-        if i >= 200:
+        if i >= warmup:
             times.append(elapsed)
         if isinstance(reply, dict) and reply.get("accepted") is False:
             raise RuntimeError(f"command refused: {reply}")
@@ -53,50 +51,56 @@ def order(i: int, prefix: str) -> dict[str, Any]:
     }
 
 
-def load(url: str, token: str, rate: int, seconds: float, out: Any) -> None:
-    """Send `rate` orders/s for `seconds` on its own connection; report sent, acked, results."""
-    client = socketio.Client()
-    results = 0
-    lock = threading.Lock()
-    acked = [0]
+def orders_command(i: int, prefix: str, size: int) -> dict[str, Any]:
+    orders = [order(i * size + k, prefix)["params"] for k in range(size)]
+    return {"command": "submit_orders", "params": {"orders": orders}, "request_id": f"{prefix}-b{i}"}
 
-    def on_result(_: Any) -> None:
-        nonlocal results
-        with lock:
-            results += 1
 
-    refused: Counter[str] = Counter()
+def load(url: str, token: str, rate: int, seconds: float, per_event: int, out: Any) -> None:
+    """Send `rate` orders/s for `seconds` on its own connection, `per_event` orders per command
+    (1: `submit_order`, more: `submit_orders`); count acks and results."""
+    client = RawSocketIO(url, {"token": token})
+    events_per_s = rate / per_event
+    total = int(events_per_s * seconds)
+    counts: Counter[str] = Counter()
+    done = threading.Event()
 
-    def on_ack(reply: Any) -> None:
-        with lock:
-            if isinstance(reply, dict) and reply.get("accepted"):
-                acked[0] += 1
-            else:
-                refused[str((reply or {}).get("error", {}).get("code"))] += 1
+    def read() -> None:
+        try:
+            consume()
+        except Exception as exc:  # report, do not hang the benchmark
+            counts[f"reader_error:{type(exc).__name__}:{exc}"[:120]] += 1
+        done.set()
 
-    client.on("command_result", on_result)
-    client.connect(url, auth={"token": token}, transports=["websocket"])
+    def consume() -> None:
+        while counts["results"] < total:
+            kind, key, payload = client.recv()
+            if kind == "ack":
+                accepted = isinstance(payload, dict) and payload.get("accepted")
+                code = "acked" if accepted else f"refused:{(payload or {}).get('error', {}).get('code')}"
+                counts[code] += 1
+            elif key == "command_result":
+                counts["results"] += 1
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     prefix = uuid.uuid4().hex[:8]
-    total = int(rate * seconds)
     started = time.perf_counter()
     for i in range(total):
-        target = started + i / rate
-        delay = target - time.perf_counter()
+        delay = started + i / events_per_s - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
-        client.emit("command", order(i, prefix), callback=on_ack)
+        client.send("command", order(i, prefix) if per_event == 1 else orders_command(i, prefix, per_event))
     sent_for = time.perf_counter() - started
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and results < total:
-        time.sleep(0.05)
+    done.wait(120)
     drained = time.perf_counter() - started
-    client.disconnect()
+    client.close()
     out.put(
         {
-            "sent": total,
-            "acked": acked[0],
-            "refused": dict(refused),
-            "results": results,
+            "sent": total * per_event,
+            "events": total,
+            "per_event": per_event,
+            "counts": dict(counts),
             "send_s": sent_for,
             "drain_s": drained,
         }
@@ -128,63 +132,62 @@ def main() -> None:
         system.spawn(
             "echo", [sys.executable, str(REPO_ROOT / "benchmarks" / "echo_server.py"), str(echo_port)]
         )
-        from _harness import wait_http
 
         wait_http(f"http://127.0.0.1:{echo_port}/socket.io/?EIO=4&transport=polling")
 
-        floor_client = socketio.Client()
-        floor_client.connect(f"http://127.0.0.1:{echo_port}", transports=["websocket"])
+        floor_client = RawSocketIO(f"http://127.0.0.1:{echo_port}")
         floor = measure(floor_client, {"command": "stop", "params": {}, "request_id": "x"}, args.samples)
-        floor_client.disconnect()
+        floor_client.close()
 
-        client = socketio.Client()
-        client.connect(system.url, auth={"token": system.token}, transports=["websocket"])
-        for setup in (
-            {
-                "command": "update_market",
-                "params": {"symbol": "BTCUSDT", "bid": "50000", "ask": "50001", "last": "50000.5"},
-            },
-            {"command": "start", "params": {}},
-        ):
-            client.call("command", setup, timeout=10)
+        client = RawSocketIO(system.url, {"token": system.token})
+        market = {"symbol": "BTCUSDT", "bid": "50000", "ask": "50001", "last": "50000.5"}
+        for setup in ({"command": "update_market", "params": market}, {"command": "start", "params": {}}):
+            client.call("command", setup)
         prefix = uuid.uuid4().hex[:8]
         counter = iter(range(10**9))
         idle = measure(client, lambda: order(next(counter), "idle" + prefix), args.samples)
 
-        out: Any = mp.get_context("spawn").Queue()
-        loader = mp.get_context("spawn").Process(
-            target=load, args=(system.url, system.token, args.rate, args.load_seconds, out)
-        )
-        loader.start()
-        time.sleep(1.0)  # let the load reach its rate
-        loaded: list[float] = []
-        until = time.perf_counter() + args.load_seconds - 2.0
-        while time.perf_counter() < until:
-            loaded += measure(client, lambda: order(next(counter), "load" + prefix), 200)
-        stats = out.get(timeout=180)
-        loader.join()
-        client.disconnect()
+        ctx = mp.get_context("spawn")
+        loaded: dict[int, list[float]] = {}
+        stats: dict[int, dict[str, Any]] = {}
+        for per_event in (100, 1):
+            out: Any = ctx.Queue()
+            loader = ctx.Process(
+                target=load, args=(system.url, system.token, args.rate, args.load_seconds, per_event, out)
+            )
+            loader.start()
+            time.sleep(1.0)  # let the load reach its rate
+            loaded[per_event] = []
+            until = time.perf_counter() + args.load_seconds - 2.0
+            while time.perf_counter() < until:
+                loaded[per_event] += measure(client, lambda: order(next(counter), "load" + prefix), 100, 0)
+            stats[per_event] = out.get(timeout=180)
+            loader.join()
+        client.close()
 
     floor_p99 = percentile(floor, 99)
     print_table(
-        "Ack round trip (ms), client -> web -> broker publish -> ack, python-socketio client on loopback",
+        "Ack round trip (ms): client -> web (validate, reserve id, publish to the broker) -> ack",
         ["scenario", "n", "p50", "p99", "max", "p99 vs floor"],
         [
             row("raw Flask-SocketIO echo (floor)", floor, None),
             row("HEAN command, idle", idle, floor_p99),
-            row(f"HEAN command, {args.rate} orders/s flowing", loaded, floor_p99),
+            row(f"HEAN command, {args.rate} orders/s as 100-order commands", loaded[100], floor_p99),
+            row(f"HEAN command, {args.rate} orders/s as single-order commands", loaded[1], floor_p99),
         ],
     )
-    lost = stats["sent"] - stats["results"]
+    for per_event, st in stats.items():
+        counts = st["counts"]
+        results = counts.get("results", 0) * per_event
+        print(
+            f"\nload ({per_event} per command): sent {st['sent']} orders in {st['events']} commands over "
+            f"{st['send_s']:.1f} s ({st['sent'] / st['send_s']:.0f} orders/s); acks {counts}; "
+            f"all results in after {st['drain_s']:.1f} s; orders without a result: {st['sent'] - results}"
+        )
     print(
-        f"\nload: sent {stats['sent']} orders in {stats['send_s']:.1f} s "
-        f"({stats['sent'] / stats['send_s']:.0f}/s), acked {stats['acked']}, "
-        f"refused {stats['refused']}, results {stats['results']} after {stats['drain_s']:.1f} s, "
-        f"lost {lost}"
-    )
-    print(
-        f"targets: p99 under load {percentile(loaded, 99):.2f} ms (target < 5 ms); "
-        f"idle p99 / floor p99 = {percentile(idle, 99) / floor_p99:.2f} (target <= 1.5)"
+        f"\ntargets: p99 under load {percentile(loaded[100], 99):.2f} ms (batched) / "
+        f"{percentile(loaded[1], 99):.2f} ms (single) against < 5 ms; "
+        f"idle p99 / floor p99 = {percentile(idle, 99) / floor_p99:.2f} against <= 1.5"
     )
 
 

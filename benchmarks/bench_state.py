@@ -26,8 +26,7 @@ WRITER_COUNTS = (1, 4, 8)
 MODES = ("watch", "lua")
 LABELS = {"watch": "WATCH/MULTI/EXEC", "lua": "Lua script"}
 # Figures measured on the reference 2-core machine (../shared/DESIGN.md), for context.
-DESIGN_REFERENCE = {("watch", 1): 4_200, ("watch", 8): 3_200, ("lua", 1): 10_000,
-                    ("lua", 8): 28_700}
+DESIGN_REFERENCE = {("watch", 1): 4_200, ("watch", 8): 3_200, ("lua", 1): 10_000, ("lua", 8): 28_700}
 
 
 def _worker(url: str, conn: Connection) -> None:
@@ -48,8 +47,7 @@ def _worker(url: str, conn: Connection) -> None:
         while time.time() < end:
             begin = time.perf_counter()
             if mode == "watch":
-                manager.update_state_atomic(
-                    key, lambda cur: {"n": (cur or {}).get("n", 0) + 1}, "bench")
+                manager.update_state_atomic(key, lambda cur: {"n": (cur or {}).get("n", 0) + 1}, "bench")
             else:
                 manager.increment_state(key, {"n": 1}, "bench")
             latencies.append(time.perf_counter() - begin)
@@ -109,14 +107,22 @@ def run(url: str, seconds: float) -> list[Result]:
                 stored = checker.get_state(key, "bench") or {}
                 checker.delete_state(key, "bench")
                 result = Result(
-                    mode, writers, updates, seconds,
-                    _percentile(latencies, 0.50) * 1000, _percentile(latencies, 0.99) * 1000,
-                    sum(conflicts for _, conflicts, _ in replies), updates - stored.get("n", 0),
+                    mode,
+                    writers,
+                    updates,
+                    seconds,
+                    _percentile(latencies, 0.50) * 1000,
+                    _percentile(latencies, 0.99) * 1000,
+                    sum(conflicts for _, conflicts, _ in replies),
+                    updates - stored.get("n", 0),
                 )
                 results.append(result)
-                print(f"  {writers} writer(s) {LABELS[mode]:<17} {result.rate:>10,.0f} upd/s "
-                      f"p50 {result.p50_ms:6.3f} ms  p99 {result.p99_ms:7.3f} ms  "
-                      f"retries {result.retries:>7,}  lost {result.lost}", flush=True)
+                print(
+                    f"  {writers} writer(s) {LABELS[mode]:<17} {result.rate:>10,.0f} upd/s "
+                    f"p50 {result.p50_ms:6.3f} ms  p99 {result.p99_ms:7.3f} ms  "
+                    f"retries {result.retries:>7,}  lost {result.lost}",
+                    flush=True,
+                )
     finally:
         for pipe in pipes:
             pipe.send(None)
@@ -129,26 +135,50 @@ def run(url: str, seconds: float) -> list[Result]:
 def report(results: list[Result]) -> None:
     by = {(r.mode, r.writers): r for r in results}
     print("\nPer configuration")
-    print(f"{'writers':>7}  {'path':<17} {'updates/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'retries':>8} {'lost':>5}")
+    print(
+        f"{'writers':>7}  {'path':<17} {'updates/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'retries':>8} {'lost':>5}"
+    )
     for r in results:
-        print(f"{r.writers:>7}  {LABELS[r.mode]:<17} {r.rate:>10,.0f} {r.p50_ms:>8.3f} "
-              f"{r.p99_ms:>8.3f} {r.retries:>8,} {r.lost:>5}")
+        print(
+            f"{r.writers:>7}  {LABELS[r.mode]:<17} {r.rate:>10,.0f} {r.p50_ms:>8.3f} "
+            f"{r.p99_ms:>8.3f} {r.retries:>8,} {r.lost:>5}"
+        )
 
     rows: list[tuple[str, float, str, float, str]] = []
     for writers in WRITER_COUNTS:
         lua, watch = by[("lua", writers)], by[("watch", writers)]
-        rows.append((f"Lua updates/s, {writers} writer(s)", lua.rate,
-                     f"WATCH {watch.rate:,.0f}/s", lua.rate / watch.rate, "target >= 5x at 8"
-                     if writers == 8 else ""))
+        rows.append(
+            (
+                f"Lua updates/s, {writers} writer(s)",
+                lua.rate,
+                f"WATCH {watch.rate:,.0f}/s",
+                lua.rate / watch.rate,
+                "target >= 5x at 8" if writers == 8 else "",
+            )
+        )
     for mode in MODES:
         r = by[(mode, 1)]
-        rows.append((f"{LABELS[mode]} p99 ms, 1 writer", r.p99_ms, "target 1 ms",
-                     r.p99_ms / 1.0, "ratio < 1 meets the target"))
+        rows.append(
+            (
+                f"{LABELS[mode]} p99 ms, 1 writer",
+                r.p99_ms,
+                "target 1 ms",
+                r.p99_ms / 1.0,
+                "ratio < 1 meets the target",
+            )
+        )
     for (mode, writers), reference in DESIGN_REFERENCE.items():
         r = by[(mode, writers)]
-        rows.append((f"{LABELS[mode]} updates/s, {writers} writer(s)", r.rate,
-                     f"DESIGN.md {reference:,}/s", r.rate / reference, "reference machine"))
+        rows.append(
+            (
+                f"{LABELS[mode]} updates/s, {writers} writer(s)",
+                r.rate,
+                f"DESIGN.md {reference:,}/s",
+                r.rate / reference,
+                "reference machine",
+            )
+        )
     lost = sum(r.lost for r in results)
     rows.append(("lost updates, all runs", float(lost), "0", float(lost), ""))
 

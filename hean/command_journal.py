@@ -21,17 +21,29 @@ import redis
 RETENTION_S = 24 * 3600
 KEY_PREFIX = "hean:cmd:"
 
-# Reserve request ids (KEYS) for envelopes (ARGV[2..]); ARGV[1] is the retention.
-# Returns, per key, {1} when new, else {0, ack or false, result or false}.
+# Reserve request ids and, optionally, enqueue the new ones in the same atomic step.
+# KEYS: n journal keys [, the broker list to push onto]. ARGV: retention, n, then n encoded
+# envelopes, then (when pushing) n string-escaped envelopes and the message frame: prefix,
+# suffix, body head and body tail (the message is prefix + '"' + head + escaped envelopes
+# joined by ',' + tail + '"' + suffix). Returns, per key, {1} when new, else
+# {0, ack or false, result or false}.
 _RESERVE = """
-local out = {}
-for i, key in ipairs(KEYS) do
-  if redis.call('HSETNX', key, 'envelope', ARGV[i + 1]) == 1 then
+local n = tonumber(ARGV[2])
+local out, fresh = {}, {}
+for i = 1, n do
+  local key = KEYS[i]
+  if redis.call('HSETNX', key, 'envelope', ARGV[2 + i]) == 1 then
     redis.call('EXPIRE', key, ARGV[1])
     out[i] = {1}
+    fresh[#fresh + 1] = ARGV[2 + n + i]
   else
     out[i] = {0, redis.call('HGET', key, 'ack') or false, redis.call('HGET', key, 'result') or false}
   end
+end
+if #KEYS > n and #fresh > 0 then
+  local f = 2 + 2 * n
+  local body = ARGV[f + 3] .. table.concat(fresh, ',') .. ARGV[f + 4]
+  redis.call('LPUSH', KEYS[n + 1], ARGV[f + 1] .. '"' .. body .. '"' .. ARGV[f + 2])
 end
 return out
 """
@@ -56,6 +68,20 @@ return out
 
 def journal_key(request_id: str) -> str:
     return KEY_PREFIX + request_id
+
+
+@dataclass(frozen=True)
+class MessageFrame:
+    """A broker message around a JSON body of ``head + envelopes + tail``, as text pieces.
+
+    ``prefix`` and ``suffix`` are the encoded message before and after its body string; the
+    body pieces are already escaped for use inside that string.
+    """
+
+    prefix: str
+    suffix: str
+    body_head: str
+    body_tail: str
 
 
 @dataclass(frozen=True)
@@ -85,11 +111,31 @@ class CommandJournal:
 
     def reserve_many(self, items: Sequence[tuple[str, str]]) -> list[Reservation]:
         """Claim each (request_id, encoded envelope); one round trip for all of them."""
+        return self._call_reserve(items, None)
+
+    def reserve_and_enqueue(
+        self, items: Sequence[tuple[str, str]], queue_key: str, frame: MessageFrame
+    ) -> list[Reservation]:
+        """Claim each request id and push one broker message carrying the new ones, atomically.
+
+        Either the reservations and the message both exist, or neither does: a command is never
+        reserved without being enqueued, nor enqueued twice.
+        """
+        return self._call_reserve(items, (queue_key, frame))
+
+    def _call_reserve(
+        self, items: Sequence[tuple[str, str]], push: tuple[str, MessageFrame] | None
+    ) -> list[Reservation]:
         if not items:
             return []
-        reply = self._reserve(
-            keys=[journal_key(rid) for rid, _ in items], args=[RETENTION_S, *(env for _, env in items)]
-        )
+        keys = [journal_key(rid) for rid, _ in items]
+        args: list[Any] = [RETENTION_S, len(items), *(env for _, env in items)]
+        if push is not None:
+            queue_key, frame = push
+            keys.append(queue_key)
+            args += [json.dumps(env)[1:-1] for _, env in items]
+            args += [frame.prefix, frame.suffix, frame.body_head, frame.body_tail]
+        reply = self._reserve(keys=keys, args=args)
         return [
             Reservation(new=True)
             if int(r[0]) == 1

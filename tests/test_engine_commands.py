@@ -15,7 +15,7 @@ import redis
 
 from hean.core.system.redis_state import get_sync_state_manager
 from hean.processes import PROCESSES
-from support import Client, ManagedProcess
+from support import Client, ManagedProcess, wait_for
 from workers.engine import LOG_KEY
 
 REDIS: dict[str, str] = {}
@@ -57,6 +57,12 @@ def running(client: Client) -> None:
     assert ok(client, "start")["state"] == "RUNNING"
 
 
+def position(sym: str) -> dict[str, Any] | None:
+    """The published position of `sym` (the state is published every 100 ms under load)."""
+    positions = get_sync_state_manager(REDIS["url"]).get_state("positions", namespace="system") or []
+    return next((p for p in positions if p["symbol"] == sym), None)
+
+
 def symbol() -> str:
     return "T" + uuid.uuid4().hex[:8].upper() + "USDT"
 
@@ -70,6 +76,32 @@ def test_market_order_fills_at_the_ask_and_moves_the_position(client: Client) ->
     assert Decimal(order["order"]["fill_price"]) == Decimal("100.5")
     assert Decimal(order["order"]["filled_quantity"]) == Decimal(2)
     assert Decimal(order["order"]["fee"]) == Decimal("100.5") * 2 * Decimal("0.001")
+
+
+def test_submit_orders_applies_a_batch_in_order(client: Client) -> None:
+    running(client)
+    sym = symbol()
+    ok(client, "update_market", symbol=sym, bid="10", ask="10", last="10")
+    orders = [
+        {"client_order_id": f"{sym}-{i}", "symbol": sym, "side": "BUY", "quantity": "1"} for i in range(50)
+    ]
+    orders.append(dict(orders[0]))  # a repeated client order id inside the batch
+    orders.append({"client_order_id": f"{sym}-tiny", "symbol": sym, "side": "BUY", "quantity": "0.01"})
+    result = ok(client, "submit_orders", orders=orders)
+    # the repeated id reports its first outcome (FILLED) again, flagged duplicate: it did not fill twice
+    assert result["count"] == 52 and result["filled"] == 51
+    assert result["duplicates"] == 1 and result["rejected"] == 1
+    assert [r["client_order_id"] for r in result["results"]] == [o["client_order_id"] for o in orders]
+    assert result["results"][-1]["reject_reason"] == "MIN_NOTIONAL"
+    mine = wait_for(lambda: (p := position(sym)) and Decimal(p["quantity"]) == 50 and p, 5, "the position")
+    assert Decimal(mine["average_entry_price"]) == 10  # type: ignore[index]
+
+
+def test_submit_orders_is_bounded(client: Client) -> None:
+    order = {"client_order_id": "x", "symbol": "S", "side": "BUY", "quantity": "1"}
+    for orders, field in (([], "params.orders"), ([order] * 1001, "params.orders")):
+        ack = client.command({"command": "submit_orders", "params": {"orders": orders}})
+        assert ack["accepted"] is False and ack["error"]["field"] == field, ack
 
 
 def test_limit_order_rests_then_cancels_once(client: Client) -> None:
@@ -102,9 +134,9 @@ def test_resubmitting_a_client_order_id_never_fills_twice(client: Client) -> Non
     again = ok(client, "submit_order", client_order_id=cid, symbol=sym, side="BUY", quantity="1")
     assert again["order"]["duplicate"] is True
     assert again["order"]["order_id"] == first["order"]["order_id"]
-    positions = get_sync_state_manager(REDIS["url"]).get_state("positions", namespace="system")
-    mine = [p for p in positions if p["symbol"] == sym]
-    assert len(mine) == 1 and Decimal(mine[0]["quantity"]) == Decimal(1)
+    mine = wait_for(lambda: position(sym), 5, "the positions state")
+    assert Decimal(mine["quantity"]) == Decimal(1)  # type: ignore[index]
+    assert ok(client, "stop")["orders_filled"] >= 1
 
 
 def test_kill_switch_halts_cancels_and_rejects_until_reset(client: Client) -> None:
@@ -253,6 +285,7 @@ def test_orders_survive_a_worker_crash_between_snapshots(
     ok(client, "update_market", symbol=sym, bid="20", ask="20", last="20")
     for _ in range(3):
         ok(client, "submit_order", client_order_id=uuid.uuid4().hex, symbol=sym, side="SELL", quantity="1")
+    wait_for(lambda: (p := position(sym)) and Decimal(p["quantity"]) == -3, 5, "the published position")
     before = get_sync_state_manager(REDIS["url"]).get_state("engine", namespace="system")
     log = redis.Redis.from_url(REDIS["url"])
     assert log.xlen(LOG_KEY) >= 4  # the market update and 3 orders are not in the snapshot
@@ -268,6 +301,5 @@ def test_orders_survive_a_worker_crash_between_snapshots(
     assert after["command_count"] == before["command_count"] + 1
     assert after["orders_filled"] == before["orders_filled"]
     assert after["account"] == {**before["account"], **{k: after["account"][k] for k in ("leverage",)}}
-    positions = get_sync_state_manager(REDIS["url"]).get_state("positions", namespace="system")
-    mine = next(p for p in positions if p["symbol"] == sym)
-    assert Decimal(mine["quantity"]) == Decimal(-3)
+    mine = wait_for(lambda: position(sym), 10, "the restored position")
+    assert Decimal(mine["quantity"]) == Decimal(-3)  # type: ignore[index]

@@ -7,21 +7,20 @@ published to the broker. A request id seen before gets the original ack back (wi
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import queue
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
-from kombu.exceptions import KombuError
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from hean.command_journal import CommandJournal, Reservation
+from hean.command_journal import CommandJournal, MessageFrame, Reservation
 from hean.messages import (
     CommandAck,
     CommandRequest,
@@ -150,9 +149,10 @@ class CommandWriter:
     """The one greenlet (or thread) that talks to Redis for the intake.
 
     Handlers hand it validated commands and wait; it takes whatever is waiting (batches grow
-    with load on their own, no timer), reserves every request id in one round trip, publishes
-    one Celery task per queue for the new ones, wakes each handler with its ack, and then
-    journals the acks. Few writers also keep the web process far from the connection limit.
+    with load on their own, no timer) and, per queue, reserves every request id and pushes one
+    Celery task carrying the new ones in a single atomic round trip; then it wakes each handler
+    with its ack and journals the acks. One writer also keeps the web process far from the
+    Redis connection limit.
     """
 
     def __init__(self, celery_app: Celery, journal: CommandJournal) -> None:
@@ -187,44 +187,76 @@ class CommandWriter:
                         pending.fail(ErrorInfo(code="unavailable", message="internal error; retry"), 503)
 
     def _flush(self, batch: list[PendingCommand]) -> None:
-        try:
-            reservations = self._journal.reserve_many([(p.request_id, p.encoded) for p in batch])
-        except RedisError as exc:
-            log.error("event=journal_unavailable size=%d error=%s", len(batch), type(exc).__name__)
-            for pending in batch:
-                pending.fail(ErrorInfo(code="unavailable", message="command store unreachable; retry"), 503)
-            return
-        fresh: dict[str, list[PendingCommand]] = {}
-        for pending, reservation in zip(batch, reservations, strict=True):
-            if reservation.new:
-                fresh.setdefault(pending.queue, []).append(pending)
-            else:
-                pending.duplicate(reservation)
+        by_queue: dict[str, list[PendingCommand]] = {}
+        for pending in batch:
+            by_queue.setdefault(pending.queue, []).append(pending)
         acks = []
-        for queue_name, items in fresh.items():
+        for queue_name, items in by_queue.items():
+            task_id = f"batch-{items[0].request_id}-{len(items)}"
+            commands = ", ".join(sorted({p.command for p in items}))
+            frame = celery_frame(self._celery, TASK_FOR_QUEUE[queue_name], queue_name, task_id, commands)
             try:
-                self._celery.send_task(
-                    TASK_FOR_QUEUE[queue_name],
-                    args=[[json.loads(p.encoded) for p in items]],
-                    task_id=f"batch-{items[0].request_id}-{len(items)}",
-                    # a short summary for Flower instead of repr() of every command (cheaper,
-                    # and no order details in the monitor)
-                    argsrepr=f"[{len(items)} commands: {', '.join(sorted({p.command for p in items}))}]",
-                    kwargsrepr="{}",
+                reservations = self._journal.reserve_and_enqueue(
+                    [(p.request_id, p.encoded) for p in items], queue_name, frame
                 )
-            except (KombuError, RedisError, OSError) as exc:
+            except RedisError as exc:  # atomic: nothing was reserved, nothing enqueued
                 log.error("event=enqueue_failed queue=%s size=%d error=%s", queue_name, len(items), exc)
-                with contextlib.suppress(RedisError):
-                    self._journal.release_many([p.request_id for p in items])
                 for pending in items:
                     pending.fail(ErrorInfo(code="unavailable", message="broker unreachable; retry"), 503)
                 continue
-            acks += [pending.accept() for pending in items]
+            for pending, reservation in zip(items, reservations, strict=True):
+                if reservation.new:
+                    acks.append(pending.accept())
+                else:
+                    pending.duplicate(reservation)
         if acks:
             try:
                 self._journal.record_acks(acks)
             except RedisError:  # the commands are queued; only the replay copies of acks are missing
                 log.warning("event=acks_not_journaled size=%d", len(acks))
+
+
+_BODY = "__HEAN_BODY__"
+_BODY_TAIL = ']], {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]'
+
+
+def celery_frame(
+    celery_app: Celery, task_name: str, queue_name: str, task_id: str, commands: str
+) -> MessageFrame:
+    """The Celery (protocol 2) message for `task_name(envelopes)`, as kombu's Redis transport
+    stores it on the queue's list, with the envelope list left to fill in.
+
+    Built by Celery's own `as_task_v2`; the body is plain JSON (no body encoding), which the
+    transport hands to the worker as is. Writing it ourselves lets one Lua script reserve the
+    request ids and enqueue exactly the new ones in a single round trip.
+    """
+    message = celery_app.amqp.as_task_v2(
+        task_id,
+        task_name,
+        args=(),
+        kwargs={},
+        # a short summary for Flower instead of every command (cheaper, and no order details)
+        argsrepr=f"[commands: {commands}]",
+        kwargsrepr="{}",
+        ignore_result=True,
+    )
+    text = json.dumps(
+        {
+            "body": _BODY,
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": message.headers,
+            "properties": {
+                **message.properties,
+                "delivery_mode": 2,
+                "delivery_info": {"exchange": "", "routing_key": queue_name},
+                "priority": 0,
+                "delivery_tag": str(uuid.uuid4()),
+            },
+        }
+    )
+    prefix, suffix = text.split(json.dumps(_BODY))
+    return MessageFrame(prefix=prefix, suffix=suffix, body_head="[[[", body_tail=json.dumps(_BODY_TAIL)[1:-1])
 
 
 class PendingCommand:

@@ -152,9 +152,9 @@ def register(sio: SocketIO, settings: Settings, intake: CommandIntake) -> None:
         if ack is None:
             outcome = intake.accept(data, reply_to=_sid())
             ack, earlier_result = outcome.ack, outcome.earlier_result
-        emit("command_ack", ack)
+        emit("command_ack", ack, ignore_queue=True)  # own client: skip the Redis hop
         if earlier_result is not None:  # a duplicate request id: replay the original result
-            emit("command_result", earlier_result)
+            emit("command_result", earlier_result, ignore_queue=True)
         return ack
 
     @on("join_operators")
@@ -181,7 +181,7 @@ def register(sio: SocketIO, settings: Settings, intake: CommandIntake) -> None:
             return {"subscribed": True, "namespace": namespace, "key": key, "already": True}
 
         def forward(update: Any) -> None:
-            sio.emit("state_update", state_payload(update), to=sid)
+            sio.emit("state_update", state_payload(update), to=sid, ignore_queue=True)
 
         try:
             mine[(namespace, key)] = state_manager().watch_state(key, forward, namespace=namespace)
@@ -213,5 +213,5 @@ def register(sio: SocketIO, settings: Settings, intake: CommandIntake) -> None:
             "message": f"unknown event {str(event)[:64]!r}; events: command, subscribe_state, "
             "unsubscribe_state, join_operators, leave_operators",
         }
-        emit("error", error)
+        emit("error", error, ignore_queue=True)
         return {"error": error}

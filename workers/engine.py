@@ -65,6 +65,7 @@ class EngineLog:
         self.since_snapshot = 0
         self.snapshot_at = time.monotonic()
         self.control_seen = False
+        self.control_seen_last = False
 
     def _next_id(self) -> str:
         last_ms, last_seq = (
@@ -94,7 +95,7 @@ class EngineLog:
         )
         if self.control_seen or (self.since_snapshot and due):
             self.snapshot()
-        self.control_seen = False
+        self.control_seen_last, self.control_seen = self.control_seen, False
 
     def snapshot(self) -> None:
         engine = get_engine()
@@ -208,6 +209,7 @@ MUTATIONS: dict[str, Callable[[TradingEngine, dict[str, Any], int], Any]] = {
     "reset_kill_switch": lambda e, p, t: e.reset_kill_switch(),
     "risk_adjust": lambda e, p, t: e.set_risk_limits(p),
     "submit_order": lambda e, p, t: e.submit_order(**p, now_ns=t),
+    "submit_orders": lambda e, p, t: e.submit_batch(p["orders"], now_ns=t),
     "cancel_order": lambda e, p, t: e.cancel_order(p["client_order_id"]),
     "update_market": lambda e, p, t: e.update_market(**p),
 }
@@ -370,6 +372,26 @@ def submit_order(params: OrderParams) -> dict[str, Any]:
     return {"order": _order_outcome(apply("submit_order", params))}
 
 
+#: Most orders one `submit_orders` command may carry.
+MAX_ORDERS_PER_COMMAND = 1000
+
+
+class OrdersParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    orders: Annotated[list[OrderParams], Field(min_length=1, max_length=MAX_ORDERS_PER_COMMAND)]
+
+
+@command(
+    "submit_orders",
+    params=OrdersParams,
+    description=f"Submit up to {MAX_ORDERS_PER_COMMAND} orders at once (one batch in the core).",
+)
+def submit_orders(params: OrdersParams) -> dict[str, Any]:
+    """Per-order outcomes come back in `results`, in input order; rejects are not errors here."""
+    return apply("submit_orders", params).to_dict()  # type: ignore[no-any-return]
+
+
 class CancelParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -409,20 +431,38 @@ def update_market(params: MarketParams) -> dict[str, Any]:
 # -- tasks --------------------------------------------------------------------------------------
 
 
-def _publish_if_dirty() -> None:
-    if _dirty["engine"]:
-        publish(changed_positions=_dirty["positions"])
-    if _dirty["risk"]:
-        _publish_risk_limits()
-    _dirty.update(engine=False, positions=False, risk=False)
+#: Orders may change positions thousands of times a second: a publisher thread sends the
+#: state at most every PUBLISH_INTERVAL_S; control commands publish at once.
+PUBLISH_INTERVAL_S = 0.1
+_publish_lock = threading.Lock()
 
 
-set_batch_hooks(
-    ENGINE_QUEUE,
-    BatchHooks(
-        after=lambda pipe: _log.write(pipe), published=lambda: (_log.committed(), _publish_if_dirty())
-    ),
-)
+def _publish_dirty() -> None:
+    with _publish_lock:
+        dirty = dict(_dirty)
+        _dirty.update(engine=False, positions=False, risk=False)
+        if dirty["engine"]:
+            publish(changed_positions=dirty["positions"])
+        if dirty["risk"]:
+            _publish_risk_limits()
+
+
+def _state_publisher() -> None:
+    while True:
+        time.sleep(PUBLISH_INTERVAL_S)
+        try:
+            _publish_dirty()
+        except Exception:  # Redis away: try again next period
+            log.exception("event=state_publish_failed")
+
+
+def _after_commit() -> None:
+    _log.committed()
+    if _log.control_seen_last or _dirty["risk"]:
+        _publish_dirty()
+
+
+set_batch_hooks(ENGINE_QUEUE, BatchHooks(after=_log.write, published=_after_commit))
 
 
 @app.task(name="workers.engine.run_batch", bind=True, ignore_result=True, max_retries=None)
@@ -465,4 +505,5 @@ def _announce_engine(sender: Any = None, **_: Any) -> None:
     if ENGINE_QUEUE in queues:
         status = publish()
         _publish_risk_limits()
+        threading.Thread(target=_state_publisher, name="hean-state-publisher", daemon=True).start()
         log.info("event=engine_ready state=%s", status["state"])
