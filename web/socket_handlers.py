@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from flask import request
-from flask_socketio import SocketIO, emit, join_room, leave_room
+from flask_socketio import SocketIO, join_room
 
 from hean.auth import ensure_token, token_matches
 from hean.config import Settings
@@ -103,16 +103,19 @@ def register(sio: SocketIO, settings: Settings, intake: CommandIntake) -> None:
                 sio.sleep(0)
                 return handler(*args)
 
-            sio.on(event)(fair)
+            # Straight on python-socketio's server: these handlers need no Flask request
+            # context, and building one per event costs about as much as the handler itself.
+            server.on(event, fair, namespace="/")
             return handler
 
         return decorate
 
+    server = sio.server
     buckets: dict[str, TokenBucket] = {}
     watches: dict[str, dict[tuple[str, str], StateWatch]] = {}
 
-    def rate_limited(data: Any) -> dict[str, Any] | None:
-        bucket = buckets.get(_sid())
+    def rate_limited(sid: str, data: Any) -> dict[str, Any] | None:
+        bucket = buckets.get(sid)
         if bucket is None or bucket.take():
             return None
         raw_id = data.get("request_id") if isinstance(data, dict) else None
@@ -146,42 +149,41 @@ def register(sio: SocketIO, settings: Settings, intake: CommandIntake) -> None:
             watch.cancel()
 
     @on("command")
-    def on_command(data: Any = None) -> dict[str, Any]:
-        ack = rate_limited(data)
+    def on_command(sid: str, data: Any = None) -> dict[str, Any]:
+        ack = rate_limited(sid, data)
         earlier_result = None
         if ack is None:
-            outcome = intake.accept(data, reply_to=_sid())
+            outcome = intake.accept(data, reply_to=sid)
             ack, earlier_result = outcome.ack, outcome.earlier_result
-        emit("command_ack", ack, ignore_queue=True)  # own client: skip the Redis hop
+        server.emit("command_ack", ack, to=sid, ignore_queue=True)  # own client: no Redis hop
         if earlier_result is not None:  # a duplicate request id: replay the original result
-            emit("command_result", earlier_result, ignore_queue=True)
+            server.emit("command_result", earlier_result, to=sid, ignore_queue=True)
         return ack
 
     @on("join_operators")
-    def on_join_operators(*_: Any) -> dict[str, Any]:
-        join_room(OPERATORS_ROOM)
+    def on_join_operators(sid: str, *_: Any) -> dict[str, Any]:
+        server.enter_room(sid, OPERATORS_ROOM)
         return {"room": OPERATORS_ROOM, "joined": True}
 
     @on("leave_operators")
-    def on_leave_operators(*_: Any) -> dict[str, Any]:
-        leave_room(OPERATORS_ROOM)
+    def on_leave_operators(sid: str, *_: Any) -> dict[str, Any]:
+        server.leave_room(sid, OPERATORS_ROOM)
         return {"room": OPERATORS_ROOM, "joined": False}
 
     @on("subscribe_state")
-    def on_subscribe_state(data: Any = None) -> dict[str, Any]:
-        if rate_limited(data) is not None:
+    def on_subscribe_state(sid: str, data: Any = None) -> dict[str, Any]:
+        if rate_limited(sid, data) is not None:
             return _state_error("rate_limited", "too many events on this connection; slow down")
         target = _state_target(data)
         if isinstance(target, dict):
             return target
         namespace, key = target
-        sid = _sid()
         mine = watches.setdefault(sid, {})
         if (namespace, key) in mine:
             return {"subscribed": True, "namespace": namespace, "key": key, "already": True}
 
         def forward(update: Any) -> None:
-            sio.emit("state_update", state_payload(update), to=sid, ignore_queue=True)
+            server.emit("state_update", state_payload(update), to=sid, ignore_queue=True)
 
         try:
             mine[(namespace, key)] = state_manager().watch_state(key, forward, namespace=namespace)
@@ -192,11 +194,11 @@ def register(sio: SocketIO, settings: Settings, intake: CommandIntake) -> None:
         return {"subscribed": True, "namespace": namespace, "key": key}
 
     @on("unsubscribe_state")
-    def on_unsubscribe_state(data: Any = None) -> dict[str, Any]:
+    def on_unsubscribe_state(sid: str, data: Any = None) -> dict[str, Any]:
         target = _state_target(data)
         if isinstance(target, dict):
             return target
-        watch = watches.get(_sid(), {}).pop(target, None)
+        watch = watches.get(sid, {}).pop(target, None)
         if watch is not None:
             watch.cancel()
         return {
@@ -207,11 +209,11 @@ def register(sio: SocketIO, settings: Settings, intake: CommandIntake) -> None:
         }
 
     @on("*")
-    def on_unknown_event(event: str, *_: Any) -> dict[str, Any]:
+    def on_unknown_event(event: str, sid: str, *_: Any) -> dict[str, Any]:
         error = {
             "code": "unknown_event",
             "message": f"unknown event {str(event)[:64]!r}; events: command, subscribe_state, "
             "unsubscribe_state, join_operators, leave_operators",
         }
-        emit("error", error, ignore_queue=True)
+        server.emit("error", error, to=sid, ignore_queue=True)
         return {"error": error}
