@@ -16,7 +16,7 @@ import redis
 from hean.core.system.redis_state import get_sync_state_manager
 from hean.processes import PROCESSES
 from support import Client, ManagedProcess, wait_for
-from workers.engine import LOG_KEY
+from workers.engine import INFLIGHT_KEY, LOG_KEY
 
 REDIS: dict[str, str] = {}
 
@@ -303,3 +303,36 @@ def test_orders_survive_a_worker_crash_between_snapshots(
     assert after["account"] == {**before["account"], **{k: after["account"][k] for k in ("leverage",)}}
     mine = wait_for(lambda: position(sym), 10, "the restored position")
     assert Decimal(mine["quantity"]) == Decimal(-3)  # type: ignore[index]
+
+
+def test_a_backlog_is_drained_in_order_after_the_engine_worker_returns(
+    system: dict[str, Any], client: Client, logs_dir: Any
+) -> None:
+    running(client)
+    sym = symbol()
+    ok(client, "update_market", symbol=sym, bid="10", ask="10", last="10")
+    processes: list[ManagedProcess] = system["processes"]
+    old = next(p for p in processes if p.name.startswith("worker-engine"))
+    old.stop()  # warm shutdown: nothing consumes the engine queue now
+    request_ids = []
+    for i in range(60):
+        request_id = f"{sym}-backlog-{i}"
+        side = "BUY" if i % 3 else "SELL"
+        params = {"client_order_id": request_id, "symbol": sym, "side": side, "quantity": "1"}
+        ack = client.command({"command": "submit_order", "params": params, "request_id": request_id})
+        assert ack["accepted"] is True
+        request_ids.append(request_id)
+    queued = redis.Redis.from_url(REDIS["url"])
+    assert queued.llen("engine") >= 1
+    spec = next(s for s in PROCESSES if s.name == "worker-engine")
+    new = ManagedProcess("worker-engine-3", spec.argv(sys.executable), system["env"], logs_dir)
+    processes[processes.index(old)] = new
+    results = [client.result_for(rid) for rid in request_ids]  # in the order they were sent
+    assert all(r["success"] for r in results)
+    assert queued.llen("engine") == 0 and queued.llen(INFLIGHT_KEY) == 0
+    queued.close()
+    buys, sells = sum(1 for i in range(60) if i % 3), sum(1 for i in range(60) if not i % 3)
+    mine = wait_for(
+        lambda: (p := position(sym)) and Decimal(p["quantity"]) == buys - sells and p, 10, "position"
+    )
+    assert mine

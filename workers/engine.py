@@ -14,6 +14,7 @@ After each command the system state goes to the state bus (namespace ``system``:
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import threading
@@ -465,10 +466,62 @@ def _after_commit() -> None:
 set_batch_hooks(ENGINE_QUEUE, BatchHooks(after=_log.write, published=_after_commit))
 
 
+#: Batches waiting behind the one Celery delivered are taken along (up to this many
+#: messages), so the engine worker's batches grow with its backlog.
+DRAIN_MAX_MESSAGES = 200
+#: Messages taken off the queue by the drain, until their batch has committed.
+INFLIGHT_KEY = "hean:engine:inflight"
+_BATCH_MARKER = '"task": "workers.engine.run_batch"'
+
+# Move up to ARGV[1] batch messages from the consuming end of the queue (KEYS[1]) to the
+# in-flight list (KEYS[2]); stop at the first message of another task, which keeps its turn.
+_TAKE = """
+local taken = {}
+for _ = 1, tonumber(ARGV[1]) do
+  local message = redis.call('LINDEX', KEYS[1], -1)
+  if not message or not string.find(message, ARGV[2], 1, true) then break end
+  redis.call('RPOP', KEYS[1])
+  redis.call('LPUSH', KEYS[2], message)
+  taken[#taken + 1] = message
+end
+return taken
+"""
+
+
+def _envelopes_of(raw: bytes) -> list[dict[str, Any]]:
+    """The envelopes a queued `run_batch` message carries (kombu's Redis message format)."""
+    message = json.loads(raw)
+    body = message["body"]
+    if message.get("properties", {}).get("body_encoding") == "base64":
+        body = base64.b64decode(body)
+    args = json.loads(body)[0]
+    return list(args[0])
+
+
+def _in_flight(take_more: bool) -> list[dict[str, Any]]:
+    """Envelopes of messages already in flight (a crash or a failed commit left them) plus,
+    with `take_more`, those of batches waiting on the queue."""
+    client = sync_client()
+    raws = list(reversed(client.lrange(INFLIGHT_KEY, 0, -1)))  # oldest first
+    if take_more:
+        raws += client.eval(_TAKE, 2, ENGINE_QUEUE, INFLIGHT_KEY, DRAIN_MAX_MESSAGES, _BATCH_MARKER)
+    envelopes: list[dict[str, Any]] = []
+    for raw in raws:
+        try:
+            envelopes += _envelopes_of(raw)
+        except (ValueError, KeyError, IndexError, TypeError) as exc:  # not ours: keep it for people
+            client.lpush(INFLIGHT_KEY + ":unreadable", raw)
+            log.error("event=unreadable_batch_message error=%s kept=%s:unreadable", exc, INFLIGHT_KEY)
+    return envelopes
+
+
 @app.task(name="workers.engine.run_batch", bind=True, ignore_result=True, max_retries=None)
 def run_batch(self: Any, envelopes: list[dict[str, Any]]) -> int:
     try:
-        return execute_batch(envelopes, ENGINE_QUEUE)
+        everything = envelopes + _in_flight(take_more=True)
+        done = execute_batch(everything, ENGINE_QUEUE)
+        sync_client().delete(INFLIGHT_KEY)
+        return done
     except RedisError as exc:
         # Results and log did not commit: forget the in-memory engine (it will be rebuilt from
         # what did commit) and run the batch again; the journal applies each command once.
@@ -503,6 +556,11 @@ def _snapshot_on_shutdown(**_: Any) -> None:
 def _announce_engine(sender: Any = None, **_: Any) -> None:
     queues = {q.name for q in getattr(getattr(sender, "task_consumer", None), "queues", [])}
     if ENGINE_QUEUE in queues:
+        leftover = _in_flight(take_more=False)
+        if leftover:  # drained before a crash: finish them first (each runs at most once)
+            execute_batch(leftover, ENGINE_QUEUE)
+            sync_client().delete(INFLIGHT_KEY)
+            log.warning("event=inflight_recovered commands=%d", len(leftover))
         status = publish()
         _publish_risk_limits()
         threading.Thread(target=_state_publisher, name="hean-state-publisher", daemon=True).start()
