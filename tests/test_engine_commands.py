@@ -63,6 +63,24 @@ def position(sym: str) -> dict[str, Any] | None:
     return next((p for p in positions if p["symbol"] == sym), None)
 
 
+def stop_engine_worker(system: dict[str, Any], crash: bool) -> None:
+    """Stop the shared system's engine worker: SIGKILL (`crash`) or a warm shutdown."""
+    processes: list[ManagedProcess] = system["processes"]
+    worker = next(p for p in processes if p.name.startswith("worker-engine"))
+    if crash:
+        worker.process.send_signal(signal.SIGKILL)
+    worker.stop()
+    processes.remove(worker)
+
+
+def start_engine_worker(system: dict[str, Any], logs_dir: Any) -> None:
+    """Start a new engine worker in the shared system (the fixture stops it at the end)."""
+    processes: list[ManagedProcess] = system["processes"]
+    spec = next(s for s in PROCESSES if s.name == "worker-engine")
+    name = f"worker-engine-{uuid.uuid4().hex[:6]}"
+    processes.insert(0, ManagedProcess(name, spec.argv(sys.executable), system["env"], logs_dir))
+
+
 def symbol() -> str:
     return "T" + uuid.uuid4().hex[:8].upper() + "USDT"
 
@@ -290,13 +308,8 @@ def test_orders_survive_a_worker_crash_between_snapshots(
     log = redis.Redis.from_url(REDIS["url"])
     assert log.xlen(LOG_KEY) >= 4  # the market update and 3 orders are not in the snapshot
     log.close()
-    processes: list[ManagedProcess] = system["processes"]
-    old = next(p for p in processes if p.name.startswith("worker-engine"))
-    old.process.send_signal(signal.SIGKILL)
-    old.stop()
-    spec = next(s for s in PROCESSES if s.name == "worker-engine")
-    new = ManagedProcess("worker-engine-2", spec.argv(sys.executable), system["env"], logs_dir)
-    processes[processes.index(old)] = new
+    stop_engine_worker(system, crash=True)
+    start_engine_worker(system, logs_dir)
     after = ok(client, "stop")
     assert after["command_count"] == before["command_count"] + 1
     assert after["orders_filled"] == before["orders_filled"]
@@ -311,9 +324,7 @@ def test_a_backlog_is_drained_in_order_after_the_engine_worker_returns(
     running(client)
     sym = symbol()
     ok(client, "update_market", symbol=sym, bid="10", ask="10", last="10")
-    processes: list[ManagedProcess] = system["processes"]
-    old = next(p for p in processes if p.name.startswith("worker-engine"))
-    old.stop()  # warm shutdown: nothing consumes the engine queue now
+    stop_engine_worker(system, crash=False)  # warm shutdown: nothing consumes the engine queue now
     request_ids = []
     for i in range(60):
         request_id = f"{sym}-backlog-{i}"
@@ -324,9 +335,7 @@ def test_a_backlog_is_drained_in_order_after_the_engine_worker_returns(
         request_ids.append(request_id)
     queued = redis.Redis.from_url(REDIS["url"])
     assert queued.llen("engine") >= 1
-    spec = next(s for s in PROCESSES if s.name == "worker-engine")
-    new = ManagedProcess("worker-engine-3", spec.argv(sys.executable), system["env"], logs_dir)
-    processes[processes.index(old)] = new
+    start_engine_worker(system, logs_dir)
     results = [client.result_for(rid) for rid in request_ids]  # in the order they were sent
     assert all(r["success"] for r in results)
     assert queued.llen("engine") == 0 and queued.llen(INFLIGHT_KEY) == 0
