@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -10,8 +9,9 @@ from flask import Blueprint, current_app, jsonify
 from flask.typing import ResponseReturnValue
 from redis.exceptions import RedisError
 
+from hean.core.system.redis_state import StateError, get_sync_state_manager
 from hean.redis_client import sync_client
-from workers.engine import ENGINE_STATUS_KEY
+from workers.engine import ENGINE_KEY, SYSTEM_NAMESPACE
 from workers.pulse import PULSE_KEY
 
 blueprint = Blueprint("rest", __name__)
@@ -19,26 +19,30 @@ blueprint = Blueprint("rest", __name__)
 
 @blueprint.get("/api/system/health")
 def system_health() -> ResponseReturnValue:
-    """Overall status plus the engine's, as the engine worker last published it."""
+    """Overall status plus the engine's, as the engine worker last published it (state bus
+    `system/engine`)."""
     started = time.perf_counter()
-    client = sync_client()
     try:
-        engine_raw, pulse_raw = client.mget(ENGINE_STATUS_KEY, PULSE_KEY)
-    except RedisError as exc:
+        pulse_raw = sync_client().get(PULSE_KEY)
+        redis_ms = (time.perf_counter() - started) * 1000.0
+        engine, version, published_at = get_sync_state_manager().get_state_versioned(
+            ENGINE_KEY, namespace=SYSTEM_NAMESPACE
+        )
+    except (RedisError, StateError) as exc:
         body: dict[str, Any] = {
             "status": "down",
             "redis": {"ok": False, "error": type(exc).__name__},
             "engine": None,
         }
         return jsonify(body), 503
-    redis_ms = (time.perf_counter() - started) * 1000.0
-    engine = json.loads(engine_raw) if engine_raw else None
     pulse_age_ms = (time.time() - float(pulse_raw)) * 1000.0 if pulse_raw else None
     status = "ok" if engine is not None else "degraded"
     return jsonify(
         {
             "status": status,
             "engine": engine or {"state": "UNKNOWN"},
+            "engine_state_version": version,
+            "engine_state_age_ms": round((time.time() - published_at) * 1000.0, 1) if version else None,
             "redis": {"ok": True, "latency_ms": round(redis_ms, 3)},
             "pulse_age_ms": None if pulse_age_ms is None else round(pulse_age_ms, 1),
             "timestamp": time.time(),

@@ -45,8 +45,6 @@ SNAPSHOT_INTERVAL_S = 5.0
 #: State bus namespace and keys of the system state the engine worker publishes.
 SYSTEM_NAMESPACE = "system"
 ENGINE_KEY, RISK_KEY, POSITIONS_KEY = "engine", "risk_limits", "positions"
-#: Plain key read by the health endpoint (the engine status as JSON).
-ENGINE_STATUS_KEY = "hean:engine:status"
 
 _engine: TradingEngine | None = None
 _paused = False
@@ -168,7 +166,6 @@ def publish(changed_positions: bool = True) -> dict[str, Any]:
     ops = [StateOp.set(ENGINE_KEY, status, SYSTEM_NAMESPACE)]
     if changed_positions:
         ops.append(StateOp.set(POSITIONS_KEY, [p.to_dict() for p in engine.positions()], SYSTEM_NAMESPACE))
-    sync_client().set(ENGINE_STATUS_KEY, json.dumps(status, separators=(",", ":")))
     try:
         get_sync_state_manager().batch_update(ops)
     except StateError as exc:  # the command ran; only its broadcast failed
