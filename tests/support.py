@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -123,3 +124,23 @@ class Client:
             result = self.results.get(timeout=RESULT_TIMEOUT_S)
             if result["request_id"] == request_id:
                 return result
+
+
+def stop_engine_worker(system: dict[str, Any], crash: bool) -> None:
+    """Stop the shared system's engine worker: SIGKILL (`crash`) or a warm shutdown."""
+    processes: list[ManagedProcess] = system["processes"]
+    worker = next(p for p in processes if p.name.startswith("worker-engine"))
+    if crash:
+        worker.process.send_signal(signal.SIGKILL)
+    worker.stop()
+    processes.remove(worker)
+
+
+def start_engine_worker(system: dict[str, Any], logs_dir: Any) -> None:
+    """Start a new engine worker in the shared system (the fixture stops it at the end)."""
+    processes: list[ManagedProcess] = system["processes"]
+    from hean.processes import PROCESSES
+
+    spec = next(s for s in PROCESSES if s.name == "worker-engine")
+    name = f"worker-engine-{uuid.uuid4().hex[:6]}"
+    processes.insert(0, ManagedProcess(name, spec.argv(sys.executable), system["env"], logs_dir))

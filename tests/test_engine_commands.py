@@ -3,8 +3,6 @@ results, state and snapshots that come back. Real processes only."""
 
 from __future__ import annotations
 
-import signal
-import sys
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -14,8 +12,7 @@ import pytest
 import redis
 
 from hean.core.system.redis_state import get_sync_state_manager
-from hean.processes import PROCESSES
-from support import Client, ManagedProcess, wait_for
+from support import Client, start_engine_worker, stop_engine_worker, wait_for
 from workers.engine import INFLIGHT_KEY, LOG_KEY
 
 REDIS: dict[str, str] = {}
@@ -61,24 +58,6 @@ def position(sym: str) -> dict[str, Any] | None:
     """The published position of `sym` (the state is published every 100 ms under load)."""
     positions = get_sync_state_manager(REDIS["url"]).get_state("positions", namespace="system") or []
     return next((p for p in positions if p["symbol"] == sym), None)
-
-
-def stop_engine_worker(system: dict[str, Any], crash: bool) -> None:
-    """Stop the shared system's engine worker: SIGKILL (`crash`) or a warm shutdown."""
-    processes: list[ManagedProcess] = system["processes"]
-    worker = next(p for p in processes if p.name.startswith("worker-engine"))
-    if crash:
-        worker.process.send_signal(signal.SIGKILL)
-    worker.stop()
-    processes.remove(worker)
-
-
-def start_engine_worker(system: dict[str, Any], logs_dir: Any) -> None:
-    """Start a new engine worker in the shared system (the fixture stops it at the end)."""
-    processes: list[ManagedProcess] = system["processes"]
-    spec = next(s for s in PROCESSES if s.name == "worker-engine")
-    name = f"worker-engine-{uuid.uuid4().hex[:6]}"
-    processes.insert(0, ManagedProcess(name, spec.argv(sys.executable), system["env"], logs_dir))
 
 
 def symbol() -> str:

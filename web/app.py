@@ -50,7 +50,7 @@ def create_app(settings: Settings | None = None, async_mode: str = "eventlet") -
 
     from hean.command_journal import CommandJournal
     from hean.redis_client import sync_client
-    from web import commands_api, rest, socket_handlers
+    from web import commands_api, health, rest, socket_handlers
     from web.intake import CommandIntake
     from workers import app as celery_app
 
@@ -58,7 +58,8 @@ def create_app(settings: Settings | None = None, async_mode: str = "eventlet") -
     app.extensions["hean_intake"] = intake
     app.register_blueprint(rest.blueprint)
     app.register_blueprint(commands_api.blueprint)
-    socket_handlers.register(sio, settings, intake)
+    app.register_blueprint(health.blueprint)
+    app.extensions["hean_connected_clients"] = socket_handlers.register(sio, settings, intake)
     return app
 
 

@@ -9,10 +9,10 @@ from flask import Blueprint, current_app, jsonify
 from flask.typing import ResponseReturnValue
 from redis.exceptions import RedisError
 
+from hean.core.system.health_monitor import get_sync_health
 from hean.core.system.redis_state import StateError, get_sync_state_manager
 from hean.redis_client import sync_client
 from workers.engine import ENGINE_KEY, SYSTEM_NAMESPACE
-from workers.pulse import PULSE_KEY
 
 blueprint = Blueprint("rest", __name__)
 
@@ -23,11 +23,12 @@ def system_health() -> ResponseReturnValue:
     `system/engine`)."""
     started = time.perf_counter()
     try:
-        pulse_raw = sync_client().get(PULSE_KEY)
+        sync_client().ping()
         redis_ms = (time.perf_counter() - started) * 1000.0
         engine, version, published_at = get_sync_state_manager().get_state_versioned(
             ENGINE_KEY, namespace=SYSTEM_NAMESPACE
         )
+        pulse = get_sync_health().get_health_status()
     except (RedisError, StateError) as exc:
         body: dict[str, Any] = {
             "status": "down",
@@ -35,7 +36,6 @@ def system_health() -> ResponseReturnValue:
             "engine": None,
         }
         return jsonify(body), 503
-    pulse_age_ms = (time.time() - float(pulse_raw)) * 1000.0 if pulse_raw else None
     status = "ok" if engine is not None else "degraded"
     return jsonify(
         {
@@ -44,7 +44,9 @@ def system_health() -> ResponseReturnValue:
             "engine_state_version": version,
             "engine_state_age_ms": round((time.time() - published_at) * 1000.0, 1) if version else None,
             "redis": {"ok": True, "latency_ms": round(redis_ms, 3)},
-            "pulse_age_ms": None if pulse_age_ms is None else round(pulse_age_ms, 1),
+            "pulse_age_ms": pulse["age_ms"],
+            "modules": {name: m["status"] for name, m in pulse["modules"].items()},
+            "modules_overall": pulse["overall"],
             "timestamp": time.time(),
         }
     )

@@ -28,6 +28,9 @@ def main() -> None:
     settings = get_settings()
     configure_logging(settings.log_level)
     app = create_app(settings, async_mode="eventlet")
+    from web.heartbeat import start_heartbeat
+
+    start_heartbeat(app)
     if not is_loopback(settings.host):
         log.warning(
             "event=exposed_bind host=%s note=control needs the token but traffic is not encrypted",

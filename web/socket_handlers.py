@@ -86,7 +86,8 @@ def state_manager() -> SyncRedisStateManager:
     return get_sync_state_manager()
 
 
-def register(sio: SocketIO, settings: Settings, intake: CommandIntake) -> None:
+def register(sio: SocketIO, settings: Settings, intake: CommandIntake) -> Callable[[], int]:
+    """Install the handlers; returns a function that counts the connected clients."""
     token = ensure_token(settings)
 
     def on(event: str) -> Callable[[Handler], Handler]:
@@ -217,3 +218,5 @@ def register(sio: SocketIO, settings: Settings, intake: CommandIntake) -> None:
         }
         server.emit("error", error, to=sid, ignore_queue=True)
         return {"error": error}
+
+    return lambda: len(buckets)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from typing import Any
 
 from celery import Celery, Task
+from celery.signals import worker_ready
 
 from hean.config import get_settings
 
@@ -42,6 +45,28 @@ class HeanTask(Task):
     def on_redelivery_exhausted(self, *args: Any, **kwargs: Any) -> Any:
         """Called instead of the task body once the delivery cap is reached."""
         return None
+
+
+#: Every worker writes hean:worker:<node name> = time every second (read by the pulse).
+WORKER_HEARTBEAT_S = 1.0
+
+
+@worker_ready.connect
+def _start_heartbeat(sender: Any = None, **_: Any) -> None:
+    from hean.core.system.probes import WORKER_HEARTBEAT_PREFIX
+    from hean.redis_client import sync_client
+
+    key = WORKER_HEARTBEAT_PREFIX + str(getattr(sender, "hostname", "worker"))
+
+    def beat() -> None:
+        while True:
+            try:
+                sync_client().set(key, repr(time.time()), ex=10)
+            except Exception as exc:  # Redis away: the pulse will notice; keep trying
+                log.warning("event=worker_heartbeat_failed error=%s", type(exc).__name__)
+            time.sleep(WORKER_HEARTBEAT_S)
+
+    threading.Thread(target=beat, name="hean-worker-heartbeat", daemon=True).start()
 
 
 app = Celery("hean", task_cls=HeanTask)

@@ -530,16 +530,20 @@ def run_batch(self: Any, envelopes: list[dict[str, Any]]) -> int:
         raise self.retry(exc=exc, countdown=min(5.0, 0.2 * 2 ** min(self.request.retries, 5))) from exc
 
 
-@app.task(name="workers.engine.ping")
-def ping(sent_at: float | None = None) -> dict[str, Any]:
-    """Round trip through the engine queue to this worker's C++ core (the health probe)."""
+@app.task(name="workers.engine.ping", ignore_result=True)
+def ping(sent_at: float | None = None, reply_key: str | None = None) -> dict[str, Any]:
+    """Round trip through the engine queue to this worker's C++ core (the health probe).
+
+    With `reply_key`, the engine state is pushed onto that list (kept 5 s) for the prober.
+    """
     engine = get_engine()
-    return {
-        "state": str(engine.state),
-        "command_count": engine.command_count,
-        "sent_at": sent_at,
-        "answered_at": time.time(),
-    }
+    answer = {"state": str(engine.state), "command_count": engine.command_count, "sent_at": sent_at}
+    if reply_key is not None and reply_key.startswith("hean:pong:"):
+        pipe = sync_client().pipeline(transaction=False)
+        pipe.lpush(reply_key, answer["state"])
+        pipe.expire(reply_key, 5)
+        pipe.execute()
+    return answer
 
 
 @worker_shutdown.connect

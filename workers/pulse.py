@@ -1,16 +1,85 @@
-"""Pulse queue tasks: the heartbeat that celery beat sends every 100 ms."""
+"""Pulse queue tasks: the heartbeat celery beat sends every 100 ms.
+
+Each pulse probes every module concurrently (hean.core.system.health_monitor), stores the
+result on the state bus (namespace ``health``: one key per module and ``pulse``, the
+summary) and sends it to the operators room as a ``health_pulse`` event.
+"""
 
 from __future__ import annotations
 
+import functools
+import logging
 import time
+import uuid
+from typing import Any
 
+from celeryconfig import PULSE_PERIOD_S
+from hean.core.system.health_monitor import (
+    HEALTH_NAMESPACE,
+    PROBE_TIMEOUT_S,
+    SUMMARY_KEY,
+    HealthMonitor,
+    Probe,
+    Unreachable,
+)
+from hean.core.system.probes import db_probe, exchange_probe, redis_probe, web_probe, workers_probe
+from hean.core.system.redis_state import StateError, StateOp, get_sync_state_manager
+from hean.messages import OPERATORS_ROOM
 from hean.redis_client import sync_client
 from workers.app import app
 
-#: The time of the last pulse the pulse worker ran, for the health endpoint.
-PULSE_KEY = "hean:pulse:last"
+log = logging.getLogger(__name__)
+
+#: How long the cpp_core probe waits for the engine worker's answer: no longer than the
+#: monitor waits, so a dead engine worker never ties up the probe threads.
+PING_WAIT_S = PROBE_TIMEOUT_S
+
+
+def cpp_core_probe() -> Probe:
+    """A ping task through the engine queue to the engine worker's C++ core and back."""
+
+    def check() -> dict[str, Any]:
+        reply_key = f"hean:pong:{uuid.uuid4().hex}"
+        sent = time.time()
+        app.send_task("workers.engine.ping", args=[sent, reply_key], expires=PING_WAIT_S)
+        answer = sync_client().blpop([reply_key], timeout=PING_WAIT_S)
+        if answer is None:
+            raise Unreachable(f"engine worker did not answer a ping within {PING_WAIT_S * 1000:.0f} ms")
+        return {"state": answer[1].decode()}
+
+    return Probe("cpp_core", check)
+
+
+@functools.cache
+def monitor() -> HealthMonitor:
+    """This pulse worker's monitor (it keeps failure counts and reconnects across pulses)."""
+    client = sync_client()
+    return HealthMonitor(
+        [
+            cpp_core_probe(),
+            redis_probe(client),
+            db_probe(),
+            exchange_probe(),
+            web_probe(client),
+            workers_probe(client),
+        ]
+    )
 
 
 @app.task(name="workers.pulse.pulse", ignore_result=True)
 def pulse() -> None:
-    sync_client().set(PULSE_KEY, repr(time.time()))
+    status = monitor().check_all()
+    if status is None:  # the previous pulse is still running
+        return
+    status["at"] = time.time()
+    status["period_s"] = PULSE_PERIOD_S
+    ops = [StateOp.set(SUMMARY_KEY, status, HEALTH_NAMESPACE)]
+    ops += [StateOp.set(name, module, HEALTH_NAMESPACE) for name, module in status["modules"].items()]
+    try:
+        get_sync_state_manager().batch_update(ops)
+    except (StateError, OSError) as exc:
+        log.error("event=pulse_not_stored error=%s", exc)
+        return
+    from workers.emit import emit
+
+    emit("health_pulse", status, to=OPERATORS_ROOM)

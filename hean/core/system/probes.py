@@ -1,0 +1,84 @@
+"""Probes of the modules the library can reach itself: Redis, the database, the exchange
+adapter, the web process's heartbeat and the Celery workers' heartbeats."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis
+
+from hean.core.system.health_monitor import Probe, Unreachable
+
+#: Written by the web process every 100 ms: {ts, clients, pid}.
+WEB_HEARTBEAT_KEY = "hean:web:heartbeat"
+#: Written by every Celery worker every second: hean:worker:<node name> -> timestamp.
+WORKER_HEARTBEAT_PREFIX = "hean:worker:"
+WEB_STALE_S = 0.3  # three pulse periods
+WORKER_STALE_S = 3.0
+
+
+def redis_probe(client: redis.Redis) -> Probe:
+    def check() -> dict[str, Any]:
+        try:
+            client.ping()
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            raise Unreachable(f"redis: {exc}") from exc
+        return {}
+
+    return Probe("redis", check, reconnect=client.connection_pool.disconnect)
+
+
+def web_probe(client: redis.Redis) -> Probe:
+    def check() -> dict[str, Any]:
+        raw = client.get(WEB_HEARTBEAT_KEY)
+        if raw is None:
+            raise Unreachable("no heartbeat from the web process")
+        beat = json.loads(raw)
+        age = time.time() - float(beat["ts"])
+        if age > WEB_STALE_S:
+            raise Unreachable(f"web heartbeat is {age * 1000:.0f} ms old")
+        return {"age_ms": round(age * 1000.0, 1), "clients": beat["clients"], "pid": beat["pid"]}
+
+    return Probe("frontend_socket", check)
+
+
+def workers_probe(client: redis.Redis) -> Probe:
+    def check() -> dict[str, Any]:
+        now = time.time()
+        nodes = {}
+        for key in client.scan_iter(match=WORKER_HEARTBEAT_PREFIX + "*", count=100):
+            raw = client.get(key)
+            if raw is not None:
+                name = key.decode()[len(WORKER_HEARTBEAT_PREFIX) :]
+                nodes[name] = round((now - float(raw)) * 1000.0, 1)
+        if not nodes:
+            raise Unreachable("no Celery worker heartbeat")
+        stale = sorted(n for n, age in nodes.items() if age > WORKER_STALE_S * 1000)
+        if stale:
+            raise RuntimeError(f"stale worker heartbeats: {', '.join(stale)}")
+        return {"age_ms": nodes}
+
+    return Probe("workers", check)
+
+
+def db_probe() -> Probe:
+    from hean import db
+
+    def check() -> dict[str, Any]:
+        db.ping()
+        return {"url": db.redacted_url()}
+
+    return Probe("db", check, reconnect=db.reset)
+
+
+def exchange_probe() -> Probe:
+    from hean.exchange import get_exchange, reset_exchange
+
+    def check() -> dict[str, Any]:
+        exchange = get_exchange()
+        server_time = exchange.server_time()
+        return {"exchange": exchange.name, "skew_ms": round((server_time - time.time()) * 1000.0, 1)}
+
+    return Probe("exchange_api", check, reconnect=reset_exchange)

@@ -1,0 +1,189 @@
+"""The Pulse against real processes: celery beat every 100 ms, a pulse worker probing the real
+modules, the REST views, and faults injected into the real things (engine worker killed,
+database file damaged) that the status must show and recover from."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hean.config import reload_settings
+from hean.core.system.health_monitor import MODULES, HealthMonitor, HealthStatus, Probe, Unreachable, classify
+from hean.processes import PROCESSES
+from support import Client, ManagedProcess, start_engine_worker, stop_engine_worker, wait_for
+
+
+@pytest.fixture(scope="module")
+def pulse(system: dict[str, Any], logs_dir: Path) -> Iterator[dict[str, Any]]:
+    """A pulse worker and celery beat joined to the shared system."""
+    specs = {spec.name: spec for spec in PROCESSES}
+    started = [
+        ManagedProcess(name, specs[name].argv(sys.executable), system["env"], logs_dir)
+        for name in ("worker-pulse", "beat")
+    ]
+    try:
+        wait_for(lambda: all_healthy(system), 60, "every module HEALTHY")
+        yield system
+    finally:
+        for process in started:
+            process.stop()
+
+
+def get(system: dict[str, Any], path: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(str(system["url"]) + path, timeout=5) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+
+
+def modules(system: dict[str, Any]) -> dict[str, Any]:
+    status, body = get(system, "/api/system/health/pulse")
+    return body["modules"] if status == 200 else {}
+
+
+def all_healthy(system: dict[str, Any]) -> bool:
+    found = modules(system)
+    return set(found) == set(MODULES) and all(m["status"] == "HEALTHY" for m in found.values())
+
+
+def module_status(system: dict[str, Any], name: str) -> str | None:
+    return modules(system).get(name, {}).get("status")
+
+
+def test_the_docs_api_runs_as_written(pulse: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", pulse["env"]["REDIS_URL"])
+    reload_settings()
+
+    async def docs() -> dict[str, Any]:
+        from hean.core.system.health_monitor import get_health_monitor
+
+        monitor = await get_health_monitor()
+        status = monitor.get_health_status()
+        from hean.core.system.redis_state import get_redis_state_manager
+
+        await (await get_redis_state_manager()).aclose()
+        return status
+
+    try:
+        status = asyncio.run(docs())
+    finally:
+        monkeypatch.undo()
+        reload_settings()
+    assert set(status["modules"]) == set(MODULES)
+    assert status["age_ms"] is not None and status["age_ms"] < 5_000
+    for module in status["modules"].values():
+        assert {
+            "status",
+            "latency_ms",
+            "last_check",
+            "consecutive_failures",
+            "reconnects",
+            "last_error",
+        } <= set(module)
+
+
+def test_rest_views_answer_from_the_last_pulse(pulse: dict[str, Any]) -> None:
+    status, body = get(pulse, "/api/system/health")
+    assert status == 200 and set(body["modules"]) == set(MODULES) and body["pulse_age_ms"] is not None
+    assert body["engine"]["state"] in {"RUNNING", "STOPPED", "HALTED"}
+    status, redis_module = get(pulse, "/api/system/health/module/redis")
+    assert status == 200 and redis_module["name"] == "redis" and redis_module["age_ms"] >= 0
+    status, missing = get(pulse, "/api/system/health/module/flux_capacitor")
+    assert status == 404 and missing["error"]["modules"] == list(MODULES)
+    status, web = get(pulse, "/api/system/health/module/frontend_socket")
+    assert status == 200 and web["detail"]["clients"] >= 0 and web["detail"]["age_ms"] < 300
+
+
+def test_pulses_reach_operators(pulse: dict[str, Any]) -> None:
+    operator = Client(str(pulse["url"]), str(pulse["token"]), operator=True)
+    beats: queue.Queue[dict[str, Any]] = queue.Queue()
+    operator.sio.on("health_pulse", beats.put)
+    try:
+        first, second = beats.get(timeout=10), beats.get(timeout=10)
+        assert set(first["modules"]) == set(MODULES)
+        assert second["at"] > first["at"]
+    finally:
+        operator.close()
+
+
+def test_a_killed_engine_worker_is_flagged_and_recovers(pulse: dict[str, Any], logs_dir: Path) -> None:
+    stop_engine_worker(pulse, crash=True)
+    wait_for(lambda: module_status(pulse, "cpp_core") == "DISCONNECTED", 10, "cpp_core DISCONNECTED")
+    found = modules(pulse)["cpp_core"]
+    assert found["consecutive_failures"] >= 1 and "ms" in found["last_error"]
+    start_engine_worker(pulse, logs_dir)
+    wait_for(lambda: module_status(pulse, "cpp_core") == "HEALTHY", 60, "cpp_core HEALTHY again")
+
+
+def test_a_damaged_database_is_flagged_reconnected_and_recovers(pulse: dict[str, Any]) -> None:
+    # Root reads any file whatever its mode, so the damage is real bytes: a non-SQLite file.
+    db_file = Path(pulse["env"]["HEAN_HOME"]) / "hean.db"
+    wait_for(lambda: db_file.exists(), 10, "the database file")
+    original = db_file.read_bytes()
+    db_file.write_bytes(b"this is not a database" * 100)
+    try:
+        wait_for(lambda: module_status(pulse, "db") == "UNHEALTHY", 10, "db UNHEALTHY")
+        wait_for(lambda: modules(pulse)["db"]["reconnects"] >= 1, 10, "a db reconnect")
+        assert "not a database" in modules(pulse)["db"]["last_error"]
+    finally:
+        db_file.write_bytes(original)
+    wait_for(lambda: module_status(pulse, "db") == "HEALTHY", 30, "db HEALTHY again")
+
+
+# -- the monitor itself, on real probes that are slow or fail on purpose ----------------------
+
+
+def test_classification_thresholds() -> None:
+    assert classify(50.0) is HealthStatus.HEALTHY
+    assert classify(50.1) is HealthStatus.DEGRADED
+    assert classify(200.0) is HealthStatus.DEGRADED
+    assert classify(200.1) is HealthStatus.UNHEALTHY
+
+
+def test_slow_failing_and_unreachable_modules_are_told_apart_and_reconnected() -> None:
+    import time
+
+    reconnects: list[str] = []
+
+    def slow() -> dict[str, Any]:
+        time.sleep(0.07)
+        return {}
+
+    def failing() -> dict[str, Any]:
+        raise RuntimeError("boom")
+
+    def gone() -> dict[str, Any]:
+        raise Unreachable("no route")
+
+    monitor = HealthMonitor(
+        [
+            Probe("fast", lambda: {}),
+            Probe("slow", slow, reconnect=lambda: reconnects.append("slow")),
+            Probe("failing", failing, reconnect=lambda: reconnects.append("failing")),
+            Probe("gone", gone),
+            Probe("hung", lambda: time.sleep(1) or {}),
+        ],
+        timeout=0.2,
+    )
+    for _ in range(3):
+        status = monitor.check_all()
+    assert status is not None
+    found = status["modules"]
+    assert found["fast"]["status"] == "HEALTHY"
+    assert found["slow"]["status"] == "DEGRADED" and found["slow"]["reconnects"] >= 1
+    assert found["failing"]["status"] == "UNHEALTHY" and found["failing"]["consecutive_failures"] == 3
+    assert found["failing"]["last_error"] == "RuntimeError: boom" and found["failing"]["reconnects"] == 1
+    assert found["gone"]["status"] == "DISCONNECTED" and found["gone"]["last_error"] == "no route"
+    assert found["hung"]["status"] == "DISCONNECTED"
+    assert status["overall"] == "DISCONNECTED"
+    assert reconnects.count("failing") == 1 and "slow" in reconnects

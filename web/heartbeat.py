@@ -1,0 +1,33 @@
+"""The web process's own heartbeat: every 100 ms, {ts, clients, pid} in Redis for the pulse."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any
+
+from flask import Flask
+
+from celeryconfig import PULSE_PERIOD_S
+from hean.core.system.probes import WEB_HEARTBEAT_KEY
+from hean.redis_client import sync_client
+
+log = logging.getLogger(__name__)
+
+
+def start_heartbeat(app: Flask) -> None:
+    sio: Any = app.extensions["socketio"]
+    clients = app.extensions["hean_connected_clients"]
+
+    def beat() -> None:
+        while True:
+            body = json.dumps({"ts": time.time(), "clients": clients(), "pid": os.getpid()})
+            try:
+                sync_client().set(WEB_HEARTBEAT_KEY, body, px=2000)
+            except Exception as exc:  # Redis away: the pulse notices; keep beating
+                log.warning("event=web_heartbeat_failed error=%s", type(exc).__name__)
+            sio.sleep(PULSE_PERIOD_S)
+
+    sio.start_background_task(beat)
