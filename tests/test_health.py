@@ -187,3 +187,22 @@ def test_slow_failing_and_unreachable_modules_are_told_apart_and_reconnected() -
     assert found["hung"]["status"] == "DISCONNECTED"
     assert status["overall"] == "DISCONNECTED"
     assert reconnects.count("failing") == 1 and "slow" in reconnects
+
+
+def test_a_stopped_web_process_is_flagged_and_recovers(pulse: dict[str, Any], logs_dir: Path) -> None:
+    from hean.core.system.health_monitor import get_sync_health
+    from support import http_ok
+
+    def web_status() -> str | None:
+        found = get_sync_health(pulse["env"]["REDIS_URL"]).get_health_status()["modules"]
+        return found.get("frontend_socket", {}).get("status")
+
+    processes: list[ManagedProcess] = pulse["processes"]
+    web = next(p for p in processes if p.name.startswith("web"))
+    web.stop()
+    processes.remove(web)
+    wait_for(lambda: web_status() == "DISCONNECTED", 10, "frontend_socket DISCONNECTED")
+    spec = next(s for s in PROCESSES if s.name == "web")
+    processes.append(ManagedProcess("web-restarted", spec.argv(sys.executable), pulse["env"], logs_dir))
+    wait_for(lambda: http_ok(str(pulse["url"]) + "/api/system/health"), 60, "the web process again")
+    wait_for(lambda: web_status() == "HEALTHY", 30, "frontend_socket HEALTHY again")
