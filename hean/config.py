@@ -68,6 +68,13 @@ class Settings(BaseSettings):
         validation_alias=_env("HEAN_COMMAND_MODULES"),
         description="Comma-separated modules that register project commands (imported by web and workers).",
     )
+    exchange: Literal["paper", "bybit"] = Field(default="paper", validation_alias=_env("HEAN_EXCHANGE"))
+    bybit_endpoint: str | None = Field(
+        default=None,
+        validation_alias=_env("HEAN_BYBIT_ENDPOINT"),
+        description="Base URL of Bybit's REST API, to override pybit's (e.g. a local test server).",
+    )
+    bybit_testnet: bool = Field(default=False, validation_alias=_env("HEAN_BYBIT_TESTNET"))
     auto_dev_mode: bool = Field(default=False, validation_alias=_env("AUTO_DEV_MODE"))
     llm_provider: Literal["openai", "anthropic"] = Field(
         default="openai", validation_alias=_env("LLM_PROVIDER")

@@ -6,6 +6,8 @@ import threading
 import time
 from typing import Protocol
 
+from hean.config import get_settings
+
 
 class Exchange(Protocol):
     name: str
@@ -24,6 +26,32 @@ class PaperExchange:
         return time.time()
 
 
+class BybitExchange:
+    """Bybit's v5 REST API over the official `pybit` SDK (public endpoints need no key)."""
+
+    name = "bybit"
+
+    def __init__(self, endpoint: str | None = None, testnet: bool = False, timeout: float = 2.0) -> None:
+        from pybit.unified_trading import HTTP
+
+        # one attempt per call: the pulse retries every 100 ms and must not sleep in pybit
+        self._session = HTTP(testnet=testnet, timeout=timeout, max_retries=1, retry_delay=0)
+        if endpoint:
+            self._session.endpoint = endpoint.rstrip("/")
+
+    def server_time(self) -> float:
+        reply = self._session.get_server_time()
+        return int(reply["result"]["timeNano"]) / 1e9
+
+
+def make_exchange() -> Exchange:
+    """The exchange named by HEAN_EXCHANGE (`paper` by default, or `bybit`)."""
+    settings = get_settings()
+    if settings.exchange == "bybit":
+        return BybitExchange(settings.bybit_endpoint, settings.bybit_testnet)
+    return PaperExchange()
+
+
 _exchange: Exchange | None = None
 _lock = threading.Lock()
 
@@ -32,7 +60,7 @@ def get_exchange() -> Exchange:
     global _exchange
     with _lock:
         if _exchange is None:
-            _exchange = PaperExchange()
+            _exchange = make_exchange()
         return _exchange
 
 

@@ -16,7 +16,6 @@ from typing import Any
 from celeryconfig import PULSE_PERIOD_S
 from hean.core.system.health_monitor import (
     HEALTH_NAMESPACE,
-    PROBE_TIMEOUT_S,
     SUMMARY_KEY,
     HealthMonitor,
     Probe,
@@ -30,9 +29,9 @@ from workers.app import app
 
 log = logging.getLogger(__name__)
 
-#: How long the cpp_core probe waits for the engine worker's answer: no longer than the
-#: monitor waits, so a dead engine worker never ties up the probe threads.
-PING_WAIT_S = PROBE_TIMEOUT_S
+#: How long the cpp_core probe waits for the engine worker's answer (a ping normally returns
+#: in a few ms; a dead engine worker must be flagged within 300 ms).
+PING_WAIT_S = 0.08
 
 
 def cpp_core_probe() -> Probe:
@@ -47,7 +46,7 @@ def cpp_core_probe() -> Probe:
             raise Unreachable(f"engine worker did not answer a ping within {PING_WAIT_S * 1000:.0f} ms")
         return {"state": answer[1].decode()}
 
-    return Probe("cpp_core", check)
+    return Probe("cpp_core", check, timeout=PING_WAIT_S + 0.02)
 
 
 @functools.cache

@@ -28,8 +28,10 @@ log = logging.getLogger(__name__)
 HEALTHY_MS = 50.0
 DEGRADED_MS = 200.0
 FAILURES_BEFORE_RECONNECT = 3
-#: A probe that has not answered by then counts as unreachable for this pulse.
-PROBE_TIMEOUT_S = 0.08
+#: A probe that has not answered by then counts as unreachable for this pulse (long enough to
+#: tell DEGRADED from UNHEALTHY; a pulse waits for its slowest probe and skips the beats that
+#: arrive meanwhile, so pulses never pile up).
+PROBE_TIMEOUT_S = 0.25
 RECONNECT_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0)
 #: State bus namespace of the pulse; one key per module plus "pulse" (the summary).
 HEALTH_NAMESPACE = "health"
@@ -82,6 +84,7 @@ class Probe:
     name: str
     check: Callable[[], dict[str, Any]]
     reconnect: Callable[[], None] = lambda: None
+    timeout: float | None = None  # this probe's own limit, if shorter than the monitor's
 
 
 class HealthMonitor:
@@ -105,17 +108,22 @@ class HealthMonitor:
         if not self._lock.acquire(blocking=False):
             return None
         try:
-            started = {name: time.perf_counter() for name in self.probes}
+            started = time.perf_counter()
             futures = {name: self._executor.submit(probe.check) for name, probe in self.probes.items()}
-            deadline = time.perf_counter() + self.timeout
             for name, future in futures.items():
-                self._record(name, future, started[name], max(0.0, deadline - time.perf_counter()))
+                limit = min(self.timeout, self.probes[name].timeout or self.timeout)
+                self._record(name, future, started, limit, max(0.0, started + limit - time.perf_counter()))
             return self.get_health_status()
         finally:
             self._lock.release()
 
     def _record(
-        self, name: str, future: concurrent.futures.Future[dict[str, Any]], started: float, wait: float
+        self,
+        name: str,
+        future: concurrent.futures.Future[dict[str, Any]],
+        started: float,
+        limit: float,
+        wait: float,
     ) -> None:
         module = self.modules[name]
         module.last_check = time.time()
@@ -129,7 +137,7 @@ class HealthMonitor:
             module.latency_ms = None
             module.status = HealthStatus.DISCONNECTED
             module.consecutive_failures += 1
-            module.last_error = f"no answer within {self.timeout * 1000:.0f} ms"
+            module.last_error = f"no answer within {limit * 1000:.0f} ms"
         except Unreachable as exc:
             module.latency_ms = None
             module.status = HealthStatus.DISCONNECTED

@@ -77,8 +77,13 @@ def exchange_probe() -> Probe:
     from hean.exchange import get_exchange, reset_exchange
 
     def check() -> dict[str, Any]:
+        import requests
+
         exchange = get_exchange()
-        server_time = exchange.server_time()
+        try:
+            server_time = exchange.server_time()
+        except requests.exceptions.ConnectionError as exc:
+            raise Unreachable(f"{exchange.name}: {exc}") from exc
         return {"exchange": exchange.name, "skew_ms": round((server_time - time.time()) * 1000.0, 1)}
 
     return Probe("exchange_api", check, reconnect=reset_exchange)
