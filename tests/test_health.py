@@ -206,3 +206,32 @@ def test_a_stopped_web_process_is_flagged_and_recovers(pulse: dict[str, Any], lo
     processes.append(ManagedProcess("web-restarted", spec.argv(sys.executable), pulse["env"], logs_dir))
     wait_for(lambda: http_ok(str(pulse["url"]) + "/api/system/health"), 60, "the web process again")
     wait_for(lambda: web_status() == "HEALTHY", 30, "frontend_socket HEALTHY again")
+
+
+def test_every_pulse_node_reports_and_a_silent_one_is_disconnected(
+    pulse: dict[str, Any], logs_dir: Path
+) -> None:
+    spec = next(s for s in PROCESSES if s.name == "worker-pulse")
+    argv = [("second@%h" if arg == "pulse@%h" else arg) for arg in spec.argv(sys.executable)]
+    second = ManagedProcess("worker-pulse-second", argv, pulse["env"], logs_dir)
+
+    def nodes() -> dict[str, Any]:
+        status, body = get(pulse, "/api/system/health/pulse")
+        return body.get("nodes", {}) if status == 200 else {}
+
+    def names(prefix: str) -> list[str]:
+        return [n for n in nodes() if n.startswith(prefix)]
+
+    try:
+        wait_for(lambda: names("second@") and names("pulse@"), 60, "two pulse nodes")
+        node = names("second@")[0]
+        wait_for(lambda: nodes()[node]["status"] != "DISCONNECTED", 30, "the second node reporting")
+        assert all(
+            v["status"] != "DISCONNECTED" for k, v in nodes().items() if k.startswith(("pulse@", "second@"))
+        )
+    finally:
+        second.stop()
+    wait_for(lambda: nodes()[node]["status"] == "DISCONNECTED", 10, "the stopped node DISCONNECTED")
+    assert nodes()[node]["age_ms"] > 300
+    first = names("pulse@")[0]
+    assert nodes()[first]["status"] != "DISCONNECTED"

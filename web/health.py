@@ -8,17 +8,22 @@ from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 from redis.exceptions import RedisError
 
-from hean.core.system.health_monitor import MODULES, get_sync_health
-from hean.core.system.redis_state import StateError
+from hean.core.system.health_monitor import HEALTH_NAMESPACE, MODULES, get_sync_health
+from hean.core.system.redis_state import StateError, get_sync_state_manager
+from workers.pulse import NODES_KEY, nodes_view
 
 blueprint = Blueprint("health", __name__)
 
 
 def _pulse() -> dict[str, Any] | None:
+    """The last pulse plus every pulse node (multi-node: each pulse worker reports)."""
     try:
-        return get_sync_health().get_health_status()
+        status = get_sync_health().get_health_status()
+        nodes = get_sync_state_manager().get_state(NODES_KEY, namespace=HEALTH_NAMESPACE)
     except (RedisError, StateError):
         return None
+    status["nodes"] = nodes_view(nodes)
+    return status
 
 
 @blueprint.get("/api/system/health/pulse")

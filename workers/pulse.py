@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 import uuid
 from typing import Any
 
-from celeryconfig import PULSE_PERIOD_S
+from celery.signals import worker_ready
+
+from celeryconfig import PULSE_PERIOD_S, PULSE_QUEUE
 from hean.core.system.health_monitor import (
     HEALTH_NAMESPACE,
     SUMMARY_KEY,
@@ -63,6 +66,48 @@ def monitor() -> HealthMonitor:
             workers_probe(client),
         ]
     )
+
+
+#: Pulse workers (one per node) each report here every period: health/nodes = {node: {at, ...}}.
+NODES_KEY = "nodes"
+#: A node whose reports stop for this many periods is DISCONNECTED in the aggregate view.
+NODE_STALE_PERIODS = 3
+
+
+def _report_node(node: str) -> None:
+    """Every period: this node is alive, and what its monitor saw last."""
+    manager = get_sync_state_manager()
+    while True:
+        seen = monitor().get_health_status()["overall"]
+        try:
+            manager.merge_state(
+                NODES_KEY, {node: {"at": time.time(), "overall": seen}}, namespace=HEALTH_NAMESPACE
+            )
+        except StateError as exc:
+            log.warning("event=node_report_failed node=%s error=%s", node, exc)
+        time.sleep(PULSE_PERIOD_S)
+
+
+@worker_ready.connect
+def _start_node_reports(sender: Any = None, **_: Any) -> None:
+    queues = {q.name for q in getattr(getattr(sender, "task_consumer", None), "queues", [])}
+    if PULSE_QUEUE in queues:
+        node = str(getattr(sender, "hostname", "pulse"))
+        threading.Thread(target=_report_node, args=(node,), name="hean-node-report", daemon=True).start()
+
+
+def nodes_view(nodes: dict[str, Any] | None, now: float | None = None) -> dict[str, Any]:
+    """Every pulse node with its report's age; DISCONNECTED after NODE_STALE_PERIODS periods."""
+    now = time.time() if now is None else now
+    view = {}
+    for node, report in sorted((nodes or {}).items()):
+        age_s = now - float(report["at"])
+        stale = age_s > NODE_STALE_PERIODS * PULSE_PERIOD_S
+        view[node] = {
+            "status": "DISCONNECTED" if stale else report.get("overall", "HEALTHY"),
+            "age_ms": round(age_s * 1000.0, 1),
+        }
+    return view
 
 
 @app.task(name="workers.pulse.pulse", ignore_result=True)
