@@ -235,3 +235,32 @@ def test_every_pulse_node_reports_and_a_silent_one_is_disconnected(
     assert nodes()[node]["age_ms"] > 300
     first = names("pulse@")[0]
     assert nodes()[first]["status"] != "DISCONNECTED"
+
+
+def test_redis_stopped_and_restarted_is_flagged_reconnected_and_recovers(tmp_path: Path) -> None:
+    import redis
+
+    from hean.core.system.probes import redis_probe
+    from hean.redis_server import PrivateRedis, free_port
+
+    server = PrivateRedis(tmp_path / "redis", port=free_port())
+    server.start()
+    client = redis.Redis.from_url(server.url, socket_connect_timeout=0.05, socket_timeout=0.05)
+    monitor = HealthMonitor([redis_probe(client)])
+
+    def redis_module() -> dict[str, Any]:
+        status = monitor.check_all()
+        assert status is not None
+        return status["modules"]["redis"]  # type: ignore[no-any-return]
+
+    try:
+        assert redis_module()["status"] == "HEALTHY"
+        server.stop()
+        seen = [redis_module() for _ in range(3)]
+        assert all(m["status"] == "DISCONNECTED" for m in seen)
+        assert seen[-1]["consecutive_failures"] == 3 and seen[-1]["reconnects"] >= 1
+        server.start()
+        wait_for(lambda: redis_module()["status"] == "HEALTHY", 10, "redis HEALTHY again")
+    finally:
+        client.close()
+        server.stop()
