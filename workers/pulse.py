@@ -112,10 +112,12 @@ def nodes_view(nodes: dict[str, Any] | None, now: float | None = None) -> dict[s
 
 @app.task(name="workers.pulse.pulse", ignore_result=True)
 def pulse() -> None:
+    started = time.time()
     status = monitor().check_all()
     if status is None:  # the previous pulse is still running
         return
-    status["at"] = time.time()
+    status["at"] = started  # when the pulse began (its period is measured between these)
+    status["took_ms"] = round((time.time() - started) * 1000.0, 2)
     status["period_s"] = PULSE_PERIOD_S
     ops = [StateOp.set(SUMMARY_KEY, status, HEALTH_NAMESPACE)]
     ops += [StateOp.set(name, module, HEALTH_NAMESPACE) for name, module in status["modules"].items()]
