@@ -9,6 +9,11 @@ from typing import Protocol
 from hean.config import get_settings
 
 
+class ExchangeUnreachable(ConnectionError):
+    """The exchange could not be reached (connection refused, DNS, ...), as opposed to an
+    exchange that answered with an error."""
+
+
 class Exchange(Protocol):
     name: str
 
@@ -40,7 +45,12 @@ class BybitExchange:
             self._session.endpoint = endpoint.rstrip("/")
 
     def server_time(self) -> float:
-        reply = self._session.get_server_time()
+        import requests
+
+        try:
+            reply = self._session.get_server_time()
+        except requests.exceptions.ConnectionError as exc:
+            raise ExchangeUnreachable(str(exc)) from exc
         return int(reply["result"]["timeNano"]) / 1e9
 
 

@@ -8,6 +8,7 @@ import asyncio
 import json
 import queue
 import sys
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -95,7 +96,11 @@ def test_the_docs_api_runs_as_written(pulse: dict[str, Any], monkeypatch: pytest
 def test_rest_views_answer_from_the_last_pulse(pulse: dict[str, Any]) -> None:
     status, body = get(pulse, "/api/system/health")
     assert status == 200 and set(body["modules"]) == set(MODULES) and body["pulse_age_ms"] is not None
-    assert body["engine"]["state"] in {"RUNNING", "STOPPED", "HALTED"}
+    assert body["engine"]["state"] in {"RUNNING", "STOPPED", "HALTED"} and body["redis"]["ok"] is True
+    assert body["overall"] in {s.value for s in HealthStatus} and body["pulse_stale"] in {True, False}
+    status, every = get(pulse, "/api/system/health/pulse")
+    assert status == 200 and set(every["modules"]) == set(MODULES) and every["nodes"]
+    assert every["period_s"] == 0.1 and every["age_ms"] >= 0
     status, redis_module = get(pulse, "/api/system/health/module/redis")
     assert status == 200 and redis_module["name"] == "redis" and redis_module["age_ms"] >= 0
     status, missing = get(pulse, "/api/system/health/module/flux_capacitor")
@@ -154,6 +159,7 @@ def test_slow_failing_and_unreachable_modules_are_told_apart_and_reconnected() -
     import time
 
     reconnects: list[str] = []
+    release = threading.Event()
 
     def slow() -> dict[str, Any]:
         time.sleep(0.07)
@@ -165,28 +171,73 @@ def test_slow_failing_and_unreachable_modules_are_told_apart_and_reconnected() -
     def gone() -> dict[str, Any]:
         raise Unreachable("no route")
 
+    def hung() -> dict[str, Any]:
+        release.wait(30)
+        return {}
+
     monitor = HealthMonitor(
         [
             Probe("fast", lambda: {}),
             Probe("slow", slow, reconnect=lambda: reconnects.append("slow")),
             Probe("failing", failing, reconnect=lambda: reconnects.append("failing")),
             Probe("gone", gone),
-            Probe("hung", lambda: time.sleep(1) or {}),
+            Probe("hung", hung),
         ],
         timeout=0.2,
     )
-    for _ in range(3):
+    try:
+        for _ in range(4):
+            status = monitor.check_all()
+        assert status is not None
+        found = status["modules"]
+        assert found["fast"]["status"] == "HEALTHY"
+        assert found["slow"]["status"] == "DEGRADED" and found["slow"]["reconnects"] >= 1
+        assert found["failing"]["status"] == "UNHEALTHY" and found["failing"]["consecutive_failures"] == 4
+        assert found["failing"]["last_error"] == "RuntimeError: boom" and found["failing"]["reconnects"] == 1
+        assert found["gone"]["status"] == "DISCONNECTED" and found["gone"]["last_error"] == "no route"
+        # the hung check never answered, yet every pulse returned: it is reported, not awaited
+        assert found["hung"]["status"] == "DISCONNECTED" and found["hung"]["pending"] is True
+        assert found["hung"]["last_error"] == "no answer within 200 ms"
+        assert status["overall"] == "DISCONNECTED"
+        assert reconnects.count("failing") == 1 and "slow" in reconnects
+        release.set()  # the hung module answers: the next pulses collect it and check it anew
+        wait_for(
+            lambda: (monitor.check_all() or {"modules": found})["modules"]["hung"]["status"] == "HEALTHY",
+            10,
+            "the hung module HEALTHY once it answers",
+        )
+    finally:
+        release.set()
+        monitor.close()
+
+
+def test_a_waiting_check_is_degraded_then_unhealthy_then_disconnected() -> None:
+    """A check that has not answered is reported by its wait; one check in flight at a time."""
+    release = threading.Event()
+    calls: list[int] = []
+
+    def waiting() -> dict[str, Any]:
+        calls.append(1)
+        release.wait(30)
+        return {}
+
+    monitor = HealthMonitor([Probe("waiting", waiting, timeout=0.5)], budget=0.06)
+    seen: list[str] = []
+
+    def disconnected() -> bool:
         status = monitor.check_all()
-    assert status is not None
-    found = status["modules"]
-    assert found["fast"]["status"] == "HEALTHY"
-    assert found["slow"]["status"] == "DEGRADED" and found["slow"]["reconnects"] >= 1
-    assert found["failing"]["status"] == "UNHEALTHY" and found["failing"]["consecutive_failures"] == 3
-    assert found["failing"]["last_error"] == "RuntimeError: boom" and found["failing"]["reconnects"] == 1
-    assert found["gone"]["status"] == "DISCONNECTED" and found["gone"]["last_error"] == "no route"
-    assert found["hung"]["status"] == "DISCONNECTED"
-    assert status["overall"] == "DISCONNECTED"
-    assert reconnects.count("failing") == 1 and "slow" in reconnects
+        assert status is not None
+        seen.append(status["modules"]["waiting"]["status"])
+        return seen[-1] == "DISCONNECTED"
+
+    try:
+        wait_for(disconnected, 10, "DISCONNECTED after 500 ms without an answer", interval=0.0)
+        assert seen[0] == "DEGRADED" and "UNHEALTHY" in seen  # in that order, never back
+        assert seen.index("UNHEALTHY") < seen.index("DISCONNECTED")
+        assert calls == [1]  # pulses never piled up checks on the hung module
+    finally:
+        release.set()
+        monitor.close()
 
 
 def test_a_stopped_web_process_is_flagged_and_recovers(pulse: dict[str, Any], logs_dir: Path) -> None:
@@ -238,6 +289,7 @@ def test_every_pulse_node_reports_and_a_silent_one_is_disconnected(
 
 
 def test_redis_stopped_and_restarted_is_flagged_reconnected_and_recovers(tmp_path: Path) -> None:
+    """Our own Redis on a fixed port, probed through a blocking pool like hean.redis_client's."""
     import redis
 
     from hean.core.system.probes import redis_probe
@@ -245,7 +297,10 @@ def test_redis_stopped_and_restarted_is_flagged_reconnected_and_recovers(tmp_pat
 
     server = PrivateRedis(tmp_path / "redis", port=free_port())
     server.start()
-    client = redis.Redis.from_url(server.url, socket_connect_timeout=0.05, socket_timeout=0.05)
+    pool = redis.BlockingConnectionPool.from_url(
+        server.url, max_connections=4, timeout=1, socket_connect_timeout=0.1, socket_timeout=0.1
+    )
+    client = redis.Redis(connection_pool=pool)
     monitor = HealthMonitor([redis_probe(client)])
 
     def redis_module() -> dict[str, Any]:
@@ -254,13 +309,16 @@ def test_redis_stopped_and_restarted_is_flagged_reconnected_and_recovers(tmp_pat
         return status["modules"]["redis"]  # type: ignore[no-any-return]
 
     try:
-        assert redis_module()["status"] == "HEALTHY"
+        wait_for(lambda: redis_module()["status"] == "HEALTHY", 10, "redis HEALTHY")
         server.stop()
-        seen = [redis_module() for _ in range(3)]
-        assert all(m["status"] == "DISCONNECTED" for m in seen)
-        assert seen[-1]["consecutive_failures"] == 3 and seen[-1]["reconnects"] >= 1
+        wait_for(lambda: redis_module()["status"] == "DISCONNECTED", 10, "redis DISCONNECTED")
+        wait_for(lambda: redis_module()["consecutive_failures"] >= 3, 10, "three failures in a row")
+        failing = wait_for(lambda: (m := redis_module())["reconnects"] >= 1 and m, 10, "a reconnect")
+        assert isinstance(failing, dict) and "redis" in failing["last_error"]
         server.start()
         wait_for(lambda: redis_module()["status"] == "HEALTHY", 10, "redis HEALTHY again")
+        assert redis_module()["consecutive_failures"] == 0
     finally:
+        monitor.close()
         client.close()
         server.stop()

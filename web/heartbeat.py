@@ -1,10 +1,11 @@
-"""The web process's own heartbeat: every 100 ms, {ts, clients, pid} in Redis for the pulse."""
+"""The web process's own heartbeat: every 100 ms, {ts, clients, pid, host} in Redis for the pulse."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import socket
 import time
 from typing import Any
 
@@ -18,12 +19,14 @@ log = logging.getLogger(__name__)
 
 
 def start_heartbeat(app: Flask) -> None:
+    """Start the heartbeat greenlet: one SET with a 2 s expiry every pulse period."""
     sio: Any = app.extensions["socketio"]
     clients = app.extensions["hean_connected_clients"]
+    host, pid = socket.gethostname(), os.getpid()
 
     def beat() -> None:
         while True:
-            body = json.dumps({"ts": time.time(), "clients": clients(), "pid": os.getpid()})
+            body = json.dumps({"ts": time.time(), "clients": clients(), "pid": pid, "host": host})
             try:
                 sync_client().set(WEB_HEARTBEAT_KEY, body, px=2000)
             except Exception as exc:  # Redis away: the pulse notices; keep beating

@@ -1,8 +1,11 @@
 """Pulse queue tasks: the heartbeat celery beat sends every 100 ms.
 
-Each pulse probes every module concurrently (hean.core.system.health_monitor), stores the
-result on the state bus (namespace ``health``: one key per module and ``pulse``, the
-summary) and sends it to the operators room as a ``health_pulse`` event.
+Each pulse probes every module concurrently (hean.core.system.health_monitor: one thread per
+probe, at most 80 ms of waiting per pulse), stores the result on the state bus (namespace
+``health``: one key per module, and ``pulse``, the summary) and sends the summary to the
+``operators`` room (not to everyone) as a ``health_pulse`` event. Every pulse worker (node)
+also reports itself each period to ``health/nodes``; the aggregate view marks a node silent
+for 3 periods DISCONNECTED.
 """
 
 from __future__ import annotations
@@ -15,10 +18,12 @@ import uuid
 from typing import Any
 
 from celery.signals import worker_ready
+from redis.exceptions import RedisError
 
 from celeryconfig import PULSE_PERIOD_S, PULSE_QUEUE
 from hean.core.system.health_monitor import (
     HEALTH_NAMESPACE,
+    NODES_KEY,
     SUMMARY_KEY,
     HealthMonitor,
     Probe,
@@ -32,9 +37,12 @@ from workers.app import app
 
 log = logging.getLogger(__name__)
 
-#: How long the cpp_core probe waits for the engine worker's answer (a ping normally returns
-#: in a few ms; a dead engine worker must be flagged within 300 ms).
-PING_WAIT_S = 0.08
+#: How long the cpp_core probe waits for the engine worker's answer. A ping normally returns
+#: in a few ms; one stuck behind queued engine commands shows DEGRADED/UNHEALTHY while it
+#: waits (the monitor reports a pending check), and one unanswered for this long is dropped
+#: (the task expires) and the module is DISCONNECTED: a dead engine worker shows DEGRADED
+#: within one pulse and DISCONNECTED within about 300 ms.
+PING_WAIT_S = 0.25
 
 
 def cpp_core_probe() -> Probe:
@@ -49,7 +57,7 @@ def cpp_core_probe() -> Probe:
             raise Unreachable(f"engine worker did not answer a ping within {PING_WAIT_S * 1000:.0f} ms")
         return {"state": answer[1].decode()}
 
-    return Probe("cpp_core", check, timeout=PING_WAIT_S + 0.02)
+    return Probe("cpp_core", check, timeout=PING_WAIT_S)
 
 
 @functools.cache
@@ -68,12 +76,6 @@ def monitor() -> HealthMonitor:
     )
 
 
-#: Pulse workers (one per node) each report here every period: health/nodes = {node: {at, ...}}.
-NODES_KEY = "nodes"
-#: A node whose reports stop for this many periods is DISCONNECTED in the aggregate view.
-NODE_STALE_PERIODS = 3
-
-
 def _report_node(node: str) -> None:
     """Every period: this node is alive, and what its monitor saw last."""
     manager = get_sync_state_manager()
@@ -83,7 +85,7 @@ def _report_node(node: str) -> None:
             manager.merge_state(
                 NODES_KEY, {node: {"at": time.time(), "overall": seen}}, namespace=HEALTH_NAMESPACE
             )
-        except StateError as exc:
+        except (StateError, RedisError, OSError) as exc:
             log.warning("event=node_report_failed node=%s error=%s", node, exc)
         time.sleep(PULSE_PERIOD_S)
 
@@ -93,28 +95,16 @@ def _start_node_reports(sender: Any = None, **_: Any) -> None:
     queues = {q.name for q in getattr(getattr(sender, "task_consumer", None), "queues", [])}
     if PULSE_QUEUE in queues:
         node = str(getattr(sender, "hostname", "pulse"))
+        monitor()  # build the probes before the first pulse arrives
         threading.Thread(target=_report_node, args=(node,), name="hean-node-report", daemon=True).start()
-
-
-def nodes_view(nodes: dict[str, Any] | None, now: float | None = None) -> dict[str, Any]:
-    """Every pulse node with its report's age; DISCONNECTED after NODE_STALE_PERIODS periods."""
-    now = time.time() if now is None else now
-    view = {}
-    for node, report in sorted((nodes or {}).items()):
-        age_s = now - float(report["at"])
-        stale = age_s > NODE_STALE_PERIODS * PULSE_PERIOD_S
-        view[node] = {
-            "status": "DISCONNECTED" if stale else report.get("overall", "HEALTHY"),
-            "age_ms": round(age_s * 1000.0, 1),
-        }
-    return view
 
 
 @app.task(name="workers.pulse.pulse", ignore_result=True)
 def pulse() -> None:
+    """One pulse: probe every module, store the result, tell the operators."""
     started = time.time()
     status = monitor().check_all()
-    if status is None:  # the previous pulse is still running
+    if status is None:  # the previous pulse is still running: never pile up
         return
     status["at"] = started  # when the pulse began (its period is measured between these)
     status["took_ms"] = round((time.time() - started) * 1000.0, 2)
@@ -123,9 +113,12 @@ def pulse() -> None:
     ops += [StateOp.set(name, module, HEALTH_NAMESPACE) for name, module in status["modules"].items()]
     try:
         get_sync_state_manager().batch_update(ops)
-    except (StateError, OSError) as exc:
+    except (StateError, RedisError, OSError) as exc:
         log.error("event=pulse_not_stored error=%s", exc)
         return
     from workers.emit import emit
 
-    emit("health_pulse", status, to=OPERATORS_ROOM)
+    try:
+        emit("health_pulse", status, to=OPERATORS_ROOM)
+    except (RedisError, OSError) as exc:
+        log.error("event=pulse_not_emitted error=%s", exc)

@@ -10,6 +10,12 @@ script sees what the pulse worker measured; `HealthMonitor.check_all()` (sync) p
 is what the 100 ms pulse task runs. Classification: HEALTHY <= 50 ms, DEGRADED <= 200 ms,
 UNHEALTHY slower or on an error, DISCONNECTED when the module cannot be reached. A module
 slower than 50 ms, or failing 3 times in a row, has its `reconnect()` called (with backoff).
+
+Timing: every probe runs in its own thread and has at most one check in flight. A pulse waits
+at most `PULSE_BUDGET_S` (80 ms) for the answers; a check still running then is reported by
+how long it has been waiting (DEGRADED past 50 ms, UNHEALTHY past 200 ms, DISCONNECTED past
+the probe's own timeout) and is collected, with its real latency, by a later pulse. So a slow
+or hung module never delays the pulse or the other modules, and checks never pile up.
 """
 
 from __future__ import annotations
@@ -28,10 +34,10 @@ log = logging.getLogger(__name__)
 HEALTHY_MS = 50.0
 DEGRADED_MS = 200.0
 FAILURES_BEFORE_RECONNECT = 3
-#: A probe that has not answered by then counts as unreachable for this pulse (long enough to
-#: tell DEGRADED from UNHEALTHY; a pulse waits for its slowest probe and skips the beats that
-#: arrive meanwhile, so pulses never pile up).
-PROBE_TIMEOUT_S = 0.25
+#: How long one pulse waits for the probes' answers (the pulse period is 100 ms).
+PULSE_BUDGET_S = 0.08
+#: A check unanswered for this long makes its module DISCONNECTED (a probe may set its own).
+PROBE_TIMEOUT_S = 0.5
 RECONNECT_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0)
 #: State bus namespace of the pulse; one key per module plus "pulse" (the summary).
 HEALTH_NAMESPACE = "health"
@@ -69,6 +75,8 @@ class ModuleHealth:
     consecutive_failures: int = 0
     reconnects: int = 0
     last_error: str | None = None
+    #: True while the reported status comes from a check that has not answered yet.
+    pending: bool = False
     detail: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -84,18 +92,55 @@ class Probe:
     name: str
     check: Callable[[], dict[str, Any]]
     reconnect: Callable[[], None] = lambda: None
-    timeout: float | None = None  # this probe's own limit, if shorter than the monitor's
+    timeout: float | None = None  # unanswered this long: DISCONNECTED (default PROBE_TIMEOUT_S)
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What one check returned or raised, and when it finished (perf_counter)."""
+
+    detail: dict[str, Any] | None
+    error: Exception | None
+    finished: float
+
+
+@dataclass
+class _Flight:
+    """A check in flight and when it started (perf_counter)."""
+
+    future: concurrent.futures.Future[_Outcome]
+    started: float
+
+
+def _run(check: Callable[[], dict[str, Any]]) -> _Outcome:
+    try:
+        detail = check()
+    except Exception as exc:  # every failure is a value the pulse classifies
+        return _Outcome(None, exc, time.perf_counter())
+    return _Outcome(detail, None, time.perf_counter())
 
 
 class HealthMonitor:
-    """Runs the probes concurrently, each bounded by `timeout`, and keeps per-module health."""
+    """Runs the probes concurrently, each with its own time limit, and keeps per-module health.
 
-    def __init__(self, probes: list[Probe], timeout: float = PROBE_TIMEOUT_S) -> None:
+    `timeout` is the default per-probe limit before DISCONNECTED; `budget` is how long one
+    `check_all()` waits for answers.
+    """
+
+    def __init__(
+        self, probes: list[Probe], timeout: float = PROBE_TIMEOUT_S, budget: float = PULSE_BUDGET_S
+    ) -> None:
         self.probes = {probe.name: probe for probe in probes}
         self.timeout = timeout
+        self.budget = budget
         self.modules = {name: ModuleHealth(name) for name in self.probes}
         self._next_reconnect: dict[str, float] = {}
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=2 * max(1, len(probes)))
+        self._backoff_step: dict[str, int] = {}  # back to 0 once the module is HEALTHY
+        self._in_flight: dict[str, _Flight] = {}
+        # one thread per probe: each probe has at most one check in flight, so none waits
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max(1, len(probes)), thread_name_prefix="hean-probe"
+        )
         self._lock = threading.Lock()
 
     def get_health_status(self) -> dict[str, Any]:
@@ -104,50 +149,79 @@ class HealthMonitor:
         return {"overall": overall(self.modules.values()).value, "modules": modules}
 
     def check_all(self) -> dict[str, Any] | None:
-        """Probe every module now; None if a pulse is already running (pulses never pile up)."""
+        """Probe every module now (waiting at most `budget`); None if a pulse is running."""
         if not self._lock.acquire(blocking=False):
             return None
         try:
             started = time.perf_counter()
-            futures = {name: self._executor.submit(probe.check) for name, probe in self.probes.items()}
-            for name, future in futures.items():
-                limit = min(self.timeout, self.probes[name].timeout or self.timeout)
-                self._record(name, future, started, limit, max(0.0, started + limit - time.perf_counter()))
+            for name, probe in self.probes.items():
+                if name not in self._in_flight:
+                    future = self._executor.submit(_run, probe.check)
+                    self._in_flight[name] = _Flight(future, started)
+            flights = [flight.future for flight in self._in_flight.values()]
+            concurrent.futures.wait(flights, timeout=self.budget)
+            now = time.perf_counter()
+            for name, probe in self.probes.items():
+                flight = self._in_flight[name]
+                if flight.future.done():
+                    del self._in_flight[name]
+                    self._record(self.modules[name], flight.future.result(), flight.started)
+                else:
+                    self._record_waiting(self.modules[name], probe, now - flight.started)
             return self.get_health_status()
         finally:
             self._lock.release()
 
-    def _record(
-        self,
-        name: str,
-        future: concurrent.futures.Future[dict[str, Any]],
-        started: float,
-        limit: float,
-        wait: float,
-    ) -> None:
-        module = self.modules[name]
+    def close(self) -> None:
+        """Stop the probe threads (checks in flight finish on their own)."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _record(self, module: ModuleHealth, outcome: _Outcome, started: float) -> None:
         module.last_check = time.time()
-        try:
-            module.detail = future.result(timeout=wait)
-            module.latency_ms = round((time.perf_counter() - started) * 1000.0, 3)
-            module.status = classify(module.latency_ms)
+        module.pending = False
+        latency_ms = round((outcome.finished - started) * 1000.0, 3)
+        error = outcome.error
+        if error is None:
+            module.detail = outcome.detail or {}
+            module.latency_ms = latency_ms
+            module.status = classify(latency_ms)
             module.consecutive_failures = 0
             module.last_error = None
-        except concurrent.futures.TimeoutError:
+            if module.status is HealthStatus.HEALTHY:
+                self._backoff_step[module.name] = 0
+        elif isinstance(error, Unreachable):
             module.latency_ms = None
             module.status = HealthStatus.DISCONNECTED
             module.consecutive_failures += 1
-            module.last_error = f"no answer within {limit * 1000:.0f} ms"
-        except Unreachable as exc:
-            module.latency_ms = None
-            module.status = HealthStatus.DISCONNECTED
-            module.consecutive_failures += 1
-            module.last_error = str(exc)[:300]
-        except Exception as exc:
-            module.latency_ms = round((time.perf_counter() - started) * 1000.0, 3)
+            module.last_error = str(error)[:300]
+        else:
+            module.latency_ms = latency_ms
             module.status = HealthStatus.UNHEALTHY
             module.consecutive_failures += 1
-            module.last_error = f"{type(exc).__name__}: {exc}"[:300]
+            module.last_error = f"{type(error).__name__}: {error}"[:300]
+        self._apply_policy(module)
+
+    def _record_waiting(self, module: ModuleHealth, probe: Probe, waited_s: float) -> None:
+        """A check that has not answered yet: its module is at least as bad as the wait."""
+        module.last_check = time.time()
+        module.pending = True
+        waited_ms = round(waited_s * 1000.0, 3)
+        limit = probe.timeout or self.timeout
+        if waited_s > limit:
+            module.status = HealthStatus.DISCONNECTED
+            module.latency_ms = None
+            module.last_error = f"no answer within {limit * 1000:.0f} ms"
+            module.consecutive_failures += 1
+        else:
+            module.status = classify(waited_ms)
+            module.latency_ms = waited_ms
+            if module.status is HealthStatus.UNHEALTHY:
+                module.last_error = f"no answer after {waited_ms:.0f} ms"
+                module.consecutive_failures += 1
+        self._apply_policy(module)
+
+    def _apply_policy(self, module: ModuleHealth) -> None:
+        """Reconnect a module slower than HEALTHY_MS or failing 3 times in a row."""
         slow = module.latency_ms is not None and module.latency_ms > HEALTHY_MS
         if slow or module.consecutive_failures >= FAILURES_BEFORE_RECONNECT:
             self._maybe_reconnect(module)
@@ -156,12 +230,20 @@ class HealthMonitor:
         now = time.monotonic()
         if now < self._next_reconnect.get(module.name, 0.0):
             return
-        delay = RECONNECT_BACKOFF_S[min(module.reconnects, len(RECONNECT_BACKOFF_S) - 1)]
-        self._next_reconnect[module.name] = now + delay
+        step = self._backoff_step.get(module.name, 0)
+        self._next_reconnect[module.name] = now + RECONNECT_BACKOFF_S[step]
+        self._backoff_step[module.name] = min(step + 1, len(RECONNECT_BACKOFF_S) - 1)
         module.reconnects += 1
         try:
             self.probes[module.name].reconnect()
-            log.warning("event=module_reconnect module=%s reconnects=%d", module.name, module.reconnects)
+            log.warning(
+                "event=module_reconnect module=%s reconnects=%d status=%s latency_ms=%s failures=%d",
+                module.name,
+                module.reconnects,
+                module.status.value,
+                module.latency_ms,
+                module.consecutive_failures,
+            )
         except Exception as exc:
             log.error("event=module_reconnect_failed module=%s error=%s", module.name, exc)
 
@@ -176,16 +258,43 @@ def overall(modules: Any) -> HealthStatus:
     return worst
 
 
+#: A pulse (or a pulse node's report) older than this many periods is stale.
+STALE_PERIODS = 3
+#: Every pulse worker (node) reports here each period: health/nodes = {node: {at, overall}}.
+NODES_KEY = "nodes"
+
+
 class PublishedHealth:
-    """The last pulse as stored on the state bus: what `get_health_monitor()` returns."""
+    """The last pulse as stored on the state bus: what `get_health_monitor()` returns.
+
+    `get_health_status()` adds `age_ms` (how old the pulse is) and `stale` (older than
+    STALE_PERIODS periods: the pulse has stopped, so the statuses are out of date).
+    """
 
     def __init__(self, summary: dict[str, Any] | None, published_at: float) -> None:
         self._summary = summary or {"overall": HealthStatus.DISCONNECTED.value, "modules": {}}
         self.published_at = published_at
 
     def get_health_status(self) -> dict[str, Any]:
-        age = round((time.time() - self.published_at) * 1000.0, 1) if self.published_at else None
-        return dict(self._summary, age_ms=age)
+        if not self.published_at:
+            return dict(self._summary, age_ms=None, stale=True)
+        age_s = time.time() - self.published_at
+        period_s = float(self._summary.get("period_s") or 0.1)
+        return dict(self._summary, age_ms=round(age_s * 1000.0, 1), stale=age_s > STALE_PERIODS * period_s)
+
+
+def nodes_view(nodes: dict[str, Any] | None, period_s: float, now: float | None = None) -> dict[str, Any]:
+    """Every pulse node with its report's age; DISCONNECTED once silent for STALE_PERIODS."""
+    now = time.time() if now is None else now
+    view = {}
+    for node, report in sorted((nodes or {}).items()):
+        age_s = now - float(report["at"])
+        silent = age_s > STALE_PERIODS * period_s
+        view[node] = {
+            "status": HealthStatus.DISCONNECTED.value if silent else report.get("overall", "HEALTHY"),
+            "age_ms": round(age_s * 1000.0, 1),
+        }
+    return view
 
 
 async def get_health_monitor(url: str | None = None) -> PublishedHealth:

@@ -4,6 +4,8 @@ adapter, the web process's heartbeat and the Celery workers' heartbeats."""
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 from typing import Any
 
@@ -11,11 +13,11 @@ import redis
 
 from hean.core.system.health_monitor import Probe, Unreachable
 
-#: Written by the web process every 100 ms: {ts, clients, pid}.
+#: Written by the web process every 100 ms: {ts, clients, pid, host} (web/heartbeat.py).
 WEB_HEARTBEAT_KEY = "hean:web:heartbeat"
 #: Written by every Celery worker every second: hean:worker:<node name> -> timestamp.
 WORKER_HEARTBEAT_PREFIX = "hean:worker:"
-WEB_STALE_S = 0.3  # three pulse periods
+WEB_STALE_S = 0.3  # three heartbeat periods (a dead process on this host is seen at once)
 WORKER_STALE_S = 3.0
 
 
@@ -30,16 +32,33 @@ def redis_probe(client: redis.Redis) -> Probe:
     return Probe("redis", check, reconnect=client.connection_pool.disconnect)
 
 
+def _process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, owned by someone else
+        return False
+    return False
+
+
 def web_probe(client: redis.Redis) -> Probe:
+    """The web process's heartbeat: its age and connected clients; on the same host a web
+    process that is gone is DISCONNECTED at once, without waiting for the heartbeat to age."""
+    here = socket.gethostname()
+
     def check() -> dict[str, Any]:
         raw = client.get(WEB_HEARTBEAT_KEY)
         if raw is None:
             raise Unreachable("no heartbeat from the web process")
         beat = json.loads(raw)
         age = time.time() - float(beat["ts"])
+        pid = int(beat["pid"])
+        if beat.get("host") == here and _process_gone(pid):
+            raise Unreachable(f"web process pid {pid} is gone")
         if age > WEB_STALE_S:
             raise Unreachable(f"web heartbeat is {age * 1000:.0f} ms old")
-        return {"age_ms": round(age * 1000.0, 1), "clients": beat["clients"], "pid": beat["pid"]}
+        return {"age_ms": round(age * 1000.0, 1), "clients": beat["clients"], "pid": pid}
 
     return Probe("frontend_socket", check)
 
@@ -77,12 +96,12 @@ def exchange_probe() -> Probe:
     from hean.exchange import get_exchange, reset_exchange
 
     def check() -> dict[str, Any]:
-        import requests
+        from hean.exchange import ExchangeUnreachable
 
         exchange = get_exchange()
         try:
             server_time = exchange.server_time()
-        except requests.exceptions.ConnectionError as exc:
+        except ExchangeUnreachable as exc:
             raise Unreachable(f"{exchange.name}: {exc}") from exc
         return {"exchange": exchange.name, "skew_ms": round((server_time - time.time()) * 1000.0, 1)}
 

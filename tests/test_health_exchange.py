@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -16,6 +16,7 @@ from hean.config import reload_settings
 from hean.core.system.health_monitor import HealthMonitor
 from hean.core.system.probes import exchange_probe
 from hean.exchange import BybitExchange, get_exchange, reset_exchange
+from support import wait_for
 
 
 class FakeBybit:
@@ -84,29 +85,45 @@ def test_the_adapter_reads_bybit_server_time(bybit: FakeBybit) -> None:
 
 
 def test_slow_then_failing_then_gone_exchange(bybit: FakeBybit) -> None:
+    """DEGRADED when slow (and a new session), UNHEALTHY when slower, UNHEALTHY with the
+    exchange's error when it fails (reconnected again after 3 failures), DISCONNECTED when
+    gone, and HEALTHY again in between. Pulses run back to back, as the pulse task would."""
     monitor = HealthMonitor([exchange_probe()])
 
-    def check() -> dict[str, Any]:
-        status = monitor.check_all()
-        assert status is not None
-        return status["modules"]["exchange_api"]  # type: ignore[no-any-return]
+    def until(condition: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
+        found: dict[str, Any] = {}
 
-    assert check()["status"] == "HEALTHY"
-    bybit.delay_s = 0.1
-    slow = check()
-    assert slow["status"] == "DEGRADED" and slow["latency_ms"] > 50
-    assert slow["reconnects"] == 1  # slower than 50 ms: a new exchange session
-    bybit.delay_s = 0.21
-    assert check()["status"] == "UNHEALTHY"
-    bybit.delay_s = 0.0
-    assert check()["status"] == "HEALTHY"
-    bybit.fail = True
-    time.sleep(0.6)  # past the first reconnect's backoff
-    for _ in range(3):
-        failing = check()
-    assert failing["status"] == "UNHEALTHY" and failing["consecutive_failures"] == 3
-    assert "10016" in failing["last_error"] or "Server error" in failing["last_error"]
-    assert failing["reconnects"] >= 2
-    bybit.close()
-    gone = check()
-    assert gone["status"] == "DISCONNECTED"
+        def seen() -> bool:
+            nonlocal found
+            status = monitor.check_all()
+            assert status is not None
+            found = status["modules"]["exchange_api"]
+            return condition(found)
+
+        wait_for(seen, 20, what, interval=0.02)
+        return found
+
+    try:
+        until(lambda m: m["status"] == "HEALTHY", "a fast exchange HEALTHY")
+        bybit.delay_s = 0.1
+        slow = until(lambda m: m["status"] == "DEGRADED" and not m["pending"], "a slow exchange DEGRADED")
+        assert 50 < slow["latency_ms"] <= 200
+        assert slow["reconnects"] >= 1  # slower than 50 ms: a new exchange session
+        bybit.delay_s = 0.3
+        slower = until(lambda m: m["status"] == "UNHEALTHY", "a slower exchange UNHEALTHY")
+        assert slower["latency_ms"] > 200
+        until(lambda m: m["reconnects"] > slow["reconnects"], "another reconnect")
+        bybit.delay_s = 0.0
+        until(lambda m: m["status"] == "HEALTHY", "HEALTHY again")
+        bybit.fail = True
+        before = until(lambda m: m["status"] == "UNHEALTHY", "a failing exchange UNHEALTHY")["reconnects"]
+        failing = until(lambda m: m["consecutive_failures"] >= 3, "three failures in a row")
+        assert "10016" in failing["last_error"] or "Server error" in failing["last_error"]
+        until(lambda m: m["reconnects"] > before, "a reconnect after three failures")
+        bybit.fail = False
+        until(lambda m: m["status"] == "HEALTHY" and m["consecutive_failures"] == 0, "HEALTHY again")
+        bybit.close()
+        gone = until(lambda m: m["status"] == "DISCONNECTED", "a gone exchange DISCONNECTED")
+        assert "bybit" in gone["last_error"]
+    finally:
+        monitor.close()
