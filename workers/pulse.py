@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 import uuid
+from datetime import datetime
 from typing import Any
 
 from celery.signals import worker_ready
@@ -99,16 +100,28 @@ def _start_node_reports(sender: Any = None, **_: Any) -> None:
         threading.Thread(target=_report_node, args=(node,), name="hean-node-report", daemon=True).start()
 
 
-@app.task(name="workers.pulse.pulse", ignore_result=True)
-def pulse() -> None:
+def _sent_at(expires: Any) -> float | None:
+    """When beat sent this pulse: it expires one period after it was sent."""
+    if isinstance(expires, datetime):
+        return expires.timestamp() - PULSE_PERIOD_S
+    if isinstance(expires, str):
+        return datetime.fromisoformat(expires).timestamp() - PULSE_PERIOD_S
+    return None
+
+
+@app.task(name="workers.pulse.pulse", ignore_result=True, bind=True)
+def pulse(self: Any) -> None:
     """One pulse: probe every module, store the result, tell the operators."""
     started = time.time()
+    sent_at = _sent_at(self.request.expires)
     status = monitor().check_all()
     if status is None:  # the previous pulse is still running: never pile up
         return
     status["at"] = started  # when the pulse began (its period is measured between these)
     status["took_ms"] = round((time.time() - started) * 1000.0, 2)
     status["period_s"] = PULSE_PERIOD_S
+    # beat -> worker delivery delay (a diagnostic for the pulse period's jitter)
+    status["delivery_ms"] = None if sent_at is None else round((started - sent_at) * 1000.0, 2)
     ops = [StateOp.set(SUMMARY_KEY, status, HEALTH_NAMESPACE)]
     ops += [StateOp.set(name, module, HEALTH_NAMESPACE) for name, module in status["modules"].items()]
     try:

@@ -33,13 +33,18 @@ def redis_probe(client: redis.Redis) -> Probe:
 
 
 def _process_gone(pid: int) -> bool:
+    """True when `pid` has exited on this host (including a zombie its parent has not reaped)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
     except PermissionError:  # alive, owned by someone else
         return False
-    return False
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] in {"Z", "X"}
+    except (OSError, IndexError):  # no /proc (not Linux): signal 0 is all we know
+        return False
 
 
 def web_probe(client: redis.Redis) -> Probe:
