@@ -100,6 +100,10 @@ def _start_node_reports(sender: Any = None, **_: Any) -> None:
         threading.Thread(target=_report_node, args=(node,), name="hean-node-report", daemon=True).start()
 
 
+_publish_lock = threading.Lock()
+_last_published = 0.0
+
+
 def _sent_at(expires: Any) -> float | None:
     """When beat sent this pulse: it expires one period after it was sent."""
     if isinstance(expires, datetime):
@@ -124,14 +128,19 @@ def pulse(self: Any) -> None:
     status["delivery_ms"] = None if sent_at is None else round((started - sent_at) * 1000.0, 2)
     ops = [StateOp.set(SUMMARY_KEY, status, HEALTH_NAMESPACE)]
     ops += [StateOp.set(name, module, HEALTH_NAMESPACE) for name, module in status["modules"].items()]
-    try:
-        get_sync_state_manager().batch_update(ops)
-    except (StateError, RedisError, OSError) as exc:
-        log.error("event=pulse_not_stored error=%s", exc)
-        return
     from workers.emit import emit
 
-    try:
-        emit("health_pulse", status, to=OPERATORS_ROOM)
-    except (RedisError, OSError) as exc:
-        log.error("event=pulse_not_emitted error=%s", exc)
+    global _last_published
+    with _publish_lock:  # two pool threads: never publish an older pulse after a newer one
+        if started < _last_published:
+            return
+        _last_published = started
+        try:
+            get_sync_state_manager().batch_update(ops)
+        except (StateError, RedisError, OSError) as exc:
+            log.error("event=pulse_not_stored error=%s", exc)
+            return
+        try:
+            emit("health_pulse", status, to=OPERATORS_ROOM)
+        except (RedisError, OSError) as exc:
+            log.error("event=pulse_not_emitted error=%s", exc)

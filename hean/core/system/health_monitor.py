@@ -16,6 +16,13 @@ at most `PULSE_BUDGET_S` (80 ms) for the answers; a check still running then is 
 how long it has been waiting (DEGRADED past 50 ms, UNHEALTHY past 200 ms, DISCONNECTED past
 the probe's own timeout) and is collected, with its real latency, by a later pulse. So a slow
 or hung module never delays the pulse or the other modules, and checks never pile up.
+
+Where it lives in Redis: the state bus (hean.core.system.redis_state), namespace ``health``:
+``pulse`` (the summary: overall, modules, at, took_ms, delivery_ms, period_s), one key per
+module (``cpp_core``, ``redis``, ...) and ``nodes`` ({node: {at, overall}}, one entry per
+pulse worker). Raw keys the probes read: ``hean:web:heartbeat`` (web/heartbeat.py),
+``hean:worker:<node>`` (every Celery worker, workers/app.py) and ``hean:pong:<uuid>`` (the
+engine worker's answer to a cpp_core ping, kept 5 s).
 """
 
 from __future__ import annotations
