@@ -21,9 +21,9 @@ import redis
 RETENTION_S = 24 * 3600
 KEY_PREFIX = "hean:cmd:"
 
-# Reserve request ids and, optionally, enqueue the new ones in the same atomic step.
-# KEYS: n journal keys [, the broker list to push onto]. ARGV: retention, n, then n encoded
-# envelopes, then (when pushing) n string-escaped envelopes and the message frame: prefix,
+# Reserve request ids and enqueue the new ones in the same atomic step.
+# KEYS: n journal keys, then the broker list to push onto. ARGV: retention, n, then n encoded
+# envelopes, then n string-escaped envelopes and the message frame: prefix,
 # suffix, body head and body tail (the message is prefix + '"' + head + escaped envelopes
 # joined by ',' + tail + '"' + suffix). Returns, per key, {1} when new, else
 # {0, ack or false, result or false}.
@@ -109,10 +109,6 @@ class CommandJournal:
         self._reserve = client.register_script(_RESERVE)
         self._start = client.register_script(_START)
 
-    def reserve_many(self, items: Sequence[tuple[str, str]]) -> list[Reservation]:
-        """Claim each (request_id, encoded envelope); one round trip for all of them."""
-        return self._call_reserve(items, None)
-
     def reserve_and_enqueue(
         self, items: Sequence[tuple[str, str]], queue_key: str, frame: MessageFrame
     ) -> list[Reservation]:
@@ -121,20 +117,12 @@ class CommandJournal:
         Either the reservations and the message both exist, or neither does: a command is never
         reserved without being enqueued, nor enqueued twice.
         """
-        return self._call_reserve(items, (queue_key, frame))
-
-    def _call_reserve(
-        self, items: Sequence[tuple[str, str]], push: tuple[str, MessageFrame] | None
-    ) -> list[Reservation]:
         if not items:
             return []
-        keys = [journal_key(rid) for rid, _ in items]
+        keys = [journal_key(rid) for rid, _ in items] + [queue_key]
         args: list[Any] = [RETENTION_S, len(items), *(env for _, env in items)]
-        if push is not None:
-            queue_key, frame = push
-            keys.append(queue_key)
-            args += [json.dumps(env)[1:-1] for _, env in items]
-            args += [frame.prefix, frame.suffix, frame.body_head, frame.body_tail]
+        args += [json.dumps(env)[1:-1] for _, env in items]
+        args += [frame.prefix, frame.suffix, frame.body_head, frame.body_tail]
         reply = self._reserve(keys=keys, args=args)
         return [
             Reservation(new=True)
@@ -142,14 +130,6 @@ class CommandJournal:
             else Reservation(new=False, ack=_decode(r[1]), result=_decode(r[2]))
             for r in reply
         ]
-
-    def reserve(self, request_id: str, envelope_json: str) -> Reservation:
-        return self.reserve_many([(request_id, envelope_json)])[0]
-
-    def release_many(self, request_ids: Sequence[str]) -> None:
-        """Forget reservations whose commands were never enqueued (clients may retry)."""
-        if request_ids:
-            self._client.delete(*(journal_key(rid) for rid in request_ids))
 
     def record_acks(self, acks: Sequence[dict[str, Any]]) -> None:
         pipe = self._client.pipeline(transaction=False)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import socketio
 from flask import Flask
 from flask_socketio import SocketIO
@@ -61,7 +59,3 @@ def create_app(settings: Settings | None = None, async_mode: str = "eventlet") -
     app.register_blueprint(health.blueprint)
     app.extensions["hean_connected_clients"] = socket_handlers.register(sio, settings, intake)
     return app
-
-
-def socketio_of(app: Flask) -> Any:
-    return app.extensions["socketio"]
