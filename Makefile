@@ -7,12 +7,17 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.hean-installed
 BUILD_INPUTS := pyproject.toml CMakeLists.txt $(wildcard cpp_ext/*.cpp cpp_ext/*.hpp cpp_ext/*/*.cpp)
 
-.PHONY: run test lint bench clean
+# The dashboard test drives a real browser: Debian's Chromium and its ChromeDriver. Only
+# `make test` needs them; `make run` never does.
+BROWSER          := /usr/bin/chromium /usr/bin/chromedriver
+BROWSER_PACKAGES := chromium chromium-driver
+
+.PHONY: run test lint bench clean browser
 
 run: $(STAMP)
 	$(VENV)/bin/hean up
 
-test: $(STAMP)
+test: browser $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 
@@ -33,6 +38,24 @@ $(STAMP): $(BUILD_INPUTS) | $(PY)
 	$(PY) -m pip install --quiet "scikit-build-core>=1.1.2" "pybind11>=3.1.0" "cmake>=4.4" "ninja>=1.13"
 	$(PY) -m pip install --quiet --no-build-isolation -e ".[test]"
 	@touch $(STAMP)
+
+# The binaries are the stamp: once both exist this costs two stat calls. apt-get as root, else
+# through `sudo -n` when it works without a password; otherwise say what to install.
+browser: $(BROWSER)
+
+$(BROWSER) &:
+	@missing=; for f in $(BROWSER); do [ -x "$$f" ] || missing="$$missing $$f"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+	else echo "make test: the dashboard's browser test needs$$missing, from Debian's packages" \
+	  "$(BROWSER_PACKAGES); not root and no password-less sudo, so install them as root:" \
+	  "apt-get update && apt-get install -y --no-install-recommends $(BROWSER_PACKAGES)" >&2; \
+	  exit 1; fi; \
+	echo "installing $(BROWSER_PACKAGES) (missing:$$missing) for the dashboard's browser test"; \
+	$$SUDO apt-get update && \
+	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(BROWSER_PACKAGES)
+	@for f in $(BROWSER); do [ -x "$$f" ] || { echo "apt-get did not provide $$f" >&2; exit 1; }; done
 
 clean:
 	rm -rf build $(VENV) .pytest_cache .ruff_cache

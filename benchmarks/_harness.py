@@ -12,6 +12,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from hean.affinity import ENV as AFFINITY_ENV
+from hean.affinity import REDIS, cpus_for, parse_affinity, pinned_argv
 from hean.processes import PROCESSES
 from hean.redis_server import PrivateRedis, free_port, redis_answers
 
@@ -42,9 +44,10 @@ class Stack:
     def __init__(self, names: list[str], **env: str) -> None:
         self.home = Path(tempfile.mkdtemp(prefix="hean-bench-"))
         self._redis: PrivateRedis | None = None
+        self.cpus = parse_affinity(env.get(AFFINITY_ENV, os.environ.get(AFFINITY_ENV, "")))
         url = os.environ.get("REDIS_URL", "")
         if not (url and redis_answers(url)):
-            self._redis = PrivateRedis(self.home / "redis")
+            self._redis = PrivateRedis(self.home / "redis", cpus=cpus_for(REDIS, self.cpus))
             url = self._redis.start()
         self.redis_url = url
         self.port = free_port()
@@ -67,8 +70,10 @@ class Stack:
         if "web" in names:
             wait_http(self.url + "/api/system/health")
 
-    def spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+    def spawn(self, name: str, argv: list[str], pin_as: str | None = None) -> subprocess.Popen[bytes]:
+        """Start `argv` as `name`, pinned like process `pin_as` (default: `name`) if so configured."""
         log = open(self.home / f"{name}.log", "wb")  # noqa: SIM115 - owned by the child
+        argv = pinned_argv(sys.executable, pin_as or name, argv, self.cpus)
         process = subprocess.Popen(argv, env=self.env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
         self.processes[name] = process
         return process

@@ -68,6 +68,11 @@ class Settings(BaseSettings):
         validation_alias=_env("HEAN_COMMAND_MODULES"),
         description="Comma-separated modules that register project commands (imported by web and workers).",
     )
+    cpu_affinity: str = Field(
+        default="",
+        description="Pin processes to CPUs, e.g. 'redis=0;web=0;*=1' (see hean/affinity.py)",
+        validation_alias=_env("HEAN_CPU_AFFINITY"),
+    )
     exchange: Literal["paper", "bybit"] = Field(default="paper", validation_alias=_env("HEAN_EXCHANGE"))
     bybit_endpoint: str | None = Field(
         default=None,
@@ -100,6 +105,13 @@ class Settings(BaseSettings):
     @property
     def command_module_list(self) -> list[str]:
         return [m.strip() for m in self.command_modules.split(",") if m.strip()]
+
+    @property
+    def cpu_table(self) -> dict[str, frozenset[int]]:
+        """HEAN_CPU_AFFINITY parsed; raises hean.affinity.AffinityError when it is wrong."""
+        from hean.affinity import parse_affinity
+
+        return parse_affinity(self.cpu_affinity)
 
     @property
     def redis_url_file(self) -> Path:

@@ -24,6 +24,7 @@ from types import FrameType
 
 import psutil
 
+from hean.affinity import REDIS, AffinityError, cpus_for, pinned_argv
 from hean.auth import ensure_token
 from hean.config import Settings, env_for_children
 from hean.processes import PROCESSES, ProcessSpec
@@ -76,8 +77,10 @@ def supervisord_config(settings: Settings, python: str, workdir: Path) -> str:
         "programs=" + ",".join(spec.name for spec in PROCESSES),
         "",
     ]
+    cpus = settings.cpu_table
     for spec in PROCESSES:
-        command = " ".join(_quote(arg) for arg in spec.argv(python)).replace("%", "%%")
+        argv = pinned_argv(python, spec.name, spec.argv(python), cpus)
+        command = " ".join(_quote(arg) for arg in argv).replace("%", "%%")
         sections += [
             f"[program:{spec.name}]",
             f"command={command}",
@@ -153,11 +156,15 @@ class Launcher:
         ):
             if not port_is_free(host, port):
                 raise LaunchError(f"{what} port {host}:{port} is in use; free it or set {env}")
+        try:
+            cpus = settings.cpu_table
+        except AffinityError as exc:
+            raise LaunchError(str(exc)) from exc
         home = settings.home.resolve()
         (home / "logs").mkdir(parents=True, exist_ok=True)
         token = ensure_token(settings)
 
-        url, self._redis = ensure_redis(settings.redis_url, home / "redis")
+        url, self._redis = ensure_redis(settings.redis_url, home / "redis", cpus_for(REDIS, cpus))
         if self._redis is not None:
             settings.redis_url_file.write_text(url + "\n")
             self.out(f"redis: private server pid={self._redis.pid} url={url} data={home / 'redis'}")

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -71,12 +73,25 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def _prepare_child(cpus: frozenset[int] | None) -> None:  # pragma: no cover - in the child
+    _die_with_parent()
+    if cpus:  # before exec, so every thread the server starts inherits it
+        os.sched_setaffinity(0, cpus)
+
+
 class PrivateRedis:
     """A Redis server owned by this process: free port, AOF on, data under `data_dir`."""
 
-    def __init__(self, data_dir: Path, host: str = "127.0.0.1", port: int | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        cpus: frozenset[int] | None = None,
+    ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.host = host
+        self.cpus = cpus  # pin the server to these CPUs (HEAN_CPU_AFFINITY "redis=...")
         self._requested_port = port
         self.port: int | None = None
         self._process: subprocess.Popen[bytes] | None = None
@@ -135,7 +150,7 @@ class PrivateRedis:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C in a terminal must not stop it before the workers
-                preexec_fn=_die_with_parent,
+                preexec_fn=functools.partial(_prepare_child, self.cpus),
             )
             url = f"redis://{self.host}:{port}/0"
             deadline = time.monotonic() + timeout
@@ -187,7 +202,9 @@ class PrivateRedis:
         self.stop()
 
 
-def ensure_redis(redis_url: str | None, data_dir: Path) -> tuple[str, PrivateRedis | None]:
+def ensure_redis(
+    redis_url: str | None, data_dir: Path, cpus: frozenset[int] | None = None
+) -> tuple[str, PrivateRedis | None]:
     """Use `redis_url` when it answers; otherwise start a private server under `data_dir`.
 
     Returns the URL to use and the server to stop on shutdown (None when it is not ours).
@@ -196,7 +213,7 @@ def ensure_redis(redis_url: str | None, data_dir: Path) -> tuple[str, PrivateRed
         return redis_url, None
     if redis_url:
         log.warning("event=redis_unreachable url=%s action=start_private", _redact(redis_url))
-    server = PrivateRedis(data_dir)
+    server = PrivateRedis(data_dir, cpus=cpus)
     return server.start(), server
 
 

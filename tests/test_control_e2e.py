@@ -24,14 +24,15 @@ def client(system: dict[str, Any]) -> Iterator[Client]:
         c.sio.disconnect()
 
 
-def test_connection_without_token_is_refused(system: dict[str, Any]) -> None:
+@pytest.mark.parametrize("auth", [None, {"token": "not-the-token"}, {"token": 42}, "a string"])
+def test_a_connection_without_the_token_is_refused_and_told_why(system: dict[str, Any], auth: Any) -> None:
+    sio = socketio.Client(reconnection=False)
+    reasons: list[Any] = []
+    sio.on("connect_error", reasons.append)
     with pytest.raises(socketio.exceptions.ConnectionError):
-        Client(str(system["url"]), None)
-
-
-def test_connection_with_wrong_token_is_refused(system: dict[str, Any]) -> None:
-    with pytest.raises(socketio.exceptions.ConnectionError):
-        Client(str(system["url"]), "not-the-token")
+        sio.connect(str(system["url"]), auth=auth, transports=["websocket"], wait_timeout=10)
+    # the client learns why, not only "Connection refused by server"
+    assert reasons and "unauthorized: connect with auth=" in reasons[0]["message"], reasons
 
 
 def test_start_and_stop_run_in_the_engine_worker(client: Client) -> None:

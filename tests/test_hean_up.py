@@ -67,6 +67,9 @@ def up_env(tmp_path: Path) -> dict[str, str]:
 
 
 def test_hean_up_runs_the_system_and_stops_cleanly(up_env: dict[str, str], tmp_path: Path) -> None:
+    usable = sorted(os.sched_getaffinity(0))
+    hot, rest = {usable[0]}, {usable[-1]}
+    up_env["HEAN_CPU_AFFINITY"] = f"redis={usable[0]};web={usable[0]};*={usable[-1]}"
     up = UpProcess(up_env, tmp_path / "up.log")
     try:
         match = wait_for(
@@ -87,6 +90,14 @@ def test_hean_up_runs_the_system_and_stops_cleanly(up_env: dict[str, str], tmp_p
 
         wait_for(lambda: set(up.pids()) == set(process_names()), 60, "every process RUNNING")
 
+        # HEAN_CPU_AFFINITY: each process pinned as it started, then became the real command
+        redis_pid = int(re.search(r"redis: private server pid=(\d+)", up.output()).group(1))  # type: ignore[union-attr]
+        pinned = {name: set(psutil.Process(pid).cpu_affinity()) for name, pid in up.pids().items()}
+        assert set(psutil.Process(redis_pid).cpu_affinity()) == hot
+        assert pinned["web"] == hot
+        assert all(cpus == rest for name, cpus in pinned.items() if name != "web"), pinned
+        assert psutil.Process(up.pids()["web"]).cmdline()[1:3] == ["-m", "web"]
+
         client = socketio.Client(reconnection=False)
         results: list[dict[str, object]] = []
         client.on("command_result", results.append)
@@ -103,6 +114,7 @@ def test_hean_up_runs_the_system_and_stops_cleanly(up_env: dict[str, str], tmp_p
         beat_pid = up.pids()["beat"]
         os.kill(beat_pid, signal.SIGKILL)
         wait_for(lambda: up.pids().get("beat", beat_pid) != beat_pid, 30, "beat to be restarted")
+        assert set(psutil.Process(up.pids()["beat"]).cpu_affinity()) == rest  # a restart keeps its CPUs
 
         descendants = psutil.Process(up.process.pid).children(recursive=True)
         assert len(descendants) >= len(process_names()) + 2  # + redis + supervisord
@@ -131,6 +143,28 @@ def test_hean_up_refuses_a_taken_port(up_env: dict[str, str], tmp_path: Path) ->
             assert "HEAN_PORT" in up.output()
         finally:
             up.finish()
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("web=0;nope=1", "unknown process 'nope'"),
+        ("web=4096", "names CPU(s) [4096] that are not available"),
+        ("web", "should look like name=cpus"),
+    ],
+)
+def test_hean_up_refuses_a_bad_cpu_affinity(
+    up_env: dict[str, str], tmp_path: Path, spec: str, message: str
+) -> None:
+    up_env["HEAN_CPU_AFFINITY"] = spec
+    up = UpProcess(up_env, tmp_path / "up.log")
+    try:
+        assert up.process.wait(timeout=30) == 2
+        assert "error: HEAN_CPU_AFFINITY: " in up.output()
+        assert message in up.output()
+        assert "redis: private server" not in up.output()  # refused before starting anything
+    finally:
+        up.finish()
 
 
 def test_hean_up_uses_redis_url_when_it_answers(

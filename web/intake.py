@@ -151,14 +151,16 @@ class CommandWriter:
     Handlers hand it validated commands and wait; it takes whatever is waiting (batches grow
     with load on their own, no timer) and, per queue, reserves every request id and pushes one
     Celery task carrying the new ones in a single atomic round trip; then it wakes each handler
-    with its ack and journals the acks. One writer also keeps the web process far from the
-    Redis connection limit.
+    with its ack. The acks are journaled by a second greenlet, after the handlers have sent
+    them: a journal write never delays an ack. One writer also keeps the web process far from
+    the Redis connection limit.
     """
 
     def __init__(self, celery_app: Celery, journal: CommandJournal) -> None:
         self._celery = celery_app
         self._journal = journal
         self._queue: queue.Queue[PendingCommand] = queue.Queue()
+        self._acks: queue.Queue[list[dict[str, Any]]] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
@@ -166,9 +168,30 @@ class CommandWriter:
         if self._thread is None:
             with self._lock:
                 if self._thread is None:
+                    journal = threading.Thread(target=self._journal_acks, name="hean-acks", daemon=True)
+                    journal.start()
                     self._thread = threading.Thread(target=self._run, name="hean-command-writer", daemon=True)
                     self._thread.start()
         self._queue.put(pending)
+
+    def _journal_acks(self) -> None:
+        """Journal acks (for replies to a repeated request id) once they have been sent."""
+        while True:
+            acks = self._acks.get()
+            # Under eventlet this yields to the handlers and socket writers woken with these
+            # acks, so their frames leave before this Redis write.
+            time.sleep(0)
+            while True:
+                try:
+                    acks += self._acks.get_nowait()
+                except queue.Empty:
+                    break
+            try:
+                self._journal.record_acks(acks)
+            except RedisError as exc:  # the commands are queued; a repeat gets a fresh ack instead
+                log.warning("event=acks_not_journaled size=%d error=%s", len(acks), exc)
+            except Exception:  # never let the journal greenlet die
+                log.exception("event=ack_journal_failed size=%d", len(acks))
 
     def _run(self) -> None:
         while True:
@@ -210,10 +233,7 @@ class CommandWriter:
                 else:
                     pending.duplicate(reservation)
         if acks:
-            try:
-                self._journal.record_acks(acks)
-            except RedisError:  # the commands are queued; only the replay copies of acks are missing
-                log.warning("event=acks_not_journaled size=%d", len(acks))
+            self._acks.put(acks)
 
 
 _BODY = "__HEAN_BODY__"

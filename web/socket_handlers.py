@@ -10,6 +10,7 @@ from typing import Any
 
 from flask import request
 from flask_socketio import SocketIO, join_room
+from socketio.exceptions import ConnectionRefusedError as Refused
 
 from hean.auth import ensure_token, token_matches
 from hean.config import Settings
@@ -138,7 +139,7 @@ def register(sio: SocketIO, settings: Settings, intake: CommandIntake) -> Callab
         supplied = auth.get("token") if isinstance(auth, dict) else None
         if not token_matches(token, supplied):
             log.warning("event=connect_refused sid=%s reason=unauthorized", _sid())
-            raise ConnectionRefusedError("unauthorized: connect with auth={'token': <HEAN token>}")
+            raise Refused("unauthorized: connect with auth={'token': <HEAN token>}")
         buckets[_sid()] = TokenBucket(settings.command_rate, settings.command_burst)
         if isinstance(auth, dict) and auth.get("operator") is True:
             join_room(OPERATORS_ROOM)

@@ -1,0 +1,121 @@
+"""CPU affinity for HEAN's processes: ``HEAN_CPU_AFFINITY``.
+
+On small virtual machines, waking a process that sleeps on *another* CPU is expensive: the
+sleeping virtual CPU has halted and the hypervisor must wake it. Measured on the 2-core
+machines HEAN is developed on, a loopback round trip between two processes took 0.1 to 0.4 ms
+across CPUs and about 0.03 ms when both ran on the same CPU. An ack crosses
+client -> web -> Redis -> web -> client, so keeping Redis and the web process on one CPU takes
+two of those wake-ups off every ack (``benchmarks/bench_ack.py`` prints both layouts).
+
+The setting maps process names to CPU lists, in ``taskset -c`` syntax::
+
+    HEAN_CPU_AFFINITY="redis=0;web=0;*=1"
+
+Names are those of :data:`hean.processes.PROCESSES` plus ``redis`` (the private server;
+an external ``REDIS_URL`` is not ours to pin) and ``*`` for every process not named. Unset
+or empty, nothing is pinned. Each process is pinned as it starts (``python -m hean.affinity``
+sets the affinity and then execs the real command), so a restarted process keeps its CPUs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping, Sequence
+
+ENV = "HEAN_CPU_AFFINITY"
+REDIS = "redis"
+OTHERS = "*"
+
+CpuTable = Mapping[str, frozenset[int]]
+
+
+class AffinityError(ValueError):
+    """HEAN_CPU_AFFINITY does not parse, names an unknown process or an unusable CPU."""
+
+
+def _known_names() -> set[str]:
+    from hean.processes import process_names
+
+    return {*process_names(), REDIS, OTHERS}
+
+
+def parse_cpus(text: str) -> frozenset[int]:
+    """``"0"``, ``"0-3"``, ``"0,2-3"`` -> a set of CPU numbers (taskset -c syntax)."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        low, dash, high = part.partition("-")
+        if not low.isdigit() or (dash and not high.isdigit()):
+            raise AffinityError(f"{ENV}: {text!r} is not a CPU list (examples: 0  0-3  0,2-3)")
+        first, last = int(low), int(high) if dash else int(low)
+        if last < first:
+            raise AffinityError(f"{ENV}: CPU range {part!r} runs backwards")
+        cpus.update(range(first, last + 1))
+    return frozenset(cpus)
+
+
+def parse_affinity(spec: str, available: frozenset[int] | None = None) -> dict[str, frozenset[int]]:
+    """Parse ``name=cpus;name=cpus`` into a table; raises AffinityError naming the problem.
+
+    Every CPU must be one this process may run on (``os.sched_getaffinity``).
+    """
+    usable = available if available is not None else frozenset(os.sched_getaffinity(0))
+    known = _known_names()
+    table: dict[str, frozenset[int]] = {}
+    for entry in spec.replace("\n", ";").split(";"):
+        entry = entry.strip()
+        if not entry:
+            continue
+        name, equals, cpu_text = (part.strip() for part in entry.partition("="))
+        if not equals or not name or not cpu_text:
+            raise AffinityError(f"{ENV}: {entry!r} should look like name=cpus, e.g. web=0")
+        if name not in known:
+            raise AffinityError(f"{ENV}: unknown process {name!r}; known: {', '.join(sorted(known))}")
+        if name in table:
+            raise AffinityError(f"{ENV}: {name!r} is given twice")
+        cpus = parse_cpus(cpu_text)
+        missing = sorted(cpus - usable)
+        if missing:
+            raise AffinityError(
+                f"{ENV}: {name}={cpu_text} names CPU(s) {missing} that are not available; "
+                f"available: {sorted(usable)}"
+            )
+        table[name] = cpus
+    return table
+
+
+def cpus_for(name: str, table: CpuTable) -> frozenset[int] | None:
+    """The CPUs `name` is pinned to, or None when it is free to run anywhere."""
+    return table.get(name, table.get(OTHERS))
+
+
+def pinned_argv(python: str, name: str, argv: Sequence[str], table: CpuTable) -> list[str]:
+    """`argv`, wrapped so that the process pins itself first when `table` says so."""
+    cpus = cpus_for(name, table)
+    if cpus is None:
+        return list(argv)
+    return [python, "-m", "hean.affinity", ",".join(map(str, sorted(cpus))), "--", *argv]
+
+
+def pin_self(cpus: frozenset[int] | None) -> None:
+    """Pin the calling process (a child inherits it); no-op for None."""
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)
+
+
+def main(args: Sequence[str] | None = None) -> None:
+    """``python -m hean.affinity CPUS -- COMMAND...``: pin, then become COMMAND."""
+    argv = list(sys.argv[1:] if args is None else args)
+    if len(argv) < 3 or argv[1] != "--":
+        raise SystemExit("usage: python -m hean.affinity CPUS -- COMMAND [ARGS...]")
+    try:
+        pin_self(parse_cpus(argv[0]))
+    except (AffinityError, OSError) as exc:
+        raise SystemExit(f"hean.affinity: {exc}") from exc
+    command = argv[2:]
+    os.execvp(command[0], command)
+
+
+if __name__ == "__main__":
+    main()

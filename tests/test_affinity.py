@@ -1,0 +1,94 @@
+"""HEAN_CPU_AFFINITY: parsing with clear errors, the pin-then-exec wrapper, a pinned Redis."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from hean.affinity import AffinityError, cpus_for, parse_affinity, parse_cpus, pinned_argv
+from hean.redis_server import PrivateRedis
+
+USABLE = sorted(os.sched_getaffinity(0))
+
+
+def test_cpu_lists_use_taskset_syntax() -> None:
+    assert parse_cpus("0") == {0}
+    assert parse_cpus("0-2") == {0, 1, 2}
+    assert parse_cpus("0,2-3, 5") == {0, 2, 3, 5}
+
+
+def test_a_table_names_processes_and_a_default() -> None:
+    table = parse_affinity("redis=0; web=0 ;*=1", available=frozenset({0, 1}))
+    assert cpus_for("redis", table) == {0}
+    assert cpus_for("web", table) == {0}
+    assert cpus_for("worker-engine", table) == {1}  # "*": every process not named
+    assert cpus_for("web", parse_affinity("redis=0", available=frozenset({0}))) is None
+    assert parse_affinity("") == {}
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("web", "'web' should look like name=cpus"),
+        ("web=", "should look like name=cpus"),
+        ("webb=0", "unknown process 'webb'; known: *, beat, flower, redis, web,"),
+        ("web=0;web=1", "'web' is given twice"),
+        ("web=x", "'x' is not a CPU list"),
+        ("web=3-1", "CPU range '3-1' runs backwards"),
+        ("web=7", "web=7 names CPU(s) [7] that are not available; available: [0, 1]"),
+    ],
+)
+def test_bad_tables_are_refused_with_the_reason(spec: str, message: str) -> None:
+    with pytest.raises(AffinityError, match="HEAN_CPU_AFFINITY") as caught:
+        parse_affinity(spec, available=frozenset({0, 1}))
+    assert message in str(caught.value)
+
+
+def test_settings_expose_the_parsed_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hean.config import Settings
+
+    monkeypatch.setenv("HEAN_CPU_AFFINITY", f"web={USABLE[0]}")
+    assert Settings().cpu_table == {"web": frozenset({USABLE[0]})}
+    monkeypatch.setenv("HEAN_CPU_AFFINITY", "web=0;ghost=0")
+    with pytest.raises(AffinityError, match="unknown process 'ghost'"):
+        _ = Settings().cpu_table
+
+
+def test_the_wrapper_pins_then_becomes_the_command() -> None:
+    probe = "import os; print(sorted(os.sched_getaffinity(0)), os.getpid())"
+    table = {"web": frozenset({USABLE[-1]})}
+    argv = pinned_argv(sys.executable, "web", [sys.executable, "-c", probe], table)
+    assert argv[:3] == [sys.executable, "-m", "hean.affinity"]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    out, _ = process.communicate(timeout=30)
+    cpus, pid = out.rsplit(" ", 1)
+    assert cpus == str([USABLE[-1]])
+    assert int(pid) == process.pid  # exec, not a child: signals reach the real process
+    # a process the table leaves free is started as is
+    assert pinned_argv(sys.executable, "beat", ["celery", "beat"], table) == ["celery", "beat"]
+
+
+def test_the_wrapper_refuses_a_bad_cpu_list_clearly() -> None:
+    argv = [sys.executable, "-m", "hean.affinity", "zero", "--", "true"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert done.returncode != 0
+    assert "'zero' is not a CPU list" in done.stderr
+
+
+def test_a_pinned_private_redis_runs_every_thread_on_its_cpus(tmp_path: Path) -> None:
+    server = PrivateRedis(tmp_path / "redis", cpus=frozenset({USABLE[-1]}))
+    server.start()
+    try:
+        assert server.pid is not None
+        process = psutil.Process(server.pid)
+        threads = [t.id for t in process.threads()]
+        assert len(threads) > 1  # valkey starts background threads: they must be pinned too
+        for tid in threads:
+            assert os.sched_getaffinity(tid) == {USABLE[-1]}
+    finally:
+        server.stop()
