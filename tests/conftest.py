@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -34,10 +35,23 @@ def redis_url(redis_server: PrivateRedis) -> str:
     return redis_server.url
 
 
+#: The database `redis_client` owns on the session's server. The `system` fixture's processes
+#: (web, workers, beat: broker, results, state bus) use database 0 of the same server, so
+#: flushing this one cannot touch them, whatever order the test files run in.
+OWN_DB = 1
+
+
+@pytest.fixture(scope="session")
+def own_db_url(redis_url: str) -> str:
+    """The session server's URL on database OWN_DB (the one `redis_client` flushes): point every
+    client of a test that uses `redis_client` here, never at `redis_url`."""
+    return urlsplit(redis_url)._replace(path=f"/{OWN_DB}").geturl()
+
+
 @pytest.fixture
-def redis_client(redis_url: str) -> Iterator[redis.Redis]:
-    """A client on a freshly flushed database."""
-    client = redis.Redis.from_url(redis_url)
+def redis_client(own_db_url: str) -> Iterator[redis.Redis]:
+    """A client on a freshly flushed database of its own (OWN_DB, not the system's)."""
+    client = redis.Redis.from_url(own_db_url)
     client.flushdb()
     try:
         yield client

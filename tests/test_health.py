@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import queue
+import signal
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -16,9 +19,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from hean.config import reload_settings
-from hean.core.system.health_monitor import MODULES, HealthMonitor, HealthStatus, Probe, Unreachable, classify
+from hean.core.system.health_monitor import (
+    HEALTH_NAMESPACE,
+    MODULES,
+    NODE_RETENTION_S,
+    NODES_KEY,
+    SUMMARY_KEY,
+    HealthMonitor,
+    HealthStatus,
+    Probe,
+    Unreachable,
+    classify,
+)
+from hean.core.system.probes import WORKER_HEARTBEATS_KEY
+from hean.core.system.redis_state import get_sync_state_manager
 from hean.processes import PROCESSES
 from support import Client, ManagedProcess, start_engine_worker, stop_engine_worker, wait_for
 
@@ -157,8 +174,6 @@ def test_classification_thresholds() -> None:
 
 
 def test_slow_failing_and_unreachable_modules_are_told_apart_and_reconnected() -> None:
-    import time
-
     reconnects: list[str] = []
     release = threading.Event()
 
@@ -289,10 +304,81 @@ def test_every_pulse_node_reports_and_a_silent_one_is_disconnected(
     assert nodes()[first]["status"] != "DISCONNECTED"
 
 
+def test_a_long_silent_pulse_node_is_dropped(pulse: dict[str, Any]) -> None:
+    """A node that stopped reporting long ago (its host is gone) is pruned by the live node."""
+    manager = get_sync_state_manager(pulse["env"]["REDIS_URL"])
+    ghost = "ghost@a-host-long-gone"
+    silent_since = time.time() - NODE_RETENTION_S - 60
+    manager.merge_state(NODES_KEY, {ghost: {"at": silent_since, "overall": "HEALTHY"}}, HEALTH_NAMESPACE)
+    wait_for(
+        lambda: ghost not in manager.get_state(NODES_KEY, HEALTH_NAMESPACE), 10, "the silent node dropped"
+    )
+    status, body = get(pulse, "/api/system/health/pulse")
+    assert status == 200 and body["nodes"] and ghost not in body["nodes"]
+
+
+def test_a_newer_pulse_is_never_replaced_by_an_older_one(pulse: dict[str, Any]) -> None:
+    """Another node stores a pulse begun 250 ms from now: every pulse this node begins before
+    then is older and must not replace it; the pulse then moves on from it."""
+    manager = get_sync_state_manager(pulse["env"]["REDIS_URL"])
+    newer = dict(manager.get_state(SUMMARY_KEY, HEALTH_NAMESPACE), at=time.time() + 0.25)
+    manager.set_state(SUMMARY_KEY, newer, HEALTH_NAMESPACE)
+    seen = []
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        seen.append(float(manager.get_state(SUMMARY_KEY, HEALTH_NAMESPACE)["at"]))
+        time.sleep(0.005)
+    assert min(seen) == newer["at"]  # never an older pulse after it
+    assert max(seen) > newer["at"]  # and newer pulses replaced it
+
+
+def test_a_vanished_worker_shows_disconnected_and_a_stopped_one_disappears(
+    pulse: dict[str, Any], logs_dir: Path
+) -> None:
+    spec = next(s for s in PROCESSES if s.name == "worker-llm")
+
+    def argv(node: str) -> list[str]:
+        args = spec.argv(sys.executable)
+        args[args.index("-Q") + 1] = "health-test-idle"  # a queue nobody sends to
+        args[args.index("-n") + 1] = f"{node}@%h"
+        return args
+
+    def worker(prefix: str) -> dict[str, Any] | None:
+        found = modules(pulse).get("workers", {}).get("detail", {}).get("workers", {})
+        return next((w for name, w in found.items() if name.startswith(prefix)), None)
+
+    def healthy(prefix: str) -> bool:
+        return (worker(prefix) or {}).get("status") == "HEALTHY"
+
+    vanishing = ManagedProcess("worker-vanishing", argv("vanishing"), pulse["env"], logs_dir)
+    stopping = ManagedProcess("worker-stopping", argv("stopping"), pulse["env"], logs_dir)
+    client = redis.Redis.from_url(pulse["env"]["REDIS_URL"])
+    try:
+        wait_for(lambda: healthy("vanishing@") and healthy("stopping@"), 60, "both workers HEALTHY")
+        os.killpg(vanishing.pid, signal.SIGKILL)  # no shutdown at all: it vanishes
+        stopping.stop()  # SIGTERM: a warm shutdown, which removes its heartbeat
+        assert not [n for n in client.hkeys(WORKER_HEARTBEATS_KEY) if n.startswith(b"stopping@")]
+        wait_for(lambda: worker("stopping@") is None, 10, "the stopped worker gone from the status")
+        wait_for(lambda: (worker("vanishing@") or {}).get("status") == "DISCONNECTED", 15, "DISCONNECTED")
+        found = modules(pulse)["workers"]
+        assert found["status"] == "UNHEALTHY" and "vanishing@" in found["last_error"]
+        # still listed after the 10 s its heartbeat key used to live, with its last-seen age
+        wait_for(lambda: (worker("vanishing@") or {}).get("age_ms", 0) > 11_000, 30, "11 s of silence")
+        gone = worker("vanishing@")
+        assert gone is not None and gone["status"] == "DISCONNECTED" and gone["last_seen"] < time.time() - 11
+    finally:
+        vanishing.stop()
+        stopping.stop()
+        # the rest of the session should not see these two for the next 10 minutes
+        for name in client.hkeys(WORKER_HEARTBEATS_KEY):
+            if name.startswith((b"vanishing@", b"stopping@")):
+                client.hdel(WORKER_HEARTBEATS_KEY, name)
+        client.close()
+    wait_for(lambda: module_status(pulse, "workers") == "HEALTHY", 10, "workers HEALTHY again")
+
+
 def test_redis_stopped_and_restarted_is_flagged_reconnected_and_recovers(tmp_path: Path) -> None:
     """Our own Redis on a fixed port, probed through a blocking pool like hean.redis_client's."""
-    import redis
-
     from hean.core.system.probes import redis_probe
     from hean.redis_server import PrivateRedis, free_port
 

@@ -47,8 +47,8 @@ def _close_shared_managers() -> Iterator[None]:
 
 
 @pytest.fixture
-def sync_manager(redis_url: str, redis_client: redis.Redis) -> Iterator[SyncRedisStateManager]:
-    manager = SyncRedisStateManager(redis_url)
+def sync_manager(own_db_url: str, redis_client: redis.Redis) -> Iterator[SyncRedisStateManager]:
+    manager = SyncRedisStateManager(own_db_url)
     try:
         yield manager
     finally:
@@ -72,9 +72,9 @@ def _drain_until(queue: Any, version: int) -> list[StateItem]:
 
 
 def test_original_docs_snippet_runs_as_written(
-    redis_url: str, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+    own_db_url: str, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("REDIS_URL", own_db_url)
     reload_settings()
 
     async def snippet() -> tuple[Any, int, Any, int, float]:
@@ -117,9 +117,9 @@ def test_value_version_and_timestamp_live_in_one_hash(
 
 
 def test_every_write_publishes_value_version_timestamp(
-    sync_manager: SyncRedisStateManager, redis_url: str
+    sync_manager: SyncRedisStateManager, own_db_url: str
 ) -> None:
-    listener = redis.Redis.from_url(redis_url, socket_timeout=None)
+    listener = redis.Redis.from_url(own_db_url, socket_timeout=None)
     pubsub = listener.pubsub()
     pubsub.subscribe(state_channel("global", "pub"))
     assert pubsub.get_message(timeout=GET_TIMEOUT)["type"] == "subscribe"
@@ -172,9 +172,9 @@ def test_stale_compare_and_set_is_rejected(sync_manager: SyncRedisStateManager) 
 
 
 def test_update_state_atomic_gives_up_with_a_clear_conflict_error(
-    sync_manager: SyncRedisStateManager, redis_url: str
+    sync_manager: SyncRedisStateManager, own_db_url: str
 ) -> None:
-    other = SyncRedisStateManager(redis_url)
+    other = SyncRedisStateManager(own_db_url)
     calls = 0
 
     def always_raced(current: Any) -> int:
@@ -234,7 +234,7 @@ def test_lua_operations_reject_values_they_do_not_fit(sync_manager: SyncRedisSta
 
 
 def test_batch_update_is_all_or_nothing(
-    sync_manager: SyncRedisStateManager, redis_url: str
+    sync_manager: SyncRedisStateManager, own_db_url: str
 ) -> None:
     sync_manager.set_state("a", {"n": 1})
     sync_manager.set_state("b", "text", "other-ns")
@@ -300,7 +300,7 @@ def test_invalid_names_are_rejected(
         sync_manager.set_state(bad_name, 1)
     with pytest.raises(StateValidationError, match="invalid namespace"):
         sync_manager.set_state("ok", 1, namespace=bad_name if bad_name != "x" * 201 else "n" * 65)
-    # other processes of the session (heartbeats) share this Redis: look at state keys only
+    # nothing reached Redis
     assert redis_client.keys("hean:state*") == []
 
 
@@ -347,14 +347,14 @@ def test_size_limit_is_exact_and_enforced_server_side(
 
 
 def test_async_and_sync_faces_interoperate(
-    sync_manager: SyncRedisStateManager, redis_url: str
+    sync_manager: SyncRedisStateManager, own_db_url: str
 ) -> None:
     sync_queue = sync_manager.subscribe_state("shared", "mixed")
     seen_by_callback: list[StateUpdate] = []
     watch = sync_manager.watch_state("shared", seen_by_callback.append, "mixed")
 
     async def run() -> list[StateItem]:
-        manager = RedisStateManager(redis_url)
+        manager = RedisStateManager(own_db_url)
         try:
             queue = await manager.subscribe_state("shared", "mixed")
             assert await queue.get() == (None, 0, 0.0)
@@ -386,18 +386,22 @@ def test_async_and_sync_faces_interoperate(
 
 @pytest.mark.parametrize("face", ["sync", "async"])
 def test_subscriber_resyncs_after_its_connection_is_killed(
-    redis_url: str, redis_client: redis.Redis, sync_manager: SyncRedisStateManager, face: str
+    own_db_url: str, redis_client: redis.Redis, sync_manager: SyncRedisStateManager, face: str
 ) -> None:
     """Writes made while the pub/sub connection is down reach the subscriber by resync."""
 
     def kill_and_write() -> None:
         sync_manager.set_state("gap", {"n": 1})
-        redis_client.client_kill_filter(_type="pubsub")
+        # only this test's database: the session's web process keeps its own pub/sub listener
+        own_db = str(redis_client.connection_pool.connection_kwargs["db"])
+        for client in redis_client.client_list(_type="pubsub"):
+            if client["db"] == own_db:
+                redis_client.client_kill_filter(_id=client["id"])
         for n in range(2, 6):
             sync_manager.set_state("gap", {"n": n})
 
     if face == "sync":
-        subscriber = SyncRedisStateManager(redis_url)
+        subscriber = SyncRedisStateManager(own_db_url)
         queue = subscriber.subscribe_state("gap")
         kill_and_write()
         items = _drain_until(queue, 5)
@@ -405,7 +409,7 @@ def test_subscriber_resyncs_after_its_connection_is_killed(
         subscriber.close()
     else:
         async def run() -> tuple[list[StateItem], int]:
-            async with RedisStateManager(redis_url) as subscriber:
+            async with RedisStateManager(own_db_url) as subscriber:
                 queue = await subscriber.subscribe_state("gap")
                 await asyncio.to_thread(kill_and_write)
                 got = []
@@ -475,10 +479,10 @@ EVENTLET_SCRIPT = textwrap.dedent("""
 
 
 def test_sync_face_under_eventlet_survives_idle_and_does_not_block_the_hub(
-    redis_url: str, redis_client: redis.Redis, repo_root: Path
+    own_db_url: str, redis_client: redis.Redis, repo_root: Path
 ) -> None:
     result = subprocess.run(
-        [sys.executable, "-c", EVENTLET_SCRIPT, redis_url], cwd=repo_root,
+        [sys.executable, "-c", EVENTLET_SCRIPT, own_db_url], cwd=repo_root,
         capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 0, result.stderr[-2000:]

@@ -101,11 +101,11 @@ def _run_writers(url: str, key: str, mode: str) -> tuple[list[list[int]], int]:
 
 @pytest.mark.parametrize("mode", ["watch", "lua"])
 def test_concurrent_writers_lose_nothing_and_versions_have_no_gaps(
-    redis_url: str, redis_client: redis.Redis, mode: str
+    own_db_url: str, redis_client: redis.Redis, mode: str
 ) -> None:
-    per_writer, conflicts = _run_writers(redis_url, f"counter-{mode}", mode)
+    per_writer, conflicts = _run_writers(own_db_url, f"counter-{mode}", mode)
     total = WRITERS * UPDATES_PER_WRITER
-    manager = SyncRedisStateManager(redis_url)
+    manager = SyncRedisStateManager(own_db_url)
     try:
         value, version, _ = manager.get_state_versioned(f"counter-{mode}", "load")
     finally:
@@ -142,10 +142,10 @@ def _collect(procs: list[Any], out: Any) -> list[tuple[list[tuple[Any, int]], in
 
 
 def test_subscribers_in_other_processes_see_every_version_in_order(
-    redis_url: str, redis_client: redis.Redis
+    own_db_url: str, redis_client: redis.Redis
 ) -> None:
-    procs, target, out = _start_subscribers(redis_url, "stream", ["sync", "async"])
-    manager = SyncRedisStateManager(redis_url)
+    procs, target, out = _start_subscribers(own_db_url, "stream", ["sync", "async"])
+    manager = SyncRedisStateManager(own_db_url)
     try:
         for n in range(1, 1001):
             if n % 2:

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from celery import Celery, Task
-from celery.signals import worker_ready
+from celery.signals import worker_ready, worker_shutdown
 
 from hean.config import get_settings
 
@@ -47,26 +47,49 @@ class HeanTask(Task):
         return None
 
 
-#: Every worker writes hean:worker:<node name> = time every second (read by the pulse).
+#: Every worker sets its field of the hash hean:workers (probes.WORKER_HEARTBEATS_KEY) to the
+#: time every second (read by the pulse), and removes it on a warm shutdown: a worker that
+#: disappears without one (killed) stays listed, DISCONNECTED, for the pulse to show.
 WORKER_HEARTBEAT_S = 1.0
+_heartbeat_stop = threading.Event()
+_heartbeat: dict[str, Any] = {}  # this process's heartbeat: its node name and thread
 
 
 @worker_ready.connect
 def _start_heartbeat(sender: Any = None, **_: Any) -> None:
-    from hean.core.system.probes import WORKER_HEARTBEAT_PREFIX
+    from hean.core.system.probes import WORKER_HEARTBEATS_KEY
     from hean.redis_client import sync_client
 
-    key = WORKER_HEARTBEAT_PREFIX + str(getattr(sender, "hostname", "worker"))
+    node = str(getattr(sender, "hostname", "worker"))
 
     def beat() -> None:
-        while True:
+        while not _heartbeat_stop.is_set():
             try:
-                sync_client().set(key, repr(time.time()), ex=10)
+                sync_client().hset(WORKER_HEARTBEATS_KEY, node, repr(time.time()))
             except Exception as exc:  # Redis away: the pulse will notice; keep trying
                 log.warning("event=worker_heartbeat_failed error=%s", type(exc).__name__)
-            time.sleep(WORKER_HEARTBEAT_S)
+            _heartbeat_stop.wait(WORKER_HEARTBEAT_S)
 
-    threading.Thread(target=beat, name="hean-worker-heartbeat", daemon=True).start()
+    thread = threading.Thread(target=beat, name="hean-worker-heartbeat", daemon=True)
+    thread.start()
+    _heartbeat.update(node=node, thread=thread)
+
+
+@worker_shutdown.connect
+def _stop_heartbeat(**_: Any) -> None:
+    """A clean shutdown: stop beating, then remove this worker so it is not reported as gone."""
+    thread = _heartbeat.get("thread")
+    if thread is None:
+        return
+    from hean.core.system.probes import WORKER_HEARTBEATS_KEY
+    from hean.redis_client import sync_client
+
+    _heartbeat_stop.set()
+    thread.join(timeout=2 * WORKER_HEARTBEAT_S)  # let a beat in flight land before the removal
+    try:
+        sync_client().hdel(WORKER_HEARTBEATS_KEY, _heartbeat["node"])
+    except Exception as exc:  # Redis away: the worker shows DISCONNECTED until retention ends
+        log.warning("event=worker_heartbeat_not_removed error=%s", type(exc).__name__)
 
 
 app = Celery("hean", task_cls=HeanTask)

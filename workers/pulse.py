@@ -5,7 +5,8 @@ probe, at most 80 ms of waiting per pulse), stores the result on the state bus (
 ``health``: one key per module, and ``pulse``, the summary) and sends the summary to the
 ``operators`` room (not to everyone) as a ``health_pulse`` event. Every pulse worker (node)
 also reports itself each period to ``health/nodes``; the aggregate view marks a node silent
-for 3 periods DISCONNECTED.
+for 3 periods DISCONNECTED, and a node silent for NODE_RETENTION_S (10 minutes) is dropped.
+With several nodes, a pulse is stored only if no newer one is (`store_pulse`).
 """
 
 from __future__ import annotations
@@ -22,16 +23,9 @@ from celery.signals import worker_ready
 from redis.exceptions import RedisError
 
 from celeryconfig import PULSE_PERIOD_S, PULSE_QUEUE
-from hean.core.system.health_monitor import (
-    HEALTH_NAMESPACE,
-    NODES_KEY,
-    SUMMARY_KEY,
-    HealthMonitor,
-    Probe,
-    Unreachable,
-)
+from hean.core.system.health_monitor import HealthMonitor, Probe, Unreachable, report_node, store_pulse
 from hean.core.system.probes import db_probe, exchange_probe, redis_probe, web_probe, workers_probe
-from hean.core.system.redis_state import StateError, StateOp, get_sync_state_manager
+from hean.core.system.redis_state import StateError, get_sync_state_manager
 from hean.messages import OPERATORS_ROOM
 from hean.redis_client import sync_client
 from workers.app import app
@@ -78,14 +72,13 @@ def monitor() -> HealthMonitor:
 
 
 def _report_node(node: str) -> None:
-    """Every period: this node is alive, and what its monitor saw last."""
+    """Every period: this node is alive, and what its monitor saw last (and long-silent nodes
+    are dropped from health/nodes)."""
     manager = get_sync_state_manager()
     while True:
         seen = monitor().get_health_status()["overall"]
         try:
-            manager.merge_state(
-                NODES_KEY, {node: {"at": time.time(), "overall": seen}}, namespace=HEALTH_NAMESPACE
-            )
+            report_node(manager, node, seen)
         except (StateError, RedisError, OSError) as exc:
             log.warning("event=node_report_failed node=%s error=%s", node, exc)
         time.sleep(PULSE_PERIOD_S)
@@ -101,7 +94,6 @@ def _start_node_reports(sender: Any = None, **_: Any) -> None:
 
 
 _publish_lock = threading.Lock()
-_last_published = 0.0
 
 
 def _sent_at(expires: Any) -> float | None:
@@ -126,17 +118,14 @@ def pulse(self: Any) -> None:
     status["period_s"] = PULSE_PERIOD_S
     # beat -> worker delivery delay (a diagnostic for the pulse period's jitter)
     status["delivery_ms"] = None if sent_at is None else round((started - sent_at) * 1000.0, 2)
-    ops = [StateOp.set(SUMMARY_KEY, status, HEALTH_NAMESPACE)]
-    ops += [StateOp.set(name, module, HEALTH_NAMESPACE) for name, module in status["modules"].items()]
     from workers.emit import emit
 
-    global _last_published
-    with _publish_lock:  # two pool threads: never publish an older pulse after a newer one
-        if started < _last_published:
-            return
-        _last_published = started
+    # Pool threads publish one at a time, so emits leave in the order pulses were stored; a
+    # pulse older than the stored one (this node's other thread, or another node) is dropped.
+    with _publish_lock:
         try:
-            get_sync_state_manager().batch_update(ops)
+            if not store_pulse(get_sync_state_manager(), status):
+                return
         except (StateError, RedisError, OSError) as exc:
             log.error("event=pulse_not_stored error=%s", exc)
             return

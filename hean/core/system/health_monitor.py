@@ -20,9 +20,13 @@ or hung module never delays the pulse or the other modules, and checks never pil
 Where it lives in Redis: the state bus (hean.core.system.redis_state), namespace ``health``:
 ``pulse`` (the summary: overall, modules, at, took_ms, delivery_ms, period_s), one key per
 module (``cpp_core``, ``redis``, ...) and ``nodes`` ({node: {at, overall}}, one entry per
-pulse worker). Raw keys the probes read: ``hean:web:heartbeat`` (web/heartbeat.py),
-``hean:worker:<node>`` (every Celery worker, workers/app.py) and ``hean:pong:<uuid>`` (the
-engine worker's answer to a cpp_core ping, kept 5 s).
+pulse worker). Raw keys the probes read: ``hean:web:heartbeat`` (web/heartbeat.py), the hash
+``hean:workers`` ({node: last beat}, every Celery worker, workers/app.py) and
+``hean:pong:<uuid>`` (the engine worker's answer to a cpp_core ping, kept 5 s).
+
+Several pulse nodes share these keys. `store_pulse()` writes a pulse only if the stored one
+began earlier (a slow node never replaces a newer pulse with its older one), and
+`report_node()` drops nodes silent for longer than NODE_RETENTION_S from ``nodes``.
 """
 
 from __future__ import annotations
@@ -34,7 +38,10 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hean.core.system.redis_state import SyncRedisStateManager
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +67,22 @@ class HealthStatus(StrEnum):
 
 
 class Unreachable(Exception):
-    """The module could not be reached at all (as opposed to answering badly)."""
+    """The module could not be reached at all (as opposed to answering badly).
+
+    `detail`, if given, replaces the module's detail (what the check still found out).
+    """
+
+    def __init__(self, message: str, detail: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
+class ModuleFault(Exception):
+    """The module answered, and the answer is bad (UNHEALTHY); `detail` says what it found."""
+
+    def __init__(self, message: str, detail: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 def classify(latency_ms: float) -> HealthStatus:
@@ -188,6 +210,8 @@ class HealthMonitor:
         module.pending = False
         latency_ms = round((outcome.finished - started) * 1000.0, 3)
         error = outcome.error
+        if error is not None and getattr(error, "detail", None) is not None:
+            module.detail = error.detail  # type: ignore[attr-defined]
         if error is None:
             module.detail = outcome.detail or {}
             module.latency_ms = latency_ms
@@ -205,7 +229,8 @@ class HealthMonitor:
             module.latency_ms = latency_ms
             module.status = HealthStatus.UNHEALTHY
             module.consecutive_failures += 1
-            module.last_error = f"{type(error).__name__}: {error}"[:300]
+            reason = str(error) if isinstance(error, ModuleFault) else f"{type(error).__name__}: {error}"
+            module.last_error = reason[:300]
         self._apply_policy(module)
 
     def _record_waiting(self, module: ModuleHealth, probe: Probe, waited_s: float) -> None:
@@ -269,6 +294,11 @@ def overall(modules: Any) -> HealthStatus:
 STALE_PERIODS = 3
 #: Every pulse worker (node) reports here each period: health/nodes = {node: {at, overall}}.
 NODES_KEY = "nodes"
+#: A pulse node silent this long (stopped, killed, renamed) is dropped from health/nodes;
+#: until then the aggregate view shows it DISCONNECTED with the age of its last report.
+NODE_RETENTION_S = 600.0
+#: How often `store_pulse` looks again when another node stored a pulse in between.
+STORE_ATTEMPTS = 8
 
 
 class PublishedHealth:
@@ -290,18 +320,83 @@ class PublishedHealth:
         return dict(self._summary, age_ms=round(age_s * 1000.0, 1), stale=age_s > STALE_PERIODS * period_s)
 
 
-def nodes_view(nodes: dict[str, Any] | None, period_s: float, now: float | None = None) -> dict[str, Any]:
-    """Every pulse node with its report's age; DISCONNECTED once silent for STALE_PERIODS."""
+def nodes_view(
+    nodes: dict[str, Any] | None,
+    period_s: float,
+    now: float | None = None,
+    retention_s: float = NODE_RETENTION_S,
+) -> dict[str, Any]:
+    """Every pulse node with its report's age; DISCONNECTED once silent for STALE_PERIODS, and
+    left out once silent for longer than `retention_s` (even if no node has pruned it yet)."""
     now = time.time() if now is None else now
     view = {}
     for node, report in sorted((nodes or {}).items()):
         age_s = now - float(report["at"])
+        if age_s > retention_s:
+            continue
         silent = age_s > STALE_PERIODS * period_s
         view[node] = {
             "status": HealthStatus.DISCONNECTED.value if silent else report.get("overall", "HEALTHY"),
             "age_ms": round(age_s * 1000.0, 1),
         }
     return view
+
+
+def report_node(
+    manager: SyncRedisStateManager, node: str, seen: str, retention_s: float = NODE_RETENTION_S
+) -> list[str]:
+    """Record that pulse node `node` is alive and saw `seen` overall; drop every node silent for
+    longer than `retention_s`. Returns the nodes dropped.
+
+    The report is a server-side merge (nodes never overwrite each other's entries); the drop is
+    a compare-and-set on the version that merge returned, so it costs nothing while no node is
+    that old, and a report that lands in between only postpones the drop to the next period.
+    """
+    from hean.core.system.redis_state import VersionMismatchError
+
+    now = time.time()
+    item = manager.merge_state(NODES_KEY, {node: {"at": now, "overall": seen}}, namespace=HEALTH_NAMESPACE)
+    expired = [name for name, report in item.value.items() if now - float(report["at"]) > retention_s]
+    if not expired:
+        return []
+    kept = {name: report for name, report in item.value.items() if name not in expired}
+    try:
+        manager.compare_and_set(NODES_KEY, kept, item.version, namespace=HEALTH_NAMESPACE)
+    except VersionMismatchError:
+        return []
+    log.info("event=pulse_nodes_pruned nodes=%s retention_s=%s", ",".join(expired), retention_s)
+    return expired
+
+
+def store_pulse(manager: SyncRedisStateManager, status: dict[str, Any]) -> bool:
+    """Store a pulse (the summary and one key per module) unless a newer one is stored already.
+
+    Pulse nodes share the summary, and a slow node can finish an older pulse after a faster
+    node stored a newer one. So the write is a compare-and-set on the summary's version, made
+    only while the stored pulse began (`at`) before this one; summary and modules change
+    together or not at all. Returns False (nothing written) when a newer pulse is there.
+
+    A stored `at` more than STALE_PERIODS periods ahead of this node's clock cannot be a pulse
+    from a node whose clock agrees with ours (a clock stepped back): it is replaced, so one
+    wrong clock cannot freeze the pulse.
+    """
+    from hean.core.system.redis_state import StateOp, VersionMismatchError
+
+    at = float(status["at"])
+    horizon_s = STALE_PERIODS * float(status.get("period_s") or 0.1)
+    modules = [StateOp.set(name, module, HEALTH_NAMESPACE) for name, module in status["modules"].items()]
+    for _ in range(STORE_ATTEMPTS):
+        stored, version, _ = manager.get_state_versioned(SUMMARY_KEY, namespace=HEALTH_NAMESPACE)
+        stored_at = stored.get("at") if isinstance(stored, dict) else None
+        if stored_at is not None and at <= float(stored_at) <= time.time() + horizon_s:
+            return False
+        summary = StateOp.set(SUMMARY_KEY, status, HEALTH_NAMESPACE, expected_version=version)
+        try:
+            manager.batch_update([summary, *modules])
+        except VersionMismatchError:
+            continue  # another node stored a pulse in between: compare with that one
+        return True
+    return False
 
 
 async def get_health_monitor(url: str | None = None) -> PublishedHealth:

@@ -11,14 +11,27 @@ from typing import Any
 
 import redis
 
-from hean.core.system.health_monitor import Probe, Unreachable
+from hean.core.system.health_monitor import HealthStatus, ModuleFault, Probe, Unreachable
 
 #: Written by the web process every 100 ms: {ts, clients, pid, host} (web/heartbeat.py).
 WEB_HEARTBEAT_KEY = "hean:web:heartbeat"
-#: Written by every Celery worker every second: hean:worker:<node name> -> timestamp.
-WORKER_HEARTBEAT_PREFIX = "hean:worker:"
+#: A hash {node name: time of its last beat}: every Celery worker sets its field every second
+#: and removes it on a clean (warm) shutdown (workers/app.py). It never expires, so a worker
+#: that vanished (killed, host lost) stays listed, DISCONNECTED, until WORKER_RETENTION_S.
+WORKER_HEARTBEATS_KEY = "hean:workers"
 WEB_STALE_S = 0.3  # three heartbeat periods (a dead process on this host is seen at once)
 WORKER_STALE_S = 3.0
+#: A worker silent this long is forgotten (its field is removed by the probe).
+WORKER_RETENTION_S = 600.0
+
+# Remove a worker's field only if it still holds the beat judged too old: a worker that came
+# back under the same name in between keeps its fresh beat.
+_FORGET_WORKER = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  return redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 0
+"""
 
 
 def redis_probe(client: redis.Redis) -> Probe:
@@ -68,21 +81,38 @@ def web_probe(client: redis.Redis) -> Probe:
     return Probe("frontend_socket", check)
 
 
-def workers_probe(client: redis.Redis) -> Probe:
+def workers_probe(client: redis.Redis, retention_s: float = WORKER_RETENTION_S) -> Probe:
+    """Every Celery worker by its heartbeat: HEALTHY while it beats, DISCONNECTED (with the age
+    of its last beat) once silent for WORKER_STALE_S, forgotten after `retention_s`. The module
+    is UNHEALTHY while any worker is DISCONNECTED, and DISCONNECTED when none beats."""
+    forget = client.register_script(_FORGET_WORKER)
+
     def check() -> dict[str, Any]:
         now = time.time()
-        nodes = {}
-        for key in client.scan_iter(match=WORKER_HEARTBEAT_PREFIX + "*", count=100):
-            raw = client.get(key)
-            if raw is not None:
-                name = key.decode()[len(WORKER_HEARTBEAT_PREFIX) :]
-                nodes[name] = round((now - float(raw)) * 1000.0, 1)
-        if not nodes:
-            raise Unreachable("no Celery worker heartbeat")
-        stale = sorted(n for n, age in nodes.items() if age > WORKER_STALE_S * 1000)
-        if stale:
-            raise RuntimeError(f"stale worker heartbeats: {', '.join(stale)}")
-        return {"age_ms": nodes}
+        workers: dict[str, dict[str, Any]] = {}
+        for raw_name, raw_beat in client.hgetall(WORKER_HEARTBEATS_KEY).items():
+            name, last_seen = raw_name.decode(), float(raw_beat)
+            age_s = now - last_seen
+            if age_s > retention_s:
+                forget(keys=[WORKER_HEARTBEATS_KEY], args=[raw_name, raw_beat])
+                continue
+            silent = age_s > WORKER_STALE_S
+            workers[name] = {
+                "status": (HealthStatus.DISCONNECTED if silent else HealthStatus.HEALTHY).value,
+                "age_ms": round(age_s * 1000.0, 1),
+                "last_seen": last_seen,
+            }
+        detail = {"workers": dict(sorted(workers.items()))}
+        gone = [
+            f"{name} (last seen {worker['age_ms'] / 1000:.1f} s ago)"
+            for name, worker in detail["workers"].items()
+            if worker["status"] == HealthStatus.DISCONNECTED.value
+        ]
+        if len(gone) == len(workers):
+            raise Unreachable("no Celery worker heartbeat" + (f": {', '.join(gone)}" if gone else ""), detail)
+        if gone:
+            raise ModuleFault(f"workers gone: {', '.join(gone)}", detail)
+        return detail
 
     return Probe("workers", check)
 

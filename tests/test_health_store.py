@@ -1,0 +1,204 @@
+"""Where the pulse keeps its state, on a real Redis (this test's own database): a pulse is stored
+only if no newer one is, silent pulse nodes and vanished workers are kept for a retention window
+and then dropped. The same functions run in the pulse worker (see test_health.py for them
+against real processes)."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from hean.core.system.health_monitor import (
+    HEALTH_NAMESPACE,
+    NODES_KEY,
+    SUMMARY_KEY,
+    HealthMonitor,
+    nodes_view,
+    report_node,
+    store_pulse,
+)
+from hean.core.system.probes import WORKER_HEARTBEATS_KEY, WORKER_STALE_S, workers_probe
+from hean.core.system.redis_state import SyncRedisStateManager
+
+
+@pytest.fixture
+def manager(own_db_url: str, redis_client: redis.Redis) -> Iterator[SyncRedisStateManager]:
+    state = SyncRedisStateManager(own_db_url)
+    try:
+        yield state
+    finally:
+        state.close()
+
+
+def pulse_at(at: float, node: str = "a") -> dict[str, Any]:
+    """A pulse summary as the pulse task builds it, begun at `at` by `node`."""
+    module = {"name": "redis", "status": "HEALTHY", "latency_ms": 0.1, "detail": {"node": node, "at": at}}
+    return {"overall": "HEALTHY", "modules": {"redis": module}, "at": at, "took_ms": 1.0, "period_s": 0.1}
+
+
+def stored_at(manager: SyncRedisStateManager) -> float:
+    return float(manager.get_state(SUMMARY_KEY, HEALTH_NAMESPACE)["at"])
+
+
+# -- a pulse never replaces a newer one --------------------------------------------------------
+
+
+def test_an_older_pulse_never_replaces_a_newer_one(manager: SyncRedisStateManager) -> None:
+    now = time.time()
+    assert store_pulse(manager, pulse_at(now, "fast")) is True
+    # the slow node finishes the previous period's pulse after the fast node stored this one
+    assert store_pulse(manager, pulse_at(now - 0.1, "slow")) is False
+    assert stored_at(manager) == now
+    # nothing of the older pulse landed: its module keys are the newer pulse's too
+    assert manager.get_state("redis", HEALTH_NAMESPACE)["detail"] == {"node": "fast", "at": now}
+    assert store_pulse(manager, pulse_at(now, "same")) is False  # not newer either
+    assert store_pulse(manager, pulse_at(now + 0.1, "slow")) is True
+    assert stored_at(manager) == now + 0.1
+    assert manager.get_state("redis", HEALTH_NAMESPACE)["detail"]["node"] == "slow"
+
+
+def test_racing_nodes_only_ever_move_the_pulse_forward(manager: SyncRedisStateManager) -> None:
+    """Eight writers store pulses in shuffled order at once; a subscriber (what operators see
+    through the state bus) gets strictly newer pulses only, and the newest one is stored."""
+    updates = manager.subscribe_state(SUMMARY_KEY, HEALTH_NAMESPACE)
+    assert updates.get(timeout=10).version == 0
+    base = time.time() - 1.0  # pulses begin before they are stored
+    pulses = [base + n * 0.001 for n in range(800)]
+    random.Random(7).shuffle(pulses)
+    start = threading.Barrier(8)
+    stored: list[float] = []
+
+    def writer(ats: list[float]) -> None:
+        start.wait(10)
+        for at in ats:
+            if store_pulse(manager, pulse_at(at, threading.current_thread().name)):
+                stored.append(at)
+
+    threads = [threading.Thread(target=writer, args=(pulses[n::8],), name=f"node-{n}") for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    newest = max(pulses)
+    assert stored_at(manager) == newest and newest in stored
+    seen = []
+    while not seen or seen[-1] < newest:
+        item = updates.get(timeout=10)
+        seen.append(float(item.value["at"]))
+    assert seen == sorted(set(seen))  # never an older pulse after a newer one
+    module = manager.get_state("redis", HEALTH_NAMESPACE)
+    assert module["detail"]["at"] == newest  # the module keys moved with the summary
+
+
+def test_a_pulse_from_a_clock_far_ahead_does_not_freeze_the_pulse(manager: SyncRedisStateManager) -> None:
+    """A stored pulse more than 3 periods in our future cannot come from an agreeing clock."""
+    now = time.time()
+    assert store_pulse(manager, pulse_at(now + 3600, "clock-ahead")) is True
+    assert store_pulse(manager, pulse_at(now)) is True
+    assert stored_at(manager) == now
+    assert store_pulse(manager, pulse_at(now + 0.2, "slightly-ahead")) is True
+    assert store_pulse(manager, pulse_at(now + 0.05)) is False  # within 3 periods: it is newer
+
+
+# -- pulse nodes: DISCONNECTED after 3 periods, dropped after the retention window -------------
+
+
+def test_silent_pulse_nodes_are_dropped_after_the_retention_window(manager: SyncRedisStateManager) -> None:
+    retention_s = 0.5
+    assert report_node(manager, "stays", "HEALTHY", retention_s) == []
+    assert report_node(manager, "goes", "DEGRADED", retention_s) == []
+    nodes = manager.get_state(NODES_KEY, HEALTH_NAMESPACE)
+    assert set(nodes) == {"stays", "goes"}
+    time.sleep(0.35)  # "goes" is silent for 3 periods, but not for the retention window
+    assert report_node(manager, "stays", "HEALTHY", retention_s) == []
+    view = nodes_view(manager.get_state(NODES_KEY, HEALTH_NAMESPACE), 0.1, retention_s=retention_s)
+    assert view["goes"]["status"] == "DISCONNECTED" and view["goes"]["age_ms"] > 300
+    assert view["stays"]["status"] == "HEALTHY"
+    time.sleep(0.3)
+    # past the window: the view leaves it out even before anyone prunes, and the next report prunes
+    view = nodes_view(manager.get_state(NODES_KEY, HEALTH_NAMESPACE), 0.1, retention_s=retention_s)
+    assert set(view) == {"stays"}
+    assert report_node(manager, "stays", "HEALTHY", retention_s) == ["goes"]
+    assert set(manager.get_state(NODES_KEY, HEALTH_NAMESPACE)) == {"stays"}
+    assert report_node(manager, "goes", "HEALTHY", retention_s) == []  # a node that comes back
+    assert set(manager.get_state(NODES_KEY, HEALTH_NAMESPACE)) == {"stays", "goes"}
+
+
+def test_the_default_retention_keeps_a_node_silent_for_minutes(manager: SyncRedisStateManager) -> None:
+    manager.merge_state(
+        NODES_KEY,
+        {"minutes": {"at": time.time() - 300, "overall": "HEALTHY"}, "hours": {"at": time.time() - 7200}},
+        namespace=HEALTH_NAMESPACE,
+    )
+    assert report_node(manager, "alive", "HEALTHY") == ["hours"]
+    view = nodes_view(manager.get_state(NODES_KEY, HEALTH_NAMESPACE), 0.1)
+    assert set(view) == {"alive", "minutes"} and view["minutes"]["status"] == "DISCONNECTED"
+
+
+# -- Celery workers: DISCONNECTED with their last-seen age, then forgotten --------------------
+
+
+def test_workers_probe_shows_a_silent_worker_disconnected_until_the_retention_window(
+    redis_client: redis.Redis,
+) -> None:
+    """Heartbeats as workers write them (hean:workers = {node: time}): one beating, one that
+    stopped beating 12 s ago (longer than the old 10 s key expiry), one silent for longer than
+    the window."""
+    monitor = HealthMonitor([workers_probe(redis_client, retention_s=60.0)])
+    now = time.time()
+    redis_client.hset(
+        WORKER_HEARTBEATS_KEY,
+        mapping={"alive@h": repr(now), "killed@h": repr(now - 12.0), "ancient@h": repr(now - 61.0)},
+    )
+    try:
+        status = monitor.check_all()
+        assert status is not None
+        module = status["modules"]["workers"]
+        workers = module["detail"]["workers"]
+        assert set(workers) == {"alive@h", "killed@h"}
+        assert workers["alive@h"]["status"] == "HEALTHY"
+        assert workers["killed@h"]["status"] == "DISCONNECTED" and workers["killed@h"]["age_ms"] >= 12_000
+        assert workers["killed@h"]["last_seen"] == pytest.approx(now - 12.0)
+        assert module["status"] == "UNHEALTHY" and "killed@h (last seen 12." in module["last_error"]
+        assert redis_client.hkeys(WORKER_HEARTBEATS_KEY) and not redis_client.hexists(
+            WORKER_HEARTBEATS_KEY, "ancient@h"
+        )  # forgotten for good
+        redis_client.hset(WORKER_HEARTBEATS_KEY, "killed@h", repr(time.time()))  # it came back
+        status = monitor.check_all()
+        assert status is not None and status["modules"]["workers"]["status"] == "HEALTHY"
+        assert status["modules"]["workers"]["detail"]["workers"]["killed@h"]["status"] == "HEALTHY"
+        redis_client.hset(WORKER_HEARTBEATS_KEY, "alive@h", repr(time.time() - WORKER_STALE_S - 1))
+        redis_client.hset(WORKER_HEARTBEATS_KEY, "killed@h", repr(time.time() - WORKER_STALE_S - 1))
+        status = monitor.check_all()
+        assert status is not None
+        module = status["modules"]["workers"]
+        assert module["status"] == "DISCONNECTED" and "no Celery worker heartbeat" in module["last_error"]
+        assert {w["status"] for w in module["detail"]["workers"].values()} == {"DISCONNECTED"}
+    finally:
+        monitor.close()
+
+
+# -- the fixture these tests stand on -----------------------------------------------------------
+
+
+def test_redis_client_flushes_its_own_database_not_the_systems(
+    redis_url: str, request: pytest.FixtureRequest
+) -> None:
+    """`redis_client` flushes its own database: the session's web process and workers (database
+    0 of the same server) keep their queues and state whatever order the test files run in."""
+    system_db = redis.Redis.from_url(redis_url)
+    sentinel = "hean:test:system-key"
+    system_db.set(sentinel, "kept")
+    try:
+        client: redis.Redis = request.getfixturevalue("redis_client")
+        assert client.dbsize() == 0
+        assert system_db.get(sentinel) == b"kept"
+    finally:
+        system_db.delete(sentinel)
+        system_db.close()
