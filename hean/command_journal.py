@@ -21,14 +21,20 @@ import redis
 RETENTION_S = 24 * 3600
 KEY_PREFIX = "hean:cmd:"
 
-# Reserve request ids and enqueue the new ones in the same atomic step.
-# KEYS: n journal keys, then the broker list to push onto. ARGV: retention, n, then n encoded
-# envelopes, then n string-escaped envelopes and the message frame: prefix,
-# suffix, body head and body tail (the message is prefix + '"' + head + escaped envelopes
-# joined by ',' + tail + '"' + suffix). Returns, per key, {1} when new, else
-# {0, ack or false, result or false}.
+# Reserve request ids and enqueue the new ones in the same atomic step, after journaling the
+# acks of earlier commands (so a repeated id in this very batch already finds its ack).
+# KEYS: n journal keys, the broker list to push onto, then m journal keys of earlier acks.
+# ARGV: retention, n, then n encoded envelopes, then n string-escaped envelopes and the
+# message frame: prefix, suffix, body head and body tail (the message is prefix + '"' + head +
+# escaped envelopes joined by ',' + tail + '"' + suffix), then m, then m acks. Returns, per
+# key, {1} when new, else {0, ack or false, result or false}.
 _RESERVE = """
 local n = tonumber(ARGV[2])
+local f = 2 + 2 * n
+local m = tonumber(ARGV[f + 5] or '0')
+for j = 1, m do
+  redis.call('HSET', KEYS[n + 1 + j], 'ack', ARGV[f + 5 + j])
+end
 local out, fresh = {}, {}
 for i = 1, n do
   local key = KEYS[i]
@@ -40,8 +46,7 @@ for i = 1, n do
     out[i] = {0, redis.call('HGET', key, 'ack') or false, redis.call('HGET', key, 'result') or false}
   end
 end
-if #KEYS > n and #fresh > 0 then
-  local f = 2 + 2 * n
+if #fresh > 0 then
   local body = ARGV[f + 3] .. table.concat(fresh, ',') .. ARGV[f + 4]
   redis.call('LPUSH', KEYS[n + 1], ARGV[f + 1] .. '"' .. body .. '"' .. ARGV[f + 2])
 end
@@ -110,19 +115,26 @@ class CommandJournal:
         self._start = client.register_script(_START)
 
     def reserve_and_enqueue(
-        self, items: Sequence[tuple[str, str]], queue_key: str, frame: MessageFrame
+        self,
+        items: Sequence[tuple[str, str]],
+        queue_key: str,
+        frame: MessageFrame,
+        earlier_acks: Sequence[dict[str, Any]] = (),
     ) -> list[Reservation]:
         """Claim each request id and push one broker message carrying the new ones, atomically.
 
         Either the reservations and the message both exist, or neither does: a command is never
-        reserved without being enqueued, nor enqueued twice.
+        reserved without being enqueued, nor enqueued twice. `earlier_acks` (acks already sent
+        for earlier commands) are journaled in the same step, before the reservations.
         """
         if not items:
             return []
         keys = [journal_key(rid) for rid, _ in items] + [queue_key]
+        keys += [journal_key(ack["request_id"]) for ack in earlier_acks]
         args: list[Any] = [RETENTION_S, len(items), *(env for _, env in items)]
         args += [json.dumps(env)[1:-1] for _, env in items]
         args += [frame.prefix, frame.suffix, frame.body_head, frame.body_tail]
+        args += [len(earlier_acks), *(_dumps(ack) for ack in earlier_acks)]
         reply = self._reserve(keys=keys, args=args)
         return [
             Reservation(new=True)

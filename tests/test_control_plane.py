@@ -105,6 +105,31 @@ def test_a_repeated_request_id_returns_the_original_and_never_runs_twice(client:
     assert after["result"]["command_count"] == first["result"]["command_count"] + 1
 
 
+def test_a_repeat_sent_right_after_the_ack_gets_the_original_ack(client: Client) -> None:
+    # The first ack is journaled by the next batch's script (here: the repeat's own batch),
+    # before its reservation is looked at: the repeat gets the first ack, not a new one.
+    for _ in range(20):
+        request_id = "quick-" + uuid.uuid4().hex
+        first = client.command({"command": "echo", "params": {"text": "q"}, "request_id": request_id})
+        again = client.command({"command": "echo", "params": {"text": "q"}, "request_id": request_id})
+        assert (first["duplicate"], again["duplicate"]) == (False, True)
+        assert {k: v for k, v in again.items() if k != "duplicate"} == {
+            k: v for k, v in first.items() if k != "duplicate"
+        }
+
+
+def test_an_ack_no_batch_follows_is_journaled_alone(system: dict[str, Any]) -> None:
+    status, ack, _ = rest(system, "POST", "/api/commands", {"command": "echo", "params": {"text": "alone"}})
+    assert status == 202
+
+    def journaled() -> dict[str, Any] | None:
+        _, record, _ = rest(system, "GET", f"/api/commands/{ack['request_id']}")
+        return record if record.get("ack") else None
+
+    record = wait_for(journaled, 10, "the ack in the journal")
+    assert isinstance(record, dict) and record["ack"] == ack
+
+
 def test_list_commands_shows_builtin_and_custom_commands(client: Client) -> None:
     ack = client.command({"command": "list_commands", "params": {}})
     result = client.result_for(ack["request_id"])

@@ -70,7 +70,11 @@ def modules(system: dict[str, Any]) -> dict[str, Any]:
 
 
 def all_healthy(system: dict[str, Any]) -> bool:
-    found = modules(system)
+    """Every module HEALTHY in a fresh pulse (not one an earlier test's pulse worker left)."""
+    status, body = get(system, "/api/system/health/pulse")
+    if status != 200 or body.get("stale") or (body.get("age_ms") or 0) > 1_000:
+        return False
+    found = body["modules"]
     return set(found) == set(MODULES) and all(m["status"] == "HEALTHY" for m in found.values())
 
 

@@ -39,6 +39,8 @@ MAX_COMMAND_BYTES = 64 * 1024
 MAX_BATCH = 500
 #: How long a handler waits for the writer to confirm the enqueue.
 ENQUEUE_TIMEOUT_S = 5.0
+#: How long sent acks wait for the next batch to journal them before being journaled alone.
+ACK_JOURNAL_DELAY_S = 0.02
 
 
 def first_error(exc: ValidationError, code: str, prefix: str = "") -> ErrorInfo:
@@ -151,16 +153,19 @@ class CommandWriter:
     Handlers hand it validated commands and wait; it takes whatever is waiting (batches grow
     with load on their own, no timer) and, per queue, reserves every request id and pushes one
     Celery task carrying the new ones in a single atomic round trip; then it wakes each handler
-    with its ack. The acks are journaled by a second greenlet, after the handlers have sent
-    them: a journal write never delays an ack. One writer also keeps the web process far from
-    the Redis connection limit.
+    with its ack. The acks are journaled after they were sent: by the next batch's script (no
+    extra round trip under load), or by a second greenlet when no batch follows within
+    ACK_JOURNAL_DELAY_S. One writer also keeps the web process far from the Redis connection
+    limit.
     """
 
     def __init__(self, celery_app: Celery, journal: CommandJournal) -> None:
         self._celery = celery_app
         self._journal = journal
         self._queue: queue.Queue[PendingCommand] = queue.Queue()
-        self._acks: queue.Queue[list[dict[str, Any]]] = queue.Queue()
+        self._unjournaled: list[dict[str, Any]] = []  # acks sent, not yet journaled
+        self._acks_waiting = threading.Event()
+        self._acks_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
@@ -174,18 +179,24 @@ class CommandWriter:
                     self._thread.start()
         self._queue.put(pending)
 
+    def _take_acks(self) -> list[dict[str, Any]]:
+        with self._acks_lock:
+            acks, self._unjournaled = self._unjournaled, []
+        return acks
+
+    def _return_acks(self, acks: list[dict[str, Any]]) -> None:
+        with self._acks_lock:
+            self._unjournaled[:0] = acks
+
     def _journal_acks(self) -> None:
-        """Journal acks (for replies to a repeated request id) once they have been sent."""
+        """Journal the acks no batch carried (for replies to a repeated request id)."""
         while True:
-            acks = self._acks.get()
-            # Under eventlet this yields to the handlers and socket writers woken with these
-            # acks, so their frames leave before this Redis write.
-            time.sleep(0)
-            while True:
-                try:
-                    acks += self._acks.get_nowait()
-                except queue.Empty:
-                    break
+            self._acks_waiting.wait()
+            self._acks_waiting.clear()
+            time.sleep(ACK_JOURNAL_DELAY_S)  # usually the next batch carries them meanwhile
+            acks = self._take_acks()
+            if not acks:
+                continue
             try:
                 self._journal.record_acks(acks)
             except RedisError as exc:  # the commands are queued; a repeat gets a fresh ack instead
@@ -218,11 +229,13 @@ class CommandWriter:
             task_id = f"batch-{items[0].request_id}-{len(items)}"
             commands = ", ".join(sorted({p.command for p in items}))
             frame = celery_frame(self._celery, TASK_FOR_QUEUE[queue_name], queue_name, task_id, commands)
+            earlier = self._take_acks()
             try:
                 reservations = self._journal.reserve_and_enqueue(
-                    [(p.request_id, p.encoded) for p in items], queue_name, frame
+                    [(p.request_id, p.encoded) for p in items], queue_name, frame, earlier
                 )
             except RedisError as exc:  # atomic: nothing was reserved, nothing enqueued
+                self._return_acks(earlier)
                 log.error("event=enqueue_failed queue=%s size=%d error=%s", queue_name, len(items), exc)
                 for pending in items:
                     pending.fail(ErrorInfo(code="unavailable", message="broker unreachable; retry"), 503)
@@ -233,7 +246,9 @@ class CommandWriter:
                 else:
                     pending.duplicate(reservation)
         if acks:
-            self._acks.put(acks)
+            with self._acks_lock:
+                self._unjournaled += acks
+            self._acks_waiting.set()
 
 
 _BODY = "__HEAN_BODY__"
