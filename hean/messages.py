@@ -14,6 +14,9 @@ REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 
 #: Socket.IO room that dashboards join to see every command's result.
 OPERATORS_ROOM = "operators"
+#: A Socket.IO message-queue message that carries several emits ({"method": ..., "messages":
+#: [...]}): workers publish a batch's results as one, the web process fans them out.
+BULK_METHOD = "hean_bulk"
 
 
 class CommandError(Exception):

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 
 from hean.core.system.redis_state import get_sync_state_manager
 from hean.redis_server import free_port
@@ -81,6 +82,35 @@ def test_result_goes_to_the_sender_and_the_operators_room_only(system: dict[str,
     finally:
         for c in (sender, operator, dashboard, bystander):
             c.close()
+
+
+def test_a_bulk_message_from_the_workers_is_fanned_out_in_order(system: dict[str, Any]) -> None:
+    """Workers publish a batch's results as one message; the web delivers each emit in order
+    and skips entries that are not emits (a bad entry never costs the good ones)."""
+    from hean.messages import BULK_METHOD
+
+    url, token = str(system["url"]), str(system["token"])
+    operator = Client(url, token, operator=True)
+    try:
+
+        def emit(i: int) -> dict[str, Any]:
+            result = {"request_id": f"bulk-{i}", "success": True, "result": {"i": i}}
+            return {"method": "emit", "event": "command_result", "data": result, "namespace": "/",
+                    "room": "operators", "skip_sid": None, "callback": None, "host_id": "test"}
+
+        messages: list[Any] = [emit(i) for i in range(300)]
+        messages[5:5] = [7, "not an emit", None, {"method": "nonsense"}]
+        channel = str(system["env"].get("HEAN_SOCKETIO_CHANNEL", "hean-socketio"))
+        client = redis.Redis.from_url(str(system["env"]["REDIS_URL"]))
+        client.publish(channel, json.dumps({"method": BULK_METHOD, "messages": messages}))
+        client.publish(channel, "{not json")
+        client.publish(channel, json.dumps({"method": BULK_METHOD, "messages": "nope"}))
+        client.publish(channel, json.dumps(emit(300)))  # a plain message still works after those
+        seen = [operator.results.get(timeout=10)["request_id"] for _ in range(301)]
+        assert seen == [f"bulk-{i}" for i in range(301)]
+        client.close()
+    finally:
+        operator.close()
 
 
 def test_a_request_id_is_generated_when_omitted(client: Client) -> None:

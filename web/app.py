@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import socketio
 from flask import Flask
 from flask_socketio import SocketIO
 
 from hean.config import Settings, get_settings
+from web.bus import FanOutRedisManager
 
 #: Largest Socket.IO message the transport accepts; a bigger one closes the connection.
 #: Below it, an oversized command gets a `payload_too_large` error (see web/intake.py).
@@ -24,7 +24,7 @@ def create_app(settings: Settings | None = None, async_mode: str = "eventlet") -
 
     # Built by hand: redis-py 8's default 5 s socket timeout makes the listener drop messages
     # on an idle channel; the channel name must match the workers' emitter (workers/emit.py).
-    manager = socketio.RedisManager(
+    manager = FanOutRedisManager(
         settings.effective_redis_url(),
         channel=settings.socketio_channel,
         redis_options={"socket_timeout": None, "health_check_interval": 30},

@@ -11,6 +11,7 @@ from typing import Any
 import socketio
 
 from hean.config import get_settings
+from hean.messages import BULK_METHOD
 
 Emit = Callable[..., None]
 
@@ -18,8 +19,10 @@ Emit = Callable[..., None]
 class BufferedRedisManager(socketio.RedisManager):  # type: ignore[misc]
     """A write-only RedisManager that can gather emits and publish them in one pipeline.
 
-    python-socketio publishes one message per emit (one round trip each); a batch of results
-    should cost one round trip. Buffers are per thread (the default worker runs threads).
+    python-socketio publishes one message per emit (one round trip each, and one message for
+    the web process to parse); a batch of results should cost one of each. Several buffered
+    emits go out as one BULK_METHOD message, which the web process's manager
+    (web/bus.py) fans out. Buffers are per thread (the default worker runs threads).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -48,10 +51,8 @@ class BufferedRedisManager(socketio.RedisManager):  # type: ignore[misc]
             try:
                 if not self.connected:
                     self._redis_connect()
-                pipe = self.redis.pipeline(transaction=False)
-                for message in messages:
-                    pipe.publish(self.channel, self.json.dumps(message))
-                pipe.execute()
+                bulk = messages[0] if len(messages) == 1 else {"method": BULK_METHOD, "messages": messages}
+                self.redis.publish(self.channel, self.json.dumps(bulk))
                 return
             except Exception:
                 self.connected = False
