@@ -44,6 +44,9 @@ def serve(app: Any, host: str, port: int) -> None:
     import eventlet
     import eventlet.wsgi
 
+    from web.fast_ws import install
+
+    install()  # eventlet unmasks client frames byte by byte in Python otherwise
     listener = eventlet.listen((host, port))
     # Accepted sockets inherit TCP_NODELAY: an ack event followed by the ack value would
     # otherwise wait ~40 ms for the client's delayed ACK.
