@@ -94,6 +94,35 @@ def test_submit_orders_applies_a_batch_in_order(client: Client) -> None:
     assert Decimal(mine["average_entry_price"]) == 10  # type: ignore[index]
 
 
+def test_commands_sent_without_waiting_are_acked_and_run_in_the_order_sent(client: Client) -> None:
+    """One connection's commands are acked as the writer enqueues them, while the connection
+    keeps reading: a client that does not wait shares the batches, and order is kept."""
+    running(client)
+    sym = symbol()
+    ok(client, "update_market", symbol=sym, bid="10", ask="10", last="10")
+    ids = [f"{sym}-p{i}" for i in range(300)]
+    acks: list[dict[str, Any]] = []
+    for i, request_id in enumerate(ids):
+        side = "BUY" if i % 3 else "SELL"  # the position's path depends on the order of execution
+        params = {"client_order_id": request_id, "symbol": sym, "side": side, "quantity": "1"}
+        client.sio.emit(
+            "command",
+            {"command": "submit_order", "params": params, "request_id": request_id},
+            callback=acks.append,
+        )
+    wait_for(lambda: len(acks) == len(ids), 30, "every ack")
+    assert [a["request_id"] for a in acks] == ids and all(a["accepted"] for a in acks)
+    results: list[dict[str, Any]] = []
+    while len(results) < len(ids):  # in the order they arrive
+        result = client.results.get(timeout=30)
+        if result["request_id"] in ids:
+            results.append(result)
+    assert [r["request_id"] for r in results] == ids
+    assert all(r["success"] and r["result"]["order"]["status"] == "FILLED" for r in results)
+    expected = 300 - 2 * 100  # 200 buys, 100 sells
+    wait_for(lambda: (p := position(sym)) and Decimal(p["quantity"]) == expected, 5, "the position")
+
+
 def test_submit_orders_is_bounded(client: Client) -> None:
     order = {"client_order_id": "x", "symbol": "S", "side": "BUY", "quantity": "1"}
     for orders, field in (([], "params.orders"), ([order] * 1001, "params.orders")):

@@ -13,6 +13,7 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,7 +68,48 @@ class CommandIntake:
         self._writer = CommandWriter(celery_app, journal)
 
     def accept(self, data: Any, reply_to: str | None) -> Outcome:
-        """Validate `data`, enqueue it for a worker, and return the ack (accepted or not)."""
+        """Validate `data`, enqueue it for a worker, and return the ack (accepted or not).
+
+        Blocks until the enqueue is confirmed (REST). Socket.IO uses :meth:`submit`.
+        """
+        checked = self._check(data, reply_to)
+        if isinstance(checked, Outcome):
+            return checked
+        pending = checked
+        self._writer.submit(pending)
+        if not pending.done.wait(ENQUEUE_TIMEOUT_S):
+            # The writer may still enqueue it: the client must not assume either way.
+            return Outcome(
+                pending.ack(
+                    False,
+                    ErrorInfo(
+                        code="unavailable",
+                        message=f"enqueue did not confirm within {ENQUEUE_TIMEOUT_S:g} s; the command "
+                        "may still run: resend the same request_id, or GET /api/commands/<request_id>",
+                    ),
+                ),
+                http_status=503,
+            )
+        assert pending.outcome is not None
+        return pending.outcome
+
+    def submit(self, data: Any, reply_to: str | None, done: Callable[[Outcome], None]) -> None:
+        """Like :meth:`accept`, without waiting: `done(outcome)` is called once the enqueue is
+        confirmed (on the writer's greenlet), or at once for a rejected command.
+
+        A connection's next command is read while this one is being enqueued, so one client's
+        commands share the writer's batches (in the order they were sent) instead of paying a
+        Redis round trip each.
+        """
+        checked = self._check(data, reply_to)
+        if isinstance(checked, Outcome):
+            done(checked)
+            return
+        checked.on_done = done
+        self._writer.submit(checked)
+
+    def _check(self, data: Any, reply_to: str | None) -> Outcome | PendingCommand:
+        """Validate `data`: the rejection, or the command ready for the writer."""
         started = time.perf_counter()
         received_ms = now_ms()
         raw_id = data.get("request_id") if isinstance(data, dict) else None
@@ -131,29 +173,16 @@ class CommandIntake:
                 ),
                 status=413,
             )
-        pending = PendingCommand(request_id, spec.name, spec.queue, encoded, started)
-        self._writer.submit(pending)
-        if not pending.done.wait(ENQUEUE_TIMEOUT_S):
-            # The writer may still enqueue it: the client must not assume either way.
-            return reject(
-                ErrorInfo(
-                    code="unavailable",
-                    message=f"enqueue did not confirm within {ENQUEUE_TIMEOUT_S:g} s; the command may "
-                    "still run: resend the same request_id, or GET /api/commands/<request_id>",
-                ),
-                503,
-            )
-        assert pending.outcome is not None
-        return pending.outcome
+        return PendingCommand(request_id, spec.name, spec.queue, encoded, started)
 
 
 class CommandWriter:
     """The one greenlet (or thread) that talks to Redis for the intake.
 
-    Handlers hand it validated commands and wait; it takes whatever is waiting (batches grow
-    with load on their own, no timer) and, per queue, reserves every request id and pushes one
-    Celery task carrying the new ones in a single atomic round trip; then it wakes each handler
-    with its ack. The acks are journaled after they were sent: by the next batch's script (no
+    Handlers hand it validated commands (REST handlers then wait; Socket.IO ones return and
+    get called back); it takes whatever is waiting (batches grow with load on their own, no
+    timer) and, per queue, reserves every request id and pushes one Celery task carrying the
+    new ones in a single atomic round trip; then it delivers each ack. The acks are journaled after they were sent: by the next batch's script (no
     extra round trip under load), or by a second greenlet when no batch follows within
     ACK_JOURNAL_DELAY_S. One writer also keeps the web process far from the Redis connection
     limit.
@@ -297,15 +326,16 @@ def celery_frame(
 class PendingCommand:
     """A validated command waiting for the writer; `outcome` is set when `done` is."""
 
-    __slots__ = ("command", "done", "encoded", "outcome", "queue", "request_id", "started")
+    __slots__ = ("command", "done", "encoded", "on_done", "outcome", "queue", "request_id", "started")
 
     def __init__(self, request_id: str, command: str, queue_name: str, encoded: str, started: float) -> None:
         self.request_id, self.command, self.queue = request_id, command, queue_name
         self.encoded, self.started = encoded, started
         self.done = threading.Event()
         self.outcome: Outcome | None = None
+        self.on_done: Callable[[Outcome], None] | None = None
 
-    def _ack(self, accepted: bool, error: ErrorInfo | None = None, duplicate: bool = False) -> dict[str, Any]:
+    def ack(self, accepted: bool, error: ErrorInfo | None = None, duplicate: bool = False) -> dict[str, Any]:
         return CommandAck(
             request_id=self.request_id,
             command=self.command,
@@ -318,16 +348,21 @@ class PendingCommand:
     def _finish(self, outcome: Outcome) -> None:
         self.outcome = outcome
         self.done.set()
+        if self.on_done is not None:
+            try:
+                self.on_done(outcome)
+            except Exception:  # a client gone mid-ack must not take the writer down
+                log.exception("event=ack_delivery_failed request_id=%s", self.request_id)
 
     def accept(self) -> dict[str, Any]:
-        ack = self._ack(True)
+        ack = self.ack(True)
         self._finish(Outcome(ack))
         return ack
 
     def fail(self, error: ErrorInfo, status: int) -> None:
-        self._finish(Outcome(self._ack(False, error), http_status=status))
+        self._finish(Outcome(self.ack(False, error), http_status=status))
 
     def duplicate(self, reservation: Reservation) -> None:
         # the original ack if it was journaled; else the first copy is being enqueued right now
-        ack = dict(reservation.ack, duplicate=True) if reservation.ack else self._ack(True, duplicate=True)
+        ack = dict(reservation.ack, duplicate=True) if reservation.ack else self.ack(True, duplicate=True)
         self._finish(Outcome(ack, earlier_result=reservation.result, http_status=200))

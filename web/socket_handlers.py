@@ -11,6 +11,7 @@ from typing import Any
 from flask import request
 from flask_socketio import SocketIO, join_room
 from socketio.exceptions import ConnectionRefusedError as Refused
+from socketio.packet import ACK
 
 from hean.auth import ensure_token, token_matches
 from hean.config import Settings
@@ -26,7 +27,7 @@ from hean.core.system.redis_state import (
     get_sync_state_manager,
 )
 from hean.messages import OPERATORS_ROOM, CommandAck, ErrorInfo, new_request_id
-from web.intake import CommandIntake
+from web.intake import CommandIntake, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -150,17 +151,37 @@ def register(sio: SocketIO, settings: Settings, intake: CommandIntake) -> Callab
         for watch in watches.pop(_sid(), {}).values():
             watch.cancel()
 
-    @on("command")
-    def on_command(sid: str, data: Any = None) -> dict[str, Any]:
+    def deliver(sid: str, eio_sid: str, ack_id: int | None, outcome: Outcome) -> None:
+        """The ack as `command_ack` event and as the Socket.IO ack value (then, for a repeated
+        request id, the original result). Own client only: no Redis hop."""
+        server.emit("command_ack", outcome.ack, to=sid, ignore_queue=True)
+        if ack_id is not None:
+            packet = server.packet_class(ACK, namespace="/", id=ack_id, data=[outcome.ack])
+            server._send_packet(eio_sid, packet)
+        if outcome.earlier_result is not None:
+            server.emit("command_result", outcome.earlier_result, to=sid, ignore_queue=True)
+
+    def on_command(sid: str, eio_sid: str, data: Any, ack_id: int | None) -> None:
+        """A `command` event. It is acked when the writer has enqueued it, and the connection
+        reads its next event meanwhile: a client's commands share the writer's batches."""
+        sio.sleep(0)  # fairness, as for every handler (see `on`)
         ack = rate_limited(sid, data)
-        earlier_result = None
-        if ack is None:
-            outcome = intake.accept(data, reply_to=sid)
-            ack, earlier_result = outcome.ack, outcome.earlier_result
-        server.emit("command_ack", ack, to=sid, ignore_queue=True)  # own client: no Redis hop
-        if earlier_result is not None:  # a duplicate request id: replay the original result
-            server.emit("command_result", earlier_result, to=sid, ignore_queue=True)
-        return ack
+        if ack is not None:
+            deliver(sid, eio_sid, ack_id, Outcome(ack))
+            return
+        intake.submit(data, reply_to=sid, done=functools.partial(deliver, sid, eio_sid, ack_id))
+
+    # python-socketio acks an event with its handler's return value, so a handler that
+    # returns early cannot ack later; `command` events are taken before that step instead.
+    default_event = server._handle_event_internal
+
+    def handle_event(srv: Any, sid: str, eio_sid: str, data: list[Any], namespace: str, ack_id: Any) -> None:
+        if data and data[0] == "command" and (namespace or "/") == "/":
+            on_command(sid, eio_sid, data[1] if len(data) > 1 else None, ack_id)
+            return
+        default_event(srv, sid, eio_sid, data, namespace, ack_id)
+
+    server._handle_event_internal = handle_event
 
     @on("join_operators")
     def on_join_operators(sid: str, *_: Any) -> dict[str, Any]:
