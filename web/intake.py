@@ -7,6 +7,7 @@ published to the broker. A request id seen before gets the original ack back (wi
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import queue
@@ -182,10 +183,10 @@ class CommandWriter:
     Handlers hand it validated commands (REST handlers then wait; Socket.IO ones return and
     get called back); it takes whatever is waiting (batches grow with load on their own, no
     timer) and, per queue, reserves every request id and pushes one Celery task carrying the
-    new ones in a single atomic round trip; then it delivers each ack. The acks are journaled after they were sent: by the next batch's script (no
-    extra round trip under load), or by a second greenlet when no batch follows within
-    ACK_JOURNAL_DELAY_S. One writer also keeps the web process far from the Redis connection
-    limit.
+    new ones in a single atomic round trip; then it delivers each ack. The acks are journaled
+    after they were sent: by the next batch's script (no extra round trip under load), or by a
+    second greenlet when no batch follows within ACK_JOURNAL_DELAY_S. One writer also keeps the
+    web process far from the Redis connection limit.
     """
 
     def __init__(self, celery_app: Celery, journal: CommandJournal) -> None:
@@ -284,25 +285,38 @@ _BODY = "__HEAN_BODY__"
 _BODY_TAIL = ']], {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]'
 
 
+_TASK_ID = "__HEAN_TASK_ID__"
+_ARGSREPR = "__HEAN_ARGSREPR__"
+_DELIVERY_TAG = "__HEAN_DELIVERY_TAG__"
+
+
 def celery_frame(
     celery_app: Celery, task_name: str, queue_name: str, task_id: str, commands: str
 ) -> MessageFrame:
     """The Celery (protocol 2) message for `task_name(envelopes)`, as kombu's Redis transport
     stores it on the queue's list, with the envelope list left to fill in.
 
-    Built by Celery's own `as_task_v2`; the body is plain JSON (no body encoding), which the
-    transport hands to the worker as is. Writing it ourselves lets one Lua script reserve the
-    request ids and enqueue exactly the new ones in a single round trip.
+    Built by Celery's own `as_task_v2` once per task and queue (cached with placeholders for
+    the task id, the summary and a fresh delivery tag per message); the body is plain JSON
+    (no body encoding), which the transport hands to the worker as is. Writing it ourselves
+    lets one Lua script reserve the request ids and enqueue exactly the new ones in a single
+    round trip.
     """
-    message = celery_app.amqp.as_task_v2(
-        task_id,
-        task_name,
-        args=(),
-        kwargs={},
+    prefix, suffix = _frame_template(celery_app, task_name, queue_name)
+    for placeholder, value in (
+        (_TASK_ID, task_id),
         # a short summary for Flower instead of every command (cheaper, and no order details)
-        argsrepr=f"[commands: {commands}]",
-        kwargsrepr="{}",
-        ignore_result=True,
+        (_ARGSREPR, f"[commands: {commands}]"),
+        (_DELIVERY_TAG, str(uuid.uuid4())),  # unique per message: kombu keys unacked ones by it
+    ):
+        suffix = suffix.replace(placeholder, json.dumps(value)[1:-1])
+    return MessageFrame(prefix=prefix, suffix=suffix, body_head="[[[", body_tail=json.dumps(_BODY_TAIL)[1:-1])
+
+
+@functools.lru_cache(maxsize=32)
+def _frame_template(celery_app: Celery, task_name: str, queue_name: str) -> tuple[str, str]:
+    message = celery_app.amqp.as_task_v2(
+        _TASK_ID, task_name, args=(), kwargs={}, argsrepr=_ARGSREPR, kwargsrepr="{}", ignore_result=True
     )
     text = json.dumps(
         {
@@ -315,12 +329,12 @@ def celery_frame(
                 "delivery_mode": 2,
                 "delivery_info": {"exchange": "", "routing_key": queue_name},
                 "priority": 0,
-                "delivery_tag": str(uuid.uuid4()),
+                "delivery_tag": _DELIVERY_TAG,
             },
         }
     )
     prefix, suffix = text.split(json.dumps(_BODY))
-    return MessageFrame(prefix=prefix, suffix=suffix, body_head="[[[", body_tail=json.dumps(_BODY_TAIL)[1:-1])
+    return prefix, suffix
 
 
 class PendingCommand:
