@@ -17,6 +17,8 @@ from typing import Any
 
 import redis
 
+from hean.redis_client import run_script
+
 #: How long a request id is remembered.
 RETENTION_S = 24 * 3600
 KEY_PREFIX = "hean:cmd:"
@@ -135,7 +137,7 @@ class CommandJournal:
         args += [json.dumps(env)[1:-1] for _, env in items]
         args += [frame.prefix, frame.suffix, frame.body_head, frame.body_tail]
         args += [len(earlier_acks), *(_dumps(ack) for ack in earlier_acks)]
-        reply = self._reserve(keys=keys, args=args)
+        reply = run_script(self._client.connection_pool, self._reserve.sha, _RESERVE, keys, args)
         return [
             Reservation(new=True)
             if int(r[0]) == 1

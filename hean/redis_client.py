@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
+from typing import Any
 
 import redis
+from redis.exceptions import NoScriptError, ResponseError
 
 from hean.config import get_settings
 
@@ -24,3 +27,31 @@ def sync_client() -> redis.Redis:
         health_check_interval=30,
     )
     return redis.Redis(connection_pool=pool)
+
+
+def run_script(
+    pool: redis.ConnectionPool, sha: str, source: str, keys: Sequence[Any], args: Sequence[Any]
+) -> Any:
+    """EVALSHA `sha` (loading `source` first if the server lost it) on a pooled connection.
+
+    For hot paths that run one script per call: redis-py's client layer (retries, argument
+    checks, instrumentation) costs more CPU than the command. Errors are redis-py's own; a
+    connection that failed mid-command is dropped, never reused.
+    """
+    conn = pool.get_connection()
+    try:
+        try:
+            conn.send_command("EVALSHA", sha, len(keys), *keys, *args)
+            return conn.read_response()
+        except NoScriptError:
+            conn.send_command("SCRIPT", "LOAD", source)
+            conn.read_response()
+            conn.send_command("EVALSHA", sha, len(keys), *keys, *args)
+            return conn.read_response()
+    except ResponseError:
+        raise  # the server answered: the connection is in a clean state
+    except BaseException:
+        conn.disconnect()  # the pool reconnects it on next use
+        raise
+    finally:
+        pool.release(conn)

@@ -152,12 +152,13 @@ def register(sio: SocketIO, settings: Settings, intake: CommandIntake) -> Callab
             watch.cancel()
 
     def deliver(sid: str, eio_sid: str, ack_id: int | None, outcome: Outcome) -> None:
-        """The ack as `command_ack` event and as the Socket.IO ack value (then, for a repeated
-        request id, the original result). Own client only: no Redis hop."""
-        server.emit("command_ack", outcome.ack, to=sid, ignore_queue=True)
+        """The ack as the Socket.IO ack value and as `command_ack` event (then, for a repeated
+        request id, the original result). Own client only: no Redis hop. The ack value goes
+        first: a client waiting in `call()` is answered by the first frame."""
         if ack_id is not None:
             packet = server.packet_class(ACK, namespace="/", id=ack_id, data=[outcome.ack])
             server._send_packet(eio_sid, packet)
+        server.emit("command_ack", outcome.ack, to=sid, ignore_queue=True)
         if outcome.earlier_result is not None:
             server.emit("command_result", outcome.earlier_result, to=sid, ignore_queue=True)
 

@@ -98,6 +98,7 @@ from hean.core.system._state_schema import (
     state_channel,
     state_key,
 )
+from hean.redis_client import run_script
 
 __all__ = [
     "CHANNEL_PATTERN",
@@ -728,11 +729,7 @@ class SyncRedisStateManager(_StateManagerCore):
 
     def _call(self, call: PreparedCall) -> list[Any]:
         try:
-            try:
-                reply = self._redis.evalsha(APPLY_SHA, len(call.keys), *call.keys, *call.args)
-            except NoScriptError:
-                self._redis.script_load(APPLY_SCRIPT)
-                reply = self._redis.evalsha(APPLY_SHA, len(call.keys), *call.keys, *call.args)
+            reply = run_script(self._pool, APPLY_SHA, APPLY_SCRIPT, call.keys, call.args)
         except ResponseError as exc:
             raise self._script_error(call, exc) from exc
         except _NET_ERRORS as exc:
