@@ -94,7 +94,8 @@ def get_command(request_id: str) -> ResponseReturnValue:
             "request_id": request_id,
             "command": envelope.get("command"),
             "status": status,
-            "ack": record["ack"],
+            # an ack sent moments ago may still wait for the next batch to journal it
+            "ack": record["ack"] or current_app.extensions["hean_intake"].unjournaled_ack(request_id),
             "result": record["result"],
         }
     )

@@ -94,6 +94,10 @@ class CommandIntake:
         assert pending.outcome is not None
         return pending.outcome
 
+    def unjournaled_ack(self, request_id: str) -> dict[str, Any] | None:
+        """The ack sent for `request_id` if it is not in the journal yet (this process only)."""
+        return self._writer.unjournaled_ack(request_id)
+
     def submit(self, data: Any, reply_to: str | None, done: Callable[[Outcome], None]) -> None:
         """Like :meth:`accept`, without waiting: `done(outcome)` is called once the enqueue is
         confirmed (on the writer's greenlet), or at once for a rejected command.
@@ -194,6 +198,7 @@ class CommandWriter:
         self._journal = journal
         self._queue: queue.Queue[PendingCommand] = queue.Queue()
         self._unjournaled: list[dict[str, Any]] = []  # acks sent, not yet journaled
+        self._journaling: set[int] = set()  # ids of those a script is journaling right now
         self._acks_waiting = threading.Event()
         self._acks_lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -209,14 +214,25 @@ class CommandWriter:
                     self._thread.start()
         self._queue.put(pending)
 
-    def _take_acks(self) -> list[dict[str, Any]]:
+    def unjournaled_ack(self, request_id: str) -> dict[str, Any] | None:
         with self._acks_lock:
-            acks, self._unjournaled = self._unjournaled, []
+            return next((a for a in reversed(self._unjournaled) if a["request_id"] == request_id), None)
+
+    def _take_acks(self) -> list[dict[str, Any]]:
+        """The acks waiting to be journaled that no one is journaling right now."""
+        with self._acks_lock:
+            acks = [a for a in self._unjournaled if id(a) not in self._journaling]
+            self._journaling.update(map(id, acks))
         return acks
 
-    def _return_acks(self, acks: list[dict[str, Any]]) -> None:
+    def _settle_acks(self, acks: list[dict[str, Any]], journaled: bool) -> None:
+        """Forget `acks` once journaled; otherwise they wait for the next try. Until then,
+        `unjournaled_ack` still finds them."""
+        taken = {id(a) for a in acks}
         with self._acks_lock:
-            self._unjournaled[:0] = acks
+            self._journaling -= taken
+            if journaled:
+                self._unjournaled = [a for a in self._unjournaled if id(a) not in taken]
 
     def _journal_acks(self) -> None:
         """Journal the acks no batch carried (for replies to a repeated request id)."""
@@ -227,12 +243,16 @@ class CommandWriter:
             acks = self._take_acks()
             if not acks:
                 continue
+            journaled = False
             try:
                 self._journal.record_acks(acks)
-            except RedisError as exc:  # the commands are queued; a repeat gets a fresh ack instead
+                journaled = True
+            except RedisError as exc:  # the commands are queued; the acks wait for the next try
                 log.warning("event=acks_not_journaled size=%d error=%s", len(acks), exc)
             except Exception:  # never let the journal greenlet die
                 log.exception("event=ack_journal_failed size=%d", len(acks))
+            finally:
+                self._settle_acks(acks, journaled)
 
     def _run(self) -> None:
         while True:
@@ -265,11 +285,15 @@ class CommandWriter:
                     [(p.request_id, p.encoded) for p in items], queue_name, frame, earlier
                 )
             except RedisError as exc:  # atomic: nothing was reserved, nothing enqueued
-                self._return_acks(earlier)
+                self._settle_acks(earlier, journaled=False)
                 log.error("event=enqueue_failed queue=%s size=%d error=%s", queue_name, len(items), exc)
                 for pending in items:
                     pending.fail(ErrorInfo(code="unavailable", message="broker unreachable; retry"), 503)
                 continue
+            except BaseException:
+                self._settle_acks(earlier, journaled=False)
+                raise
+            self._settle_acks(earlier, journaled=True)
             for pending, reservation in zip(items, reservations, strict=True):
                 if reservation.new:
                     acks.append(pending.accept())
