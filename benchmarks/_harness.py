@@ -12,8 +12,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from hean.affinity import DEFAULT_NICE, NICE_ENV, REDIS, cpus_for, parse_affinity, parse_nice, pinned_argv
 from hean.affinity import ENV as AFFINITY_ENV
-from hean.affinity import REDIS, cpus_for, parse_affinity, pinned_argv
 from hean.processes import PROCESSES
 from hean.redis_server import PrivateRedis, free_port, redis_answers
 
@@ -45,6 +45,7 @@ class Stack:
         self.home = Path(tempfile.mkdtemp(prefix="hean-bench-"))
         self._redis: PrivateRedis | None = None
         self.cpus = parse_affinity(env.get(AFFINITY_ENV, os.environ.get(AFFINITY_ENV, "")))
+        self.nice = parse_nice(env.get(NICE_ENV, os.environ.get(NICE_ENV, DEFAULT_NICE)))
         url = os.environ.get("REDIS_URL", "")
         if not (url and redis_answers(url)):
             self._redis = PrivateRedis(self.home / "redis", cpus=cpus_for(REDIS, self.cpus))
@@ -73,7 +74,7 @@ class Stack:
     def spawn(self, name: str, argv: list[str], pin_as: str | None = None) -> subprocess.Popen[bytes]:
         """Start `argv` as `name`, pinned like process `pin_as` (default: `name`) if so configured."""
         log = open(self.home / f"{name}.log", "wb")  # noqa: SIM115 - owned by the child
-        argv = pinned_argv(sys.executable, pin_as or name, argv, self.cpus)
+        argv = pinned_argv(sys.executable, pin_as or name, argv, self.cpus, self.nice)
         process = subprocess.Popen(argv, env=self.env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
         self.processes[name] = process
         return process

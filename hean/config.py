@@ -10,6 +10,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from hean.affinity import DEFAULT_NICE
+
 #: Default Redis used when neither REDIS_URL nor a private server started by `hean up` exists.
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -73,6 +75,11 @@ class Settings(BaseSettings):
         description="Pin processes to CPUs, e.g. 'redis=0;web=0;*=1' (see hean/affinity.py)",
         validation_alias=_env("HEAN_CPU_AFFINITY"),
     )
+    process_nice: str = Field(
+        default=DEFAULT_NICE,
+        description="Scheduling priority per process, e.g. 'beat=-10;worker-pulse=-10' (hean/affinity.py)",
+        validation_alias=_env("HEAN_NICE"),
+    )
     exchange: Literal["paper", "bybit"] = Field(default="paper", validation_alias=_env("HEAN_EXCHANGE"))
     bybit_endpoint: str | None = Field(
         default=None,
@@ -112,6 +119,13 @@ class Settings(BaseSettings):
         from hean.affinity import parse_affinity
 
         return parse_affinity(self.cpu_affinity)
+
+    @property
+    def nice_table(self) -> dict[str, int]:
+        """HEAN_NICE parsed; raises hean.affinity.AffinityError when it is wrong."""
+        from hean.affinity import parse_nice
+
+        return parse_nice(self.process_nice)
 
     @property
     def redis_url_file(self) -> Path:

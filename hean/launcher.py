@@ -77,9 +77,9 @@ def supervisord_config(settings: Settings, python: str, workdir: Path) -> str:
         "programs=" + ",".join(spec.name for spec in PROCESSES),
         "",
     ]
-    cpus = settings.cpu_table
+    cpus, nice = settings.cpu_table, settings.nice_table
     for spec in PROCESSES:
-        argv = pinned_argv(python, spec.name, spec.argv(python), cpus)
+        argv = pinned_argv(python, spec.name, spec.argv(python), cpus, nice)
         command = " ".join(_quote(arg) for arg in argv).replace("%", "%%")
         sections += [
             f"[program:{spec.name}]",
@@ -158,6 +158,7 @@ class Launcher:
                 raise LaunchError(f"{what} port {host}:{port} is in use; free it or set {env}")
         try:
             cpus = settings.cpu_table
+            settings.nice_table  # noqa: B018 - validated here, applied per process
         except AffinityError as exc:
             raise LaunchError(str(exc)) from exc
         home = settings.home.resolve()

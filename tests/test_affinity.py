@@ -59,25 +59,51 @@ def test_settings_expose_the_parsed_table(monkeypatch: pytest.MonkeyPatch) -> No
         _ = Settings().cpu_table
 
 
-def test_the_wrapper_pins_then_becomes_the_command() -> None:
-    probe = "import os; print(sorted(os.sched_getaffinity(0)), os.getpid())"
+def test_the_wrapper_pins_sets_the_niceness_then_becomes_the_command() -> None:
+    probe = "import os; print(sorted(os.sched_getaffinity(0)), os.getpriority(0, 0), os.getpid())"
     table = {"web": frozenset({USABLE[-1]})}
-    argv = pinned_argv(sys.executable, "web", [sys.executable, "-c", probe], table)
+    argv = pinned_argv(sys.executable, "web", [sys.executable, "-c", probe], table, {"*": 7})
     assert argv[:3] == [sys.executable, "-m", "hean.affinity"]
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     out, _ = process.communicate(timeout=30)
-    cpus, pid = out.rsplit(" ", 1)
-    assert cpus == str([USABLE[-1]])
+    cpus, nice, pid = out.rsplit(" ", 2)
+    assert cpus == str([USABLE[-1]]) and int(nice) == 7  # raising niceness needs no privilege
     assert int(pid) == process.pid  # exec, not a child: signals reach the real process
-    # a process the table leaves free is started as is
-    assert pinned_argv(sys.executable, "beat", ["celery", "beat"], table) == ["celery", "beat"]
+    # a process both tables leave alone is started as is
+    assert pinned_argv(sys.executable, "beat", ["celery", "beat"], table, {"web": 1}) == ["celery", "beat"]
 
 
-def test_the_wrapper_refuses_a_bad_cpu_list_clearly() -> None:
-    argv = [sys.executable, "-m", "hean.affinity", "zero", "--", "true"]
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--cpus", "zero"], "'zero' is not a CPU list"),
+        (["--nice", "high"], "invalid literal"),
+        (["--cpu", "0"], "usage: python -m hean.affinity"),
+        (["--cpus"], "usage: python -m hean.affinity"),
+    ],
+)
+def test_the_wrapper_refuses_bad_options_clearly(options: list[str], message: str) -> None:
+    argv = [sys.executable, "-m", "hean.affinity", *options, "--", "true"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
     assert done.returncode != 0
-    assert "'zero' is not a CPU list" in done.stderr
+    assert message in done.stderr
+
+
+def test_niceness_tables_parse_with_clear_errors() -> None:
+    from hean.affinity import DEFAULT_NICE, parse_nice
+
+    assert parse_nice(DEFAULT_NICE) == {"beat": -10, "worker-pulse": -10}
+    assert parse_nice("*=3; web=-1") == {"*": 3, "web": -1}
+    for spec, message in (
+        ("beat", "should look like name=niceness"),
+        ("redis=1", "unknown process 'redis'"),
+        ("beat=fast", "beat=fast is not a whole number"),
+        ("beat=-21", "outside -20..19"),
+        ("beat=1;beat=2", "'beat' is given twice"),
+    ):
+        with pytest.raises(AffinityError, match="HEAN_NICE") as caught:
+            parse_nice(spec)
+        assert message in str(caught.value)
 
 
 def test_a_pinned_private_redis_runs_every_thread_on_its_cpus(tmp_path: Path) -> None:

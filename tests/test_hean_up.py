@@ -97,6 +97,13 @@ def test_hean_up_runs_the_system_and_stops_cleanly(up_env: dict[str, str], tmp_p
         assert pinned["web"] == hot
         assert all(cpus == rest for name, cpus in pinned.items() if name != "web"), pinned
         assert psutil.Process(up.pids()["web"]).cmdline()[1:3] == ["-m", "web"]
+        # HEAN_NICE's default: the pulse (beat and its worker) goes first when the CPUs are busy
+        nice = {name: psutil.Process(pid).nice() for name, pid in up.pids().items()}
+        if os.geteuid() == 0:
+            assert nice["beat"] == nice["worker-pulse"] == -10, nice
+        else:  # not allowed: a warning, and the process runs anyway
+            assert "cannot set niceness -10" in (home / "logs" / "beat.log").read_text()
+        assert nice["web"] == nice["worker-engine"] == os.getpriority(os.PRIO_PROCESS, 0)
 
         client = socketio.Client(reconnection=False)
         results: list[dict[str, object]] = []
@@ -146,21 +153,22 @@ def test_hean_up_refuses_a_taken_port(up_env: dict[str, str], tmp_path: Path) ->
 
 
 @pytest.mark.parametrize(
-    ("spec", "message"),
+    ("variable", "spec", "message"),
     [
-        ("web=0;nope=1", "unknown process 'nope'"),
-        ("web=4096", "names CPU(s) [4096] that are not available"),
-        ("web", "should look like name=cpus"),
+        ("HEAN_CPU_AFFINITY", "web=0;nope=1", "unknown process 'nope'"),
+        ("HEAN_CPU_AFFINITY", "web=4096", "names CPU(s) [4096] that are not available"),
+        ("HEAN_CPU_AFFINITY", "web", "should look like name=cpus"),
+        ("HEAN_NICE", "beat=-99", "beat=-99 is outside -20..19"),
     ],
 )
-def test_hean_up_refuses_a_bad_cpu_affinity(
-    up_env: dict[str, str], tmp_path: Path, spec: str, message: str
+def test_hean_up_refuses_a_bad_placement(
+    up_env: dict[str, str], tmp_path: Path, variable: str, spec: str, message: str
 ) -> None:
-    up_env["HEAN_CPU_AFFINITY"] = spec
+    up_env[variable] = spec
     up = UpProcess(up_env, tmp_path / "up.log")
     try:
         assert up.process.wait(timeout=30) == 2
-        assert "error: HEAN_CPU_AFFINITY: " in up.output()
+        assert f"error: {variable}: " in up.output()
         assert message in up.output()
         assert "redis: private server" not in up.output()  # refused before starting anything
     finally:
