@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 ENV = "HEAN_CPU_AFFINITY"
 NICE_ENV = "HEAN_NICE"
@@ -63,25 +63,32 @@ def parse_cpus(text: str) -> frozenset[int]:
     return frozenset(cpus)
 
 
+def _entries(variable: str, spec: str, known: set[str], example: str) -> Iterator[tuple[str, str]]:
+    """The ``name=value`` pairs of a ``;``-separated table, each name known and given once."""
+    seen: set[str] = set()
+    for entry in spec.replace("\n", ";").split(";"):
+        entry = entry.strip()
+        if not entry:
+            continue
+        name, equals, value = (part.strip() for part in entry.partition("="))
+        if not equals or not name or not value:
+            raise AffinityError(f"{variable}: {entry!r} should look like {example}")
+        if name not in known:
+            raise AffinityError(f"{variable}: unknown process {name!r}; known: {', '.join(sorted(known))}")
+        if name in seen:
+            raise AffinityError(f"{variable}: {name!r} is given twice")
+        seen.add(name)
+        yield name, value
+
+
 def parse_affinity(spec: str, available: frozenset[int] | None = None) -> dict[str, frozenset[int]]:
     """Parse ``name=cpus;name=cpus`` into a table; raises AffinityError naming the problem.
 
     Every CPU must be one this process may run on (``os.sched_getaffinity``).
     """
     usable = available if available is not None else frozenset(os.sched_getaffinity(0))
-    known = _known_names()
     table: dict[str, frozenset[int]] = {}
-    for entry in spec.replace("\n", ";").split(";"):
-        entry = entry.strip()
-        if not entry:
-            continue
-        name, equals, cpu_text = (part.strip() for part in entry.partition("="))
-        if not equals or not name or not cpu_text:
-            raise AffinityError(f"{ENV}: {entry!r} should look like name=cpus, e.g. web=0")
-        if name not in known:
-            raise AffinityError(f"{ENV}: unknown process {name!r}; known: {', '.join(sorted(known))}")
-        if name in table:
-            raise AffinityError(f"{ENV}: {name!r} is given twice")
+    for name, cpu_text in _entries(ENV, spec, _known_names(), "name=cpus, e.g. web=0"):
         cpus = parse_cpus(cpu_text)
         missing = sorted(cpus - usable)
         if missing:
@@ -100,19 +107,8 @@ def cpus_for(name: str, table: CpuTable) -> frozenset[int] | None:
 
 def parse_nice(spec: str) -> dict[str, int]:
     """Parse HEAN_NICE, ``name=niceness;...`` (-20..19, lower runs first); raises AffinityError."""
-    known = _known_names() - {REDIS}
     table: dict[str, int] = {}
-    for entry in spec.replace("\n", ";").split(";"):
-        entry = entry.strip()
-        if not entry:
-            continue
-        name, equals, value = (part.strip() for part in entry.partition("="))
-        if not equals or not name or not value:
-            raise AffinityError(f"{NICE_ENV}: {entry!r} should look like name=niceness, e.g. beat=-5")
-        if name not in known:
-            raise AffinityError(f"{NICE_ENV}: unknown process {name!r}; known: {', '.join(sorted(known))}")
-        if name in table:
-            raise AffinityError(f"{NICE_ENV}: {name!r} is given twice")
+    for name, value in _entries(NICE_ENV, spec, _known_names() - {REDIS}, "name=niceness, e.g. beat=-5"):
         try:
             nice = int(value)
         except ValueError:

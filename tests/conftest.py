@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import pytest
 import redis
 
+from hean.core.system.redis_state import SyncRedisStateManager
 from hean.redis_server import PrivateRedis
 
 PLUGINS_DIR = Path(__file__).resolve().parent / "plugins"
@@ -57,6 +58,16 @@ def redis_client(own_db_url: str) -> Iterator[redis.Redis]:
         yield client
     finally:
         client.close()
+
+
+@pytest.fixture
+def sync_manager(own_db_url: str, redis_client: redis.Redis) -> Iterator[SyncRedisStateManager]:
+    """A sync state-bus manager on the test's own, freshly flushed database."""
+    manager = SyncRedisStateManager(own_db_url)
+    try:
+        yield manager
+    finally:
+        manager.close()
 
 
 @pytest.fixture(scope="session")

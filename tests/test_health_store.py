@@ -8,7 +8,6 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -28,12 +27,8 @@ from hean.core.system.redis_state import SyncRedisStateManager
 
 
 @pytest.fixture
-def manager(own_db_url: str, redis_client: redis.Redis) -> Iterator[SyncRedisStateManager]:
-    state = SyncRedisStateManager(own_db_url)
-    try:
-        yield state
-    finally:
-        state.close()
+def manager(sync_manager: SyncRedisStateManager) -> SyncRedisStateManager:
+    return sync_manager
 
 
 def pulse_at(at: float, node: str = "a") -> dict[str, Any]:

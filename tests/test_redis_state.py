@@ -46,15 +46,6 @@ def _close_shared_managers() -> Iterator[None]:
     close_state_managers()
 
 
-@pytest.fixture
-def sync_manager(own_db_url: str, redis_client: redis.Redis) -> Iterator[SyncRedisStateManager]:
-    manager = SyncRedisStateManager(own_db_url)
-    try:
-        yield manager
-    finally:
-        manager.close()
-
-
 def _key() -> str:
     return f"k-{uuid.uuid4().hex[:12]}"
 
