@@ -15,6 +15,7 @@ After each command the system state goes to the state bus (namespace ``system``:
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import threading
@@ -31,7 +32,7 @@ from celeryconfig import ENGINE_QUEUE
 from hean.core.system.redis_state import StateError, StateOp, get_sync_state_manager
 from hean.engine import EngineState, OrderResult, RejectReason, TradingEngine
 from hean.messages import CommandError
-from hean.redis_client import sync_client
+from hean.redis_client import run_script, sync_client
 from workers.app import app
 from workers.commands import BatchHooks, NoParams, command, execute_batch, set_batch_hooks
 
@@ -460,7 +461,14 @@ def _after_commit() -> None:
         _publish_dirty()
 
 
-set_batch_hooks(ENGINE_QUEUE, BatchHooks(after=_log.write, published=_after_commit))
+def _commit_writes(pipe: Any) -> None:
+    """Engine writes that commit with a batch's results: its log, and the in-flight list (the
+    batches it took along are done exactly when their results are)."""
+    _log.write(pipe)
+    pipe.delete(INFLIGHT_KEY)
+
+
+set_batch_hooks(ENGINE_QUEUE, BatchHooks(after=_commit_writes, published=_after_commit))
 
 
 #: Batches waiting behind the one Celery delivered are taken along (up to this many
@@ -472,17 +480,17 @@ _BATCH_MARKER = '"task": "workers.engine.run_batch"'
 
 # Move up to ARGV[1] batch messages from the consuming end of the queue (KEYS[1]) to the
 # in-flight list (KEYS[2]); stop at the first message of another task, which keeps its turn.
+# Returns the whole in-flight list (newest first): what an earlier run left plus what it took.
 _TAKE = """
-local taken = {}
 for _ = 1, tonumber(ARGV[1]) do
   local message = redis.call('LINDEX', KEYS[1], -1)
   if not message or not string.find(message, ARGV[2], 1, true) then break end
   redis.call('RPOP', KEYS[1])
   redis.call('LPUSH', KEYS[2], message)
-  taken[#taken + 1] = message
 end
-return taken
+return redis.call('LRANGE', KEYS[2], 0, -1)
 """
+_TAKE_SHA = hashlib.sha1(_TAKE.encode()).hexdigest()
 
 
 def _envelopes_of(raw: bytes) -> list[dict[str, Any]]:
@@ -499,9 +507,12 @@ def _in_flight(take_more: bool) -> list[dict[str, Any]]:
     """Envelopes of messages already in flight (a crash or a failed commit left them) plus,
     with `take_more`, those of batches waiting on the queue."""
     client = sync_client()
-    raws = list(reversed(client.lrange(INFLIGHT_KEY, 0, -1)))  # oldest first
-    if take_more:
-        raws += client.eval(_TAKE, 2, ENGINE_QUEUE, INFLIGHT_KEY, DRAIN_MAX_MESSAGES, _BATCH_MARKER)
+    if take_more:  # one round trip: take, and read the list
+        keys, args = [ENGINE_QUEUE, INFLIGHT_KEY], [DRAIN_MAX_MESSAGES, _BATCH_MARKER]
+        newest_first = run_script(client.connection_pool, _TAKE_SHA, _TAKE, keys, args)
+    else:
+        newest_first = client.lrange(INFLIGHT_KEY, 0, -1)
+    raws = list(reversed(newest_first))  # oldest first
     envelopes: list[dict[str, Any]] = []
     for raw in raws:
         try:
@@ -516,9 +527,7 @@ def _in_flight(take_more: bool) -> list[dict[str, Any]]:
 def run_batch(self: Any, envelopes: list[dict[str, Any]]) -> int:
     try:
         everything = envelopes + _in_flight(take_more=True)
-        done = execute_batch(everything, ENGINE_QUEUE)
-        sync_client().delete(INFLIGHT_KEY)
-        return done
+        return execute_batch(everything, ENGINE_QUEUE)  # its commit empties the in-flight list
     except RedisError as exc:
         # Results and log did not commit: forget the in-memory engine (it will be rebuilt from
         # what did commit) and run the batch again; the journal applies each command once.
@@ -559,8 +568,7 @@ def _announce_engine(sender: Any = None, **_: Any) -> None:
     if ENGINE_QUEUE in queues:
         leftover = _in_flight(take_more=False)
         if leftover:  # drained before a crash: finish them first (each runs at most once)
-            execute_batch(leftover, ENGINE_QUEUE)
-            sync_client().delete(INFLIGHT_KEY)
+            execute_batch(leftover, ENGINE_QUEUE)  # its commit empties the in-flight list
             log.warning("event=inflight_recovered commands=%d", len(leftover))
         status = publish()
         _publish_risk_limits()
