@@ -3,9 +3,11 @@
 On small virtual machines, waking a process that sleeps on *another* CPU is expensive: the
 sleeping virtual CPU has halted and the hypervisor must wake it. Measured on the 2-core
 machines HEAN is developed on, a loopback round trip between two processes took 0.1 to 0.4 ms
-across CPUs and about 0.03 ms when both ran on the same CPU. An ack crosses
-client -> web -> Redis -> web -> client, so keeping Redis and the web process on one CPU takes
-two of those wake-ups off every ack (``benchmarks/bench_ack.py`` prints both layouts).
+across CPUs and about 0.03 ms when both ran on the same CPU. Whether a layout pays depends
+on the traffic: Redis and its writers on one CPU met every state-bus target
+(``benchmarks/bench_state.py``), while Redis and the web process on one CPU made acks slower,
+because the engine worker's own Redis traffic then competes with the web process for that CPU
+(``benchmarks/bench_ack.py`` prints both layouts). Measure before choosing one.
 
 The setting maps process names to CPU lists, in ``taskset -c`` syntax::
 
