@@ -160,6 +160,37 @@ def test_an_ack_no_batch_follows_is_journaled_alone(system: dict[str, Any]) -> N
     assert isinstance(record, dict) and record["ack"] == ack
 
 
+def test_a_client_gone_before_its_acks_loses_nothing_and_disturbs_no_one(system: dict[str, Any]) -> None:
+    url, token = str(system["url"]), str(system["token"])
+    leaver = Client(url, token)
+    ids = [f"gone-{uuid.uuid4().hex}" for _ in range(50)]
+    for request_id in ids:
+        payload = {"command": "echo", "params": {"text": request_id}, "request_id": request_id}
+        leaver.sio.emit("command", payload)
+    leaver.acks.get(timeout=10)  # the server is reading them: leave now, before most acks arrive
+    leaver.sio.disconnect()
+    other = Client(url, token)
+    try:
+        request_id = uuid.uuid4().hex
+        assert other.command({"command": "echo", "params": {"text": "still"}, "request_id": request_id})[
+            "accepted"
+        ]
+        assert other.result_for(request_id)["result"] == {"echo": "still"}
+
+        def ran(rid: str) -> bool:
+            code, record, _ = rest(system, "GET", f"/api/commands/{rid}")
+            return code == 404 or record["status"] == "done"  # 404: never read before the close
+
+        wait_for(lambda: all(ran(rid) for rid in ids), 30, "every command that was read to run")
+        done = [rid for rid in ids if rest(system, "GET", f"/api/commands/{rid}")[0] == 200]
+        assert done, "the server read none of the commands sent before the disconnect"
+        for rid in done:
+            record = rest(system, "GET", f"/api/commands/{rid}")[1]
+            assert record["ack"]["accepted"] is True and record["result"]["result"] == {"echo": rid}
+    finally:
+        other.close()
+
+
 def test_list_commands_shows_builtin_and_custom_commands(client: Client) -> None:
     ack = client.command({"command": "list_commands", "params": {}})
     result = client.result_for(ack["request_id"])
