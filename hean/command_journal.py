@@ -113,7 +113,6 @@ class CommandJournal:
 
     def __init__(self, client: redis.Redis) -> None:
         self._client = client
-        self._reserve = client.register_script(_RESERVE)
         self._start = client.register_script(_START)
 
     def reserve_and_enqueue(
@@ -137,7 +136,7 @@ class CommandJournal:
         args += [json.dumps(env)[1:-1] for _, env in items]
         args += [frame.prefix, frame.suffix, frame.body_head, frame.body_tail]
         args += [len(earlier_acks), *(_dumps(ack) for ack in earlier_acks)]
-        reply = run_script(self._client.connection_pool, self._reserve.sha, _RESERVE, keys, args)
+        reply = run_script(self._client.connection_pool, _RESERVE, keys, args)
         return [
             Reservation(new=True)
             if int(r[0]) == 1

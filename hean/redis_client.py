@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,15 +30,21 @@ def sync_client() -> redis.Redis:
     return redis.Redis(connection_pool=pool)
 
 
-def run_script(
-    pool: redis.ConnectionPool, sha: str, source: str, keys: Sequence[Any], args: Sequence[Any]
-) -> Any:
-    """EVALSHA `sha` (loading `source` first if the server lost it) on a pooled connection.
+@functools.cache
+def script_sha(source: str) -> str:
+    """The SHA1 by which Redis knows a Lua script."""
+    return hashlib.sha1(source.encode()).hexdigest()
+
+
+def run_script(pool: redis.ConnectionPool, source: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+    """Run the Lua script `source` by its SHA (loading it first if the server lost it) on a
+    pooled connection.
 
     For hot paths that run one script per call: redis-py's client layer (retries, argument
     checks, instrumentation) costs more CPU than the command. Errors are redis-py's own; a
     connection that failed mid-command is dropped, never reused.
     """
+    sha = script_sha(source)
     conn = pool.get_connection()
     try:
         try:

@@ -15,7 +15,6 @@ After each command the system state goes to the state bus (namespace ``system``:
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import logging
 import threading
@@ -490,7 +489,6 @@ for _ = 1, tonumber(ARGV[1]) do
 end
 return redis.call('LRANGE', KEYS[2], 0, -1)
 """
-_TAKE_SHA = hashlib.sha1(_TAKE.encode()).hexdigest()
 
 
 def _envelopes_of(raw: bytes) -> list[dict[str, Any]]:
@@ -509,7 +507,7 @@ def _in_flight(take_more: bool) -> list[dict[str, Any]]:
     client = sync_client()
     if take_more:  # one round trip: take, and read the list
         keys, args = [ENGINE_QUEUE, INFLIGHT_KEY], [DRAIN_MAX_MESSAGES, _BATCH_MARKER]
-        newest_first = run_script(client.connection_pool, _TAKE_SHA, _TAKE, keys, args)
+        newest_first = run_script(client.connection_pool, _TAKE, keys, args)
     else:
         newest_first = client.lrange(INFLIGHT_KEY, 0, -1)
     raws = list(reversed(newest_first))  # oldest first

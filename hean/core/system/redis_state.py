@@ -729,7 +729,7 @@ class SyncRedisStateManager(_StateManagerCore):
 
     def _call(self, call: PreparedCall) -> list[Any]:
         try:
-            reply = run_script(self._pool, APPLY_SHA, APPLY_SCRIPT, call.keys, call.args)
+            reply = run_script(self._pool, APPLY_SCRIPT, call.keys, call.args)
         except ResponseError as exc:
             raise self._script_error(call, exc) from exc
         except _NET_ERRORS as exc:
