@@ -280,20 +280,19 @@ class CommandWriter:
             commands = ", ".join(sorted({p.command for p in items}))
             frame = celery_frame(self._celery, TASK_FOR_QUEUE[queue_name], queue_name, task_id, commands)
             earlier = self._take_acks()
+            journaled = False
             try:
                 reservations = self._journal.reserve_and_enqueue(
                     [(p.request_id, p.encoded) for p in items], queue_name, frame, earlier
                 )
+                journaled = True
             except RedisError as exc:  # atomic: nothing was reserved, nothing enqueued
-                self._settle_acks(earlier, journaled=False)
                 log.error("event=enqueue_failed queue=%s size=%d error=%s", queue_name, len(items), exc)
                 for pending in items:
                     pending.fail(ErrorInfo(code="unavailable", message="broker unreachable; retry"), 503)
                 continue
-            except BaseException:
-                self._settle_acks(earlier, journaled=False)
-                raise
-            self._settle_acks(earlier, journaled=True)
+            finally:
+                self._settle_acks(earlier, journaled)
             for pending, reservation in zip(items, reservations, strict=True):
                 if reservation.new:
                     acks.append(pending.accept())
