@@ -12,7 +12,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from hean.affinity import DEFAULT_NICE, NICE_ENV, REDIS, cpus_for, parse_affinity, parse_nice, pinned_argv
+from hean.affinity import DEFAULT_NICE, NICE_ENV, REDIS, for_process, parse_affinity, parse_nice, pinned_argv
 from hean.affinity import ENV as AFFINITY_ENV
 from hean.processes import PROCESSES
 from hean.redis_server import PrivateRedis, free_port, redis_answers
@@ -48,7 +48,7 @@ class Stack:
         self.nice = parse_nice(env.get(NICE_ENV, os.environ.get(NICE_ENV, DEFAULT_NICE)))
         url = os.environ.get("REDIS_URL", "")
         if not (url and redis_answers(url)):
-            self._redis = PrivateRedis(self.home / "redis", cpus=cpus_for(REDIS, self.cpus))
+            self._redis = PrivateRedis(self.home / "redis", cpus=for_process(REDIS, self.cpus))
             url = self._redis.start()
         self.redis_url = url
         self.port = free_port()

@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
+from typing import TypeVar
 
 ENV = "HEAN_CPU_AFFINITY"
 NICE_ENV = "HEAN_NICE"
@@ -38,6 +39,7 @@ REDIS = "redis"
 OTHERS = "*"
 
 CpuTable = Mapping[str, frozenset[int]]
+T = TypeVar("T")
 
 
 class AffinityError(ValueError):
@@ -102,8 +104,9 @@ def parse_affinity(spec: str, available: frozenset[int] | None = None) -> dict[s
     return table
 
 
-def cpus_for(name: str, table: CpuTable) -> frozenset[int] | None:
-    """The CPUs `name` is pinned to, or None when it is free to run anywhere."""
+def for_process(name: str, table: Mapping[str, T]) -> T | None:
+    """`name`'s entry in a table (its CPUs, its niceness), else the ``*`` entry, else None
+    (free to run anywhere, at the inherited priority)."""
     return table.get(name, table.get(OTHERS))
 
 
@@ -126,8 +129,8 @@ def pinned_argv(
 ) -> list[str]:
     """`argv`, wrapped so that the process pins itself (and sets its niceness) first when the
     tables say so."""
-    cpus = cpus_for(name, table)
-    niceness = (nice or {}).get(name, (nice or {}).get(OTHERS))
+    cpus = for_process(name, table)
+    niceness = for_process(name, nice or {})
     if cpus is None and niceness is None:
         return list(argv)
     wrapper = [python, "-m", "hean.affinity"]

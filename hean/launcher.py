@@ -24,7 +24,7 @@ from types import FrameType
 
 import psutil
 
-from hean.affinity import REDIS, AffinityError, cpus_for, pinned_argv
+from hean.affinity import REDIS, AffinityError, for_process, pinned_argv
 from hean.auth import ensure_token
 from hean.config import Settings, env_for_children
 from hean.processes import PROCESSES, ProcessSpec
@@ -165,7 +165,7 @@ class Launcher:
         (home / "logs").mkdir(parents=True, exist_ok=True)
         token = ensure_token(settings)
 
-        url, self._redis = ensure_redis(settings.redis_url, home / "redis", cpus_for(REDIS, cpus))
+        url, self._redis = ensure_redis(settings.redis_url, home / "redis", for_process(REDIS, cpus))
         if self._redis is not None:
             settings.redis_url_file.write_text(url + "\n")
             self.out(f"redis: private server pid={self._redis.pid} url={url} data={home / 'redis'}")

@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from hean.affinity import AffinityError, cpus_for, parse_affinity, parse_cpus, pinned_argv
+from hean.affinity import AffinityError, for_process, parse_affinity, parse_cpus, pinned_argv
 from hean.redis_server import PrivateRedis
 
 USABLE = sorted(os.sched_getaffinity(0))
@@ -24,10 +24,10 @@ def test_cpu_lists_use_taskset_syntax() -> None:
 
 def test_a_table_names_processes_and_a_default() -> None:
     table = parse_affinity("redis=0; web=0 ;*=1", available=frozenset({0, 1}))
-    assert cpus_for("redis", table) == {0}
-    assert cpus_for("web", table) == {0}
-    assert cpus_for("worker-engine", table) == {1}  # "*": every process not named
-    assert cpus_for("web", parse_affinity("redis=0", available=frozenset({0}))) is None
+    assert for_process("redis", table) == {0}
+    assert for_process("web", table) == {0}
+    assert for_process("worker-engine", table) == {1}  # "*": every process not named
+    assert for_process("web", parse_affinity("redis=0", available=frozenset({0}))) is None
     assert parse_affinity("") == {}
 
 
