@@ -38,6 +38,10 @@ task_routes = {
 broker_url = _settings.effective_redis_url()
 result_backend = broker_url
 broker_connection_retry_on_startup = True
+# kombu's Redis transport, made to reconnect instead of dying when Redis goes away while a task
+# is unacknowledged (see workers/transport.py). Other schemes (rediss, sentinel) keep kombu's own.
+if broker_url.startswith("redis://"):
+    broker_transport = "workers.transport:Transport"
 
 # An acks_late task that runs past the visibility timeout is delivered twice: the broker, the
 # result backend and every process must agree on one value.

@@ -40,6 +40,10 @@ def _worker(name: str, queues: str, pool: str, concurrency: int, description: st
             "-n",
             f"{name}@%h",
             "-E",  # task events for Flower
+            # no gossip or mingle: HEAN's workers share no revokes or elections, mingle costs a
+            # second at every start, and gossip's restart after a lost Redis only logs errors
+            "--without-gossip",
+            "--without-mingle",
             "-l",
             "warning",
         ),

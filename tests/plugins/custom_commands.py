@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -33,3 +34,16 @@ class FailParams(BaseModel):
 def always_fail(params: FailParams) -> None:
     """Fail with the given error code (test command)."""
     raise CommandError(params.code, f"failed on purpose with {params.code}")
+
+
+class NapParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seconds: float = Field(gt=0, le=10)
+
+
+@command("nap", params=NapParams, queue=DEFAULT_QUEUE)
+def nap(params: NapParams) -> dict[str, Any]:
+    """Sleep, then answer: a task still running when something breaks (test command)."""
+    time.sleep(params.seconds)
+    return {"slept": params.seconds}

@@ -1,0 +1,121 @@
+"""Redis goes away while a worker runs a late-acknowledged task: the workers reconnect.
+
+Celery's recovery detaches kombu's transport from the lost connection, then closes that
+connection's channels and acks the running task through them. With kombu's own Redis transport
+both raised AttributeError and the worker stopped for good ("Unrecoverable error"); with
+workers.transport it is a lost connection like any other. Real processes, our own Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from hean.command_journal import journal_key
+from hean.processes import PROCESSES
+from hean.redis_server import PrivateRedis, free_port
+from support import ManagedProcess, http_ok, wait_for
+
+WORKERS = ("worker-engine", "worker-llm")
+PLUGINS_DIR = Path(__file__).resolve().parent / "plugins"
+
+
+@pytest.fixture
+def outage(tmp_path: Path, logs_dir: Path) -> Iterator[dict[str, Any]]:
+    server = PrivateRedis(tmp_path / "redis", port=free_port())
+    server.start()
+    port = free_port()
+    (tmp_path / "home").mkdir()
+    token = "reconnect-" + os.urandom(6).hex()
+    env = dict(
+        os.environ,
+        REDIS_URL=server.url,
+        HEAN_HOME=str(tmp_path / "home"),
+        HEAN_PORT=str(port),
+        HEAN_API_TOKEN=token,
+        HEAN_COMMAND_MODULES="custom_commands",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(PLUGINS_DIR), os.environ.get("PYTHONPATH")])),
+        PYTHONUNBUFFERED="1",
+    )
+    specs = {spec.name: spec for spec in PROCESSES}
+    started = {
+        name: ManagedProcess(f"reconnect-{name}", specs[name].argv(sys.executable), env, logs_dir)
+        for name in (*WORKERS, "web")
+    }
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: http_ok(url + "/api/system/health"), 60, "the web process")
+        yield {"url": url, "token": token, "server": server, "processes": started}
+    finally:
+        for process in reversed(started.values()):
+            process.stop()
+        server.stop()
+
+
+def call(system: dict[str, Any], method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(system["url"] + path, data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    request.add_header("Authorization", f"Bearer {system['token']}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+    except OSError:
+        return 0, {}
+
+
+def send(system: dict[str, Any], command: str, params: dict[str, Any]) -> str:
+    request_id = uuid.uuid4().hex
+    body = {"command": command, "params": params, "request_id": request_id}
+    _, ack = wait_for(  # type: ignore[misc]
+        lambda: (r := call(system, "POST", "/api/commands", body))[0] == 202 and r, 60, f"{command} accepted"
+    )
+    assert ack["accepted"] is True, ack
+    return request_id
+
+
+def result(system: dict[str, Any], request_id: str, timeout: float = 60) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        status, record = call(system, "GET", f"/api/commands/{request_id}")
+        return record["result"] if status == 200 and record["status"] == "done" else None
+
+    return wait_for(done, timeout, f"the result of {request_id}")  # type: ignore[return-value]
+
+
+def test_workers_reconnect_when_redis_goes_away_mid_task(outage: dict[str, Any]) -> None:
+    server: PrivateRedis = outage["server"]
+    assert result(outage, send(outage, "echo", {"text": "before"}))["result"] == {"echo": "before"}
+    assert result(outage, send(outage, "start", {}))["success"] is True
+
+    napping = send(outage, "nap", {"seconds": 3})
+    journal = redis.Redis.from_url(server.url)
+    wait_for(lambda: journal.hexists(journal_key(napping), "started"), 30, "the nap to start")
+    journal.close()
+
+    server.stop()  # the nap's message is delivered and not yet acknowledged
+    time.sleep(1.0)
+    server.start()  # same port, same data (AOF)
+
+    # the nap ran through the outage and finished once; its ack fails and is logged, not fatal
+    nap = result(outage, napping)
+    assert nap["success"] is True and nap["result"] == {"slept": 3}
+    # both workers consume again: a default-queue command and an engine command run
+    assert result(outage, send(outage, "echo", {"text": "after"}))["result"] == {"echo": "after"}
+    assert result(outage, send(outage, "stop", {}))["result"]["state"] == "STOPPED"
+    for name in WORKERS:
+        process = outage["processes"][name]
+        assert process.alive(), f"{name} died:\n{process.log_text()[-3000:]}"
+        assert "Unrecoverable error" not in process.log_text(), process.log_text()[-3000:]

@@ -1,0 +1,45 @@
+"""kombu's Redis transport, made to survive losing Redis while a task is unacknowledged.
+
+When the broker connection drops, Celery's recovery collects the broken connection, which
+detaches kombu's transport from it (`transport.client = None`), and reconnects with a new one.
+Channels of the old connection live on: Celery closes the default channel again, and a task
+that was running (late ack) acknowledges its message through the channel it came from. Both
+need a Redis client, and kombu builds one from `transport.client`, so each raised
+AttributeError ("'NoneType' object has no attribute 'hostname'"). Celery takes that for a bug,
+not a lost connection: the worker stopped with "Unrecoverable error" instead of reconnecting
+(the family of celery#4652 and kombu#582).
+
+Here a detached transport raises redis's ConnectionError instead, which Celery and kombu
+already handle as a lost connection (the close is skipped, the ack is logged as failed). The
+message itself is not lost: it stays in Redis's unacked set and is delivered again after the
+visibility timeout, like any message whose worker lost its connection.
+
+celeryconfig.py selects this transport for redis:// and rediss:// broker URLs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kombu.transport import redis as kombu_redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+DETACHED = "the broker connection this channel belonged to was closed"
+
+
+class Channel(kombu_redis.Channel):  # type: ignore[misc]
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        if self.connection.client is None:
+            raise RedisConnectionError(DETACHED)
+        params: dict[str, Any] = super()._connparams(asynchronous=asynchronous)
+        return params
+
+
+class Transport(kombu_redis.Transport):  # type: ignore[misc]
+    Channel = Channel
+
+    @property
+    def supports_batch_publish(self) -> bool:
+        if self.client is None:
+            return False
+        return bool(super().supports_batch_publish)
