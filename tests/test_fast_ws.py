@@ -1,4 +1,5 @@
-"""web/fast_ws.py: the fast unmask is byte-for-byte eventlet's own, and the web installs it.
+"""web/fast_ws.py: the fast unmask is byte-for-byte eventlet's own; a batch of packets goes out
+as the same WebSocket frames in one write; the web installs both.
 
 Run in a child process: importing eventlet here would register its fork warning in the test
 process, and every later test that forks (the private Redis) would fail on it.
@@ -40,3 +41,64 @@ def test_same_bytes_as_eventlet_and_installed_once() -> None:
     done = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["ok", "3003"]
+
+
+BATCH = """
+import socket, warnings
+warnings.simplefilter("ignore")
+import engineio
+from engineio import packet
+from engineio.socket import Socket
+from eventlet.websocket import RFC6455WebSocket as W
+from web.fast_ws import Frames, install
+
+writes = []
+
+def received(send_all) -> bytes:
+    a, b = socket.socketpair()
+    ws = W(a, {}, 13)
+    send = ws._send
+    ws._send = lambda frame: (writes.append(len(frame)), send(frame))
+    writes.clear()
+    send_all(ws)
+    a.close()
+    chunks = []
+    while chunk := b.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+packets = [packet.Packet(packet.MESSAGE, data='2["command_result",{"n":%d}]' % i) for i in range(3)]
+packets.append(packet.Packet(packet.MESSAGE, data=b"\\x00binary"))
+packets.append(packet.Packet(packet.MESSAGE, data="x" * 70000))  # a 64-bit length frame
+one_by_one = received(lambda ws: [ws.send(p.encode()) for p in packets])
+assert len(writes) == len(packets)
+
+assert install() is True and install() is False
+server = engineio.Server(async_mode="threading")
+sock = Socket(server, "sid1")
+for p in packets:
+    sock.queue.put(p)
+sock.upgraded = True
+drained = sock.poll()
+assert len(drained) == 1, drained  # one batch for the writer
+frames = drained[0].encode()
+assert isinstance(frames, Frames) and len(frames) == len(packets)
+assert received(lambda ws: ws.send(frames)) == one_by_one  # same bytes, in order...
+assert len(writes) == 1  # ... in one write
+single = packets[0].encode()
+assert received(lambda ws: ws.send(single)) == received(lambda ws: ws.send(Frames([single])))
+
+sock.queue.put(packets[0]); sock.queue.put(packets[1])
+sock.upgraded = False  # long-polling keeps its packet list (its payload needs the packets)
+assert [p.data for p in sock.poll()] == [packets[0].data, packets[1].data]
+sock.queue.put(packets[0])
+sock.upgraded = True
+assert [p.data for p in sock.poll()] == [packets[0].data]  # a single packet stays as it is
+print("ok")
+"""
+
+
+def test_a_batch_of_packets_is_the_same_frames_in_one_write() -> None:
+    done = subprocess.run([sys.executable, "-c", BATCH], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["ok"]

@@ -46,7 +46,7 @@ def serve(app: Any, host: str, port: int) -> None:
 
     from web.fast_ws import install
 
-    install()  # eventlet unmasks client frames byte by byte in Python otherwise
+    install()  # fast unmask, and one write per batch of queued packets (see web.fast_ws)
     listener = eventlet.listen((host, port))
     # Accepted sockets inherit TCP_NODELAY: an ack event followed by the ack value would
     # otherwise wait ~40 ms for the client's delayed ACK.
