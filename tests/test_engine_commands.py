@@ -222,6 +222,17 @@ def test_pause_and_resume(client: Client) -> None:
     fail(client, "pause", "invalid_state")
 
 
+def test_a_control_command_publishes_its_state_before_its_result(client: Client) -> None:
+    """Orders' results are published by their batch's commit; a control command's result
+    waits until the state is published, so a client that got it reads the new state."""
+    running(client)
+    for command in ("pause", "resume", "stop", "start", "stop", "start"):
+        result = ok(client, command)
+        engine = get_sync_state_manager(REDIS["url"]).get_state("engine", namespace="system")
+        published = (engine["state"], engine["command_count"])
+        assert published == (result["state"], result["command_count"]), command
+
+
 def test_risk_adjust_changes_limits_the_engine_enforces(client: Client) -> None:
     running(client)
     try:

@@ -137,12 +137,15 @@ def _error_from(exc: Exception) -> ErrorInfo:
 
 #: Hooks a queue's module registers to take part in a batch: `before()` runs ahead of the
 #: handlers, `after(pipe)` queues writes that must commit together with the results (the
-#: engine's command log), `published()` runs once everything is committed.
+#: engine's command log), `published()` runs once everything is committed. The results are
+#: published by the commit itself, unless `state_first()` says this batch changed state that
+#: `published()` must publish before anyone sees a result (control commands).
 @dataclass
 class BatchHooks:
     before: Callable[[], None] = lambda: None
     after: Callable[[Any], None] = lambda pipe: None
     published: Callable[[], None] = lambda: None
+    state_first: Callable[[], bool] = lambda: False
 
 
 _HOOKS: dict[str, BatchHooks] = {}
@@ -178,10 +181,11 @@ def _run_one(envelope: TaskEnvelope, queue: str, started: float) -> dict[str, An
 def execute_batch(envelopes_data: list[dict[str, Any]], queue: str) -> int:
     """Run a batch of enqueued commands in order, each at most once per request id.
 
-    Results are committed together with the queue's own writes (one MULTI/EXEC), then sent
-    to each sender and to the operators room in one pipelined publish.
+    Results are committed together with the queue's own writes and published to each sender
+    and to the operators room as one pub/sub message, all in one MULTI/EXEC (one round trip).
+    A batch whose state must be published first publishes its results after that.
     """
-    from workers.emit import buffered_emits
+    from workers.emit import publish_on
 
     envelopes = [TaskEnvelope.model_validate(data) for data in envelopes_data]
     client = sync_client()
@@ -199,12 +203,20 @@ def execute_batch(envelopes_data: list[dict[str, Any]], queue: str) -> int:
         message = _run_one(envelope, queue, time.perf_counter())
         fresh.append(message)
         messages.append((message, envelope.reply_to))
+    emits = [
+        ("command_result", message, [reply_to, OPERATORS_ROOM] if reply_to else OPERATORS_ROOM)
+        for message, reply_to in messages
+    ]
+    state_first = hooks.state_first()
     pipe = client.pipeline(transaction=True)
     hooks.after(pipe)
     CommandJournal.record_results(pipe, fresh)
+    if not state_first:
+        publish_on(pipe, emits)
     pipe.execute()
     hooks.published()
-    with buffered_emits() as emit:
-        for message, reply_to in messages:
-            emit("command_result", message, to=[reply_to, OPERATORS_ROOM] if reply_to else OPERATORS_ROOM)
+    if state_first:
+        results = client.pipeline(transaction=False)
+        publish_on(results, emits)
+        results.execute()
     return len(messages)

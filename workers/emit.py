@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import socketio
@@ -13,16 +13,15 @@ import socketio
 from hean.config import get_settings
 from hean.messages import BULK_METHOD
 
-Emit = Callable[..., None]
-
 
 class BufferedRedisManager(socketio.RedisManager):  # type: ignore[misc]
-    """A write-only RedisManager that can gather emits and publish them in one pipeline.
+    """A write-only RedisManager that can gather emits for the caller to publish.
 
     python-socketio publishes one message per emit (one round trip each, and one message for
-    the web process to parse); a batch of results should cost one of each. Several buffered
-    emits go out as one BULK_METHOD message, which the web process's manager
-    (web/bus.py) fans out. Buffers are per thread (the default worker runs threads).
+    the web process to parse); a batch of results should cost one of each, inside the batch's
+    own transaction (:func:`publish_on`). Several gathered emits go out as one BULK_METHOD
+    message, which the web process's manager (web/bus.py) fans out. Gathering is per thread
+    (the default worker runs threads).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -37,27 +36,18 @@ class BufferedRedisManager(socketio.RedisManager):  # type: ignore[misc]
         return None
 
     @contextlib.contextmanager
-    def buffered(self) -> Iterator[None]:
-        self._local.buffer = []
+    def collected(self) -> Iterator[list[Any]]:
+        """Gather this thread's emits (python-socketio messages) instead of publishing them."""
+        self._local.buffer = buffer = []
         try:
-            yield
+            yield buffer
         finally:
-            buffer, self._local.buffer = self._local.buffer, None
-            if buffer:
-                self._publish_many(buffer)
+            self._local.buffer = None
 
-    def _publish_many(self, messages: list[Any]) -> None:
-        for attempt in (1, 2):
-            try:
-                if not self.connected:
-                    self._redis_connect()
-                bulk = messages[0] if len(messages) == 1 else {"method": BULK_METHOD, "messages": messages}
-                self.redis.publish(self.channel, self.json.dumps(bulk))
-                return
-            except Exception:
-                self.connected = False
-                if attempt == 2:
-                    raise
+    def encode(self, messages: list[Any]) -> str:
+        """The pub/sub payload carrying `messages` (one message, or one bulk message)."""
+        bulk = messages[0] if len(messages) == 1 else {"method": BULK_METHOD, "messages": messages}
+        return str(self.json.dumps(bulk))
 
 
 @functools.cache
@@ -74,9 +64,12 @@ def emit(event: str, data: Any, to: str | list[str] | None = None, namespace: st
     _manager().emit(event, data, namespace=namespace, room=to)
 
 
-@contextlib.contextmanager
-def buffered_emits() -> Iterator[Emit]:
-    """`emit` whose messages go out together, in order, when the block ends."""
+def publish_on(pipe: Any, emits: list[tuple[str, Any, str | list[str] | None]]) -> None:
+    """Queue `emits` (event, data, to) on `pipe` as one pub/sub message, so they are published
+    exactly when, and only if, the pipeline's transaction commits."""
     manager = _manager()
-    with manager.buffered():
-        yield emit
+    with manager.collected() as messages:
+        for event, data, to in emits:
+            manager.emit(event, data, namespace="/", room=to)
+    if messages:
+        pipe.publish(manager.channel, manager.encode(messages))

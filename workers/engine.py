@@ -454,6 +454,12 @@ def _state_publisher() -> None:
             log.exception("event=state_publish_failed")
 
 
+def _state_first() -> bool:
+    """A batch with control commands (or new risk limits) publishes the state before results:
+    a client told that `start` ran must then read RUNNING."""
+    return _log.control_seen or bool(_dirty["risk"])
+
+
 def _after_commit() -> None:
     _log.committed()
     if _log.control_seen_last or _dirty["risk"]:
@@ -467,7 +473,9 @@ def _commit_writes(pipe: Any) -> None:
     pipe.delete(INFLIGHT_KEY)
 
 
-set_batch_hooks(ENGINE_QUEUE, BatchHooks(after=_commit_writes, published=_after_commit))
+set_batch_hooks(
+    ENGINE_QUEUE, BatchHooks(after=_commit_writes, published=_after_commit, state_first=_state_first)
+)
 
 
 #: Batches waiting behind the one Celery delivered are taken along (up to this many
