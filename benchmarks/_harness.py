@@ -11,6 +11,9 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import psutil
 
 from hean.affinity import DEFAULT_NICE, NICE_ENV, REDIS, for_process, parse_affinity, parse_nice, pinned_argv
 from hean.affinity import ENV as AFFINITY_ENV
@@ -79,6 +82,13 @@ class Stack:
         self.processes[name] = process
         return process
 
+    def pids(self) -> dict[str, int]:
+        """The processes' ids by name, with the private Redis (if any) as "redis"."""
+        pids = {name: process.pid for name, process in self.processes.items()}
+        if self._redis is not None and self._redis.pid is not None:
+            pids["redis"] = self._redis.pid
+        return pids
+
     def close(self) -> None:
         for process in self.processes.values():
             process.terminate()
@@ -105,6 +115,67 @@ def stack(names: list[str], **env: str) -> Iterator[Stack]:
         yield s
     finally:
         s.close()
+
+
+class CpuMeter:
+    """CPU used by processes (each alone, not its children) and by the machine, since creation."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self._start = self._sample()
+
+    @staticmethod
+    def _process_seconds(pid: int) -> float:
+        try:
+            return float(sum(psutil.Process(pid).cpu_times()[:2]))
+        except psutil.Error:
+            return 0.0
+
+    def _sample(self) -> tuple[float, dict[str, float], Any]:
+        seconds = {name: self._process_seconds(pid) for name, pid in self.pids.items()}
+        return time.perf_counter(), seconds, psutil.cpu_times()
+
+    def report(self) -> str:
+        """One line: each process's CPU in % of one CPU, the machine's busy and steal time."""
+        (t0, before, m0), (t1, after, m1) = self._start, self._sample()
+        wall = t1 - t0
+        parts = [f"{name} {100 * (after[name] - before[name]) / wall:.0f}%" for name in self.pids]
+        total = sum(m1) - sum(m0)
+        idle = (m1.idle + getattr(m1, "iowait", 0.0)) - (m0.idle + getattr(m0, "iowait", 0.0))
+        steal = getattr(m1, "steal", 0.0) - getattr(m0, "steal", 0.0)
+        cpus = psutil.cpu_count() or 1
+        return (
+            f"CPU (% of one CPU): {', '.join(parts)}; machine busy {100 * (total - idle) / total:.0f}% "
+            f"of {cpus} CPUs, steal {100 * steal / total:.1f}%"
+        )
+
+
+class RedisStalls:
+    """Redis's own latency monitor: events of 1 ms or more (slow commands, AOF writes) since
+    creation. Says "not available" when the server refuses CONFIG (a shared REDIS_URL)."""
+
+    def __init__(self, url: str) -> None:
+        import redis
+
+        self._client = redis.Redis.from_url(url)
+        try:
+            self._client.config_set("latency-monitor-threshold", 1)
+            self._client.execute_command("LATENCY", "RESET")
+            self.available = True
+        except redis.RedisError:
+            self.available = False
+
+    def report(self) -> str:
+        if not self.available:
+            return "Redis stalls: not available"
+        rows = self._client.execute_command("LATENCY", "LATEST")
+        self._client.close()
+        events = []
+        for row in rows:  # [event, time, latest ms, max ms, (total ms, count on Valkey 8+)]
+            name = row[0].decode() if isinstance(row[0], bytes) else str(row[0])
+            count = f"{row[5]} x, " if len(row) > 5 else ""
+            events.append(f"{name} ({count}max {row[3]} ms)")
+        return "Redis stalls >= 1 ms: " + (", ".join(events) if events else "none")
 
 
 def print_table(title: str, header: list[str], rows: list[list[object]]) -> None:

@@ -4,13 +4,21 @@
 Targets (issue 6): p99 under 5 ms under load, and idle within 1.5x of the raw floor.
 Runs twice: with the scheduler's own placement, and with Redis and the web process pinned to
 one CPU (HEAN_CPU_AFFINITY; see hean/affinity.py), the floor pinned like the web process.
-Usage: python benchmarks/bench_ack.py [--samples N] [--load-seconds S] [--affinity SPEC]
+
+The floor and idle are measured back to back (each command sent when the last one's ack is
+in). Under load the measuring client sends one command every 1/--probe-rate s, so that its
+own orders add little to the load it measures (back to back, they added 300-450 orders/s to
+the 1,000). Each load phase also prints the CPU each process used, the machine's busy and
+steal time: the loader and the measuring client share this machine's CPUs with HEAN.
+Usage: python benchmarks/bench_ack.py [--samples N] [--load-seconds S] [--probe-rate R]
+                                      [--affinity SPEC]
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import sys
 import threading
 import time
@@ -20,16 +28,32 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import REPO_ROOT, RawSocketIO, percentile, print_table, stack, wait_http
+from _harness import (
+    REPO_ROOT,
+    CpuMeter,
+    RawSocketIO,
+    RedisStalls,
+    percentile,
+    print_table,
+    stack,
+    wait_http,
+)
 
 from hean.redis_server import free_port
 
 
-def measure(client: RawSocketIO, payload: Any, samples: int, warmup: int = 200) -> list[float]:
-    """Round-trip times in ms of `command` calls (send -> Socket.IO ack), after a warm-up."""
+def measure(
+    client: RawSocketIO, payload: Any, samples: int, warmup: int = 200, interval: float = 0.0
+) -> list[float]:
+    """Round-trip times in ms of `command` calls (send -> Socket.IO ack), after a warm-up;
+    one call every `interval` seconds, or back to back."""
     times = []
+    due = time.perf_counter()
     for i in range(samples + warmup):
         body = payload() if callable(payload) else payload
+        if interval:
+            time.sleep(max(0.0, due - time.perf_counter()))
+            due = time.perf_counter() + interval
         started = time.perf_counter()
         reply = client.call("command", body)
         elapsed = (time.perf_counter() - started) * 1000.0
@@ -155,6 +179,7 @@ def run_layout(args: argparse.Namespace, affinity: str) -> dict[str, Any]:
         ctx = mp.get_context("spawn")
         loaded: dict[int, list[float]] = {}
         stats: dict[int, dict[str, Any]] = {}
+        cpu: dict[int, str] = {}
         for per_event in (100, 1):
             out: Any = ctx.Queue()
             loader = ctx.Process(
@@ -162,14 +187,19 @@ def run_layout(args: argparse.Namespace, affinity: str) -> dict[str, Any]:
             )
             loader.start()
             time.sleep(1.0)  # let the load reach its rate
+            meter = CpuMeter({**system.pids(), "loader": loader.pid or 0, "measuring client": os.getpid()})
+            stalls = RedisStalls(system.redis_url)
             loaded[per_event] = []
             until = time.perf_counter() + args.load_seconds - 2.0
             while time.perf_counter() < until:
-                loaded[per_event] += measure(client, lambda: order(next(counter), "load" + prefix), 100, 0)
+                loaded[per_event] += measure(
+                    client, lambda: order(next(counter), "load" + prefix), 20, 0, 1.0 / args.probe_rate
+                )
+            cpu[per_event] = f"{meter.report()}\n  {stalls.report()}"
             stats[per_event] = out.get(timeout=180)
             loader.join()
         client.close()
-    return {"floor": floor, "idle": idle, "loaded": loaded, "stats": stats}
+    return {"floor": floor, "idle": idle, "loaded": loaded, "stats": stats, "cpu": cpu}
 
 
 def report(args: argparse.Namespace, name: str, affinity: str, m: dict[str, Any]) -> None:
@@ -186,6 +216,7 @@ def report(args: argparse.Namespace, name: str, affinity: str, m: dict[str, Any]
             row(f"HEAN command, {args.rate} orders/s as single-order commands", loaded[1], floor_p99),
         ],
     )
+    print(f"(under load, {args.probe_rate:g} measured commands/s on top of the {args.rate} orders/s)")
     for per_event, st in stats.items():
         counts = st["counts"]
         results = counts.get("results", 0) * per_event
@@ -194,6 +225,7 @@ def report(args: argparse.Namespace, name: str, affinity: str, m: dict[str, Any]
             f"{st['send_s']:.1f} s ({st['sent'] / st['send_s']:.0f} orders/s); acks {counts}; "
             f"all results in after {st['drain_s']:.1f} s; orders without a result: {st['sent'] - results}"
         )
+        print(f"  {m['cpu'][per_event]}")
 
 
 def main() -> None:
@@ -201,6 +233,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=2000)
     parser.add_argument("--load-seconds", type=float, default=10.0)
     parser.add_argument("--rate", type=int, default=1000)
+    parser.add_argument(
+        "--probe-rate", type=float, default=100.0, help="measured commands per second under load"
+    )
     parser.add_argument(
         "--affinity", default=None, help="measure only this HEAN_CPU_AFFINITY layout ('' = unpinned)"
     )
