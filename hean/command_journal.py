@@ -55,22 +55,28 @@ end
 return out
 """
 
-# Mark commands (KEYS) as started at ARGV[1]; returns, per key, its stored result if it
-# already ran, else false.
-_START = """
-local out = {}
-for i, key in ipairs(KEYS) do
-  local result = redis.call('HGET', key, 'result')
-  if result then
-    out[i] = result
-  else
-    redis.call('HSET', key, 'started', ARGV[1])
-    redis.call('EXPIRE', key, ARGV[2])
-    out[i] = false
+# Lua: mark the commands whose journal keys are KEYS[first..] as started at `now` (kept
+# `retention` s); returns, per key, its stored result if it already ran, else false. Scripts
+# that start commands as part of a bigger step (the engine worker's take) include it.
+START_LUA = """
+local function start_commands(first, now, retention)
+  local out = {}
+  for i = first, #KEYS do
+    local key = KEYS[i]
+    local result = redis.call('HGET', key, 'result')
+    if result then
+      out[#out + 1] = result
+    else
+      redis.call('HSET', key, 'started', now)
+      redis.call('EXPIRE', key, retention)
+      out[#out + 1] = false
+    end
   end
+  return out
 end
-return out
 """
+
+_START = START_LUA + "return start_commands(1, ARGV[1], ARGV[2])\n"
 
 
 def journal_key(request_id: str) -> str:
@@ -104,6 +110,11 @@ def _decode(raw: bytes | str | None) -> dict[str, Any] | None:
     return json.loads(raw) if raw else None
 
 
+def decode_started(reply: Sequence[Any]) -> list[dict[str, Any] | None]:
+    """A START_LUA reply: per command, the result it already had, or None."""
+    return [_decode(r) for r in reply]
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
@@ -113,7 +124,6 @@ class CommandJournal:
 
     def __init__(self, client: redis.Redis) -> None:
         self._client = client
-        self._start = client.register_script(_START)
 
     def reserve_and_enqueue(
         self,
@@ -154,8 +164,9 @@ class CommandJournal:
         """Mark commands started; for those that already ran, their stored result instead."""
         if not request_ids:
             return []
-        reply = self._start(keys=[journal_key(rid) for rid in request_ids], args=[time.time(), RETENTION_S])
-        return [_decode(r) for r in reply]
+        keys = [journal_key(rid) for rid in request_ids]
+        reply = run_script(self._client.connection_pool, _START, keys, [time.time(), RETENTION_S])
+        return decode_started(reply)
 
     @staticmethod
     def record_results(pipe: Any, results: Sequence[dict[str, Any]]) -> None:

@@ -3,6 +3,7 @@ results, state and snapshots that come back. Real processes only."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -10,7 +11,9 @@ from typing import Any
 
 import pytest
 import redis
+from celery import Celery
 
+from hean.command_journal import CommandJournal
 from hean.core.system.redis_state import get_sync_state_manager
 from support import Client, start_engine_worker, stop_engine_worker, wait_for
 from workers.engine import INFLIGHT_KEY, LOG_KEY
@@ -231,6 +234,36 @@ def test_a_control_command_publishes_its_state_before_its_result(client: Client)
         engine = get_sync_state_manager(REDIS["url"]).get_state("engine", namespace="system")
         published = (engine["state"], engine["command_count"])
         assert published == (result["state"], result["command_count"]), command
+
+
+def test_a_batch_delivered_twice_runs_its_commands_once(client: Client) -> None:
+    """Commands that reach the engine worker again (a redelivered message, or one taken along
+    into the batch that already holds them), sent by a plain Celery producer: they do not run
+    again, their first results are resent; nothing fills twice."""
+    running(client)
+    sym = symbol()
+    ok(client, "update_market", symbol=sym, bid="10", ask="10", last="10")
+    before = ok(client, "stop")["orders_filled"]
+    ok(client, "start")
+    order = {"client_order_id": uuid.uuid4().hex, "symbol": sym, "side": "BUY", "quantity": "2"}
+    commands = [("submit_order", order), ("pause", {})]  # a second pause would fail: invalid_state
+    now_ms = time.time() * 1000
+    envelopes = [
+        {"request_id": uuid.uuid4().hex, "command": name, "params": params, "received_at_ms": now_ms}
+        for name, params in commands
+    ]
+    producer = Celery(broker=REDIS["url"])
+    for _ in range(2):  # each command twice in the message, and the message twice
+        producer.send_task(
+            "workers.engine.run_batch", args=[envelopes + envelopes], queue="engine", routing_key="engine"
+        )
+    # the engine queue is first in, first out: this runs after both copies
+    assert ok(client, "resume")["orders_filled"] == before + 1  # a second run would fill again
+    journal = CommandJournal(redis.Redis.from_url(REDIS["url"]))
+    results = [journal.get(e["request_id"])["result"] for e in envelopes]  # type: ignore[index]
+    assert all(result["success"] is True for result in results), results  # not "invalid_state"
+    assert results[0]["result"]["order"]["status"] == "FILLED"
+    wait_for(lambda: (p := position(sym)) and Decimal(p["quantity"]) == 2, 5, "the published position")
 
 
 def test_risk_adjust_changes_limits_the_engine_enforces(client: Client) -> None:

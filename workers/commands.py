@@ -178,29 +178,41 @@ def _run_one(envelope: TaskEnvelope, queue: str, started: float) -> dict[str, An
     ).model_dump(mode="json")
 
 
-def execute_batch(envelopes_data: list[dict[str, Any]], queue: str) -> int:
+def execute_batch(
+    envelopes_data: list[dict[str, Any]],
+    queue: str,
+    started: dict[str, dict[str, Any] | None] | None = None,
+) -> int:
     """Run a batch of enqueued commands in order, each at most once per request id.
 
     Results are committed together with the queue's own writes and published to each sender
     and to the operators room as one pub/sub message, all in one MULTI/EXEC (one round trip).
     A batch whose state must be published first publishes its results after that.
+    `started` maps request ids the caller already marked started to their earlier result
+    (or None); the others are marked here.
     """
     from workers.emit import publish_on
 
     envelopes = [TaskEnvelope.model_validate(data) for data in envelopes_data]
     client = sync_client()
     journal = CommandJournal(client)
-    earlier = journal.start_many([e.request_id for e in envelopes])
+    known = started or {}
+    missing = [e.request_id for e in envelopes if e.request_id not in known]
+    marked = dict(zip(missing, journal.start_many(missing), strict=True)) if missing else {}
+    earlier = [known[e.request_id] if e.request_id in known else marked[e.request_id] for e in envelopes]
     hooks = _HOOKS.get(queue, BatchHooks())
     hooks.before()
     fresh: list[dict[str, Any]] = []
     messages: list[tuple[dict[str, Any], str | None]] = []
+    ran_here: dict[str, dict[str, Any]] = {}  # a redelivered message may sit in this very batch
     for envelope, previous in zip(envelopes, earlier, strict=True):
+        previous = previous or ran_here.get(envelope.request_id)
         if previous is not None:
             log.warning("event=command_already_ran request_id=%s action=resend_result", envelope.request_id)
             messages.append((previous, envelope.reply_to))
             continue
         message = _run_one(envelope, queue, time.perf_counter())
+        ran_here[envelope.request_id] = message
         fresh.append(message)
         messages.append((message, envelope.reply_to))
     emits = [

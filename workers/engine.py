@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 from redis.exceptions import RedisError
 
 from celeryconfig import ENGINE_QUEUE
+from hean.command_journal import RETENTION_S, START_LUA, decode_started, journal_key
 from hean.core.system.redis_state import StateError, StateOp, get_sync_state_manager
 from hean.engine import EngineState, OrderResult, RejectReason, TradingEngine
 from hean.messages import CommandError
@@ -487,16 +488,21 @@ _BATCH_MARKER = '"task": "workers.engine.run_batch"'
 
 # Move up to ARGV[1] batch messages from the consuming end of the queue (KEYS[1]) to the
 # in-flight list (KEYS[2]); stop at the first message of another task, which keeps its turn.
-# Returns the whole in-flight list (newest first): what an earlier run left plus what it took.
-_TAKE = """
+# Then mark the delivered batch's commands (journal keys KEYS[3..]) started, at ARGV[3], kept
+# ARGV[4] s. Returns the whole in-flight list (newest first: what an earlier run left plus
+# what it took) and, per delivered command, its earlier result or false.
+_TAKE = (
+    START_LUA
+    + """
 for _ = 1, tonumber(ARGV[1]) do
   local message = redis.call('LINDEX', KEYS[1], -1)
   if not message or not string.find(message, ARGV[2], 1, true) then break end
   redis.call('RPOP', KEYS[1])
   redis.call('LPUSH', KEYS[2], message)
 end
-return redis.call('LRANGE', KEYS[2], 0, -1)
+return {redis.call('LRANGE', KEYS[2], 0, -1), start_commands(3, ARGV[3], ARGV[4])}
 """
+)
 
 
 def _envelopes_of(raw: bytes) -> list[dict[str, Any]]:
@@ -509,31 +515,34 @@ def _envelopes_of(raw: bytes) -> list[dict[str, Any]]:
     return list(args[0])
 
 
-def _in_flight(take_more: bool) -> list[dict[str, Any]]:
-    """Envelopes of messages already in flight (a crash or a failed commit left them) plus,
-    with `take_more`, those of batches waiting on the queue."""
+def _take(
+    delivered: list[dict[str, Any]], drain: int = DRAIN_MAX_MESSAGES
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any] | None]]:
+    """One round trip: take up to `drain` batches waiting on the queue along, read what is in
+    flight (a crash or a failed commit may have left some), and mark the delivered commands
+    started. Returns the in-flight envelopes (oldest first) and, per delivered request id, its
+    earlier result or None."""
     client = sync_client()
-    if take_more:  # one round trip: take, and read the list
-        keys, args = [ENGINE_QUEUE, INFLIGHT_KEY], [DRAIN_MAX_MESSAGES, _BATCH_MARKER]
-        newest_first = run_script(client.connection_pool, _TAKE, keys, args)
-    else:
-        newest_first = client.lrange(INFLIGHT_KEY, 0, -1)
-    raws = list(reversed(newest_first))  # oldest first
+    ids = [rid for envelope in delivered if isinstance(rid := envelope.get("request_id"), str)]
+    keys = [ENGINE_QUEUE, INFLIGHT_KEY, *(journal_key(rid) for rid in ids)]
+    args = [drain, _BATCH_MARKER, time.time(), RETENTION_S]
+    newest_first, results = run_script(client.connection_pool, _TAKE, keys, args)
     envelopes: list[dict[str, Any]] = []
-    for raw in raws:
+    for raw in reversed(newest_first):  # oldest first
         try:
             envelopes += _envelopes_of(raw)
         except (ValueError, KeyError, IndexError, TypeError) as exc:  # not ours: keep it for people
             client.lpush(INFLIGHT_KEY + ":unreadable", raw)
             log.error("event=unreadable_batch_message error=%s kept=%s:unreadable", exc, INFLIGHT_KEY)
-    return envelopes
+    return envelopes, dict(zip(ids, decode_started(results), strict=True))
 
 
 @app.task(name="workers.engine.run_batch", bind=True, ignore_result=True, max_retries=None)
 def run_batch(self: Any, envelopes: list[dict[str, Any]]) -> int:
     try:
-        everything = envelopes + _in_flight(take_more=True)
-        return execute_batch(everything, ENGINE_QUEUE)  # its commit empties the in-flight list
+        taken, started = _take(envelopes)
+        # execute_batch marks the taken commands started; its commit empties the in-flight list
+        return execute_batch(envelopes + taken, ENGINE_QUEUE, started)
     except RedisError as exc:
         # Results and log did not commit: forget the in-memory engine (it will be rebuilt from
         # what did commit) and run the batch again; the journal applies each command once.
@@ -572,7 +581,7 @@ def _snapshot_on_shutdown(**_: Any) -> None:
 def _announce_engine(sender: Any = None, **_: Any) -> None:
     queues = {q.name for q in getattr(getattr(sender, "task_consumer", None), "queues", [])}
     if ENGINE_QUEUE in queues:
-        leftover = _in_flight(take_more=False)
+        leftover, _ = _take([], drain=0)
         if leftover:  # drained before a crash: finish them first (each runs at most once)
             execute_batch(leftover, ENGINE_QUEUE)  # its commit empties the in-flight list
             log.warning("event=inflight_recovered commands=%d", len(leftover))
