@@ -196,23 +196,24 @@ def execute_batch(
     envelopes = [TaskEnvelope.model_validate(data) for data in envelopes_data]
     client = sync_client()
     journal = CommandJournal(client)
-    known = started or {}
-    missing = [e.request_id for e in envelopes if e.request_id not in known]
-    marked = dict(zip(missing, journal.start_many(missing), strict=True)) if missing else {}
-    earlier = [known[e.request_id] if e.request_id in known else marked[e.request_id] for e in envelopes]
+    # per request id, its result so far: from the journal, then from this very batch (a
+    # redelivered message may sit in the batch that already ran it)
+    outcome: dict[str, dict[str, Any] | None] = dict(started or {})
+    missing = [e.request_id for e in envelopes if e.request_id not in outcome]
+    if missing:
+        outcome.update(zip(missing, journal.start_many(missing), strict=True))
     hooks = _HOOKS.get(queue, BatchHooks())
     hooks.before()
     fresh: list[dict[str, Any]] = []
     messages: list[tuple[dict[str, Any], str | None]] = []
-    ran_here: dict[str, dict[str, Any]] = {}  # a redelivered message may sit in this very batch
-    for envelope, previous in zip(envelopes, earlier, strict=True):
-        previous = previous or ran_here.get(envelope.request_id)
+    for envelope in envelopes:
+        previous = outcome[envelope.request_id]
         if previous is not None:
             log.warning("event=command_already_ran request_id=%s action=resend_result", envelope.request_id)
             messages.append((previous, envelope.reply_to))
             continue
         message = _run_one(envelope, queue, time.perf_counter())
-        ran_here[envelope.request_id] = message
+        outcome[envelope.request_id] = message
         fresh.append(message)
         messages.append((message, envelope.reply_to))
     emits = [
