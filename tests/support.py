@@ -86,6 +86,20 @@ class ManagedProcess:
         self._log.close()
 
 
+def own_system_env(home: Path, redis_url: str, port: int, token: str, **extra: str) -> dict[str, str]:
+    """The environment of a system of our own: its Redis, HEAN_HOME, web port and token."""
+    home.mkdir(parents=True, exist_ok=True)
+    return dict(
+        os.environ,
+        REDIS_URL=redis_url,
+        HEAN_HOME=str(home),
+        HEAN_PORT=str(port),
+        HEAN_API_TOKEN=token,
+        PYTHONUNBUFFERED="1",
+        **extra,
+    )
+
+
 def python_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 

@@ -25,7 +25,7 @@ import redis
 from hean.command_journal import journal_key
 from hean.processes import PROCESSES
 from hean.redis_server import PrivateRedis, free_port
-from support import ManagedProcess, http_ok, wait_for
+from support import ManagedProcess, http_ok, own_system_env, wait_for
 
 WORKERS = ("worker-engine", "worker-llm")
 PLUGINS_DIR = Path(__file__).resolve().parent / "plugins"
@@ -36,17 +36,14 @@ def outage(tmp_path: Path, logs_dir: Path) -> Iterator[dict[str, Any]]:
     server = PrivateRedis(tmp_path / "redis", port=free_port())
     server.start()
     port = free_port()
-    (tmp_path / "home").mkdir()
     token = "reconnect-" + os.urandom(6).hex()
-    env = dict(
-        os.environ,
-        REDIS_URL=server.url,
-        HEAN_HOME=str(tmp_path / "home"),
-        HEAN_PORT=str(port),
-        HEAN_API_TOKEN=token,
+    env = own_system_env(
+        tmp_path / "home",
+        server.url,
+        port,
+        token,
         HEAN_COMMAND_MODULES="custom_commands",
         PYTHONPATH=os.pathsep.join(filter(None, [str(PLUGINS_DIR), os.environ.get("PYTHONPATH")])),
-        PYTHONUNBUFFERED="1",
     )
     specs = {spec.name: spec for spec in PROCESSES}
     started = {

@@ -18,7 +18,7 @@ import pytest
 
 from hean.processes import PROCESSES
 from hean.redis_server import PrivateRedis, free_port
-from support import ManagedProcess, wait_for
+from support import ManagedProcess, own_system_env, wait_for
 
 
 @pytest.fixture
@@ -26,15 +26,7 @@ def outage_system(tmp_path: Path, logs_dir: Path) -> Iterator[dict[str, Any]]:
     server = PrivateRedis(tmp_path / "redis", port=free_port())
     server.start()
     port = free_port()
-    (tmp_path / "home").mkdir()
-    env = dict(
-        os.environ,
-        REDIS_URL=server.url,
-        HEAN_HOME=str(tmp_path / "home"),
-        HEAN_PORT=str(port),
-        HEAN_API_TOKEN="outage-" + os.urandom(6).hex(),
-        PYTHONUNBUFFERED="1",
-    )
+    env = own_system_env(tmp_path / "home", server.url, port, "outage-" + os.urandom(6).hex())
     specs = {spec.name: spec for spec in PROCESSES}
     started = [
         ManagedProcess(f"outage-{name}", specs[name].argv(sys.executable), env, logs_dir)
