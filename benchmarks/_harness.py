@@ -187,6 +187,10 @@ def print_table(title: str, header: list[str], rows: list[list[object]]) -> None
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
 
 
+def _is_result_of(key: object, payload: object, request_id: str) -> bool:
+    return key == "command_result" and isinstance(payload, dict) and payload.get("request_id") == request_id
+
+
 class RawSocketIO:
     """A minimal Socket.IO v5 client over one WebSocket, for load and latency measurement.
 
@@ -215,6 +219,7 @@ class RawSocketIO:
             if reply.startswith("44"):
                 raise RuntimeError(f"connection refused: {reply}")
         self._next_id = 0
+        self._result: object = None
 
     def send(self, event: str, data: object, ack: bool = True) -> int:
         """Send an event; returns its ack id (-1 without ack)."""
@@ -241,13 +246,25 @@ class RawSocketIO:
                 event, *rest = self._json.loads(frame[2:])
                 return "event", event, rest[0] if rest else None
 
-    def call(self, event: str, data: object) -> object:
-        """Send and wait for the ack, skipping other packets."""
+    def call(self, event: str, data: object, result_of: str | None = None) -> object:
+        """Send and wait for the ack, skipping other packets. With `result_of`, a request id,
+        its `command_result` is kept if it comes before the ack (see `wait_result`)."""
         ack_id = self.send(event, data)
+        self._result = None
         while True:
             kind, key, payload = self.recv()
             if kind == "ack" and key == ack_id:
                 return payload
+            if result_of is not None and _is_result_of(key, payload, result_of):
+                self._result = payload
+
+    def wait_result(self, request_id: str) -> object:
+        """The `command_result` of `request_id`, the last `call`'s `result_of`."""
+        while self._result is None:
+            _, key, payload = self.recv()
+            if _is_result_of(key, payload, request_id):
+                return payload
+        return self._result
 
     def close(self) -> None:
         self.ws.close()

@@ -3,12 +3,16 @@
 
 Targets (issue 6): p99 under 5 ms under load, and idle within 1.5x of the raw floor.
 Runs twice: with the scheduler's own placement, and with Redis and the web process pinned to
-one CPU (HEAN_CPU_AFFINITY; see hean/affinity.py), the floor pinned like the web process.
+one CPU (HEAN_CPU_AFFINITY; see hean/affinity.py), the floors pinned like the web process.
 
-The floor and idle are measured back to back (each command sent when the last one's ack is
-in). Under load the measuring client sends one command every 1/--probe-rate s, so that its
-own orders add little to the load it measures (back to back, they added 300-450 orders/s to
-the 1,000). Each load phase also prints the CPU each process used, the machine's busy and
+Two floors, measured back to back (each event sent when the last one's ack is in): the bare
+echo, and an echo that writes the event to a Redis list before answering, the least that an
+ack "after a confirmed broker publish" costs here. HEAN idle sends each command once the
+previous one's `command_result` is in, so that no earlier command is still being executed.
+Under load the measuring client sends one command every 1/--probe-rate s, in turns of 20 to
+HEAN and to the bare echo (what the load alone does to a round trip on this machine), so that
+its own orders add little to the load it measures (back to back, they added 300-450 orders/s
+to the 1,000). Each load phase also prints the CPU each process used, the machine's busy and
 steal time: the loader and the measuring client share this machine's CPUs with HEAN.
 Usage: python benchmarks/bench_ack.py [--samples N] [--load-seconds S] [--probe-rate R]
                                       [--affinity SPEC]
@@ -43,10 +47,17 @@ from hean.redis_server import free_port
 
 
 def measure(
-    client: RawSocketIO, payload: Any, samples: int, warmup: int = 200, interval: float = 0.0
+    client: RawSocketIO,
+    payload: Any,
+    samples: int,
+    warmup: int = 200,
+    interval: float = 0.0,
+    settle: bool = False,
 ) -> list[float]:
     """Round-trip times in ms of `command` calls (send -> Socket.IO ack), after a warm-up;
-    one call every `interval` seconds, or back to back."""
+    one call every `interval` seconds, or back to back. With `settle`, each call waits for
+    its command's `command_result` before the next is sent, so that no earlier command is
+    still being executed when the next one arrives (an idle system)."""
     times = []
     due = time.perf_counter()
     for i in range(samples + warmup):
@@ -55,12 +66,14 @@ def measure(
             time.sleep(max(0.0, due - time.perf_counter()))
             due = time.perf_counter() + interval
         started = time.perf_counter()
-        reply = client.call("command", body)
+        reply = client.call("command", body, result_of=body["request_id"] if settle else None)
         elapsed = (time.perf_counter() - started) * 1000.0
         if i >= warmup:
             times.append(elapsed)
         if isinstance(reply, dict) and reply.get("accepted") is False:
             raise RuntimeError(f"command refused: {reply}")
+        if settle:
+            client.wait_result(body["request_id"])
     return times
 
 
@@ -155,18 +168,17 @@ def run_layout(args: argparse.Namespace, affinity: str) -> dict[str, Any]:
     """Floor, idle and loaded measurements with HEAN's processes laid out by `affinity`."""
     env = {"HEAN_COMMAND_RATE": "100000", "HEAN_CPU_AFFINITY": affinity}
     with stack(["worker-engine", "worker-llm", "web"], **env) as system:
-        echo_port = free_port()
-        system.spawn(
-            "echo",
-            [sys.executable, str(REPO_ROOT / "benchmarks" / "echo_server.py"), str(echo_port)],
-            pin_as="web",  # the floor runs where the web runs
-        )
-
-        wait_http(f"http://127.0.0.1:{echo_port}/socket.io/?EIO=4&transport=polling")
-
-        floor_client = RawSocketIO(f"http://127.0.0.1:{echo_port}")
-        floor = measure(floor_client, {"command": "stop", "params": {}, "request_id": "x"}, args.samples)
-        floor_client.close()
+        floors = {}  # the bare echo, and the echo that publishes to Redis first
+        for name, extra in (("echo", []), ("echo+redis", [system.redis_url])):
+            port = free_port()
+            script = str(REPO_ROOT / "benchmarks" / "echo_server.py")
+            # the floors run where the web runs
+            system.spawn(name, [sys.executable, script, str(port), *extra], pin_as="web")
+            wait_http(f"http://127.0.0.1:{port}/socket.io/?EIO=4&transport=polling")
+            floors[name] = RawSocketIO(f"http://127.0.0.1:{port}")
+        echo_body = {"command": "stop", "params": {}, "request_id": "x"}
+        floor = measure(floors["echo"], echo_body, args.samples)
+        floor_publish = measure(floors["echo+redis"], echo_body, args.samples)
 
         client = RawSocketIO(system.url, {"token": system.token})
         market = {"symbol": "BTCUSDT", "bid": "50000", "ask": "50001", "last": "50000.5"}
@@ -174,10 +186,11 @@ def run_layout(args: argparse.Namespace, affinity: str) -> dict[str, Any]:
             client.call("command", setup)
         prefix = uuid.uuid4().hex[:8]
         counter = iter(range(10**9))
-        idle = measure(client, lambda: order(next(counter), "idle" + prefix), args.samples)
+        idle = measure(client, lambda: order(next(counter), "idle" + prefix), args.samples, settle=True)
 
         ctx = mp.get_context("spawn")
         loaded: dict[int, list[float]] = {}
+        loaded_floor: dict[int, list[float]] = {}
         stats: dict[int, dict[str, Any]] = {}
         cpu: dict[int, str] = {}
         for per_event in (100, 1):
@@ -189,17 +202,28 @@ def run_layout(args: argparse.Namespace, affinity: str) -> dict[str, Any]:
             time.sleep(1.0)  # let the load reach its rate
             meter = CpuMeter({**system.pids(), "loader": loader.pid or 0, "measuring client": os.getpid()})
             stalls = RedisStalls(system.redis_url)
-            loaded[per_event] = []
+            loaded[per_event], loaded_floor[per_event] = [], []
             until = time.perf_counter() + args.load_seconds - 2.0
-            while time.perf_counter() < until:
-                loaded[per_event] += measure(
-                    client, lambda: order(next(counter), "load" + prefix), 20, 0, 1.0 / args.probe_rate
-                )
+            interval = 1.0 / args.probe_rate
+            while time.perf_counter() < until:  # HEAN and the bare echo, in turns of 20 probes
+                probe = lambda: order(next(counter), "load" + prefix)  # noqa: E731
+                loaded[per_event] += measure(client, probe, 20, 0, interval)
+                loaded_floor[per_event] += measure(floors["echo"], echo_body, 20, 0, interval)
             cpu[per_event] = f"{meter.report()}\n  {stalls.report()}"
             stats[per_event] = out.get(timeout=180)
             loader.join()
         client.close()
-    return {"floor": floor, "idle": idle, "loaded": loaded, "stats": stats, "cpu": cpu}
+        for floor_client in floors.values():
+            floor_client.close()
+    return {
+        "floor": floor,
+        "floor_publish": floor_publish,
+        "idle": idle,
+        "loaded": loaded,
+        "loaded_floor": loaded_floor,
+        "stats": stats,
+        "cpu": cpu,
+    }
 
 
 def report(args: argparse.Namespace, name: str, affinity: str, m: dict[str, Any]) -> None:
@@ -211,8 +235,11 @@ def report(args: argparse.Namespace, name: str, affinity: str, m: dict[str, Any]
         ["scenario", "n", "p50", "p99", "max", "p99 vs floor"],
         [
             row("raw Flask-SocketIO echo (floor)", floor, None),
+            row("echo after one Redis write (publish floor)", m["floor_publish"], floor_p99),
             row("HEAN command, idle", idle, floor_p99),
+            row(f"raw echo, {args.rate} orders/s as 100-order commands", m["loaded_floor"][100], floor_p99),
             row(f"HEAN command, {args.rate} orders/s as 100-order commands", loaded[100], floor_p99),
+            row(f"raw echo, {args.rate} orders/s as single-order commands", m["loaded_floor"][1], floor_p99),
             row(f"HEAN command, {args.rate} orders/s as single-order commands", loaded[1], floor_p99),
         ],
     )
@@ -248,10 +275,13 @@ def main() -> None:
     print("\ntargets: p99 < 5 ms under load; idle p99 <= 1.5x the floor's p99 (same layout)")
     for name, _ in layouts:
         m = results[name]
+        p99 = {key: percentile(m[key], 99) for key in ("floor", "floor_publish", "idle")}
         print(
             f"  {name:<9} under load p99 {percentile(m['loaded'][100], 99):.2f} ms (batched) / "
-            f"{percentile(m['loaded'][1], 99):.2f} ms (single); "
-            f"idle p99 / floor p99 = {percentile(m['idle'], 99) / percentile(m['floor'], 99):.2f}"
+            f"{percentile(m['loaded'][1], 99):.2f} ms (single), the raw echo meanwhile "
+            f"{percentile(m['loaded_floor'][100], 99):.2f} / {percentile(m['loaded_floor'][1], 99):.2f} ms; "
+            f"idle p99 / floor p99 = {p99['idle'] / p99['floor']:.2f} "
+            f"(an echo after one Redis write: {p99['floor_publish'] / p99['floor']:.2f})"
         )
 
 
