@@ -26,6 +26,7 @@ Rules the core applies (see cpp_ext/engine.hpp for the exact integer definitions
 
 from __future__ import annotations
 
+import functools
 import math
 from array import array
 from collections.abc import Iterable, Mapping, Sequence
@@ -128,6 +129,9 @@ _REASON_BY_CODE: dict[int, RejectReason | None] = {
 _SIDE_CODE = {Side.BUY: 0, Side.SELL: 1}
 _TYPE_CODE = {OrderType.MARKET: 0, OrderType.LIMIT: 1}
 _TIF_CODE = {TimeInForce.GTC: 0, TimeInForce.IOC: 1}
+#: The same codes as the JSON text of `to_dict()`.
+_STATUS_TEXT = {code: status.value for code, status in _STATUS_BY_CODE.items()}
+_REASON_TEXT = {code: None if reason is None else reason.value for code, reason in _REASON_BY_CODE.items()}
 
 
 # ---------------------------------------------------------------- conversions
@@ -236,7 +240,24 @@ class _Message:
     __slots__ = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)}  # type: ignore[arg-type]
+        return {name: _jsonable(getattr(self, name)) for name in _field_names(type(self))}
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    """A dataclass's field names (`dataclasses.fields` rebuilds its tuple on every call)."""
+    return tuple(f.name for f in fields(cls))
+
+
+@functools.cache
+def _init_field_names(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in fields(cls) if f.init)
+
+
+def units_text(units: int) -> str:
+    """`format(from_units(units), "f")` by integer arithmetic (always 8 decimal places)."""
+    whole, frac = divmod(-units if units < 0 else units, SCALE)
+    return f"{'-' if units < 0 else ''}{whole}.{frac:08d}"
 
 
 # ---------------------------------------------------------------- messages
@@ -286,8 +307,7 @@ class OrderRequest(_Message):
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> OrderRequest:
         """Builds a request from a JSON-like mapping (e.g. a Socket.IO payload)."""
-        known = {f.name for f in fields(cls) if f.init}
-        unknown = set(data) - known
+        unknown = set(data) - _init_field_names(cls)
         if unknown:
             raise ValueError(f"order: unknown field(s) {sorted(unknown)}")
         missing = {"client_order_id", "symbol", "side", "quantity"} - set(data)
@@ -624,8 +644,30 @@ class BatchResult:
             "rejected": self.rejected,
             "duplicates": self.duplicates,
         }
-        if include_results:
-            out["results"] = [r.to_dict() for r in self.results()]
+        if include_results:  # OrderResult.to_dict() of each, straight from the columns
+            out["results"] = [
+                {
+                    "client_order_id": cid,
+                    "order_id": order_id,
+                    "status": _STATUS_TEXT[status],
+                    "reject_reason": _REASON_TEXT[reason],
+                    "filled_quantity": units_text(filled),
+                    "fill_price": units_text(price) if price else None,
+                    "fee": units_text(fee),
+                    "duplicate": bool(duplicate),
+                }
+                for cid, order_id, status, reason, filled, price, fee, duplicate in zip(
+                    self._client_order_ids,
+                    self.order_ids,
+                    self.statuses,
+                    self.reasons,
+                    self.filled_qty,
+                    self.fill_price,
+                    self.fee,
+                    self._duplicate_flags,
+                    strict=False,
+                )
+            ]
         return out
 
 

@@ -22,6 +22,8 @@ from hean.engine import (
     RejectReason,
     RiskLimits,
     TradingEngine,
+    from_units,
+    units_text,
 )
 
 
@@ -338,6 +340,40 @@ def test_results_are_json_friendly() -> None:
     text = json.dumps(payloads)
     assert '"status": "FILLED"' in text
     assert Decimal(json.loads(text)[3]["account"]["equity"]) == engine.account().equity
+
+
+def test_batch_results_dict_matches_each_result() -> None:
+    """BatchResult.to_dict() builds its results from the columns; each must equal the
+    OrderResult's own to_dict(): fills, expiries, rejects with reasons, duplicates."""
+    engine = running(max_notional=150)
+    orders = []
+    for i in range(60):
+        order: dict[str, object] = {
+            "client_order_id": f"o{i}",
+            "symbol": "BTC" if i % 2 else "ETH",
+            "side": "BUY" if i % 3 else "SELL",
+            "quantity": ["0.00000001", "0.5", "1.23456789", "2"][i % 4],
+        }
+        if i % 5 == 0:  # limit orders: some cross and fill, some expire
+            order.update(order_type="LIMIT", price=["99", "101", "10.5"][i % 3], time_in_force="IOC")
+        orders.append(order)
+    orders += [dict(orders[0]), dict(orders[7])]  # duplicates
+    batch = engine.submit_batch(orders)
+    produced = batch.to_dict()
+    assert produced["results"] == [r.to_dict() for r in batch.results()]
+    statuses = {r["status"] for r in produced["results"]}
+    assert {"FILLED", "EXPIRED", "REJECTED"} <= statuses
+    assert any(r["reject_reason"] for r in produced["results"])
+    assert sum(r["duplicate"] for r in produced["results"]) == 2
+    assert batch.to_dict(include_results=False) == {k: v for k, v in produced.items() if k != "results"}
+
+
+def test_units_text_is_the_decimal_text() -> None:
+    rng = random.Random(11)
+    values = [0, 1, -1, SCALE - 1, SCALE, -SCALE - 1, 2**63 - 1, -(2**63) + 1]
+    values += [rng.randint(-(2**63) + 1, 2**63 - 1) for _ in range(20_000)]
+    for units in values:
+        assert units_text(units) == format(from_units(units), "f")
 
 
 def test_concurrent_threads_lose_nothing() -> None:
