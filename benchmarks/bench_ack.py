@@ -10,7 +10,7 @@ echo, and an echo that writes the event to a Redis list before answering, the le
 ack "after a confirmed broker publish" costs here. HEAN idle sends each command once the
 previous one's `command_result` is in, so that no earlier command is still being executed.
 Under load the measuring client sends one command every 1/--probe-rate s, in turns of 20 to
-HEAN and to the bare echo (what the load alone does to a round trip on this machine), so that
+HEAN and to each floor (what the load alone does to those round trips on this machine), so that
 its own orders add little to the load it measures (back to back, they added 300-450 orders/s
 to the 1,000). Each load phase also prints the CPU each process used, the machine's busy and
 steal time: the loader and the measuring client share this machine's CPUs with HEAN.
@@ -190,7 +190,7 @@ def run_layout(args: argparse.Namespace, affinity: str) -> dict[str, Any]:
 
         ctx = mp.get_context("spawn")
         loaded: dict[int, list[float]] = {}
-        loaded_floor: dict[int, list[float]] = {}
+        loaded_floors: dict[str, dict[int, list[float]]] = {name: {} for name in floors}
         stats: dict[int, dict[str, Any]] = {}
         cpu: dict[int, str] = {}
         for per_event in (100, 1):
@@ -202,13 +202,16 @@ def run_layout(args: argparse.Namespace, affinity: str) -> dict[str, Any]:
             time.sleep(1.0)  # let the load reach its rate
             meter = CpuMeter({**system.pids(), "loader": loader.pid or 0, "measuring client": os.getpid()})
             stalls = RedisStalls(system.redis_url)
-            loaded[per_event], loaded_floor[per_event] = [], []
+            loaded[per_event] = []
+            for name in floors:
+                loaded_floors[name][per_event] = []
             until = time.perf_counter() + args.load_seconds - 2.0
             interval = 1.0 / args.probe_rate
-            while time.perf_counter() < until:  # HEAN and the bare echo, in turns of 20 probes
+            while time.perf_counter() < until:  # HEAN and each floor, in turns of 20 probes
                 probe = lambda: order(next(counter), "load" + prefix)  # noqa: E731
                 loaded[per_event] += measure(client, probe, 20, 0, interval)
-                loaded_floor[per_event] += measure(floors["echo"], echo_body, 20, 0, interval)
+                for name, floor_client in floors.items():
+                    loaded_floors[name][per_event] += measure(floor_client, echo_body, 20, 0, interval)
             cpu[per_event] = f"{meter.report()}\n  {stalls.report()}"
             stats[per_event] = out.get(timeout=180)
             loader.join()
@@ -220,7 +223,7 @@ def run_layout(args: argparse.Namespace, affinity: str) -> dict[str, Any]:
         "floor_publish": floor_publish,
         "idle": idle,
         "loaded": loaded,
-        "loaded_floor": loaded_floor,
+        "loaded_floors": loaded_floors,
         "stats": stats,
         "cpu": cpu,
     }
@@ -237,10 +240,15 @@ def report(args: argparse.Namespace, name: str, affinity: str, m: dict[str, Any]
             row("raw Flask-SocketIO echo (floor)", floor, None),
             row("echo after one Redis write (publish floor)", m["floor_publish"], floor_p99),
             row("HEAN command, idle", idle, floor_p99),
-            row(f"raw echo, {args.rate} orders/s as 100-order commands", m["loaded_floor"][100], floor_p99),
-            row(f"HEAN command, {args.rate} orders/s as 100-order commands", loaded[100], floor_p99),
-            row(f"raw echo, {args.rate} orders/s as single-order commands", m["loaded_floor"][1], floor_p99),
-            row(f"HEAN command, {args.rate} orders/s as single-order commands", loaded[1], floor_p99),
+            *[
+                row(f"{label}, {args.rate} orders/s as {kind} commands", times[per_event], floor_p99)
+                for per_event, kind in ((100, "100-order"), (1, "single-order"))
+                for label, times in (
+                    ("raw echo", m["loaded_floors"]["echo"]),
+                    ("echo after one Redis write", m["loaded_floors"]["echo+redis"]),
+                    ("HEAN command", loaded),
+                )
+            ],
         ],
     )
     print(f"(under load, {args.probe_rate:g} measured commands/s on top of the {args.rate} orders/s)")
@@ -258,7 +266,7 @@ def report(args: argparse.Namespace, name: str, affinity: str, m: dict[str, Any]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--samples", type=int, default=2000)
-    parser.add_argument("--load-seconds", type=float, default=10.0)
+    parser.add_argument("--load-seconds", type=float, default=15.0)
     parser.add_argument("--rate", type=int, default=1000)
     parser.add_argument(
         "--probe-rate", type=float, default=100.0, help="measured commands per second under load"
@@ -276,11 +284,18 @@ def main() -> None:
     for name, _ in layouts:
         m = results[name]
         p99 = {key: percentile(m[key], 99) for key in ("floor", "floor_publish", "idle")}
+        under = {
+            label: " / ".join(f"{percentile(times[n], 99):.2f}" for n in (100, 1))
+            for label, times in (
+                ("HEAN", m["loaded"]),
+                ("raw echo", m["loaded_floors"]["echo"]),
+                ("echo after a Redis write", m["loaded_floors"]["echo+redis"]),
+            )
+        }
         print(
-            f"  {name:<9} under load p99 {percentile(m['loaded'][100], 99):.2f} ms (batched) / "
-            f"{percentile(m['loaded'][1], 99):.2f} ms (single), the raw echo meanwhile "
-            f"{percentile(m['loaded_floor'][100], 99):.2f} / {percentile(m['loaded_floor'][1], 99):.2f} ms; "
-            f"idle p99 / floor p99 = {p99['idle'] / p99['floor']:.2f} "
+            f"  {name:<9} under load p99 (batched / single, ms): "
+            + "; ".join(f"{label} {text}" for label, text in under.items())
+            + f"\n  {'':<9} idle p99 / floor p99 = {p99['idle'] / p99['floor']:.2f} "
             f"(an echo after one Redis write: {p99['floor_publish'] / p99['floor']:.2f})"
         )
 
