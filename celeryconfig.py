@@ -58,6 +58,11 @@ accept_content = ["json"]
 task_acks_late = True  # a task is acknowledged after it ran, so a crash re-delivers it
 task_reject_on_worker_lost = True  # ... including a worker killed mid-task
 worker_prefetch_multiplier = 1  # the engine worker holds at most one unacknowledged command
+# A late-ack task still running when the broker connection drops runs to its end rather than
+# being cancelled: its ack fails, the message comes back after the visibility timeout, and the
+# journal resends its result instead of running it again (tests/test_broker_reconnect.py).
+# Celery 6 turns this on by default; workers.app silences 5.x's warning about that change.
+worker_cancel_long_running_tasks_on_connection_loss = False
 # Redeliveries of one message are capped in workers.app (a poison command must not loop).
 MAX_REDELIVERIES = 3
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import warnings
 from typing import Any
 
 from celery import Celery, Task
-from celery.signals import worker_ready, worker_shutdown
+from celery.exceptions import CPendingDeprecationWarning
+from celery.signals import celeryd_after_setup, worker_ready, worker_shutdown
 
 from hean.config import get_settings
 
@@ -53,6 +55,18 @@ class HeanTask(Task):
 WORKER_HEARTBEAT_S = 1.0
 _heartbeat_stop = threading.Event()
 _heartbeat: dict[str, Any] = {}  # this process's heartbeat: its node name and thread
+
+
+@celeryd_after_setup.connect
+def _quiet_cancel_warning(**_: Any) -> None:
+    """Celery 5 warns at every reconnect while worker_cancel_long_running_tasks_on_connection_loss
+    is off, which celeryconfig.py sets on purpose. Installed after Celery's logging setup, which
+    makes its deprecation warnings "always" shown."""
+    warnings.filterwarnings(
+        "ignore",
+        message=r"\s*In Celery 5\.1 we introduced an optional breaking change",
+        category=CPendingDeprecationWarning,
+    )
 
 
 @worker_ready.connect
