@@ -14,7 +14,8 @@ already handle as a lost connection (the close is skipped, the ack is logged as 
 message itself is not lost: it stays in Redis's unacked set and is delivered again after the
 visibility timeout, like any message whose worker lost its connection.
 
-celeryconfig.py selects this transport for redis:// and rediss:// broker URLs.
+celeryconfig.py selects this transport for redis:// broker URLs; rediss:// and sentinel keep
+kombu's own.
 """
 
 from __future__ import annotations
