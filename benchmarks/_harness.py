@@ -222,6 +222,7 @@ class RawSocketIO:
                 raise RuntimeError(f"connection refused: {reply}")
         self._next_id = 0
         self._result: object = None
+        self._result_of: str | None = None
 
     def send(self, event: str, data: object, ack: bool = True) -> int:
         """Send an event; returns its ack id (-1 without ack)."""
@@ -252,7 +253,7 @@ class RawSocketIO:
         """Send and wait for the ack, skipping other packets. With `result_of`, a request id,
         its `command_result` is kept if it comes before the ack (see `wait_result`)."""
         ack_id = self.send(event, data)
-        self._result = None
+        self._result, self._result_of = None, result_of
         while True:
             kind, key, payload = self.recv()
             if kind == "ack" and key == ack_id:
@@ -260,11 +261,12 @@ class RawSocketIO:
             if result_of is not None and _is_result_of(key, payload, result_of):
                 self._result = payload
 
-    def wait_result(self, request_id: str) -> object:
-        """The `command_result` of `request_id`, the last `call`'s `result_of`."""
+    def wait_result(self) -> object:
+        """The `command_result` of the last `call`'s `result_of`."""
+        assert self._result_of is not None, "call() was not given result_of"
         while self._result is None:
             _, key, payload = self.recv()
-            if _is_result_of(key, payload, request_id):
+            if _is_result_of(key, payload, self._result_of):
                 return payload
         return self._result
 

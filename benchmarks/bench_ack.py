@@ -73,7 +73,7 @@ def measure(
         if isinstance(reply, dict) and reply.get("accepted") is False:
             raise RuntimeError(f"command refused: {reply}")
         if settle:
-            client.wait_result(body["request_id"])
+            client.wait_result()
     return times
 
 
@@ -169,9 +169,9 @@ def run_layout(args: argparse.Namespace, affinity: str) -> dict[str, Any]:
     env = {"HEAN_COMMAND_RATE": "100000", "HEAN_CPU_AFFINITY": affinity}
     with stack(["worker-engine", "worker-llm", "web"], **env) as system:
         floors = {}  # the bare echo, and the echo that publishes to Redis first
+        script = str(REPO_ROOT / "benchmarks" / "echo_server.py")
         for name, extra in (("echo", []), ("echo+redis", [system.redis_url])):
             port = free_port()
-            script = str(REPO_ROOT / "benchmarks" / "echo_server.py")
             # the floors run where the web runs
             system.spawn(name, [sys.executable, script, str(port), *extra], pin_as="web")
             wait_http(f"http://127.0.0.1:{port}/socket.io/?EIO=4&transport=polling")
@@ -207,8 +207,8 @@ def run_layout(args: argparse.Namespace, affinity: str) -> dict[str, Any]:
                 loaded_floors[name][per_event] = []
             until = time.perf_counter() + args.load_seconds - 2.0
             interval = 1.0 / args.probe_rate
+            probe = lambda: order(next(counter), "load" + prefix)  # noqa: E731
             while time.perf_counter() < until:  # HEAN and each floor, in turns of 20 probes
-                probe = lambda: order(next(counter), "load" + prefix)  # noqa: E731
                 loaded[per_event] += measure(client, probe, 20, 0, interval)
                 for name, floor_client in floors.items():
                     loaded_floors[name][per_event] += measure(floor_client, echo_body, 20, 0, interval)
@@ -229,8 +229,17 @@ def run_layout(args: argparse.Namespace, affinity: str) -> dict[str, Any]:
     }
 
 
+def loaded_series(m: dict[str, Any]) -> list[tuple[str, dict[int, list[float]]]]:
+    """Round trips under load, per orders per command, of each floor and of HEAN."""
+    return [
+        ("raw echo", m["loaded_floors"]["echo"]),
+        ("echo after one Redis write", m["loaded_floors"]["echo+redis"]),
+        ("HEAN command", m["loaded"]),
+    ]
+
+
 def report(args: argparse.Namespace, name: str, affinity: str, m: dict[str, Any]) -> None:
-    floor, idle, loaded, stats = m["floor"], m["idle"], m["loaded"], m["stats"]
+    floor, idle, stats = m["floor"], m["idle"], m["stats"]
     floor_p99 = percentile(floor, 99)
     print_table(
         f"[{name}: HEAN_CPU_AFFINITY={affinity!r}] ack round trip (ms): "
@@ -243,11 +252,7 @@ def report(args: argparse.Namespace, name: str, affinity: str, m: dict[str, Any]
             *[
                 row(f"{label}, {args.rate} orders/s as {kind} commands", times[per_event], floor_p99)
                 for per_event, kind in ((100, "100-order"), (1, "single-order"))
-                for label, times in (
-                    ("raw echo", m["loaded_floors"]["echo"]),
-                    ("echo after one Redis write", m["loaded_floors"]["echo+redis"]),
-                    ("HEAN command", loaded),
-                )
+                for label, times in loaded_series(m)
             ],
         ],
     )
@@ -286,11 +291,7 @@ def main() -> None:
         p99 = {key: percentile(m[key], 99) for key in ("floor", "floor_publish", "idle")}
         under = {
             label: " / ".join(f"{percentile(times[n], 99):.2f}" for n in (100, 1))
-            for label, times in (
-                ("HEAN", m["loaded"]),
-                ("raw echo", m["loaded_floors"]["echo"]),
-                ("echo after a Redis write", m["loaded_floors"]["echo+redis"]),
-            )
+            for label, times in loaded_series(m)
         }
         print(
             f"  {name:<9} under load p99 (batched / single, ms): "
