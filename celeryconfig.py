@@ -1,7 +1,7 @@
 """Celery configuration: queues, routes, beat schedule and reliability knobs, in one place.
 
-Every queue name in the project is declared here and nowhere else; code that needs one
-imports it from this module.
+The names it uses (queues, tasks, the pulse period) live in hean/topology.py, which the web
+and the workers import too; nothing imports this module but Celery and the workers.
 """
 
 from __future__ import annotations
@@ -9,17 +9,19 @@ from __future__ import annotations
 from kombu import Exchange, Queue
 
 from hean.config import get_settings
+from hean.topology import (
+    ALL_QUEUES,
+    DEFAULT_QUEUE,
+    ENGINE_QUEUE,
+    LLM_QUEUE,
+    PULSE_PERIOD_S,
+    PULSE_QUEUE,
+    PULSE_TASK,
+)
 
 _settings = get_settings()
 
 # -- queues ---------------------------------------------------------------------------------
-ENGINE_QUEUE = "engine"  # exactly one consumer: commands and orders apply in order
-PULSE_QUEUE = "pulse"  # the 100 ms health heartbeat
-LLM_QUEUE = "llm"  # slow LLM error analysis, kept away from everything else
-DEFAULT_QUEUE = "default"
-
-ALL_QUEUES = (ENGINE_QUEUE, PULSE_QUEUE, LLM_QUEUE, DEFAULT_QUEUE)
-
 # The nameless default exchange: kombu's Redis transport then pushes straight onto the queue's
 # list, instead of first reading the exchange's binding table (one round trip per publish).
 DIRECT = Exchange("")
@@ -71,11 +73,10 @@ worker_send_task_events = True
 task_send_sent_event = True
 
 # -- beat -----------------------------------------------------------------------------------
-PULSE_PERIOD_S = 0.1
 beat_schedule_filename = str(_settings.home / "celerybeat-schedule")
 beat_schedule = {
     "pulse": {
-        "task": "workers.pulse.pulse",
+        "task": PULSE_TASK,
         "schedule": PULSE_PERIOD_S,
         # A pulse older than one period is useless: drop it rather than run it late.
         "options": {"expires": PULSE_PERIOD_S, "queue": PULSE_QUEUE},

@@ -28,10 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import Stack, percentile, print_table, stack
 from bench_ack import load
 
-from celeryconfig import PULSE_PERIOD_S
 from hean.core.system.health_monitor import HEALTH_NAMESPACE, SUMMARY_KEY
 from hean.core.system.redis_state import SyncRedisStateManager
 from hean.processes import PROCESSES
+from hean.topology import PULSE_PERIOD_S
 
 PERIOD_MS = PULSE_PERIOD_S * 1000.0
 JITTER_TARGET_MS = 10.0

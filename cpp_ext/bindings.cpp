@@ -254,6 +254,25 @@ PYBIND11_MODULE(_core, m) {
   m.attr("MAX_PRICE") = hean::kMaxPrice;
   m.attr("MAX_QUANTITY") = hean::kMaxQuantity;
   m.attr("MAX_CASH") = hean::kMaxCash;
+  m.def(
+      "bounds",
+      [] {
+        // name -> {kind, min, min_exclusive, max}: the table the core validates against
+        py::dict out;
+        auto add = [&out](const hean::Bound& b) {
+          const char* kind = b.kind == hean::BoundKind::FixedPoint ? "fixed_point"
+                             : b.kind == hean::BoundKind::Integer  ? "integer"
+                                                                   : "length";
+          out[b.name] = py::dict(py::arg("kind") = kind, py::arg("min") = b.min,
+                                 py::arg("min_exclusive") = b.min_exclusive,
+                                 py::arg("max") = b.max);
+        };
+        for (const auto& b : hean::kRiskLimitBounds) add(b);
+        for (const auto& b : hean::kOrderBounds) add(b);
+        return out;
+      },
+      "Every risk limit's and order field's bounds, as the core checks them (values in "
+      "1e-8 units for fixed_point, counts for integer, bytes for length).");
 
   py::enum_<hean::EngineState>(m, "EngineState")
       .value("STOPPED", hean::EngineState::Stopped)

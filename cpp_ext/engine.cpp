@@ -16,8 +16,8 @@ using detail::RestingOrder;
 using detail::SymbolState;
 
 constexpr i64 kNsPerSecond = 1'000'000'000;
-constexpr i64 kHundredPct = 100 * kScale;
-constexpr std::size_t kMaxIdLength = 64;
+using bounds::kHundredPct;
+constexpr std::size_t kMaxIdLength = static_cast<std::size_t>(bounds::kMaxIdBytes);
 
 i64 abs64(i64 v) noexcept { return v < 0 ? -v : v; }
 
@@ -486,28 +486,46 @@ const char* to_string(RejectReason reason) noexcept {
   return "UNKNOWN";
 }
 
+namespace {
+// A fixed-point value as the shortest decimal text ("0.1", "10000000000").
+std::string units_text(i64 units) {
+  std::string text = std::to_string(units / kScale);
+  i64 frac = units % kScale;
+  if (frac != 0) {
+    std::string digits = std::to_string(frac);
+    digits.insert(0, 8 - digits.size(), '0');
+    digits.erase(digits.find_last_not_of('0') + 1);
+    text += "." + digits;
+  }
+  return text;
+}
+}  // namespace
+
+std::string Bound::violation() const {
+  const bool fixed = kind == BoundKind::FixedPoint;
+  const std::string lo = fixed ? units_text(min) : std::to_string(min);
+  const std::string hi = fixed ? units_text(max) : std::to_string(max);
+  if (kind == BoundKind::Length) {
+    return std::string(name) + ": must be " + lo + " to " + hi + " bytes long";
+  }
+  return std::string(name) + ": must be " + (min_exclusive ? "> " : ">= ") + lo + " and <= " + hi;
+}
+
+namespace {
+void check(const Bound& bound, i64 value) {
+  if (!bound.contains(value)) throw InvalidInput(bound.violation());
+}
+}  // namespace
+
 void RiskLimits::validate() const {
-  require(min_notional >= 0, "min_notional: must be >= 0");
-  require(max_notional > 0 && max_notional <= kMaxCash,
-          "max_notional: must be > 0 and <= 1e10");
+  const i64 values[] = {min_notional,           max_notional,       max_open_orders,
+                        max_open_positions,     max_leverage,       max_trade_risk_pct,
+                        stop_distance_pct,      max_daily_drawdown_pct, kill_switch_drawdown_pct,
+                        max_orders_per_second,  fee_rate};
+  static_assert(sizeof(values) / sizeof(values[0]) == kRiskLimitBounds.size(),
+                "one bound per risk limit");
+  for (std::size_t i = 0; i < kRiskLimitBounds.size(); ++i) check(kRiskLimitBounds[i], values[i]);
   require(min_notional <= max_notional, "min_notional: must not exceed max_notional");
-  require(max_open_orders >= 0 && max_open_orders <= 1'000'000,
-          "max_open_orders: must be between 0 and 1000000");
-  require(max_open_positions >= 0 && max_open_positions <= 1'000'000,
-          "max_open_positions: must be between 0 and 1000000");
-  require(max_leverage > 0 && max_leverage <= 1000 * kScale,
-          "max_leverage: must be > 0 and <= 1000");
-  require(max_trade_risk_pct > 0 && max_trade_risk_pct <= kHundredPct,
-          "max_trade_risk_pct: must be > 0 and <= 100");
-  require(stop_distance_pct > 0 && stop_distance_pct <= kHundredPct,
-          "stop_distance_pct: must be > 0 and <= 100");
-  require(max_daily_drawdown_pct > 0 && max_daily_drawdown_pct <= kHundredPct,
-          "max_daily_drawdown_pct: must be > 0 and <= 100");
-  require(kill_switch_drawdown_pct > 0 && kill_switch_drawdown_pct <= kHundredPct,
-          "kill_switch_drawdown_pct: must be > 0 and <= 100");
-  require(max_orders_per_second >= 0 && max_orders_per_second <= 1'000'000'000,
-          "max_orders_per_second: must be between 0 (unlimited) and 1e9");
-  require(fee_rate >= 0 && fee_rate <= kScale / 10, "fee_rate: must be between 0 and 0.1");
 }
 
 bool RiskLimits::operator==(const RiskLimits& o) const noexcept {
@@ -521,19 +539,16 @@ bool RiskLimits::operator==(const RiskLimits& o) const noexcept {
 }
 
 void validate_order(const OrderRequest& req) {
-  require(!req.client_id.empty(), "client_order_id: must not be empty");
-  require(req.client_id.size() <= kMaxIdLength, "client_order_id: longer than 64 bytes");
-  require(!req.symbol.empty(), "symbol: must not be empty");
-  require(req.symbol.size() <= kMaxIdLength, "symbol: longer than 64 bytes");
+  check(bounds::kClientOrderId, static_cast<i64>(req.client_id.size()));
+  check(bounds::kSymbol, static_cast<i64>(req.symbol.size()));
   require(req.side == Side::Buy || req.side == Side::Sell, "side: must be BUY or SELL");
   require(req.type == OrderType::Market || req.type == OrderType::Limit,
           "order_type: must be MARKET or LIMIT");
   require(req.tif == TimeInForce::GTC || req.tif == TimeInForce::IOC,
           "time_in_force: must be GTC or IOC");
-  require(req.quantity > 0 && req.quantity <= kMaxQuantity,
-          "quantity: must be > 0 and <= 1e9");
+  check(bounds::kQuantity, req.quantity);
   if (req.type == OrderType::Limit) {
-    require(req.price > 0 && req.price <= kMaxPrice, "price: must be > 0 and <= 1e9");
+    check(bounds::kPrice, req.price);
   } else {
     require(req.price >= 0 && req.price <= kMaxPrice,
             "price: must be 0 (unused) for a market order");
@@ -541,11 +556,13 @@ void validate_order(const OrderRequest& req) {
 }
 
 void validate_market(const MarketUpdate& u) {
-  require(!u.symbol.empty(), "symbol: must not be empty");
-  require(u.symbol.size() <= kMaxIdLength, "symbol: longer than 64 bytes");
-  require(u.bid > 0 && u.bid <= kMaxPrice, "bid: must be > 0 and <= 1e9");
-  require(u.ask > 0 && u.ask <= kMaxPrice, "ask: must be > 0 and <= 1e9");
-  require(u.last > 0 && u.last <= kMaxPrice, "last: must be > 0 and <= 1e9");
+  check(bounds::kSymbol, static_cast<i64>(u.symbol.size()));
+  for (const auto& [name, value] : {std::pair<const char*, i64>{"bid", u.bid}, {"ask", u.ask},
+                                    {"last", u.last}}) {
+    Bound price = bounds::kPrice;
+    price.name = name;
+    check(price, value);
+  }
   require(u.bid <= u.ask, "bid: must not exceed ask");
 }
 

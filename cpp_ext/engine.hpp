@@ -38,6 +38,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "bounds.hpp"
 #include "fixed_point.hpp"
 #include "idempotency.hpp"
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import redis
 
+from hean.celery_wire import MessageFrame, escape_envelope
 from hean.redis_client import run_script
 
 #: How long a request id is remembered.
@@ -84,20 +85,6 @@ def journal_key(request_id: str) -> str:
 
 
 @dataclass(frozen=True)
-class MessageFrame:
-    """A broker message around a JSON body of ``head + envelopes + tail``, as text pieces.
-
-    ``prefix`` and ``suffix`` are the encoded message before and after its body string; the
-    body pieces are already escaped for use inside that string.
-    """
-
-    prefix: str
-    suffix: str
-    body_head: str
-    body_tail: str
-
-
-@dataclass(frozen=True)
 class Reservation:
     """Outcome of reserving a request id: new, or the earlier ack/result of the same id."""
 
@@ -143,7 +130,7 @@ class CommandJournal:
         keys = [journal_key(rid) for rid, _ in items] + [queue_key]
         keys += [journal_key(ack["request_id"]) for ack in earlier_acks]
         args: list[Any] = [RETENTION_S, len(items), *(env for _, env in items)]
-        args += [json.dumps(env)[1:-1] for _, env in items]
+        args += [escape_envelope(env) for _, env in items]
         args += [frame.prefix, frame.suffix, frame.body_head, frame.body_tail]
         args += [len(earlier_acks), *(_dumps(ack) for ack in earlier_acks)]
         reply = run_script(self._client.connection_pool, _RESERVE, keys, args)

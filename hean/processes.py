@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from celeryconfig import DEFAULT_QUEUE, ENGINE_QUEUE, LLM_QUEUE, PULSE_QUEUE
+from hean.topology import DEFAULT_QUEUE, ENGINE_QUEUE, LLM_QUEUE, PULSE_QUEUE
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from celery import Celery
 from hean.command_journal import CommandJournal
 from hean.core.system.redis_state import get_sync_state_manager
 from support import Client, start_engine_worker, stop_engine_worker, wait_for
-from workers.engine import INFLIGHT_KEY, LOG_KEY
+from workers.shard import INFLIGHT_KEY, LOG_KEY
 
 REDIS: dict[str, str] = {}
 

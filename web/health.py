@@ -17,11 +17,10 @@ from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 from redis.exceptions import RedisError
 
-from celeryconfig import PULSE_PERIOD_S
 from hean.core.system.health_monitor import HEALTH_NAMESPACE, MODULES, NODES_KEY, get_sync_health, nodes_view
 from hean.core.system.redis_state import StateError, get_sync_state_manager
 from hean.redis_client import sync_client
-from workers.engine import ENGINE_KEY, SYSTEM_NAMESPACE
+from hean.topology import ENGINE_KEY, PULSE_PERIOD_S, SYSTEM_NAMESPACE
 
 blueprint = Blueprint("health", __name__)
 

@@ -11,9 +11,9 @@ from typing import Any
 
 from flask import Flask
 
-from celeryconfig import PULSE_PERIOD_S
 from hean.core.system.probes import WEB_HEARTBEAT_KEY
 from hean.redis_client import sync_client
+from hean.topology import PULSE_PERIOD_S
 
 log = logging.getLogger(__name__)
 

@@ -7,13 +7,10 @@ published to the broker. A request id seen before gets the original ack back (wi
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
 import queue
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +19,9 @@ from celery import Celery
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from hean.command_journal import CommandJournal, MessageFrame, Reservation
+from hean.celery_wire import batch_frame
+from hean.command_journal import CommandJournal, Reservation
+from hean.commands import command_names, get_command, validation_error
 from hean.messages import (
     CommandAck,
     CommandRequest,
@@ -31,7 +30,7 @@ from hean.messages import (
     new_request_id,
     now_ms,
 )
-from workers.commands import TASK_FOR_QUEUE, command_names, get_command
+from hean.topology import BATCH_TASKS
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +42,6 @@ MAX_BATCH = 500
 ENQUEUE_TIMEOUT_S = 5.0
 #: How long sent acks wait for the next batch to journal them before being journaled alone.
 ACK_JOURNAL_DELAY_S = 0.02
-
-
-def first_error(exc: ValidationError, code: str, prefix: str = "") -> ErrorInfo:
-    """The first validation error as an ErrorInfo naming the offending field."""
-    first = exc.errors()[0]
-    field = prefix + ".".join(str(part) for part in first["loc"])
-    field = field.rstrip(".")
-    return ErrorInfo(code=code, message=f"{field or 'payload'}: {first['msg']}", field=field or None)
 
 
 @dataclass
@@ -143,7 +134,7 @@ class CommandIntake:
         try:
             request = CommandRequest.model_validate(data)
         except ValidationError as exc:
-            return reject(first_error(exc, "invalid_payload"))
+            return reject(validation_error(exc, "invalid_payload"))
         spec = get_command(request.command)
         if spec is None:
             return reject(
@@ -158,7 +149,7 @@ class CommandIntake:
         try:
             params = spec.params.model_validate(request.params)
         except ValidationError as exc:
-            return reject(first_error(exc, "invalid_params", prefix="params."), status=422)
+            return reject(validation_error(exc, "invalid_params", prefix="params."), status=422)
 
         envelope = TaskEnvelope(
             request_id=request_id,
@@ -278,7 +269,7 @@ class CommandWriter:
         for queue_name, items in by_queue.items():
             task_id = f"batch-{items[0].request_id}-{len(items)}"
             commands = ", ".join(sorted({p.command for p in items}))
-            frame = celery_frame(self._celery, TASK_FOR_QUEUE[queue_name], queue_name, task_id, commands)
+            frame = batch_frame(self._celery, BATCH_TASKS[queue_name], queue_name, task_id, commands)
             earlier = self._take_acks()
             journaled = False
             try:
@@ -302,62 +293,6 @@ class CommandWriter:
             with self._acks_lock:
                 self._unjournaled += acks
             self._acks_waiting.set()
-
-
-_BODY = "__HEAN_BODY__"
-_BODY_TAIL = ']], {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]'
-
-
-_TASK_ID = "__HEAN_TASK_ID__"
-_ARGSREPR = "__HEAN_ARGSREPR__"
-_DELIVERY_TAG = "__HEAN_DELIVERY_TAG__"
-
-
-def celery_frame(
-    celery_app: Celery, task_name: str, queue_name: str, task_id: str, commands: str
-) -> MessageFrame:
-    """The Celery (protocol 2) message for `task_name(envelopes)`, as kombu's Redis transport
-    stores it on the queue's list, with the envelope list left to fill in.
-
-    Built by Celery's own `as_task_v2` once per task and queue (cached with placeholders for
-    the task id, the summary and a fresh delivery tag per message); the body is plain JSON
-    (no body encoding), which the transport hands to the worker as is. Writing it ourselves
-    lets one Lua script reserve the request ids and enqueue exactly the new ones in a single
-    round trip.
-    """
-    prefix, suffix = _frame_template(celery_app, task_name, queue_name)
-    for placeholder, value in (
-        (_TASK_ID, task_id),
-        # a short summary for Flower instead of every command (cheaper, and no order details)
-        (_ARGSREPR, f"[commands: {commands}]"),
-        (_DELIVERY_TAG, str(uuid.uuid4())),  # unique per message: kombu keys unacked ones by it
-    ):
-        suffix = suffix.replace(placeholder, json.dumps(value)[1:-1])
-    return MessageFrame(prefix=prefix, suffix=suffix, body_head="[[[", body_tail=json.dumps(_BODY_TAIL)[1:-1])
-
-
-@functools.lru_cache(maxsize=32)
-def _frame_template(celery_app: Celery, task_name: str, queue_name: str) -> tuple[str, str]:
-    message = celery_app.amqp.as_task_v2(
-        _TASK_ID, task_name, args=(), kwargs={}, argsrepr=_ARGSREPR, kwargsrepr="{}", ignore_result=True
-    )
-    text = json.dumps(
-        {
-            "body": _BODY,
-            "content-encoding": "utf-8",
-            "content-type": "application/json",
-            "headers": message.headers,
-            "properties": {
-                **message.properties,
-                "delivery_mode": 2,
-                "delivery_info": {"exchange": "", "routing_key": queue_name},
-                "priority": 0,
-                "delivery_tag": _DELIVERY_TAG,
-            },
-        }
-    )
-    prefix, suffix = text.split(json.dumps(_BODY))
-    return prefix, suffix
 
 
 class PendingCommand:

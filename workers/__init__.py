@@ -1,9 +1,9 @@
-"""Celery workers: `celery -A workers worker -Q engine` finds the app here."""
+"""Celery workers: `celery -A workers worker -Q engine` finds the app here.
 
-from workers import default, engine, pulse  # noqa: F401  (registers tasks and commands)
+Importing the package loads only the app (the web process builds task messages with it);
+a worker imports the task modules itself (`app.conf.include`).
+"""
+
 from workers.app import app
-from workers.commands import load_command_modules
-
-load_command_modules()
 
 __all__ = ["app"]

@@ -12,6 +12,7 @@ from celery import Celery, Task
 from celery.exceptions import CPendingDeprecationWarning
 from celery.signals import celeryd_after_setup, worker_ready, worker_shutdown
 
+from hean.commands import load_command_modules
 from hean.config import get_settings
 
 log = logging.getLogger(__name__)
@@ -108,4 +109,6 @@ def _stop_heartbeat(**_: Any) -> None:
 
 app = Celery("hean", task_cls=HeanTask)
 app.config_from_object("celeryconfig")
+# Imported by each worker at start (not by a process that only sends tasks, like the web).
 app.conf.include = ["workers.engine", "workers.default", "workers.pulse"]
+load_command_modules()  # a project's own commands, named in HEAN_COMMAND_MODULES

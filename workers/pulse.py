@@ -22,12 +22,12 @@ from typing import Any
 from celery.signals import worker_ready
 from redis.exceptions import RedisError
 
-from celeryconfig import PULSE_PERIOD_S, PULSE_QUEUE
 from hean.core.system.health_monitor import HealthMonitor, Probe, Unreachable, report_node, store_pulse
 from hean.core.system.probes import db_probe, exchange_probe, redis_probe, web_probe, workers_probe
 from hean.core.system.redis_state import StateError, get_sync_state_manager
 from hean.messages import OPERATORS_ROOM
 from hean.redis_client import sync_client
+from hean.topology import ENGINE_PING_TASK, PULSE_PERIOD_S, PULSE_QUEUE, PULSE_TASK
 from workers.app import app
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def cpp_core_probe() -> Probe:
     def check() -> dict[str, Any]:
         reply_key = f"hean:pong:{uuid.uuid4().hex}"
         sent = time.time()
-        app.send_task("workers.engine.ping", args=[sent, reply_key], expires=PING_WAIT_S)
+        app.send_task(ENGINE_PING_TASK, args=[sent, reply_key], expires=PING_WAIT_S)
         answer = sync_client().blpop([reply_key], timeout=PING_WAIT_S)
         if answer is None:
             raise Unreachable(f"engine worker did not answer a ping within {PING_WAIT_S * 1000:.0f} ms")
@@ -105,7 +105,7 @@ def _sent_at(expires: Any) -> float | None:
     return None
 
 
-@app.task(name="workers.pulse.pulse", ignore_result=True, bind=True)
+@app.task(name=PULSE_TASK, ignore_result=True, bind=True)
 def pulse(self: Any) -> None:
     """One pulse: probe every module, store the result, tell the operators."""
     started = time.time()

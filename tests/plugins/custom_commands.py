@@ -7,9 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from celeryconfig import DEFAULT_QUEUE
-from hean.messages import CommandError
-from workers.commands import command
+from hean.commands import CommandError, command
+from hean.topology import DEFAULT_QUEUE
 
 
 class EchoParams(BaseModel):

@@ -1,0 +1,34 @@
+"""The names every HEAN process shares: queues, the tasks that consume them, the pulse period,
+and the state-bus keys the system publishes. celeryconfig.py, the web and the workers import
+them from here, so each has one home."""
+
+from __future__ import annotations
+
+from typing import Final
+
+# -- queues -----------------------------------------------------------------------------------
+ENGINE_QUEUE: Final = "engine"  # exactly one consumer per shard: commands and orders apply in order
+PULSE_QUEUE: Final = "pulse"  # the 100 ms health heartbeat
+LLM_QUEUE: Final = "llm"  # slow LLM error analysis, kept away from everything else
+DEFAULT_QUEUE: Final = "default"
+ALL_QUEUES: Final = (ENGINE_QUEUE, PULSE_QUEUE, LLM_QUEUE, DEFAULT_QUEUE)
+
+#: The Celery task that runs a batch of commands, per queue that takes commands.
+BATCH_TASKS: Final = {
+    ENGINE_QUEUE: "workers.engine.run_batch",
+    DEFAULT_QUEUE: "workers.default.run_batch",
+}
+#: The health probe's round trip through the engine queue to the trading engine.
+ENGINE_PING_TASK: Final = "workers.engine.ping"
+#: The pulse, sent by celery beat every PULSE_PERIOD_S to the pulse queue.
+PULSE_TASK: Final = "workers.pulse.pulse"
+PULSE_PERIOD_S: Final = 0.1
+
+# -- system state on the state bus (namespace/key) --------------------------------------------
+SYSTEM_NAMESPACE: Final = "system"
+#: The trading engine's status and account (`system/engine`).
+ENGINE_KEY: Final = "engine"
+#: Its risk limits (`system/risk_limits`).
+RISK_LIMITS_KEY: Final = "risk_limits"
+#: Its open positions (`system/positions`).
+POSITIONS_KEY: Final = "positions"

@@ -1,0 +1,114 @@
+"""Running commands in a worker: a batch of enqueued commands, each at most once per request
+id, its results committed and published in one round trip. The contract (registry, params,
+error codes) lives in hean.commands."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from hean.command_journal import CommandJournal
+from hean.commands import error_from, get_command
+from hean.messages import OPERATORS_ROOM, CommandResult, ErrorInfo, TaskEnvelope
+from hean.redis_client import sync_client
+
+log = logging.getLogger(__name__)
+
+
+#: How a queue's consumer takes part in a batch: `before()` runs ahead of the handlers,
+#: `after(pipe)` queues writes that must commit together with the results (the engine's log),
+#: `published()` runs once everything is committed. The results are published by the commit,
+#: unless `state_first()` says this batch changed state that `published()` must publish before
+#: anyone sees a result (control commands).
+@dataclass
+class BatchHooks:
+    before: Callable[[], None] = lambda: None
+    after: Callable[[Any], None] = lambda pipe: None
+    published: Callable[[], None] = lambda: None
+    state_first: Callable[[], bool] = lambda: False
+
+
+NO_HOOKS = BatchHooks()
+
+
+def _run_one(envelope: TaskEnvelope, queue: str, started: float) -> dict[str, Any]:
+    spec = get_command(envelope.command)
+    result: Any = None
+    error: ErrorInfo | None = None
+    if spec is None or spec.queue != queue or spec.handler is None:
+        error = ErrorInfo(code="unknown_command", message=f"no command {envelope.command!r} here")
+    else:
+        try:
+            result = spec.handler(spec.params.model_validate(envelope.params))
+        except Exception as exc:  # a failing command is reported, never kills the worker
+            error = error_from(exc)
+            if error.code == "command_failed":
+                log.exception("event=command_failed command=%s request_id=%s", spec.name, envelope.request_id)
+    return CommandResult(
+        request_id=envelope.request_id,
+        command=envelope.command,
+        success=error is None,
+        result=result,
+        error=error,
+        execution_time_ms=round((time.perf_counter() - started) * 1000.0, 3),
+    ).model_dump(mode="json")
+
+
+def execute_batch(
+    envelopes_data: list[dict[str, Any]],
+    queue: str,
+    started: dict[str, dict[str, Any] | None] | None = None,
+    hooks: BatchHooks = NO_HOOKS,
+) -> int:
+    """Run a batch of enqueued commands in order, each at most once per request id.
+
+    Results are committed together with the queue's own writes and published to each sender
+    and to the operators room as one pub/sub message, all in one MULTI/EXEC (one round trip).
+    A batch whose state must be published first publishes its results after that.
+    `started` maps request ids the caller already marked started to their earlier result
+    (or None); the others are marked here.
+    """
+    from workers.emit import publish_on
+
+    envelopes = [TaskEnvelope.model_validate(data) for data in envelopes_data]
+    client = sync_client()
+    journal = CommandJournal(client)
+    # per request id, its result so far: from the journal, then from this very batch (a
+    # redelivered message may sit in the batch that already ran it)
+    outcome: dict[str, dict[str, Any] | None] = dict(started or {})
+    missing = [e.request_id for e in envelopes if e.request_id not in outcome]
+    if missing:
+        outcome.update(zip(missing, journal.start_many(missing), strict=True))
+    hooks.before()
+    fresh: list[dict[str, Any]] = []
+    messages: list[tuple[dict[str, Any], str | None]] = []
+    for envelope in envelopes:
+        previous = outcome[envelope.request_id]
+        if previous is not None:
+            log.warning("event=command_already_ran request_id=%s action=resend_result", envelope.request_id)
+            messages.append((previous, envelope.reply_to))
+            continue
+        message = _run_one(envelope, queue, time.perf_counter())
+        outcome[envelope.request_id] = message
+        fresh.append(message)
+        messages.append((message, envelope.reply_to))
+    emits = [
+        ("command_result", message, [reply_to, OPERATORS_ROOM] if reply_to else OPERATORS_ROOM)
+        for message, reply_to in messages
+    ]
+    state_first = hooks.state_first()
+    pipe = client.pipeline(transaction=True)
+    hooks.after(pipe)
+    CommandJournal.record_results(pipe, fresh)
+    if not state_first:
+        publish_on(pipe, emits)
+    pipe.execute()
+    hooks.published()
+    if state_first:
+        results = client.pipeline(transaction=False)
+        publish_on(results, emits)
+        results.execute()
+    return len(messages)

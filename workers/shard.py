@@ -1,0 +1,374 @@
+"""The engine shard: one trading engine and everything that keeps it durable and visible.
+
+An `EngineShard` owns its `TradingEngine`, the command log and snapshots that rebuild it after
+a restart (`EngineLog`), and the publisher of its state to the state bus (`StatePublisher`).
+The engine queue's one consumer holds exactly one shard (workers/engine.py); nothing about the
+engine lives in module globals.
+
+Durability: every command that changes the engine is appended, with the time it was applied,
+to the Redis stream ``hean:engine:log`` in the same MULTI/EXEC that records its result; a
+snapshot (hash ``hean:engine:snapshot``: ``data``, ``log_id``, ``paused``) is taken after
+control commands, every ``SNAPSHOT_EVERY`` logged commands or ``SNAPSHOT_INTERVAL_S`` seconds,
+and at shutdown, and trims the log. A restarted shard restores the snapshot and replays the log
+after it, so no applied order is forgotten; a command whose task was not acknowledged is
+redelivered, and the command journal (hean/command_journal.py) makes sure it runs once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+from hean.celery_wire import batch_envelopes, task_marker
+from hean.command_journal import RETENTION_S, START_LUA, decode_started, journal_key
+from hean.commands import CONTROL_COMMANDS
+from hean.core.system.redis_state import StateError, StateOp, get_sync_state_manager
+from hean.engine import TradingEngine
+from hean.redis_client import run_script, sync_client
+from hean.topology import (
+    BATCH_TASKS,
+    ENGINE_KEY,
+    ENGINE_QUEUE,
+    POSITIONS_KEY,
+    RISK_LIMITS_KEY,
+    SYSTEM_NAMESPACE,
+)
+from workers.execution import BatchHooks
+
+log = logging.getLogger(__name__)
+
+#: The engine snapshot (hash: data, log_id, paused) and the log of commands applied after it.
+SNAPSHOT_KEY = "hean:engine:snapshot"
+LOG_KEY = "hean:engine:log"
+SNAPSHOT_EVERY = 5_000
+SNAPSHOT_INTERVAL_S = 5.0
+#: Messages taken off the queue by `EngineShard.take`, until their batch has committed.
+INFLIGHT_KEY = "hean:engine:inflight"
+#: Batches waiting behind the one Celery delivered are taken along (up to this many
+#: messages), so the shard's batches grow with its backlog.
+DRAIN_MAX_MESSAGES = 200
+#: Orders may change positions thousands of times a second: the publisher sends the state at
+#: most every PUBLISH_INTERVAL_S; control commands publish at once.
+PUBLISH_INTERVAL_S = 0.1
+
+
+#: How each logged command changes the engine: (engine, JSON params, time applied) ->
+#: (outcome, the shard's new paused flag or None to keep it). Replay after a restart calls the
+#: same functions with the logged params and time.
+Mutation = Callable[[TradingEngine, dict[str, Any], int], tuple[Any, bool | None]]
+MUTATIONS: dict[str, Mutation] = {
+    "start": lambda e, p, t: (e.start(), False),
+    "stop": lambda e, p, t: (e.stop(), False),
+    "pause": lambda e, p, t: (e.stop(), True),
+    "resume": lambda e, p, t: (e.start(), False),
+    "kill_switch": lambda e, p, t: (e.kill_switch(p["reason"]), False),
+    "reset_kill_switch": lambda e, p, t: (e.reset_kill_switch(), None),
+    "risk_adjust": lambda e, p, t: (e.set_risk_limits(p), None),
+    "submit_order": lambda e, p, t: (e.submit_order(**p, now_ns=t), None),
+    "submit_orders": lambda e, p, t: (e.submit_batch(p["orders"], now_ns=t), None),
+    "cancel_order": lambda e, p, t: (e.cancel_order(p["client_order_id"]), None),
+    "update_market": lambda e, p, t: (e.update_market(**p), None),
+}
+
+
+class EngineLog:
+    """Snapshot + command log bookkeeping for one shard's engine.
+
+    Entries get explicit, increasing stream ids so that they can be written in the same
+    MULTI/EXEC as the commands' results (and so that the snapshot knows where it stands).
+    """
+
+    def __init__(self) -> None:
+        self.last_id = "0-0"
+        self.pending: list[tuple[str, dict[str, Any]]] = []
+        self.since_snapshot = 0
+        self.snapshot_at = time.monotonic()
+        self.control_seen = False
+        self.control_seen_last = False
+
+    def _next_id(self) -> str:
+        last_ms, last_seq = (
+            int(part) for part in (self.pending[-1][0] if self.pending else self.last_id).split("-")
+        )
+        now_ms = time.time_ns() // 1_000_000
+        return f"{now_ms}-0" if now_ms > last_ms else f"{last_ms}-{last_seq + 1}"
+
+    def add(self, command: str, params: dict[str, Any], now_ns: int) -> None:
+        entry = {"cmd": command, "params": json.dumps(params, separators=(",", ":")), "now_ns": now_ns}
+        self.pending.append((self._next_id(), entry))
+        self.control_seen |= command in CONTROL_COMMANDS
+
+    def write(self, pipe: Any) -> None:
+        """Queue the pending entries on `pipe` (committed with the commands' results)."""
+        for entry_id, entry in self.pending:
+            pipe.xadd(LOG_KEY, entry, id=entry_id)
+
+    def committed(self) -> bool:
+        """The pending entries committed; True when a snapshot is due now."""
+        if self.pending:
+            self.last_id = self.pending[-1][0]
+            self.since_snapshot += len(self.pending)
+            self.pending.clear()
+        due = (
+            self.since_snapshot >= SNAPSHOT_EVERY
+            or time.monotonic() - self.snapshot_at >= SNAPSHOT_INTERVAL_S
+        )
+        snapshot = self.control_seen or bool(self.since_snapshot and due)
+        self.control_seen_last, self.control_seen = self.control_seen, False
+        return snapshot
+
+    def write_snapshot(self, engine: TradingEngine, paused: bool) -> None:
+        ms, seq = (int(part) for part in self.last_id.split("-"))
+        pipe = sync_client().pipeline(transaction=True)
+        pipe.hset(
+            SNAPSHOT_KEY, mapping={"data": engine.snapshot(), "log_id": self.last_id, "paused": int(paused)}
+        )
+        pipe.xtrim(LOG_KEY, minid=f"{ms}-{seq + 1}")  # drop what the snapshot now contains
+        pipe.execute()
+        self.since_snapshot, self.snapshot_at = 0, time.monotonic()
+
+
+@dataclass
+class _Dirty:
+    engine: bool = False
+    positions: bool = False
+    risk: bool = False
+
+
+class StatePublisher:
+    """Sends what changed to the state bus: `mark` records a change (any thread), `flush`
+    publishes everything marked before it began; a mark made while a flush runs is published
+    by the next one, never lost. Flushes run one at a time, so they land in order."""
+
+    def __init__(self, publish_engine: Callable[[bool], object], publish_risk: Callable[[], object]) -> None:
+        self._publish_engine = publish_engine
+        self._publish_risk = publish_risk
+        self._marks_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._dirty = _Dirty()
+        self._stop = threading.Event()
+
+    def mark(self, positions: bool = False, risk: bool = False) -> None:
+        with self._marks_lock:
+            self._dirty.engine = True
+            self._dirty.positions |= positions
+            self._dirty.risk |= risk
+
+    @property
+    def risk_pending(self) -> bool:
+        return self._dirty.risk
+
+    def flush(self) -> None:
+        with self._flush_lock:
+            with self._marks_lock:
+                taken, self._dirty = self._dirty, _Dirty()
+            try:
+                if taken.engine:
+                    self._publish_engine(taken.positions)
+                if taken.risk:
+                    self._publish_risk()
+            except Exception:  # not published: keep it marked for the next flush
+                self.mark(positions=taken.positions, risk=taken.risk)
+                raise
+
+    def run(self, interval: float = PUBLISH_INTERVAL_S) -> None:
+        """Flush every `interval` seconds until `stop()`."""
+        while not self._stop.wait(interval):
+            try:
+                self.flush()
+            except Exception:  # Redis away: try again next period
+                log.exception("event=state_publish_failed")
+
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self.run, name="hean-state-publisher", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+# Move up to ARGV[1] batch messages from the consuming end of the queue (KEYS[1]) to the
+# in-flight list (KEYS[2]); stop at the first message of another task, which keeps its turn.
+# Then mark the delivered batch's commands (journal keys KEYS[3..]) started, at ARGV[3], kept
+# ARGV[4] s. Returns the whole in-flight list (newest first: what an earlier run left plus
+# what it took) and, per delivered command, its earlier result or false.
+_TAKE = (
+    START_LUA
+    + """
+for _ = 1, tonumber(ARGV[1]) do
+  local message = redis.call('LINDEX', KEYS[1], -1)
+  if not message or not string.find(message, ARGV[2], 1, true) then break end
+  redis.call('RPOP', KEYS[1])
+  redis.call('LPUSH', KEYS[2], message)
+end
+return {redis.call('LRANGE', KEYS[2], 0, -1), start_commands(3, ARGV[3], ARGV[4])}
+"""
+)
+_BATCH_MARKER = task_marker(BATCH_TASKS[ENGINE_QUEUE])
+
+
+class EngineShard:
+    """One trading engine with its command log, snapshots and state publisher.
+
+    The engine is built on first use: restored from the snapshot and the log after it, or new.
+    `apply` is the one path that changes it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._engine: TradingEngine | None = None
+        self.paused = False
+        self.log = EngineLog()
+        self.publisher = StatePublisher(self.publish_engine, self.publish_risk_limits)
+        self.hooks = BatchHooks(
+            after=self._commit_writes, published=self._after_commit, state_first=self._state_first
+        )
+
+    @property
+    def loaded(self) -> bool:
+        return self._engine is not None
+
+    @property
+    def engine(self) -> TradingEngine:
+        with self._lock:
+            if self._engine is None:
+                engine = TradingEngine()
+                self._recover(engine)
+                self._engine = engine
+            return self._engine
+
+    def forget(self) -> None:
+        """Drop the in-memory engine (a batch did not commit): the next use rebuilds it from
+        what did commit."""
+        with self._lock:
+            self._engine = None
+            self.log.pending.clear()
+
+    def _recover(self, engine: TradingEngine) -> None:
+        client = sync_client()
+        try:
+            stored = client.hgetall(SNAPSHOT_KEY)
+            if stored.get(b"data"):
+                engine.restore(stored[b"data"])
+                self.log.last_id = _id_text(stored[b"log_id"])
+                self.paused = stored.get(b"paused") == b"1"
+            replayed = 0
+            for entry_id, fields in client.xrange(LOG_KEY, min=f"({self.log.last_id}", max="+"):
+                self._replay(engine, fields)
+                self.log.last_id = _id_text(entry_id)
+                replayed += 1
+        except ValueError as exc:  # a corrupt snapshot: keep it for inspection, start fresh
+            client.rename(SNAPSHOT_KEY, SNAPSHOT_KEY + ":corrupt")
+            log.error("event=snapshot_corrupt error=%s action=start_fresh kept=%s:corrupt", exc, SNAPSHOT_KEY)
+            return
+        log.info(
+            "event=engine_recovered log_id=%s replayed=%d state=%s", self.log.last_id, replayed, engine.state
+        )
+
+    def _replay(self, engine: TradingEngine, fields: dict[bytes, bytes]) -> None:
+        name = fields[b"cmd"].decode()
+        try:
+            _, paused = MUTATIONS[name](engine, json.loads(fields[b"params"]), int(fields[b"now_ns"]))
+        except ValueError as exc:  # it failed the same way the first time; the log keeps order
+            log.warning("event=replay_refused command=%s error=%s", name, exc)
+            return
+        if paused is not None:
+            self.paused = paused
+
+    # -- the one path that changes the engine ---------------------------------------------------
+
+    def apply(self, command_name: str, params: BaseModel | None = None) -> Any:
+        """Change the engine and log the change (written with the batch's results)."""
+        data = params.model_dump(mode="json", exclude_unset=True) if params is not None else {}
+        now_ns = time.time_ns()
+        outcome, paused = MUTATIONS[command_name](self.engine, data, now_ns)
+        if paused is not None:
+            self.paused = paused
+        self.log.add(command_name, data, now_ns)
+        self.publisher.mark(
+            positions=command_name not in CONTROL_COMMANDS or command_name == "kill_switch",
+            risk=command_name == "risk_adjust",
+        )
+        return outcome
+
+    def status(self) -> dict[str, Any]:
+        return dict(self.engine.status().to_dict(), paused=self.paused, updated_at=time.time())
+
+    def snapshot(self) -> None:
+        self.log.write_snapshot(self.engine, self.paused)
+
+    # -- publishing -----------------------------------------------------------------------------
+
+    def publish_engine(self, changed_positions: bool = True) -> dict[str, Any]:
+        """Publish the engine's state (status, positions); returns the status."""
+        status = self.status()
+        ops = [StateOp.set(ENGINE_KEY, status, SYSTEM_NAMESPACE)]
+        if changed_positions:
+            ops.append(
+                StateOp.set(POSITIONS_KEY, [p.to_dict() for p in self.engine.positions()], SYSTEM_NAMESPACE)
+            )
+        try:
+            get_sync_state_manager().batch_update(ops)
+        except StateError as exc:  # the command ran; only its broadcast failed
+            log.error("event=state_publish_failed error=%s", exc)
+        return status
+
+    def publish_risk_limits(self) -> dict[str, Any]:
+        limits = self.engine.risk_limits().to_dict()
+        try:
+            get_sync_state_manager().set_state(RISK_LIMITS_KEY, limits, namespace=SYSTEM_NAMESPACE)
+        except StateError as exc:
+            log.error("event=state_publish_failed key=%s error=%s", RISK_LIMITS_KEY, exc)
+        return limits
+
+    # -- taking part in a batch (workers.execution) ---------------------------------------------
+
+    def _state_first(self) -> bool:
+        """A batch with control commands (or new risk limits) publishes the state before its
+        results: a client told that `start` ran must then read RUNNING."""
+        return self.log.control_seen or self.publisher.risk_pending
+
+    def _commit_writes(self, pipe: Any) -> None:
+        """Writes that commit with a batch's results: the log, and the in-flight list (the
+        batches taken along are done exactly when their results are)."""
+        self.log.write(pipe)
+        pipe.delete(INFLIGHT_KEY)
+
+    def _after_commit(self) -> None:
+        if self.log.committed():
+            self.snapshot()
+        if self.log.control_seen_last or self.publisher.risk_pending:
+            self.publisher.flush()
+
+    def take(
+        self, delivered: list[dict[str, Any]], drain: int = DRAIN_MAX_MESSAGES
+    ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any] | None]]:
+        """One round trip: take up to `drain` batches waiting on the queue along, read what is
+        in flight (a crash or a failed commit may have left some), and mark the delivered
+        commands started. Returns the in-flight envelopes (oldest first) and, per delivered
+        request id, its earlier result or None."""
+        client = sync_client()
+        ids = [rid for envelope in delivered if isinstance(rid := envelope.get("request_id"), str)]
+        keys = [ENGINE_QUEUE, INFLIGHT_KEY, *(journal_key(rid) for rid in ids)]
+        args = [drain, _BATCH_MARKER, time.time(), RETENTION_S]
+        newest_first, results = run_script(client.connection_pool, _TAKE, keys, args)
+        envelopes: list[dict[str, Any]] = []
+        for raw in reversed(newest_first):  # oldest first
+            try:
+                envelopes += batch_envelopes(raw)
+            except (ValueError, KeyError, IndexError, TypeError) as exc:  # not ours: keep it for people
+                client.lpush(INFLIGHT_KEY + ":unreadable", raw)
+                log.error("event=unreadable_batch_message error=%s kept=%s:unreadable", exc, INFLIGHT_KEY)
+        return envelopes, dict(zip(ids, decode_started(results), strict=True))
+
+
+def _id_text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
