@@ -19,10 +19,13 @@ run: $(STAMP)
 
 test: browser $(STAMP)
 	$(PY) -m ruff check .
+	$(PY) -m mypy
+	$(PY) -m mypy.stubtest hean._core --allowlist tests/stubtest_allowlist.txt
 	$(PY) -m pytest
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 bench: $(STAMP)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -240,7 +240,8 @@ class _Message:
     __slots__ = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {name: _jsonable(getattr(self, name)) for name in _field_names(type(self))}
+        names = _field_names(type(self))  # type: ignore[arg-type]  # a class is hashable; mypy reads its __eq__
+        return {name: _jsonable(getattr(self, name)) for name in names}
 
 
 @functools.cache
@@ -307,7 +308,7 @@ class OrderRequest(_Message):
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> OrderRequest:
         """Builds a request from a JSON-like mapping (e.g. a Socket.IO payload)."""
-        unknown = set(data) - _init_field_names(cls)
+        unknown = set(data) - _init_field_names(cls)  # type: ignore[arg-type]  # see _Message.to_dict
         if unknown:
             raise ValueError(f"order: unknown field(s) {sorted(unknown)}")
         missing = {"client_order_id", "symbol", "side", "quantity"} - set(data)

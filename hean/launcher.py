@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import Any, cast
 
 import psutil
 
@@ -150,12 +151,12 @@ class Launcher:
 
     def _start(self) -> None:
         settings = self.settings
-        for what, host, port, env in (
+        for what, host, port, variable in (
             ("web", settings.host, settings.port, "HEAN_PORT"),
             ("Flower", "127.0.0.1", settings.flower_port, "HEAN_FLOWER_PORT"),
         ):
             if not port_is_free(host, port):
-                raise LaunchError(f"{what} port {host}:{port} is in use; free it or set {env}")
+                raise LaunchError(f"{what} port {host}:{port} is in use; free it or set {variable}")
         try:
             cpus = settings.cpu_table
             settings.nice_table  # noqa: B018 - validated here, applied per process
@@ -241,11 +242,11 @@ class Launcher:
 
     def _poll_states(self) -> None:
         try:
-            infos = self._rpc().supervisor.getAllProcessInfo()
+            infos = cast(list[dict[str, Any]], self._rpc().supervisor.getAllProcessInfo())
         except (OSError, xmlrpc.client.Fault, xmlrpc.client.ProtocolError):
             return  # supervisord is still starting
         now = time.monotonic()
-        for info in infos:  # type: ignore[union-attr]
+        for info in infos:
             name, state, pid = info["name"], info["statename"], int(info["pid"])
             known = self._states.get(name)
             if known is None or known.state != state or known.pid != pid:

@@ -52,7 +52,7 @@ class Bound:
     def constraints(self) -> Any:
         """pydantic constraints for a field with these bounds: ``Annotated[Decimal, b.constraints()]``
         (fixed point), ``Annotated[int, ...]`` (integer), ``Annotated[str, ...]`` (length)."""
-        lower = {"gt" if self.min_exclusive else "ge": self.low}
+        lower: dict[str, Any] = {"gt" if self.min_exclusive else "ge": self.low}
         if self.kind == "fixed_point":
             return Field(**lower, le=self.high, decimal_places=DECIMAL_PLACES, allow_inf_nan=False)
         if self.kind == "integer":

@@ -10,7 +10,7 @@ import socketio
 from hean.messages import BULK_METHOD
 
 
-class FanOutRedisManager(socketio.RedisManager):  # type: ignore[misc]
+class FanOutRedisManager(socketio.RedisManager):
     """python-socketio's RedisManager that also reads the workers' bulk messages.
 
     A worker publishes a batch's results as one message (workers/emit.py); this listener

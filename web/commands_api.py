@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 from redis.exceptions import RedisError
 
@@ -22,12 +22,13 @@ blueprint = Blueprint("commands_api", __name__)
 F = TypeVar("F", bound=Callable[..., ResponseReturnValue])
 
 
-def error_response(status: int, code: str, message: str, field: str | None = None) -> ResponseReturnValue:
+def error_response(status: int, code: str, message: str, field: str | None = None) -> tuple[Response, int]:
     return jsonify({"error": {"code": code, "message": message, "field": field}}), status
 
 
 def _settings() -> Settings:
-    return current_app.config["HEAN_SETTINGS"]  # type: ignore[no-any-return]
+    settings: Settings = current_app.config["HEAN_SETTINGS"]
+    return settings
 
 
 def require_token(view: F) -> F:
@@ -39,7 +40,7 @@ def require_token(view: F) -> F:
         scheme, _, supplied = header.partition(" ")
         if scheme.lower() != "bearer" or not token_matches(ensure_token(_settings()), supplied.strip()):
             response = error_response(401, "unauthorized", "send Authorization: Bearer <HEAN token>")
-            body, status = response  # type: ignore[misc]
+            body, status = response
             return body, status, {"WWW-Authenticate": 'Bearer realm="hean"'}
         return view(*args, **kwargs)
 

@@ -88,7 +88,7 @@ def install() -> bool:
     current: Any = RFC6455WebSocket.__dict__.get("_apply_mask")
     if isinstance(current, staticmethod) and current.__func__ is apply_mask:
         return False
-    RFC6455WebSocket._apply_mask = staticmethod(apply_mask)  # type: ignore[method-assign]
-    RFC6455WebSocket.send = send_frames(RFC6455WebSocket.send)  # type: ignore[method-assign]
-    Socket.poll = coalescing_poll(Socket.poll)  # type: ignore[method-assign]
+    RFC6455WebSocket._apply_mask = staticmethod(apply_mask)
+    RFC6455WebSocket.send = send_frames(RFC6455WebSocket.send)
+    Socket.poll = coalescing_poll(Socket.poll)
     return True

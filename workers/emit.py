@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import socketio
@@ -14,7 +14,7 @@ from hean.config import get_settings
 from hean.messages import BULK_METHOD
 
 
-class BufferedRedisManager(socketio.RedisManager):  # type: ignore[misc]
+class BufferedRedisManager(socketio.RedisManager):
     """A write-only RedisManager that can gather emits for the caller to publish.
 
     python-socketio publishes one message per emit (one round trip each, and one message for
@@ -38,7 +38,8 @@ class BufferedRedisManager(socketio.RedisManager):  # type: ignore[misc]
     @contextlib.contextmanager
     def collected(self) -> Iterator[list[Any]]:
         """Gather this thread's emits (python-socketio messages) instead of publishing them."""
-        self._local.buffer = buffer = []
+        buffer: list[Any] = []
+        self._local.buffer = buffer
         try:
             yield buffer
         finally:
@@ -64,7 +65,7 @@ def emit(event: str, data: Any, to: str | list[str] | None = None, namespace: st
     _manager().emit(event, data, namespace=namespace, room=to)
 
 
-def publish_on(pipe: Any, emits: list[tuple[str, Any, str | list[str] | None]]) -> None:
+def publish_on(pipe: Any, emits: Sequence[tuple[str, Any, str | list[str] | None]]) -> None:
     """Queue `emits` (event, data, to) on `pipe` as one pub/sub message, so they are published
     exactly when, and only if, the pipeline's transaction commits."""
     manager = _manager()

@@ -105,7 +105,7 @@ def submit_order(params: OrderParams) -> dict[str, Any]:
 @implements("submit_orders")
 def submit_orders(params: OrdersParams) -> dict[str, Any]:
     """Per-order outcomes come back in `results`, in input order; rejects are not errors here."""
-    return SHARD.apply("submit_orders", params).to_dict()  # type: ignore[no-any-return]  # BatchResult.to_dict is typed Any by the wrapper
+    return SHARD.apply("submit_orders", params).to_dict()
 
 
 @implements("cancel_order")
@@ -115,12 +115,12 @@ def cancel_order(params: CancelParams) -> dict[str, Any]:
         raise CommandError(
             "not_found", f"no resting order {params.client_order_id!r}", field="params.client_order_id"
         )
-    return outcome.to_dict()  # type: ignore[no-any-return]  # see submit_orders
+    return outcome.to_dict()
 
 
 @implements("update_market")
 def update_market(params: MarketParams) -> dict[str, Any]:
-    return SHARD.apply("update_market", params).to_dict()  # type: ignore[no-any-return]  # see submit_orders
+    return SHARD.apply("update_market", params).to_dict()
 
 
 # -- tasks --------------------------------------------------------------------------------------
@@ -147,10 +147,11 @@ def ping(sent_at: float | None = None, reply_key: str | None = None) -> dict[str
     With `reply_key`, the engine state is pushed onto that list (kept 5 s) for the prober.
     """
     engine = SHARD.engine
-    answer = {"state": str(engine.state), "command_count": engine.command_count, "sent_at": sent_at}
+    state = str(engine.state)
+    answer = {"state": state, "command_count": engine.command_count, "sent_at": sent_at}
     if reply_key is not None and reply_key.startswith("hean:pong:"):
         pipe = sync_client().pipeline(transaction=False)
-        pipe.lpush(reply_key, answer["state"])
+        pipe.lpush(reply_key, state)
         pipe.expire(reply_key, 5)
         pipe.execute()
     return answer

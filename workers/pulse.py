@@ -26,7 +26,7 @@ from hean.core.system.health_monitor import HealthMonitor, Probe, Unreachable, r
 from hean.core.system.probes import db_probe, exchange_probe, redis_probe, web_probe, workers_probe
 from hean.core.system.redis_state import StateError, get_sync_state_manager
 from hean.messages import OPERATORS_ROOM
-from hean.redis_client import sync_client
+from hean.redis_client import sync_client, text
 from hean.topology import ENGINE_PING_TASK, PULSE_PERIOD_S, PULSE_QUEUE, PULSE_TASK
 from workers.app import app
 
@@ -50,7 +50,7 @@ def cpp_core_probe() -> Probe:
         answer = sync_client().blpop([reply_key], timeout=PING_WAIT_S)
         if answer is None:
             raise Unreachable(f"engine worker did not answer a ping within {PING_WAIT_S * 1000:.0f} ms")
-        return {"state": answer[1].decode()}
+        return {"state": text(answer[1])}
 
     return Probe("cpp_core", check, timeout=PING_WAIT_S)
 

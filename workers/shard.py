@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel
 
@@ -255,13 +255,18 @@ class EngineShard:
     def _recover(self, engine: TradingEngine) -> None:
         client = sync_client()
         try:
-            stored = client.hgetall(SNAPSHOT_KEY)
+            # HEAN's clients do not decode replies: bytes in, bytes out
+            stored = cast(dict[bytes, bytes], client.hgetall(SNAPSHOT_KEY))
             if stored.get(b"data"):
                 engine.restore(stored[b"data"])
                 self.log.last_id = _id_text(stored[b"log_id"])
                 self.paused = stored.get(b"paused") == b"1"
             replayed = 0
-            for entry_id, fields in client.xrange(LOG_KEY, min=f"({self.log.last_id}", max="+"):
+            entries = cast(
+                list[tuple[bytes, dict[bytes, bytes]]],
+                client.xrange(LOG_KEY, min=f"({self.log.last_id}", max="+"),
+            )
+            for entry_id, fields in entries:
                 self._replay(engine, fields)
                 self.log.last_id = _id_text(entry_id)
                 replayed += 1

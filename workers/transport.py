@@ -28,7 +28,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 DETACHED = "the broker connection this channel belonged to was closed"
 
 
-class Channel(kombu_redis.Channel):  # type: ignore[misc]
+class Channel(kombu_redis.Channel):
     def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
         if self.connection.client is None:
             raise RedisConnectionError(DETACHED)
@@ -36,7 +36,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         return params
 
 
-class Transport(kombu_redis.Transport):  # type: ignore[misc]
+class Transport(kombu_redis.Transport):
     Channel = Channel
 
     @property

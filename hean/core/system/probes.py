@@ -12,6 +12,7 @@ from typing import Any
 import redis
 
 from hean.core.system.health_monitor import HealthStatus, ModuleFault, Probe, Unreachable
+from hean.redis_client import text
 
 #: Written by the web process every 100 ms: {ts, clients, pid, host} (web/heartbeat.py).
 WEB_HEARTBEAT_KEY = "hean:web:heartbeat"
@@ -91,7 +92,7 @@ def workers_probe(client: redis.Redis, retention_s: float = WORKER_RETENTION_S) 
         now = time.time()
         workers: dict[str, dict[str, Any]] = {}
         for raw_name, raw_beat in client.hgetall(WORKER_HEARTBEATS_KEY).items():
-            name, last_seen = raw_name.decode(), float(raw_beat)
+            name, last_seen = text(raw_name), float(raw_beat)
             age_s = now - last_seen
             if age_s > retention_s:
                 forget(keys=[WORKER_HEARTBEATS_KEY], args=[raw_name, raw_beat])
