@@ -55,24 +55,24 @@ def imports_of(path: Path, top_level_only: bool) -> set[str]:
     return found
 
 
-def test_hean_imports_no_worker_web_or_celery_config_module() -> None:
-    offenders = {
+def imports_between(importer: str, imported: tuple[str, ...]) -> set[tuple[str, str]]:
+    """(module, target) for every import, lazy ones too, from package `importer` into `imported`."""
+    return {
         (name, target)
         for name, path in MODULES.items()
-        if name.split(".")[0] == "hean"
+        if name.split(".")[0] == importer
         for target in imports_of(path, top_level_only=False)
-        if target.split(".")[0] in ("workers", "web", "celeryconfig")
+        if target.split(".")[0] in imported
     }
-    assert not offenders
+
+
+def test_hean_imports_no_worker_web_or_celery_config_module() -> None:
+    assert not imports_between("hean", ("workers", "web", "celeryconfig"))
 
 
 def test_web_imports_nothing_from_workers_but_the_celery_app() -> None:
     offenders = {
-        (name, target)
-        for name, path in MODULES.items()
-        if name.split(".")[0] == "web"
-        for target in imports_of(path, top_level_only=False)
-        if target.split(".")[0] == "workers" and target not in ("workers", "workers.app")
+        (n, t) for n, t in imports_between("web", ("workers",)) if t not in ("workers", "workers.app")
     }
     assert not offenders
     # and the workers package itself imports only the app
