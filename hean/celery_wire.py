@@ -10,6 +10,9 @@ module builds with what Celery and kombu publish themselves (headers, properties
 the installed versions, and fails when either side changes: pyproject.toml bounds celery and
 kombu to the tested series for that reason.
 
+It also knows kombu's bookkeeping of delivered, unacknowledged messages, so that a restarted
+engine worker can take back what its dead predecessor held (`reclaim_unacked`).
+
 Message layout (kombu's Redis transport, Celery protocol 2): a JSON object with ``body`` (the
 JSON text ``[args, kwargs, embed]``, here ``[[envelopes], {}, {callbacks...}]``),
 ``content-encoding``, ``content-type``, ``headers`` (the task's protocol-2 headers) and
@@ -28,7 +31,10 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from hean.redis_client import run_script
+
 if TYPE_CHECKING:  # the library imports no Celery at run time; callers hand in their app
+    import redis
     from celery import Celery
 
 
@@ -125,3 +131,53 @@ def batch_envelopes(raw: bytes | str) -> list[dict[str, Any]]:
         body = base64.b64decode(body)
     args = json.loads(body)[0]
     return list(args[0])
+
+
+# -- kombu's bookkeeping of delivered, unacknowledged messages --------------------------------
+
+#: kombu's Redis transport keeps each delivered, unacknowledged message in this hash (delivery
+#: tag -> JSON [message, exchange, routing key]) and its delivery time in this sorted set, and
+#: puts it back on its queue only once it is older than the visibility timeout.
+UNACKED_KEY = "unacked"
+UNACKED_INDEX_KEY = "unacked_index"
+
+# KEYS: the unacked hash, its index, the queue; ARGV: delivery tag, message, ... (in push
+# order). Each message still unacknowledged goes back to the consuming end of the queue.
+_RECLAIM = """
+local n = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
+    redis.call('ZREM', KEYS[2], ARGV[i])
+    redis.call('RPUSH', KEYS[3], ARGV[i + 1])
+    n = n + 1
+  end
+end
+return n
+"""
+
+
+def reclaim_unacked(client: redis.Redis, queue: str) -> int:
+    """Put every message delivered from `queue` and never acknowledged back at the consuming
+    end of the queue at once (marked redelivered, the oldest to be consumed first), instead of
+    after the visibility timeout; returns how many.
+
+    Only for a queue with exactly one consumer, called by that consumer before it starts
+    consuming: then every such message was held by a consumer that died.
+    """
+    delivered_at = {tag: score for tag, score in client.zrange(UNACKED_INDEX_KEY, 0, -1, withscores=True)}
+    picked: list[tuple[float, bytes, str]] = []
+    for tag, raw in client.hgetall(UNACKED_KEY).items():
+        try:
+            message, _exchange, routing_key = json.loads(raw)
+            if routing_key != queue:
+                continue
+            message["headers"]["redelivered"] = True  # as kombu marks what it restores
+            message["properties"]["delivery_info"]["redelivered"] = True
+        except (ValueError, TypeError, KeyError):
+            continue  # not a message of ours to judge: kombu restores it in its own time
+        picked.append((delivered_at.get(tag, 0.0), tag, json.dumps(message)))
+    if not picked:
+        return 0
+    picked.sort(key=lambda entry: entry[0], reverse=True)  # the newest pushed first
+    args = [part for _, tag, message in picked for part in (tag, message)]
+    return int(run_script(client.connection_pool, _RECLAIM, [UNACKED_KEY, UNACKED_INDEX_KEY, queue], args))

@@ -7,9 +7,10 @@ from __future__ import annotations
 import logging
 from typing import Any, Final
 
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_init, worker_ready, worker_shutdown
 from redis.exceptions import RedisError
 
+from hean.celery_wire import reclaim_unacked
 from hean.commands import CommandError, NoParams, implements, reject_code
 from hean.commands.params import (
     CancelParams,
@@ -163,6 +164,22 @@ def _snapshot_on_shutdown(**_: Any) -> None:
         SHARD.publisher.stop()
         SHARD.snapshot()
         log.info("event=engine_snapshot reason=shutdown log_id=%s", SHARD.log.last_id)
+
+
+@worker_init.connect
+def _reclaim_from_a_dead_predecessor(sender: Any = None, **_: Any) -> None:
+    """Before consuming: a batch the previous engine worker had been delivered and never
+    acknowledged (it died) goes back to the queue now, not after the visibility timeout.
+    Safe because the engine queue has exactly one consumer; the journal runs each command once."""
+    if ENGINE_QUEUE not in sender.app.amqp.queues.consume_from:  # sender: the WorkController
+        return
+    try:
+        reclaimed = reclaim_unacked(sync_client(), ENGINE_QUEUE)
+    except RedisError as exc:  # Redis away: kombu restores them after the visibility timeout
+        log.error("event=reclaim_failed queue=%s error=%s", ENGINE_QUEUE, exc)
+        return
+    if reclaimed:
+        log.warning("event=unacked_reclaimed queue=%s messages=%d", ENGINE_QUEUE, reclaimed)
 
 
 @worker_ready.connect

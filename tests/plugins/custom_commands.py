@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from hean.commands import CommandError, command
-from hean.topology import DEFAULT_QUEUE
+from hean.topology import DEFAULT_QUEUE, ENGINE_QUEUE
 
 
 class EchoParams(BaseModel):
@@ -44,5 +44,12 @@ class NapParams(BaseModel):
 @command("nap", params=NapParams, queue=DEFAULT_QUEUE)
 def nap(params: NapParams) -> dict[str, Any]:
     """Sleep, then answer: a task still running when something breaks (test command)."""
+    time.sleep(params.seconds)
+    return {"slept": params.seconds}
+
+
+@command("engine_nap", params=NapParams, queue=ENGINE_QUEUE)
+def engine_nap(params: NapParams) -> dict[str, Any]:
+    """Hold the engine queue's consumer mid-batch for a while (test command)."""
     time.sleep(params.seconds)
     return {"slept": params.seconds}
