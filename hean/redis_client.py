@@ -16,12 +16,12 @@ from hean.config import get_settings
 POOL_SIZE = 32
 
 
-@functools.cache
 def text(value: bytes | str) -> str:
     """A reply value as text: HEAN's clients do not decode replies (they carry bytes)."""
     return value.decode() if isinstance(value, bytes) else value
 
 
+@functools.cache
 def sync_client() -> redis.Redis:
     """One blocking pool per process (redis-py 8's plain pool raises past its limit)."""
     pool = redis.BlockingConnectionPool.from_url(
