@@ -29,7 +29,7 @@ import functools
 import json
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from hean.redis_client import run_script
 
@@ -164,9 +164,11 @@ def reclaim_unacked(client: redis.Redis, queue: str) -> int:
     Only for a queue with exactly one consumer, called by that consumer before it starts
     consuming: then every such message was held by a consumer that died.
     """
-    delivered_at = {tag: score for tag, score in client.zrange(UNACKED_INDEX_KEY, 0, -1, withscores=True)}
+    # replies are bytes (HEAN's clients do not decode)
+    index = cast(list[tuple[bytes, float]], client.zrange(UNACKED_INDEX_KEY, 0, -1, withscores=True))
+    delivered_at = dict(index)
     picked: list[tuple[float, bytes, str]] = []
-    for tag, raw in client.hgetall(UNACKED_KEY).items():
+    for tag, raw in cast(dict[bytes, bytes], client.hgetall(UNACKED_KEY)).items():
         try:
             message, _exchange, routing_key = json.loads(raw)
             if routing_key != queue:

@@ -18,7 +18,7 @@ from typing import Any
 import redis
 
 from hean.celery_wire import MessageFrame, escape_envelope
-from hean.redis_client import run_script
+from hean.redis_client import NOT_DURABLE, Durability, run_script
 
 #: How long a request id is remembered.
 RETENTION_S = 24 * 3600
@@ -112,18 +112,25 @@ class CommandJournal:
     def __init__(self, client: redis.Redis) -> None:
         self._client = client
 
+    @property
+    def client(self) -> redis.Redis:
+        return self._client
+
     def reserve_and_enqueue(
         self,
         items: Sequence[tuple[str, str]],
         queue_key: str,
         frame: MessageFrame,
         earlier_acks: Sequence[dict[str, Any]] = (),
+        durable: Durability = NOT_DURABLE,
     ) -> list[Reservation]:
         """Claim each request id and push one broker message carrying the new ones, atomically.
 
         Either the reservations and the message both exist, or neither does: a command is never
         reserved without being enqueued, nor enqueued twice. `earlier_acks` (acks already sent
-        for earlier commands) are journaled in the same step, before the reservations.
+        for earlier commands) are journaled in the same step, before the reservations. With
+        `durable`, raises hean.redis_client.NotDurable when the step happened but did not reach
+        the disk (or the replicas) in time.
         """
         if not items:
             return []
@@ -133,7 +140,7 @@ class CommandJournal:
         args += [escape_envelope(env) for _, env in items]
         args += [frame.prefix, frame.suffix, frame.body_head, frame.body_tail]
         args += [len(earlier_acks), *(_dumps(ack) for ack in earlier_acks)]
-        reply = run_script(self._client.connection_pool, _RESERVE, keys, args)
+        reply = run_script(self._client.connection_pool, _RESERVE, keys, args, durable)
         return [
             Reservation(new=True)
             if int(r[0]) == 1

@@ -46,6 +46,17 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", validation_alias=_env("HEAN_LOG_LEVEL")
     )
+    ack_fsync: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        validation_alias=_env("HEAN_ACK_FSYNC"),
+        description="Acks wait for Redis to fsync the command (WAITAOF): auto = when it keeps an AOF.",
+    )
+    ack_replicas: int = Field(
+        default=0,
+        ge=0,
+        validation_alias=_env("HEAN_ACK_REPLICAS"),
+        description="Replicas that must have the command in their AOF before it is acked (WAITAOF).",
+    )
     visibility_timeout: int = Field(default=3600, ge=10, validation_alias=_env("HEAN_VISIBILITY_TIMEOUT"))
     result_expires: int = Field(default=3600, ge=10, validation_alias=_env("HEAN_RESULT_EXPIRES"))
     cors_origins: str = Field(

@@ -1,19 +1,78 @@
-"""The process's shared Redis connection pool for plain reads and writes."""
+"""The process's shared Redis connection pool for plain reads and writes, the hot-path script
+call, and what "durable" means for a write HEAN acknowledges."""
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from hean.config import get_settings
 
 #: Enough for a few writer greenlets/threads; callers block (not raise) when all are busy.
 POOL_SIZE = 32
+
+log = logging.getLogger(__name__)
+
+
+class NotDurable(RedisError):
+    """The write happened, but was not fsynced (or replicated) as required in time."""
+
+
+@dataclass(frozen=True)
+class Durability:
+    """What a write must reach before HEAN acknowledges it: the server's own append-only file
+    fsynced (`local`) and the AOFs of `replicas` replicas, checked with WAITAOF (Valkey, Redis
+    7.2+) right behind the write, in the same round trip: one fsync covers a whole batch."""
+
+    local: bool
+    replicas: int = 0
+    timeout_ms: int = 1000
+
+    @property
+    def required(self) -> bool:
+        return self.local or self.replicas > 0
+
+    def command(self) -> tuple[Any, ...]:
+        return ("WAITAOF", int(self.local), self.replicas, self.timeout_ms)
+
+    def check(self, reply: Sequence[Any]) -> None:
+        local, replicas = (int(n) for n in reply)
+        if local < int(self.local) or replicas < self.replicas:
+            raise NotDurable(
+                f"not durable within {self.timeout_ms} ms: local AOF fsynced {local}/{int(self.local)}, "
+                f"replicas {replicas}/{self.replicas}"
+            )
+
+
+NOT_DURABLE = Durability(local=False)
+
+
+@dataclass(frozen=True)
+class DurabilityRule:
+    """HEAN_ACK_FSYNC and HEAN_ACK_REPLICAS: `fsync` "on" (the local AOF fsynced), "off", or
+    "auto" (on when the server keeps an append-only file, as the private one does)."""
+
+    fsync: str = "auto"
+    replicas: int = 0
+
+    def resolve(self, client: redis.Redis) -> Durability:
+        """The durability acks wait for on the server `client` talks to."""
+        local = self.fsync == "on"
+        if self.fsync == "auto":
+            local = str(client.info("persistence").get("aof_enabled", 0)) == "1"
+            if not local:
+                log.warning(
+                    "event=acks_not_fsynced reason=server_has_no_aof "
+                    "detail='acks confirm the write, not an fsync: enable appendonly or set HEAN_ACK_FSYNC'"
+                )
+        return Durability(local=local, replicas=self.replicas)
 
 
 def text(value: bytes | str) -> str:
@@ -41,9 +100,39 @@ def script_sha(source: str) -> str:
     return hashlib.sha1(source.encode()).hexdigest()
 
 
-def run_script(pool: redis.ConnectionPool, source: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+def _script_exchange(conn: Any, commands: list[tuple[Any, ...]], durable: Durability) -> Any:
+    """Send the script (and WAITAOF) at once, then read every reply, so that the connection is
+    clean whatever the server answered."""
+    conn.send_packed_command(conn.pack_commands(commands))
+    error: ResponseError | None = None
+    try:
+        reply = conn.read_response()
+    except ResponseError as exc:  # e.g. NOSCRIPT: the WAITAOF reply still has to be read
+        error = exc
+    synced = None
+    if durable.required:
+        try:
+            synced = conn.read_response()
+        except ResponseError as exc:  # e.g. no AOF on the server: the script did run
+            if error is None:
+                raise NotDurable(f"WAITAOF failed: {exc}") from exc
+    if error is not None:
+        raise error
+    if synced is not None:
+        durable.check(synced)
+    return reply
+
+
+def run_script(
+    pool: redis.ConnectionPool,
+    source: str,
+    keys: Sequence[Any],
+    args: Sequence[Any],
+    durable: Durability = NOT_DURABLE,
+) -> Any:
     """Run the Lua script `source` by its SHA (loading it first if the server lost it) on a
-    pooled connection.
+    pooled connection; with `durable`, WAITAOF goes out right behind it (one round trip) and
+    NotDurable is raised, after the script ran, if its writes did not get that far in time.
 
     For hot paths that run one script per call: redis-py's client layer (retries, argument
     checks, instrumentation) costs more CPU than the command. Errors are redis-py's own; a
@@ -51,16 +140,17 @@ def run_script(pool: redis.ConnectionPool, source: str, keys: Sequence[Any], arg
     """
     sha = script_sha(source)
     conn = pool.get_connection()
+    commands: list[tuple[Any, ...]] = [("EVALSHA", sha, len(keys), *keys, *args)]
+    if durable.required:
+        commands.append(durable.command())
     try:
         try:
-            conn.send_command("EVALSHA", sha, len(keys), *keys, *args)
-            return conn.read_response()
+            return _script_exchange(conn, commands, durable)
         except NoScriptError:
             conn.send_command("SCRIPT", "LOAD", source)
             conn.read_response()
-            conn.send_command("EVALSHA", sha, len(keys), *keys, *args)
-            return conn.read_response()
-    except ResponseError:
+            return _script_exchange(conn, commands, durable)
+    except (ResponseError, NotDurable):
         raise  # the server answered: the connection is in a clean state
     except BaseException:
         conn.disconnect()  # the pool reconnects it on next use

@@ -1,16 +1,20 @@
-"""hean.redis_client.run_script: the hot-path script call, against a real Redis."""
+"""hean.redis_client.run_script: the hot-path script call, durable or not, against a real Redis."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import redis
 
-from hean.redis_client import run_script
+from hean.redis_client import Durability, DurabilityRule, NotDurable, run_script
+from hean.redis_server import PrivateRedis
 
-SOURCE = "if ARGV[1] == 'fail' then return redis.error_reply('ERR asked to fail') end " \
+SOURCE = (
+    "if ARGV[1] == 'fail' then return redis.error_reply('ERR asked to fail') end "
     "return redis.call('INCRBY', KEYS[1], ARGV[1])"
+)
 
 
 @pytest.fixture
@@ -44,7 +48,70 @@ def test_a_timed_out_connection_is_never_reused(own_db_url: str, redis_client: r
     try:
         with pytest.raises(redis.TimeoutError):
             run_script(pool, SLOW, ["n"], [])
-        time.sleep(0.5)  # the server finishes the script and sends its reply to the old socket
+        redis_client.ping()  # answered once the server has finished the script...
+        time.sleep(0.2)  # ...and sent its reply to the old socket
         assert run_script(pool, SOURCE, ["n"], [7]) == 7  # not 'slow'
     finally:
         pool.disconnect()
+
+
+# -- durable writes (WAITAOF right behind the script) ------------------------------------------
+
+
+def test_a_durable_script_waits_for_the_fsync_in_the_same_call(
+    pool: redis.BlockingConnectionPool, redis_client: redis.Redis
+) -> None:
+    assert DurabilityRule("auto").resolve(redis_client) == Durability(local=True)  # the AOF is on
+    redis_client.script_flush()  # the NOSCRIPT path reads the WAITAOF reply too
+    assert run_script(pool, SOURCE, ["n"], [2], Durability(local=True)) == 2
+    assert run_script(pool, SOURCE, ["n"], [3], Durability(local=True)) == 5
+    with pytest.raises(redis.ResponseError, match="asked to fail"):
+        run_script(pool, SOURCE, ["n"], ["fail"], Durability(local=True))
+    assert run_script(pool, SOURCE, ["n"], [1]) == 6  # every reply was read: the connection is clean
+
+
+def test_a_write_that_misses_its_durability_raises_after_it_happened(
+    pool: redis.BlockingConnectionPool, redis_client: redis.Redis
+) -> None:
+    # no replica exists: the wait times out, the script has run
+    with pytest.raises(NotDurable, match="replicas 0/1"):
+        run_script(pool, SOURCE, ["n"], [4], Durability(local=True, replicas=1, timeout_ms=50))
+    assert int(redis_client.get("n") or 0) == 4
+    assert run_script(pool, SOURCE, ["n"], [1]) == 5
+
+
+def test_without_an_aof_auto_acks_do_not_wait_and_on_fails_loudly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = PrivateRedis(tmp_path)
+    server.start()
+    client = redis.Redis.from_url(server.url)
+    try:
+        client.config_set("appendonly", "no")
+        assert DurabilityRule("auto").resolve(client) == Durability(local=False)
+        assert "acks_not_fsynced" in caplog.text
+        assert DurabilityRule("off", replicas=2).resolve(client) == Durability(local=False, replicas=2)
+        with pytest.raises(NotDurable, match="WAITAOF failed"):
+            run_script(client.connection_pool, SOURCE, ["n"], [9], DurabilityRule("on").resolve(client))
+        assert client.get("n") == b"9"
+    finally:
+        client.close()
+        server.stop()
+
+
+def test_a_command_not_durable_in_time_is_refused_as_unavailable_yet_queued(
+    own_db_url: str, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hean.command_journal import CommandJournal
+    from web.intake import CommandIntake
+    from workers.app import app
+
+    journal = CommandJournal(redis.Redis.from_url(own_db_url))
+    intake = CommandIntake(app, journal, DurabilityRule("on", replicas=1))
+    monkeypatch.setattr("hean.redis_client.Durability.timeout_ms", 50)  # no replica: do not wait long
+    outcome = intake.accept({"command": "list_commands", "request_id": "durable-1"}, reply_to=None)
+    assert outcome.http_status == 503
+    assert outcome.ack["accepted"] is False and outcome.ack["error"]["code"] == "unavailable"
+    assert "resend the same request_id" in outcome.ack["error"]["message"]
+    assert journal.get("durable-1")["envelope"]["command"] == "list_commands"  # it may still run
+    assert redis_client.llen("default") == 1

@@ -48,13 +48,14 @@ def create_app(settings: Settings | None = None, async_mode: str = "eventlet") -
 
     from hean.command_journal import CommandJournal
     from hean.commands import load_command_modules
-    from hean.redis_client import sync_client
+    from hean.redis_client import DurabilityRule, sync_client
     from web import commands_api, health, rest, socket_handlers
     from web.intake import CommandIntake
     from workers.app import app as celery_app
 
     load_command_modules()  # a project's own commands: validated here, run by the workers
-    intake = CommandIntake(celery_app, CommandJournal(sync_client()))
+    durability = DurabilityRule(settings.ack_fsync, settings.ack_replicas)
+    intake = CommandIntake(celery_app, CommandJournal(sync_client()), durability)
     app.extensions["hean_intake"] = intake
     app.register_blueprint(rest.blueprint)
     app.register_blueprint(commands_api.blueprint)

@@ -30,6 +30,7 @@ from hean.messages import (
     new_request_id,
     now_ms,
 )
+from hean.redis_client import Durability, DurabilityRule, NotDurable
 from hean.topology import BATCH_TASKS
 
 log = logging.getLogger(__name__)
@@ -56,8 +57,8 @@ class Outcome:
 class CommandIntake:
     """Validates commands on the handler's greenlet; the writer does all the Redis I/O."""
 
-    def __init__(self, celery_app: Celery, journal: CommandJournal) -> None:
-        self._writer = CommandWriter(celery_app, journal)
+    def __init__(self, celery_app: Celery, journal: CommandJournal, durability: DurabilityRule) -> None:
+        self._writer = CommandWriter(celery_app, journal, durability)
 
     def accept(self, data: Any, reply_to: str | None) -> Outcome:
         """Validate `data`, enqueue it for a worker, and return the ack (accepted or not).
@@ -184,9 +185,11 @@ class CommandWriter:
     web process far from the Redis connection limit.
     """
 
-    def __init__(self, celery_app: Celery, journal: CommandJournal) -> None:
+    def __init__(self, celery_app: Celery, journal: CommandJournal, durability: DurabilityRule) -> None:
         self._celery = celery_app
         self._journal = journal
+        self._durability_rule = durability
+        self._durability: Durability | None = None  # decided at the first batch (asks Redis)
         self._queue: queue.Queue[PendingCommand] = queue.Queue()
         self._unjournaled: list[dict[str, Any]] = []  # acks sent, not yet journaled
         self._journaling: set[int] = set()  # ids of those a script is journaling right now
@@ -273,10 +276,25 @@ class CommandWriter:
             earlier = self._take_acks()
             journaled = False
             try:
+                if self._durability is None:
+                    self._durability = self._durability_rule.resolve(self._journal.client)
                 reservations = self._journal.reserve_and_enqueue(
-                    [(p.request_id, p.encoded) for p in items], queue_name, frame, earlier
+                    [(p.request_id, p.encoded) for p in items], queue_name, frame, earlier, self._durability
                 )
                 journaled = True
+            except NotDurable as exc:  # reserved and queued, but not on disk (or replicas) in time
+                journaled = True
+                log.error("event=enqueue_not_durable queue=%s size=%d error=%s", queue_name, len(items), exc)
+                for pending in items:
+                    pending.fail(
+                        ErrorInfo(
+                            code="unavailable",
+                            message=f"queued but not confirmed durable ({exc}); it may still run: resend "
+                            "the same request_id to learn its outcome",
+                        ),
+                        503,
+                    )
+                continue
             except RedisError as exc:  # atomic: nothing was reserved, nothing enqueued
                 log.error("event=enqueue_failed queue=%s size=%d error=%s", queue_name, len(items), exc)
                 for pending in items:
