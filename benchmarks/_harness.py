@@ -135,6 +135,11 @@ class CpuMeter:
         seconds = {name: self._process_seconds(pid) for name, pid in self.pids.items()}
         return time.perf_counter(), seconds, psutil.cpu_times()
 
+    def shares(self) -> dict[str, float]:
+        """Each process's CPU since creation, in % of one CPU."""
+        (t0, before, _), (t1, after, _) = self._start, self._sample()
+        return {name: 100 * (after[name] - before[name]) / (t1 - t0) for name in self.pids}
+
     def report(self) -> str:
         """One line: each process's CPU in % of one CPU, the machine's busy and steal time."""
         (t0, before, m0), (t1, after, m1) = self._start, self._sample()

@@ -141,7 +141,7 @@ def run_batch(self: Any, envelopes: list[dict[str, Any]]) -> int:
         raise self.retry(exc=exc, countdown=min(5.0, 0.2 * 2 ** min(self.request.retries, 5))) from exc
 
 
-@app.task(name=ENGINE_PING_TASK, ignore_result=True)
+@app.task(name=ENGINE_PING_TASK, ignore_result=True, send_events=False)  # see workers/pulse.py
 def ping(sent_at: float | None = None, reply_key: str | None = None) -> dict[str, Any]:
     """Round trip through the engine queue to this worker's C++ core (the health probe).
 

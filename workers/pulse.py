@@ -19,7 +19,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from celery.signals import worker_ready
+from celery.signals import beat_init, worker_init, worker_ready
 from redis.exceptions import RedisError
 
 from hean.core.system.health_monitor import HealthMonitor, Probe, Unreachable, report_node, store_pulse
@@ -84,6 +84,20 @@ def _report_node(node: str) -> None:
         time.sleep(PULSE_PERIOD_S)
 
 
+@beat_init.connect
+def _beat_sends_no_task_sent_events(sender: Any = None, **_: Any) -> None:
+    """Beat sends only pulses: a task-sent event for each, ten a second, tells nothing."""
+    sender.app.conf.task_send_sent_event = False
+
+
+@worker_init.connect
+def _pulse_worker_sends_no_task_sent_events(sender: Any = None, **_: Any) -> None:
+    """A worker of the pulse queue alone sends only engine pings (ten a second): no task-sent
+    events for them either (the setting is read at each send, per process)."""
+    if set(sender.app.amqp.queues.consume_from) == {PULSE_QUEUE}:
+        sender.app.conf.task_send_sent_event = False
+
+
 @worker_ready.connect
 def _start_node_reports(sender: Any = None, **_: Any) -> None:
     queues = {q.name for q in getattr(getattr(sender, "task_consumer", None), "queues", [])}
@@ -105,7 +119,9 @@ def _sent_at(expires: Any) -> float | None:
     return None
 
 
-@app.task(name=PULSE_TASK, ignore_result=True, bind=True)
+# send_events=False: ten pulses a second would be thirty task events (and as many for Flower
+# to process) that say nothing the pulse itself does not (benchmarks/bench_idle.py).
+@app.task(name=PULSE_TASK, ignore_result=True, bind=True, send_events=False)
 def pulse(self: Any) -> None:
     """One pulse: probe every module, store the result, tell the operators."""
     started = time.time()
