@@ -11,7 +11,15 @@ from celery.signals import worker_init, worker_ready, worker_shutdown
 from redis.exceptions import RedisError
 
 from hean.celery_wire import reclaim_unacked
-from hean.commands import CommandError, NoParams, implements, reject_code
+from hean.commands import (
+    CommandError,
+    NoParams,
+    Outcome,
+    RunRefused,
+    implements,
+    implements_many,
+    reject_code,
+)
 from hean.commands.params import (
     CancelParams,
     KillSwitchParams,
@@ -20,7 +28,7 @@ from hean.commands.params import (
     OrdersParams,
     RiskAdjustParams,
 )
-from hean.engine import EngineState, OrderResult
+from hean.engine import EngineState, OrderBatch, OrderResult
 from hean.redis_client import sync_client
 from hean.topology import BATCH_TASKS, ENGINE_PING_TASK, ENGINE_QUEUE
 from workers.app import app
@@ -101,6 +109,32 @@ def _order_outcome(result: OrderResult) -> dict[str, Any]:
 @implements("submit_order")
 def submit_order(params: OrderParams) -> dict[str, Any]:
     return {"order": _order_outcome(SHARD.apply("submit_order", params))}
+
+
+@implements_many("submit_order")
+def submit_order_run(orders: list[dict[str, Any]]) -> list[Outcome]:
+    """Single orders in a row, as one core batch: one lock, one log entry, no Python object per
+    order, each order's outcome exactly what `submit_order` gives it alone."""
+    batch = OrderBatch()
+    try:
+        for params in orders:
+            batch.append_params(params)
+        result = SHARD.apply_order_batch(orders, batch)
+    except (ValueError, KeyError, TypeError) as exc:  # nothing applied: one by one, with its errors
+        raise RunRefused(str(exc)) from exc
+    return [
+        ({"order": row}, None)
+        if row["reject_reason"] is None
+        else (
+            None,
+            {
+                "code": reject_code(row["reject_reason"]),
+                "message": f"order {row['client_order_id']} rejected: {row['reject_reason']}",
+                "field": "order",
+            },
+        )
+        for row in result.to_dict()["results"]
+    ]
 
 
 @implements("submit_orders")

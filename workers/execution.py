@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hean.command_journal import CommandJournal
-from hean.commands import error_from, get_command
+from hean.commands import RunRefused, error_from, get_command
 from hean.messages import OPERATORS_ROOM, CommandResult, ErrorInfo, TaskEnvelope
 from hean.redis_client import sync_client
 
@@ -57,6 +57,62 @@ def _run_one(envelope: TaskEnvelope, queue: str, started: float) -> dict[str, An
     ).model_dump(mode="json")
 
 
+def _run_of(
+    envelopes: list[TaskEnvelope], start: int, queue: str, outcome: dict[str, dict[str, Any] | None]
+) -> list[TaskEnvelope]:
+    """The envelopes from `start` on that one many-handler can run at once: the same command,
+    each not run before and not repeated within the run (a repeat must see the first's result)."""
+    spec = get_command(envelopes[start].command)
+    if spec is None or spec.many is None or spec.queue != queue:
+        return []
+    run: list[TaskEnvelope] = []
+    ids: set[str] = set()
+    for envelope in envelopes[start:]:
+        if (
+            envelope.command != spec.name
+            or envelope.request_id in ids
+            or outcome[envelope.request_id] is not None
+        ):
+            break
+        run.append(envelope)
+        ids.add(envelope.request_id)
+    return run
+
+
+def result_message(
+    envelope: TaskEnvelope, result: Any, error: dict[str, Any] | None, execution_time_ms: float
+) -> dict[str, Any]:
+    """What `CommandResult(...).model_dump(mode="json")` gives, built as a dict (a many-handler's
+    results are JSON already; tests/test_execution.py holds the two equal)."""
+    return {
+        "request_id": envelope.request_id,
+        "command": envelope.command,
+        "success": error is None,
+        "result": result,
+        "error": None
+        if error is None
+        else {"code": error["code"], "message": error["message"], "field": error.get("field")},
+        "execution_time_ms": execution_time_ms,
+    }
+
+
+def _run_many(run: list[TaskEnvelope], queue: str) -> list[dict[str, Any]]:
+    """Run `run` through its command's many-handler, or one by one if it refuses the run."""
+    spec = get_command(run[0].command)
+    assert spec is not None and spec.many is not None
+    started = time.perf_counter()
+    try:
+        outcomes = spec.many([envelope.params for envelope in run])
+    except RunRefused as exc:  # nothing changed: each gets the one-by-one path (and its errors)
+        log.info("event=run_refused command=%s size=%d reason=%s", spec.name, len(run), exc)
+        return [_run_one(envelope, queue, time.perf_counter()) for envelope in run]
+    share_ms = round((time.perf_counter() - started) * 1000.0 / len(run), 3)
+    return [
+        result_message(envelope, result, error, share_ms)
+        for envelope, (result, error) in zip(run, outcomes, strict=True)
+    ]
+
+
 def execute_batch(
     envelopes_data: list[dict[str, Any]],
     queue: str,
@@ -85,16 +141,25 @@ def execute_batch(
     hooks.before()
     fresh: list[dict[str, Any]] = []
     messages: list[tuple[dict[str, Any], str | None]] = []
-    for envelope in envelopes:
+    i = 0
+    while i < len(envelopes):
+        envelope = envelopes[i]
         previous = outcome[envelope.request_id]
         if previous is not None:
             log.warning("event=command_already_ran request_id=%s action=resend_result", envelope.request_id)
             messages.append((previous, envelope.reply_to))
+            i += 1
             continue
-        message = _run_one(envelope, queue, time.perf_counter())
-        outcome[envelope.request_id] = message
-        fresh.append(message)
-        messages.append((message, envelope.reply_to))
+        run = _run_of(envelopes, i, queue, outcome)
+        if len(run) > 1:  # several in a row for one many-handler: at once
+            ran = _run_many(run, queue)
+        else:
+            run, ran = [envelope], [_run_one(envelope, queue, time.perf_counter())]
+        for done, message in zip(run, ran, strict=True):
+            outcome[done.request_id] = message
+            fresh.append(message)
+            messages.append((message, done.reply_to))
+        i += len(run)
     emits = [
         ("command_result", message, [reply_to, OPERATORS_ROOM] if reply_to else OPERATORS_ROOM)
         for message, reply_to in messages

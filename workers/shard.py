@@ -30,7 +30,7 @@ from hean.celery_wire import batch_envelopes, task_marker
 from hean.command_journal import RETENTION_S, START_LUA, decode_started, journal_key
 from hean.commands import CONTROL_COMMANDS
 from hean.core.system.redis_state import StateError, StateOp, get_sync_state_manager
-from hean.engine import TradingEngine
+from hean.engine import BatchResult, OrderBatch, TradingEngine
 from hean.redis_client import run_script, sync_client
 from hean.topology import (
     BATCH_TASKS,
@@ -302,6 +302,16 @@ class EngineShard:
             positions=command_name not in CONTROL_COMMANDS or command_name == "kill_switch",
             risk=command_name == "risk_adjust",
         )
+        return outcome
+
+    def apply_order_batch(self, orders: list[dict[str, Any]], batch: OrderBatch) -> BatchResult:
+        """Apply single orders as one core batch, logged as one `submit_orders` entry (which
+        replays them the same way). Raises ValueError, having applied nothing, if the core
+        refuses the batch."""
+        now_ns = time.time_ns()
+        outcome = self.engine.submit_batch(batch, now_ns=now_ns)
+        self.log.add("submit_orders", {"orders": orders}, now_ns)
+        self.publisher.mark(positions=True)
         return outcome
 
     def status(self) -> dict[str, Any]:

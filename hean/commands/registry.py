@@ -23,6 +23,17 @@ from hean.topology import BATCH_TASKS, ENGINE_QUEUE
 
 Handler = Callable[[Any], Any]
 H = TypeVar("H", bound=Handler)
+#: What a run of one command's invocations yields, per invocation: (result, None) or (None,
+#: error as a dict: code, message, field).
+Outcome = tuple[Any, dict[str, Any] | None]
+#: Runs consecutive invocations of one command at once, from their params as the edge validated
+#: them (JSON); raises `RunRefused`, having changed nothing, when it cannot.
+ManyHandler = Callable[[list[dict[str, Any]]], list[Outcome]]
+M = TypeVar("M", bound=ManyHandler)
+
+
+class RunRefused(Exception):
+    """A many-handler cannot take this run (nothing was changed): run it one by one instead."""
 
 
 class NoParams(BaseModel):
@@ -41,6 +52,8 @@ class CommandSpec:
     queue: str
     description: str
     handler: Handler | None = None
+    #: Optional: runs consecutive invocations at once (e.g. single orders as one core batch).
+    many: ManyHandler | None = None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -83,6 +96,24 @@ def implements(name: str) -> Callable[[H], H]:
         if spec.handler is not None and spec.handler.__qualname__ != handler.__qualname__:
             raise ValueError(f"command {name!r} already has a handler ({spec.handler.__qualname__})")
         _REGISTRY[name] = replace(spec, handler=handler)
+        return handler
+
+    return bind
+
+
+def implements_many(name: str) -> Callable[[M], M]:
+    """Bind a handler that runs consecutive invocations of the declared command `name` at once.
+
+    Given each invocation's params as JSON (validated at the edge, not again), it returns one
+    Outcome per invocation, in order, each exactly what the one-by-one handler would have
+    given; or raises RunRefused, having changed nothing, and the run goes one by one.
+    """
+
+    def bind(handler: M) -> M:
+        spec = _REGISTRY.get(name)
+        if spec is None:
+            raise ValueError(f"command {name!r} is not declared")
+        _REGISTRY[name] = replace(spec, many=handler)
         return handler
 
     return bind

@@ -1,0 +1,136 @@
+"""Single orders that queue up behind each other run as one core batch in the engine worker
+(issue 14 item 3: no Python object per order, one lock, one log entry), and every order's
+outcome is exactly what it gets when sent alone; text_units is to_units for plain decimals."""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import redis
+
+from hean.engine import text_units, to_units
+from hean.messages import CommandResult, ErrorInfo, TaskEnvelope
+from support import Client
+from workers.execution import result_message
+from workers.shard import LOG_KEY
+
+
+def test_text_units_is_to_units() -> None:
+    rng = random.Random(7)
+    texts = ["0", "1", "0.00000001", "0.1", "50000.5", "999999999.99999999", "92233720368.54775807"]
+    for _ in range(20_000):
+        whole = rng.choice([0, rng.randrange(10), rng.randrange(10**6), rng.randrange(10**11)])
+        places = rng.randrange(9)
+        frac = f".{rng.randrange(10**places):0{places}d}" if places else ""
+        texts.append(f"{whole}{frac}")
+    def outcome(convert: Any, text: str) -> int | str:
+        try:
+            return int(convert(text))
+        except ValueError:
+            return "refused"
+
+    for text in texts:
+        assert outcome(text_units, text) == outcome(to_units, text), text
+    # not plain: the Decimal path decides (and names the field)
+    assert text_units("1E+3") == to_units("1E+3")
+    for bad in ("0.000000001", "92233720368.54775808", "abc", "-1x"):
+        with pytest.raises(ValueError):
+            to_units(bad, "q")
+        with pytest.raises(ValueError, match="q"):
+            text_units(bad, "q")
+
+
+@pytest.mark.parametrize(
+    ("result", "error"),
+    [
+        ({"order": {"status": "FILLED"}}, None),
+        (None, {"code": "order_rejected", "message": "m", "field": "order"}),
+    ],
+)
+def test_a_run_result_is_the_command_result_message(result: Any, error: dict[str, Any] | None) -> None:
+    envelope = TaskEnvelope(request_id="r-1", command="submit_order", params={}, received_at_ms=1.0)
+    expected = CommandResult(
+        request_id="r-1",
+        command="submit_order",
+        success=error is None,
+        result=result,
+        error=None if error is None else ErrorInfo(**error),
+        execution_time_ms=0.25,
+    ).model_dump(mode="json")
+    assert result_message(envelope, result, error, 0.25) == expected
+
+
+def orders_for(sym: str, tag: str) -> list[dict[str, Any]]:
+    def order(n: int, **params: Any) -> dict[str, Any]:
+        params = {"client_order_id": f"{sym}-{n}", "symbol": sym, **params}
+        return {"command": "submit_order", "params": params, "request_id": f"{tag}-{n}-{uuid.uuid4().hex}"}
+
+    return [
+        order(1, side="BUY", quantity="2"),  # fills at the ask
+        order(2, side="SELL", quantity="0.5"),  # fills at the bid
+        order(3, side="BUY", quantity="1", order_type="LIMIT", price="90"),  # rests
+        order(4, side="SELL", quantity="1", order_type="LIMIT", price="101", time_in_force="IOC"),  # expires
+        order(5, side="BUY", quantity="0.001"),  # under the minimum notional: rejected
+        order(1, side="BUY", quantity="2"),  # the same client order id again: its first outcome
+        order(6, side="BUY", quantity="0.123456789"),  # more than 8 decimals: refused at the edge
+        order(7, side="SELL", quantity="3"),
+    ]
+
+
+@pytest.fixture
+def client(system: dict[str, Any]) -> Iterator[Client]:
+    c = Client(str(system["url"]), str(system["token"]))
+    yield c
+    c.close()
+
+
+def comparable(result: dict[str, Any], sym: str) -> dict[str, Any]:
+    """A result with what differs between two symbols and two runs taken out."""
+    text = json.dumps({k: v for k, v in result.items() if k not in ("request_id", "execution_time_ms")})
+    out = json.loads(text.replace(sym, "SYM"))
+    if out.get("result") and "order" in out["result"]:
+        out["result"]["order"].pop("order_id")
+    return out
+
+
+def test_queued_single_orders_run_as_one_batch_with_the_outcomes_each_gets_alone(
+    system: dict[str, Any], client: Client
+) -> None:
+    for command in ("stop", "reset_kill_switch", "start"):  # RUNNING, whatever earlier tests left
+        client.command({"command": command, "request_id": uuid.uuid4().hex})
+    alone_sym, run_sym = (f"R{uuid.uuid4().hex[:6].upper()}USDT" for _ in range(2))
+    for sym in (alone_sym, run_sym):
+        market = {"symbol": sym, "bid": "99.5", "ask": "100.5", "last": "100"}
+        client.command({"command": "update_market", "params": market, "request_id": uuid.uuid4().hex})
+
+    alone = []
+    for body in orders_for(alone_sym, "alone"):  # one at a time: each its own batch
+        ack = client.command(body)
+        alone.append(client.result_for(body["request_id"]) if ack["accepted"] else {"refused": ack["error"]})
+
+    store = redis.Redis.from_url(system["env"]["REDIS_URL"])
+    log_before = store.xrevrange(LOG_KEY, count=1)
+    # hold the engine worker for a moment, so that the orders queue up behind the nap
+    nap = {"command": "engine_nap", "params": {"seconds": 1}, "request_id": uuid.uuid4().hex}
+    client.sio.emit("command", nap)
+    bodies = orders_for(run_sym, "run")
+    acks = [client.command(body) for body in bodies]
+    queued = [b for b, a in zip(bodies, acks, strict=True) if a["accepted"]]
+    assert client.result_for(nap["request_id"])["success"]  # results come in the order run
+    results = iter([client.result_for(b["request_id"]) for b in queued])
+    run = [next(results) if a["accepted"] else {"refused": a["error"]} for a in acks]
+
+    assert [comparable(r, run_sym) for r in run] == [comparable(r, alone_sym) for r in alone]
+    # ...and they did run as one core batch: one submit_orders entry logged for all of them
+    entries = store.xrange(LOG_KEY, min=f"({log_before[0][0].decode()}" if log_before else "-")
+    batched = [json.loads(f[b"params"]) for _, f in entries if f[b"cmd"] == b"submit_orders"]
+    run_ids = {b["params"]["client_order_id"] for b in queued}
+    assert any({o["client_order_id"] for o in e["orders"]} == run_ids for e in batched), (run_ids, batched)
+    assert Decimal(run[0]["result"]["order"]["filled_quantity"]) == 2
+    store.close()
