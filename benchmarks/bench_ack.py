@@ -28,10 +28,8 @@ import threading
 import time
 import uuid
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import (
     REPO_ROOT,
     CpuMeter,

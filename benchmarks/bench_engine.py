@@ -11,14 +11,10 @@ import sys
 import time
 from array import array
 from collections.abc import Callable
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from test_engine_model import DEFAULT_LIMITS, SCALE, ReferenceEngine
 
 from hean import _core
 from hean.engine import TradingEngine
+from hean.testing.reference_engine import DEFAULT_LIMITS, SCALE, ReferenceEngine
 
 LIMITS = {**DEFAULT_LIMITS, "max_trade_risk_pct": 100 * SCALE, "max_orders_per_second": 0}
 
@@ -128,7 +124,7 @@ def main() -> int:
         ("batch of 10,000 (submit_batch)", core_batch_rate(10_000, 2_000_000), model_single),
     ]
     print("HEAN order engine: mixed market/IOC/limit flow, one symbol, one core")
-    print("baseline: pure-Python reference model (tests/test_engine_model.py), same orders")
+    print("baseline: pure-Python reference model (hean/testing/reference_engine.py), same orders")
     header = f"{'figure':38} {'orders/s':>12} {'ns/order':>9} {'baseline/s':>11} {'ratio':>7}"
     print(header)
     print("-" * len(header))

@@ -21,10 +21,8 @@ import queue as queue_module
 import signal
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import Stack, percentile, print_table, stack
 from bench_ack import load
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: one private Redis per test session, started on a free port.
+"""Shared fixtures: one private Redis per test session (started on a free port), the shared system
+that runs on it, and the clients and URLs tests reach it with.
 
 Real parts only: this is the same `hean.redis_server.PrivateRedis` that `hean up` runs.
 """
@@ -9,13 +10,16 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import redis
 
 from hean.core.system.redis_state import SyncRedisStateManager
-from hean.redis_server import PrivateRedis
+from hean.processes import PROCESSES
+from hean.redis_server import PrivateRedis, free_port
+from support import Client, ManagedProcess, http_ok, wait_for
 
 PLUGINS_DIR = Path(__file__).resolve().parent / "plugins"
 
@@ -99,10 +103,6 @@ def api_token() -> str:
 @pytest.fixture(scope="session")
 def system(base_env: dict[str, str], api_token: str, logs_dir: Path) -> Iterator[dict[str, object]]:
     """The web process and the engine + default workers, as `hean up` runs them."""
-    from hean.processes import PROCESSES
-    from hean.redis_server import free_port
-    from support import ManagedProcess, http_ok, wait_for
-
     port = free_port()
     env = dict(
         base_env,
@@ -124,3 +124,19 @@ def system(base_env: dict[str, str], api_token: str, logs_dir: Path) -> Iterator
     finally:
         for process in reversed(started):
             process.stop()
+
+
+@pytest.fixture(scope="session")
+def system_redis_url(system: dict[str, Any]) -> str:
+    """The Redis URL of the shared system's processes (broker, results, state bus: database 0)."""
+    return str(system["env"]["REDIS_URL"])
+
+
+@pytest.fixture
+def client(system: dict[str, Any]) -> Iterator[Client]:
+    """A Socket.IO client of the shared system, connected with its token; closed after the test."""
+    connected = Client(str(system["url"]), str(system["token"]))
+    try:
+        yield connected
+    finally:
+        connected.close()

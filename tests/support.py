@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable
+from email.message import Message
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,38 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str, interva
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def http_json(
+    url: str,
+    method: str = "GET",
+    body: Any = None,
+    token: str | None = None,
+    headers: dict[str, str] | None = None,
+    raw: bytes | None = None,
+    timeout: float = 10.0,
+) -> tuple[int, Any, Message]:
+    """One HTTP request with a JSON reply: (status, decoded body, response headers).
+
+    `body` is sent as JSON (`raw` as given, instead); `token`, when not None, goes in an
+    `Authorization: Bearer` header (an empty one included). Error statuses are returned, not
+    raised; a server that cannot be reached gives status 0, body {} and no headers.
+    """
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    request = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    for name, value in (headers or {}).items():
+        request.add_header(name, value)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.load(response), response.headers
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc), exc.headers
+    except OSError:
+        return 0, {}, Message()
 
 
 def http_ok(url: str) -> bool:

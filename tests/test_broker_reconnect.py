@@ -8,12 +8,9 @@ workers.transport it is a lost connection like any other. Real processes, our ow
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +22,7 @@ import redis
 from hean.command_journal import journal_key
 from hean.processes import PROCESSES
 from hean.redis_server import PrivateRedis, free_port
-from support import ManagedProcess, http_ok, own_system_env, wait_for
+from support import ManagedProcess, http_json, http_ok, own_system_env, wait_for
 
 WORKERS = ("worker-engine", "worker-llm")
 PLUGINS_DIR = Path(__file__).resolve().parent / "plugins"
@@ -60,33 +57,22 @@ def outage(tmp_path: Path, logs_dir: Path) -> Iterator[dict[str, Any]]:
         server.stop()
 
 
-def call(system: dict[str, Any], method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(system["url"] + path, data=data, method=method)
-    request.add_header("Content-Type", "application/json")
-    request.add_header("Authorization", f"Bearer {system['token']}")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.load(exc)
-    except OSError:
-        return 0, {}
-
-
 def send(system: dict[str, Any], command: str, params: dict[str, Any]) -> str:
     request_id = uuid.uuid4().hex
     body = {"command": command, "params": params, "request_id": request_id}
-    _, ack = wait_for(  # type: ignore[misc]
-        lambda: (r := call(system, "POST", "/api/commands", body))[0] == 202 and r, 60, f"{command} accepted"
-    )
+
+    def accepted() -> tuple[int, Any, Any] | None:
+        reply = http_json(system["url"] + "/api/commands", "POST", body, token=system["token"])
+        return reply if reply[0] == 202 else None
+
+    _, ack, _ = wait_for(accepted, 60, f"{command} accepted")  # type: ignore[misc]
     assert ack["accepted"] is True, ack
     return request_id
 
 
 def result(system: dict[str, Any], request_id: str, timeout: float = 60) -> dict[str, Any]:
     def done() -> dict[str, Any] | None:
-        status, record = call(system, "GET", f"/api/commands/{request_id}")
+        status, record, _ = http_json(f"{system['url']}/api/commands/{request_id}", token=system["token"])
         return record["result"] if status == 200 and record["status"] == "done" else None
 
     return wait_for(done, timeout, f"the result of {request_id}")  # type: ignore[return-value]

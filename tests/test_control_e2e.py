@@ -3,25 +3,13 @@ and the result back through Flask-SocketIO's Redis message queue. Real processes
 
 from __future__ import annotations
 
-import json
-import urllib.request
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import socketio
 
-from support import Client
-
-
-@pytest.fixture
-def client(system: dict[str, Any]) -> Iterator[Client]:
-    c = Client(str(system["url"]), str(system["token"]))
-    try:
-        yield c
-    finally:
-        c.sio.disconnect()
+from support import Client, http_json
 
 
 @pytest.mark.parametrize("auth", [None, {"token": "not-the-token"}, {"token": 42}, "a string"])
@@ -62,8 +50,8 @@ def test_health_reports_the_engine_state(system: dict[str, Any], client: Client)
     request_id = uuid.uuid4().hex
     client.command({"command": "start", "params": {}, "request_id": request_id})
     client.result_for(request_id)
-    with urllib.request.urlopen(str(system["url"]) + "/api/system/health", timeout=5) as response:
-        body = json.load(response)
+    status, body, _ = http_json(str(system["url"]) + "/api/system/health")
+    assert status == 200, body
     assert body["engine"]["state"] == "RUNNING"
     assert body["redis"]["ok"] is True
 

@@ -7,8 +7,6 @@ import json
 import queue
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -18,38 +16,7 @@ import redis
 
 from hean.core.system.redis_state import get_sync_state_manager
 from hean.redis_server import free_port
-from support import Client, ManagedProcess, http_ok, python_module, wait_for
-
-
-@pytest.fixture
-def client(system: dict[str, Any]) -> Iterator[Client]:
-    c = Client(str(system["url"]), str(system["token"]))
-    yield c
-    c.close()
-
-
-def rest(
-    system: dict[str, Any],
-    method: str,
-    path: str,
-    body: Any = None,
-    token: str | None = "default",
-    headers: dict[str, str] | None = None,
-    raw: bytes | None = None,
-) -> tuple[int, dict[str, Any], Any]:  # headers: case-insensitive
-    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    request = urllib.request.Request(str(system["url"]) + path, data=data, method=method)
-    request.add_header("Content-Type", "application/json")
-    if token is not None:
-        request.add_header("Authorization", f"Bearer {system['token'] if token == 'default' else token}")
-    for name, value in (headers or {}).items():
-        request.add_header(name, value)
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.load(response), response.headers
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.load(exc), exc.headers
-
+from support import Client, ManagedProcess, http_json, http_ok, python_module, wait_for
 
 # -- protocol --------------------------------------------------------------------------------
 
@@ -84,7 +51,9 @@ def test_result_goes_to_the_sender_and_the_operators_room_only(system: dict[str,
             c.close()
 
 
-def test_a_bulk_message_from_the_workers_is_fanned_out_in_order(system: dict[str, Any]) -> None:
+def test_a_bulk_message_from_the_workers_is_fanned_out_in_order(
+    system: dict[str, Any], system_redis_url: str
+) -> None:
     """Workers publish a batch's results as one message; the web delivers each emit in order
     and skips entries that are not emits (a bad entry never costs the good ones)."""
     from hean.messages import BULK_METHOD
@@ -101,7 +70,7 @@ def test_a_bulk_message_from_the_workers_is_fanned_out_in_order(system: dict[str
         messages: list[Any] = [emit(i) for i in range(300)]
         messages[5:5] = [7, "not an emit", None, {"method": "nonsense"}]
         channel = str(system["env"].get("HEAN_SOCKETIO_CHANNEL", "hean-socketio"))
-        client = redis.Redis.from_url(str(system["env"]["REDIS_URL"]))
+        client = redis.Redis.from_url(system_redis_url)
         client.publish(channel, json.dumps({"method": BULK_METHOD, "messages": messages}))
         client.publish(channel, "{not json")
         client.publish(channel, json.dumps({"method": BULK_METHOD, "messages": "nope"}))
@@ -149,11 +118,13 @@ def test_a_repeat_sent_right_after_the_ack_gets_the_original_ack(client: Client)
 
 
 def test_an_ack_no_batch_follows_is_journaled_alone(system: dict[str, Any]) -> None:
-    status, ack, _ = rest(system, "POST", "/api/commands", {"command": "echo", "params": {"text": "alone"}})
+    url, token = system["url"], system["token"]
+    body = {"command": "echo", "params": {"text": "alone"}}
+    status, ack, _ = http_json(url + "/api/commands", "POST", body, token=token)
     assert status == 202
 
     def journaled() -> dict[str, Any] | None:
-        _, record, _ = rest(system, "GET", f"/api/commands/{ack['request_id']}")
+        _, record, _ = http_json(f"{url}/api/commands/{ack['request_id']}", token=token)
         return record if record.get("ack") else None
 
     record = wait_for(journaled, 10, "the ack in the journal")
@@ -178,14 +149,14 @@ def test_a_client_gone_before_its_acks_loses_nothing_and_disturbs_no_one(system:
         assert other.result_for(request_id)["result"] == {"echo": "still"}
 
         def ran(rid: str) -> bool:
-            code, record, _ = rest(system, "GET", f"/api/commands/{rid}")
+            code, record, _ = http_json(f"{url}/api/commands/{rid}", token=token)
             return code == 404 or record["status"] == "done"  # 404: never read before the close
 
         wait_for(lambda: all(ran(rid) for rid in ids), 30, "every command that was read to run")
-        done = [rid for rid in ids if rest(system, "GET", f"/api/commands/{rid}")[0] == 200]
+        done = [rid for rid in ids if http_json(f"{url}/api/commands/{rid}", token=token)[0] == 200]
         assert done, "the server read none of the commands sent before the disconnect"
         for rid in done:
-            record = rest(system, "GET", f"/api/commands/{rid}")[1]
+            record = http_json(f"{url}/api/commands/{rid}", token=token)[1]
             assert record["ack"]["accepted"] is True and record["result"]["result"] == {"echo": rid}
     finally:
         other.close()
@@ -247,23 +218,21 @@ def test_unknown_events_get_an_error(client: Client) -> None:
 
 
 def test_rest_commands_share_the_schemas_and_codes(system: dict[str, Any]) -> None:
-    status, body, _ = rest(system, "POST", "/api/commands", {"command": "echo", "params": {"text": "r"}})
+    commands, token = system["url"] + "/api/commands", system["token"]
+    status, body, _ = http_json(commands, "POST", {"command": "echo", "params": {"text": "r"}}, token=token)
     assert status == 202 and body["accepted"] is True
     request_id = body["request_id"]
 
     def done() -> dict[str, Any] | None:
-        code, record, _ = rest(system, "GET", f"/api/commands/{request_id}")
+        code, record, _ = http_json(f"{commands}/{request_id}", token=token)
         return record if code == 200 and record["status"] == "done" else None
 
     record = wait_for(done, 30, "the REST command to finish")
     assert isinstance(record, dict)
     assert record["result"]["result"] == {"echo": "r"} and record["ack"]["accepted"] is True
 
-    status, again, _ = rest(
-        system,
-        "POST",
-        "/api/commands",
-        {"command": "echo", "params": {"text": "r"}, "request_id": request_id},
+    status, again, _ = http_json(
+        commands, "POST", {"command": "echo", "params": {"text": "r"}, "request_id": request_id}, token=token
     )
     assert status == 200 and again["duplicate"] is True and again["result"]["result"] == {"echo": "r"}
 
@@ -274,11 +243,11 @@ def test_rest_commands_share_the_schemas_and_codes(system: dict[str, Any]) -> No
         ([1, 2], 400, "invalid_payload"),
     ]
     for payload, expected_status, code in cases:
-        status, body, _ = rest(system, "POST", "/api/commands", payload)
+        status, body, _ = http_json(commands, "POST", payload, token=token)
         assert status == expected_status and body["error"]["code"] == code, payload
-    status, body, _ = rest(system, "POST", "/api/commands", raw=b"{not json")
+    status, body, _ = http_json(commands, "POST", raw=b"{not json", token=token)
     assert status == 400 and body["error"]["code"] == "invalid_payload"
-    status, body, _ = rest(system, "GET", "/api/commands/never-seen")
+    status, body, _ = http_json(commands + "/never-seen", token=token)
     assert status == 404 and body["error"]["code"] == "not_found"
 
 
@@ -289,31 +258,35 @@ def test_rest_control_needs_the_bearer_token(system: dict[str, Any], token: str 
         ("GET", "/api/commands/x", None),
         ("GET", "/api/state/global/x", None),
     ):
-        status, reply, headers = rest(system, method, path, body, token=token)
+        status, reply, headers = http_json(system["url"] + path, method, body, token=token)
         assert status == 401 and reply["error"]["code"] == "unauthorized"
         assert headers["WWW-Authenticate"].startswith("Bearer")
 
 
 def test_health_is_open_without_a_token(system: dict[str, Any]) -> None:
-    status, body, _ = rest(system, "GET", "/api/system/health", token=None)
+    status, body, _ = http_json(system["url"] + "/api/system/health")
     assert status == 200 and "status" in body
 
 
-def test_rest_state_reads_the_state_bus(system: dict[str, Any]) -> None:
-    manager = get_sync_state_manager(system["env"]["REDIS_URL"])
+def test_rest_state_reads_the_state_bus(system: dict[str, Any], system_redis_url: str) -> None:
+    manager = get_sync_state_manager(system_redis_url)
+    state, token = system["url"] + "/api/state", system["token"]
     key = "k" + uuid.uuid4().hex[:8]
-    status, body, _ = rest(system, "GET", f"/api/state/tests/{key}")
+    status, body, _ = http_json(f"{state}/tests/{key}", token=token)
     assert status == 404 and body["error"]["code"] == "not_found"
     manager.set_state(key, {"orders": 3}, namespace="tests")
-    status, body, _ = rest(system, "GET", f"/api/state/tests/{key}")
+    status, body, _ = http_json(f"{state}/tests/{key}", token=token)
     assert status == 200
     assert body["value"] == {"orders": 3} and body["version"] == 1 and body["namespace"] == "tests"
-    status, body, _ = rest(system, "GET", "/api/state/bad%20ns/x")
+    status, body, _ = http_json(state + "/bad%20ns/x", token=token)
     assert status == 400 and body["error"]["code"] == "invalid_params"
 
 
 def test_cors_is_closed_by_default(system: dict[str, Any]) -> None:
-    _, _, headers = rest(system, "GET", "/api/system/health", headers={"Origin": "https://evil.example"})
+    status, _, headers = http_json(
+        system["url"] + "/api/system/health", token=system["token"], headers={"Origin": "https://evil.example"}
+    )
+    assert status == 200  # an answer, without the header
     assert "Access-Control-Allow-Origin" not in headers
 
 
@@ -321,9 +294,9 @@ def test_cors_is_closed_by_default(system: dict[str, Any]) -> None:
 
 
 def test_subscribe_state_streams_every_version_until_unsubscribed(
-    system: dict[str, Any], client: Client
+    system_redis_url: str, client: Client
 ) -> None:
-    manager = get_sync_state_manager(system["env"]["REDIS_URL"])
+    manager = get_sync_state_manager(system_redis_url)
     key = "sub" + uuid.uuid4().hex[:8]
     manager.set_state(key, {"n": 0}, namespace="tests")
     reply = client.sio.call("subscribe_state", {"key": key, "namespace": "tests"}, timeout=5)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -17,16 +16,6 @@ from hean.command_journal import CommandJournal
 from hean.core.system.redis_state import get_sync_state_manager
 from support import Client, start_engine_worker, stop_engine_worker, wait_for
 from workers.shard import INFLIGHT_KEY, LOG_KEY
-
-REDIS: dict[str, str] = {}
-
-
-@pytest.fixture
-def client(system: dict[str, Any]) -> Iterator[Client]:
-    REDIS["url"] = system["env"]["REDIS_URL"]
-    c = Client(str(system["url"]), str(system["token"]))
-    yield c
-    c.close()
 
 
 def run(client: Client, command: str, **params: Any) -> dict[str, Any]:
@@ -57,9 +46,9 @@ def running(client: Client) -> None:
     assert ok(client, "start")["state"] == "RUNNING"
 
 
-def position(sym: str) -> dict[str, Any] | None:
+def position(redis_url: str, sym: str) -> dict[str, Any] | None:
     """The published position of `sym` (the state is published every 100 ms under load)."""
-    positions = get_sync_state_manager(REDIS["url"]).get_state("positions", namespace="system") or []
+    positions = get_sync_state_manager(redis_url).get_state("positions", namespace="system") or []
     return next((p for p in positions if p["symbol"] == sym), None)
 
 
@@ -78,7 +67,7 @@ def test_market_order_fills_at_the_ask_and_moves_the_position(client: Client) ->
     assert Decimal(order["order"]["fee"]) == Decimal("100.5") * 2 * Decimal("0.001")
 
 
-def test_submit_orders_applies_a_batch_in_order(client: Client) -> None:
+def test_submit_orders_applies_a_batch_in_order(client: Client, system_redis_url: str) -> None:
     running(client)
     sym = symbol()
     ok(client, "update_market", symbol=sym, bid="10", ask="10", last="10")
@@ -93,11 +82,17 @@ def test_submit_orders_applies_a_batch_in_order(client: Client) -> None:
     assert result["duplicates"] == 1 and result["rejected"] == 1
     assert [r["client_order_id"] for r in result["results"]] == [o["client_order_id"] for o in orders]
     assert result["results"][-1]["reject_reason"] == "MIN_NOTIONAL"
-    mine = wait_for(lambda: (p := position(sym)) and Decimal(p["quantity"]) == 50 and p, 5, "the position")
+    mine = wait_for(
+        lambda: (p := position(system_redis_url, sym)) and Decimal(p["quantity"]) == 50 and p,
+        5,
+        "the position",
+    )
     assert Decimal(mine["average_entry_price"]) == 10  # type: ignore[index]
 
 
-def test_commands_sent_without_waiting_are_acked_and_run_in_the_order_sent(client: Client) -> None:
+def test_commands_sent_without_waiting_are_acked_and_run_in_the_order_sent(
+    client: Client, system_redis_url: str
+) -> None:
     """One connection's commands are acked as the writer enqueues them, while the connection
     keeps reading: a client that does not wait shares the batches, and order is kept."""
     running(client)
@@ -123,7 +118,11 @@ def test_commands_sent_without_waiting_are_acked_and_run_in_the_order_sent(clien
     assert [r["request_id"] for r in results] == ids
     assert all(r["success"] and r["result"]["order"]["status"] == "FILLED" for r in results)
     expected = 300 - 2 * 100  # 200 buys, 100 sells
-    wait_for(lambda: (p := position(sym)) and Decimal(p["quantity"]) == expected, 5, "the position")
+    wait_for(
+        lambda: (p := position(system_redis_url, sym)) and Decimal(p["quantity"]) == expected,
+        5,
+        "the position",
+    )
 
 
 def test_submit_orders_is_bounded(client: Client) -> None:
@@ -154,7 +153,7 @@ def test_limit_order_rests_then_cancels_once(client: Client) -> None:
     assert result["error"]["field"] == "params.client_order_id"
 
 
-def test_resubmitting_a_client_order_id_never_fills_twice(client: Client) -> None:
+def test_resubmitting_a_client_order_id_never_fills_twice(client: Client, system_redis_url: str) -> None:
     running(client)
     sym = symbol()
     ok(client, "update_market", symbol=sym, bid="50", ask="51", last="50.5")
@@ -163,7 +162,7 @@ def test_resubmitting_a_client_order_id_never_fills_twice(client: Client) -> Non
     again = ok(client, "submit_order", client_order_id=cid, symbol=sym, side="BUY", quantity="1")
     assert again["order"]["duplicate"] is True
     assert again["order"]["order_id"] == first["order"]["order_id"]
-    mine = wait_for(lambda: position(sym), 5, "the positions state")
+    mine = wait_for(lambda: position(system_redis_url, sym), 5, "the positions state")
     assert Decimal(mine["quantity"]) == Decimal(1)  # type: ignore[index]
     assert ok(client, "stop")["orders_filled"] >= 1
 
@@ -225,18 +224,20 @@ def test_pause_and_resume(client: Client) -> None:
     fail(client, "pause", "invalid_state")
 
 
-def test_a_control_command_publishes_its_state_before_its_result(client: Client) -> None:
+def test_a_control_command_publishes_its_state_before_its_result(
+    client: Client, system_redis_url: str
+) -> None:
     """Orders' results are published by their batch's commit; a control command's result
     waits until the state is published, so a client that got it reads the new state."""
     running(client)
     for command in ("pause", "resume", "stop", "start", "stop", "start"):
         result = ok(client, command)
-        engine = get_sync_state_manager(REDIS["url"]).get_state("engine", namespace="system")
+        engine = get_sync_state_manager(system_redis_url).get_state("engine", namespace="system")
         published = (engine["state"], engine["command_count"])
         assert published == (result["state"], result["command_count"]), command
 
 
-def test_a_batch_delivered_twice_runs_its_commands_once(client: Client) -> None:
+def test_a_batch_delivered_twice_runs_its_commands_once(client: Client, system_redis_url: str) -> None:
     """Commands that reach the engine worker again (a redelivered message, or one taken along
     into the batch that already holds them), sent by a plain Celery producer: they do not run
     again, their first results are resent; nothing fills twice."""
@@ -252,27 +253,31 @@ def test_a_batch_delivered_twice_runs_its_commands_once(client: Client) -> None:
         {"request_id": uuid.uuid4().hex, "command": name, "params": params, "received_at_ms": now_ms}
         for name, params in commands
     ]
-    producer = Celery(broker=REDIS["url"])
+    producer = Celery(broker=system_redis_url)
     for _ in range(2):  # each command twice in the message, and the message twice
         producer.send_task(
             "workers.engine.run_batch", args=[envelopes + envelopes], queue="engine", routing_key="engine"
         )
     # the engine queue is first in, first out: this runs after both copies
     assert ok(client, "resume")["orders_filled"] == before + 1  # a second run would fill again
-    journal = CommandJournal(redis.Redis.from_url(REDIS["url"]))
+    journal = CommandJournal(redis.Redis.from_url(system_redis_url))
     results = [journal.get(e["request_id"])["result"] for e in envelopes]  # type: ignore[index]
     assert all(result["success"] is True for result in results), results  # not "invalid_state"
     assert results[0]["result"]["order"]["status"] == "FILLED"
-    wait_for(lambda: (p := position(sym)) and Decimal(p["quantity"]) == 2, 5, "the published position")
+    wait_for(
+        lambda: (p := position(system_redis_url, sym)) and Decimal(p["quantity"]) == 2,
+        5,
+        "the published position",
+    )
 
 
-def test_risk_adjust_changes_limits_the_engine_enforces(client: Client) -> None:
+def test_risk_adjust_changes_limits_the_engine_enforces(client: Client, system_redis_url: str) -> None:
     running(client)
     try:
         changed = ok(client, "risk_adjust", max_notional="150", max_leverage="2")
         assert changed["changed"] == ["max_leverage", "max_notional"]
         assert Decimal(changed["risk_limits"]["max_notional"]) == 150
-        published = get_sync_state_manager(REDIS["url"]).get_state("risk_limits", namespace="system")
+        published = get_sync_state_manager(system_redis_url).get_state("risk_limits", namespace="system")
         assert Decimal(published["max_notional"]) == 150
         sym = symbol()
         ok(client, "update_market", symbol=sym, bid="100", ask="100", last="100")
@@ -348,16 +353,20 @@ def test_engine_state_streams_to_subscribers(client: Client) -> None:
 
 
 def test_orders_survive_a_worker_crash_between_snapshots(
-    system: dict[str, Any], client: Client, logs_dir: Any
+    system: dict[str, Any], client: Client, logs_dir: Any, system_redis_url: str
 ) -> None:
     running(client)  # control commands snapshot; what follows lives only in the command log
     sym = symbol()
     ok(client, "update_market", symbol=sym, bid="20", ask="20", last="20")
     for _ in range(3):
         ok(client, "submit_order", client_order_id=uuid.uuid4().hex, symbol=sym, side="SELL", quantity="1")
-    wait_for(lambda: (p := position(sym)) and Decimal(p["quantity"]) == -3, 5, "the published position")
-    before = get_sync_state_manager(REDIS["url"]).get_state("engine", namespace="system")
-    log = redis.Redis.from_url(REDIS["url"])
+    wait_for(
+        lambda: (p := position(system_redis_url, sym)) and Decimal(p["quantity"]) == -3,
+        5,
+        "the published position",
+    )
+    before = get_sync_state_manager(system_redis_url).get_state("engine", namespace="system")
+    log = redis.Redis.from_url(system_redis_url)
     assert log.xlen(LOG_KEY) >= 4  # the market update and 3 orders are not in the snapshot
     log.close()
     stop_engine_worker(system, crash=True)
@@ -366,12 +375,12 @@ def test_orders_survive_a_worker_crash_between_snapshots(
     assert after["command_count"] == before["command_count"] + 1
     assert after["orders_filled"] == before["orders_filled"]
     assert after["account"] == {**before["account"], **{k: after["account"][k] for k in ("leverage",)}}
-    mine = wait_for(lambda: position(sym), 10, "the restored position")
+    mine = wait_for(lambda: position(system_redis_url, sym), 10, "the restored position")
     assert Decimal(mine["quantity"]) == Decimal(-3)  # type: ignore[index]
 
 
 def test_a_backlog_is_drained_in_order_after_the_engine_worker_returns(
-    system: dict[str, Any], client: Client, logs_dir: Any
+    system: dict[str, Any], client: Client, logs_dir: Any, system_redis_url: str
 ) -> None:
     running(client)
     sym = symbol()
@@ -385,7 +394,7 @@ def test_a_backlog_is_drained_in_order_after_the_engine_worker_returns(
         ack = client.command({"command": "submit_order", "params": params, "request_id": request_id})
         assert ack["accepted"] is True
         request_ids.append(request_id)
-    queued = redis.Redis.from_url(REDIS["url"])
+    queued = redis.Redis.from_url(system_redis_url)
     assert queued.llen("engine") >= 1
     start_engine_worker(system, logs_dir)
     results = [client.result_for(rid) for rid in request_ids]  # in the order they were sent
@@ -393,7 +402,8 @@ def test_a_backlog_is_drained_in_order_after_the_engine_worker_returns(
     assert queued.llen("engine") == 0 and queued.llen(INFLIGHT_KEY) == 0
     queued.close()
     buys, sells = sum(1 for i in range(60) if i % 3), sum(1 for i in range(60) if not i % 3)
-    mine = wait_for(
-        lambda: (p := position(sym)) and Decimal(p["quantity"]) == buys - sells and p, 10, "position"
+    wait_for(  # fails the test unless the published position reaches buys - sells
+        lambda: (p := position(system_redis_url, sym)) and Decimal(p["quantity"]) == buys - sells,
+        10,
+        "the published position",
     )
-    assert mine

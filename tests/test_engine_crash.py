@@ -38,10 +38,10 @@ def engine_unacked(client: redis.Redis) -> int:
 
 
 def test_orders_a_killed_engine_worker_held_are_applied_once_after_the_restart(
-    system: dict[str, Any], logs_dir: Any
+    system: dict[str, Any], system_redis_url: str, logs_dir: Any
 ) -> None:
     url, token = str(system["url"]), str(system["token"])
-    store = redis.Redis.from_url(system["env"]["REDIS_URL"])
+    store = redis.Redis.from_url(system_redis_url)
     client, napper = Client(url, token), Client(url, token)
     acked: dict[str, dict[str, Any]] = {}
     results: dict[str, list[dict[str, Any]]] = {}
@@ -96,7 +96,7 @@ def test_orders_a_killed_engine_worker_held_are_applied_once_after_the_restart(
         for request_id in acked:
             outcomes = {r["result"]["order"]["order_id"] for r in results[request_id] if r["success"]}
             assert len(outcomes) == 1, (request_id, results[request_id])
-        manager = get_sync_state_manager(system["env"]["REDIS_URL"])
+        manager = get_sync_state_manager(system_redis_url)
         wait_for(
             lambda: any(
                 p["symbol"] == sym and Decimal(p["quantity"]) == len(acked)

@@ -7,9 +7,9 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_engine_model import DEFAULT_LIMITS, SCALE, ReferenceEngine
 
 from hean import _core
+from hean.testing.reference_engine import DEFAULT_LIMITS, SCALE, ReferenceEngine
 
 SYMBOLS = ["BTC", "ETH", "SOL"]
 CLIENT_IDS = [f"c{i}" for i in range(40)]  # a small pool, so ids repeat (idempotency)

@@ -5,15 +5,12 @@ database file damaged) that the status must show and recover from."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import queue
 import signal
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,7 +34,7 @@ from hean.core.system.health_monitor import (
 from hean.core.system.probes import WORKER_HEARTBEATS_KEY
 from hean.core.system.redis_state import get_sync_state_manager
 from hean.processes import PROCESSES
-from support import Client, ManagedProcess, start_engine_worker, stop_engine_worker, wait_for
+from support import Client, ManagedProcess, http_json, start_engine_worker, stop_engine_worker, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -56,22 +53,14 @@ def pulse(system: dict[str, Any], logs_dir: Path) -> Iterator[dict[str, Any]]:
             process.stop()
 
 
-def get(system: dict[str, Any], path: str) -> tuple[int, dict[str, Any]]:
-    try:
-        with urllib.request.urlopen(str(system["url"]) + path, timeout=5) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.load(exc)
-
-
 def modules(system: dict[str, Any]) -> dict[str, Any]:
-    status, body = get(system, "/api/system/health/pulse")
+    status, body, _ = http_json(system["url"] + "/api/system/health/pulse")
     return body["modules"] if status == 200 else {}
 
 
 def all_healthy(system: dict[str, Any]) -> bool:
     """Every module HEALTHY in a fresh pulse (not one an earlier test's pulse worker left)."""
-    status, body = get(system, "/api/system/health/pulse")
+    status, body, _ = http_json(system["url"] + "/api/system/health/pulse")
     if status != 200 or body.get("stale") or (body.get("age_ms") or 0) > 1_000:
         return False
     found = body["modules"]
@@ -115,18 +104,18 @@ def test_the_docs_api_runs_as_written(pulse: dict[str, Any], monkeypatch: pytest
 
 
 def test_rest_views_answer_from_the_last_pulse(pulse: dict[str, Any]) -> None:
-    status, body = get(pulse, "/api/system/health")
+    status, body, _ = http_json(pulse["url"] + "/api/system/health")
     assert status == 200 and set(body["modules"]) == set(MODULES) and body["pulse_age_ms"] is not None
     assert body["engine"]["state"] in {"RUNNING", "STOPPED", "HALTED"} and body["redis"]["ok"] is True
     assert body["overall"] in {s.value for s in HealthStatus} and body["pulse_stale"] in {True, False}
-    status, every = get(pulse, "/api/system/health/pulse")
+    status, every, _ = http_json(pulse["url"] + "/api/system/health/pulse")
     assert status == 200 and set(every["modules"]) == set(MODULES) and every["nodes"]
     assert every["period_s"] == 0.1 and every["age_ms"] >= 0
-    status, redis_module = get(pulse, "/api/system/health/module/redis")
+    status, redis_module, _ = http_json(pulse["url"] + "/api/system/health/module/redis")
     assert status == 200 and redis_module["name"] == "redis" and redis_module["age_ms"] >= 0
-    status, missing = get(pulse, "/api/system/health/module/flux_capacitor")
+    status, missing, _ = http_json(pulse["url"] + "/api/system/health/module/flux_capacitor")
     assert status == 404 and missing["error"]["modules"] == list(MODULES)
-    status, web = get(pulse, "/api/system/health/module/frontend_socket")
+    status, web, _ = http_json(pulse["url"] + "/api/system/health/module/frontend_socket")
     assert status == 200 and web["detail"]["clients"] >= 0 and web["detail"]["age_ms"] < 300
 
 
@@ -287,7 +276,7 @@ def test_every_pulse_node_reports_and_a_silent_one_is_disconnected(
     second = ManagedProcess("worker-pulse-second", argv, pulse["env"], logs_dir)
 
     def nodes() -> dict[str, Any]:
-        status, body = get(pulse, "/api/system/health/pulse")
+        status, body, _ = http_json(pulse["url"] + "/api/system/health/pulse")
         return body.get("nodes", {}) if status == 200 else {}
 
     def names(prefix: str) -> list[str]:
@@ -317,7 +306,7 @@ def test_a_long_silent_pulse_node_is_dropped(pulse: dict[str, Any]) -> None:
     wait_for(
         lambda: ghost not in manager.get_state(NODES_KEY, HEALTH_NAMESPACE), 10, "the silent node dropped"
     )
-    status, body = get(pulse, "/api/system/health/pulse")
+    status, body, _ = http_json(pulse["url"] + "/api/system/health/pulse")
     assert status == 200 and body["nodes"] and ghost not in body["nodes"]
 
 

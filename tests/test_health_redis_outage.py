@@ -5,11 +5,8 @@ on their own and fresh pulses show Redis HEALTHY again."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +15,7 @@ import pytest
 
 from hean.processes import PROCESSES
 from hean.redis_server import PrivateRedis, free_port
-from support import ManagedProcess, own_system_env, wait_for
+from support import ManagedProcess, http_json, own_system_env, wait_for
 
 
 @pytest.fixture
@@ -40,18 +37,8 @@ def outage_system(tmp_path: Path, logs_dir: Path) -> Iterator[dict[str, Any]]:
         server.stop()
 
 
-def health(url: str, path: str) -> tuple[int, dict[str, Any]]:
-    try:
-        with urllib.request.urlopen(url + path, timeout=5) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.load(exc)
-    except OSError:
-        return 0, {}
-
-
 def fresh_redis_healthy(url: str) -> bool:
-    status, body = health(url, "/api/system/health/module/redis")
+    status, body, _ = http_json(url + "/api/system/health/module/redis", timeout=5)
     return status == 200 and body["status"] == "HEALTHY" and body["stale"] is False
 
 
@@ -59,9 +46,11 @@ def test_redis_stopped_and_restarted_under_the_running_pulse(outage_system: dict
     url, server = outage_system["url"], outage_system["server"]
     wait_for(lambda: fresh_redis_healthy(url), 60, "fresh pulses with redis HEALTHY")
     server.stop()
-    status, body = wait_for(lambda: (r := health(url, "/api/system/health"))[0] == 503 and r, 30, "a 503")  # type: ignore[misc]
+    status, body, _ = wait_for(  # type: ignore[misc]
+        lambda: (r := http_json(url + "/api/system/health", timeout=5))[0] == 503 and r, 30, "a 503"
+    )
     assert body["status"] == "down" and body["redis"]["ok"] is False
     server.start()  # same port, same data (AOF)
     wait_for(lambda: fresh_redis_healthy(url), 90, "fresh pulses with redis HEALTHY again")
-    status, body = health(url, "/api/system/health")
+    status, body, _ = http_json(url + "/api/system/health", timeout=5)
     assert status == 200 and body["redis"]["ok"] is True and body["pulse_stale"] is False

@@ -1,0 +1,1 @@
+"""Aids for testing HEAN (reference models for tests and benchmarks); nothing here is used at run time."""
