@@ -8,12 +8,15 @@ import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from hean.config import get_settings
+
+if TYPE_CHECKING:
+    import redis.asyncio
 
 #: Enough for a few writer greenlets/threads; callers block (not raise) when all are busy.
 POOL_SIZE = 32
@@ -151,3 +154,29 @@ def run_script(
         raise
     finally:
         pool.release(conn)
+
+
+async def run_script_async(
+    pool: redis.asyncio.ConnectionPool, source: str, keys: Sequence[Any], args: Sequence[Any]
+) -> Any:
+    """:func:`run_script` over ``redis.asyncio``: the same steps, result and errors (the state
+    bus's asyncio face calls its scripts with it). It has no `durable` yet: no asyncio caller
+    acknowledges writes."""
+    sha = script_sha(source)
+    conn = await pool.get_connection()
+    try:
+        try:
+            await conn.send_command("EVALSHA", sha, len(keys), *keys, *args)
+            return await conn.read_response()
+        except NoScriptError:
+            await conn.send_command("SCRIPT", "LOAD", source)
+            await conn.read_response()
+            await conn.send_command("EVALSHA", sha, len(keys), *keys, *args)
+            return await conn.read_response()
+    except ResponseError:
+        raise  # the server answered: the connection is in a clean state
+    except BaseException:
+        await conn.disconnect(nowait=True)  # the pool reconnects it on next use
+        raise
+    finally:
+        await pool.release(conn)

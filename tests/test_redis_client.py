@@ -1,14 +1,20 @@
-"""hean.redis_client.run_script: the hot-path script call, durable or not, against a real Redis."""
+"""hean.redis_client.run_script (the hot-path script call, durable or not) and its asyncio twin
+run_script_async, against a real Redis. Both state-bus faces call their scripts through these,
+so the tests of what they share run for both."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
+import redis.asyncio
 
-from hean.redis_client import Durability, DurabilityRule, NotDurable, run_script
+from hean.redis_client import Durability, DurabilityRule, NotDurable, run_script, run_script_async
 from hean.redis_server import PrivateRedis
 
 SOURCE = (
@@ -24,35 +30,67 @@ def pool(own_db_url: str, redis_client: redis.Redis) -> redis.BlockingConnection
     p.disconnect()
 
 
-def test_it_loads_the_script_when_the_server_lost_it(
-    pool: redis.BlockingConnectionPool, redis_client: redis.Redis
-) -> None:
+class Face:
+    """One face's script call on its own pool: `run_script`, or `run_script_async` on one loop."""
+
+    def __init__(self, face: str, url: str, **pool_options: Any) -> None:
+        self.face = face
+        if face == "sync":
+            self.pool: Any = redis.BlockingConnectionPool.from_url(url, **pool_options)
+        else:
+            self.runner = asyncio.Runner()
+            self.pool = redis.asyncio.BlockingConnectionPool.from_url(url, **pool_options)
+
+    def run(self, source: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        if self.face == "sync":
+            return run_script(self.pool, source, keys, args)
+        return self.runner.run(run_script_async(self.pool, source, keys, args))
+
+    def close(self) -> None:
+        if self.face == "sync":
+            self.pool.disconnect()
+        else:
+            self.runner.run(self.pool.disconnect())
+            self.runner.close()
+
+
+@pytest.fixture(params=["sync", "async"])
+def face(request: pytest.FixtureRequest, own_db_url: str, redis_client: redis.Redis) -> Iterator[Face]:
+    f = Face(request.param, own_db_url, max_connections=2, timeout=2)
+    yield f
+    f.close()
+
+
+def test_it_loads_the_script_when_the_server_lost_it(face: Face, redis_client: redis.Redis) -> None:
     redis_client.script_flush()
-    assert run_script(pool, SOURCE, ["n"], [2]) == 2
-    assert run_script(pool, SOURCE, ["n"], [3]) == 5  # loaded once, then EVALSHA
+    assert face.run(SOURCE, ["n"], [2]) == 2
+    assert face.run(SOURCE, ["n"], [3]) == 5  # loaded once, then EVALSHA
 
 
-def test_a_script_error_is_raised_and_the_connection_stays_usable(pool: redis.BlockingConnectionPool) -> None:
+def test_a_script_error_is_raised_and_the_connection_stays_usable(face: Face) -> None:
     for _ in range(5):  # more than the pool holds: every connection went back to it
         with pytest.raises(redis.ResponseError, match="asked to fail"):
-            run_script(pool, SOURCE, ["n"], ["fail"])
-    assert run_script(pool, SOURCE, ["n"], [1]) == 1
+            face.run(SOURCE, ["n"], ["fail"])
+    assert face.run(SOURCE, ["n"], [1]) == 1
 
 
 SLOW = "local n = 0 for i = 1, 20000000 do n = n + i end return 'slow'"  # ~0.1-0.4 s of Lua
 
 
-def test_a_timed_out_connection_is_never_reused(own_db_url: str, redis_client: redis.Redis) -> None:
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_timed_out_connection_is_never_reused(
+    own_db_url: str, redis_client: redis.Redis, kind: str
+) -> None:
     """Its late reply must not be read as the answer to the next call."""
-    pool = redis.BlockingConnectionPool.from_url(own_db_url, max_connections=1, timeout=2, socket_timeout=0.1)
+    face = Face(kind, own_db_url, max_connections=1, timeout=2, socket_timeout=0.1)
     try:
         with pytest.raises(redis.TimeoutError):
-            run_script(pool, SLOW, ["n"], [])
+            face.run(SLOW, ["n"], [])
         redis_client.ping()  # answered once the server has finished the script...
         time.sleep(0.2)  # ...and sent its reply to the old socket
-        assert run_script(pool, SOURCE, ["n"], [7]) == 7  # not 'slow'
+        assert face.run(SOURCE, ["n"], [7]) == 7  # not 'slow'
     finally:
-        pool.disconnect()
+        face.close()
 
 
 # -- durable writes (WAITAOF right behind the script) ------------------------------------------

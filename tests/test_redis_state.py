@@ -7,8 +7,10 @@ import json
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hean.config import reload_settings
-from hean.core.system import _state_schema as schema
+from hean.core.system import _state_core as schema
 from hean.core.system.redis_state import (
     MAX_VALUE_BYTES,
     RedisStateManager,
@@ -28,6 +30,7 @@ from hean.core.system.redis_state import (
     StateOperationError,
     StateUpdate,
     StateValidationError,
+    SubscriptionEndedError,
     SyncRedisStateManager,
     VersionMismatchError,
     close_state_managers,
@@ -428,6 +431,133 @@ def test_unsubscribe_stops_delivery_and_resubscribe_works(
     sync_manager.unsubscribe_state("u")
     again = sync_manager.subscribe_state("u")
     assert again.get(timeout=GET_TIMEOUT)[:2] == (1, 1)
+
+
+def _wait_until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + GET_TIMEOUT  # anti-hang only
+    while not condition():
+        assert time.monotonic() < deadline, f"still waiting for {what}"
+        time.sleep(0.01)
+
+
+def _subscribers(redis_client: redis.Redis, channel: str) -> int:
+    return int(dict(redis_client.pubsub_numsub(channel))[channel.encode()])
+
+
+@pytest.mark.parametrize("face", ["sync", "async"])
+def test_cancelling_a_watch_wakes_the_listener_in_both_faces(
+    own_db_url: str, redis_client: redis.Redis, face: str
+) -> None:
+    """With no other traffic, the listener leaves the key's channel as soon as its watch is cancelled."""
+    key = _key()
+    channel = state_channel("global", key)
+    seen: list[StateUpdate] = []
+
+    def left_channel() -> None:
+        _wait_until(lambda: _subscribers(redis_client, channel) == 0, f"the listener to leave {channel}")
+
+    if face == "sync":
+        with SyncRedisStateManager(own_db_url) as manager:
+            watch = manager.watch_state(key, seen.append)
+            assert _subscribers(redis_client, channel) == 1
+            watch.cancel()
+            left_channel()
+            manager.set_state(key, 1)
+    else:
+        async def run() -> None:
+            async with RedisStateManager(own_db_url) as manager:
+                watch = await manager.watch_state(key, seen.append)
+                assert _subscribers(redis_client, channel) == 1
+                watch.cancel()
+                await asyncio.to_thread(left_channel)  # the loop stays free for the listener
+                await manager.set_state(key, 1)
+
+        asyncio.run(run())
+    assert [update.version for update in seen] == [0]  # nothing after the cancel
+
+
+@pytest.mark.parametrize("face", ["sync", "async"])
+def test_ending_a_subscription_ends_its_queue_in_both_faces(own_db_url: str, face: str) -> None:
+    """unsubscribe_state or closing the manager wakes a waiting get(), which raises the documented
+    end of stream once the queue has handed out what it held; iterating stops there."""
+    key = _key()
+    if face == "sync":
+        manager = SyncRedisStateManager(own_db_url)
+        queue = manager.subscribe_state(key)
+        assert queue.get(timeout=GET_TIMEOUT).version == 0
+        outcome: list[BaseException] = []
+
+        def reader() -> None:
+            try:
+                queue.get(timeout=GET_TIMEOUT)
+            except BaseException as exc:  # SubscriptionEndedError, or queue.Empty if never woken
+                outcome.append(exc)
+
+        waiting = threading.Thread(target=reader)
+        waiting.start()
+        time.sleep(0.05)  # let it block in get() first
+        manager.unsubscribe_state(queue)
+        waiting.join(GET_TIMEOUT + 5)
+        assert [type(exc) for exc in outcome] == [SubscriptionEndedError]
+        with pytest.raises(SubscriptionEndedError, match=key):
+            queue.get(timeout=GET_TIMEOUT)  # every later get() too
+        assert queue.empty() and list(queue) == []
+
+        second = manager.subscribe_state(key)
+        assert second.get(timeout=GET_TIMEOUT).version == 0
+        manager.set_state(key, "last")
+        _wait_until(lambda: second.qsize() > 0, "the update to arrive")
+        manager.close()
+        assert [item[:2] for item in second] == [("last", 1)]  # what it held, then the end
+    else:
+        async def run() -> None:
+            manager = RedisStateManager(own_db_url)
+            queue = await manager.subscribe_state(key)
+            assert (await queue.get()).version == 0
+            waiting = asyncio.create_task(queue.get())
+            await asyncio.sleep(0.05)  # let it block in get() first
+            await manager.unsubscribe_state(queue)
+            with pytest.raises(SubscriptionEndedError, match=key):
+                await asyncio.wait_for(waiting, GET_TIMEOUT)
+            with pytest.raises(SubscriptionEndedError):
+                await asyncio.wait_for(queue.get(), GET_TIMEOUT)  # every later get() too
+            with pytest.raises(SubscriptionEndedError):
+                queue.get_nowait()
+            assert queue.empty() and [item async for item in queue] == []
+
+            second = await manager.subscribe_state(key)
+            assert (await second.get()).version == 0
+            await manager.set_state(key, "last")
+            while second.empty():
+                await asyncio.sleep(0.01)  # bounded by the test's timeout
+            await manager.aclose()
+            assert [item[:2] async for item in second] == [("last", 1)]
+
+        asyncio.run(asyncio.wait_for(run(), 60))
+
+
+@pytest.mark.parametrize("face", ["sync", "async"])
+def test_both_faces_reload_the_apply_script_when_the_server_lost_it(
+    own_db_url: str, redis_client: redis.Redis, face: str
+) -> None:
+    """Both run the core's script the same way: by SHA, loading it on NOSCRIPT (Lua and WATCH paths)."""
+    key = _key()
+    if face == "sync":
+        with SyncRedisStateManager(own_db_url) as manager:
+            redis_client.script_flush()
+            assert manager.set_state(key, 1).version == 1
+            redis_client.script_flush()
+            assert manager.update_state_atomic(key, lambda n: n + 1) == (2, 2)
+    else:
+        async def run() -> None:
+            async with RedisStateManager(own_db_url) as manager:
+                redis_client.script_flush()
+                assert (await manager.set_state(key, 1)).version == 1
+                redis_client.script_flush()
+                assert await manager.update_state_atomic(key, lambda n: n + 1) == (2, 2)
+
+        asyncio.run(run())
+    assert redis_client.script_exists(schema.APPLY_SCRIPT.sha) == [True]
 
 
 def test_shared_managers_are_per_loop_and_per_process(redis_url: str) -> None:

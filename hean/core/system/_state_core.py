@@ -1,7 +1,11 @@
-"""Shared core of the state bus: key schema, codec, Lua script, messages and subscription logic.
+"""Core of the state bus, shared by both faces: key schema, codec, Lua scripts, subscription logic.
 
-Both faces of :mod:`hean.core.system.redis_state` (async and sync) use exactly this module;
-they differ only in how they talk to Redis.
+The two faces of :mod:`hean.core.system.redis_state` are built on this module the way
+python-socketio builds ``Server`` and ``AsyncServer`` on one base:
+:mod:`~hean.core.system._state_async` (``redis.asyncio``) and
+:mod:`~hean.core.system._state_sync` (``redis.Redis``) hold only the I/O; everything that
+does none (names, validation, encoding, the scripts, reading replies and messages, which
+subscriber gets what) lives here once.
 
 Storage
     Each state key is ONE Redis hash ``hean:state:{<namespace>}:<key>`` with the fields
@@ -12,8 +16,9 @@ Storage
     namespace lives in one slot and a batch within a namespace stays atomic on a cluster.
 
 Changes
-    Every change goes through one Lua script (:data:`APPLY_SCRIPT`) that validates all
-    operations of a call first, then writes value+version+ts and PUBLISHes the update on
+    Every change goes through one Lua script (:data:`APPLY_SCRIPT`, loaded once from
+    ``lua/state_apply.lua`` in this package) that validates all operations of a call first,
+    then writes value+version+ts and PUBLISHes the update on
     ``hean:state-ch:<namespace>:<key>`` in the same atomic step. The WATCH/MULTI/EXEC path
     runs that same script inside its MULTI block.
 
@@ -24,14 +29,27 @@ Messages
 
 from __future__ import annotations
 
-import hashlib
+import collections
+import contextlib
 import json
+import logging
 import math
 import random
 import re
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from importlib import resources
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
+
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from hean.redis_client import script_sha
+
+log = logging.getLogger("hean.core.system.redis_state")
 
 # --------------------------------------------------------------------------- limits & names
 
@@ -100,6 +118,15 @@ class StateConflictError(StateError):
 
 class StateUnavailableError(StateError, ConnectionError):
     """Redis could not be reached. For a write the outcome is unknown (it may have applied)."""
+
+
+class SubscriptionEndedError(StateError):
+    """A subscription queue's end of stream: it was unsubscribed (or its manager closed) and
+    every item it had received has been taken. A pending ``get()`` raises it too."""
+
+    def __init__(self, namespace: str, key: str) -> None:
+        super().__init__(f"subscription to {namespace}:{key} ended")
+        self.namespace, self.key = namespace, key
 
 
 # --------------------------------------------------------------------------- messages
@@ -278,207 +305,25 @@ def _encode_number(amount: Any) -> str:
 
 # --------------------------------------------------------------------------- Lua
 
-#: The one write path. KEYS: the state hashes. ARGV[1]: max value bytes; then 7 args per
-#: operation: kind, channel, message header, expected version ('' = any), a, b, c.
-#: It validates every operation before writing anything (Redis does not roll back a script
-#: that fails half-way), then writes and publishes. The JSON helpers work on the raw text of
-#: compact JSON written by `encode_value` (cjson would turn [] into {} and round numbers).
-APPLY_SCRIPT = r"""
-local function skip(s, i)
-  local c = string.byte(s, i)
-  if c == 34 then
-    local j = i + 1
-    while true do
-      local k = string.find(s, '["\\]', j)
-      if not k then error('hean: malformed JSON string') end
-      if string.byte(s, k) == 92 then j = k + 2 else return k + 1 end
-    end
-  elseif c == 123 or c == 91 then
-    local depth, j = 0, i
-    while true do
-      local k = string.find(s, '["%[%]{}]', j)
-      if not k then error('hean: malformed JSON container') end
-      local d = string.byte(s, k)
-      if d == 34 then
-        j = skip(s, k)
-      else
-        if d == 123 or d == 91 then depth = depth + 1 else depth = depth - 1 end
-        j = k + 1
-        if depth == 0 then return j end
-      end
-    end
-  else
-    return string.find(s, '[,%]}]', i) or (#s + 1)
-  end
-end
 
-local function members(s)
-  if string.byte(s, 1) ~= 123 then return nil end
-  local keys, vals = {}, {}
-  if s == '{}' then return keys, vals end
-  local i = 2
-  while true do
-    local ke = skip(s, i)
-    local k = string.sub(s, i, ke - 1)
-    local ve = skip(s, ke + 1)
-    if vals[k] == nil then keys[#keys + 1] = k end
-    vals[k] = string.sub(s, ke + 1, ve - 1)
-    if string.byte(s, ve) == 125 then return keys, vals end
-    i = ve + 1
-  end
-end
+@dataclass(frozen=True, slots=True)
+class LuaScript:
+    """A Lua script shipped in ``hean/core/system/lua/``, with the SHA1 Redis knows it by."""
 
-local function items_of(s)
-  if string.byte(s, 1) ~= 91 then return nil end
-  local items = {}
-  if s == '[]' then return items end
-  local i = 2
-  while true do
-    local e = skip(s, i)
-    items[#items + 1] = string.sub(s, i, e - 1)
-    if string.byte(s, e) == 93 then return items end
-    i = e + 1
-  end
-end
+    name: str
+    source: str
+    sha: str
 
-local function object_text(keys, vals)
-  local parts = {}
-  for n, k in ipairs(keys) do parts[n] = k .. ':' .. vals[k] end
-  return '{' .. table.concat(parts, ',') .. '}'
-end
 
-local LIMIT = 9007199254740992
-local function add(cur, amt)
-  local a = tonumber(amt)
-  local c = 0
-  local int = not string.find(amt, '[%.eE]')
-  if cur ~= nil then
-    if not string.find(cur, '^%-?%d') then return nil, 'is not a number' end
-    c = tonumber(cur)
-    int = int and not string.find(cur, '[%.eE]')
-  end
-  local r = c + a
-  if r ~= r or r == math.huge or r == -math.huge then return nil, 'result is not finite' end
-  if int then
-    if c >= LIMIT or c <= -LIMIT or r >= LIMIT or r <= -LIMIT then
-      return nil, 'integer outside +-2^53'
-    end
-    return string.format('%.0f', r)
-  end
-  local txt
-  for p = 15, 17 do
-    txt = string.format('%.' .. p .. 'g', r)
-    if tonumber(txt) == r then break end
-  end
-  if not string.find(txt, '[%.eE]') then txt = txt .. '.0' end
-  return txt
-end
+def load_script(name: str) -> LuaScript:
+    """Read ``lua/<name>.lua`` from this package (shipped in the wheel, read in place when editable)."""
+    source = resources.files(__package__).joinpath("lua").joinpath(f"{name}.lua").read_text("utf-8")
+    return LuaScript(name, source, script_sha(source))
 
-local max_bytes = tonumber(ARGV[1])
-local state = {}
-local writes = {}
-local out = {'ok', ''}
-for i = 1, #KEYS do
-  local b = 1 + (i - 1) * 7
-  local kind, expected, x, y, z = ARGV[b + 1], ARGV[b + 4], ARGV[b + 5], ARGV[b + 6], ARGV[b + 7]
-  local s = state[KEYS[i]]
-  if s == nil then
-    local r = redis.call('HMGET', KEYS[i], 'value', 'version')
-    s = {value = r[1], version = tonumber(r[2]) or 0}
-    state[KEYS[i]] = s
-  end
-  if expected ~= '' and tonumber(expected) ~= s.version then
-    return {'mismatch', i, s.version}
-  end
-  local new = nil
-  local returned = ''
-  if kind == 'set' then
-    new = x
-  elseif kind == 'del' then
-    if s.value then
-      new = false
-      returned = '1'
-    end
-  elseif kind == 'incr' or kind == 'merge' then
-    local cur = s.value
-    if not cur or cur == 'null' then cur = '{}' end
-    local keys, vals = members(cur)
-    if not keys then return {'error', i, 'stored value is not a JSON object'} end
-    local dk, dv = members(x)
-    for _, k in ipairs(dk) do
-      local v = dv[k]
-      if kind == 'incr' then
-        local err
-        v, err = add(vals[k], v)
-        if not v then return {'error', i, 'field ' .. k .. ' ' .. err} end
-      end
-      if vals[k] == nil then keys[#keys + 1] = k end
-      vals[k] = v
-    end
-    new = object_text(keys, vals)
-    returned = new
-  elseif kind == 'append' then
-    local keys, vals, target
-    if x == '' then
-      target = s.value
-      if not target or target == 'null' then target = '[]' end
-    else
-      local cur = s.value
-      if not cur or cur == 'null' then cur = '{}' end
-      keys, vals = members(cur)
-      if not keys then return {'error', i, 'stored value is not a JSON object'} end
-      target = vals[x] or '[]'
-      if target == 'null' then target = '[]' end
-    end
-    local items = items_of(target)
-    if not items then return {'error', i, 'append target is not a JSON array'} end
-    for _, it in ipairs(items_of(y)) do items[#items + 1] = it end
-    local first = 1
-    local maxn = tonumber(z)
-    if maxn and #items > maxn then first = #items - maxn + 1 end
-    local arr = '[' .. table.concat(items, ',', first, #items) .. ']'
-    if x == '' then
-      new = arr
-    else
-      if vals[x] == nil then keys[#keys + 1] = x end
-      vals[x] = arr
-      new = object_text(keys, vals)
-    end
-    returned = new
-  else
-    return {'error', i, 'unknown operation ' .. tostring(kind)}
-  end
-  if new and #new > max_bytes then
-    return {'error', i, 'resulting value is ' .. #new .. ' bytes, over the limit of ' .. max_bytes}
-  end
-  if new ~= nil then
-    s.version = s.version + 1
-    s.value = new
-    writes[#writes + 1] = {KEYS[i], ARGV[b + 2], ARGV[b + 3], s.version, new}
-  end
-  out[#out + 1] = s.version
-  out[#out + 1] = returned
-end
-if #writes > 0 then
-  local t = redis.call('TIME')
-  local ts = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
-  out[2] = ts
-  for _, w in ipairs(writes) do
-    local v = string.format('%d', w[4])
-    if w[5] then
-      redis.call('HSET', w[1], 'value', w[5], 'version', v, 'ts', ts)
-    else
-      redis.call('HDEL', w[1], 'value')
-      redis.call('HSET', w[1], 'version', v, 'ts', ts)
-    end
-    redis.call('PUBLISH', w[2], w[3] .. '"version":' .. v .. ',"timestamp":' .. ts ..
-      ',"deleted":' .. (w[5] and 'false' or 'true') .. ',"value":' .. (w[5] or 'null') .. '}')
-  end
-end
-return out
-"""
 
-APPLY_SHA = hashlib.sha1(APPLY_SCRIPT.encode()).hexdigest()
+#: The one write path (``lua/state_apply.lua``; its header says what KEYS and ARGV hold). Both
+#: faces run it with their `run_script`; the WATCH/MULTI/EXEC path queues it inside MULTI.
+APPLY_SCRIPT = load_script("state_apply")
 
 _ARGS_PER_OP = 7
 
@@ -661,6 +506,7 @@ class Sink:
     last_version: int = -1  # -1: nothing delivered yet; the first item is always delivered
     stale: bool = False  # set after a reconnect: the next snapshot may move backwards
     on_first: Callable[[], None] | None = field(default=None, repr=False)
+    on_end: Callable[[], None] | None = field(default=None, repr=False)  # when unsubscribed
 
     def offer(self, update: StateUpdate, *, from_snapshot: bool) -> bool:
         """Deliver `update` if it is newer than what this sink has; returns True if delivered."""
@@ -716,3 +562,320 @@ class SubscriptionHub:
 
 def channel_text(raw: Any) -> str:
     return _text(raw)
+
+
+# --------------------------------------------------------------------------- manager core
+
+#: What a lost or timed-out connection raises (redis-py's own errors, or the socket's).
+NET_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+#: Items a subscription queue holds before it drops the oldest (the newest is always kept).
+DEFAULT_QUEUE_SIZE = 10_000
+#: Attempts of a read, with backoff in between, before it raises StateUnavailableError.
+READ_ATTEMPTS = 4
+
+
+class _RequestLog:
+    """Subscribe/unsubscribe requests for the listener, which alone touches the pub/sub socket."""
+
+    def __init__(self) -> None:
+        self._items: collections.deque[tuple[str, Sink]] = collections.deque()
+
+    def push(self, kind: str, sink: Sink) -> None:
+        self._items.append((kind, sink))
+
+    def drain(self) -> Iterator[tuple[str, Sink]]:
+        while True:
+            try:
+                yield self._items.popleft()
+            except IndexError:
+                return
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+PoolT = TypeVar("PoolT")
+ClientT = TypeVar("ClientT")
+
+
+class StateManagerCore(Generic[PoolT, ClientT]):
+    """Everything the two faces share that does no I/O (python-socketio's ``BaseServer``).
+
+    A face hands in its redis-py classes (pool, client, retry); the options of its two pools
+    are set here, once for both.
+    """
+
+    def __init__(
+        self, url: str, retry_policy: RetryPolicy | None, max_connections: int,
+        pool_class: Any, client_class: Callable[..., ClientT], retry_class: Any,
+    ) -> None:
+        self.url = url
+        self.retry_policy = retry_policy or RetryPolicy()
+        self.stats = ManagerStats()
+        # No automatic command retries: a write re-sent after a dropped reply could apply twice.
+        self._pool: PoolT = pool_class.from_url(
+            url, max_connections=max_connections, timeout=20, retry=retry_class(NoBackoff(), 0)
+        )
+        self._redis = client_class(connection_pool=self._pool)
+        # Pub/sub must never time out on an idle channel (redis-py 8 defaults to 5 s).
+        self._sub_pool: PoolT = pool_class.from_url(
+            url, max_connections=2, timeout=20, socket_timeout=None, socket_keepalive=True,
+            health_check_interval=30, retry=retry_class(NoBackoff(), 0),
+        )
+        self._sub_redis = client_class(connection_pool=self._sub_pool)
+        self._hub = SubscriptionHub()
+        self._requests = _RequestLog()
+        self._control = f"{CONTROL_PREFIX}{uuid.uuid4().hex}"
+        self._subscribed: set[str] = set()
+        self._confirmed: set[str] = set()
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # ---- listener bookkeeping (called only from the listener)
+
+    def _reset_connection_state(self) -> list[str]:
+        """Forget the old connection's subscriptions; returns the channels to subscribe."""
+        self._requests.clear()
+        self._hub.mark_stale()
+        channels = self._hub.channels()
+        self._subscribed = set(channels)
+        self._confirmed = set()
+        return [self._control, *channels]
+
+    def _drain_requests(self) -> tuple[list[str], list[str], list[Sink]]:
+        subscribe: list[str] = []
+        unsubscribe: list[str] = []
+        snapshot: list[Sink] = []
+        for kind, sink in self._requests.drain():
+            channel = sink.channel
+            if kind == "add":
+                if channel not in self._subscribed:
+                    self._subscribed.add(channel)
+                    subscribe.append(channel)
+                    if channel in unsubscribe:
+                        unsubscribe.remove(channel)
+                elif channel in self._confirmed:
+                    snapshot.append(sink)
+            elif not self._hub.for_channel(channel) and channel in self._subscribed:
+                self._subscribed.discard(channel)
+                self._confirmed.discard(channel)
+                if channel in subscribe:
+                    subscribe.remove(channel)
+                else:
+                    unsubscribe.append(channel)
+        return subscribe, unsubscribe, snapshot
+
+    def _route(self, message: Mapping[str, Any] | None) -> list[Sink]:
+        """Deliver an in-order message; returns the sinks that must re-read the stored value."""
+        if not message:
+            return []
+        kind = message.get("type")
+        channel = channel_text(message.get("channel", b""))
+        if channel == self._control:
+            return []
+        if kind == "subscribe":
+            if channel in self._subscribed:
+                self._confirmed.add(channel)
+                return self._hub.for_channel(channel)
+            return []
+        if kind != "message":
+            return []
+        sinks = self._hub.for_channel(channel)
+        if not sinks:
+            return []
+        update = parse_message(message["data"])
+        resync = []
+        for sink in sinks:
+            if sink.needs_resync(update):
+                resync.append(sink)
+            else:
+                sink.offer(update, from_snapshot=False)
+        return resync
+
+    def _deliver_snapshots(self, sinks: Sequence[Sink], updates: Sequence[StateUpdate]) -> None:
+        by_channel = {state_channel(u.namespace, u.key): u for u in updates}
+        for sink in sinks:
+            update = by_channel.get(sink.channel)
+            if update is not None and self._hub_has(sink):
+                sink.offer(update, from_snapshot=True)
+        self.stats.resyncs += len(sinks)
+
+    def _hub_has(self, sink: Sink) -> bool:
+        return sink in self._hub.sinks.get(sink.channel, ())
+
+    @staticmethod
+    def _snapshot_targets(sinks: Sequence[Sink]) -> list[tuple[str, str]]:
+        seen: dict[str, tuple[str, str]] = {}
+        for sink in sinks:
+            seen.setdefault(sink.channel, (sink.namespace, sink.key))
+        return list(seen.values())
+
+    @staticmethod
+    def _log_listener_error(exc: BaseException, attempt: int, delay: float) -> None:
+        log.warning(
+            "event=state_listener_reconnect attempt=%d delay_s=%.3f error=%s",
+            attempt, delay, type(exc).__name__,
+        )
+
+    @staticmethod
+    def _unavailable(exc: BaseException, what: str) -> StateUnavailableError:
+        return StateUnavailableError(
+            f"Redis unavailable during {what}: {type(exc).__name__}: {exc}"
+        )
+
+    def _lost_race(self, namespace: str, key: str, conflicts: int, limit: int) -> float:
+        """Count a lost WATCH race: the pause before the next attempt, or StateConflictError."""
+        self.stats.watch_conflicts += 1
+        if conflicts > limit:
+            raise StateConflictError(namespace, key, conflicts) from None
+        return self.retry_policy.delay(conflicts)
+
+    def _write_error(self, call: PreparedCall, exc: Exception) -> StateError:
+        """The state-bus error for a failed run of the apply script (`exc` from `run_script`)."""
+        if isinstance(exc, ResponseError):
+            op = call.ops[0]
+            return StateOperationError(op.namespace, op.key, f"server rejected the operation: {exc}")
+        return self._unavailable(exc, "write")
+
+    def _written(self, reply: Any) -> list[Any]:
+        self.stats.script_updates += 1
+        return list(reply)
+
+    # ---- subscriptions (the faces add them, wake their listener and wait for the first item)
+
+    def _queue_sink(self, queue: SubscriptionStream, on_first: Callable[[], None]) -> Sink:
+        """The sink that fills `queue` (an item per version) and ends its stream when removed."""
+        sink = Sink(queue.namespace, queue.key, state_channel(queue.namespace, queue.key),
+                    deliver=lambda update: queue._put_latest(update.item), on_first=on_first,
+                    on_end=queue._end)
+        queue._sink = sink
+        return sink
+
+    @staticmethod
+    def _watch_sink(
+        namespace: str, key: str, callback: Callable[[StateUpdate], None],
+        on_first: Callable[[], None],
+    ) -> Sink:
+        """The sink that calls `callback` (its exceptions logged, never raised) per version."""
+        return Sink(namespace, key, state_channel(namespace, key), deliver=_guarded(callback),
+                    on_first=on_first)
+
+    def _targets(self, target: str | SubscriptionStream | StateWatch, namespace: str) -> list[Sink]:
+        """The sinks `unsubscribe_state(target, namespace)` stops."""
+        if isinstance(target, StateWatch):
+            return [target._sink]
+        if isinstance(target, SubscriptionStream):
+            return [] if target._sink is None else [target._sink]
+        return self._hub.for_channel(state_channel(namespace, target))
+
+    def _drop_sink(self, sink: Sink) -> None:
+        """Stop delivering to `sink` and end its stream; the listener unsubscribes once woken."""
+        self._hub.remove(sink)
+        self._requests.push("remove", sink)
+        if sink.on_end is not None:
+            sink.on_end()
+
+    def _end_streams(self) -> None:
+        """At close: end every subscription's stream, so no reader waits forever."""
+        for sink in self._hub.all():
+            if sink.on_end is not None:
+                sink.on_end()
+
+    def _remove_sink(self, sink: Sink) -> None:
+        """Drop `sink` and wake the listener, which unsubscribes its channel if it was the last."""
+        raise NotImplementedError
+
+
+class StateWatch:
+    """Handle of a callback subscription; `cancel()` (or unsubscribe_state) stops it.
+
+    In both faces `cancel()` also wakes the manager's listener, which unsubscribes from the
+    key's channel at once if this was its last subscriber.
+    """
+
+    def __init__(self, manager: StateManagerCore[Any, Any], sink: Sink) -> None:
+        self._manager = manager
+        self._sink = sink
+        self.namespace, self.key = sink.namespace, sink.key
+
+    def cancel(self) -> None:
+        self._manager._remove_sink(self._sink)
+
+
+class SubscriptionStream:
+    """What both faces' subscription queues add to the stdlib queue they extend.
+
+    Items arrive through :func:`put_latest` (the oldest is dropped when the queue is full);
+    once the subscription ends, ``get()`` returns what is left, then raises
+    :class:`SubscriptionEndedError`.
+    """
+
+    namespace: str
+    key: str
+    #: Items dropped because the queue was full.
+    dropped: int
+    #: True once the subscription ended (no item arrives after that).
+    ended: bool
+
+    def _init_stream(self, namespace: str, key: str) -> None:
+        self.namespace, self.key = namespace, key
+        self.dropped = 0
+        self.ended = False
+        self._sink: Sink | None = None
+
+    def _end_of_stream(self) -> SubscriptionEndedError:
+        return SubscriptionEndedError(self.namespace, self.key)
+
+    def _put_latest(self, item: StateItem) -> None:
+        raise NotImplementedError
+
+    def _end(self) -> None:
+        raise NotImplementedError
+
+
+class _NowaitQueue(Protocol):
+    def put_nowait(self, item: StateItem) -> None: ...
+
+    def get_nowait(self) -> StateItem: ...
+
+
+def put_latest(
+    queue: _NowaitQueue, item: StateItem, full: type[Exception], empty: type[Exception]
+) -> int:
+    """Put `item`, first dropping the oldest items while `queue` is full; returns how many."""
+    dropped = 0
+    while True:
+        try:
+            queue.put_nowait(item)
+            return dropped
+        except full:
+            with contextlib.suppress(empty):
+                queue.get_nowait()
+                dropped += 1
+
+
+def _guarded(callback: Callable[[StateUpdate], None]) -> Callable[[StateUpdate], None]:
+    """A callback that logs its own exceptions instead of killing the listener."""
+
+    def call(update: StateUpdate) -> None:
+        try:
+            callback(update)
+        except Exception:
+            log.exception(
+                "event=state_callback_error namespace=%s key=%s version=%d",
+                update.namespace, update.key, update.version,
+            )
+
+    return call
+
+
+def resolve_url(url: str | None) -> str:
+    """`url`, or the Redis URL of the settings (``REDIS_URL``, else the private server)."""
+    if url:
+        return url
+    from hean.config import get_settings
+
+    return get_settings().effective_redis_url()
