@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import random
 import uuid
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -81,13 +80,6 @@ def orders_for(sym: str, tag: str) -> list[dict[str, Any]]:
         order(6, side="BUY", quantity="0.123456789"),  # more than 8 decimals: refused at the edge
         order(7, side="SELL", quantity="3"),
     ]
-
-
-@pytest.fixture
-def client(system: dict[str, Any]) -> Iterator[Client]:
-    c = Client(str(system["url"]), str(system["token"]))
-    yield c
-    c.close()
 
 
 def comparable(result: dict[str, Any], sym: str) -> dict[str, Any]:
