@@ -158,3 +158,17 @@ def start_engine_worker(system: dict[str, Any], logs_dir: Any) -> None:
     spec = next(s for s in PROCESSES if s.name == "worker-engine")
     name = f"worker-engine-{uuid.uuid4().hex[:6]}"
     processes.insert(0, ManagedProcess(name, spec.argv(sys.executable), system["env"], logs_dir))
+
+
+def restart_web(system: dict[str, Any], logs_dir: Any) -> None:
+    """Stop the shared system's web process (SIGTERM) and start a new one on the same port."""
+    processes: list[ManagedProcess] = system["processes"]
+    web = next(p for p in processes if p.name.startswith("web"))
+    web.stop()
+    processes.remove(web)
+    from hean.processes import PROCESSES
+
+    spec = next(s for s in PROCESSES if s.name == "web")
+    name = f"web-{uuid.uuid4().hex[:6]}"
+    processes.append(ManagedProcess(name, spec.argv(sys.executable), system["env"], logs_dir))
+    wait_for(lambda: http_ok(str(system["url"]) + "/api/system/health"), 60, "the restarted web process")
