@@ -540,7 +540,10 @@ class _ClientCore:
         with self._lock:
             self._check_open()
             self._outbox.append(item)
-            self._wake.notify()
+            # wake the writer only if it can send now: an order waiting for the window is
+            # picked up when an ack frees it (waking it per order cost ~40 us of CPU each)
+            if len(self._outbox) == 1 and self._ready_to_send():
+                self._wake.notify()
 
     def command(
         self, name: str, params: Mapping[str, Any] | None = None, request_id: str | None = None

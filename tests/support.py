@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -84,6 +85,69 @@ class ManagedProcess:
             with contextlib.suppress(psutil.Error):
                 child.kill()
         self._log.close()
+
+
+class UpProcess:
+    """`hean up` as a user runs it, its output in a log file (`pids()` parses its state lines)."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in finish()
+        self.process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "hean"), "up"],
+            env=env,
+            cwd=REPO_ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def pids(self) -> dict[str, int]:
+        """The latest pid of every supervised process, from `hean up`'s state lines."""
+        found: dict[str, int] = {}
+        for name, state, pid in re.findall(r"process=(\S+) state=(\S+) pid=(\d+)", self.output()):
+            if state == "RUNNING":
+                found[name] = int(pid)
+        return found
+
+    def finish(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+
+    def redis_pid(self) -> int | None:
+        """The private Redis server's pid, if `hean up` started one."""
+        match = re.search(r"redis: private server pid=(\d+)", self.output())
+        return int(match.group(1)) if match else None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM, as Ctrl-C would: `hean up` stops everything, Redis last."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=timeout)
+        self.finish()
+
+
+def hean_up_env(home: Path) -> dict[str, str]:
+    """The environment of a `hean up` of our own: no REDIS_URL (a private Redis), its own
+    HEAN_HOME, free web and Flower ports, and a generated token."""
+    from hean.redis_server import free_port
+
+    env = dict(os.environ)
+    for name in ("REDIS_URL", "HEAN_API_TOKEN"):
+        env.pop(name, None)
+    env.update(
+        HEAN_HOME=str(home),
+        HEAN_PORT=str(free_port()),
+        HEAN_FLOWER_PORT=str(free_port()),
+        PYTHONUNBUFFERED="1",
+    )
+    return env
 
 
 def own_system_env(home: Path, redis_url: str, port: int, token: str, **extra: str) -> dict[str, str]:
