@@ -234,6 +234,9 @@ class _SubscriptionBase:
             except Exception:
                 log.exception("event=state_callback_failed namespace=%s key=%s", self.namespace, self.key)
 
+    def _end(self) -> None:
+        self.closed = True
+
     def __repr__(self) -> str:
         return f"<Subscription {self.namespace}/{self.key}>"
 
@@ -266,11 +269,14 @@ class Subscription(_SubscriptionBase):
             except ClientClosed:
                 return
 
-    def close(self) -> None:
-        self._core.unsubscribe(self)
+    def _end(self) -> None:
         with self._ready:
             self.closed = True
             self._ready.notify_all()
+
+    def close(self) -> None:
+        self._core.unsubscribe(self)
+        self._end()
 
 
 class AsyncSubscription(_SubscriptionBase):
@@ -299,10 +305,13 @@ class AsyncSubscription(_SubscriptionBase):
             except ClientClosed:
                 return
 
-    async def close(self) -> None:
-        self._core.unsubscribe(self)
+    def _end(self) -> None:  # on the loop
         self.closed = True
         self._ready.set()
+
+    async def close(self) -> None:
+        self._core.unsubscribe(self)
+        self._end()
 
 
 # -- the one implementation ---------------------------------------------------------------------
@@ -426,6 +435,10 @@ class _ClientCore:
     def _call_handler(self, handler: Callable[[Any], Any], data: Any) -> None:
         raise NotImplementedError
 
+    def _end(self, subscription: _SubscriptionBase) -> None:
+        """Mark `subscription` closed and wake whoever waits on it."""
+        subscription._end()
+
     # -- ids --
 
     def new_request_id(self) -> str:
@@ -524,7 +537,7 @@ class _ClientCore:
         for waiter in waiters:
             waiter(None)
         for subscription in subscriptions:
-            subscription.closed = True
+            self._end(subscription)
 
     # -- sending --
 
@@ -1079,6 +1092,10 @@ class AsyncClient(_ClientCore):
     def _deliver(self, subscription: _SubscriptionBase, update: dict[str, Any]) -> None:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(subscription._push, update)
+
+    def _end(self, subscription: _SubscriptionBase) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(subscription._end)
 
     def _call_handler(self, handler: Callable[[Any], Any], data: Any) -> None:
         if self._loop is None or self._loop.is_closed():

@@ -14,7 +14,15 @@ from typing import Any
 import pytest
 import redis
 
-from hean.client import AsyncClient, Client, CommandRejected, OrderHandle, OrderRejected
+from hean.client import (
+    AsyncClient,
+    Client,
+    ClientClosed,
+    CommandRejected,
+    ConnectionRefused,
+    OrderHandle,
+    OrderRejected,
+)
 from hean.command_journal import CommandJournal
 from hean.core.system.redis_state import get_sync_state_manager
 from support import restart_web, start_engine_worker, stop_engine_worker, wait_for
@@ -193,3 +201,27 @@ def _drain_until(subscription: Any, value: Any) -> bool:
         return bool(subscription.get(0.2)["value"] == value)
     except (TimeoutError, concurrent.futures.TimeoutError):
         return False
+
+
+def test_a_wrong_token_is_refused_and_a_closed_client_fails_what_is_pending(
+    system: dict[str, Any], logs_dir: Path
+) -> None:
+    with pytest.raises(ConnectionRefused, match="unauthorized"):
+        Client(str(system["url"]), "not-the-token", reconnection=False).connect()
+    client = Client(str(system["url"]), str(system["token"]))
+    client.connect()
+    subscription = client.subscribe_state("k" + uuid.uuid4().hex[:8], namespace="clienttest")
+    subscription.get(TIMEOUT)  # the current value (none yet)
+    stop_engine_worker(system, crash=False)  # nothing will answer it
+    try:
+        handle = client.submit_order(symbol(), "BUY", "0.1")
+        handle.ack.result(TIMEOUT)
+        client.close()
+        with pytest.raises(ClientClosed):
+            handle.wait(TIMEOUT)
+        with pytest.raises(ClientClosed):
+            subscription.get(TIMEOUT)
+        with pytest.raises(ClientClosed):
+            client.command("start")
+    finally:
+        start_engine_worker(system, logs_dir)
