@@ -307,11 +307,14 @@ def run_stress(
     clients: list[Client] = []
     try:
         match = wait_for(
-            lambda: re.search(r"ready: dashboard (http://\S+)/#token=(\S+)", up.output()),
-            120,
+            lambda: (
+                re.search(r"ready: dashboard (http://\S+)/#token=(\S+)", up.output())
+                or up.process.poll() is not None
+            ),
+            180,
             "hean up to print the dashboard URL",
         )
-        assert isinstance(match, re.Match)
+        assert isinstance(match, re.Match), f"hean up did not start:\n{up.output()[-2000:]}"
         url, token = match.group(1), match.group(2)
         wait_for(lambda: set(up.pids()) == set(process_names()), 60, "every process RUNNING")
         pids = dict(up.pids())
