@@ -76,10 +76,13 @@ from typing import Any, Generic, TypeVar
 
 import websocket
 
+from hean.commands import MAX_ORDERS_PER_COMMAND, reject_code
+from hean.commands.errors import REJECT_CODES
+
 log = logging.getLogger(__name__)
 
 #: Largest number of orders one coalesced `submit_orders` event carries (the server's limit).
-MAX_ORDERS_PER_EVENT = 1000
+MAX_ORDERS_PER_EVENT = MAX_ORDERS_PER_COMMAND
 #: Largest encoded size of the orders in one coalesced event (the server refuses commands
 #: above 64 KiB encoded; this leaves room for the envelope).
 MAX_ORDERS_BYTES = 60_000
@@ -89,12 +92,8 @@ RESEND_DELAY_S, RESEND_DELAY_MAX_S = 0.2, 5.0
 #: How many times a command refused as `unavailable` is resent before it fails.
 UNAVAILABLE_RETRIES = 20
 
-#: Engine reject reasons -> the error code a lone `submit_order` fails with (workers/engine.py).
-REJECT_CODES = {
-    "ENGINE_HALTED": "engine_halted",
-    "ENGINE_STOPPED": "engine_stopped",
-    "THROTTLED": "rate_limited",
-}
+#: The codes a lone `submit_order` fails with when the engine rejects the order.
+ORDER_REJECT_CODES = frozenset({"order_rejected", *REJECT_CODES.values()})
 
 _ORDER_FIELD = re.compile(r"^params\.orders\.(\d+)(?:\.|$)")
 
@@ -941,7 +940,7 @@ def _handles_of(item: Any) -> list[Any]:
 def _order_rejected(order: dict[str, Any]) -> OrderRejected:
     reason = order.get("reject_reason")
     return OrderRejected(
-        REJECT_CODES.get(str(reason), "order_rejected"),
+        reject_code(str(reason)),
         f"order {order.get('client_order_id')} rejected: {reason}",
         "order",
         order=order,
@@ -962,7 +961,7 @@ def _outcomes(request: _Request, result: dict[str, Any]) -> list[Settlement]:
             return [(handle.result, (value or {}).get("order", value), None)]
         error = result.get("error") or {}
         exc = OrderRejected(str(error.get("code")), str(error.get("message")), error.get("field"), order=None)
-        if error.get("code") not in ("order_rejected", *REJECT_CODES.values()):
+        if error.get("code") not in ORDER_REJECT_CODES:
             exc = CommandFailed.from_error(error, result=result)
         return [(handle.result, None, exc)]
     outcomes = value.get("results") if success and isinstance(value, dict) else None
