@@ -40,8 +40,10 @@ What it does beyond a bare Socket.IO client:
 Transport, chosen on measurements: our own Socket.IO 5 / Engine.IO 4 framing (about 60 lines:
 open, connect, event, ack, ping) over `websocket-client`, with one reader and one writer
 thread. python-socketio's `Client` (already a dependency, and built on the same
-websocket-client) hands every incoming message to a new thread: with single orders that was
-1.4 ms of client CPU per order at 1,000 orders/s, seven times this client's budget of 0.2 ms.
+websocket-client) hands every incoming message to a new thread: sending single orders at
+1,000/s it used 0.88-0.95 ms of CPU per order (bench_client.py; issue 14 measured 1.4 ms for
+two such clients), against 0.09-0.19 ms for this client coalescing (0.27-0.44 ms without),
+whose budget is 0.2 ms.
 Its `AsyncClient` needs aiohttp (not a dependency) and a task per message, and neither renews
 subscriptions or resends commands after a reconnect, which is the part that needs care here.
 `benchmarks/_harness.py` showed that the bare protocol over websocket-client (UTF-8 check off:
