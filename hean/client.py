@@ -1125,9 +1125,8 @@ class AsyncClient(_ClientCore):
         """Follow a state key: its current value at once, then every change (also after a
         reconnect). Raises SubscriptionError if the server refuses."""
         subscription = AsyncSubscription(self, namespace, key, callback, self._max_pending_updates)
-        assert self._loop is not None
-        reply: asyncio.Future[Any] = self._loop.create_future()
-        loop = self._loop
+        reply: asyncio.Future[Any] = self._new_future()  # raises if not connected
+        loop = reply.get_loop()
         self.subscribe(subscription, lambda answer: loop.call_soon_threadsafe(_resolve, reply, answer))
         answer = await reply
         if not (isinstance(answer, dict) and answer.get("subscribed")):
