@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -121,6 +122,69 @@ class ManagedProcess:
         self._log.close()
 
 
+class UpProcess:
+    """`hean up` as a user runs it, its output in a log file (`pids()` parses its state lines)."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in finish()
+        self.process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "hean"), "up"],
+            env=env,
+            cwd=REPO_ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def pids(self) -> dict[str, int]:
+        """The latest pid of every supervised process, from `hean up`'s state lines."""
+        found: dict[str, int] = {}
+        for name, state, pid in re.findall(r"process=(\S+) state=(\S+) pid=(\d+)", self.output()):
+            if state == "RUNNING":
+                found[name] = int(pid)
+        return found
+
+    def finish(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+
+    def redis_pid(self) -> int | None:
+        """The private Redis server's pid, if `hean up` started one."""
+        match = re.search(r"redis: private server pid=(\d+)", self.output())
+        return int(match.group(1)) if match else None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM, as Ctrl-C would: `hean up` stops everything, Redis last."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=timeout)
+        self.finish()
+
+
+def hean_up_env(home: Path) -> dict[str, str]:
+    """The environment of a `hean up` of our own: no REDIS_URL (a private Redis), its own
+    HEAN_HOME, free web and Flower ports, and a generated token."""
+    from hean.redis_server import free_port
+
+    env = dict(os.environ)
+    for name in ("REDIS_URL", "HEAN_API_TOKEN"):
+        env.pop(name, None)
+    env.update(
+        HEAN_HOME=str(home),
+        HEAN_PORT=str(free_port()),
+        HEAN_FLOWER_PORT=str(free_port()),
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
 def own_system_env(home: Path, redis_url: str, port: int, token: str, **extra: str) -> dict[str, str]:
     """The environment of a system of our own: its Redis, HEAN_HOME, web port and token."""
     home.mkdir(parents=True, exist_ok=True)
@@ -193,3 +257,17 @@ def start_engine_worker(system: dict[str, Any], logs_dir: Any) -> None:
     spec = next(s for s in PROCESSES if s.name == "worker-engine")
     name = f"worker-engine-{uuid.uuid4().hex[:6]}"
     processes.insert(0, ManagedProcess(name, spec.argv(sys.executable), system["env"], logs_dir))
+
+
+def restart_web(system: dict[str, Any], logs_dir: Any) -> None:
+    """Stop the shared system's web process (SIGTERM) and start a new one on the same port."""
+    processes: list[ManagedProcess] = system["processes"]
+    web = next(p for p in processes if p.name.startswith("web"))
+    web.stop()
+    processes.remove(web)
+    from hean.processes import PROCESSES
+
+    spec = next(s for s in PROCESSES if s.name == "web")
+    name = f"web-{uuid.uuid4().hex[:6]}"
+    processes.append(ManagedProcess(name, spec.argv(sys.executable), system["env"], logs_dir))
+    wait_for(lambda: http_ok(str(system["url"]) + "/api/system/health"), 60, "the restarted web process")

@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -17,53 +15,12 @@ import pytest
 import socketio
 
 from hean.processes import process_names
-from hean.redis_server import free_port
-from support import REPO_ROOT, wait_for
-
-
-class UpProcess:
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in finish()
-        self.process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "hean"), "up"],
-            env=env,
-            cwd=REPO_ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def pids(self) -> dict[str, int]:
-        """The latest pid of every supervised process, from `hean up`'s state lines."""
-        found: dict[str, int] = {}
-        for name, state, pid in re.findall(r"process=(\S+) state=(\S+) pid=(\d+)", self.output()):
-            if state == "RUNNING":
-                found[name] = int(pid)
-        return found
-
-    def finish(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        self._log.close()
+from support import UpProcess, hean_up_env, wait_for
 
 
 @pytest.fixture
 def up_env(tmp_path: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    for name in ("REDIS_URL", "HEAN_API_TOKEN"):
-        env.pop(name, None)
-    env.update(
-        HEAN_HOME=str(tmp_path / "hean-home"),
-        HEAN_PORT=str(free_port()),
-        HEAN_FLOWER_PORT=str(free_port()),
-        PYTHONUNBUFFERED="1",
-    )
-    return env
+    return hean_up_env(tmp_path / "hean-home")
 
 
 def test_hean_up_runs_the_system_and_stops_cleanly(up_env: dict[str, str], tmp_path: Path) -> None:
