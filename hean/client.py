@@ -74,7 +74,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from decimal import Decimal
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 import websocket
 
@@ -129,7 +129,7 @@ class CommandError(ClientError):
         self.code, self.message, self.field = code, message, field
 
     @classmethod
-    def from_error(cls, error: Mapping[str, Any] | None, **extra: Any) -> CommandError:
+    def from_error(cls, error: Mapping[str, Any] | None, **extra: Any) -> Self:
         error = error or {}
         code, message = str(error.get("code", "unknown")), str(error.get("message", ""))
         return cls(code, message, error.get("field"), **extra)
@@ -467,7 +467,8 @@ class _ClientCore:
             info = json.loads(opening[1:])
             ws.send("40" + _encode(self._auth))
             while True:
-                reply = ws.recv()
+                raw = ws.recv()
+                reply = raw if isinstance(raw, str) else raw.decode()
                 if reply.startswith("40"):
                     self.sid = json.loads(reply[2:] or "{}").get("sid")
                     break
@@ -717,7 +718,7 @@ class _ClientCore:
     # -- state --
 
     def subscribe(
-        self, subscription: _SubscriptionBase, on_reply: Callable[[dict[str, Any] | None], None]
+        self, subscription: _SubscriptionBase, on_reply: Callable[[dict[str, Any] | None], object]
     ) -> None:
         target = {"key": subscription.key, "namespace": subscription.namespace}
         where = (subscription.namespace, subscription.key)
@@ -759,7 +760,7 @@ class _ClientCore:
                     frame = ws.recv()  # type: ignore[union-attr]
                     if not frame:
                         raise ConnectionError("connection closed")
-                    self._on_frame(frame)
+                    self._on_frame(frame if isinstance(frame, str) else frame.decode())
             except Exception as exc:
                 if self._closing:
                     return
@@ -772,11 +773,11 @@ class _ClientCore:
         if kind == "42":
             event, *rest = json.loads(frame[2:])
             data = rest[0] if rest else None
-            if event == "command_result":
+            if event == "command_result" and isinstance(data, dict):
                 self._on_result(data)
-            elif event == "command_ack":
+            elif event == "command_ack" and isinstance(data, dict):
                 self._on_ack(data)
-            elif event == "state_update":
+            elif event == "state_update" and isinstance(data, dict):
                 self._on_state(data)
             else:
                 for handler in self._handlers.get(event, ()):
@@ -962,7 +963,9 @@ def _outcomes(request: _Request, result: dict[str, Any]) -> list[Settlement]:
         if success:
             return [(handle.result, (value or {}).get("order", value), None)]
         error = result.get("error") or {}
-        exc = OrderRejected(str(error.get("code")), str(error.get("message")), error.get("field"), order=None)
+        exc: CommandError = OrderRejected(
+            str(error.get("code")), str(error.get("message")), error.get("field"), order=None
+        )
         if error.get("code") not in ORDER_REJECT_CODES:
             exc = CommandFailed.from_error(error, result=result)
         return [(handle.result, None, exc)]
@@ -1026,7 +1029,7 @@ class Client(_ClientCore):
     def command(
         self, name: str, params: Mapping[str, Any] | None = None, request_id: str | None = None
     ) -> CommandHandle[concurrent.futures.Future[Any]]:
-        return super().command(name, params, request_id)  # type: ignore[no-any-return]
+        return super().command(name, params, request_id)
 
     def subscribe_state(
         self,
@@ -1114,7 +1117,7 @@ class AsyncClient(_ClientCore):
     def command(
         self, name: str, params: Mapping[str, Any] | None = None, request_id: str | None = None
     ) -> CommandHandle[asyncio.Future[Any]]:
-        return super().command(name, params, request_id)  # type: ignore[no-any-return]
+        return super().command(name, params, request_id)
 
     async def subscribe_state(
         self,
