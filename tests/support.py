@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import redis
 import socketio
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,6 +87,14 @@ class ManagedProcess:
             with contextlib.suppress(psutil.Error):
                 child.kill()
         self._log.close()
+
+
+def unauthenticated_client(port: int, password: str | None = None) -> redis.Redis:
+    """A client of the Redis on 127.0.0.1:`port` without its password (or with a wrong one),
+    which does not retry: redis-py retries a refused AUTH like a lost connection (~4 s)."""
+    return redis.Redis(
+        host="127.0.0.1", port=port, password=password, socket_timeout=5, retry=Retry(NoBackoff(), 0)
+    )
 
 
 def own_system_env(home: Path, redis_url: str, port: int, token: str, **extra: str) -> dict[str, str]:
