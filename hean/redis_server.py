@@ -25,6 +25,8 @@ from types import TracebackType
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +46,24 @@ def server_binary() -> Path:
     return Path(get_binary_path())
 
 
-def redis_answers(url: str, timeout: float = 0.5) -> bool:
-    """True when a server at `url` answers PING within `timeout` seconds."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+def _ping(url: str, timeout: float) -> None:
+    """PING the server at `url` once (redis-py's retries would turn a refusal into seconds)."""
+    client = redis.Redis.from_url(
+        url, socket_connect_timeout=timeout, socket_timeout=timeout, retry=Retry(NoBackoff(), 0)
+    )
     try:
-        return bool(client.ping())
-    except (redis.RedisError, OSError):
-        return False
+        client.ping()
     finally:
         client.close()
+
+
+def redis_answers(url: str, timeout: float = 0.5) -> bool:
+    """True when a server at `url` answers PING within `timeout` seconds (with its credentials)."""
+    try:
+        _ping(url, timeout)
+    except (redis.RedisError, OSError):
+        return False
+    return True
 
 
 def _served_by(url: str, pid: int) -> bool:
@@ -283,11 +294,20 @@ def ensure_redis(
     requiring the password `password()` gives (called only then; a generated one if None).
 
     Returns the URL to use and the server to stop on shutdown (None when it is not ours).
+    Raises RedisStartError when `redis_url` answers but refuses its credentials.
     """
-    if redis_url and redis_answers(redis_url, timeout=1.0):
-        return redis_url, None
     if redis_url:
-        log.warning("event=redis_unreachable url=%s action=start_private", redact_url(redis_url))
+        try:
+            _ping(redis_url, timeout=1.0)
+            return redis_url, None
+        except redis.AuthenticationError as exc:
+            # It is there but refuses: running on a private server instead would hide the mistake.
+            raise RedisStartError(
+                f"REDIS_URL {redact_url(redis_url)} answers but refuses its credentials ({exc}); "
+                "fix them, or unset REDIS_URL to run a private server"
+            ) from None
+        except (redis.RedisError, OSError):
+            log.warning("event=redis_unreachable url=%s action=start_private", redact_url(redis_url))
     server = PrivateRedis(data_dir, cpus=cpus, password=password() if password else None)
     return server.start(), server
 

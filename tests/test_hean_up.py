@@ -260,6 +260,20 @@ def test_hean_up_refuses_a_taken_port(up_env: dict[str, str], tmp_path: Path) ->
             up.finish()
 
 
+def test_hean_up_refuses_a_redis_url_with_wrong_credentials(
+    up_env: dict[str, str], tmp_path: Path, redis_server: PrivateRedis
+) -> None:
+    up_env["REDIS_URL"] = redis_server.url.replace(redis_server.password, "wrong-password-0123456789")
+    up = UpProcess(up_env, tmp_path / "up.log")
+    try:
+        assert up.process.wait(timeout=30) == 2
+        assert "answers but refuses its credentials" in up.output()
+        assert "wrong-password-0123456789" not in up.output()
+        assert "redis: private server" not in up.output()
+    finally:
+        up.finish()
+
+
 @pytest.mark.parametrize(
     ("variable", "spec", "message"),
     [

@@ -158,6 +158,17 @@ def test_ensure_redis_uses_a_url_that_answers(redis_url: str, tmp_path: Path) ->
     assert not (tmp_path / "unused").exists()
 
 
+def test_ensure_redis_refuses_a_url_whose_credentials_are_refused(
+    redis_server: PrivateRedis, tmp_path: Path
+) -> None:
+    wrong = redis_server.url.replace(redis_server.password, "not-the-password-0123")
+    with pytest.raises(RedisStartError, match="answers but refuses its credentials") as raised:
+        ensure_redis(wrong, tmp_path / "unused")
+    assert "not-the-password-0123" not in str(raised.value)
+    assert redact_url(wrong) in str(raised.value)
+    assert not (tmp_path / "unused").exists()  # no private server started in its place
+
+
 def test_ensure_redis_starts_a_private_server_when_the_url_is_dead(tmp_path: Path) -> None:
     dead = f"redis://127.0.0.1:{free_port()}/0"
     url, owned = ensure_redis(dead, tmp_path / "redis")
