@@ -168,7 +168,7 @@ def run_layout(args: argparse.Namespace, affinity: str) -> dict[str, Any]:
     with stack(["worker-engine", "worker-llm", "web"], **env) as system:
         floors = {}  # the bare echo, and the echo that publishes to Redis first
         script = str(REPO_ROOT / "benchmarks" / "echo_server.py")
-        for name, extra in (("echo", []), ("echo+redis", [system.redis_url])):
+        for name, extra in (("echo", []), ("echo+redis", ["--redis"])):
             port = free_port()
             # the floors run where the web runs
             system.spawn(name, [sys.executable, script, str(port), *extra], pin_as="web")

@@ -227,7 +227,7 @@ def main() -> int:
 
             server = PrivateRedis(Path(tempfile.mkdtemp(prefix="hean-bench-")), cpus=cpus)
             url = server.start()
-            print(f"private Redis (valkey) on {url}, CPUs {sorted(cpus) if cpus else 'any'}")
+            print(f"private Redis (valkey) on {server.redacted_url}, CPUs {sorted(cpus) if cpus else 'any'}")
         else:
             print("using REDIS_URL (not ours to pin: only the writers are pinned)")
         try:

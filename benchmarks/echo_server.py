@@ -1,11 +1,12 @@
 """The floors for bench_ack: a bare Flask-SocketIO (eventlet) echo handler, served exactly like
 the web process (same listener, TCP_NODELAY).
 
-With a Redis URL, the handler first pushes the event onto a Redis list (one round trip through
+With --redis, the handler first pushes the event onto a Redis list (one round trip through
 redis-py on eventlet, as the web process talks to Redis) and answers when Redis confirmed it:
 the least that an ack sent "after a confirmed broker publish" can cost on this stack.
 
-Usage: python benchmarks/echo_server.py PORT [REDIS_URL]
+Usage: python benchmarks/echo_server.py PORT [--redis]   (--redis: the Redis at REDIS_URL, read from
+the environment: a URL may carry a password, and a command line is visible to every local user)
 """
 
 import eventlet
@@ -13,6 +14,7 @@ import eventlet
 eventlet.monkey_patch()
 
 import json  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 
 import redis  # noqa: E402
@@ -28,7 +30,7 @@ ECHO_LIST = "hean:bench:echo"
 def main() -> None:
     app = Flask(__name__)
     sio = SocketIO(app, async_mode="eventlet", async_handlers=False)
-    broker = redis.Redis.from_url(sys.argv[2]) if len(sys.argv) > 2 else None
+    broker = redis.Redis.from_url(os.environ["REDIS_URL"]) if sys.argv[2:] == ["--redis"] else None
 
     @sio.on("command")
     def echo(data: object) -> object:

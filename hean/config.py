@@ -34,7 +34,8 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", validation_alias=_env("HEAN_HOST"))
     port: int = Field(default=8000, ge=1, le=65535, validation_alias=_env("HEAN_PORT"))
     api_token: SecretStr | None = Field(default=None, validation_alias=_env("HEAN_API_TOKEN"))
-    redis_url: str | None = Field(default=None, validation_alias=_env("REDIS_URL"))
+    # repr=False: a Redis URL may carry a password (the private server's always does)
+    redis_url: str | None = Field(default=None, validation_alias=_env("REDIS_URL"), repr=False)
     flower_port: int = Field(default=5555, ge=1, le=65535, validation_alias=_env("HEAN_FLOWER_PORT"))
     database_url: str | None = Field(default=None, validation_alias=_env("DATABASE_URL"))
     socketio_channel: str = Field(
@@ -140,8 +141,14 @@ class Settings(BaseSettings):
 
     @property
     def redis_url_file(self) -> Path:
-        """Where `hean up` records the URL of the private Redis it started."""
+        """Where `hean up` records the URL of the private Redis it started, password included
+        (mode 0600), for every process and the standard Celery CLIs to find."""
         return self.home / "redis.url"
+
+    @property
+    def redis_password_file(self) -> Path:
+        """The password the private Redis requires (generated once, mode 0600)."""
+        return self.home / "redis.password"
 
     @property
     def token_file(self) -> Path:

@@ -4,6 +4,13 @@ supervisord (a maintained supervisor) does the spawning, logging, restarting wit
 and group shutdown; this module writes its configuration, watches process states over its
 XML-RPC socket, prints them, restarts processes that supervisord gave up on (with a longer
 backoff), and tears everything down in order on Ctrl-C / SIGTERM.
+
+The private Redis is supervised here rather than by supervisord: `PrivateRedis` already owns
+starting it, waiting until it answers and stopping it; keeping it out of supervisord keeps it
+answering before any client starts and stopping after the last one (no priority groups), keeps
+it dying with `hean up` (PR_SET_PDEATHSIG), and the watch loop below already wakes every 0.25 s.
+When it dies, the loop reaps it and starts it again on the same port (every process's URL
+holds), with the same password, from its AOF; the clients reconnect on their own.
 """
 
 from __future__ import annotations
@@ -26,16 +33,20 @@ from typing import Any, cast
 import psutil
 
 from hean.affinity import REDIS, AffinityError, for_process, pinned_argv
-from hean.auth import ensure_token
+from hean.auth import ensure_redis_password, ensure_token, write_secret
 from hean.config import Settings, env_for_children
 from hean.processes import PROCESSES, ProcessSpec
-from hean.redis_server import PrivateRedis, ensure_redis
+from hean.redis_server import PrivateRedis, RedisStartError, ensure_redis, redact_url
 
 GROUP = "hean"
 #: Total budget for a clean shutdown; the issue promises exit within 10 s.
 SHUTDOWN_BUDGET_S = 8.0
 #: Backoff before `hean up` restarts a process that supervisord marked FATAL.
 FATAL_BACKOFF_S = (2.0, 5.0, 15.0, 30.0, 60.0)
+#: Delay before restarting the private Redis after its 1st, 2nd, ... death in a row; a death
+#: counts as "in a row" when the server had run less than REDIS_STARTSECS_S.
+REDIS_BACKOFF_S = (0.0, 1.0, 2.0, 5.0, 15.0)
+REDIS_STARTSECS_S = 5.0
 
 
 class LaunchError(RuntimeError):
@@ -128,6 +139,10 @@ class Launcher:
     _supervisord: subprocess.Popen[bytes] | None = None
     _stop_requested: bool = False
     _states: dict[str, ProcessState] = field(default_factory=dict)
+    _redis_started_at: float = 0.0
+    _redis_failures: int = 0
+    _redis_restart_at: float | None = None
+    _redis_start_failed: bool = False
 
     # -- lifecycle ----------------------------------------------------------------------------
     def run(self) -> int:
@@ -166,12 +181,27 @@ class Launcher:
         (home / "logs").mkdir(parents=True, exist_ok=True)
         token = ensure_token(settings)
 
-        url, self._redis = ensure_redis(settings.redis_url, home / "redis", for_process(REDIS, cpus))
+        try:
+            url, self._redis = ensure_redis(
+                settings.redis_url,
+                home / "redis",
+                for_process(REDIS, cpus),
+                password=lambda: ensure_redis_password(settings),
+            )
+        except ValueError as exc:  # a hand-edited password file
+            raise LaunchError(f"{settings.redis_password_file.resolve()}: {exc}") from exc
+        except RedisStartError as exc:
+            raise LaunchError(str(exc)) from exc
         if self._redis is not None:
-            settings.redis_url_file.write_text(url + "\n")
-            self.out(f"redis: private server pid={self._redis.pid} url={url} data={home / 'redis'}")
+            self._redis_started_at = time.monotonic()
+            # the recorded URL carries the password: the Celery CLIs and every process read it
+            write_secret(settings.redis_url_file, url + "\n")
+            self.out(
+                f"redis: private server pid={self._redis.pid} url={redact_url(url)} "
+                f"data={home / 'redis'} password_file={settings.redis_password_file.resolve()}"
+            )
         else:
-            self.out(f"redis: using REDIS_URL ({_host_of(url)})")
+            self.out(f"redis: using REDIS_URL ({redact_url(url)})")
         effective = settings.model_copy(update={"redis_url": url})
 
         conf = home / "supervisord.conf"
@@ -202,6 +232,7 @@ class Launcher:
         base = f"http://{_url_host(self.settings.host)}:{self.settings.port}"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not self._stop_requested:
+            self._supervise_redis()
             self._poll_states()
             try:
                 with urllib.request.urlopen(base + "/api/system/health", timeout=1) as response:
@@ -228,8 +259,36 @@ class Launcher:
                     f"supervisord exited with code {self._supervisord.returncode}; see "
                     f"{self.settings.home.resolve() / 'logs' / 'supervisord.log'}"
                 )
+            self._supervise_redis()
             self._poll_states()
             time.sleep(0.25)
+
+    def _supervise_redis(self) -> None:
+        """Restart the private Redis if it died (see the module docstring)."""
+        server = self._redis
+        if server is None or self._stop_requested or server.running():  # running() reaps
+            return
+        now = time.monotonic()
+        if self._redis_restart_at is None:
+            quick = now - self._redis_started_at < REDIS_STARTSECS_S
+            self._redis_failures = self._redis_failures + 1 if quick else 1
+            delay = REDIS_BACKOFF_S[min(self._redis_failures - 1, len(REDIS_BACKOFF_S) - 1)]
+            self._redis_restart_at = now + delay
+            what = "restart failed" if self._redis_start_failed else "exited"
+            what += f" pid={server.pid} code={server.returncode}"
+            self.out(f"redis: {what}; restarting in {delay:.0f} s on the same port from its AOF")
+        if now < self._redis_restart_at:
+            return
+        try:
+            server.restart()
+        except RedisStartError as exc:
+            self._redis_started_at = now  # a failed start counts as a quick death
+            self._redis_restart_at, self._redis_start_failed = None, True
+            self.out(f"redis: {exc}")
+            return
+        self._redis_restart_at, self._redis_start_failed = None, False
+        self._redis_started_at = time.monotonic()
+        self.out(f"redis: restarted pid={server.pid} url={server.redacted_url}")
 
     # -- states ---------------------------------------------------------------------------------
     def _rpc(self) -> xmlrpc.client.ServerProxy:
@@ -312,10 +371,6 @@ def _kill_leftovers(processes: list[psutil.Process]) -> None:
 
 def _url_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "") else (f"[{host}]" if ":" in host else host)
-
-
-def _host_of(url: str) -> str:
-    return url.split("@", 1)[-1].split("://", 1)[-1]
 
 
 def describe_processes() -> list[str]:

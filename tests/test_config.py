@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from hean.auth import ensure_token, token_matches
+from hean.auth import ensure_redis_password, ensure_token, token_matches, write_secret
 from hean.config import DEFAULT_REDIS_URL, Settings
 from workers import app
 
@@ -55,8 +55,11 @@ def test_invalid_settings_are_rejected_with_the_variable_named(env: str, value: 
 
 
 def test_secrets_do_not_show_in_repr() -> None:
-    settings = Settings(OPENAI_API_KEY="sk-secret-value", HEAN_API_TOKEN="tok-secret")
-    assert "sk-secret-value" not in repr(settings) and "tok-secret" not in repr(settings)
+    settings = Settings(
+        OPENAI_API_KEY="sk-secret-value", HEAN_API_TOKEN="tok-secret", REDIS_URL="redis://:pw-secret@h:1/0"
+    )
+    for secret in ("sk-secret-value", "tok-secret", "pw-secret"):
+        assert secret not in repr(settings) and secret not in str(settings)
 
 
 def test_generated_token_is_private_and_stable(tmp_path: Path) -> None:
@@ -68,6 +71,23 @@ def test_generated_token_is_private_and_stable(tmp_path: Path) -> None:
     assert token_matches(token, token)
     assert not token_matches(token, token[:-1]) and not token_matches(token, None)
     assert not token_matches("", "")
+
+
+def test_generated_redis_password_is_private_and_stable(tmp_path: Path) -> None:
+    settings = Settings(HEAN_HOME=tmp_path / "home")
+    password = ensure_redis_password(settings)
+    assert len(password) >= 32 and password != ensure_token(settings)
+    assert stat.S_IMODE(os.stat(tmp_path / "home" / "redis.password").st_mode) == 0o600
+    assert ensure_redis_password(settings) == password
+
+
+def test_write_secret_makes_an_existing_file_private(tmp_path: Path) -> None:
+    path = tmp_path / "redis.url"
+    path.write_text("old\n")
+    path.chmod(0o644)
+    write_secret(path, "redis://:pw@127.0.0.1:1/0\n")
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert path.read_text() == "redis://:pw@127.0.0.1:1/0\n"
 
 
 def test_queues_and_routes_are_declared_in_celeryconfig() -> None:

@@ -1,21 +1,28 @@
 """`hean up` as a user runs it: private Redis, every process supervised, a command end to end,
-a crashed process restarted, and a SIGTERM that leaves no process behind."""
+a crashed process restarted (Redis included), a Redis nobody gets into without its password,
+and a SIGTERM that leaves no process behind."""
 
 from __future__ import annotations
 
 import os
 import re
 import signal
+import socket
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
 
 import psutil
 import pytest
+import redis
 import socketio
 
 from hean.processes import process_names
-from support import UpProcess, hean_up_env, wait_for
+from hean.redis_server import PrivateRedis, redis_answers
+from hean.topology import ENGINE_QUEUE
+from support import REPO_ROOT, Client, UpProcess, hean_up_env, http_ok, unauthenticated_client, wait_for
 
 
 @pytest.fixture
@@ -94,8 +101,116 @@ def test_hean_up_runs_the_system_and_stops_cleanly(up_env: dict[str, str], tmp_p
         up.finish()
 
 
+def _server_pid(url: str) -> int | None:
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
+    try:
+        return int(client.info("server")["process_id"])
+    except (redis.RedisError, OSError):
+        return None
+    finally:
+        client.close()
+
+
+def test_hean_up_locks_its_redis_and_restarts_it_when_killed(up_env: dict[str, str], tmp_path: Path) -> None:
+    up = UpProcess(up_env, tmp_path / "up.log")
+    home = Path(up_env["HEAN_HOME"])
+    try:
+        match = wait_for(
+            lambda: re.search(r"ready: dashboard (http://\S+)/#token=(\S+)", up.output()),
+            120,
+            "hean up to be ready",
+        )
+        assert isinstance(match, re.Match)
+        url, token = match.group(1), match.group(2)
+        wait_for(lambda: set(up.pids()) == set(process_names()), 60, "every process RUNNING")
+
+        # the password is generated into .hean (0600), and the recorded URL (0600) carries it
+        password = (home / "redis.password").read_text().strip()
+        redis_url = (home / "redis.url").read_text().strip()
+        assert len(password) >= 32 and f":{password}@127.0.0.1:" in redis_url
+        for secret_file in ("redis.password", "redis.url", "redis/redis.conf", "supervisord.conf"):
+            assert (home / secret_file).stat().st_mode & 0o777 == 0o600, secret_file
+        port = int(re.search(r"@127\.0\.0\.1:(\d+)/", redis_url).group(1))  # type: ignore[union-attr]
+
+        # without the password nobody gets in: no task can be pushed onto the engine queue
+        anonymous = unauthenticated_client(port)
+        with pytest.raises(redis.AuthenticationError, match=r"(?i)authenticat"):
+            anonymous.lpush(ENGINE_QUEUE, '{"headers": {"task": "workers.engine.execute_batch"}}')
+        with pytest.raises(redis.AuthenticationError, match=r"(?i)authenticat"):
+            anonymous.eval("return redis.call('LPUSH', KEYS[1], ARGV[1])", 1, ENGINE_QUEUE, "x")
+        anonymous.close()
+
+        # the standard Celery CLI finds the private Redis (and its password) on its own; the
+        # workers' configuration it prints shows the broker URL without the password
+        cli_env = {k: v for k, v in up_env.items() if k != "REDIS_URL"}
+        engine = f"engine@{socket.gethostname()}"  # one destination: the CLI returns on its reply
+        inspect = subprocess.run(
+            [sys.executable, "-m", "celery", "-A", "workers", "inspect", "conf", "-t", "20", "-d", engine],
+            env=cli_env,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert inspect.returncode == 0, inspect.stdout + inspect.stderr
+        assert f"{engine}: OK" in inspect.stdout and "1 node online" in inspect.stdout, inspect.stdout
+        assert re.search(r'"broker_url": "redis://:\*+@127\.0\.0\.1:', inspect.stdout), inspect.stdout
+
+        client = Client(url, token)
+        try:
+            first = client.command({"command": "start", "params": {}, "request_id": uuid.uuid4().hex})
+            assert client.result_for(first["request_id"])["success"] is True
+
+            # a write made durable (WAITAOF: in the fsynced AOF), then Redis is SIGKILLed
+            owner = redis.Redis.from_url(redis_url)
+            owner.set("hean-test:before-kill", "kept")
+            assert owner.execute_command("WAITAOF", 1, 0, 5000)[0] == 1
+            owner.close()
+            old_pid = int(re.search(r"redis: private server pid=(\d+)", up.output()).group(1))  # type: ignore[union-attr]
+            supervised = up.pids()
+            assert _server_pid(redis_url) == old_pid
+            os.kill(old_pid, signal.SIGKILL)
+            killed_at = time.monotonic()
+            # the promise: a new server answers on the same URL within 5 s
+            new_pid = wait_for(
+                lambda: (pid := _server_pid(redis_url)) not in (None, old_pid) and pid,
+                5,
+                "a new Redis on the same URL",
+            )
+            print(f"redis answered again {time.monotonic() - killed_at:.2f} s after SIGKILL")
+            assert psutil.Process(up.process.pid) in psutil.Process(int(new_pid)).parents()
+            assert not psutil.pid_exists(old_pid) or psutil.Process(old_pid).status() != psutil.STATUS_ZOMBIE
+            assert f"redis: exited pid={old_pid} code=-9" in up.output()
+            owner = redis.Redis.from_url(redis_url)
+            assert owner.get("hean-test:before-kill") == b"kept"  # reloaded from the AOF
+            owner.close()
+
+            # every process reconnects on its own: health is back, and a command runs end to end
+            wait_for(lambda: http_ok(url + "/api/system/health"), 60, "health to answer 200 again")
+            after = client.command({"command": "stop", "params": {}, "request_id": uuid.uuid4().hex})
+            assert after["accepted"] is True
+            result = client.result_for(after["request_id"])
+            assert result["success"] is True and result["result"]["state"] == "STOPPED"
+        finally:
+            client.close()
+        assert up.pids() == supervised, "every process reconnects: none died and was restarted"
+
+        up.process.send_signal(signal.SIGTERM)
+        assert up.process.wait(timeout=15) == 0
+        assert not redis_answers(redis_url)
+        # the password never shows: not in hean up's output, a log, the CLI's output or a command line
+        logs = [home / "logs" / name for name in os.listdir(home / "logs")] + [home / "redis" / "redis.log"]
+        assert len(logs) >= len(process_names()) + 2
+        for where, text in [("hean up", up.output()), ("celery inspect", inspect.stdout + inspect.stderr)] + [
+            (str(log), log.read_text(errors="replace")) for log in logs
+        ]:
+            assert password not in text, f"the Redis password appears in {where}"
+        assert "redis://:***@127.0.0.1:" in up.output()
+    finally:
+        up.finish()
+
+
 def test_hean_up_refuses_a_taken_port(up_env: dict[str, str], tmp_path: Path) -> None:
-    import socket
 
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", int(up_env["HEAN_PORT"])))
@@ -107,6 +222,20 @@ def test_hean_up_refuses_a_taken_port(up_env: dict[str, str], tmp_path: Path) ->
             assert "HEAN_PORT" in up.output()
         finally:
             up.finish()
+
+
+def test_hean_up_refuses_a_redis_url_with_wrong_credentials(
+    up_env: dict[str, str], tmp_path: Path, redis_server: PrivateRedis
+) -> None:
+    up_env["REDIS_URL"] = redis_server.url.replace(redis_server.password, "wrong-password-0123456789")
+    up = UpProcess(up_env, tmp_path / "up.log")
+    try:
+        assert up.process.wait(timeout=30) == 2
+        assert "answers but refuses its credentials" in up.output()
+        assert "wrong-password-0123456789" not in up.output()
+        assert "redis: private server" not in up.output()
+    finally:
+        up.finish()
 
 
 @pytest.mark.parametrize(
@@ -133,15 +262,19 @@ def test_hean_up_refuses_a_bad_placement(
 
 
 def test_hean_up_uses_redis_url_when_it_answers(
-    up_env: dict[str, str], tmp_path: Path, redis_url: str
+    up_env: dict[str, str], tmp_path: Path, redis_server: PrivateRedis
 ) -> None:
-    up_env["REDIS_URL"] = redis_url
+    up_env["REDIS_URL"] = redis_server.url  # its own password, used as given and never shown
     up = UpProcess(up_env, tmp_path / "up.log")
     try:
         wait_for(lambda: "ready: dashboard" in up.output(), 120, "hean up to be ready")
-        assert "redis: using REDIS_URL" in up.output()
+        assert f"redis: using REDIS_URL ({redis_server.redacted_url})" in up.output()
         assert "private server" not in up.output()
         up.process.send_signal(signal.SIGTERM)
         assert up.process.wait(timeout=15) == 0
+        home = Path(up_env["HEAN_HOME"])
+        assert not (home / "redis.password").exists()  # no private server, no password of ours
+        for log in [up.log_path, *(home / "logs").iterdir()]:
+            assert redis_server.password not in log.read_text(errors="replace"), log
     finally:
         up.finish()

