@@ -125,7 +125,6 @@ class ManagedProcess:
         self._log.close()
 
 
-<<<<<<< HEAD
 class UpProcess:
     """`hean up` as a user runs it, its output in a log file (`pids()` parses its state lines)."""
 
@@ -187,14 +186,14 @@ def hean_up_env(home: Path) -> dict[str, str]:
         PYTHONUNBUFFERED="1",
     )
     return env
-=======
+
+
 def unauthenticated_client(port: int, password: str | None = None) -> redis.Redis:
     """A client of the Redis on 127.0.0.1:`port` without its password (or with a wrong one),
     which does not retry: redis-py retries a refused AUTH like a lost connection (~4 s)."""
     return redis.Redis(
         host="127.0.0.1", port=port, password=password, socket_timeout=5, retry=Retry(NoBackoff(), 0)
     )
->>>>>>> redislock
 
 
 def own_system_env(home: Path, redis_url: str, port: int, token: str, **extra: str) -> dict[str, str]:

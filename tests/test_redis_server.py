@@ -16,7 +16,6 @@ import psutil
 import pytest
 import redis
 
-from celeryconfig import ENGINE_QUEUE
 from hean.redis_server import (
     PrivateRedis,
     RedisStartError,
@@ -25,6 +24,7 @@ from hean.redis_server import (
     redact_url,
     redis_answers,
 )
+from hean.topology import ENGINE_QUEUE
 from support import unauthenticated_client, wait_for
 
 
