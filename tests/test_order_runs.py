@@ -28,6 +28,7 @@ def test_text_units_is_to_units() -> None:
         places = rng.randrange(9)
         frac = f".{rng.randrange(10**places):0{places}d}" if places else ""
         texts.append(f"{whole}{frac}")
+
     def outcome(convert: Any, text: str) -> int | str:
         try:
             return int(convert(text))
@@ -126,3 +127,88 @@ def test_queued_single_orders_run_as_one_batch_with_the_outcomes_each_gets_alone
     assert any({o["client_order_id"] for o in e["orders"]} == run_ids for e in batched), (run_ids, batched)
     assert Decimal(run[0]["result"]["order"]["filled_quantity"]) == 2
     store.close()
+
+
+def install_fresh_shard(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A shard with a fresh, running engine (no Redis: nothing to recover) for the handlers."""
+    from hean.engine import TradingEngine
+    from workers import engine as handlers
+    from workers.shard import EngineShard
+
+    fresh = EngineShard()
+    fresh._engine = TradingEngine()
+    fresh._engine.update_market("BTCUSDT", "99.5", "100.5", "100")
+    fresh._engine.start()
+    monkeypatch.setattr(handlers, "SHARD", fresh)
+    return fresh
+
+
+def one_by_one_and_as_a_run(
+    orders: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[Any], list[Any]]:
+    """Each order through submit_order's own handler (pydantic, OrderRequest, one core call)
+    on one fresh engine, and all of them through its many-handler on another."""
+    from hean.commands import CommandError, error_from
+    from hean.commands.params import OrderParams
+    from workers import engine as handlers
+
+    install_fresh_shard(monkeypatch)
+    alone: list[Any] = []
+    for params in orders:
+        try:
+            alone.append((handlers.submit_order(OrderParams.model_validate(params)), None))
+        except CommandError as exc:
+            alone.append((None, error_from(exc).model_dump()))
+    install_fresh_shard(monkeypatch)
+    return alone, handlers.submit_order_run(orders)
+
+
+def test_the_many_handler_gives_each_order_what_its_own_handler_gives(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def order(n: int, **params: Any) -> dict[str, Any]:
+        return {"client_order_id": f"c-{n}", "symbol": "BTCUSDT", **params}
+
+    orders = [
+        order(1, side="BUY", quantity="2"),
+        order(2, side="SELL", quantity="0.5"),
+        order(3, side="BUY", quantity="1", order_type="LIMIT", price="90"),
+        order(4, side="SELL", quantity="1", order_type="LIMIT", price="101", time_in_force="IOC"),
+        order(5, side="BUY", quantity="0.001"),  # under the minimum notional
+        order(1, side="BUY", quantity="2"),  # a repeated client order id
+        order(6, side="SELL", quantity="1", order_type="LIMIT", price="99.5"),  # crosses the bid
+        order(7, side="BUY", quantity="600"),  # over the maximum notional
+    ]
+    alone, run = one_by_one_and_as_a_run(orders, monkeypatch)
+    assert [list(o) for o in run] == [list(o) for o in alone]
+    assert sum(error is not None for _, error in run) == 2
+
+
+def test_a_run_the_core_refuses_is_refused_whole_and_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hean.commands import RunRefused
+    from workers import engine as handlers
+
+    good = {"client_order_id": "g", "symbol": "BTCUSDT", "side": "BUY", "quantity": "1"}
+    for bad in ({**good, "client_order_id": "x" * 65}, {**good, "quantity": "0"}, {**good, "side": "UP"}):
+        shard = install_fresh_shard(monkeypatch)
+        with pytest.raises(RunRefused):
+            handlers.submit_order_run([good, bad])
+        assert shard.engine.status().orders_submitted == 0
+        assert shard.log.pending == []
+
+
+def test_submit_orders_runs_give_what_each_command_gives_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hean.commands.params import OrdersParams
+    from workers import engine as handlers
+
+    def order(n: int, **params: Any) -> dict[str, Any]:
+        return {"client_order_id": f"b-{n}", "symbol": "BTCUSDT", "side": "BUY", "quantity": "1", **params}
+
+    commands = [
+        {"orders": [order(1), order(2, side="SELL", quantity="0.5"), order(3, quantity="0.001")]},
+        {"orders": [order(1), order(4, order_type="LIMIT", price="90")]},  # b-1 again: its first outcome
+    ]
+    install_fresh_shard(monkeypatch)
+    alone = [handlers.submit_orders(OrdersParams.model_validate(c)) for c in commands]
+    install_fresh_shard(monkeypatch)
+    assert handlers.submit_orders_run(commands) == [(result, None) for result in alone]

@@ -21,6 +21,7 @@ from hean.commands import (
     reject_code,
 )
 from hean.commands.params import (
+    MAX_ORDERS_PER_COMMAND,
     CancelParams,
     KillSwitchParams,
     MarketParams,
@@ -141,6 +142,34 @@ def submit_order_run(orders: list[dict[str, Any]]) -> list[Outcome]:
 def submit_orders(params: OrdersParams) -> dict[str, Any]:
     """Per-order outcomes come back in `results`, in input order; rejects are not errors here."""
     return SHARD.apply("submit_orders", params).to_dict()
+
+
+@implements_many("submit_orders")
+def submit_orders_run(commands: list[dict[str, Any]]) -> list[Outcome]:
+    """`submit_orders` commands in a row: each one's orders straight into the core's columns
+    (validated at the edge, not again: no pydantic model, no OrderRequest per order)."""
+    batches = []
+    try:
+        for params in commands:
+            orders = params["orders"]
+            if not isinstance(orders, list) or not 1 <= len(orders) <= MAX_ORDERS_PER_COMMAND:
+                raise ValueError("orders: 1 to 1,000 orders")
+            batch = OrderBatch()
+            for order in orders:
+                batch.append_params(order)
+            batches.append((orders, batch))
+    except (ValueError, KeyError, TypeError) as exc:  # nothing applied yet: one by one
+        raise RunRefused(str(exc)) from exc
+    outcomes: list[Outcome] = []
+    for orders, batch in batches:
+        try:
+            outcomes.append((SHARD.apply_order_batch(orders, batch).to_dict(), None))
+        except ValueError as exc:  # the core refused this command's orders (it applied none)
+            field = str(exc).split(":", 1)[0]
+            outcomes.append(
+                (None, {"code": "invalid_params", "message": str(exc), "field": f"params.{field}"})
+            )
+    return outcomes
 
 
 @implements("cancel_order")

@@ -151,7 +151,7 @@ def execute_batch(
             i += 1
             continue
         run = _run_of(envelopes, i, queue, outcome)
-        if len(run) > 1:  # several in a row for one many-handler: at once
+        if run:  # one or several in a row for a many-handler: at once
             ran = _run_many(run, queue)
         else:
             run, ran = [envelope], [_run_one(envelope, queue, time.perf_counter())]

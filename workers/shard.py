@@ -305,9 +305,9 @@ class EngineShard:
         return outcome
 
     def apply_order_batch(self, orders: list[dict[str, Any]], batch: OrderBatch) -> BatchResult:
-        """Apply single orders as one core batch, logged as one `submit_orders` entry (which
-        replays them the same way). Raises ValueError, having applied nothing, if the core
-        refuses the batch."""
+        """Apply orders (given as JSON params, and as `batch`: the same orders in columns) as
+        one core batch, logged as one `submit_orders` entry (which replays them the same way).
+        Raises ValueError, having applied nothing, if the core refuses the batch."""
         now_ns = time.time_ns()
         outcome = self.engine.submit_batch(batch, now_ns=now_ns)
         self.log.add("submit_orders", {"orders": orders}, now_ns)
