@@ -46,7 +46,9 @@ def main() -> None:
     rows = [[name, f"{pct:.1f}"] for name, pct in hean.items()]
     total = sum(hean.values())
     rows.append(["HEAN, all processes", f"{total:.1f}"])
-    rows.append(["floor: bare beat + solo worker, no-op every 100 ms", f"{floor:.1f}"])
+    rows.append(["floor: bare celery beat", f"{shares['bare beat']:.1f}"])
+    rows.append(["floor: bare solo worker (no-op task every 100 ms)", f"{shares['bare worker']:.1f}"])
+    rows.append(["floor: both", f"{floor:.1f}"])
     print_table(
         f"idle CPU over {args.seconds:.0f} s (% of one core)",
         ["process", "CPU %"],
