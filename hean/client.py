@@ -185,10 +185,10 @@ class CommandHandle(Generic[F]):
 
     def wait(self, timeout: float | None = None) -> Any:
         """Sync face: block until the result and return it (or raise the command's error)."""
-        return self.result.result(timeout)  # type: ignore[attr-defined]
+        return self.result.result(timeout)  # type: ignore[attr-defined]  # the sync face's result is a concurrent future
 
     def __await__(self) -> Any:
-        return self.result.__await__()  # type: ignore[attr-defined]
+        return self.result.__await__()  # type: ignore[attr-defined]  # the async face's result is an asyncio future
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.command} request_id={self.request_id}>"
@@ -680,7 +680,7 @@ class _ClientCore:
                     frames = [request.frame]
             try:
                 for frame in frames:
-                    ws.send(frame)  # type: ignore[union-attr]
+                    ws.send(frame)  # type: ignore[union-attr]  # the writer runs only while connected
             except Exception as exc:  # the reader sees the broken socket and reconnects
                 log.debug("event=send_failed error=%s", exc)
                 with self._lock:
@@ -757,7 +757,7 @@ class _ClientCore:
             ws = self._ws
             try:
                 while True:
-                    frame = ws.recv()  # type: ignore[union-attr]
+                    frame = ws.recv()  # type: ignore[union-attr]  # the reader runs only while connected
                     if not frame:
                         raise ConnectionError("connection closed")
                     self._on_frame(frame if isinstance(frame, str) else frame.decode())
@@ -790,14 +790,14 @@ class _ClientCore:
                 args = json.loads(frame[digits:])
                 waiter(args[0] if args else None)
         elif frame == "2":
-            self._ws.send("3")  # type: ignore[union-attr]
+            self._ws.send("3")  # type: ignore[union-attr]  # a ping arrives only while connected
         elif kind in ("41", "44") or frame == "1":
             raise ConnectionError(f"server closed the session ({frame[:80]})")
 
     def _on_ack(self, ack: dict[str, Any]) -> None:
         settlements: list[Settlement] = []
         with self._lock:
-            request = self._requests.get(ack.get("request_id"))  # type: ignore[arg-type]
+            request = self._requests.get(ack.get("request_id"))  # type: ignore[arg-type]  # a missing id finds nothing
             if request is None:
                 return
             if request.waiting_ack:
@@ -843,7 +843,7 @@ class _ClientCore:
 
     def _on_result(self, result: dict[str, Any]) -> None:
         with self._lock:
-            request = self._requests.pop(result.get("request_id"), None)  # type: ignore[arg-type]
+            request = self._requests.pop(result.get("request_id"), None)  # type: ignore[arg-type]  # a missing id finds nothing
             if request is None:
                 return
             if request.waiting_ack and request.kind == "orders":
@@ -865,7 +865,7 @@ class _ClientCore:
         return [(h.ack, ack, None) for h in _handles_of(request)]
 
     def _on_state(self, update: dict[str, Any]) -> None:
-        subscription = self._subscriptions.get((update.get("namespace"), update.get("key")))  # type: ignore[arg-type]
+        subscription = self._subscriptions.get((update.get("namespace"), update.get("key")))  # type: ignore[arg-type]  # missing keys find nothing
         if subscription is not None:
             self._deliver(subscription, update)
 
@@ -1061,12 +1061,12 @@ class AsyncClient(_ClientCore):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Future[Any]] = set()
 
-    async def connect(self) -> None:  # type: ignore[override]
+    async def connect(self) -> None:  # type: ignore[override]  # the async face awaits what the sync one calls
         """Connect and authenticate (the handshake runs in a thread; the loop keeps running)."""
         self._loop = asyncio.get_running_loop()
         await self._loop.run_in_executor(None, super().connect)
 
-    async def close(self) -> None:  # type: ignore[override]
+    async def close(self) -> None:  # type: ignore[override]  # the async face awaits what the sync one calls
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, super().close)
 

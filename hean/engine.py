@@ -839,10 +839,10 @@ class TradingEngine:
             client_order_id=client_order_id,
             symbol=symbol,
             side=side,  # type: ignore[arg-type]  # coerced and validated
-            quantity=quantity,  # type: ignore[arg-type]
-            order_type=order_type,  # type: ignore[arg-type]
-            price=price,  # type: ignore[arg-type]
-            time_in_force=time_in_force,  # type: ignore[arg-type]
+            quantity=quantity,  # type: ignore[arg-type]  # coerced and validated
+            order_type=order_type,  # type: ignore[arg-type]  # coerced and validated
+            price=price,  # type: ignore[arg-type]  # coerced and validated
+            time_in_force=time_in_force,  # type: ignore[arg-type]  # coerced and validated
         )
         return self.submit(order, now_ns=now_ns)
 
@@ -890,7 +890,7 @@ class TradingEngine:
     # -- market --
 
     def update_market(self, symbol: str, bid: Number, ask: Number, last: Number) -> MarketUpdateResult:
-        tick = MarketTick(symbol, bid, ask, last)  # type: ignore[arg-type]
+        tick = MarketTick(symbol, bid, ask, last)  # type: ignore[arg-type]  # coerced and validated
         raw = self._core.update_market(
             tick.symbol,
             to_units(tick.bid, "bid"),
@@ -904,7 +904,7 @@ class TradingEngine:
     ) -> MarketUpdateResult:
         batch = ticks if isinstance(ticks, MarketBatch) else MarketBatch()
         if batch is not ticks:
-            for tick in ticks:  # type: ignore[union-attr]
+            for tick in ticks:  # type: ignore[union-attr]  # not a MarketBatch: an iterable of ticks
                 batch.append(tick)
         raw = self._core.update_market_batch(batch.symbols, batch.bids, batch.asks, batch.lasts)
         return MarketUpdateResult([_fill(f) for f in raw], self.state)

@@ -15,6 +15,6 @@ def configure_logging(level: str = "info") -> None:
         return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(FORMAT))
-    handler._hean = True  # type: ignore[attr-defined]
+    handler._hean = True  # type: ignore[attr-defined]  # our mark, so it is installed once
     root.addHandler(handler)
     root.setLevel(level.upper())

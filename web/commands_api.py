@@ -44,7 +44,7 @@ def require_token(view: F) -> F:
             return body, status, {"WWW-Authenticate": 'Bearer realm="hean"'}
         return view(*args, **kwargs)
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper  # type: ignore[return-value]  # the wrapper keeps the view's signature
 
 
 _buckets: dict[str, TokenBucket] = {}

@@ -62,7 +62,7 @@ def coalescing_poll(poll: Callable[[Any], list[Any]]) -> Callable[[Any], list[An
             return [_Batch(packets)]
         return packets
 
-    coalesced.__wrapped__ = poll  # type: ignore[attr-defined]
+    coalesced.__wrapped__ = poll  # type: ignore[attr-defined]  # what functools.wraps would set
     return coalesced
 
 
@@ -76,7 +76,7 @@ def send_frames(send: Callable[..., None]) -> Callable[..., None]:
         kw["masked"] = ws.client
         ws._send(b"".join([ws._pack_message(frame, **kw) for frame in message]))
 
-    send_many.__wrapped__ = send  # type: ignore[attr-defined]
+    send_many.__wrapped__ = send  # type: ignore[attr-defined]  # what functools.wraps would set
     return send_many
 
 

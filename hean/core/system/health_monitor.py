@@ -211,7 +211,7 @@ class HealthMonitor:
         latency_ms = round((outcome.finished - started) * 1000.0, 3)
         error = outcome.error
         if error is not None and getattr(error, "detail", None) is not None:
-            module.detail = error.detail  # type: ignore[attr-defined]
+            module.detail = error.detail  # type: ignore[attr-defined]  # checked by getattr just above
         if error is None:
             module.detail = outcome.detail or {}
             module.latency_ms = latency_ms
