@@ -19,7 +19,7 @@ import redis
 from hean.core.system.redis_state import SyncRedisStateManager
 from hean.processes import PROCESSES
 from hean.redis_server import PrivateRedis, free_port
-from support import Client, ManagedProcess, http_ok, wait_for
+from support import Client, ManagedProcess, http_ok, set_shared_risk_limits, wait_for
 
 PLUGINS_DIR = Path(__file__).resolve().parent / "plugins"
 
@@ -121,7 +121,9 @@ def system(base_env: dict[str, str], api_token: str, logs_dir: Path) -> Iterator
             started.append(ManagedProcess(name, argv, env, logs_dir))
         base_url = f"http://127.0.0.1:{port}"
         wait_for(lambda: http_ok(base_url + "/api/system/health"), 60, "the web process")
-        yield {"url": base_url, "token": api_token, "env": env, "processes": started}
+        system = {"url": base_url, "token": api_token, "env": env, "processes": started}
+        set_shared_risk_limits(system)
+        yield system
     finally:
         for process in reversed(started):
             process.stop()

@@ -196,6 +196,29 @@ def unauthenticated_client(port: int, password: str | None = None) -> redis.Redi
     )
 
 
+#: Risk limits of the session's shared engine: every test that trades uses symbols of its own
+#: and leaves its positions open, so the defaults (10 open positions, 3x leverage) would let
+#: the suite's order, not the test, decide what gets rejected. A test that changes a limit
+#: puts these back.
+SHARED_RISK_LIMITS = {"max_open_positions": 100_000, "max_open_orders": 100_000, "max_leverage": "1000"}
+
+
+def set_shared_risk_limits(system: dict[str, Any], **changes: Any) -> None:
+    """risk_adjust the shared system's engine to SHARED_RISK_LIMITS (plus `changes`), and wait
+    until it ran."""
+    request_id = "risk-" + uuid.uuid4().hex
+    body = {"command": "risk_adjust", "params": {**SHARED_RISK_LIMITS, **changes}, "request_id": request_id}
+    status, ack, _ = http_json(system["url"] + "/api/commands", "POST", body, token=system["token"])
+    assert status == 202, ack
+
+    def result() -> Any:
+        _, record, _ = http_json(system["url"] + f"/api/commands/{request_id}", token=system["token"])
+        return record.get("result")
+
+    outcome = wait_for(result, 60, "the shared risk limits to be set")
+    assert outcome["success"], outcome  # type: ignore[index]
+
+
 def own_system_env(home: Path, redis_url: str, port: int, token: str, **extra: str) -> dict[str, str]:
     """The environment of a system of our own: its Redis, HEAN_HOME, web port and token."""
     home.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ from celery import Celery
 
 from hean.command_journal import CommandJournal
 from hean.core.system.redis_state import get_sync_state_manager
-from support import Client, start_engine_worker, stop_engine_worker, wait_for
+from support import SHARED_RISK_LIMITS, Client, start_engine_worker, stop_engine_worker, wait_for
 from workers.shard import INFLIGHT_KEY, LOG_KEY
 
 
@@ -295,7 +295,7 @@ def test_risk_adjust_changes_limits_the_engine_enforces(client: Client, system_r
         refused = fail(client, "risk_adjust", "invalid_params", min_notional="200")
         assert refused["error"]["field"].startswith("params.")
     finally:
-        ok(client, "risk_adjust", max_notional="50000", max_leverage="3")
+        ok(client, "risk_adjust", max_notional="50000", **SHARED_RISK_LIMITS)
 
 
 @pytest.mark.parametrize(
@@ -395,12 +395,14 @@ def test_a_backlog_is_drained_in_order_after_the_engine_worker_returns(
         assert ack["accepted"] is True
         request_ids.append(request_id)
     queued = redis.Redis.from_url(system_redis_url)
-    assert queued.llen("engine") >= 1
-    start_engine_worker(system, logs_dir)
-    results = [client.result_for(rid) for rid in request_ids]  # in the order they were sent
-    assert all(r["success"] for r in results)
-    assert queued.llen("engine") == 0 and queued.llen(INFLIGHT_KEY) == 0
-    queued.close()
+    try:
+        assert queued.llen("engine") >= 1
+        start_engine_worker(system, logs_dir)
+        results = [client.result_for(rid) for rid in request_ids]  # in the order they were sent
+        assert [r for r in results if not r["success"]] == []
+        assert queued.llen("engine") == 0 and queued.llen(INFLIGHT_KEY) == 0
+    finally:
+        queued.close()
     buys, sells = sum(1 for i in range(60) if i % 3), sum(1 for i in range(60) if not i % 3)
     wait_for(  # fails the test unless the published position reaches buys - sells
         lambda: (p := position(system_redis_url, sym)) and Decimal(p["quantity"]) == buys - sells,
