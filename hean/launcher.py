@@ -35,6 +35,7 @@ import psutil
 from hean.affinity import REDIS, AffinityError, for_process, pinned_argv
 from hean.auth import ensure_redis_password, ensure_token, write_secret
 from hean.config import Settings, env_for_children
+from hean.metrics import reset_directory
 from hean.processes import PROCESSES, ProcessSpec
 from hean.redis_server import PrivateRedis, RedisStartError, ensure_redis, redact_url
 
@@ -208,8 +209,13 @@ class Launcher:
         fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(supervisord_config(effective, self.python, self.workdir))
+        # every process writes its Prometheus series here; the web process's /metrics merges
+        # them. Wiped at each start: an earlier run's files would be summed into this one's.
+        metrics_dir = home / "metrics"
+        reset_directory(metrics_dir)
         env = env_for_children(
             effective,
+            PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
             FLOWER_ADDRESS="127.0.0.1",
             FLOWER_PORT=str(settings.flower_port),
             # Flower 2 keeps its API off without auth: user "hean", password = the token.

@@ -32,3 +32,7 @@ ENGINE_KEY: Final = "engine"
 RISK_LIMITS_KEY: Final = "risk_limits"
 #: Its open positions (`system/positions`).
 POSITIONS_KEY: Final = "positions"
+#: Its resting orders for dashboards (`system/open_orders`: {"orders": the first
+#: OPEN_ORDERS_SHOWN, "total": n}).
+OPEN_ORDERS_KEY: Final = "open_orders"
+OPEN_ORDERS_SHOWN: Final = 200

@@ -88,6 +88,8 @@ def base_env(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     env["REDIS_URL"] = redis_url
     env["HEAN_HOME"] = str(tmp_path_factory.mktemp("hean-home"))
     env["PYTHONUNBUFFERED"] = "1"
+    # the processes' Prometheus series, merged by the web process's /metrics (as `hean up` does)
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path_factory.mktemp("metrics"))
     return env
 
 

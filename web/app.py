@@ -49,7 +49,7 @@ def create_app(settings: Settings | None = None, async_mode: str = "eventlet") -
     from hean.command_journal import CommandJournal
     from hean.commands import load_command_modules
     from hean.redis_client import DurabilityRule, sync_client
-    from web import commands_api, health, rest, socket_handlers
+    from web import commands_api, health, metrics, rest, socket_handlers
     from web.intake import CommandIntake
     from workers.app import app as celery_app
 
@@ -60,5 +60,6 @@ def create_app(settings: Settings | None = None, async_mode: str = "eventlet") -
     app.register_blueprint(rest.blueprint)
     app.register_blueprint(commands_api.blueprint)
     app.register_blueprint(health.blueprint)
+    app.register_blueprint(metrics.blueprint)
     app.extensions["hean_connected_clients"] = socket_handlers.register(sio, settings, intake)
     return app

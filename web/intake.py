@@ -19,6 +19,7 @@ from celery import Celery
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
+from hean import metrics
 from hean.celery_wire import batch_frame
 from hean.command_journal import CommandJournal, Reservation
 from hean.commands import command_names, get_command, validation_error
@@ -307,9 +308,11 @@ class CommandWriter:
                     acks.append(pending.accept())
                 else:
                     pending.duplicate(reservation)
+            metrics.enqueued(queue_name, len(items), items[0].started)
         if acks:
             with self._acks_lock:
                 self._unjournaled += acks
+            metrics.unjournaled(len(self._unjournaled))
             self._acks_waiting.set()
 
 

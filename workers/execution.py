@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from hean import metrics
 from hean.command_journal import CommandJournal
 from hean.commands import RunRefused, error_from, get_command
 from hean.messages import OPERATORS_ROOM, CommandResult, ErrorInfo, TaskEnvelope
@@ -176,4 +177,5 @@ def execute_batch(
         results = client.pipeline(transaction=False)
         publish_on(results, emits)
         results.execute()
+    metrics.batch_ran(queue, (e.received_at_ms for e in envelopes), fresh)
     return len(messages)

@@ -22,6 +22,7 @@ from typing import Any
 from celery.signals import beat_init, worker_init, worker_ready
 from redis.exceptions import RedisError
 
+from hean import metrics
 from hean.core.system.health_monitor import HealthMonitor, Probe, Unreachable, report_node, store_pulse
 from hean.core.system.probes import db_probe, exchange_probe, redis_probe, web_probe, workers_probe
 from hean.core.system.redis_state import StateError, get_sync_state_manager
@@ -142,6 +143,7 @@ def pulse(self: Any) -> None:
         try:
             if not store_pulse(get_sync_state_manager(), status):
                 return
+            metrics.pulse_stored(status)
         except (StateError, RedisError, OSError) as exc:
             log.error("event=pulse_not_stored error=%s", exc)
             return

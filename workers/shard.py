@@ -26,6 +26,7 @@ from typing import Any, cast
 
 from pydantic import BaseModel
 
+from hean import metrics
 from hean.celery_wire import batch_envelopes, task_marker
 from hean.command_journal import RETENTION_S, START_LUA, decode_started, journal_key
 from hean.commands import CONTROL_COMMANDS
@@ -36,6 +37,8 @@ from hean.topology import (
     BATCH_TASKS,
     ENGINE_KEY,
     ENGINE_QUEUE,
+    OPEN_ORDERS_KEY,
+    OPEN_ORDERS_SHOWN,
     POSITIONS_KEY,
     RISK_LIMITS_KEY,
     SYSTEM_NAMESPACE,
@@ -295,6 +298,7 @@ class EngineShard:
         data = params.model_dump(mode="json", exclude_unset=True) if params is not None else {}
         now_ns = time.time_ns()
         outcome, paused = MUTATIONS[command_name](self.engine, data, now_ns)
+        metrics.engine_outcome(outcome)
         if paused is not None:
             self.paused = paused
         self.log.add(command_name, data, now_ns)
@@ -330,11 +334,17 @@ class EngineShard:
             ops.append(
                 StateOp.set(POSITIONS_KEY, [p.to_dict() for p in self.engine.positions()], SYSTEM_NAMESPACE)
             )
+            ops.append(StateOp.set(OPEN_ORDERS_KEY, self.open_orders(), SYSTEM_NAMESPACE))
         try:
             get_sync_state_manager().batch_update(ops)
         except StateError as exc:  # the command ran; only its broadcast failed
             log.error("event=state_publish_failed error=%s", exc)
         return status
+
+    def open_orders(self) -> dict[str, Any]:
+        """The resting orders as published on the state bus (the first OPEN_ORDERS_SHOWN)."""
+        orders = self.engine.open_orders()
+        return {"orders": [o.to_dict() for o in orders[:OPEN_ORDERS_SHOWN]], "total": len(orders)}
 
     def publish_risk_limits(self) -> dict[str, Any]:
         limits = self.engine.risk_limits().to_dict()

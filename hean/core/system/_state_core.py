@@ -47,6 +47,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from hean import metrics
 from hean.redis_client import script_sha
 
 log = logging.getLogger("hean.core.system.redis_state")
@@ -742,6 +743,7 @@ class StateManagerCore(Generic[PoolT, ClientT]):
 
     def _written(self, reply: Any) -> list[Any]:
         self.stats.script_updates += 1
+        metrics.STATE_UPDATES.inc()
         return list(reply)
 
     # ---- subscriptions (the faces add them, wake their listener and wait for the first item)

@@ -1,0 +1,261 @@
+"""Prometheus metrics of every HEAN process, and the web process's view of them at `/metrics`.
+
+The web process, the workers and beat write their series with prometheus_client; with
+`PROMETHEUS_MULTIPROC_DIR` set (`hean up` sets it to `$HEAN_HOME/metrics` and wipes it at each
+start) they write to files there, which `/metrics` in the web process merges (prometheus_client's
+multiprocess mode: custom collectors and `Gauge.set_function` do not work across processes, so
+everything a worker knows is a plain counter, histogram or gauge written when it happens).
+Values only the present can tell (queue depths, the engine log's length) are read from Redis
+when `/metrics` is scraped, by `SystemCollector` in the web process.
+
+Instrumented code calls one function here per batch (never a call per order): counts go up
+with `.inc(n)`, and latencies are observed once per batch.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from collections import Counter as Tally
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+#: Seconds: command latencies from a fraction of a millisecond to tens of seconds under overload.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: The order of the pulse statuses as gauge values (hean_pulse_status).
+STATUS_VALUES = {"HEALTHY": 0, "DEGRADED": 1, "UNHEALTHY": 2, "DISCONNECTED": 3}
+
+ORDERS = Counter("hean_orders", "Orders the engine applied, by outcome.", ["status"])
+FILLS = Counter("hean_fills", "Fills: orders filled on submission and resting orders filled by the market.")
+REJECTS = Counter("hean_order_rejects", "Orders the engine rejected, by reason.", ["reason"])
+COMMANDS = Counter(
+    "hean_commands", "Commands run by the workers, by name and result code.", ["command", "code"]
+)
+ENQUEUED = Counter("hean_commands_enqueued", "Commands the web process enqueued, by queue.", ["queue"])
+ACK = Histogram(
+    "hean_ack_seconds",
+    "Receive-to-ack time in the web process; one observation per enqueue batch (its oldest command).",
+    buckets=LATENCY_BUCKETS,
+)
+SUBMIT_TO_RESULT = Histogram(
+    "hean_submit_to_result_seconds",
+    "Receive-to-result time of a worker batch's oldest command (one observation per batch), by queue.",
+    ["queue"],
+    buckets=LATENCY_BUCKETS,
+)
+BATCH_SIZE = Histogram(
+    "hean_batch_commands",
+    "Commands per worker batch, by queue.",
+    ["queue"],
+    buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000),
+)
+PULSE_STATUS = Gauge(
+    "hean_pulse_status",
+    "Each module's status in the last pulse: 0 HEALTHY, 1 DEGRADED, 2 UNHEALTHY, 3 DISCONNECTED.",
+    ["module"],
+    multiprocess_mode="mostrecent",
+)
+PULSE_LATENCY = Gauge(
+    "hean_pulse_latency_seconds",
+    "Each module's probe latency in the last pulse.",
+    ["module"],
+    multiprocess_mode="mostrecent",
+)
+PULSES = Counter("hean_pulses", "Pulses stored, by overall status.", ["overall"])
+STATE_UPDATES = Counter("hean_state_updates", "State bus writes (each one atomic batch of operations).")
+UNJOURNALED_ACKS = Gauge(
+    "hean_unjournaled_acks",
+    "Acks the web process sent that are not in the command journal yet.",
+    multiprocess_mode="livesum",
+)
+LLM_CALLS = Counter(
+    "hean_llm_calls", "Calls to the LLM provider, by provider, model and outcome.",
+    ["provider", "model", "outcome"],
+)
+LLM_TOKENS = Counter(
+    "hean_llm_tokens", "LLM tokens, by provider, model and direction.", ["provider", "model", "direction"]
+)
+LLM_COST = Counter(
+    "hean_llm_cost_usd", "Estimated LLM cost in US dollars, by provider and model.", ["provider", "model"]
+)
+
+
+def multiprocess_dir() -> str | None:
+    """The shared metrics directory, if this process writes there."""
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+# -- instrumentation: one call per batch --------------------------------------------------------
+
+
+def enqueued(queue: str, count: int, oldest_started: float) -> None:
+    """The web process enqueued `count` commands for `queue`; the oldest was received at
+    `oldest_started` (time.perf_counter())."""
+    ENQUEUED.labels(queue).inc(count)
+    ACK.observe(time.perf_counter() - oldest_started)
+
+
+def unjournaled(count: int) -> None:
+    UNJOURNALED_ACKS.set(count)
+
+
+def batch_ran(queue: str, received_at_ms: Iterable[float], results: Sequence[dict[str, Any]]) -> None:
+    """A worker batch's results were published: commands by name and code, and the oldest
+    command's receive-to-result time."""
+    oldest = min(received_at_ms, default=None)
+    if oldest is not None:
+        SUBMIT_TO_RESULT.labels(queue).observe(max(0.0, time.time() - oldest / 1000.0))
+    BATCH_SIZE.labels(queue).observe(len(results))
+    tally = Tally((r["command"], r["error"]["code"] if r["error"] else "ok") for r in results)
+    for (command, code), count in tally.items():
+        COMMANDS.labels(command, code).inc(count)
+
+
+def engine_outcome(outcome: Any) -> None:
+    """Count what one engine call did: an OrderResult, a BatchResult (counted from its totals
+    and its reason column, in C), or a MarketUpdateResult (its fills)."""
+    if hasattr(outcome, "reasons"):  # BatchResult
+        for status, count in (
+            ("FILLED", outcome.filled),
+            ("RESTING", outcome.resting),
+            ("EXPIRED", outcome.expired),
+            ("REJECTED", outcome.rejected),
+        ):
+            if count:
+                ORDERS.labels(status).inc(count)
+        FILLS.inc(outcome.filled)
+        if outcome.rejected:
+            names = _reason_names()
+            for code, count in Tally(bytes(outcome.reasons)).items():  # counted in C
+                if code in names:
+                    REJECTS.labels(names[code]).inc(count)
+    elif hasattr(outcome, "reject_reason"):  # OrderResult
+        ORDERS.labels(str(outcome.status)).inc()
+        if outcome.reject_reason is not None:
+            REJECTS.labels(str(outcome.reject_reason)).inc()
+        elif str(outcome.status) == "FILLED":
+            FILLS.inc()
+    elif hasattr(outcome, "fills") and outcome.fills:  # MarketUpdateResult
+        FILLS.inc(len(outcome.fills))
+
+
+@functools.cache
+def _reason_names() -> dict[int, str]:
+    """The core's reject reason codes (the byte column of a batch result) and their names."""
+    from hean import _core
+
+    return {int(v): name for name, v in _core.RejectReason.__members__.items() if name != "NONE"}
+
+
+def pulse_stored(status: dict[str, Any]) -> None:
+    """A pulse was stored: each module's status and latency."""
+    PULSES.labels(str(status.get("overall"))).inc()
+    for name, module in (status.get("modules") or {}).items():
+        PULSE_STATUS.labels(name).set(STATUS_VALUES.get(module.get("status"), 3))
+        latency = module.get("latency_ms")
+        if latency is not None:
+            PULSE_LATENCY.labels(name).set(latency / 1000.0)
+
+
+def llm_call(
+    provider: str,
+    model: str,
+    outcome: str,
+    input_tokens: int = 0,
+    output_tokens: int = 0,
+    cost_usd: float = 0.0,
+) -> None:
+    """One LLM call (for the error analyzer): its outcome, tokens and estimated cost."""
+    LLM_CALLS.labels(provider, model, outcome).inc()
+    if input_tokens:
+        LLM_TOKENS.labels(provider, model, "input").inc(input_tokens)
+    if output_tokens:
+        LLM_TOKENS.labels(provider, model, "output").inc(output_tokens)
+    if cost_usd:
+        LLM_COST.labels(provider, model).inc(cost_usd)
+
+
+# -- the scrape ---------------------------------------------------------------------------------
+
+
+class SystemCollector(Collector):
+    """Read at scrape time in the web process: each queue's depth and the engine's log.
+
+    `queues` are the Celery queue names (kombu's Redis transport keeps each as a list);
+    `lists` and `streams` name other Redis lists and streams to report by length.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        queues: Sequence[str],
+        lists: dict[str, str] | None = None,
+        streams: dict[str, str] | None = None,
+    ) -> None:
+        self.client, self.queues = client, list(queues)
+        self.lists, self.streams = lists or {}, streams or {}
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        depth = GaugeMetricFamily(
+            "hean_queue_depth", "Messages waiting on each Celery queue.", labels=["queue"]
+        )
+        lengths = GaugeMetricFamily(
+            "hean_redis_length", "Length of HEAN's Redis lists and streams.", labels=["key"]
+        )
+        up = GaugeMetricFamily("hean_redis_up", "1 when the scrape could read Redis.")
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for queue in self.queues:
+                pipe.llen(queue)
+            for key in self.lists.values():
+                pipe.llen(key)
+            for key in self.streams.values():
+                pipe.xlen(key)
+            values = pipe.execute()
+        except Exception:  # Redis away: say so, never fail the scrape
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        for queue, value in zip(self.queues, values, strict=False):
+            depth.add_metric([queue], value)
+        for name, value in zip([*self.lists, *self.streams], values[len(self.queues) :], strict=True):
+            lengths.add_metric([name], value)
+        yield from (up, depth, lengths)
+
+
+def render(extra: Collector | None = None) -> bytes:
+    """The text exposition of every process's series (multiprocess mode) or this process's,
+    plus `extra`."""
+    if multiprocess_dir():
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        text = generate_latest(registry)
+    else:
+        from prometheus_client import REGISTRY
+
+        text = generate_latest(REGISTRY)  # this process's own series only
+    if extra is not None:
+        registry = CollectorRegistry()
+        registry.register(extra)
+        text += generate_latest(registry)
+    return text
+
+
+def reset_directory(path: os.PathLike[str] | str) -> None:
+    """Empty (or create) the multiprocess directory: files of an earlier run's processes
+    would otherwise be summed into this one's."""
+    from pathlib import Path
+
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()

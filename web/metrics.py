@@ -1,0 +1,27 @@
+"""`GET /metrics`: every HEAN process's Prometheus series (hean/metrics.py), plus queue depths
+and the engine log's length read from Redis at scrape time. Open, like the health GETs."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from hean import metrics
+from hean.redis_client import sync_client
+from hean.topology import DEFAULT_QUEUE, ENGINE_QUEUE, LLM_QUEUE, PULSE_QUEUE
+from workers.shard import INFLIGHT_KEY, LOG_KEY
+
+blueprint = Blueprint("metrics", __name__)
+
+
+@blueprint.get("/metrics")
+def scrape() -> Response:
+    collector = metrics.SystemCollector(
+        sync_client(),
+        queues=[ENGINE_QUEUE, PULSE_QUEUE, LLM_QUEUE, DEFAULT_QUEUE],
+        # batches the engine worker took along and has not committed; commands applied since
+        # the last snapshot (what a restarted engine worker would replay)
+        lists={"engine_inflight": INFLIGHT_KEY},
+        streams={"engine_log": LOG_KEY},
+    )
+    return Response(metrics.render(collector), mimetype=CONTENT_TYPE_LATEST)

@@ -1,0 +1,557 @@
+// The operator's console: one Socket.IO connection (the vendored socket.io-client) in the
+// operators room, the state bus for engine, positions, open orders and risk limits, and REST for
+// the rest. Plain ES modules, nothing to build, nothing from a CDN.
+import { io } from "../vendor/socket.io-client@4.8.4/socket.io.esm.min.js";
+import { Charts } from "./charts.js";
+import { Feed } from "./feed.js";
+import { Health } from "./health.js";
+
+const $ = (id) => document.getElementById(id);
+const TOKEN_KEY = "hean.token";
+const RESULT_WAIT_MS = 60000;
+const statusClass = (status) => ({ HEALTHY: "good", RUNNING: "good", DEGRADED: "warn", STOPPED: "warn" })[status] || "bad";
+// randomUUID exists only in secure contexts (https, localhost): not on http://<LAN address>.
+const newId = () => (window.crypto && crypto.randomUUID) ? crypto.randomUUID()
+  : Date.now().toString(36) + "-" + Math.random().toString(36).slice(2);
+const el = (tag, text, css) => {
+  const node = document.createElement(tag);
+  if (text !== undefined) node.textContent = text;
+  if (css) node.className = css;
+  return node;
+};
+const fmt = (value) => (value === null || value === undefined ? "–" : String(value));
+
+// -- sign-in ------------------------------------------------------------------------------------
+// The token comes from the URL fragment (never sent to the server by the browser) or the sign-in
+// form, and is kept in sessionStorage: this tab only, gone when it closes.
+function takeToken() {
+  const fromHash = new URLSearchParams(location.hash.slice(1)).get("token");
+  if (fromHash) {
+    sessionStorage.setItem(TOKEN_KEY, fromHash);
+    history.replaceState(null, "", location.pathname + location.search);  // out of the address bar
+  }
+  return sessionStorage.getItem(TOKEN_KEY) || "";
+}
+
+function askToken(reason) {
+  $("signin-reason").textContent = reason;
+  if (!$("signin").open) $("signin").showModal();
+  $("token-input").focus();
+}
+
+// -- connection ---------------------------------------------------------------------------------
+const socket = io({
+  autoConnect: false,
+  transports: ["websocket"],
+  auth: (cb) => cb({ token: sessionStorage.getItem(TOKEN_KEY) || "", operator: true }),
+  reconnectionDelay: 300,
+  reconnectionDelayMax: 3000,
+});
+const connEl = $("conn");
+const controls = () => document.querySelectorAll(
+  "button[data-command], #risk-form button, #ticket button, #market button, #state-form button, #open-orders button");
+
+function setConn(css, text) {
+  connEl.className = css;
+  connEl.textContent = text;
+  const connected = text === "connected";
+  controls().forEach((button) => { button.disabled = !connected; });
+}
+
+const stateHandlers = new Map();  // "namespace/key" -> Set of handlers
+const latestState = new Map();  // "namespace/key" -> its last state_update
+function onState(namespace, key, handler) {
+  const id = `${namespace}/${key}`;
+  if (!stateHandlers.has(id)) stateHandlers.set(id, new Set());
+  stateHandlers.get(id).add(handler);
+  // the server sends the value once per connection: a second reader of a key gets it from here
+  if (latestState.has(id)) handler(latestState.get(id));
+  else if (socket.connected) subscribe(namespace, key).catch(() => {});
+}
+function subscribe(namespace, key) {
+  return socket.timeout(10000).emitWithAck("subscribe_state", { namespace, key });
+}
+
+socket.on("connect", () => {
+  setConn("good", "connected");
+  $("signin").open && $("signin").close();
+  // a new connection (first, or after the web process restarted) has no subscriptions yet
+  for (const id of stateHandlers.keys()) {
+    const [namespace, key] = id.split("/");
+    subscribe(namespace, key).catch(() => {});
+  }
+  loadCommands();
+});
+socket.on("connect_error", (error) => {
+  if (!socket.active) {  // refused by the server (wrong token): retrying will not help
+    setConn("bad", "refused: " + error.message);
+    askToken("refused: " + error.message);
+  } else {
+    setConn("warn", "reconnecting…");
+  }
+});
+socket.on("disconnect", (reason) => {
+  setConn("warn", "reconnecting…");
+  if (reason === "io server disconnect") socket.connect();  // dropped by the server: come back
+});
+socket.on("state_update", (update) => {
+  const id = `${update.namespace}/${update.key}`;
+  const handlers = stateHandlers.get(id);
+  if (!handlers) return;
+  latestState.set(id, update);
+  if (handlers) handlers.forEach((handler) => handler(update));
+});
+
+// -- commands -----------------------------------------------------------------------------------
+const waiting = new Map();  // request_id -> resolve(result) of this page's own commands
+const feed = new Feed(document.querySelector("#feed tbody"), $("feed-counts"));
+socket.on("command_result", (result) => {
+  const resolve = waiting.get(result.request_id);
+  if (resolve) { waiting.delete(result.request_id); resolve(result); }
+  feed.add(result);
+});
+
+function logEntry(command, requestId) {
+  const item = el("li", undefined, "pending");
+  item.dataset.command = command;
+  item.dataset.requestId = requestId;
+  item.append(el("span", new Date().toLocaleTimeString() + " ", "muted"), el("span", command, "cmd"),
+    el("span", "sending…", "ack"), el("span", "", "result"));
+  $("command-log").prepend(item);
+  while ($("command-log").children.length > 50) $("command-log").lastChild.remove();
+  return item;
+}
+
+function errorText(error) {
+  return error ? `${error.code}: ${error.message}` : "";
+}
+
+/** Send a command; the log shows its ack, then its result or its error. Returns both. */
+async function send(command, params = {}) {
+  const requestId = newId();
+  const item = logEntry(command, requestId);
+  const resultPromise = new Promise((resolve) => {
+    waiting.set(requestId, resolve);
+    setTimeout(() => { if (waiting.delete(requestId)) resolve(null); }, RESULT_WAIT_MS);
+  });
+  let ack;
+  try {
+    ack = await socket.timeout(10000).emitWithAck("command", { command, params, request_id: requestId });
+  } catch (error) {
+    waiting.delete(requestId);
+    item.className = "bad";
+    item.querySelector(".ack").textContent = " no ack: " + error.message;
+    return { ack: null, result: null };
+  }
+  item.dataset.ack = JSON.stringify(ack);
+  item.querySelector(".ack").textContent = ack.accepted
+    ? ` ack ${ack.ack_time_ms} ms${ack.duplicate ? " (duplicate)" : ""}` : ` refused ${errorText(ack.error)}`;
+  if (!ack.accepted) {
+    waiting.delete(requestId);
+    item.className = "bad";
+    return { ack, result: null };
+  }
+  const result = await resultPromise;
+  if (result === null) {
+    item.className = "warn";
+    item.querySelector(".result").textContent = " · no result yet (GET /api/commands/" + requestId + ")";
+    return { ack, result };
+  }
+  item.dataset.result = JSON.stringify(result);
+  item.className = result.success ? "good" : "bad";
+  item.querySelector(".result").textContent = result.success
+    ? ` · done ${summary(result.result)} in ${result.execution_time_ms} ms` : ` · ${errorText(result.error)}`;
+  return { ack, result };
+}
+
+function summary(body) {
+  if (!body || typeof body !== "object") return fmt(body);
+  if (body.state) return body.state;
+  if (body.order) return `${body.order.status} ${body.order.client_order_id}`;
+  if (body.changed) return "changed " + [].concat(body.changed).join(", ");
+  return "";
+}
+
+/** Show an error at its form field (`params.max_leverage` -> the input named max_leverage). */
+function showFieldError(form, error) {
+  form.querySelectorAll(".field-error").forEach((node) => { node.textContent = ""; });
+  form.querySelectorAll("input.invalid").forEach((node) => node.classList.remove("invalid"));
+  if (!error) return null;
+  const name = (error.field || "").replace(/^params\./, "").split(".")[0];
+  const input = name && form.querySelector(`[name="${CSS.escape(name)}"]`);
+  if (!input) return null;
+  input.classList.add("invalid");
+  let slot = form.querySelector(`.field-error[data-for="${CSS.escape(name)}"]`);
+  if (!slot) {
+    slot = el("span", "", "field-error");
+    slot.dataset.for = name;
+    input.after(slot);
+  }
+  slot.textContent = error.message;
+  return slot;
+}
+
+// -- engine -------------------------------------------------------------------------------------
+const ACCOUNT_FIELDS = [
+  ["equity", "equity"], ["realized_pnl", "realized PnL"], ["unrealized_pnl", "unrealized PnL"],
+  ["fees", "fees"], ["drawdown_pct", "drawdown %"], ["daily_drawdown_pct", "daily drawdown %"],
+  ["leverage", "leverage"], ["gross_exposure", "exposure"], ["open_orders", "open orders"],
+  ["open_positions", "open positions"],
+];
+const COUNTERS = [["orders_submitted", "submitted"], ["orders_filled", "filled"], ["orders_rejected", "rejected"],
+  ["fills", "fills"], ["cancels", "cancels"]];
+
+onState("system", "engine", (update) => {
+  const engine = update.value;
+  if (!engine) return;
+  const state = engine.state + (engine.paused ? " (paused)" : "");
+  for (const node of [$("engine-state"), $("engine-badge")]) {
+    node.textContent = node.id === "engine-badge" ? "engine " + state : state;
+    node.className = "badge " + (engine.paused ? "warn" : statusClass(engine.state));
+    node.dataset.state = engine.state;
+  }
+  $("engine-version").textContent = `v${update.version}` + (engine.halt_reason ? ` · halted: ${engine.halt_reason}` : "");
+  const account = engine.account || {};
+  const rows = [...ACCOUNT_FIELDS.map(([key, label]) => [key, label, account[key]]),
+    ...COUNTERS.map(([key, label]) => [key, label, engine[key]])];
+  $("account").replaceChildren(...rows.map(([key, label, value]) => {
+    const div = el("div");
+    div.dataset.field = key;
+    div.append(el("dt", label), el("dd", fmt(value)));
+    return div;
+  }));
+  if (account.equity !== undefined) charts.addEquity(update.timestamp, account.equity);
+});
+
+document.querySelectorAll("button[data-command]").forEach((button) => {
+  if (button.id === "kill") return;
+  button.addEventListener("click", () => send(button.dataset.command));
+});
+$("kill").addEventListener("click", () => $("kill-dialog").showModal());
+$("kill-cancel").addEventListener("click", () => $("kill-dialog").close("cancel"));
+$("kill-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  $("kill-dialog").close("confirm");
+  send("kill_switch", { reason: $("kill-reason").value.trim() || "operator kill switch" });
+});
+
+// -- risk limits --------------------------------------------------------------------------------
+let riskLimits = {};
+
+/** [lower, lowerInclusive, upper, upperInclusive, integer] of a JSON schema, through anyOf. */
+function bounds(schema) {
+  for (const option of [schema, ...(schema.anyOf || []), ...(schema.oneOf || [])]) {
+    if (option !== schema && (option.anyOf || option.oneOf)) {
+      const inner = bounds(option);
+      if (inner) return inner;
+    }
+    if (option.type === "number" || option.type === "integer") {
+      const lower = option.exclusiveMinimum ?? option.minimum;
+      const upper = option.exclusiveMaximum ?? option.maximum;
+      return [lower, option.exclusiveMinimum === undefined, upper, option.exclusiveMaximum === undefined,
+        option.type === "integer"];
+    }
+  }
+  return null;
+}
+
+function renderRiskForm(schema) {
+  const holder = $("risk-fields");
+  holder.replaceChildren();
+  for (const [name, property] of Object.entries(schema.properties || {})) {
+    const b = bounds(property) || [];
+    const label = el("label", name.replaceAll("_", " "));
+    const input = el("input");
+    input.name = name;
+    input.inputMode = "decimal";
+    if (b[0] !== undefined) input.min = b[0];
+    if (b[2] !== undefined) input.max = b[2];
+    input.value = riskLimits[name] ?? "";
+    input.dataset.current = input.value;
+    const range = `${b[0] ?? "−∞"} ${b[1] ? "≤" : "<"} x ${b[3] ? "≤" : "<"} ${b[2] ?? "∞"}${b[4] ? ", whole" : ""}`;
+    label.append(input, el("span", range, "bounds muted"));
+    holder.append(label);
+  }
+}
+
+onState("system", "risk_limits", (update) => {
+  riskLimits = update.value || {};
+  document.querySelectorAll("#risk-fields input").forEach((input) => {
+    if (input.value === input.dataset.current && riskLimits[input.name] !== undefined) {
+      input.value = riskLimits[input.name];
+    }
+    input.dataset.current = riskLimits[input.name] ?? "";
+  });
+});
+
+async function loadCommands() {
+  const { result } = await send("list_commands");
+  const risk = result?.result?.commands?.find((c) => c.name === "risk_adjust");
+  if (risk) renderRiskForm(risk.params);
+}
+
+$("risk-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const form = event.currentTarget;
+  const changes = {};
+  form.querySelectorAll("#risk-fields input").forEach((input) => {
+    if (input.value.trim() !== String(input.dataset.current)) changes[input.name] = input.value.trim();
+  });
+  showFieldError(form, null);
+  if (!Object.keys(changes).length) { $("risk-status").textContent = "nothing changed"; return; }
+  $("risk-status").textContent = "sending…";
+  const { ack, result } = await send("risk_adjust", changes);
+  const error = ack && !ack.accepted ? ack.error : result && !result.success ? result.error : null;
+  if (error) {
+    const slot = showFieldError(form, error);
+    $("risk-status").textContent = slot ? "not applied: see the field" : "not applied: " + errorText(error);
+    $("risk-status").className = "bad";
+  } else if (result) {
+    $("risk-status").textContent = "applied: " + result.result.changed.join(", ");
+    $("risk-status").className = "good";
+  }
+});
+
+// -- orders -------------------------------------------------------------------------------------
+const ticket = $("ticket");
+ticket.order_type.addEventListener("change", () => {
+  const limit = ticket.order_type.value === "LIMIT";
+  ticket.price.disabled = !limit;
+  ticket.price.placeholder = limit ? "limit price" : "market";
+  if (!limit) ticket.price.value = "";
+});
+ticket.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const params = {
+    client_order_id: "ui-" + newId().replaceAll("-", "").slice(0, 20),
+    symbol: ticket.symbol.value.trim(), side: ticket.side.value, quantity: ticket.quantity.value.trim(),
+    order_type: ticket.order_type.value, time_in_force: ticket.time_in_force.value,
+  };
+  if (params.order_type === "LIMIT") params.price = ticket.price.value.trim();
+  showFieldError(ticket, null);
+  $("ticket-result").textContent = "sending " + params.client_order_id + "…";
+  const { ack, result } = await send("submit_order", params);
+  const error = ack && !ack.accepted ? ack.error : result && !result.success ? result.error : null;
+  const out = $("ticket-result");
+  out.dataset.clientOrderId = params.client_order_id;
+  if (error) {
+    showFieldError(ticket, error);
+    out.className = "bad";
+    out.textContent = `${params.client_order_id}: ${errorText(error)}`;
+  } else if (result) {
+    const order = result.result.order;
+    out.className = order.status === "REJECTED" ? "bad" : "good";
+    out.dataset.status = order.status;
+    out.textContent = `${order.client_order_id}: ${order.status} ${order.filled_quantity}`
+      + (order.fill_price ? ` @ ${order.fill_price}` : "") + ` (fee ${order.fee})`;
+  }
+});
+
+const market = $("market");
+market.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const params = Object.fromEntries(["symbol", "bid", "ask", "last"].map((n) => [n, market[n].value.trim()]));
+  showFieldError(market, null);
+  const { ack, result } = await send("update_market", params);
+  const error = ack && !ack.accepted ? ack.error : result && !result.success ? result.error : null;
+  if (error) showFieldError(market, error);
+  $("market-result").className = error ? "bad" : "good";
+  $("market-result").textContent = error ? errorText(error) : result ? `${result.result.fills.length} fills` : "";
+});
+
+onState("system", "open_orders", (update) => {
+  const value = update.value || { orders: [], total: 0 };
+  $("open-orders-count").textContent = value.total > value.orders.length
+    ? `${value.orders.length} of ${value.total} shown` : `${value.total}`;
+  $("open-orders").tBodies[0].replaceChildren(...value.orders.map((order) => {
+    const tr = el("tr");
+    tr.dataset.clientOrderId = order.client_order_id;
+    for (const text of [order.client_order_id, order.symbol, order.side, order.quantity, order.price]) {
+      tr.append(el("td", fmt(text)));
+    }
+    const cancel = el("button", "cancel", "small");
+    cancel.disabled = !socket.connected;
+    cancel.addEventListener("click", () => send("cancel_order", { client_order_id: order.client_order_id }));
+    tr.append(el("td")).lastChild.append(cancel);
+    return tr;
+  }));
+});
+
+onState("system", "positions", (update) => {
+  $("positions").tBodies[0].replaceChildren(...(update.value || []).map((p) => {
+    const tr = el("tr");
+    tr.dataset.symbol = p.symbol;
+    for (const [text, css] of [[p.symbol], [p.quantity], [p.average_entry_price], [p.last_price],
+      [p.realized_pnl, Number(p.realized_pnl) < 0 ? "bad" : ""], [p.unrealized_pnl, Number(p.unrealized_pnl) < 0 ? "bad" : ""],
+      [p.fees]]) {
+      tr.append(el("td", fmt(text), css));
+    }
+    return tr;
+  }));
+});
+
+// -- state viewer -------------------------------------------------------------------------------
+const watched = new Set();
+$("state-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const form = event.currentTarget;
+  const namespace = form.namespace.value.trim() || "default";
+  const key = form.key.value.trim();
+  const id = `${namespace}/${key}`;
+  $("state-error").textContent = "";
+  if (watched.has(id)) return;
+  watched.add(id);
+  const box = el("div", undefined, "watch");
+  box.dataset.watch = id;
+  const head = el("header");
+  const version = el("span", "no value yet", "badge");
+  const close = el("button", "unsubscribe", "small");
+  head.append(el("strong", id), version, close);
+  const versions = el("div", "", "versions");
+  const pre = el("pre", "");
+  box.append(head, versions, pre);
+  const history = [];
+  const handler = (update) => {
+    version.textContent = `v${update.version}`;
+    box.dataset.version = update.version;
+    history.unshift(`v${update.version} ${new Date(update.timestamp * 1000).toLocaleTimeString()}`);
+    history.length = Math.min(history.length, 8);
+    versions.textContent = history.join(" · ");
+    pre.textContent = JSON.stringify(update.value, null, 2);
+  };
+  // registered before subscribing: the server may send the first value before its reply
+  const known = stateHandlers.has(id);
+  if (!known) stateHandlers.set(id, new Set());
+  stateHandlers.get(id).add(handler);
+  if (latestState.has(id)) handler(latestState.get(id));
+  let reply;
+  try {
+    reply = await subscribe(namespace, key);
+  } catch (error) {
+    reply = { subscribed: false, error: { code: "timeout", message: error.message } };
+  }
+  if (!reply.subscribed) {
+    stateHandlers.get(id).delete(handler);
+    if (!known) stateHandlers.delete(id);
+    watched.delete(id);
+    $("state-error").textContent = errorText(reply.error);
+    return;
+  }
+  $("state-watches").prepend(box);
+  close.addEventListener("click", () => {
+    stateHandlers.get(id)?.delete(handler);
+    if (!stateHandlers.get(id)?.size) {
+      stateHandlers.delete(id);
+      latestState.delete(id);
+      socket.emit("unsubscribe_state", { namespace, key });
+    }
+    watched.delete(id);
+    box.remove();
+  });
+});
+
+// -- history and analyses (REST; other parts of HEAN serve them where they have landed) --------
+async function getJson(path) {
+  const response = await fetch(path, { headers: { Authorization: "Bearer " + (sessionStorage.getItem(TOKEN_KEY) || "") } });
+  if (response.status === 404) return { missing: true };
+  if (!response.ok) throw new Error(`HTTP ${response.status}`);
+  return { data: await response.json() };
+}
+
+function table(items) {
+  if (!items.length) return el("p", "nothing found", "muted");
+  const columns = Object.keys(items[0]).filter((k) => typeof items[0][k] !== "object" || items[0][k] === null);
+  const t = el("table");
+  t.append(el("thead"), el("tbody"));
+  t.tHead.append(el("tr"));
+  columns.forEach((c) => t.tHead.rows[0].append(el("th", c)));
+  for (const item of items) {
+    const tr = el("tr");
+    columns.forEach((c) => tr.append(el("td", fmt(item[c]))));
+    t.tBodies[0].append(tr);
+  }
+  return t;
+}
+
+const listOf = (data, key) => (Array.isArray(data) ? data : data?.[key] || data?.items || []);
+
+async function loadHistory() {
+  const form = $("history-form");
+  const query = new URLSearchParams();
+  for (const name of ["symbol", "side", "status"]) if (form[name].value) query.set(name, form[name].value);
+  const body = $("history-body");
+  try {
+    const { missing, data } = await getJson("/api/orders?" + query);
+    body.dataset.available = missing ? "false" : "true";
+    body.replaceChildren(missing ? el("p", "not available: this server has no order history (/api/orders)", "muted")
+      : table(listOf(data, "orders")));
+  } catch (error) {
+    body.replaceChildren(el("p", "order history failed: " + error.message, "bad"));
+  }
+}
+$("history-form").addEventListener("submit", (event) => { event.preventDefault(); loadHistory(); });
+
+function diffView(text) {
+  const pre = el("pre");
+  for (const line of String(text).split("\n")) {
+    const css = line.startsWith("+") && !line.startsWith("+++") ? "diff-add"
+      : line.startsWith("-") && !line.startsWith("---") ? "diff-del" : "";
+    pre.append(el("span", line + "\n", css));
+  }
+  return pre;
+}
+
+async function loadAnalyses() {
+  const body = $("analyses-body");
+  try {
+    const { missing, data } = await getJson("/api/analyses");
+    body.dataset.available = missing ? "false" : "true";
+    if (missing) {
+      body.replaceChildren(el("p", "not available: this server has no error analyses (/api/analyses)", "muted"));
+      return;
+    }
+    const items = listOf(data, "analyses");
+    body.replaceChildren(...(items.length ? items.map((a) => {
+      const box = el("div", undefined, "watch");
+      const applied = a.applied === true ? ["applied", "good"] : a.applied === false ? ["not applied", "warn"] : ["?", ""];
+      box.append(el("header")).firstChild.append(
+        el("strong", a.error_type || a.error || a.id || "analysis"), el("span", applied[0], "badge " + applied[1]),
+        el("span", fmt(a.created_at || a.timestamp), "muted"));
+      if (a.root_cause || a.summary) box.append(el("p", a.root_cause || a.summary));
+      if (a.diff || a.patch) box.append(diffView(a.diff || a.patch));
+      return box;
+    }) : [el("p", "no analyses yet", "muted")]));
+  } catch (error) {
+    body.replaceChildren(el("p", "analyses failed: " + error.message, "bad"));
+  }
+}
+
+// -- start --------------------------------------------------------------------------------------
+const health = new Health();
+const charts = new Charts(feed);
+socket.on("health_pulse", (pulse) => { health.pulse(pulse); charts.addPulse(pulse); });
+
+$("signin-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  sessionStorage.setItem(TOKEN_KEY, $("token-input").value.trim());
+  $("signin").close();
+  setConn("warn", "connecting…");
+  socket.connect();
+});
+$("signout").addEventListener("click", () => {
+  sessionStorage.removeItem(TOKEN_KEY);
+  socket.disconnect();
+  setConn("bad", "signed out");
+  askToken("");
+});
+
+window.heanConsole = { socket, feed, health, charts, send };
+if (takeToken()) {
+  socket.connect();
+} else {
+  setConn("bad", "refused: no token (sign in, or open the URL `hean up` prints, with #token=…)");
+  askToken("no token yet: sign in, or open the URL `hean up` prints (…/#token=…)");
+}
+loadHistory();
+loadAnalyses();
+setInterval(() => { if (socket.connected) { loadAnalyses(); } }, 30000);
