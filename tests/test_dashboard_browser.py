@@ -6,6 +6,7 @@ Screenshots of each view, on a laptop and a phone screen, go to test-artifacts/c
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import statistics
@@ -16,6 +17,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +141,10 @@ def make_browser(tmp_path: Path, size: tuple[int, int]) -> WebDriver:
     for flag in CHROMIUM_FLAGS:
         options.add_argument(flag)
     options.add_argument(f"--window-size={size[0]},{size[1]}")
+    if size[0] < 500:  # a phone's viewport (a desktop window cannot be that narrow)
+        options.add_experimental_option(
+            "mobileEmulation", {"deviceMetrics": {"width": size[0], "height": size[1], "pixelRatio": 2}}
+        )
     options.add_argument(f"--user-data-dir={tmp_path / f'chromium-{size[0]}'}")
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     service = Service(executable_path=CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log"))
@@ -232,7 +238,14 @@ def screenshot(driver: WebDriver, name: str) -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     width = js(driver, "return window.innerWidth")
     path = ARTIFACTS / f"{name}-{width}px.png"
-    assert driver.save_screenshot(str(path))
+    js(driver, "window.scrollTo(0, 0)")
+    size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+    shot = driver.execute_cdp_cmd(
+        "Page.captureScreenshot",
+        {"format": "png", "captureBeyondViewport": True,
+         "clip": {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}},
+    )
+    path.write_bytes(base64.b64decode(shot["data"]))  # the whole page, not only the window
     data = path.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 1000
     for view in VIEWS:
@@ -379,7 +392,7 @@ def test_an_order_from_the_ticket_fills_and_shows_in_feed_and_positions(
     ticket.find_element(By.NAME, "quantity").send_keys("2")
     entry = after(browser, "submit_order", clicker(ticket.find_element(By.CSS_SELECTOR, "button")))
     order = entry["result"]["result"]["order"]
-    assert order["status"] == "FILLED" and order["fill_price"] == "100.5", order
+    assert order["status"] == "FILLED" and Decimal(order["fill_price"]) == Decimal("100.5"), order
     assert "FILLED" in text(browser, "#ticket-result")
     # the feed shows the fill, the positions table the new position with its average price
     cid = order["client_order_id"]
@@ -457,25 +470,27 @@ def test_a_killed_engine_worker_turns_cpp_core_red_then_green(
     def module_status(d: WebDriver, name: str) -> str:
         return str(js(d, f"return document.querySelector(\"#modules tr[data-module='{name}']\")?.dataset.status || ''"))
 
+    def cpp_core(d: WebDriver) -> tuple[str, str]:
+        """cpp_core's status and its cell's colour class, read at once (each pulse redraws them)."""
+        row = "#modules tr[data-module='cpp_core']"
+        return tuple(js(d, f"const r = document.querySelector(\"{row}\"); return [r.dataset.status, r.cells[1].className]"))
+
     wait(browser, lambda d: all(module_status(d, m) for m in MODULES), "a pulse with every module")
-    wait(browser, lambda d: module_status(d, "cpp_core") == "HEALTHY", "cpp_core HEALTHY")
+    wait(browser, lambda d: cpp_core(d) == ("HEALTHY", "good"), "cpp_core HEALTHY, in green")
     wait(browser, lambda d: js(d, "return document.querySelectorAll('#nodes li').length") > 0, "the nodes")
     assert float(js(browser, "return document.getElementById('pulse-age').dataset.ageMs")) < 5000
     screenshot(browser, "health")
 
     stop_engine_worker(system, crash=True)
     try:
-        wait(browser, lambda d: module_status(d, "cpp_core") in ("UNHEALTHY", "DISCONNECTED"), "cpp_core red")
-        cell = "#modules tr[data-module='cpp_core'] td:nth-child(2)"
-        assert js(browser, f"return document.querySelector(\"{cell}\").className") == "bad"
-        assert browser.find_element(By.ID, "banner").is_displayed()
-        assert "cpp_core" in text(browser, "#banner")
+        red = ("UNHEALTHY", "bad"), ("DISCONNECTED", "bad")
+        wait(browser, lambda d: cpp_core(d) in red, "cpp_core red")
+        wait(browser, lambda d: "cpp_core" in text(d, "#banner") and d.find_element(By.ID, "banner").is_displayed(),
+             "the alert banner")
         screenshot(browser, "health-alert")
     finally:
         start_engine_worker(system, logs_dir)
-    wait(browser, lambda d: module_status(d, "cpp_core") == "HEALTHY", "cpp_core green again", timeout=90)
-    cell = "#modules tr[data-module='cpp_core'] td:nth-child(2)"
-    assert js(browser, f"return document.querySelector(\"{cell}\").className") == "good"
+    wait(browser, lambda d: cpp_core(d) == ("HEALTHY", "good"), "cpp_core green again", timeout=90)
     # the sparkline and the pulse chart drew from the pulses
     assert js(browser, "return heanConsole.charts.pulseData[0].length") > 10
     assert severe_errors(browser) == []
@@ -503,28 +518,34 @@ def test_the_page_reconnects_and_resubscribes_after_the_web_process_restarts(
     wait(browser, lambda d: engine_state(d) == "RUNNING", "the state update after the restart")
     entry = press(browser, "stop")
     assert entry["result"]["result"]["state"] == "STOPPED"
-    assert [e for e in severe_errors(browser) if "socket.io" not in e["message"]] == []
+    # only the requests made while the server was away failed; no script error
+    assert [e for e in severe_errors(browser) if "ERR_CONNECTION_REFUSED" not in e["message"]] == []
 
 
-FEED_RATE, FEED_SECONDS = 1000, 5
+#: 1,000 orders a second for 5 seconds, as 100-order `submit_orders` commands 10 times a second
+#: (single-order events at that rate would measure this shared 2-core machine, not the page).
+FEED_RATE, FEED_SECONDS, FEED_BATCH = 1000, 5, 100
 
 
-def send_orders(url: str, token: str, symbol: str, rate: int, seconds: float) -> int:
-    """Send `rate` single `submit_order` events a second for `seconds` (no waiting for acks)."""
+def send_orders(url: str, token: str, symbol: str) -> int:
+    """Send FEED_RATE orders a second for FEED_SECONDS; returns how many, once all are acked."""
     client = Client(url, token)
-    sent = 0
+    sent = commands = 0
     try:
         started = time.monotonic()
-        while sent < rate * seconds:
-            due = int((time.monotonic() - started) * rate) + 1
-            while sent < min(due, rate * seconds):
-                order = {"client_order_id": f"load-{symbol}-{sent}", "symbol": symbol, "side": "BUY",
-                         "quantity": "1", "order_type": "LIMIT", "price": "50", "time_in_force": "IOC"}
-                client.sio.emit("command", {"command": "submit_order", "params": order})
-                sent += 1
-            time.sleep(0.002)
+        while sent < FEED_RATE * FEED_SECONDS:
+            if sent < (time.monotonic() - started) * FEED_RATE:
+                orders = [
+                    {"client_order_id": f"load-{symbol}-{sent + i}", "symbol": symbol, "side": "BUY",
+                     "quantity": "1", "order_type": "LIMIT", "price": "50", "time_in_force": "IOC"}
+                    for i in range(FEED_BATCH)
+                ]  # IOC below the market: each expires at once, leaving no position behind
+                client.sio.emit("command", {"command": "submit_orders", "params": {"orders": orders}})
+                sent, commands = sent + FEED_BATCH, commands + 1
+            time.sleep(0.005)
+        wait_for(lambda: client.acks.qsize() >= commands, 120, "the acks of every order")
+        assert all(client.acks.get()["accepted"] for _ in range(commands))
     finally:
-        time.sleep(1)
         client.close()
     return sent
 
@@ -541,15 +562,14 @@ def test_a_feed_of_1000_orders_a_second_keeps_the_page_responsive(
     js(browser, """window.frameTimes = []; let last = performance.now();
                    const tick = (now) => { frameTimes.push(now - last); last = now; requestAnimationFrame(tick); };
                    requestAnimationFrame(tick);""")
-    sent = send_orders(str(system["url"]), str(system["token"]), symbol, FEED_RATE, FEED_SECONDS)
+    sent = send_orders(str(system["url"]), str(system["token"]), symbol)
     total = base + sent
-    wait(browser, lambda d: js(d, "return heanConsole.feed.totals.orders") >= total, "every order in the feed", timeout=180)
+    wait(browser, lambda d: js(d, "return heanConsole.feed.totals.orders") >= total, "every order in the feed", timeout=120)
     frames = [float(f) for f in js(browser, "const f = frameTimes; frameTimes = []; return f")]
     # the feed table stays capped, the counters are exact, and the page kept painting
     wait(browser, lambda d: int(js(d, "return document.getElementById('feed-counts').dataset.orders")) >= total, "counts")
     assert js(browser, "return document.querySelectorAll('#feed tbody tr').length") <= 100
-    assert js(browser, "return heanConsole.feed.reasons.size") >= 0
-    assert "EXPIRED" in text(browser, "#feed tbody")
+    assert "100 expired" in text(browser, "#feed tbody")
     frames.sort()
     figures = {
         "orders": sent,
@@ -578,6 +598,7 @@ def test_the_console_fits_a_phone_screen(
     try:
         connected(phone, system)
         wait(phone, lambda d: js(d, "return document.querySelectorAll('#modules tr[data-module]').length") > 0, "pulse")
+        assert js(phone, "return window.innerWidth") == PHONE[0]
         # nothing wider than the screen: no sideways scrolling of the page
         assert js(phone, "return document.documentElement.scrollWidth <= window.innerWidth + 1")
         for view in VIEWS:

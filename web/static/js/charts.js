@@ -5,12 +5,22 @@ import uPlot from "../vendor/uplot@1.6.32/uPlot.esm.js";
 const KEEP_POINTS = 900;
 const COLOURS = ["#4aa3ff", "#2fbf71", "#ef5350", "#e0a526", "#b388ff", "#4dd0e1", "#ff8a65"];
 
+/** A "waiting for data" note over an empty chart, removed by `shown(el)`. */
+function waiting(el, note) {
+  const p = document.createElement("p");
+  p.className = "muted nodata";
+  p.textContent = note;
+  el.prepend(p);
+}
+const shown = (el) => el.querySelector(".nodata")?.remove();
+
 function makeChart(el, series, yLabel) {
   const opts = {
     width: Math.max(el.clientWidth, 200),
     height: 180,
     legend: { live: false },
-    scales: { x: { time: true } },
+    // one point alone would stretch the time axis over years: show a minute either side
+    scales: { x: { time: true, range: (u, min, max) => (max - min < 1 ? [min - 60, max + 60] : [min, max]) } },
     axes: [
       { stroke: "#8896a5", grid: { stroke: "#2a3440" }, ticks: { stroke: "#2a3440" } },
       { stroke: "#8896a5", grid: { stroke: "#2a3440" }, ticks: { stroke: "#2a3440" }, label: yLabel, size: 60 },
@@ -19,7 +29,11 @@ function makeChart(el, series, yLabel) {
   };
   const data = [[], ...series.map(() => [])];
   const chart = new uPlot(opts, data, el);
-  new ResizeObserver(() => chart.setSize({ width: Math.max(el.clientWidth, 200), height: 180 })).observe(el);
+  let width = opts.width;
+  new ResizeObserver(() => {  // follow the card's width (only: a redraw must not resize again)
+    const now = Math.max(el.clientWidth, 200);
+    if (now !== width) { width = now; chart.setSize({ width, height: 180 }); }
+  }).observe(el);
   return chart;
 }
 
@@ -66,6 +80,8 @@ export class Charts {
     this.latency = makeChart(document.getElementById("chart-latency"),
       ["ack p50", "ack p99", "result p50", "result p99"], "ms");
     this.pulseEl = document.getElementById("chart-pulse");
+    waiting(this.pulseEl, "no pulse yet");
+    waiting(document.getElementById("chart-latency"), "waiting for two scrapes of /metrics with commands between them");
     this.pulse = null;
     this.modules = [];
     this.equityData = [[], []];
@@ -74,7 +90,7 @@ export class Charts {
     this.lastScrape = null;
     this.dirty = new Set();
     setInterval(() => this.draw(), 1000);
-    setInterval(() => this.scrape(), 5000);
+    setInterval(() => this.scrape(), 3000);
   }
 
   addEquity(at, equity) {
@@ -130,7 +146,10 @@ export class Charts {
     const series = this.feed.series().slice(-KEEP_POINTS);
     this.rates.setData([0, 1, 2, 3].map((i) => series.map((row) => row[i])));
     if (this.dirty.has("equity")) this.equity.setData(this.equityData);
-    if (this.dirty.has("latency")) this.latency.setData(this.latencyData);
+    if (this.dirty.has("latency")) {
+      this.latency.setData(this.latencyData);
+      if (this.latencyData[1].some((v) => v !== null)) shown(document.getElementById("chart-latency"));
+    }
     if (this.dirty.has("pulse") && this.pulse) this.pulse.setData(this.pulseData);
     this.dirty.clear();
   }

@@ -19,7 +19,9 @@ const el = (tag, text, css) => {
   if (css) node.className = css;
   return node;
 };
-const fmt = (value) => (value === null || value === undefined ? "–" : String(value));
+// Decimals arrive as exact strings ("10000.00000000"): shown without the trailing zeros.
+const trim = (text) => (/^-?\d+\.\d+$/.test(text) ? text.replace(/\.?0+$/, "") : text);
+const fmt = (value) => (value === null || value === undefined ? "–" : trim(String(value)));
 
 // -- sign-in ------------------------------------------------------------------------------------
 // The token comes from the URL fragment (never sent to the server by the browser) or the sign-in
@@ -73,6 +75,7 @@ function subscribe(namespace, key) {
 }
 
 socket.on("connect", () => {
+  connection.connects += 1;
   setConn("good", "connected");
   $("signin").open && $("signin").close();
   // a new connection (first, or after the web process restarted) has no subscriptions yet
@@ -90,7 +93,9 @@ socket.on("connect_error", (error) => {
     setConn("warn", "reconnecting…");
   }
 });
+const connection = { connects: 0, disconnects: [] };
 socket.on("disconnect", (reason) => {
+  connection.disconnects.push(reason);
   setConn("warn", "reconnecting…");
   if (reason === "io server disconnect") socket.connect();  // dropped by the server: come back
 });
@@ -266,7 +271,7 @@ function renderRiskForm(schema) {
     input.inputMode = "decimal";
     if (b[0] !== undefined) input.min = b[0];
     if (b[2] !== undefined) input.max = b[2];
-    input.value = riskLimits[name] ?? "";
+    input.value = fmt(riskLimits[name] ?? "");
     input.dataset.current = input.value;
     const range = `${b[0] ?? "−∞"} ${b[1] ? "≤" : "<"} x ${b[3] ? "≤" : "<"} ${b[2] ?? "∞"}${b[4] ? ", whole" : ""}`;
     label.append(input, el("span", range, "bounds muted"));
@@ -277,10 +282,9 @@ function renderRiskForm(schema) {
 onState("system", "risk_limits", (update) => {
   riskLimits = update.value || {};
   document.querySelectorAll("#risk-fields input").forEach((input) => {
-    if (input.value === input.dataset.current && riskLimits[input.name] !== undefined) {
-      input.value = riskLimits[input.name];
-    }
-    input.dataset.current = riskLimits[input.name] ?? "";
+    const current = riskLimits[input.name] === undefined ? "" : fmt(riskLimits[input.name]);
+    if (input.value === input.dataset.current) input.value = current;  // not being edited
+    input.dataset.current = current;
   });
 });
 
@@ -342,8 +346,8 @@ ticket.addEventListener("submit", async (event) => {
     const order = result.result.order;
     out.className = order.status === "REJECTED" ? "bad" : "good";
     out.dataset.status = order.status;
-    out.textContent = `${order.client_order_id}: ${order.status} ${order.filled_quantity}`
-      + (order.fill_price ? ` @ ${order.fill_price}` : "") + ` (fee ${order.fee})`;
+    out.textContent = `${order.client_order_id}: ${order.status} ${fmt(order.filled_quantity)}`
+      + (order.fill_price ? ` @ ${fmt(order.fill_price)}` : "") + ` (fee ${fmt(order.fee)})`;
   }
 });
 
@@ -372,7 +376,8 @@ onState("system", "open_orders", (update) => {
     const cancel = el("button", "cancel", "small");
     cancel.disabled = !socket.connected;
     cancel.addEventListener("click", () => send("cancel_order", { client_order_id: order.client_order_id }));
-    tr.append(el("td")).lastChild.append(cancel);
+    tr.append(el("td"));
+    tr.lastChild.append(cancel);
     return tr;
   }));
 });
@@ -514,7 +519,9 @@ async function loadAnalyses() {
     body.replaceChildren(...(items.length ? items.map((a) => {
       const box = el("div", undefined, "watch");
       const applied = a.applied === true ? ["applied", "good"] : a.applied === false ? ["not applied", "warn"] : ["?", ""];
-      box.append(el("header")).firstChild.append(
+      const head = el("header");
+      box.append(head);
+      head.append(
         el("strong", a.error_type || a.error || a.id || "analysis"), el("span", applied[0], "badge " + applied[1]),
         el("span", fmt(a.created_at || a.timestamp), "muted"));
       if (a.root_cause || a.summary) box.append(el("p", a.root_cause || a.summary));
@@ -545,7 +552,7 @@ $("signout").addEventListener("click", () => {
   askToken("");
 });
 
-window.heanConsole = { socket, feed, health, charts, send };
+window.heanConsole = { socket, feed, health, charts, send, connection };
 if (takeToken()) {
   socket.connect();
 } else {

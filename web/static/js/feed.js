@@ -18,6 +18,8 @@ class RecentIds {
   }
 }
 
+const trim = (text) => (/^-?\d+\.\d+$/.test(String(text)) ? String(text).replace(/\.?0+$/, "") : text);
+
 const rejectReason = (error) => {
   // single orders fail with a code, and the core's reason at the end of the message
   const match = /rejected: ([A-Z_]+)/.exec(error.message || "");
@@ -58,12 +60,12 @@ export class Feed {
       for (const order of body.results || []) this.order(order, false);
       const first = (body.results || [])[0];
       this.row("batch", first ? `${first.client_order_id} …` : "",
-        `${body.count} orders: ${body.filled} filled, ${body.resting} resting, ${body.rejected} rejected`, "");
+        `${body.count} orders: ${body.filled} filled, ${body.resting} resting, ${body.expired} expired, ${body.rejected} rejected`, "");
     } else if (command === "update_market") {
       if (!result.success) return;
       for (const fill of result.result.fills || []) {
         this.count("fills");
-        this.row("fill", fill.client_order_id, `${fill.side} ${fill.quantity} ${fill.symbol} @ ${fill.price}`, "good");
+        this.row("fill", fill.client_order_id, `${fill.side} ${trim(fill.quantity)} ${fill.symbol} @ ${trim(fill.price)}`, "good");
       }
     } else if (command === "cancel_order") {
       if (!result.success) return;
@@ -83,9 +85,9 @@ export class Feed {
     }
     if (order.status === "FILLED") this.count("fills");
     if (withRow) {
-      const price = order.fill_price ? ` @ ${order.fill_price}` : "";
+      const price = order.fill_price ? ` @ ${trim(order.fill_price)}` : "";
       this.row(order.status === "FILLED" ? "fill" : "order", order.client_order_id,
-        `${order.status} ${order.filled_quantity}${price}`, order.status === "FILLED" ? "good" : "");
+        `${order.status} ${trim(order.filled_quantity)}${price}`, order.status === "FILLED" ? "good" : "");
     }
   }
 
