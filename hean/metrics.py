@@ -75,7 +75,8 @@ UNJOURNALED_ACKS = Gauge(
     multiprocess_mode="livesum",
 )
 LLM_CALLS = Counter(
-    "hean_llm_calls", "Calls to the LLM provider, by provider, model and outcome.",
+    "hean_llm_calls",
+    "Calls to the LLM provider, by provider, model and outcome.",
     ["provider", "model", "outcome"],
 )
 LLM_TOKENS = Counter(

@@ -11,7 +11,6 @@ import json
 import os
 import statistics
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -120,7 +119,11 @@ def roomy_limits(system: dict[str, Any]) -> Iterator[Client]:
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         before = json.load(response)["value"]
-    run(client, "risk_adjust", {"max_open_positions": 10_000, "max_open_orders": 100_000, "max_orders_per_second": 0})
+    run(
+        client,
+        "risk_adjust",
+        {"max_open_positions": 10_000, "max_open_orders": 100_000, "max_orders_per_second": 0},
+    )
     try:
         yield client
     finally:
@@ -184,7 +187,11 @@ def connected(driver: WebDriver, system: dict[str, Any]) -> None:
     open_console(driver, system)
     wait(driver, lambda d: text(d, "#conn") == "connected", "the page to connect")
     # the risk form is built from list_commands: the page's first command has come back
-    wait(driver, lambda d: js(d, "return document.querySelectorAll('#risk-fields input').length") > 0, "the risk form")
+    wait(
+        driver,
+        lambda d: js(d, "return document.querySelectorAll('#risk-fields input').length") > 0,
+        "the risk form",
+    )
 
 
 def log_entries(driver: WebDriver) -> list[dict[str, Any]]:
@@ -201,9 +208,9 @@ def log_entries(driver: WebDriver) -> list[dict[str, Any]]:
 
 def finished(driver: WebDriver, command: str, seen: set[str]) -> dict[str, Any] | None:
     for entry in log_entries(driver):
-        if entry["command"] == command and entry["request_id"] not in seen and entry["css"] != "pending":
-            if entry["result"] is not None or (entry["ack"] and not entry["ack"]["accepted"]):
-                return entry
+        new = entry["command"] == command and entry["request_id"] not in seen and entry["css"] != "pending"
+        if new and (entry["result"] is not None or (entry["ack"] and not entry["ack"]["accepted"])):
+            return entry
     return None
 
 
@@ -242,8 +249,11 @@ def screenshot(driver: WebDriver, name: str) -> Path:
     size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
     shot = driver.execute_cdp_cmd(
         "Page.captureScreenshot",
-        {"format": "png", "captureBeyondViewport": True,
-         "clip": {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}},
+        {
+            "format": "png",
+            "captureBeyondViewport": True,
+            "clip": {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1},
+        },
     )
     path.write_bytes(base64.b64decode(shot["data"]))  # the whole page, not only the window
     data = path.read_bytes()
@@ -265,8 +275,11 @@ def severe_errors(driver: WebDriver) -> list[dict[str, Any]]:
         entry
         for entry in driver.get_log("browser")
         if entry["level"] == "SEVERE"
-        and not (entry["source"] == "network" and "404" in entry["message"]
-                 and any(path in entry["message"] for path in EXPECTED_404))
+        and not (
+            entry["source"] == "network"
+            and "404" in entry["message"]
+            and any(path in entry["message"] for path in EXPECTED_404)
+        )
     ]
 
 
@@ -280,14 +293,21 @@ def test_sign_in_start_pause_kill_and_see_every_ack_and_result(
     wait(browser, lambda d: text(d, "#conn") == "connected", "the page to reconnect after a reload")
     wait(browser, lambda d: engine_state(d) == "STOPPED", "the engine state")
 
-    for command, state in (("start", "RUNNING"), ("pause", "STOPPED"), ("resume", "RUNNING"), ("stop", "STOPPED")):
+    for command, state in (
+        ("start", "RUNNING"),
+        ("pause", "STOPPED"),
+        ("resume", "RUNNING"),
+        ("stop", "STOPPED"),
+    ):
         entry = press(browser, command)
         assert entry["ack"]["accepted"] is True and entry["ack"]["ack_time_ms"] >= 0, entry
         assert entry["css"] == "good" and entry["result"]["success"] is True, entry
         assert entry["result"]["result"]["state"] == state
         assert "ack" in entry["text"] and state in entry["text"]  # shown, not only stored
         wait(browser, lambda d, state=state: engine_state(d) == state, f"the engine view to show {state}")
-    account = js(browser, "return [...document.querySelectorAll('#account [data-field]')].map(d => d.dataset.field)")
+    account = js(
+        browser, "return [...document.querySelectorAll('#account [data-field]')].map(d => d.dataset.field)"
+    )
     assert {"equity", "realized_pnl", "unrealized_pnl", "fees", "drawdown_pct", "leverage"} <= set(account)
 
     # the kill switch asks first: cancelling sends nothing
@@ -324,13 +344,25 @@ def test_sign_in_start_pause_kill_and_see_every_ack_and_result(
     form.find_element(By.NAME, "key").send_keys("engine")
     clicker(form.find_element(By.CSS_SELECTOR, "button"))()
     watch = "#state-watches [data-watch='system/engine']"
-    version = int(wait(browser, lambda d: js(d, f"return document.querySelector(\"{watch}\")?.dataset.version"), "a watch"))
+    version = int(
+        wait(
+            browser, lambda d: js(d, f'return document.querySelector("{watch}")?.dataset.version'), "a watch"
+        )
+    )
     press(browser, "start")
-    wait(browser, lambda d: int(js(d, f"return document.querySelector(\"{watch}\").dataset.version")) > version, "v+1")
+    wait(
+        browser,
+        lambda d: int(js(d, f'return document.querySelector("{watch}").dataset.version')) > version,
+        "v+1",
+    )
     assert '"state": "RUNNING"' in text(browser, watch + " pre")
 
     # order history and analyses are other parts' work: clearly "not available" until they land
-    wait(browser, lambda d: js(d, "return document.getElementById('history-body').dataset.available"), "history")
+    wait(
+        browser,
+        lambda d: js(d, "return document.getElementById('history-body').dataset.available"),
+        "history",
+    )
     for body, path in (("history-body", "/api/orders"), ("analyses-body", "/api/analyses")):
         try:
             urllib.request.urlopen(str(system["url"]) + path, timeout=5)
@@ -398,8 +430,8 @@ def test_an_order_from_the_ticket_fills_and_shows_in_feed_and_positions(
     cid = order["client_order_id"]
     wait(browser, lambda d: cid in text(d, "#feed tbody"), "the fill in the feed")
     row = f"#positions tr[data-symbol='{symbol}']"
-    wait(browser, lambda d: js(d, f"return !!document.querySelector(\"{row}\")"), "the position")
-    cells = js(browser, f"return [...document.querySelector(\"{row}\").cells].map(c => c.textContent)")
+    wait(browser, lambda d: js(d, f'return !!document.querySelector("{row}")'), "the position")
+    cells = js(browser, f'return [...document.querySelector("{row}").cells].map(c => c.textContent)')
     assert cells[:3] == [symbol, "2", "100.5"], cells
 
     # a resting limit order shows among the open orders, and its cancel button cancels it
@@ -410,12 +442,12 @@ def test_an_order_from_the_ticket_fills_and_shows_in_feed_and_positions(
     resting = entry["result"]["result"]["order"]
     assert resting["status"] == "RESTING", resting
     open_row = f"#open-orders tr[data-client-order-id='{resting['client_order_id']}']"
-    wait(browser, lambda d: js(d, f"return !!document.querySelector(\"{open_row}\")"), "the open order")
+    wait(browser, lambda d: js(d, f'return !!document.querySelector("{open_row}")'), "the open order")
     screenshot(browser, "orders")
     cancel = browser.find_element(By.CSS_SELECTOR, open_row + " button")
     entry = after(browser, "cancel_order", clicker(cancel))
     assert entry["result"]["success"], entry
-    wait(browser, lambda d: not js(d, f"return !!document.querySelector(\"{open_row}\")"), "the order to go")
+    wait(browser, lambda d: not js(d, f'return !!document.querySelector("{open_row}")'), "the order to go")
 
     # a bad price comes back from the server and shows at its field
     ticket.find_element(By.NAME, "price").clear()
@@ -458,7 +490,10 @@ def test_a_risk_limit_out_of_bounds_shows_the_servers_error_at_its_field(
     entry = after(browser, "risk_adjust", clicker(form.find_element(By.CSS_SELECTOR, "button[type=submit]")))
     assert entry["ack"]["accepted"] is True and entry["result"]["success"] is False, entry
     field_name = entry["result"]["error"]["field"].removeprefix("params.")
-    assert text(browser, f"#risk-form .field-error[data-for='{field_name}']") == entry["result"]["error"]["message"]
+    assert (
+        text(browser, f"#risk-form .field-error[data-for='{field_name}']")
+        == entry["result"]["error"]["message"]
+    )
     assert severe_errors(browser) == []
 
 
@@ -468,12 +503,22 @@ def test_a_killed_engine_worker_turns_cpp_core_red_then_green(
     connected(browser, system)
 
     def module_status(d: WebDriver, name: str) -> str:
-        return str(js(d, f"return document.querySelector(\"#modules tr[data-module='{name}']\")?.dataset.status || ''"))
+        return str(
+            js(
+                d,
+                f"return document.querySelector(\"#modules tr[data-module='{name}']\")?.dataset.status || ''",
+            )
+        )
 
     def cpp_core(d: WebDriver) -> tuple[str, str]:
         """cpp_core's status and its cell's colour class, read at once (each pulse redraws them)."""
         row = "#modules tr[data-module='cpp_core']"
-        return tuple(js(d, f"const r = document.querySelector(\"{row}\"); return [r.dataset.status, r.cells[1].className]"))
+        return tuple(
+            js(
+                d,
+                f'const r = document.querySelector("{row}"); return [r.dataset.status, r.cells[1].className]',
+            )
+        )
 
     wait(browser, lambda d: all(module_status(d, m) for m in MODULES), "a pulse with every module")
     wait(browser, lambda d: cpp_core(d) == ("HEALTHY", "good"), "cpp_core HEALTHY, in green")
@@ -485,8 +530,11 @@ def test_a_killed_engine_worker_turns_cpp_core_red_then_green(
     try:
         red = ("UNHEALTHY", "bad"), ("DISCONNECTED", "bad")
         wait(browser, lambda d: cpp_core(d) in red, "cpp_core red")
-        wait(browser, lambda d: "cpp_core" in text(d, "#banner") and d.find_element(By.ID, "banner").is_displayed(),
-             "the alert banner")
+        wait(
+            browser,
+            lambda d: "cpp_core" in text(d, "#banner") and d.find_element(By.ID, "banner").is_displayed(),
+            "the alert banner",
+        )
         screenshot(browser, "health-alert")
     finally:
         start_engine_worker(system, logs_dir)
@@ -507,7 +555,9 @@ def test_the_page_reconnects_and_resubscribes_after_the_web_process_restarts(
     processes.remove(web)
     wait(browser, lambda d: text(d, "#conn") == "reconnecting…", "the page to notice")
     spec = next(s for s in PROCESSES if s.name == "web")
-    processes.append(ManagedProcess(f"web-{uuid.uuid4().hex[:6]}", spec.argv(sys.executable), system["env"], logs_dir))
+    processes.append(
+        ManagedProcess(f"web-{uuid.uuid4().hex[:6]}", spec.argv(sys.executable), system["env"], logs_dir)
+    )
     wait(browser, lambda d: text(d, "#conn") == "connected", "the page to reconnect", timeout=90)
     # resubscribed: a change made by another client shows up
     client = Client(str(system["url"]), str(system["token"]))
@@ -536,8 +586,15 @@ def send_orders(url: str, token: str, symbol: str) -> int:
         while sent < FEED_RATE * FEED_SECONDS:
             if sent < (time.monotonic() - started) * FEED_RATE:
                 orders = [
-                    {"client_order_id": f"load-{symbol}-{sent + i}", "symbol": symbol, "side": "BUY",
-                     "quantity": "1", "order_type": "LIMIT", "price": "50", "time_in_force": "IOC"}
+                    {
+                        "client_order_id": f"load-{symbol}-{sent + i}",
+                        "symbol": symbol,
+                        "side": "BUY",
+                        "quantity": "1",
+                        "order_type": "LIMIT",
+                        "price": "50",
+                        "time_in_force": "IOC",
+                    }
                     for i in range(FEED_BATCH)
                 ]  # IOC below the market: each expires at once, leaving no position behind
                 client.sio.emit("command", {"command": "submit_orders", "params": {"orders": orders}})
@@ -556,18 +613,32 @@ def test_a_feed_of_1000_orders_a_second_keeps_the_page_responsive(
     symbol = "LD" + uuid.uuid4().hex[:6].upper()
     connected(browser, system)
     press(browser, "start")
-    assert run(roomy_limits, "update_market", {"symbol": symbol, "bid": "100", "ask": "100.5", "last": "100.2"})["success"]
+    assert run(
+        roomy_limits, "update_market", {"symbol": symbol, "bid": "100", "ask": "100.5", "last": "100.2"}
+    )["success"]
     base = int(js(browser, "return heanConsole.feed.totals.orders"))
     # every animation frame's duration, from now on
-    js(browser, """window.frameTimes = []; let last = performance.now();
-                   const tick = (now) => { frameTimes.push(now - last); last = now; requestAnimationFrame(tick); };
-                   requestAnimationFrame(tick);""")
+    js(
+        browser,
+        """window.frameTimes = []; let last = performance.now();
+        const tick = (now) => { frameTimes.push(now - last); last = now; requestAnimationFrame(tick); };
+        requestAnimationFrame(tick);""",
+    )
     sent = send_orders(str(system["url"]), str(system["token"]), symbol)
     total = base + sent
-    wait(browser, lambda d: js(d, "return heanConsole.feed.totals.orders") >= total, "every order in the feed", timeout=120)
+    wait(
+        browser,
+        lambda d: js(d, "return heanConsole.feed.totals.orders") >= total,
+        "every order in the feed",
+        timeout=120,
+    )
     frames = [float(f) for f in js(browser, "const f = frameTimes; frameTimes = []; return f")]
     # the feed table stays capped, the counters are exact, and the page kept painting
-    wait(browser, lambda d: int(js(d, "return document.getElementById('feed-counts').dataset.orders")) >= total, "counts")
+    wait(
+        browser,
+        lambda d: int(js(d, "return document.getElementById('feed-counts').dataset.orders")) >= total,
+        "counts",
+    )
     assert js(browser, "return document.querySelectorAll('#feed tbody tr').length") <= 100
     assert "100 expired" in text(browser, "#feed tbody")
     frames.sort()
@@ -597,7 +668,11 @@ def test_the_console_fits_a_phone_screen(
     phone = make_browser(tmp_path, PHONE)
     try:
         connected(phone, system)
-        wait(phone, lambda d: js(d, "return document.querySelectorAll('#modules tr[data-module]').length") > 0, "pulse")
+        wait(
+            phone,
+            lambda d: js(d, "return document.querySelectorAll('#modules tr[data-module]').length") > 0,
+            "pulse",
+        )
         assert js(phone, "return window.innerWidth") == PHONE[0]
         # nothing wider than the screen: no sideways scrolling of the page
         assert js(phone, "return document.documentElement.scrollWidth <= window.innerWidth + 1")
