@@ -231,14 +231,24 @@ class SystemCollector(Collector):
         yield from (up, depth, lengths)
 
 
+class _HeanSeries(Collector):
+    """Every process's hean_* series from the multiprocess directory. Flower writes its own
+    series there too (it inherits the directory); they are served by Flower's /metrics."""
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client import multiprocess
+
+        for family in multiprocess.MultiProcessCollector(None).collect():
+            if family.name.startswith("hean_"):
+                yield family
+
+
 def render(extra: Collector | None = None) -> bytes:
     """The text exposition of every process's series (multiprocess mode) or this process's,
     plus `extra`."""
     if multiprocess_dir():
-        from prometheus_client import multiprocess
-
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        registry.register(_HeanSeries())
         text = generate_latest(registry)
     else:
         from prometheus_client import REGISTRY

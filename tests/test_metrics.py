@@ -1,0 +1,226 @@
+"""Prometheus: the web process's `/metrics` merges every HEAN process's series (multiprocess
+mode), Flower's `/metrics` keeps the Celery task series, and both move when orders flow. Flower
+runs as `hean up` runs it (127.0.0.1, basic auth from the token) and its REST API sees every
+worker and the tasks of each queue. Real processes only."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from hean.processes import PROCESSES
+from hean.redis_server import free_port
+from support import Client, ManagedProcess, http_ok, wait_for
+
+FLOWER_USER = "hean"
+
+
+@pytest.fixture(scope="module")
+def flower(system: dict[str, Any], logs_dir: Path) -> Iterator[dict[str, Any]]:
+    """The pulse worker, beat and Flower joined to the shared system; Flower configured as
+    `hean up` configures it (hean/launcher.py)."""
+    port = free_port()
+    specs = {spec.name: spec for spec in PROCESSES}
+    env = dict(
+        system["env"],
+        FLOWER_ADDRESS="127.0.0.1",
+        FLOWER_PORT=str(port),
+        FLOWER_BASIC_AUTH=f"{FLOWER_USER}:{system['token']}",
+    )
+    started = [
+        ManagedProcess(f"{name}-metrics", specs[name].argv(sys.executable), env, logs_dir)
+        for name in ("worker-pulse", "beat", "flower")
+    ]
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: flower_get(url, "/api/workers", str(system["token"])) is not None, 90, "Flower")
+        yield {"url": url, "token": system["token"]}
+    finally:
+        for process in started:
+            process.stop()
+
+
+def flower_get(url: str, path: str, password: str, raw: bool = False) -> Any:
+    auth = base64.b64encode(f"{FLOWER_USER}:{password}".encode()).decode()
+    request = urllib.request.Request(url + path, headers={"Authorization": f"Basic {auth}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            body = response.read()
+    except (urllib.error.URLError, OSError):
+        return None
+    return body.decode() if raw else json.loads(body)
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a Prometheus endpoint: (name, sorted labels) -> value."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = response.read().decode()
+    return samples(text)
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def total(found: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
+    """The sum of `name`'s samples whose labels include `labels`."""
+    return sum(
+        value
+        for (sample, sample_labels), value in found.items()
+        if sample == name and set(labels.items()) <= set(sample_labels)
+    )
+
+
+def run(client: Client, command: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    request_id = uuid.uuid4().hex
+    assert client.command({"command": command, "params": params or {}, "request_id": request_id})["accepted"]
+    return client.result_for(request_id)
+
+
+def flow_orders(system: dict[str, Any]) -> str:
+    """Start the engine, give a new symbol a market, and send orders that fill, expire and are
+    rejected (below the minimum notional); stop the engine again. Returns the symbol."""
+    symbol = "PM" + uuid.uuid4().hex[:6].upper()
+    client = Client(str(system["url"]), str(system["token"]))
+    try:
+        run(client, "reset_kill_switch")
+        assert run(client, "start")["success"]
+        market = {"symbol": symbol, "bid": "100", "ask": "100.5", "last": "100.2"}
+        assert run(client, "update_market", market)["success"]
+        base = {"symbol": symbol, "side": "BUY", "quantity": "1"}
+        orders = [
+            {
+                **base,
+                "client_order_id": f"{symbol}-ioc-{i}",
+                "order_type": "LIMIT",
+                "price": "50",
+                "time_in_force": "IOC",
+            }
+            for i in range(20)
+        ]
+        orders.append(
+            {**base, "client_order_id": f"{symbol}-tiny", "quantity": "0.001", "order_type": "MARKET"}
+        )
+        result = run(client, "submit_orders", {"orders": orders})
+        assert result["success"] and result["result"]["expired"] == 20 and result["result"]["rejected"] == 1
+        filled = run(
+            client, "submit_order", {**base, "client_order_id": f"{symbol}-fill", "order_type": "MARKET"}
+        )
+        assert filled["result"]["order"]["status"] == "FILLED"
+        run(
+            client,
+            "submit_order",
+            {**base, "client_order_id": f"{symbol}-sell", "side": "SELL", "order_type": "MARKET"},
+        )
+        assert run(client, "stop")["success"]
+    finally:
+        client.close()
+    return symbol
+
+
+def test_metrics_merge_every_process_and_move_when_orders_flow(
+    system: dict[str, Any], flower: dict[str, Any]
+) -> None:
+    metrics_url = str(system["url"]) + "/metrics"
+    wait_for(lambda: total(scrape(metrics_url), "hean_pulses_total") > 0, 30, "a pulse in /metrics")
+    before = scrape(metrics_url)
+    flow_orders(system)
+
+    def moved() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
+        after = scrape(metrics_url)
+        done = total(after, "hean_commands_total", command="stop") > total(
+            before, "hean_commands_total", command="stop"
+        )
+        return after if done else None
+
+    after = wait_for(moved, 30, "the commands in /metrics")
+    assert isinstance(after, dict)
+
+    def grew(name: str, **labels: str) -> float:
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    # the engine worker: orders by outcome, rejects by reason, fills
+    assert grew("hean_orders_total", status="EXPIRED") >= 20
+    assert grew("hean_orders_total", status="FILLED") >= 2
+    assert grew("hean_order_rejects_total", reason="MIN_NOTIONAL") >= 1
+    assert grew("hean_fills_total") >= 2
+    # the workers: commands by name and code; the batch's latency, per queue
+    assert grew("hean_commands_total", command="submit_orders", code="ok") >= 1
+    assert grew("hean_commands_total", command="start", code="ok") >= 1
+    assert grew("hean_submit_to_result_seconds_count", queue="engine") >= 1
+    # the web process: commands enqueued and the ack histogram
+    assert grew("hean_commands_enqueued_total", queue="engine") >= 6
+    assert grew("hean_ack_seconds_count") >= 1
+    assert total(after, "hean_ack_seconds_bucket", le="+Inf") == total(after, "hean_ack_seconds_count")
+    # the state bus, the pulse (per module), the queues and the engine log, read at scrape time
+    assert grew("hean_state_updates_total") >= 1
+    for module in ("cpp_core", "redis", "db", "exchange_api", "frontend_socket", "workers"):
+        assert ("hean_pulse_status", (("module", module),)) in after
+        assert ("hean_pulse_latency_seconds", (("module", module),)) in after
+    assert total(after, "hean_redis_up") == 1
+    for queue in ("engine", "pulse", "llm", "default"):
+        assert ("hean_queue_depth", (("queue", queue),)) in after
+    assert ("hean_redis_length", (("key", "engine_log"),)) in after
+    # Flower's series stay in Flower's /metrics
+    assert not any(name.startswith("flower_") for name, _ in after)
+
+    # Flower's own /metrics: the Celery task series, moved by the same orders
+    flower_text = flower_get(flower["url"], "/metrics", str(flower["token"]), raw=True)
+    flower_samples = samples(flower_text)
+    received = total(
+        flower_samples, "flower_events_total", task="workers.engine.run_batch", type="task-received"
+    )
+    assert received >= 1
+    assert (
+        total(flower_samples, "flower_events_total", task="workers.engine.run_batch", type="task-succeeded")
+        >= 1
+    )
+
+
+def test_flower_sees_every_worker_and_the_tasks_of_each_queue(
+    system: dict[str, Any], flower: dict[str, Any]
+) -> None:
+    url, token = flower["url"], str(flower["token"])
+    # Flower answers only with the token as password; and only on the loopback
+    assert flower_get(url, "/api/workers", "not-the-token") is None
+    assert flower["url"].startswith("http://127.0.0.1:")
+    assert not http_ok(url + "/api/workers")  # no credentials: 401
+    flow_orders(system)
+    client = Client(str(system["url"]), str(system["token"]))
+    try:
+        assert run(client, "list_commands")["success"]  # the default queue (llm worker)
+    finally:
+        client.close()
+
+    def seen() -> dict[str, set[str]] | None:
+        tasks = flower_get(url, "/api/tasks?limit=2000", token) or {}
+        by_worker: dict[str, set[str]] = {}
+        for task in tasks.values():
+            by_worker.setdefault(str(task.get("worker", "")).split("@")[0], set()).add(task.get("name"))
+        wanted = {
+            "engine": "workers.engine.run_batch",  # the pushed order batches, from "received" on
+            "pulse": "workers.pulse.pulse",
+            "llm": "workers.default.run_batch",  # the llm worker also consumes the default queue
+        }
+        return by_worker if all(task in by_worker.get(w, set()) for w, task in wanted.items()) else None
+
+    by_worker = wait_for(seen, 60, "Flower to list the tasks of each queue", interval=1)
+    assert by_worker
+    workers = flower_get(url, "/api/workers?refresh=true", token) or {}
+    names = {name.split("@")[0] for name in workers}
+    assert {"engine", "pulse", "llm"} <= names, names
