@@ -224,3 +224,28 @@ def test_flower_sees_every_worker_and_the_tasks_of_each_queue(
     workers = flower_get(url, "/api/workers?refresh=true", token) or {}
     names = {name.split("@")[0] for name in workers}
     assert {"engine", "pulse", "llm"} <= names, names
+
+
+GRAFANA = Path(__file__).resolve().parent.parent / "grafana" / "hean-dashboard.json"
+
+
+def test_the_grafana_dashboard_charts_every_hean_series_and_only_real_ones() -> None:
+    import re
+
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from hean import metrics
+
+    defined = {m._name for m in vars(metrics).values() if isinstance(m, MetricWrapperBase)}
+    defined |= {"hean_queue_depth", "hean_redis_length", "hean_redis_up"}  # SystemCollector's
+    flower_series = {"flower_events", "flower_worker_online"}
+    dashboard = json.loads(GRAFANA.read_text())
+    used = set()
+    for panel in dashboard["panels"]:
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            for name in re.findall(r"\b((?:hean|flower)_[a-z_]+)\b", target["expr"]):
+                used.add(re.sub(r"_(bucket|total|count|sum)$", "", name))
+    assert used <= defined | flower_series, used - defined - flower_series
+    # every series HEAN writes has a panel (hean_redis_up is the scrape's own health)
+    assert defined - {"hean_redis_up", "hean_pulses"} <= used, defined - used
