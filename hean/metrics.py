@@ -16,16 +16,27 @@ from __future__ import annotations
 
 import functools
 import os
+import socket
 import time
 from collections import Counter as Tally
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def _process_identifier() -> str:
+    """Host and pid: containers sharing one metrics volume (docker-compose.yml) reuse pids."""
+    return f"{socket.gethostname().replace('_', '-')}-{os.getpid()}"
+
+
+if os.environ.get(MULTIPROC_ENV):
+    # before any metric exists: each process's files are named by this identifier
+    values.ValueClass = values.MultiProcessValue(_process_identifier)
 #: Seconds: command latencies from a fraction of a millisecond to tens of seconds under overload.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 #: The order of the pulse statuses as gauge values (hean_pulse_status).

@@ -57,3 +57,20 @@ def test_the_image_installs_the_package_the_way_make_does() -> None:
     dockerfile = (REPO_ROOT / "Dockerfile").read_text()
     makefile = (REPO_ROOT / "Makefile").read_text()
     assert "--no-build-isolation -e ." in dockerfile and "--no-build-isolation -e" in makefile
+
+
+def test_the_console_is_published_and_the_token_comes_from_the_environment(compose: dict[str, Any]) -> None:
+    web = compose["services"]["web"]
+    assert web["ports"] == ["127.0.0.1:8000:8000"] and web["environment"]["HEAN_HOST"] == "0.0.0.0"
+    for spec in PROCESSES:
+        assert compose["services"][spec.name]["environment"]["HEAN_API_TOKEN"].startswith("${HEAN_API_TOKEN")
+
+
+def test_every_hean_service_writes_its_metrics_to_one_shared_in_memory_volume(
+    compose: dict[str, Any],
+) -> None:
+    for spec in PROCESSES:
+        service = compose["services"][spec.name]
+        assert service["environment"]["PROMETHEUS_MULTIPROC_DIR"] == "/metrics", spec.name
+        assert "hean-metrics:/metrics" in service["volumes"], spec.name
+    assert compose["volumes"]["hean-metrics"]["driver_opts"]["type"] == "tmpfs"
