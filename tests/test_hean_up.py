@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -34,6 +35,10 @@ def test_hean_up_runs_the_system_and_stops_cleanly(up_env: dict[str, str], tmp_p
     usable = sorted(os.sched_getaffinity(0))
     hot, rest = {usable[0]}, {usable[-1]}
     up_env["HEAN_CPU_AFFINITY"] = f"redis={usable[0]};web={usable[0]};*={usable[-1]}"
+    # an earlier run's Prometheus files: wiped at start, or they would be summed into this run's
+    stale = Path(up_env["HEAN_HOME"]) / "metrics" / "counter_99999.db"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"\0" * 64)
     up = UpProcess(up_env, tmp_path / "up.log")
     try:
         match = wait_for(
@@ -80,6 +85,17 @@ def test_hean_up_runs_the_system_and_stops_cleanly(up_env: dict[str, str], tmp_p
         assert results[0]["request_id"] == request_id and results[0]["success"] is True
         assert results[0]["result"]["state"] == "RUNNING"  # type: ignore[index]
         client.disconnect()
+
+        # every process writes its Prometheus series to $HEAN_HOME/metrics; the web merges them
+        assert not stale.exists()
+
+        def scraped() -> str | None:
+            with urllib.request.urlopen(url + "/metrics", timeout=5) as response:
+                text = response.read().decode()
+            ran = 'hean_commands_total{code="ok",command="start"} 1.0' in text  # the engine worker's
+            return text if ran and "hean_commands_enqueued_total" in text else None  # and the web's
+
+        assert "hean_pulses_total" in str(wait_for(scraped, 30, "the processes' series in /metrics"))
 
         # a crashed process is restarted by the supervisor
         beat_pid = up.pids()["beat"]

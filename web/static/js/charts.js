@@ -19,8 +19,7 @@ function makeChart(el, series, yLabel) {
     width: Math.max(el.clientWidth, 200),
     height: 180,
     legend: { live: false },
-    // one point alone would stretch the time axis over years: show a minute either side
-    scales: { x: { time: true, range: (u, min, max) => (max - min < 1 ? [min - 60, max + 60] : [min, max]) } },
+    scales: { x: { time: true } },
     axes: [
       { stroke: "#8896a5", grid: { stroke: "#2a3440" }, ticks: { stroke: "#2a3440" } },
       { stroke: "#8896a5", grid: { stroke: "#2a3440" }, ticks: { stroke: "#2a3440" }, label: yLabel, size: 60 },
@@ -82,6 +81,7 @@ export class Charts {
     this.pulseEl = document.getElementById("chart-pulse");
     waiting(this.pulseEl, "no pulse yet");
     waiting(document.getElementById("chart-latency"), "waiting for two scrapes of /metrics with commands between them");
+    this.latency.root.style.display = "none";  // no axes over nothing
     this.pulse = null;
     this.modules = [];
     this.equityData = [[], []];
@@ -96,6 +96,8 @@ export class Charts {
   addEquity(at, equity) {
     const [xs, ys] = this.equityData;
     if (xs.length && at <= xs[xs.length - 1]) return;
+    // one point alone would stretch the time axis over years: start with a level minute
+    if (!xs.length) { xs.push(at - 60); ys.push(Number(equity)); }
     xs.push(at); ys.push(Number(equity));
     if (xs.length > KEEP_POINTS) { xs.shift(); ys.shift(); }
     this.dirty.add("equity");
@@ -148,7 +150,10 @@ export class Charts {
     if (this.dirty.has("equity")) this.equity.setData(this.equityData);
     if (this.dirty.has("latency")) {
       this.latency.setData(this.latencyData);
-      if (this.latencyData[1].some((v) => v !== null)) shown(document.getElementById("chart-latency"));
+      if (this.latencyData[1].some((v) => v !== null)) {
+        shown(document.getElementById("chart-latency"));
+        this.latency.root.style.display = "";
+      }
     }
     if (this.dirty.has("pulse") && this.pulse) this.pulse.setData(this.pulseData);
     this.dirty.clear();
