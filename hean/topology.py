@@ -36,3 +36,9 @@ POSITIONS_KEY: Final = "positions"
 #: OPEN_ORDERS_SHOWN, "total": n}).
 OPEN_ORDERS_KEY: Final = "open_orders"
 OPEN_ORDERS_SHOWN: Final = 200
+
+# -- the engine shard's own Redis keys (workers/shard.py), read by /metrics ---------------------
+#: The log of commands applied since the last snapshot (a stream).
+ENGINE_LOG_KEY: Final = "hean:engine:log"
+#: Messages the shard took off its queue whose batch has not committed yet (a list).
+ENGINE_INFLIGHT_KEY: Final = "hean:engine:inflight"

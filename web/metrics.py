@@ -8,8 +8,14 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from hean import metrics
 from hean.redis_client import sync_client
-from hean.topology import DEFAULT_QUEUE, ENGINE_QUEUE, LLM_QUEUE, PULSE_QUEUE
-from workers.shard import INFLIGHT_KEY, LOG_KEY
+from hean.topology import (
+    DEFAULT_QUEUE,
+    ENGINE_INFLIGHT_KEY,
+    ENGINE_LOG_KEY,
+    ENGINE_QUEUE,
+    LLM_QUEUE,
+    PULSE_QUEUE,
+)
 
 blueprint = Blueprint("metrics", __name__)
 
@@ -21,7 +27,7 @@ def scrape() -> Response:
         queues=[ENGINE_QUEUE, PULSE_QUEUE, LLM_QUEUE, DEFAULT_QUEUE],
         # batches the engine worker took along and has not committed; commands applied since
         # the last snapshot (what a restarted engine worker would replay)
-        lists={"engine_inflight": INFLIGHT_KEY},
-        streams={"engine_log": LOG_KEY},
+        lists={"engine_inflight": ENGINE_INFLIGHT_KEY},
+        streams={"engine_log": ENGINE_LOG_KEY},
     )
     return Response(metrics.render(collector), mimetype=CONTENT_TYPE_LATEST)

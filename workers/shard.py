@@ -35,7 +35,9 @@ from hean.engine import BatchResult, OrderBatch, TradingEngine
 from hean.redis_client import run_script, sync_client
 from hean.topology import (
     BATCH_TASKS,
+    ENGINE_INFLIGHT_KEY,
     ENGINE_KEY,
+    ENGINE_LOG_KEY,
     ENGINE_QUEUE,
     OPEN_ORDERS_KEY,
     OPEN_ORDERS_SHOWN,
@@ -49,11 +51,11 @@ log = logging.getLogger(__name__)
 
 #: The engine snapshot (hash: data, log_id, paused) and the log of commands applied after it.
 SNAPSHOT_KEY = "hean:engine:snapshot"
-LOG_KEY = "hean:engine:log"
+LOG_KEY = ENGINE_LOG_KEY
 SNAPSHOT_EVERY = 5_000
 SNAPSHOT_INTERVAL_S = 5.0
 #: Messages taken off the queue by `EngineShard.take`, until their batch has committed.
-INFLIGHT_KEY = "hean:engine:inflight"
+INFLIGHT_KEY = ENGINE_INFLIGHT_KEY
 #: Batches waiting behind the one Celery delivered are taken along (up to this many
 #: messages), so the shard's batches grow with its backlog.
 DRAIN_MAX_MESSAGES = 200
