@@ -461,22 +461,30 @@ def test_an_order_from_the_ticket_fills_and_shows_in_feed_and_positions(
 def test_a_risk_limit_out_of_bounds_shows_the_servers_error_at_its_field(
     system: dict[str, Any], browser: WebDriver
 ) -> None:
+    client = Client(str(system["url"]), str(system["token"]))
+    try:
+        commands = run(client, "list_commands")["result"]["commands"]
+    finally:
+        client.close()
+    schema = next(c for c in commands if c["name"] == "risk_adjust")["params"]["properties"]["max_leverage"]
+    number = next(option for option in schema["anyOf"] if option["type"] == "number")
+    low, high = (f"{number[key]:g}" for key in ("exclusiveMinimum", "maximum"))
     connected(browser, system)
     form = browser.find_element(By.ID, "risk-form")
     field = form.find_element(By.NAME, "max_leverage")
     # the bounds come from list_commands' JSON schema
-    assert (field.get_attribute("min"), field.get_attribute("max")) == ("0", "100")
-    assert "0 < x ≤ 100" in js(browser, "return arguments[0].parentElement.textContent", field)
+    assert (field.get_attribute("min"), field.get_attribute("max")) == (low, high)
+    assert f"{low} < x ≤ {high}" in js(browser, "return arguments[0].parentElement.textContent", field)
     wait(browser, lambda d: field.get_attribute("value") != "", "the current limit from the state bus")
     current = field.get_attribute("value")
 
     field.clear()
-    field.send_keys("1000")
+    field.send_keys(str(float(high) * 10))
     entry = after(browser, "risk_adjust", clicker(form.find_element(By.CSS_SELECTOR, "button[type=submit]")))
     error = entry["ack"]["error"]
     assert entry["ack"]["accepted"] is False and error["field"] == "params.max_leverage", entry
     shown = text(browser, "#risk-form .field-error[data-for='max_leverage']")
-    assert shown == error["message"] and "100" in shown
+    assert shown == error["message"] and "less than or equal to" in shown
     assert "invalid" in field.get_attribute("class")
     screenshot(browser, "risk")
 
