@@ -316,6 +316,7 @@ class EngineShard:
         Raises ValueError, having applied nothing, if the core refuses the batch."""
         now_ns = time.time_ns()
         outcome = self.engine.submit_batch(batch, now_ns=now_ns)
+        metrics.engine_outcome(outcome)
         self.log.add("submit_orders", {"orders": orders}, now_ns)
         self.publisher.mark(positions=True)
         return outcome
