@@ -108,17 +108,25 @@ def stopped_engine(system: dict[str, Any]) -> Iterator[None]:
         settle_engine(system)
 
 
+#: Symbols this file trades in (and closes its positions in afterwards).
+OWN_SYMBOL_PREFIXES = ("UI", "LD")
+
+
+def state(system: dict[str, Any], key: str) -> Any:
+    """`system/<key>` from the state bus, through the REST API."""
+    request = urllib.request.Request(
+        f"{system['url']}/api/state/system/{key}", headers={"Authorization": f"Bearer {system['token']}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)["value"]
+
+
 @pytest.fixture
 def roomy_limits(system: dict[str, Any]) -> Iterator[Client]:
     """Risk limits that let this test's orders through whatever earlier tests opened; restored
     afterwards. Yields a python-socketio client on the system."""
     client = Client(str(system["url"]), str(system["token"]))
-    request = urllib.request.Request(
-        str(system["url"]) + "/api/state/system/risk_limits",
-        headers={"Authorization": f"Bearer {system['token']}"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        before = json.load(response)["value"]
+    before = state(system, "risk_limits")
     run(
         client,
         "risk_adjust",
@@ -127,6 +135,23 @@ def roomy_limits(system: dict[str, Any]) -> Iterator[Client]:
     try:
         yield client
     finally:
+        # the shared engine's open positions count against later tests' limits: close ours
+        positions = state(system, "positions")
+        mine = [
+            p for p in positions if p["symbol"].startswith(OWN_SYMBOL_PREFIXES) and Decimal(p["quantity"])
+        ]
+        if mine:
+            run(client, "start")
+            for position in mine:
+                quantity = Decimal(position["quantity"])
+                order = {
+                    "client_order_id": uuid.uuid4().hex,
+                    "symbol": position["symbol"],
+                    "quantity": str(abs(quantity)),
+                    "side": "SELL" if quantity > 0 else "BUY",
+                    "order_type": "MARKET",
+                }
+                assert run(client, "submit_order", order)["success"]
         keys = ("max_open_positions", "max_open_orders", "max_orders_per_second")
         run(client, "risk_adjust", {key: before[key] for key in keys})
         client.close()
@@ -365,10 +390,11 @@ def test_sign_in_start_pause_kill_and_see_every_ack_and_result(
     )
     for body, path in (("history-body", "/api/orders"), ("analyses-body", "/api/analyses")):
         try:
-            urllib.request.urlopen(str(system["url"]) + path, timeout=5)
-            available = True
+            with urllib.request.urlopen(str(system["url"]) + path, timeout=5):
+                available = True
         except urllib.error.HTTPError as exc:
             available = exc.code != 404
+            exc.close()
         shown = js(browser, f"return document.getElementById('{body}').dataset.available")
         assert shown == ("true" if available else "false")
         if not available:

@@ -222,9 +222,12 @@ def test_flower_sees_every_worker_and_the_tasks_of_each_queue(
 
     by_worker = wait_for(seen, 60, "Flower to list the tasks of each queue", interval=1)
     assert by_worker
-    workers = flower_get(url, "/api/workers?refresh=true", token) or {}
-    names = {name.split("@")[0] for name in workers}
-    assert {"engine", "pulse", "llm"} <= names, names
+
+    def workers() -> set[str] | None:  # from the workers' heartbeats (every 2 s)
+        names = {name.split("@")[0] for name in flower_get(url, "/api/workers?refresh=true", token) or {}}
+        return names if {"engine", "pulse", "llm"} <= names else None
+
+    wait_for(workers, 60, "Flower to list the engine, pulse and llm workers", interval=1)
 
 
 GRAFANA = Path(__file__).resolve().parent.parent / "grafana" / "hean-dashboard.json"
