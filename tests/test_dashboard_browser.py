@@ -243,7 +243,8 @@ def after(driver: WebDriver, command: str, action: Callable[[], None]) -> dict[s
     """Do `action`; return the log entry of the `command` it sent, once its result is shown."""
     seen = {entry["request_id"] for entry in log_entries(driver)}
     action()
-    return wait(driver, lambda d: finished(d, command, seen), f"the result of {command}")  # type: ignore[no-any-return]
+    entry: dict[str, Any] = wait(driver, lambda d: finished(d, command, seen), f"the result of {command}")
+    return entry
 
 
 def clicker(element: Any) -> Callable[[], None]:

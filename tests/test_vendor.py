@@ -20,7 +20,8 @@ VENDOR = STATIC / "vendor"
 
 
 def manifest() -> list[dict[str, Any]]:
-    return json.loads((VENDOR / "manifest.json").read_text())["packages"]  # type: ignore[no-any-return]
+    packages: list[dict[str, Any]] = json.loads((VENDOR / "manifest.json").read_text())["packages"]
+    return packages
 
 
 def refresh_script() -> ModuleType:
