@@ -106,6 +106,69 @@ class Settings(BaseSettings):
     llm_model: str | None = Field(default=None, validation_alias=_env("LLM_MODEL"))
     openai_api_key: SecretStr | None = Field(default=None, validation_alias=_env("OPENAI_API_KEY"))
     anthropic_api_key: SecretStr | None = Field(default=None, validation_alias=_env("ANTHROPIC_API_KEY"))
+    llm_openai_api: Literal["chat", "responses"] = Field(
+        default="chat",
+        validation_alias=_env("HEAN_LLM_OPENAI_API"),
+        description="OpenAI API for analyses: Chat Completions (any compatible server) or Responses.",
+    )
+    llm_timeout: float = Field(default=60.0, gt=0, le=600, validation_alias=_env("HEAN_LLM_TIMEOUT"))
+    llm_max_retries: int = Field(default=2, ge=0, le=10, validation_alias=_env("HEAN_LLM_MAX_RETRIES"))
+    llm_max_tokens: int = Field(default=2000, ge=64, le=64_000, validation_alias=_env("HEAN_LLM_MAX_TOKENS"))
+    llm_calls_per_hour: int = Field(
+        default=30,
+        ge=0,
+        validation_alias=_env("HEAN_LLM_CALLS_PER_HOUR"),
+        description="Cap on model calls per rolling hour, across every analyzer sharing the database.",
+    )
+    llm_price: str = Field(
+        default="",
+        validation_alias=_env("HEAN_LLM_PRICE"),
+        description="USD per million input,output tokens for the cost estimate (empty: built-in table).",
+    )
+    autodev_min_confidence: float = Field(
+        default=0.8, ge=0.0, le=1.0, validation_alias=_env("HEAN_AUTODEV_MIN_CONFIDENCE")
+    )
+    autodev_allow: str = Field(
+        default="hean/,web/,workers/",
+        validation_alias=_env("HEAN_AUTODEV_ALLOW"),
+        description="Comma-separated project-relative prefixes auto-dev may patch (the deny-list wins).",
+    )
+    autodev_test_command: str = Field(
+        default="python -m pytest -x -q", min_length=1, validation_alias=_env("HEAN_AUTODEV_TEST_COMMAND")
+    )
+    autodev_test_timeout: float = Field(
+        default=1800.0, gt=0, validation_alias=_env("HEAN_AUTODEV_TEST_TIMEOUT")
+    )
+    autodev_root: Path | None = Field(
+        default=None,
+        validation_alias=_env("HEAN_AUTODEV_ROOT"),
+        description="Project tree auto-dev patches (default: the tree this package is in).",
+    )
+
+    @field_validator("llm_price")
+    @classmethod
+    def _price_pair(cls, value: str) -> str:
+        if value.strip():
+            parts = value.split(",")
+            if len(parts) != 2 or any(float(p) < 0 for p in parts):
+                raise ValueError("HEAN_LLM_PRICE must be 'input,output' USD per million tokens")
+        return value.strip()
+
+    @property
+    def llm_price_pair(self) -> tuple[float, float] | None:
+        if not self.llm_price:
+            return None
+        first, second = self.llm_price.split(",")
+        return float(first), float(second)
+
+    @property
+    def autodev_allow_list(self) -> tuple[str, ...]:
+        return tuple(p.strip() for p in self.autodev_allow.split(",") if p.strip())
+
+    @property
+    def logs_dir(self) -> Path:
+        """Where the analyzer's logs go: fix_suggestions.log and autodev.log."""
+        return self.home / "logs"
 
     @field_validator("redis_url")
     @classmethod

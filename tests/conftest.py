@@ -19,6 +19,7 @@ import redis
 from hean.core.system.redis_state import SyncRedisStateManager
 from hean.processes import PROCESSES
 from hean.redis_server import PrivateRedis, free_port
+from llm_server import LLMServer
 from support import Client, ManagedProcess, http_ok, set_shared_risk_limits, wait_for
 
 PLUGINS_DIR = Path(__file__).resolve().parent / "plugins"
@@ -73,6 +74,16 @@ def sync_manager(own_db_url: str, redis_client: redis.Redis) -> Iterator[SyncRed
         yield manager
     finally:
         manager.close()
+
+
+@pytest.fixture(scope="session")
+def llm_server() -> Iterator[LLMServer]:
+    """The session's local LLM server (OpenAI Chat Completions + Responses, Anthropic Messages)."""
+    server = LLMServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

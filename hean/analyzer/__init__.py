@@ -1,0 +1,1 @@
+"""The error analyzer's parts: reports, redaction, fingerprints, providers, history, auto-dev."""
