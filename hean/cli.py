@@ -42,14 +42,68 @@ def cmd_processes(_: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyses(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from hean.analyzer.history import AnalysisHistory
+    from hean.db import open_engine
+
+    settings = _settings()
+    try:
+        history = AnalysisHistory(
+            open_engine(settings.effective_database_url()), settings.logs_dir / "fix_suggestions.log"
+        )
+        rows = history.list(limit=args.limit, status=args.status)
+        counts = history.counts()
+    except SQLAlchemyError as exc:
+        print(f"hean: cannot read the analysis history: {type(exc).__name__}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"analyses": rows, "counts": counts}, indent=2, default=str))
+        return 0
+    print(
+        f"analyses={counts['analyses']} occurrences={counts['occurrences']} "
+        f"model_calls={counts['model_calls']} (last hour {counts['model_calls_last_hour']}) "
+        f"tokens={counts['input_tokens']}+{counts['output_tokens']} cost_usd~{counts['cost_usd']:.4f}"
+    )
+    for row in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["last_seen"]))
+        fix = row["suggestion"] or {}
+        print(f"#{row['id']} {when} x{row['count']} {row['status']} {row['exc_type']} ({row['origin']})")
+        if fix:
+            where = f"{fix.get('suspect_file')}:{fix.get('suspect_line')}" if fix.get("suspect_file") else "-"
+            print(
+                f"    cause: {fix.get('root_cause')}\n    at: {where} risk={fix.get('risk')} "
+                f"confidence={fix.get('confidence')}\n    fix: {fix.get('fix_description')}"
+            )
+        elif row["error"]:
+            print(f"    error: {row['error']}")
+        if row["autodev"]:
+            auto = row["autodev"]
+            print(
+                f"    auto-dev: {'applied' if auto.get('applied') else 'not applied'} ({auto.get('stage')}: "
+                f"{auto.get('reason')})"
+            )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hean", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("up", help="start Redis (if needed) and every HEAN process; Ctrl-C stops all")
     sub.add_parser("token", help="print the control token (generated on first use)")
     sub.add_parser("processes", help="list the processes `hean up` supervises")
+    analyses = sub.add_parser("analyses", help="list the error analyzer's analyses, newest first")
+    analyses.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    analyses.add_argument("--status", choices=["ok", "failed", "capped", "not_configured", "pending"])
+    analyses.add_argument("--json", action="store_true", help="print JSON instead of text")
     args = parser.parse_args(argv)
-    handler = {"up": cmd_up, "token": cmd_token, "processes": cmd_processes}[args.command]
+    handler = {"up": cmd_up, "token": cmd_token, "processes": cmd_processes, "analyses": cmd_analyses}[
+        args.command
+    ]
     return handler(args)
 
 

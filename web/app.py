@@ -49,7 +49,7 @@ def create_app(settings: Settings | None = None, async_mode: str = "eventlet") -
     from hean.command_journal import CommandJournal
     from hean.commands import load_command_modules
     from hean.redis_client import DurabilityRule, sync_client
-    from web import commands_api, health, metrics, rest, socket_handlers
+    from web import analyses_api, commands_api, error_reports, health, metrics, rest, socket_handlers
     from web.intake import CommandIntake
     from workers.app import app as celery_app
 
@@ -61,5 +61,7 @@ def create_app(settings: Settings | None = None, async_mode: str = "eventlet") -
     app.register_blueprint(commands_api.blueprint)
     app.register_blueprint(health.blueprint)
     app.register_blueprint(metrics.blueprint)
+    app.register_blueprint(analyses_api.blueprint)
+    error_reports.install(app)
     app.extensions["hean_connected_clients"] = socket_handlers.register(sio, settings, intake)
     return app

@@ -27,6 +27,7 @@ from hean.core.system.redis_state import (
     get_sync_state_manager,
 )
 from hean.messages import OPERATORS_ROOM, CommandAck, ErrorInfo, new_request_id
+from web.error_reports import report_handler_error
 from web.intake import CommandIntake, Outcome
 
 log = logging.getLogger(__name__)
@@ -177,10 +178,14 @@ def register(sio: SocketIO, settings: Settings, intake: CommandIntake) -> Callab
     default_event = server._handle_event_internal
 
     def handle_event(srv: Any, sid: str, eio_sid: str, data: list[Any], namespace: str, ack_id: Any) -> None:
-        if data and data[0] == "command" and (namespace or "/") == "/":
-            on_command(sid, eio_sid, data[1] if len(data) > 1 else None, ack_id)
-            return
-        default_event(srv, sid, eio_sid, data, namespace, ack_id)
+        try:
+            if data and data[0] == "command" and (namespace or "/") == "/":
+                on_command(sid, eio_sid, data[1] if len(data) > 1 else None, ack_id)
+                return
+            default_event(srv, sid, eio_sid, data, namespace, ack_id)
+        except Exception as exc:  # sent for analysis (only queued here), then handled as before
+            report_handler_error(exc, f"socketio:{str(data[0])[:64] if data else '?'}")
+            raise
 
     server._handle_event_internal = handle_event
 

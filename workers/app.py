@@ -110,5 +110,5 @@ def _stop_heartbeat(**_: Any) -> None:
 app = Celery("hean", task_cls=HeanTask)
 app.config_from_object("celeryconfig")
 # Imported by each worker at start (not by a process that only sends tasks, like the web).
-app.conf.include = ["workers.engine", "workers.default", "workers.pulse"]
+app.conf.include = ["workers.engine", "workers.default", "workers.pulse", "workers.llm"]
 load_command_modules()  # a project's own commands, named in HEAN_COMMAND_MODULES

@@ -28,7 +28,9 @@ class ReportSender:
         self.deliver = deliver
         self.dropped = 0
         self.sent = 0
-        self._queue: queue.Queue[tuple[BaseException, str, list[str]] | None] = queue.Queue(capacity)
+        self._queue: queue.Queue[tuple[BaseException, str, list[str]] | ErrorReport | None] = queue.Queue(
+            capacity
+        )
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
@@ -37,6 +39,16 @@ class ReportSender:
         self._ensure_thread()
         try:
             self._queue.put_nowait((exc, origin, log_lines))
+        except queue.Full:
+            self.dropped += 1
+            return False
+        return True
+
+    def submit_report(self, report: ErrorReport) -> bool:
+        """Queue a report built elsewhere (a crash record) for delivery; False when dropped."""
+        self._ensure_thread()
+        try:
+            self._queue.put_nowait(report)
         except queue.Full:
             self.dropped += 1
             return False
@@ -56,8 +68,11 @@ class ReportSender:
             try:
                 if item is None:
                     return
-                exc, origin, lines = item
-                self.deliver(self.build(exc, origin, lines))
+                if isinstance(item, ErrorReport):
+                    self.deliver(item)
+                else:
+                    exc, origin, lines = item
+                    self.deliver(self.build(exc, origin, lines))
                 self.sent += 1
             except Exception as exc:  # reporting must never raise into anything, nor loop
                 log.warning("event=error_report_failed error=%s", type(exc).__name__)

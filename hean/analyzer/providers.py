@@ -82,6 +82,10 @@ class Provider(Protocol):
         """One request; raises ProviderError or InvalidOutput."""
         ...
 
+    def close(self) -> None:
+        """Close the SDK client's connections."""
+        ...
+
 
 def _classify(exc: Exception, sdk: Any) -> ProviderError:
     """Map an SDK exception (either SDK names them alike) to a ProviderError kind."""
@@ -132,6 +136,9 @@ class OpenAIProvider:
             max_retries=max_retries,
         )
 
+    def close(self) -> None:
+        self.client.close()
+
     def suggest(self, system: str, user: str) -> tuple[FixSuggestion, Usage]:
         sdk = self._sdk
         try:
@@ -164,6 +171,8 @@ class OpenAIProvider:
             raise InvalidOutput(f"not a FixSuggestion: {type(exc).__name__}", Usage()) from None
         except sdk.OpenAIError as exc:
             raise _classify(exc, sdk) from None
+        except Exception as exc:  # e.g. a 200 whose body is not JSON: the SDK hands back a str
+            raise ProviderError("bad_response", f"unusable answer ({type(exc).__name__})") from None
         if parsed is None:
             raise InvalidOutput("no structured answer (refusal or empty)", usage)
         return parsed, usage
@@ -202,6 +211,9 @@ class AnthropicProvider:
             "input_schema": FixSuggestion.model_json_schema(),
         }
 
+    def close(self) -> None:
+        self.client.close()
+
     def suggest(self, system: str, user: str) -> tuple[FixSuggestion, Usage]:
         sdk = self._sdk
         try:
@@ -215,10 +227,13 @@ class AnthropicProvider:
             )
         except sdk.AnthropicError as exc:
             raise _classify(exc, sdk) from None
+        except Exception as exc:  # e.g. a 200 whose body is not JSON
+            raise ProviderError("bad_response", f"unusable answer ({type(exc).__name__})") from None
         usage = Usage(
-            getattr(message.usage, "input_tokens", 0) or 0, getattr(message.usage, "output_tokens", 0) or 0
+            getattr(getattr(message, "usage", None), "input_tokens", 0) or 0,
+            getattr(getattr(message, "usage", None), "output_tokens", 0) or 0,
         )
-        for block in message.content:
+        for block in getattr(message, "content", None) or []:
             if getattr(block, "type", None) == "tool_use" and getattr(block, "name", None) == TOOL_NAME:
                 try:
                     return FixSuggestion.model_validate(block.input), usage

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import linecache
 import logging
 import os
 import re
@@ -120,6 +121,7 @@ def source_context(frames: Iterable[Frame], root: Path = PROJECT_ROOT) -> dict[s
 
 def frames_from_traceback(tb: TracebackType | None, root: Path = PROJECT_ROOT) -> list[Frame]:
     frames: list[Frame] = []
+    linecache.checkcache()  # the context lines as the files are now, like the source excerpts
     for frame, lineno in traceback.walk_tb(tb):
         code = frame.f_code
         mine = in_project(code.co_filename, root)

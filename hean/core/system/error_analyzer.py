@@ -179,6 +179,13 @@ class ErrorAnalyzer:
             log_path=self.settings.logs_dir / "autodev.log",
         )
 
+    def close(self) -> None:
+        """Close the provider's connections (a new provider is made on next use)."""
+        with self._lock:
+            if self._provider is not None:
+                self._provider.close()
+            self._provider, self._provider_made = None, False
+
     def set_delivery(self, deliver: Delivery) -> None:
         """Where reports from `report()` go (default: analysed here, in the background thread)."""
         self.sender.deliver = deliver
@@ -323,7 +330,7 @@ class ErrorAnalyzer:
         row = self.history.update(
             analysis_id,
             status=status,
-            error=self._safe(error) if error else None,
+            error=error or None,  # the analyzer's own words, never the model's or the error's
             provider=provider.name if provider else None,
             model=provider.model if provider else None,
             input_tokens=usage.input_tokens,
