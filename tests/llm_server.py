@@ -80,7 +80,9 @@ class LLMServer:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
                 with server._lock:
-                    server.received.append(Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+                    server.received.append(
+                        Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+                    )
                     reply = server.replies.popleft() if server.replies else server.default
                 server.answer(self, reply, body)
 

@@ -100,7 +100,9 @@ def zero_division(project: Path) -> BaseException:
 # -- providers and structured output ---------------------------------------------------------------
 
 
-def test_openai_chat_completions_json_schema(make_analyzer: MakeAnalyzer, project: Path, llm_server: LLMServer) -> None:
+def test_openai_chat_completions_json_schema(
+    make_analyzer: MakeAnalyzer, project: Path, llm_server: LLMServer
+) -> None:
     analysis = make_analyzer().analyze_error_sync(zero_division(project))
     assert analysis.status == "ok" and isinstance(analysis.suggestion, FixSuggestion)
     assert analysis.suggestion.root_cause == "the divisor can be zero"
@@ -117,7 +119,9 @@ def test_openai_chat_completions_json_schema(make_analyzer: MakeAnalyzer, projec
     assert ">    3 |     return total / len(values)" in user
     # tokens and an estimated cost, per call and per analysis
     assert analysis.input_tokens > 0 and analysis.output_tokens > 0
-    assert analysis.cost_usd == pytest.approx(estimate_cost("gpt-4.1-mini", analysis.input_tokens, analysis.output_tokens))
+    assert analysis.cost_usd == pytest.approx(
+        estimate_cost("gpt-4.1-mini", analysis.input_tokens, analysis.output_tokens)
+    )
     assert analysis.cost_usd > 0
 
 
@@ -131,7 +135,9 @@ def test_openai_responses_api(make_analyzer: MakeAnalyzer, project: Path, llm_se
     assert analysis.input_tokens > 0
 
 
-def test_anthropic_forced_tool_call(make_analyzer: MakeAnalyzer, project: Path, llm_server: LLMServer) -> None:
+def test_anthropic_forced_tool_call(
+    make_analyzer: MakeAnalyzer, project: Path, llm_server: LLMServer
+) -> None:
     analyzer = make_analyzer(LLM_PROVIDER="anthropic", LLM_MODEL="claude-sonnet-4-5")
     analysis = analyzer.analyze_error_sync(zero_division(project))
     assert analysis.status == "ok" and analysis.suggestion is not None and analysis.suggestion.risk == "low"
@@ -213,7 +219,9 @@ def test_rate_limit_honours_retry_after(
     llm_server.script(limited, limited)
     other = raised(lambda: load(project, "app/calc.py").lookup({}, "k"))
     failed = make_analyzer(LLM_PROVIDER=provider, HEAN_LLM_MAX_RETRIES="1").analyze_error_sync(other)
-    assert failed.status == "failed" and failed.error == "provider error: rate_limited: HTTP 429 after retries"
+    assert (
+        failed.status == "failed" and failed.error == "provider error: rate_limited: HTTP 429 after retries"
+    )
 
 
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
@@ -223,7 +231,10 @@ def test_timeouts_are_bounded_and_recorded(
     llm_server.script(Reply("stall", seconds=3.0), Reply("stall", seconds=3.0))
     analyzer = make_analyzer(LLM_PROVIDER=provider, HEAN_LLM_TIMEOUT="0.5", HEAN_LLM_MAX_RETRIES="1")
     analysis = analyzer.analyze_error_sync(zero_division(project))
-    assert analysis.status == "failed" and analysis.error == "provider error: timeout: no answer within the timeout"
+    assert (
+        analysis.status == "failed"
+        and analysis.error == "provider error: timeout: no answer within the timeout"
+    )
     assert len(llm_server.received) == 2
     assert [c["outcome"] for c in analyzer.history.calls_for(analysis.id)] == ["timeout"]
 
@@ -254,7 +265,13 @@ PLANTED_ENV = "Zr8qLm2VxT9wK4pN7sB1cF6hJ3dG5yE0"
 URL_PASSWORD = "hunter2-Trader-Pass"
 LOG_TOKEN = "tok_9f8e7d6c5b4a39281706f5e4d3c2b1a0"
 HEADER_BEARER = "abcDEF123ghiJKL456mnoPQR789"
-PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA7planted0key1material2here3\n-----END RSA PRIVATE KEY-----"
+PEM = "\n".join(
+    [
+        "-----BEGIN RSA PRIVATE KEY-----",
+        "MIIEowIBAAKCAQEA7planted0key1material2here3",
+        "-----END RSA PRIVATE KEY-----",
+    ]
+)
 HEAN_TOKEN = "hean-token-PLANTED-7f3a9c2e11d04b6a"
 
 
@@ -295,15 +312,25 @@ def test_planted_secrets_never_reach_the_wire(
     wire = llm_server.wire().decode()
     assert wire and MASK in wire
     assert "event=login" in wire  # the log lines were sent, redacted
-    for secret in (PLANTED_ENV, URL_PASSWORD, LOG_TOKEN, HEADER_BEARER, OPENAI_KEY, ANTHROPIC_KEY, HEAN_TOKEN,
-                   "7planted0key1material2here3"):
+    for secret in (
+        PLANTED_ENV,
+        URL_PASSWORD,
+        LOG_TOKEN,
+        HEADER_BEARER,
+        OPENAI_KEY,
+        ANTHROPIC_KEY,
+        HEAN_TOKEN,
+        "7planted0key1material2here3",
+    ):
         assert secret not in wire, secret
         # nor in the history or the fix log
         assert secret not in json.dumps(analyzer.history.list()), secret
         assert secret not in (tmp_path / "home" / "logs" / "fix_suggestions.log").read_text(), secret
 
 
-def test_redaction_that_cannot_run_sends_nothing(make_analyzer: MakeAnalyzer, project: Path, llm_server: LLMServer) -> None:
+def test_redaction_that_cannot_run_sends_nothing(
+    make_analyzer: MakeAnalyzer, project: Path, llm_server: LLMServer
+) -> None:
     def broken(text: str) -> str:
         raise MemoryError("rule blew up")
 
@@ -332,7 +359,11 @@ def test_a_secret_that_survives_the_rules_stops_the_prompt() -> None:
         ("redis://default:Pa55word@10.0.0.5:6379/0", "redis://", "Pa55word"),
         ("password=hunter2 user=bob", "user=bob", "hunter2"),
         ('{"db_password": "hunter2"}', "db_password", "hunter2"),
-        ("Authorization: Bearer eyJhbGciOi.eyJzdWIiOiIx.SflKxwRJSMeKKF2QT4", "Authorization", "SflKxwRJSMeKKF2QT4"),
+        (
+            "Authorization: Bearer eyJhbGciOi.eyJzdWIiOiIx.SflKxwRJSMeKKF2QT4",
+            "Authorization",
+            "SflKxwRJSMeKKF2QT4",
+        ),
         ("Cookie: session=8f7a6b5c4d3e2f1a", "Cookie", "8f7a6b5c4d3e2f1a"),
         ("key AKIAIOSFODNN7EXAMPLE here", "here", "AKIAIOSFODNN7EXAMPLE"),
         ("ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789", "", "ghp_aBcDeF"),
@@ -347,7 +378,10 @@ def test_redaction_rules(text: str, kept: str, gone: str) -> None:
 
 def test_high_entropy_threshold_spares_ordinary_identifiers() -> None:
     assert shannon_entropy("test_error_analyzer_redaction") < 4.0
-    assert Redactor(environ={}).redact("worker_process_init_signal_handler") == "worker_process_init_signal_handler"
+    assert (
+        Redactor(environ={}).redact("worker_process_init_signal_handler")
+        == "worker_process_init_signal_handler"
+    )
 
 
 # -- fingerprints, dedup and the hourly cap -----------------------------------------------------------
@@ -369,7 +403,9 @@ def test_fingerprint_ignores_line_numbers_but_not_code(project: Path) -> None:
     assert first.frames[-1].in_project and first.frames[-1].module.startswith("proj_")
 
 
-def test_a_repeat_is_counted_not_sent_again(make_analyzer: MakeAnalyzer, project: Path, llm_server: LLMServer) -> None:
+def test_a_repeat_is_counted_not_sent_again(
+    make_analyzer: MakeAnalyzer, project: Path, llm_server: LLMServer
+) -> None:
     analyzer = make_analyzer()
     first = analyzer.analyze_error_sync(zero_division(project))
     second = analyzer.analyze_error_sync(zero_division(project))

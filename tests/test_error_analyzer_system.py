@@ -64,13 +64,23 @@ def analyzer_system(
         "PYTHONPATH": str(PLUGINS_DIR),
         "PYTHONUNBUFFERED": "1",
     }
-    processes = [start_worker(env, logs), ManagedProcess("analyzer-web", [sys.executable, "-m", "web"], env, logs)]
+    processes = [
+        start_worker(env, logs),
+        ManagedProcess("analyzer-web", [sys.executable, "-m", "web"], env, logs),
+    ]
     base = f"http://127.0.0.1:{port}"
     client = Celery(broker=url)
     try:
         wait_for(lambda: http_ok(base + "/api/system/health"), 60, "the web process")
-        yield {"home": home, "logs": logs, "env": env, "url": base, "token": token, "celery": client,
-               "processes": processes}
+        yield {
+            "home": home,
+            "logs": logs,
+            "env": env,
+            "url": base,
+            "token": token,
+            "celery": client,
+            "processes": processes,
+        }
     finally:
         client.close()
         for process in reversed(processes):
@@ -102,13 +112,19 @@ def get(system: dict[str, Any], path: str, token: str | None) -> tuple[int, Any]
         return exc.code, json.loads(exc.read())
 
 
-def test_a_failing_celery_task_ends_as_an_analysis(analyzer_system: dict[str, Any], llm_server: LLMServer) -> None:
+def test_a_failing_celery_task_ends_as_an_analysis(
+    analyzer_system: dict[str, Any], llm_server: LLMServer
+) -> None:
     analyzer_system["celery"].send_task("analyzer_tests.boom", queue="default")
-    row = wait_for(lambda: analysis_from(analyzer_system, "celery_task:analyzer_tests.boom"), 90, "the analysis")
+    row = wait_for(
+        lambda: analysis_from(analyzer_system, "celery_task:analyzer_tests.boom"), 90, "the analysis"
+    )
     assert row.status == "ok" and row.exc_type == "ZeroDivisionError" and row.count == 1
     assert json.loads(row.suggestion)["root_cause"] == "the divisor can be zero"
     # the prompt pointed at the task's own code, with the suspect line marked
-    prompt = next(r.json() for r in llm_server.requests_to("/v1/chat/completions") if b"analyzer_tests" in r.body)
+    prompt = next(
+        r.json() for r in llm_server.requests_to("/v1/chat/completions") if b"analyzer_tests" in r.body
+    )
     user = prompt["messages"][1]["content"]
     assert 'File "tests/plugins/analyzer_tasks.py", line 19, in settle   <-- suspect' in user
     assert "frame(s) in installed packages: celery" in user, user
@@ -155,13 +171,18 @@ def test_hean_analyses_prints_them(analyzer_system: dict[str, Any]) -> None:
     assert "cause: the divisor can be zero" in text.stdout
     as_json = subprocess.run(
         [sys.executable, "-m", "hean.cli", "analyses", "--json", "--status", "ok"],
-        env=env, capture_output=True, text=True, timeout=60,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     data = json.loads(as_json.stdout)
     assert data["counts"]["analyses"] >= 1 and all(a["status"] == "ok" for a in data["analyses"])
 
 
-def test_a_worker_killed_by_a_fatal_signal_is_analysed_after_the_restart(analyzer_system: dict[str, Any]) -> None:
+def test_a_worker_killed_by_a_fatal_signal_is_analysed_after_the_restart(
+    analyzer_system: dict[str, Any],
+) -> None:
     processes: list[ManagedProcess] = analyzer_system["processes"]
     worker = processes[0]
     crashes = analyzer_system["home"] / "crashes"

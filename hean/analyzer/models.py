@@ -58,7 +58,7 @@ class FixSuggestion(BaseModel):
         description="search/replace blocks (path line, <<<<<<< SEARCH, =======, >>>>>>> REPLACE) "
         "or a unified diff; empty when no code change is proposed"
     )
-    affected_files: list[str] = Field(description="project-relative paths the patch changes")
+    affected_files: list[str] = Field(max_length=10, description="project-relative paths the patch changes")
     confidence: float = Field(ge=0.0, le=1.0, description="0-1: how sure the fix is right")
     risk: Literal["low", "medium", "high"] = Field(description="risk of applying the patch")
 
