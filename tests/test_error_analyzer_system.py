@@ -28,7 +28,7 @@ from hean.db import analyses, open_engine
 from hean.processes import PROCESSES
 from hean.redis_server import free_port
 from llm_server import LLMServer
-from support import ManagedProcess, http_ok, wait_for
+from support import Client, ManagedProcess, http_ok, wait_for
 
 PLUGINS_DIR = Path(__file__).resolve().parent / "plugins"
 SYSTEM_DB = 3  # a database of the session's Redis of its own (the shared system uses 0)
@@ -126,19 +126,38 @@ def test_a_failing_celery_task_ends_as_an_analysis(
         r.json() for r in llm_server.requests_to("/v1/chat/completions") if b"analyzer_tests" in r.body
     )
     user = prompt["messages"][1]["content"]
-    assert 'File "tests/plugins/analyzer_tasks.py", line 19, in settle   <-- suspect' in user
+    source = (PLUGINS_DIR / "analyzer_tasks.py").read_text().splitlines()
+    line = source.index('    return balances[account] / balances["total"]') + 1
+    assert f'File "tests/plugins/analyzer_tasks.py", line {line}, in settle   <-- suspect' in user
     assert "frame(s) in installed packages: celery" in user, user
     log = (analyzer_system["home"] / "logs" / "fix_suggestions.log").read_text()
     assert '"origin": "celery_task:analyzer_tests.boom"' in log
 
 
-def test_a_failing_web_request_ends_as_an_analysis(analyzer_system: dict[str, Any]) -> None:
+def test_a_failing_rest_view_ends_as_an_analysis(analyzer_system: dict[str, Any]) -> None:
+    body = json.dumps({"command": "buggy_params", "params": {"currency": "XAU"}}).encode()
+    request = urllib.request.Request(
+        analyzer_system["url"] + "/api/commands",
+        data=body,
+        headers={"Authorization": f"Bearer {analyzer_system['token']}", "Content-Type": "application/json"},
+    )
     with pytest.raises(urllib.error.HTTPError) as failed:
-        urllib.request.urlopen(analyzer_system["url"] + "/api/test-boom", timeout=10)
+        urllib.request.urlopen(request, timeout=10)
     assert failed.value.code == 500
-    row = wait_for(lambda: analysis_from(analyzer_system, "rest:GET"), 90, "the web analysis")
-    assert row.exc_type == "LookupError" and row.status == "ok"
-    assert "test-boom" in row.message
+    row = wait_for(lambda: analysis_from(analyzer_system, "rest:POST /api/commands"), 90, "the REST analysis")
+    assert row.exc_type == "KeyError" and row.status == "ok" and "XAU" in row.message
+
+
+def test_a_failing_socketio_handler_ends_as_an_analysis(analyzer_system: dict[str, Any]) -> None:
+    client = Client(analyzer_system["url"], analyzer_system["token"])
+    try:
+        client.sio.emit("command", {"command": "buggy_params", "params": {"currency": "XAG"}})
+        row = wait_for(
+            lambda: analysis_from(analyzer_system, "socketio:command"), 90, "the Socket.IO analysis"
+        )
+    finally:
+        client.close()
+    assert row.exc_type == "KeyError" and row.status == "ok" and "XAG" in row.message
 
 
 def test_api_analyses_lists_the_history_with_counts(analyzer_system: dict[str, Any]) -> None:

@@ -1,8 +1,9 @@
 """Failures on purpose for the analyzer's system test (HEAN_COMMAND_MODULES=analyzer_tasks).
 
 In a worker: a Celery task that raises, and one that dies of a fatal signal. In the web
-process: a request to /api/test-boom fails inside Flask's request handling, as a broken view
-or extension would.
+process: the `buggy_params` command, whose params model has a validator that raises something
+other than a validation error, as a project's buggy code would: the `command` Socket.IO
+handler and the `POST /api/commands` view both fail on it.
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ from __future__ import annotations
 import faulthandler
 from typing import Any
 
-from flask import request, request_started
+from pydantic import BaseModel, field_validator
 
+from celeryconfig import DEFAULT_QUEUE
 from workers.app import app
+from workers.commands import command
 
 
 def settle(balances: dict[str, float], account: str) -> float:
@@ -29,9 +32,19 @@ def segfault() -> None:
     faulthandler._sigsegv()
 
 
-def _fail_on_test_boom(sender: Any, **_: Any) -> None:
-    if request.path == "/api/test-boom":
-        raise LookupError("test-boom: no route table for this request")
+RATES: dict[str, float] = {}
 
 
-request_started.connect(_fail_on_test_boom, weak=False)
+class BuggyParams(BaseModel):
+    currency: str
+
+    @field_validator("currency")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        RATES[value]  # a KeyError is not a validation error: it escapes the handler
+        return value
+
+
+@command("buggy_params", params=BuggyParams, queue=DEFAULT_QUEUE, description="Fails in validation (test).")
+def buggy_params(params: BuggyParams) -> dict[str, Any]:
+    return {"currency": params.currency}
