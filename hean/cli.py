@@ -51,6 +51,9 @@ def cmd_analyses(args: argparse.Namespace) -> int:
     from hean.analyzer.history import AnalysisHistory
     from hean.db import open_engine
 
+    if args.limit < 1:
+        print("hean: --limit must be at least 1", file=sys.stderr)
+        return 2
     settings = _settings()
     try:
         history = AnalysisHistory(
