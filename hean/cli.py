@@ -49,7 +49,7 @@ def cmd_analyses(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
     from hean.analyzer.history import AnalysisHistory
-    from hean.db import open_engine
+    from hean.db import open_database
 
     if args.limit < 1:
         print("hean: --limit must be at least 1", file=sys.stderr)
@@ -57,9 +57,9 @@ def cmd_analyses(args: argparse.Namespace) -> int:
     settings = _settings()
     try:
         history = AnalysisHistory(
-            open_engine(settings.effective_database_url()), settings.logs_dir / "fix_suggestions.log"
+            open_database(settings.effective_database_url()), settings.logs_dir / "fix_suggestions.log"
         )
-        rows = history.list(limit=args.limit, status=args.status)
+        rows = history.recent(limit=args.limit, status=args.status)
         counts = history.counts()
     except SQLAlchemyError as exc:
         print(f"hean: cannot read the analysis history: {type(exc).__name__}", file=sys.stderr)

@@ -23,6 +23,8 @@ ENGINE_PING_TASK: Final = "workers.engine.ping"
 #: The pulse, sent by celery beat every PULSE_PERIOD_S to the pulse queue.
 PULSE_TASK: Final = "workers.pulse.pulse"
 PULSE_PERIOD_S: Final = 0.1
+#: One error report analysed by the llm worker (workers/llm.py; hean.core.system.error_analyzer).
+ANALYZE_TASK: Final = "workers.llm.analyze"
 
 # -- system state on the state bus (namespace/key) --------------------------------------------
 SYSTEM_NAMESPACE: Final = "system"

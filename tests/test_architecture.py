@@ -14,7 +14,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("hean", "workers", "web")
-TASK_MODULES = ("workers.engine", "workers.default", "workers.pulse", "workers.shard", "workers.execution")
+TASK_MODULES = (
+    "workers.engine",
+    "workers.default",
+    "workers.pulse",
+    "workers.llm",
+    "workers.shard",
+    "workers.execution",
+)
 
 
 def module_files() -> dict[str, Path]:

@@ -26,7 +26,7 @@ from hean.analyzer.redaction import MASK, RedactionError, Redactor, shannon_entr
 from hean.analyzer.report import fingerprint, recent_logs, report_from_exception
 from hean.config import Settings
 from hean.core.system.error_analyzer import ErrorAnalyzer
-from hean.db import analyses, llm_calls, open_engine
+from hean.db import analyses, llm_calls, open_database
 from llm_server import LLMServer, Reply, fix_reply
 
 OPENAI_KEY = "sk-proj-TESTKEY0123456789abcdefABCDEF"
@@ -72,7 +72,7 @@ def make_analyzer(
     made: list[ErrorAnalyzer] = []
     monkeypatch.setenv("OPENAI_BASE_URL", llm_server.openai_base_url)
     monkeypatch.setenv("ANTHROPIC_BASE_URL", llm_server.anthropic_base_url)
-    engine = open_engine(f"sqlite:///{tmp_path / 'hean.db'}")
+    db = open_database(f"sqlite:///{tmp_path / 'hean.db'}")
 
     def make(redactor: Redactor | None = None, **env: str) -> ErrorAnalyzer:
         values = {
@@ -84,13 +84,13 @@ def make_analyzer(
             "LLM_MODEL": "gpt-4.1-mini",
             **env,
         }
-        made.append(ErrorAnalyzer(Settings(**values), engine=engine, redactor=redactor, project_root=project))
+        made.append(ErrorAnalyzer(Settings(**values), database=db, redactor=redactor, project_root=project))
         return made[-1]
 
     yield make
     for analyzer in made:
         analyzer.close()
-    engine.dispose()
+    db.dispose()
 
 
 def zero_division(project: Path) -> BaseException:
@@ -324,7 +324,7 @@ def test_planted_secrets_never_reach_the_wire(
     ):
         assert secret not in wire, secret
         # nor in the history or the fix log
-        assert secret not in json.dumps(analyzer.history.list()), secret
+        assert secret not in json.dumps(analyzer.history.recent()), secret
         assert secret not in (tmp_path / "home" / "logs" / "fix_suggestions.log").read_text(), secret
 
 
@@ -431,7 +431,7 @@ def test_hourly_cap_on_model_calls(make_analyzer: MakeAnalyzer, project: Path, l
     ]
     assert outcomes == ["ok", "ok", "capped"]
     assert len(llm_server.received) == 2
-    with analyzer.history.engine.connect() as conn:
+    with analyzer.history.database.connect() as conn:
         assert conn.execute(select(llm_calls.c.outcome)).scalars().all() == ["ok", "ok"]
         capped = conn.execute(select(analyses).where(analyses.c.status == "capped")).one()
     assert capped.error == "hourly cap of 2 model calls reached" and capped.exc_type == "ValueError"
@@ -504,8 +504,8 @@ def test_original_docs_api_and_hooks_in_a_process(
     assert "FIX ok the divisor can be zero" in run.stdout and "SYNC ok" in run.stdout
     assert "Exception in thread feed-thread" in run.stderr  # the previous threading hook ran
     assert "PREVIOUS HOOK RuntimeError" in run.stderr  # the previous sys.excepthook ran
-    engine = open_engine(f"sqlite:///{home / 'hean.db'}")
-    with engine.connect() as conn:
+    db = open_database(f"sqlite:///{home / 'hean.db'}")
+    with db.connect() as conn:
         rows = {r.origin: r for r in conn.execute(select(analyses))}
     assert set(rows) == {"direct", "thread:feed-thread", "excepthook"}
     assert rows["excepthook"].exc_type == "RuntimeError" and rows["excepthook"].status == "ok"

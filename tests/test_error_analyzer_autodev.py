@@ -20,7 +20,7 @@ from hean.analyzer.autodev import AutoDev, is_denied
 from hean.analyzer.models import FixSuggestion
 from hean.config import Settings
 from hean.core.system.error_analyzer import ErrorAnalyzer
-from hean.db import open_engine
+from hean.db import open_database
 from llm_server import LLMServer, fix_reply, suggestion
 
 BUGGY = "def ratio(values):\n    total = sum(values)\n    return total / len(values)\n"
@@ -105,11 +105,11 @@ def analyzer(
         HEAN_AUTODEV_ROOT=str(tree),
         HEAN_LLM_MAX_RETRIES="0",
     )
-    engine = open_engine(f"sqlite:///{tmp_path / 'hean.db'}")
-    made = ErrorAnalyzer(settings, engine=engine)
+    db = open_database(f"sqlite:///{tmp_path / 'hean.db'}")
+    made = ErrorAnalyzer(settings, database=db)
     yield made
     made.close()
-    engine.dispose()
+    db.dispose()
 
 
 def run_buggy(tree: Path) -> BaseException:
@@ -161,13 +161,13 @@ def test_auto_dev_is_off_by_default(
         HEAN_HOME=str(tmp_path / "home"), HEAN_AUTODEV_ROOT=str(tree), HEAN_LLM_MAX_RETRIES="0"
     )
     assert settings.auto_dev_mode is False
-    engine = open_engine(f"sqlite:///{tmp_path / 'off.db'}")
-    off = ErrorAnalyzer(settings, engine=engine)
+    db = open_database(f"sqlite:///{tmp_path / 'off.db'}")
+    off = ErrorAnalyzer(settings, database=db)
     try:
         analysis = off.analyze_error_sync(run_buggy(tree))
     finally:
         off.close()
-        engine.dispose()
+        db.dispose()
     assert analysis.status == "ok" and analysis.autodev is None
     assert (tree / "app" / "calc.py").read_text() == BUGGY
 
@@ -227,7 +227,9 @@ def test_deny_list_names_the_order_risk_money_and_concurrency_code() -> None:
         "hean/engine.py",
         "cpp_ext/engine.cpp",
         "workers/engine.py",
-        "workers/commands.py",
+        "hean/commands/registry.py",
+        "workers/shard.py",
+        "workers/execution.py",
         "web/intake.py",
         "hean/command_journal.py",
         "hean/core/system/redis_state.py",

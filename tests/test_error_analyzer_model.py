@@ -17,7 +17,7 @@ import pytest
 from hean.analyzer.models import FixSuggestion
 from hean.config import Settings
 from hean.core.system.error_analyzer import ErrorAnalyzer
-from hean.db import open_engine
+from hean.db import open_database
 from hean.redis_server import free_port
 from support import ManagedProcess, wait_for
 
@@ -60,8 +60,8 @@ def test_a_real_local_model_answers_with_a_schema_valid_fix(
         HEAN_LLM_TIMEOUT="240",  # a hang guard for a busy machine, not a speed check
         HEAN_LLM_MAX_RETRIES="0",
     )
-    engine = open_engine(f"sqlite:///{tmp_path / 'hean.db'}")
-    analyzer = ErrorAnalyzer(settings, engine=engine)
+    db = open_database(f"sqlite:///{tmp_path / 'hean.db'}")
+    analyzer = ErrorAnalyzer(settings, database=db)
     try:
         try:
             {"alice": 5.0}["bob"]
@@ -69,7 +69,7 @@ def test_a_real_local_model_answers_with_a_schema_valid_fix(
             analysis = analyzer.analyze_error_sync(exc)
     finally:
         analyzer.close()
-        engine.dispose()
+        db.dispose()
     assert analysis.status == "ok", analysis.error
     assert isinstance(analysis.suggestion, FixSuggestion)
     assert 0.0 <= analysis.suggestion.confidence <= 1.0 and analysis.suggestion.risk in (

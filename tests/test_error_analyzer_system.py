@@ -24,7 +24,7 @@ import pytest
 from celery import Celery
 from sqlalchemy import select
 
-from hean.db import analyses, open_engine
+from hean.db import analyses, open_database
 from hean.processes import PROCESSES
 from hean.redis_server import free_port
 from llm_server import LLMServer
@@ -88,12 +88,12 @@ def analyzer_system(
 
 
 def rows(system: dict[str, Any]) -> list[Any]:
-    engine = open_engine(f"sqlite:///{system['home'] / 'hean.db'}")
+    db = open_database(f"sqlite:///{system['home'] / 'hean.db'}")
     try:
-        with engine.connect() as conn:
+        with db.connect() as conn:
             return list(conn.execute(select(analyses).order_by(analyses.c.id)))
     finally:
-        engine.dispose()
+        db.dispose()
 
 
 def analysis_from(system: dict[str, Any], origin_prefix: str) -> Any:

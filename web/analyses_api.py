@@ -43,7 +43,7 @@ def list_analyses() -> ResponseReturnValue:
 
     history = get_error_analyzer().history
     try:
-        rows = history.list(limit=limit, offset=offset, status=status)
+        rows = history.recent(limit=limit, offset=offset, status=status)
         counts = history.counts()
     except SQLAlchemyError:
         return error_response(503, "unavailable", "analysis history unreachable; retry")

@@ -14,9 +14,10 @@ from flask import Flask, got_request_exception
 def report_handler_error(exc: BaseException, origin: str) -> None:
     """Queue `exc` for analysis (never raises)."""
     try:
-        from workers.llm import reporting_analyzer
+        from hean.core.system.error_analyzer import reporting_analyzer
+        from workers.app import app as celery_app
 
-        reporting_analyzer().report(exc, origin)
+        reporting_analyzer(celery_app).report(exc, origin)
     except Exception:  # reporting must never add a second failure to the first
         pass
 

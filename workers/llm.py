@@ -1,7 +1,8 @@
 """The `llm` queue: error analyses, and the hooks that send every worker's errors to it.
 
 - A Celery task that fails anywhere (`task_failure`) is reported: the signal handler only
-  enqueues; a background thread builds the redacted report and publishes `analyze`.
+  enqueues; a background thread builds the redacted report and publishes `analyze`
+  (hean.topology.ANALYZE_TASK, queue `llm`).
 - Every worker process writes fatal signals and aborts (a crash in the C++ core included) to
   a crash file of its own under HEAN_HOME/crashes (faulthandler). A file left behind by a
   process that died is sent for analysis by the next worker that starts.
@@ -17,7 +18,6 @@ import fcntl
 import logging
 import os
 import sys
-import threading
 import uuid
 from pathlib import Path
 from typing import IO, Any
@@ -25,16 +25,16 @@ from typing import IO, Any
 from celery.signals import celeryd_after_setup, task_failure, worker_process_init, worker_shutdown
 from pydantic import ValidationError
 
-from celeryconfig import LLM_QUEUE
 from hean.analyzer.models import ErrorReport
 from hean.analyzer.report import report_from_crash
 from hean.config import get_settings
 from hean.core.system.error_analyzer import ErrorAnalyzer, get_error_analyzer
+from hean.core.system.error_analyzer import reporting_analyzer as analyzer_for_queue
+from hean.topology import ANALYZE_TASK
 from workers.app import app
 
 log = logging.getLogger(__name__)
 
-ANALYZE_TASK = "workers.llm.analyze"
 CRASH_HEADER = "# hean crash file"
 
 
@@ -54,21 +54,9 @@ def analyze(report: dict[str, Any]) -> dict[str, Any]:
     return {"id": analysis.id, "status": analysis.status, "deduplicated": analysis.deduplicated}
 
 
-def enqueue_report(report: ErrorReport) -> None:
-    """Publish `report` to the llm queue (called from the reporting thread, never a hot path)."""
-    analyze.apply_async(args=[report.model_dump(mode="json")], queue=LLM_QUEUE, retry=False)
-
-
-_installed = threading.Lock()
-
-
 def reporting_analyzer() -> ErrorAnalyzer:
-    """The process's analyzer, with its reports sent to the llm queue."""
-    analyzer = get_error_analyzer()
-    if analyzer.sender.deliver is not enqueue_report:
-        with _installed:
-            analyzer.set_delivery(enqueue_report)
-    return analyzer
+    """This worker's analyzer, with its reports sent to the llm queue."""
+    return analyzer_for_queue(app)
 
 
 @task_failure.connect

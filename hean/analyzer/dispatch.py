@@ -11,8 +11,10 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from hean.analyzer.models import ErrorReport
+from hean.topology import ANALYZE_TASK, LLM_QUEUE
 
 log = logging.getLogger("hean.analyzer")
 
@@ -89,3 +91,15 @@ class ReportSender:
 
         threading.Thread(target=wait, daemon=True).start()
         return done.wait(timeout)
+
+
+class QueueDelivery:
+    """Delivery to the `llm` queue through a Celery app (handed in: hean imports no Celery app)."""
+
+    def __init__(self, celery_app: Any) -> None:
+        self.celery_app = celery_app
+
+    def __call__(self, report: ErrorReport) -> None:
+        self.celery_app.send_task(
+            ANALYZE_TASK, args=[report.model_dump(mode="json")], queue=LLM_QUEUE, retry=False
+        )

@@ -10,11 +10,10 @@ from typing import Any
 
 import sqlalchemy
 from sqlalchemy import func, select
-from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from hean.analyzer.models import ErrorReport
-from hean.db import analyses, llm_calls
+from hean.db import Database, analyses, llm_calls
 
 HOUR_S = 3600.0
 
@@ -29,8 +28,8 @@ def _row_dict(row: Any) -> dict[str, Any]:
 class AnalysisHistory:
     """Reads and writes analyses and model calls; every write of a result is also a log line."""
 
-    def __init__(self, engine: Engine, log_path: Path) -> None:
-        self.engine = engine
+    def __init__(self, database: Database, log_path: Path) -> None:
+        self.database = database
         self.log_path = log_path
         self._log_lock = threading.Lock()
 
@@ -39,7 +38,7 @@ class AnalysisHistory:
         query = select(analyses).where(
             analyses.c.fingerprint == fingerprint, analyses.c.source_hash == source_hash
         )
-        with self.engine.connect() as conn:
+        with self.database.connect() as conn:
             row = conn.execute(query).first()
         return _row_dict(row) if row is not None else None
 
@@ -61,7 +60,7 @@ class AnalysisHistory:
             "process": report.process[:200],
         }
         try:
-            with self.engine.begin() as conn:
+            with self.database.begin() as conn:
                 conn.execute(analyses.insert().values(**values))
         except IntegrityError:  # another thread opened it first
             pass
@@ -71,7 +70,7 @@ class AnalysisHistory:
 
     def count_occurrence(self, analysis_id: int, at: float) -> int:
         """One more occurrence of a group; returns its new count."""
-        with self.engine.begin() as conn:
+        with self.database.begin() as conn:
             conn.execute(
                 analyses.update()
                 .where(analyses.c.id == analysis_id)
@@ -85,29 +84,29 @@ class AnalysisHistory:
         for name in ("suggestion", "autodev"):
             if name in values and values[name] is not None and not isinstance(values[name], str):
                 values[name] = json.dumps(values[name])
-        with self.engine.begin() as conn:
+        with self.database.begin() as conn:
             conn.execute(analyses.update().where(analyses.c.id == analysis_id).values(**values))
             row = conn.execute(select(analyses).where(analyses.c.id == analysis_id)).one()
         return _row_dict(row)
 
     def get(self, analysis_id: int) -> dict[str, Any] | None:
-        with self.engine.connect() as conn:
+        with self.database.connect() as conn:
             row = conn.execute(select(analyses).where(analyses.c.id == analysis_id)).first()
         return _row_dict(row) if row is not None else None
 
-    def list(self, limit: int = 50, offset: int = 0, status: str | None = None) -> list[dict[str, Any]]:
+    def recent(self, limit: int = 50, offset: int = 0, status: str | None = None) -> list[dict[str, Any]]:
         query = select(analyses).order_by(analyses.c.last_seen.desc(), analyses.c.id.desc())
         if status:
             query = query.where(analyses.c.status == status)
-        with self.engine.connect() as conn:
+        with self.database.connect() as conn:
             rows = conn.execute(query.limit(limit).offset(offset)).all()
         return [_row_dict(r) for r in rows]
 
     def counts(self) -> dict[str, Any]:
         """Totals: groups, occurrences, per status, model calls and cost (all time and last hour)."""
         since = time.time() - HOUR_S
-        with self.engine.connect() as conn:
-            by_status = dict(
+        with self.database.connect() as conn:
+            by_status: dict[str, int] = dict(
                 conn.execute(select(analyses.c.status, func.count()).group_by(analyses.c.status)).all()
             )
             groups, occurrences = conn.execute(
@@ -141,11 +140,11 @@ class AnalysisHistory:
         cannot both get it.
         """
         now = time.time()
-        with self.engine.begin() as conn:
+        with self.database.begin() as conn:
             call_id = int(
                 conn.execute(
                     llm_calls.insert().values(at=now, analysis_id=analysis_id, provider=provider, model=model)
-                ).inserted_primary_key[0]
+                ).inserted_primary_key[0]  # type: ignore[index]  # always set after an INSERT
             )
             before = conn.execute(
                 select(func.count()).where(llm_calls.c.at >= now - HOUR_S, llm_calls.c.id <= call_id)
@@ -158,7 +157,7 @@ class AnalysisHistory:
     def finish_call(
         self, call_id: int, outcome: str, input_tokens: int, output_tokens: int, cost: float
     ) -> None:
-        with self.engine.begin() as conn:
+        with self.database.begin() as conn:
             conn.execute(
                 llm_calls.update()
                 .where(llm_calls.c.id == call_id)
@@ -168,7 +167,7 @@ class AnalysisHistory:
             )
 
     def calls_for(self, analysis_id: int) -> list[dict[str, Any]]:
-        with self.engine.connect() as conn:
+        with self.database.connect() as conn:
             rows = conn.execute(
                 select(llm_calls).where(llm_calls.c.analysis_id == analysis_id).order_by(llm_calls.c.id)
             ).all()
@@ -184,8 +183,8 @@ class AnalysisHistory:
                 handle.write(line + "\n")
 
 
-def clear(engine: Engine) -> None:
+def clear(database: Database) -> None:
     """Forget every analysis and call (tests, and `hean analyses --clear` if ever wanted)."""
-    with engine.begin() as conn:
+    with database.begin() as conn:
         conn.execute(sqlalchemy.delete(llm_calls))
         conn.execute(sqlalchemy.delete(analyses))

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pydantic
 
 from hean.analyzer.models import FixSuggestion
+
+if TYPE_CHECKING:
+    from anthropic.types import ToolParam
 
 #: Estimated USD per million (input, output) tokens, by model-name prefix (longest wins).
 #: Unknown models (local servers) cost 0; HEAN_LLM_PRICE overrides.
@@ -205,7 +208,7 @@ class AnthropicProvider:
             timeout=timeout,
             max_retries=max_retries,
         )
-        self.tool = {
+        self.tool: ToolParam = {
             "name": TOOL_NAME,
             "description": "Report the root cause of the error and the proposed fix.",
             "input_schema": FixSuggestion.model_json_schema(),

@@ -13,9 +13,9 @@ from typing import Any
 
 from pydantic import BaseModel, field_validator
 
-from celeryconfig import DEFAULT_QUEUE
+from hean.commands import command
+from hean.topology import DEFAULT_QUEUE
 from workers.app import app
-from workers.commands import command
 
 
 def settle(balances: dict[str, float], account: str) -> float:

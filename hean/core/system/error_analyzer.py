@@ -29,10 +29,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy.engine import Engine
-
 from hean.analyzer.autodev import AutoDev
-from hean.analyzer.dispatch import Delivery, ReportSender
+from hean.analyzer.dispatch import Delivery, QueueDelivery, ReportSender
 from hean.analyzer.history import AnalysisHistory
 from hean.analyzer.models import ErrorReport, FixSuggestion
 from hean.analyzer.prompt import build_messages
@@ -49,6 +47,7 @@ from hean.analyzer.providers import (
 from hean.analyzer.redaction import MASK, RedactionError, Redactor
 from hean.analyzer.report import PROJECT_ROOT, recent_logs, report_from_exception
 from hean.config import Settings, get_settings
+from hean.db import Database
 
 log = logging.getLogger("hean.analyzer")
 
@@ -95,21 +94,27 @@ class ErrorAnalysis:
 
 def make_provider(settings: Settings) -> Provider | None:
     """The configured provider, or None when it has neither a key nor a base URL."""
-    common = {
-        "timeout": settings.llm_timeout,
-        "max_retries": settings.llm_max_retries,
-        "max_tokens": settings.llm_max_tokens,
-    }
     if settings.llm_provider == "anthropic":
         key = settings.anthropic_api_key.get_secret_value() if settings.anthropic_api_key else None
         if not key and not os.environ.get("ANTHROPIC_BASE_URL"):
             return None
-        return AnthropicProvider(settings.llm_model or DEFAULT_MODELS["anthropic"], key, **common)
+        return AnthropicProvider(
+            settings.llm_model or DEFAULT_MODELS["anthropic"],
+            key,
+            timeout=settings.llm_timeout,
+            max_retries=settings.llm_max_retries,
+            max_tokens=settings.llm_max_tokens,
+        )
     key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
     if not key and not os.environ.get("OPENAI_BASE_URL"):
         return None
     return OpenAIProvider(
-        settings.llm_model or DEFAULT_MODELS["openai"], key, api=settings.llm_openai_api, **common
+        settings.llm_model or DEFAULT_MODELS["openai"],
+        key,
+        api=settings.llm_openai_api,
+        timeout=settings.llm_timeout,
+        max_retries=settings.llm_max_retries,
+        max_tokens=settings.llm_max_tokens,
     )
 
 
@@ -129,7 +134,7 @@ class ErrorAnalyzer:
         self,
         settings: Settings | None = None,
         *,
-        engine: Engine | None = None,
+        database: Database | None = None,
         provider: Provider | None = None,
         redactor: Redactor | None = None,
         auto_dev_mode: bool | None = None,
@@ -138,7 +143,7 @@ class ErrorAnalyzer:
         self.settings = settings or get_settings()
         self.auto_dev_mode = self.settings.auto_dev_mode if auto_dev_mode is None else auto_dev_mode
         self.project_root = (project_root or self.settings.autodev_root or PROJECT_ROOT).resolve()
-        self._engine = engine
+        self._database = database
         self._history: AnalysisHistory | None = None
         self._provider = provider
         self._provider_made = provider is not None
@@ -152,11 +157,13 @@ class ErrorAnalyzer:
     def history(self) -> AnalysisHistory:
         with self._lock:
             if self._history is None:
-                if self._engine is None:
-                    from hean.db import get_engine
+                if self._database is None:
+                    from hean.db import database
 
-                    self._engine = get_engine()
-                self._history = AnalysisHistory(self._engine, self.settings.logs_dir / "fix_suggestions.log")
+                    self._database = database()
+                self._history = AnalysisHistory(
+                    self._database, self.settings.logs_dir / "fix_suggestions.log"
+                )
             return self._history
 
     @property
@@ -373,6 +380,16 @@ def get_error_analyzer() -> ErrorAnalyzer:
         if _analyzer is None:
             _analyzer = ErrorAnalyzer()
         return _analyzer
+
+
+def reporting_analyzer(celery_app: Any) -> ErrorAnalyzer:
+    """The process-wide analyzer, its reports sent to the `llm` queue through `celery_app`."""
+    analyzer = get_error_analyzer()
+    with _analyzer_lock:
+        current = analyzer.sender.deliver
+        if not (isinstance(current, QueueDelivery) and current.celery_app is celery_app):
+            analyzer.set_delivery(QueueDelivery(celery_app))
+    return analyzer
 
 
 def set_error_analyzer(analyzer: ErrorAnalyzer | None) -> None:
