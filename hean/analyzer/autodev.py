@@ -30,8 +30,12 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from hean.analyzer.models import FixSuggestion
+
+if TYPE_CHECKING:
+    from unidiff import PatchedFile
 from hean.analyzer.redaction import Redactor
 
 #: Never patched automatically, whatever the allow-list says. Prefixes end with "/"; other
@@ -170,11 +174,11 @@ def parse_search_replace(patch: str) -> list[tuple[str, str, str]]:
     return blocks
 
 
-def _apply_unified(patched_file: object, original: str) -> str:
+def _apply_unified(patched_file: PatchedFile, original: str) -> str:
     """Apply one file's hunks exactly: context and removed lines must match (offset allowed, no fuzz)."""
     lines = original.splitlines(keepends=True)
     offset = 0
-    for hunk in patched_file:  # type: ignore[attr-defined]
+    for hunk in patched_file:
         source = [ln.value for ln in hunk if ln.is_context or ln.is_removed]
         target = [ln.value for ln in hunk if ln.is_context or ln.is_added]
         expected = max(hunk.source_start - 1, 0) + offset

@@ -434,7 +434,7 @@ def setup_exception_hook(auto_dev_mode: bool = False) -> ErrorAnalyzer:
         finally:
             previous_thread(args)
 
-    excepthook._hean_hook = True  # type: ignore[attr-defined]
+    excepthook._hean_hook = True  # type: ignore[attr-defined]  # marks the hook as installed
     sys.excepthook = excepthook
     threading.excepthook = thread_hook
     return analyzer
