@@ -10,6 +10,8 @@ module.
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
@@ -97,12 +99,17 @@ def database() -> Database:
 
 
 def ping() -> None:
-    """`SELECT 1`, and for SQLite also a read of the schema, which a damaged file fails."""
+    """`SELECT 1`; for an SQLite file, a read of its schema on a connection opened just now,
+    which a damaged file fails (a pooled connection in WAL mode may answer from its page cache
+    long after the file was damaged)."""
     db = database()
+    path = db.url.database if db.dialect.name == "sqlite" else None
+    if path and path != ":memory:" and not path.startswith("file:"):
+        with contextlib.closing(sqlite3.connect(path, timeout=1.0)) as fresh:
+            fresh.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return
     with db.connect() as connection:
         connection.execute(sqlalchemy.text("SELECT 1"))
-        if db.dialect.name == "sqlite":
-            connection.execute(sqlalchemy.text("SELECT count(*) FROM sqlite_master"))
 
 
 def reset() -> None:
