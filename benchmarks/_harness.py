@@ -196,6 +196,15 @@ def _is_result_of(key: object, payload: object, request_id: str) -> bool:
     return key == "command_result" and isinstance(payload, dict) and payload.get("request_id") == request_id
 
 
+def trading_client(system: Stack) -> RawSocketIO:
+    """A client of `system`, connected with its token, whose engine has a BTCUSDT market and runs."""
+    client = RawSocketIO(system.url, {"token": system.token})
+    market = {"symbol": "BTCUSDT", "bid": "50000", "ask": "50001", "last": "50000.5"}
+    for setup in ({"command": "update_market", "params": market}, {"command": "start", "params": {}}):
+        client.call("command", setup)
+    return client
+
+
 class RawSocketIO:
     """A minimal Socket.IO v5 client over one WebSocket, for load and latency measurement.
 

@@ -38,6 +38,7 @@ from _harness import (
     percentile,
     print_table,
     stack,
+    trading_client,
     wait_http,
 )
 
@@ -178,10 +179,7 @@ def run_layout(args: argparse.Namespace, affinity: str) -> dict[str, Any]:
         floor = measure(floors["echo"], echo_body, args.samples)
         floor_publish = measure(floors["echo+redis"], echo_body, args.samples)
 
-        client = RawSocketIO(system.url, {"token": system.token})
-        market = {"symbol": "BTCUSDT", "bid": "50000", "ask": "50001", "last": "50000.5"}
-        for setup in ({"command": "update_market", "params": market}, {"command": "start", "params": {}}):
-            client.call("command", setup)
+        client = trading_client(system)
         prefix = uuid.uuid4().hex[:8]
         counter = iter(range(10**9))
         idle = measure(client, lambda: order(next(counter), "idle" + prefix), args.samples, settle=True)

@@ -20,7 +20,7 @@ import uuid
 from typing import Any
 
 import redis
-from _harness import RawSocketIO, percentile, print_table, stack
+from _harness import RawSocketIO, percentile, print_table, stack, trading_client
 from bench_ack import measure, order
 
 MODES = (
@@ -61,10 +61,7 @@ def run_mode(args: argparse.Namespace, fsync: str, appendfsync: str) -> dict[str
     env = {"HEAN_COMMAND_RATE": "100000", "HEAN_COMMAND_BURST": "100000", "HEAN_ACK_FSYNC": fsync}
     with stack(["worker-engine", "worker-llm", "web"], **env) as system:
         redis.Redis.from_url(system.redis_url).config_set("appendfsync", appendfsync)
-        client = RawSocketIO(system.url, {"token": system.token})
-        market = {"symbol": "BTCUSDT", "bid": "50000", "ask": "50001", "last": "50000.5"}
-        for setup in ({"command": "update_market", "params": market}, {"command": "start", "params": {}}):
-            client.call("command", setup)
+        client = trading_client(system)
         prefix = uuid.uuid4().hex[:8]
         counter = iter(range(10**9))
         idle = measure(client, lambda: order(next(counter), "idle" + prefix), args.samples, settle=True)
