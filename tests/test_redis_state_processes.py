@@ -24,6 +24,7 @@ from hean.redis_server import PrivateRedis, free_port
 WRITERS = 8
 UPDATES_PER_WRITER = 2_000
 RESULT_TIMEOUT = 180.0  # anti-hang only
+WATCH_PATIENCE = 100_000  # lost WATCH races one update may take
 CTX = mp.get_context("spawn")
 
 
@@ -31,16 +32,24 @@ def _increment_worker(url: str, key: str, mode: str, count: int, start: Any, out
     manager = SyncRedisStateManager(url)
     versions: list[int] = []
     start.wait(60)
-    for _ in range(count):
-        if mode == "watch":
-            _, version = manager.update_state_atomic(
-                key, lambda current: {"n": (current or {}).get("n", 0) + 1}, "load"
-            )
-        else:
-            version = manager.increment_state(key, {"n": 1}, "load").version
-        versions.append(version)
+    try:
+        for _ in range(count):
+            if mode == "watch":
+                # Eight writers on two cores can starve one of them for longer than the
+                # default give-up limit; this test is about exact totals, not that limit.
+                _, version = manager.update_state_atomic(
+                    key, lambda current: {"n": (current or {}).get("n", 0) + 1}, "load",
+                    max_retries=WATCH_PATIENCE,
+                )
+            else:
+                version = manager.increment_state(key, {"n": 1}, "load").version
+            versions.append(version)
+    except Exception as exc:  # reported to the test at once instead of a silent exit
+        out.put(repr(exc))
+        raise
+    finally:
+        manager.close()
     out.put((versions, manager.stats.watch_conflicts))
-    manager.close()
 
 
 def _subscriber_worker(url: str, key: str, face: str, target: Any, ready: Any, out: Any) -> None:
@@ -90,6 +99,8 @@ def _run_writers(url: str, key: str, mode: str) -> tuple[list[list[int]], int]:
     start.set()
     try:
         results = [out.get(timeout=RESULT_TIMEOUT) for _ in procs]
+        failures = [result for result in results if isinstance(result, str)]
+        assert not failures, f"writers failed: {failures}"
     finally:
         for proc in procs:
             proc.join(timeout=30)
