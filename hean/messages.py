@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any
@@ -72,6 +73,63 @@ class CommandAck(BaseModel):
     ack_time_ms: float
     error: ErrorInfo | None = None
     duplicate: bool = False  # True when this request id was seen before: the original ack
+
+
+def ack_message(
+    request_id: str,
+    command: str | None,
+    accepted: bool,
+    ack_time_ms: float,
+    error: ErrorInfo | None = None,
+    duplicate: bool = False,
+) -> dict[str, Any]:
+    """``CommandAck(...).model_dump(mode="json")`` without building the model: every command's
+    ack is built on the web process's hot path (tests/test_messages.py keeps the two equal)."""
+    return {
+        "request_id": request_id,
+        "command": command,
+        "accepted": accepted,
+        "ack_time_ms": ack_time_ms,
+        "error": None
+        if error is None
+        else {"code": error.code, "message": error.message, "field": error.field},
+        "duplicate": duplicate,
+    }
+
+
+def envelope_json(
+    request_id: str, command: str, params: dict[str, Any], reply_to: str | None, received_at_ms: float
+) -> str:
+    """A :class:`TaskEnvelope` as JSON, from values already validated (the same document as
+    ``model_dump_json``; tests/test_messages.py checks it), for the hot path."""
+    return json.dumps(
+        {
+            "request_id": request_id,
+            "command": command,
+            "params": params,
+            "reply_to": reply_to,
+            "received_at_ms": received_at_ms,
+        },
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+
+
+def read_envelope(data: Any) -> TaskEnvelope:
+    """A TaskEnvelope from a queued message's dict. The web process built it from a validated
+    command, so this checks only its shape (full validation cost a tenth of the engine
+    worker's CPU per order); raises ValueError on a malformed one."""
+    if not (
+        isinstance(data, dict)
+        and isinstance(data.get("request_id"), str)
+        and isinstance(data.get("command"), str)
+        and isinstance(data.get("params"), dict)
+        and isinstance(data.get("reply_to"), str | None)
+        and isinstance(data.get("received_at_ms"), int | float)
+        and len(data) == 5
+    ):
+        return TaskEnvelope.model_validate(data)  # raises the full, readable error
+    return TaskEnvelope.model_construct(**data)
 
 
 class CommandResult(BaseModel):

@@ -13,7 +13,7 @@ from typing import Any
 from hean import metrics
 from hean.command_journal import CommandJournal
 from hean.commands import RunRefused, error_from, get_command
-from hean.messages import OPERATORS_ROOM, CommandResult, ErrorInfo, TaskEnvelope
+from hean.messages import OPERATORS_ROOM, CommandResult, ErrorInfo, TaskEnvelope, read_envelope
 from hean.redis_client import sync_client
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def result_message(
     envelope: TaskEnvelope, result: Any, error: dict[str, Any] | None, execution_time_ms: float
 ) -> dict[str, Any]:
     """What `CommandResult(...).model_dump(mode="json")` gives, built as a dict (a many-handler's
-    results are JSON already; tests/test_execution.py holds the two equal)."""
+    results are JSON already; tests/test_order_runs.py holds the two equal)."""
     return {
         "request_id": envelope.request_id,
         "command": envelope.command,
@@ -130,7 +130,7 @@ def execute_batch(
     """
     from workers.emit import publish_on
 
-    envelopes = [TaskEnvelope.model_validate(data) for data in envelopes_data]
+    envelopes = [read_envelope(data) for data in envelopes_data]
     client = sync_client()
     journal = CommandJournal(client)
     # per request id, its result so far: from the journal, then from this very batch (a

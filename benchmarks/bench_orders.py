@@ -1,0 +1,427 @@
+"""Orders through the whole system, design against design, in one run (issue 14 item 6).
+
+Designs, each on its own freshly started processes, in turn:
+- echo floor, 1 order/event: a bare Flask-SocketIO echo handler (benchmarks/echo_server.py);
+  its "result" is the echoed ack;
+- echo floor, 100 orders/event: the same, the orders encoded back;
+- naive: a Flask-SocketIO handler calling ``apply_async`` per order, a Celery worker applying
+  it to the engine and emitting the result through the Redis message queue
+  (benchmarks/naive_orders.py), 1 order/event;
+- HEAN, 1 order/event: single `submit_order` events (web + engine worker + Redis);
+- HEAN, hean.client: single `submit_order()` calls through hean.client (coalescing on);
+- HEAN, 100 orders/event: `submit_orders` commands.
+
+For each design the offered rate ramps up (--rates-single / --rates-batched, each step
+--step-seconds long, after a warm-up) until the results stop keeping up: a step is sustained
+when the loader sent at the offered rate (>= 95%), every order was answered, and the last
+result came within 1 s of the last send. Per design it prints: the highest sustained
+orders/s; p50 / p99 submit-to-result at 1,000/s and at that highest rate; CPU ms per order per
+process at 1,000/s (the loader included); memory growth over --memory-seconds at 1,000/s (RSS,
+every process); and ratios to the naive design. CPU seconds per order are the steady figure on
+this shared machine; latencies are not. Never fails on speed.
+
+    .venv/bin/python benchmarks/bench_orders.py [--step-seconds S] [--memory-seconds S]
+                                                [--designs a,b,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _harness import (
+    REPO_ROOT,
+    RawSocketIO,
+    Stack,
+    percentile,
+    print_table,
+    wait_http,
+)
+
+from hean.redis_server import free_port
+
+SYMBOL = "BTCUSDT"
+KEEP_UP_S = 1.0
+SENT_FRACTION = 0.95
+WARMUP_S = 1.0
+DRAIN_TIMEOUT_S = 30.0
+REFERENCE_RATE = 1_000
+
+
+@dataclass(frozen=True)
+class Design:
+    key: str
+    title: str
+    system: str  # "echo", "naive" or "hean"
+    per_event: int
+    loader: str  # "raw" or "client"
+    rates: str  # which ramp: "single" or "batched"
+
+
+DESIGNS = (
+    Design("echo1", "echo floor, 1 order/event", "echo", 1, "raw", "single"),
+    Design("echo100", "echo floor, 100 orders/event", "echo", 100, "raw", "batched"),
+    Design("naive", "naive (apply_async per order)", "naive", 1, "raw", "single"),
+    Design("hean1", "HEAN, 1 order/event", "hean", 1, "raw", "single"),
+    Design("client", "HEAN, hean.client coalescing", "hean", 1, "client", "single"),
+    Design("hean100", "HEAN, 100 orders/event", "hean", 100, "raw", "batched"),
+)
+
+
+def order_params(prefix: str, i: int) -> dict[str, Any]:
+    return {"client_order_id": f"{prefix}-{i}", "symbol": SYMBOL, "side": "BUY" if i % 2 else "SELL",
+            "quantity": "0.001"}
+
+
+def command(prefix: str, i: int, per_event: int) -> dict[str, Any]:
+    if per_event == 1:
+        return {"command": "submit_order", "params": order_params(prefix, i), "request_id": f"{prefix}-{i}"}
+    orders = [order_params(prefix, i * per_event + k) for k in range(per_event)]
+    return {"command": "submit_orders", "params": {"orders": orders}, "request_id": f"{prefix}-b{i}"}
+
+
+# ----------------------------------------------------------------------------- the loader
+
+
+def _pace(rate_events: float, count: int, send: Any, deadline_s: float) -> int:
+    """Call send(i) at its due time; stop early if more than `deadline_s` behind schedule."""
+    started = time.perf_counter()
+    for i in range(count):
+        lag = time.perf_counter() - (started + i / rate_events)
+        if lag < 0:
+            time.sleep(-lag)
+        elif lag > deadline_s:
+            return i
+        send(i)
+    return count
+
+
+def _run_raw(url: str, token: str, echo: bool, per_event: int, rate: float, seconds: float) -> dict[str, Any]:
+    """Raw Socket.IO frames on one connection: a sending loop and a reading thread."""
+    import json
+
+    client = RawSocketIO(url, {"token": token})
+    prefix = uuid.uuid4().hex[:8]
+    events = max(1, int(rate * seconds / per_event))
+    frames = [json.dumps(["command", command(prefix, i, per_event)]) for i in range(events)]
+    ids = [f"{prefix}-{i}" if per_event == 1 else f"{prefix}-b{i}" for i in range(events)]
+    index = {request_id: i for i, request_id in enumerate(ids)}
+    sent_at = [0.0] * events
+    remaining = [per_event] * events
+    latencies: list[float] = []
+    state = {"answered": 0, "refused": 0, "last": 0.0}
+    expected = [events * per_event]
+    all_in = threading.Event()
+
+    def answer(i: int, orders: int, now: float) -> None:
+        orders = min(orders, remaining[i])
+        remaining[i] -= orders
+        latencies.extend([(now - sent_at[i]) * 1000.0] * orders)
+        state["answered"] += orders
+        state["last"] = now
+        if state["answered"] >= expected[0]:
+            all_in.set()
+
+    def read() -> None:
+        try:
+            while not all_in.is_set():
+                kind, key, payload = client.recv()
+                now = time.perf_counter()
+                if kind == "ack":
+                    i = int(key) - 1  # type: ignore[call-overload]  # ack ids are ints
+                    accepted = isinstance(payload, dict) and payload.get("accepted", True) is not False
+                    if echo or not accepted:
+                        state["refused"] += 0 if accepted else per_event
+                        answer(i, per_event, now)
+                elif key == "command_result" and isinstance(payload, dict):
+                    i = index.get(payload.get("request_id", ""), -1)
+                    if i >= 0:
+                        answer(i, int(payload.get("orders", per_event)), now)
+        except Exception as exc:  # the connection closed: report what arrived
+            state["error"] = f"{type(exc).__name__}: {exc}"
+            all_in.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    cpu0 = time.process_time()
+
+    def send(i: int) -> None:
+        sent_at[i] = time.perf_counter()
+        client.ws.send(f"42{i + 1}{frames[i]}")
+
+    started = time.perf_counter()
+    sent = _pace(events / seconds, events, send, KEEP_UP_S)
+    send_done = time.perf_counter()
+    expected[0] = sent * per_event
+    if state["answered"] >= expected[0]:
+        all_in.set()
+    all_in.wait(DRAIN_TIMEOUT_S)
+    cpu = time.process_time() - cpu0
+    client.close()
+    return {
+        "offered": events * per_event, "sent": sent * per_event, "answered": state["answered"],
+        "refused": state["refused"], "send_s": send_done - started,
+        "lag_s": max(0.0, state["last"] - send_done), "lat": latencies, "cpu_s": cpu,
+        "error": state.get("error"),
+    }
+
+
+def _run_client(url: str, token: str, rate: float, seconds: float) -> dict[str, Any]:
+    """hean.client, coalescing on: one `submit_order()` per order."""
+    from hean.client import Client
+
+    count = max(1, int(rate * seconds))
+    latencies: list[float] = []
+    state = {"answered": 0, "refused": 0, "last": 0.0}
+    lock = threading.Lock()
+    all_in = threading.Event()
+    expected = [count]
+    with Client(url, token) as client:
+        cpu0 = time.process_time()
+
+        def send(i: int) -> None:
+            sent_at = time.perf_counter()
+            handle = client.submit_order(SYMBOL, "BUY" if i % 2 else "SELL", "0.001")
+
+            def done(future: Any, t: float = sent_at) -> None:
+                now = time.perf_counter()
+                with lock:
+                    latencies.append((now - t) * 1000.0)
+                    state["answered"] += 1
+                    state["refused"] += 1 if future.exception() is not None else 0
+                    state["last"] = now
+                    if state["answered"] >= expected[0]:
+                        all_in.set()
+
+            handle.result.add_done_callback(done)
+
+        started = time.perf_counter()
+        sent = _pace(rate, count, send, KEEP_UP_S)
+        send_done = time.perf_counter()
+        with lock:
+            expected[0] = sent
+            if state["answered"] >= sent:
+                all_in.set()
+        all_in.wait(DRAIN_TIMEOUT_S)
+        cpu = time.process_time() - cpu0
+    return {
+        "offered": count, "sent": sent, "answered": state["answered"], "refused": state["refused"],
+        "send_s": send_done - started, "lag_s": max(0.0, state["last"] - send_done), "lat": latencies,
+        "cpu_s": cpu, "error": None,
+    }
+
+
+def loader(url: str, token: str, design: Design, jobs: Any, out: Any) -> None:
+    """Run each (rate, seconds) step when told to (a warm-up first); report each."""
+    echo = design.system == "echo"
+    try:
+        while (step := jobs.get()) is not None:
+            rate, seconds = step
+            if design.loader == "client":
+                result = _run_client(url, token, rate, seconds)
+            else:
+                result = _run_raw(url, token, echo, design.per_event, rate, seconds)
+            out.put(result)
+    except Exception as exc:  # never hang the benchmark
+        out.put({"error": f"{type(exc).__name__}: {exc}"})
+
+
+# ----------------------------------------------------------------------------- the systems
+
+
+def start_system(design: Design) -> tuple[Stack, str, str]:
+    """The processes of `design` (with their own private Redis); returns (stack, url, token)."""
+    if design.system == "hean":
+        system = Stack(["worker-engine", "web"], HEAN_COMMAND_RATE="1000000")
+        from hean.client import Client
+
+        with Client(system.url, system.token) as admin:
+            admin.command("risk_adjust", {"fee_rate": "0", "max_orders_per_second": 0,
+                                          "max_open_orders": 100_000}).wait(60)
+            admin.command("update_market", {"symbol": SYMBOL, "bid": "50000", "ask": "50001",
+                                            "last": "50000.5"}).wait(60)
+            admin.command("start").wait(60)
+        return system, system.url, system.token
+    system = Stack([])
+    port = free_port()
+    here = str(REPO_ROOT / "benchmarks")
+    system.env["PYTHONPATH"] = os.pathsep.join([here, str(REPO_ROOT)])
+    if design.system == "echo":
+        system.spawn("echo", [sys.executable, str(REPO_ROOT / "benchmarks" / "echo_server.py"), str(port)],
+                     pin_as="web")
+    else:
+        system.spawn("naive-web", [sys.executable, str(REPO_ROOT / "benchmarks" / "naive_orders.py"), "web",
+                                   str(port)], pin_as="web")
+        system.spawn("naive-worker", [sys.executable, "-m", "celery", "-A", "naive_orders", "worker", "-P",
+                                      "solo", "-Q", "naive", "-l", "warning"], pin_as="worker-engine")
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/socket.io/?EIO=4&transport=polling")
+    return system, url, ""
+
+
+@dataclass
+class Step:
+    rate: float
+    result: dict[str, Any]
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds per process
+    rss: dict[str, tuple[int, int]] = field(default_factory=dict)  # before, after
+
+    @property
+    def sustained(self) -> bool:
+        r = self.result
+        return (not r.get("error") and r["sent"] >= SENT_FRACTION * r["offered"]
+                and r["answered"] >= r["sent"] and r["lag_s"] <= KEEP_UP_S)
+
+    def cpu_ms_per_order(self) -> dict[str, float]:
+        answered = max(1, self.result.get("answered", 0))
+        return {name: 1000.0 * seconds / answered for name, seconds in self.cpu.items()}
+
+
+def _cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    seconds = {}
+    for name, pid in pids.items():
+        try:
+            seconds[name] = float(sum(psutil.Process(pid).cpu_times()[:2]))
+        except psutil.Error:
+            seconds[name] = float("nan")
+    return seconds
+
+
+def _rss(pids: dict[str, int]) -> dict[str, int]:
+    sizes = {}
+    for name, pid in pids.items():
+        try:
+            sizes[name] = psutil.Process(pid).memory_info().rss
+        except psutil.Error:
+            sizes[name] = 0
+    return sizes
+
+
+def run_design(design: Design, rates: list[float], args: argparse.Namespace) -> dict[str, Any]:
+    system, url, token = start_system(design)
+    ctx = mp.get_context("spawn")
+    jobs, out = ctx.Queue(), ctx.Queue()
+    process = ctx.Process(target=loader, args=(url, token, design, jobs, out))
+    process.start()
+    steps: list[Step] = []
+    try:
+        jobs.put((min(rates[0], REFERENCE_RATE), WARMUP_S))
+        out.get(timeout=DRAIN_TIMEOUT_S + 60)
+        pids = {**system.pids(), "loader": process.pid or 0}
+
+        def step(rate: float, seconds: float) -> Step:
+            before, rss0 = _cpu_seconds(pids), _rss(pids)
+            jobs.put((rate, seconds))
+            result = out.get(timeout=seconds * 3 + DRAIN_TIMEOUT_S + 60)
+            after, rss1 = _cpu_seconds(pids), _rss(pids)
+            done = Step(rate, result, {n: after[n] - before[n] for n in pids},
+                        {n: (rss0[n], rss1[n]) for n in pids})
+            lat = result.get("lat") or [float("nan")]
+            print(f"  {design.key:8} {rate:>8,.0f}/s: sent {result.get('sent', 0):,} answered "
+                  f"{result.get('answered', 0):,} last result +{result.get('lag_s', float('nan')):.2f} s, "
+                  f"p50 {percentile(lat, 50):.1f} ms p99 {percentile(lat, 99):.1f} ms, CPU ms/order "
+                  + " ".join(f"{n} {v:.3f}" for n, v in done.cpu_ms_per_order().items())
+                  + ("" if done.sustained else "  <- not sustained")
+                  + (f" ({result['error']})" if result.get("error") else ""), flush=True)
+            return done
+
+        reference = step(REFERENCE_RATE, args.memory_seconds)
+        for rate in rates:
+            if rate == REFERENCE_RATE:
+                steps.append(reference)
+                if not reference.sustained:
+                    break
+                continue
+            steps.append(step(rate, args.step_seconds))
+            if not steps[-1].sustained:
+                break
+        jobs.put(None)
+        process.join(30)
+    finally:
+        if process.is_alive():
+            process.kill()
+        system.close()
+    best = max((s for s in steps if s.sustained), key=lambda s: s.rate, default=None)
+    return {"reference": reference, "best": best}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--step-seconds", type=float, default=5.0)
+    parser.add_argument("--memory-seconds", type=float, default=60.0,
+                        help="length of the 1,000/s step, over which memory growth is measured")
+    parser.add_argument("--rates-single", default="500,1000,2000,3000,4000,6000,8000")
+    parser.add_argument("--rates-batched", default="1000,5000,10000,20000,25000,30000,40000,60000")
+    parser.add_argument("--designs", default=",".join(d.key for d in DESIGNS))
+    args = parser.parse_args()
+    chosen = [d for d in DESIGNS if d.key in args.designs.split(",")]
+    runs: dict[str, dict[str, Any]] = {}
+    for design in chosen:
+        ramp = args.rates_single if design.rates == "single" else args.rates_batched
+        rates = [float(r) for r in ramp.split(",")]
+        print(f"== {design.title}", flush=True)
+        runs[design.key] = run_design(design, sorted(set(rates) | {REFERENCE_RATE}), args)
+    report(chosen, runs, args)
+
+
+def report(chosen: list[Design], runs: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
+    naive = runs.get("naive")
+    naive_best = naive["best"].rate if naive and naive["best"] else None
+    naive_cpu = sum(v for n, v in naive["reference"].cpu_ms_per_order().items()) if naive else None
+    rows = []
+    for design in chosen:
+        run = runs[design.key]
+        ref, best = run["reference"], run["best"]
+        ref_lat = ref.result.get("lat") or [float("nan")]
+        best_lat = (best.result.get("lat") if best else None) or [float("nan")]
+        total_cpu = sum(ref.cpu_ms_per_order().values())
+        growth = sum(after - before for before, after in ref.rss.values()) / 2**20
+        rows.append([
+            design.title,
+            f"{best.rate:,.0f}" if best else "< first step",
+            f"{percentile(ref_lat, 50):.1f} / {percentile(ref_lat, 99):.1f}",
+            f"{percentile(best_lat, 50):.1f} / {percentile(best_lat, 99):.1f}",
+            f"{total_cpu:.3f}",
+            f"{growth:+.1f}",
+            f"{best.rate / naive_best:.1f}x" if best and naive_best else "-",
+            f"{naive_cpu / total_cpu:.1f}x" if naive_cpu and total_cpu else "-",
+        ])
+    print_table(
+        f"orders through the system (steps {args.step_seconds:g} s; "
+        f"the 1,000/s step {args.memory_seconds:g} s)",
+        ["design", "highest sustained /s", "p50/p99 ms @1k/s", "p50/p99 ms @highest", "CPU ms/order @1k/s",
+         "RSS growth MB @1k/s", "rate vs naive", "CPU vs naive"],
+        rows,
+    )
+    print("\nCPU ms per order at 1,000 orders/s, per process (loader included):")
+    for design in chosen:
+        ref = runs[design.key]["reference"]
+        parts = ", ".join(f"{n} {v:.3f}" for n, v in ref.cpu_ms_per_order().items())
+        print(f"  {design.title:34} {parts}")
+    print("\nCPU ms per order at the highest sustained rate, per process:")
+    for design in chosen:
+        best = runs[design.key]["best"]
+        if best is not None:
+            parts = ", ".join(f"{n} {v:.4f}" for n, v in best.cpu_ms_per_order().items())
+            print(f"  {design.title:34} {best.rate:>8,.0f}/s: {parts}")
+    lost = {d.key: r["reference"].result.get("sent", 0) - r["reference"].result.get("answered", 0)
+            for d, r in zip(chosen, runs.values(), strict=True)}
+    print(f"\nunanswered orders in the 1,000/s steps: {lost}")
+
+
+if __name__ == "__main__":
+    main()
