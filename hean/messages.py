@@ -98,21 +98,18 @@ def ack_message(
 
 
 def envelope_json(
-    request_id: str, command: str, params: dict[str, Any], reply_to: str | None, received_at_ms: float
+    request_id: str, command: str, params_json: str, reply_to: str | None, received_at_ms: float
 ) -> str:
-    """A :class:`TaskEnvelope` as JSON, from values already validated (the same document as
-    ``model_dump_json``; tests/test_messages.py checks it), for the hot path."""
-    return json.dumps(
-        {
-            "request_id": request_id,
-            "command": command,
-            "params": params,
-            "reply_to": reply_to,
-            "received_at_ms": received_at_ms,
-        },
-        separators=(",", ":"),
-        ensure_ascii=False,
+    """A :class:`TaskEnvelope` as JSON, from values already validated and the params already
+    encoded (by their model's serializer: ``model_dump_json``), for the hot path. The same
+    document as the model's ``model_dump_json``; tests/test_messages.py checks it."""
+    head = json.dumps(
+        {"request_id": request_id, "command": command}, separators=(",", ":"), ensure_ascii=False
     )
+    tail = json.dumps(
+        {"reply_to": reply_to, "received_at_ms": received_at_ms}, separators=(",", ":"), ensure_ascii=False
+    )
+    return f"{head[:-1]},\"params\":{params_json},{tail[1:]}"
 
 
 def read_envelope(data: Any) -> TaskEnvelope:

@@ -40,7 +40,8 @@ def test_an_envelope_json_is_the_task_envelope_document(params: dict[str, Any], 
         request_id="r-1", command="submit_order", params=params, reply_to=reply_to,
         received_at_ms=1733130000123.25,
     )
-    encoded = envelope_json("r-1", "submit_order", params, reply_to, 1733130000123.25)
+    params_json = json.dumps(params, separators=(",", ":"), ensure_ascii=False)
+    encoded = envelope_json("r-1", "submit_order", params_json, reply_to, 1733130000123.25)
     assert json.loads(encoded) == json.loads(model.model_dump_json())
     assert len(encoded.encode()) == len(model.model_dump_json().encode())  # the size limit's measure
     assert read_envelope(json.loads(encoded)) == model
@@ -63,3 +64,24 @@ def test_a_malformed_envelope_gets_the_models_error(data: Any) -> None:
 def test_an_envelope_with_unknown_fields_is_read_by_the_model() -> None:
     data = {"request_id": "r", "command": "c", "params": {}, "reply_to": None, "received_at_ms": 1, "x": 1}
     assert read_envelope(data) == TaskEnvelope.model_validate(data)
+
+
+def test_validated_order_params_encode_as_the_envelope_carried_them_before() -> None:
+    """The intake encodes params with their model's serializer; the document is what
+    `model_dump(mode="json", exclude_unset=True)` gave, which the engine's handlers read."""
+    from hean.commands import get_command
+
+    for name, raw in [
+        ("submit_order", {"client_order_id": "c-1", "symbol": "BTCUSDT", "side": "BUY", "quantity": "0.5"}),
+        ("submit_order", {"client_order_id": "c-2", "symbol": "BTCUSDT", "side": "SELL", "quantity": "1",
+                          "order_type": "LIMIT", "price": "50000.5", "time_in_force": "IOC"}),
+        ("submit_orders", {"orders": [{"client_order_id": "c-3", "symbol": "ETHUSDT", "side": "BUY",
+                                       "quantity": "2"}]}),
+        ("risk_adjust", {"max_leverage": "10", "max_open_orders": 5}),
+    ]:
+        spec = get_command(name)
+        assert spec is not None
+        params = spec.params.model_validate(raw)
+        assert json.loads(params.model_dump_json(exclude_unset=True)) == params.model_dump(
+            mode="json", exclude_unset=True
+        )

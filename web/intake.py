@@ -149,7 +149,7 @@ class CommandIntake:
             return reject(validation_error(exc, "invalid_params", prefix="params."), status=422)
 
         encoded = envelope_json(
-            request_id, spec.name, params.model_dump(mode="json", exclude_unset=True), reply_to, received_ms
+            request_id, spec.name, params.model_dump_json(exclude_unset=True), reply_to, received_ms
         )
         if len(encoded) > MAX_COMMAND_BYTES:
             return reject(
