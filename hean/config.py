@@ -58,6 +58,14 @@ class Settings(BaseSettings):
         validation_alias=_env("HEAN_ACK_REPLICAS"),
         description="Replicas that must have the command in their AOF before it is acked (WAITAOF).",
     )
+    engine_linger_ms: float = Field(
+        default=4.0,
+        ge=0,
+        le=50,
+        validation_alias=_env("HEAN_ENGINE_LINGER_MS"),
+        description="Group commit: while commands arrive back to back, the engine worker waits this "
+        "long before taking the queue, so that they share one commit (0: never wait).",
+    )
     visibility_timeout: int = Field(default=3600, ge=10, validation_alias=_env("HEAN_VISIBILITY_TIMEOUT"))
     result_expires: int = Field(default=3600, ge=10, validation_alias=_env("HEAN_RESULT_EXPIRES"))
     cors_origins: str = Field(

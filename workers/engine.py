@@ -29,6 +29,7 @@ from hean.commands.params import (
     OrdersParams,
     RiskAdjustParams,
 )
+from hean.config import get_settings
 from hean.engine import EngineState, OrderBatch, OrderResult
 from hean.redis_client import sync_client
 from hean.topology import BATCH_TASKS, ENGINE_PING_TASK, ENGINE_QUEUE
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 
 #: This worker's shard. The engine queue has exactly one consumer per shard, and it is this
 #: process: every task and handler below works on it.
-SHARD: Final = EngineShard()
+SHARD: Final = EngineShard(linger_s=get_settings().engine_linger_ms / 1000.0)
 
 
 def _control(changed: bool) -> dict[str, Any]:
@@ -193,9 +194,12 @@ def update_market(params: MarketParams) -> dict[str, Any]:
 @app.task(name=BATCH_TASKS[ENGINE_QUEUE], bind=True, ignore_result=True, max_retries=None)
 def run_batch(self: Any, envelopes: list[dict[str, Any]]) -> int:
     try:
+        SHARD.linger()
         taken, started = SHARD.take(envelopes)
         # execute_batch marks the taken commands started; its commit empties the in-flight list
-        return execute_batch(envelopes + taken, ENGINE_QUEUE, started, SHARD.hooks)
+        ran = execute_batch(envelopes + taken, ENGINE_QUEUE, started, SHARD.hooks)
+        SHARD.batch_done()
+        return ran
     except RedisError as exc:
         # Results and log did not commit: forget the in-memory engine (it will be rebuilt from
         # what did commit) and run the batch again; the journal applies each command once.
