@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from hean import fastjson
 
 #: Command names and request ids: short, printable, safe in Redis keys and logs.
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
@@ -103,12 +104,8 @@ def envelope_json(
     """A :class:`TaskEnvelope` as JSON, from values already validated and the params already
     encoded (by their model's serializer: ``model_dump_json``), for the hot path. The same
     document as the model's ``model_dump_json``; tests/test_messages.py checks it."""
-    head = json.dumps(
-        {"request_id": request_id, "command": command}, separators=(",", ":"), ensure_ascii=False
-    )
-    tail = json.dumps(
-        {"reply_to": reply_to, "received_at_ms": received_at_ms}, separators=(",", ":"), ensure_ascii=False
-    )
+    head = fastjson.dumps({"request_id": request_id, "command": command})
+    tail = fastjson.dumps({"reply_to": reply_to, "received_at_ms": received_at_ms})
     return f"{head[:-1]},\"params\":{params_json},{tail[1:]}"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Flask
 from flask_socketio import SocketIO
 
+from hean import fastjson
 from hean.config import Settings, get_settings
 from web.bus import FanOutRedisManager
 
@@ -28,6 +29,7 @@ def create_app(settings: Settings | None = None, async_mode: str = "eventlet") -
         settings.effective_redis_url(),
         channel=settings.socketio_channel,
         redis_options={"socket_timeout": None, "health_check_interval": 30},
+        json=fastjson,
     )
     origins = settings.cors_origin_list
     sio = SocketIO(
@@ -40,6 +42,7 @@ def create_app(settings: Settings | None = None, async_mode: str = "eventlet") -
         # Each connection's events run in order in its own reader; handlers yield first (see
         # web/socket_handlers.py), so a flooding client cannot starve the others.
         async_handlers=False,
+        json=fastjson,  # every packet out is encoded by orjson (hean/fastjson.py)
     )
     if origins:
         from flask_cors import CORS

@@ -10,6 +10,7 @@ from typing import Any
 
 import socketio
 
+from hean import fastjson
 from hean.config import get_settings
 from hean.messages import BULK_METHOD
 
@@ -56,7 +57,7 @@ def _manager() -> BufferedRedisManager:
     settings = get_settings()
     # Same channel as the web process's manager (web/app.py), or messages go nowhere.
     return BufferedRedisManager(
-        settings.effective_redis_url(), channel=settings.socketio_channel, write_only=True
+        settings.effective_redis_url(), channel=settings.socketio_channel, write_only=True, json=fastjson
     )
 
 

@@ -26,7 +26,7 @@ from typing import Any, cast
 
 from pydantic import BaseModel
 
-from hean import metrics
+from hean import fastjson, metrics
 from hean.celery_wire import batch_envelopes, task_marker
 from hean.command_journal import RETENTION_S, START_LUA, decode_started, journal_key
 from hean.commands import CONTROL_COMMANDS
@@ -112,7 +112,7 @@ class EngineLog:
         return f"{now_ms}-0" if now_ms > last_ms else f"{last_ms}-{last_seq + 1}"
 
     def add(self, command: str, params: dict[str, Any], now_ns: int) -> None:
-        entry = {"cmd": command, "params": json.dumps(params, separators=(",", ":")), "now_ns": now_ns}
+        entry = {"cmd": command, "params": fastjson.dumps(params), "now_ns": now_ns}
         self.pending.append((self._next_id(), entry))
         self.control_seen |= command in CONTROL_COMMANDS
 
