@@ -19,6 +19,10 @@ OPERATORS_ROOM = "operators"
 #: A Socket.IO message-queue message that carries several emits ({"method": ..., "messages":
 #: [...]}): workers publish a batch's results as one, the web process fans them out.
 BULK_METHOD = "hean_bulk"
+#: A message-queue message carrying one emit as its Socket.IO packet, already encoded by the
+#: worker ({"method": ..., "packet": "2[event, data]", "room": sid, room name, list or None}):
+#: the web process sends it as it is, without decoding and re-encoding the data.
+PACKET_METHOD = "hean_packet"
 
 
 class CommandError(Exception):

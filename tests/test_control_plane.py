@@ -54,9 +54,11 @@ def test_result_goes_to_the_sender_and_the_operators_room_only(system: dict[str,
 def test_a_bulk_message_from_the_workers_is_fanned_out_in_order(
     system: dict[str, Any], system_redis_url: str
 ) -> None:
-    """Workers publish a batch's results as one message; the web delivers each emit in order
-    and skips entries that are not emits (a bad entry never costs the good ones)."""
-    from hean.messages import BULK_METHOD
+    """Workers publish a batch's results as one message; the web delivers each emit (python-
+    socketio's, or a packet the worker encoded) in order and skips entries that are neither (a
+    bad entry never costs the good ones)."""
+    from hean.messages import BULK_METHOD, PACKET_METHOD
+    from workers.emit import packet_message
 
     url, token = str(system["url"]), str(system["token"])
     operator = Client(url, token, operator=True)
@@ -64,11 +66,16 @@ def test_a_bulk_message_from_the_workers_is_fanned_out_in_order(
 
         def emit(i: int) -> dict[str, Any]:
             result = {"request_id": f"bulk-{i}", "success": True, "result": {"i": i}}
+            if i % 2:  # as the engine worker sends them: encoded, to the sender and the operators
+                return packet_message("command_result", result, ["no-such-sid", "operators"])
             return {"method": "emit", "event": "command_result", "data": result, "namespace": "/",
                     "room": "operators", "skip_sid": None, "callback": None, "host_id": "test"}
 
         messages: list[Any] = [emit(i) for i in range(300)]
-        messages[5:5] = [7, "not an emit", None, {"method": "nonsense"}]
+        messages[5:5] = [7, "not an emit", None, {"method": "nonsense"},
+                         {"method": PACKET_METHOD, "packet": 5},
+                         {"method": PACKET_METHOD, "packet": '2["command_result",{}]', "room": 7},
+                         {"method": PACKET_METHOD, "packet": '0{"sid":"x"}', "room": "operators"}]
         channel = str(system["env"].get("HEAN_SOCKETIO_CHANNEL", "hean-socketio"))
         client = redis.Redis.from_url(system_redis_url)
         client.publish(channel, json.dumps({"method": BULK_METHOD, "messages": messages}))

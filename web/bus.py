@@ -6,8 +6,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import socketio
+from engineio import packet as eio_packet
 
-from hean.messages import BULK_METHOD
+from hean.messages import BULK_METHOD, PACKET_METHOD
 
 
 class FanOutRedisManager(socketio.RedisManager):
@@ -26,10 +27,32 @@ class FanOutRedisManager(socketio.RedisManager):
                 continue  # not a Socket.IO message; python-socketio ignores these too
             if not isinstance(data, dict):
                 continue
+            if data.get("method") == PACKET_METHOD:
+                self._send_packet(data)
+                continue
             if data.get("method") != BULK_METHOD:
                 yield data
                 continue
-            for message in data.get("messages") or ():
-                if isinstance(message, dict):
+            messages = data.get("messages")
+            for message in messages if isinstance(messages, list) else ():
+                if not isinstance(message, dict):
+                    continue
+                if message.get("method") == PACKET_METHOD:
+                    self._send_packet(message)
+                else:
                     yield message
-                    self.server.sleep(0)
+                self.server.sleep(0)
+
+    def _send_packet(self, message: dict[str, Any]) -> None:
+        """Send a worker's encoded Socket.IO packet (workers/emit.py `packet_message`) to the
+        room's (or rooms') participants on this server, as python-socketio's own emit does."""
+        packet, room = message.get("packet"), message.get("room")
+        if not (isinstance(packet, str) and packet.startswith("2")):
+            return
+        if not (room is None or isinstance(room, str) or (
+            isinstance(room, list) and all(isinstance(r, str) for r in room)
+        )):
+            return
+        eio_pkt = eio_packet.Packet(eio_packet.MESSAGE, packet)
+        for _, eio_sid in self.get_participants("/", room):
+            self.server._send_eio_packet(eio_sid, eio_pkt)

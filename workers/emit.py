@@ -2,49 +2,25 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import socketio
 
 from hean import fastjson
 from hean.config import get_settings
-from hean.messages import BULK_METHOD
+from hean.messages import BULK_METHOD, PACKET_METHOD
 
 
 class BufferedRedisManager(socketio.RedisManager):
-    """A write-only RedisManager that can gather emits for the caller to publish.
+    """The workers' write-only RedisManager, with one message for many emits.
 
     python-socketio publishes one message per emit (one round trip each, and one message for
     the web process to parse); a batch of results should cost one of each, inside the batch's
-    own transaction (:func:`publish_on`). Several gathered emits go out as one BULK_METHOD
-    message, which the web process's manager (web/bus.py) fans out. Gathering is per thread
-    (the default worker runs threads).
+    own transaction (:func:`publish_on`): several emits go out as one BULK_METHOD message, which
+    the web process's manager (web/bus.py) fans out.
     """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._local = threading.local()
-
-    def _publish(self, data: Any) -> Any:
-        buffer = getattr(self._local, "buffer", None)
-        if buffer is None:
-            return super()._publish(data)
-        buffer.append(data)
-        return None
-
-    @contextlib.contextmanager
-    def collected(self) -> Iterator[list[Any]]:
-        """Gather this thread's emits (python-socketio messages) instead of publishing them."""
-        buffer: list[Any] = []
-        self._local.buffer = buffer
-        try:
-            yield buffer
-        finally:
-            self._local.buffer = None
 
     def encode(self, messages: list[Any]) -> str:
         """The pub/sub payload carrying `messages` (one message, or one bulk message)."""
@@ -66,22 +42,13 @@ def emit(event: str, data: Any, to: str | list[str] | None = None, namespace: st
     _manager().emit(event, data, namespace=namespace, room=to)
 
 
-def emit_message(host_id: str, event: str, data: Any, to: str | list[str] | None) -> dict[str, Any]:
-    """The message python-socketio's ``PubSubManager.emit`` publishes for `data` made of JSON
-    values only (no bytes, no callback), built directly: its generic path (a walk of `data`
-    looking for bytes, a manager-side emit) cost the engine worker a tenth of its CPU per order.
-    tests/test_emit.py holds it equal to what the installed python-socketio publishes."""
-    return {
-        "method": "emit",
-        "event": event,
-        "data": [data],
-        "binary": False,
-        "namespace": "/",
-        "room": to,
-        "skip_sid": None,
-        "callback": None,
-        "host_id": host_id,
-    }
+def packet_message(event: str, data: Any, to: str | list[str] | None) -> dict[str, Any]:
+    """An emit whose Socket.IO packet (namespace "/", no ack id) is encoded here, once: the web
+    process (web/bus.py) sends it as it is. Decoding a result's data from the queue and encoding
+    it again into a packet cost the web process a tenth of its CPU per order, and python-socketio's
+    generic emit (a walk of the data looking for bytes) as much again in the engine worker.
+    tests/test_emit.py holds the packet equal to the one python-socketio builds."""
+    return {"method": PACKET_METHOD, "packet": "2" + fastjson.dumps([event, data]), "room": to}
 
 
 def publish_on(pipe: Any, emits: Sequence[tuple[str, Any, str | list[str] | None]]) -> None:
@@ -90,5 +57,5 @@ def publish_on(pipe: Any, emits: Sequence[tuple[str, Any, str | list[str] | None
     if not emits:
         return
     manager = _manager()
-    messages = [emit_message(manager.host_id, event, data, to) for event, data, to in emits]
+    messages = [packet_message(event, data, to) for event, data, to in emits]
     pipe.publish(manager.channel, manager.encode(messages))
