@@ -58,6 +58,15 @@ class Settings(BaseSettings):
         validation_alias=_env("HEAN_ACK_REPLICAS"),
         description="Replicas that must have the command in their AOF before it is acked (WAITAOF).",
     )
+    intake_linger_ms: float = Field(
+        default=1.0,
+        ge=0,
+        le=20,
+        validation_alias=_env("HEAN_INTAKE_LINGER_MS"),
+        description="Group commit: while commands arrive back to back, the web process's writer waits "
+        "this long before reserving and enqueueing a batch, so that they share one round trip and "
+        "one fsync wait (0: never wait).",
+    )
     engine_linger_ms: float = Field(
         default=4.0,
         ge=0,

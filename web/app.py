@@ -58,7 +58,9 @@ def create_app(settings: Settings | None = None, async_mode: str = "eventlet") -
 
     load_command_modules()  # a project's own commands: validated here, run by the workers
     durability = DurabilityRule(settings.ack_fsync, settings.ack_replicas)
-    intake = CommandIntake(celery_app, CommandJournal(sync_client()), durability)
+    intake = CommandIntake(
+        celery_app, CommandJournal(sync_client()), durability, settings.intake_linger_ms / 1000.0
+    )
     app.extensions["hean_intake"] = intake
     app.register_blueprint(rest.blueprint)
     app.register_blueprint(commands_api.blueprint)

@@ -23,6 +23,7 @@ from hean import metrics
 from hean.celery_wire import batch_frame
 from hean.command_journal import CommandJournal, Reservation
 from hean.commands import command_names, get_command, validation_error
+from hean.group_commit import GroupCommit
 from hean.messages import (
     CommandRequest,
     ErrorInfo,
@@ -42,6 +43,9 @@ MAX_COMMAND_BYTES = 64 * 1024
 MAX_BATCH = 500
 #: How long a handler waits for the writer to confirm the enqueue.
 ENQUEUE_TIMEOUT_S = 5.0
+#: Group commit (hean/group_commit.py): a batch that starts within this long of the previous
+#: one's end waits `Settings.intake_linger_ms` for the commands arriving meanwhile.
+LINGER_WINDOW_S = 0.005
 #: How long sent acks wait for the next batch to journal them before being journaled alone.
 ACK_JOURNAL_DELAY_S = 0.02
 
@@ -58,8 +62,10 @@ class Outcome:
 class CommandIntake:
     """Validates commands on the handler's greenlet; the writer does all the Redis I/O."""
 
-    def __init__(self, celery_app: Celery, journal: CommandJournal, durability: DurabilityRule) -> None:
-        self._writer = CommandWriter(celery_app, journal, durability)
+    def __init__(
+        self, celery_app: Celery, journal: CommandJournal, durability: DurabilityRule, linger_s: float = 0.0
+    ) -> None:
+        self._writer = CommandWriter(celery_app, journal, durability, linger_s)
 
     def accept(self, data: Any, reply_to: str | None) -> Outcome:
         """Validate `data`, enqueue it for a worker, and return the ack (accepted or not).
@@ -176,8 +182,11 @@ class CommandWriter:
     web process far from the Redis connection limit.
     """
 
-    def __init__(self, celery_app: Celery, journal: CommandJournal, durability: DurabilityRule) -> None:
+    def __init__(
+        self, celery_app: Celery, journal: CommandJournal, durability: DurabilityRule, linger_s: float = 0.0
+    ) -> None:
         self._celery = celery_app
+        self._group_commit = GroupCommit(linger_s, LINGER_WINDOW_S)
         self._journal = journal
         self._durability_rule = durability
         self._durability: Durability | None = None  # decided at the first batch (asks Redis)
@@ -242,6 +251,7 @@ class CommandWriter:
     def _run(self) -> None:
         while True:
             batch = [self._queue.get()]
+            self._group_commit.wait()  # a green sleep: the connections' readers queue more meanwhile
             while len(batch) < MAX_BATCH:
                 try:
                     batch.append(self._queue.get_nowait())
@@ -254,6 +264,7 @@ class CommandWriter:
                 for pending in batch:
                     if pending.outcome is None:
                         pending.fail(ErrorInfo(code="unavailable", message="internal error; retry"), 503)
+            self._group_commit.done()
 
     def _flush(self, batch: list[PendingCommand]) -> None:
         by_queue: dict[str, list[PendingCommand]] = {}

@@ -194,11 +194,11 @@ def update_market(params: MarketParams) -> dict[str, Any]:
 @app.task(name=BATCH_TASKS[ENGINE_QUEUE], bind=True, ignore_result=True, max_retries=None)
 def run_batch(self: Any, envelopes: list[dict[str, Any]]) -> int:
     try:
-        SHARD.linger()
+        SHARD.group_commit.wait()
         taken, started = SHARD.take(envelopes)
         # execute_batch marks the taken commands started; its commit empties the in-flight list
         ran = execute_batch(envelopes + taken, ENGINE_QUEUE, started, SHARD.hooks)
-        SHARD.batch_done()
+        SHARD.group_commit.done()
         return ran
     except RedisError as exc:
         # Results and log did not commit: forget the in-memory engine (it will be rebuilt from

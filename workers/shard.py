@@ -32,6 +32,7 @@ from hean.command_journal import RETENTION_S, START_LUA, decode_started, journal
 from hean.commands import CONTROL_COMMANDS
 from hean.core.system.redis_state import StateError, StateOp, get_sync_state_manager
 from hean.engine import BatchResult, OrderBatch, TradingEngine
+from hean.group_commit import GroupCommit
 from hean.redis_client import run_script, sync_client
 from hean.topology import (
     BATCH_TASKS,
@@ -59,11 +60,10 @@ INFLIGHT_KEY = ENGINE_INFLIGHT_KEY
 #: Batches waiting behind the one Celery delivered are taken along (up to this many
 #: messages), so the shard's batches grow with its backlog.
 DRAIN_MAX_MESSAGES = 200
-#: Group commit: a batch that starts within LINGER_WINDOW_S of the previous one's end (commands
-#: arriving back to back) first waits `Settings.engine_linger_ms`, so that the commands arriving
+#: Group commit (hean/group_commit.py): a batch that starts within LINGER_WINDOW_S of the
+#: previous one's end first waits `Settings.engine_linger_ms`, so that the commands arriving
 #: meanwhile are taken along and share its one commit, instead of each paying a whole batch's
-#: fixed cost (a Celery delivery, two Redis round trips, a publish) alone. An isolated command
-#: never waits.
+#: fixed cost (a Celery delivery, two Redis round trips, a publish) alone.
 LINGER_WINDOW_S = 0.010
 #: Orders may change positions thousands of times a second: the publisher sends the state at
 #: most every PUBLISH_INTERVAL_S; control commands publish at once.
@@ -236,8 +236,7 @@ class EngineShard:
     def __init__(self, linger_s: float = 0.0) -> None:
         self._lock = threading.Lock()
         self._engine: TradingEngine | None = None
-        self.linger_s = linger_s
-        self._last_batch_end = float("-inf")
+        self.group_commit = GroupCommit(linger_s, LINGER_WINDOW_S)
         self.paused = False
         self.log = EngineLog()
         self.publisher = StatePublisher(self.publish_engine, self.publish_risk_limits)
@@ -383,17 +382,6 @@ class EngineShard:
             self.snapshot()
         if self.log.control_seen_last or self.publisher.risk_pending:
             self.publisher.flush()
-
-    def linger(self) -> float:
-        """Wait before taking the queue if commands are arriving back to back (group commit);
-        returns the seconds waited."""
-        if self.linger_s <= 0 or time.monotonic() - self._last_batch_end > LINGER_WINDOW_S:
-            return 0.0
-        time.sleep(self.linger_s)
-        return self.linger_s
-
-    def batch_done(self) -> None:
-        self._last_batch_end = time.monotonic()
 
     def take(
         self, delivered: list[dict[str, Any]], drain: int = DRAIN_MAX_MESSAGES
