@@ -37,3 +37,37 @@ def test_a_channel_reuses_one_client_per_pool_and_still_delivers(
         with channel.conn_or_acquire() as third:
             assert third is not first and third.connection_pool is channel.pool
             assert third.ping()
+
+
+def test_fast_reading_gives_kombus_values(own_db_url: str, redis_client: redis.Redis) -> None:
+    """Messages as kombu and Celery write them (typed values included) read the same."""
+    import datetime
+    import decimal
+    import uuid
+
+    from kombu.transport import redis as kombu_redis
+    from kombu.utils import json as kombu_json
+
+    from workers.transport import loads
+
+    assert kombu_redis.loads is loads  # installed for the transport's reads
+    bodies: list[object] = [
+        {"envelopes": [{"request_id": "r", "params": {"orders": [{"quantity": "0.1"}] * 3}}]},
+        [[{"a": 1}], {}, {"callbacks": None, "chain": None}],
+        {"when": datetime.datetime(2026, 12, 2, 8, 0, tzinfo=datetime.UTC), "d": decimal.Decimal("1.5"),
+         "u": uuid.UUID(int=7), "big": 2**70},
+        "text ✓",
+    ]
+    for body in bodies:
+        text = kombu_json.dumps(body)
+        for data in (text, text.encode(), bytearray(text.encode()), memoryview(text.encode())):
+            assert loads(data) == kombu_json.loads(data)
+    # a real message off the queue, written by kombu's producer, read by the transport
+    with Connection(own_db_url, transport=Transport) as connection:
+        queue = Queue("transport-read", routing_key="transport-read")
+        with connection.Producer() as producer:
+            producer.publish(bodies[2], routing_key="transport-read", declare=[queue], serializer="json")
+        with connection.SimpleQueue(queue) as simple:
+            message = simple.get(timeout=5)
+            assert message.payload == bodies[2]
+            message.ack()

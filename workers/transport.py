@@ -20,6 +20,12 @@ twentieth of the engine worker's CPU per lone order. Here a channel builds one p
 keeps it: a Redis object is only a handle on the pool, safe to share between threads, and a
 new pool (after a reconnect) gets a new one.
 
+Faster reading. kombu reads every message twice with the standard library's JSON and an
+object hook (the message, then its body): a quarter of the engine worker's CPU in 100-order
+commands. Here both go through hean.fastjson (orjson where it gives the same values), and kombu's
+own reader, hook included, keeps every message that carries one of its typed values
+("__type__": datetimes, decimals, UUIDs).
+
 celeryconfig.py selects this transport for redis:// broker URLs; rediss:// and sentinel keep
 kombu's own.
 """
@@ -30,10 +36,39 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+from kombu.serialization import registry
 from kombu.transport import redis as kombu_redis
+from kombu.utils import json as kombu_json
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from hean import fastjson
+
 DETACHED = "the broker connection this channel belonged to was closed"
+
+
+_TYPED = '"__type__"'
+_TYPED_BYTES = _TYPED.encode()
+
+
+def loads(data: Any) -> Any:
+    """What `kombu.utils.json.loads(data)` returns, faster for messages without typed values."""
+    if isinstance(data, memoryview | bytearray):
+        data = bytes(data)
+    if (_TYPED_BYTES in data) if isinstance(data, bytes) else (_TYPED in data):
+        return kombu_json.loads(data)
+    return fastjson.loads(data)
+
+
+def install_fast_reading() -> None:
+    """Read the transport's messages and JSON bodies with `loads` (this process)."""
+    # the Redis transport reads each message with this module global, one argument each time
+    kombu_redis.loads = loads  # type: ignore[assignment]  # kombu.utils.json.loads takes optional extras
+    registry.register(
+        "json", kombu_json.dumps, loads, content_type="application/json", content_encoding="utf-8"
+    )
+
+
+install_fast_reading()
 
 
 class Channel(kombu_redis.Channel):
