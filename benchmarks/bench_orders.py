@@ -37,8 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import (
@@ -51,6 +49,7 @@ from _harness import (
 )
 
 from hean.redis_server import free_port
+from hean.testing.processes import cpu_seconds, rss
 
 SYMBOL = "BTCUSDT"
 KEEP_UP_S = 1.0
@@ -289,26 +288,6 @@ class Step:
         return {name: 1000.0 * seconds / answered for name, seconds in self.cpu.items()}
 
 
-def _cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
-    seconds = {}
-    for name, pid in pids.items():
-        try:
-            seconds[name] = float(sum(psutil.Process(pid).cpu_times()[:2]))
-        except psutil.Error:
-            seconds[name] = float("nan")
-    return seconds
-
-
-def _rss(pids: dict[str, int]) -> dict[str, int]:
-    sizes = {}
-    for name, pid in pids.items():
-        try:
-            sizes[name] = psutil.Process(pid).memory_info().rss
-        except psutil.Error:
-            sizes[name] = 0
-    return sizes
-
-
 def run_design(design: Design, rates: list[float], args: argparse.Namespace) -> dict[str, Any]:
     system, url, token = start_system(design)
     ctx = mp.get_context("spawn")
@@ -322,10 +301,10 @@ def run_design(design: Design, rates: list[float], args: argparse.Namespace) -> 
         pids = {**system.pids(), "loader": process.pid or 0}
 
         def step(rate: float, seconds: float) -> Step:
-            before, rss0 = _cpu_seconds(pids), _rss(pids)
+            before, rss0 = cpu_seconds(pids), rss(pids)
             jobs.put((rate, seconds))
             result = out.get(timeout=seconds * 3 + DRAIN_TIMEOUT_S + 60)
-            after, rss1 = _cpu_seconds(pids), _rss(pids)
+            after, rss1 = cpu_seconds(pids), rss(pids)
             done = Step(rate, result, {n: after[n] - before[n] for n in pids},
                         {n: (rss0[n], rss1[n]) for n in pids})
             lat = result.get("lat") or [float("nan")]

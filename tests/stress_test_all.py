@@ -38,6 +38,7 @@ import psutil
 from hean.client import Client
 from hean.engine import OrderBatch, TradingEngine
 from hean.processes import process_names
+from hean.testing.processes import rss
 from support import UpProcess, hean_up_env, wait_for
 
 TOTAL_ORDERS = 10_000_000
@@ -251,16 +252,6 @@ def _percentiles(values: list[float]) -> tuple[float, float]:
     return ordered[len(ordered) // 2], ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
-def _rss(pids: dict[str, int]) -> dict[str, int]:
-    sizes = {}
-    for name, pid in pids.items():
-        try:
-            sizes[name] = psutil.Process(pid).memory_info().rss
-        except psutil.Error:
-            sizes[name] = 0
-    return sizes
-
-
 def _prepare_engine(client: Client) -> None:
     """A running engine with a market for SYMBOL (bid = ask, no fees: nothing drifts)."""
     timeout = 60
@@ -329,7 +320,7 @@ def run_stress(
         wait_for(lambda: warm.answered == int(rate), ANSWER_TIMEOUT_S, "the warm-up orders' results")
         gc.collect()
         traced_before = tracemalloc.get_traced_memory()[0]
-        rss_before = _rss(pids)
+        rss_before = rss(pids)
 
         tally = _Tally()
         cpu = _CpuMeter({**pids, "loader (this process)": psutil.Process().pid})
@@ -351,7 +342,7 @@ def run_stress(
         report.cpu_percent = cpu.since(first=True)
         gc.collect()
         report.tracemalloc_growth = tracemalloc.get_traced_memory()[0] - traced_before
-        rss_after = _rss(pids)
+        rss_after = rss(pids)
         report.rss_growth = {name: rss_after[name] - rss_before[name] for name in pids}
         report.acked = len(tally.acked)
         report.succeeded, report.failed = len(tally.latencies), len(tally.failed)
