@@ -27,6 +27,14 @@ ID_PATTERN = r"^[A-Za-z0-9._:/-]+$"
 Kind = Literal["fixed_point", "integer", "length"]
 
 
+def plain(value: Decimal) -> Decimal:
+    """`value` without trailing zeros or a positive exponent: its str() is what a person writes
+    (pydantic puts bounds in its messages as str(): "1000", never "1E+3")."""
+    value = value.normalize()
+    exponent = value.as_tuple().exponent  # "n", "N" or "F" for NaN and infinities
+    return value.quantize(Decimal(1)) if isinstance(exponent, int) and exponent > 0 else value
+
+
 @dataclass(frozen=True)
 class Bound:
     """One field's bounds: `min` (exclusive or not) and `max` (inclusive), in the core's units."""
@@ -38,7 +46,7 @@ class Bound:
     max: int
 
     def _value(self, raw: int) -> Decimal | int:
-        return Decimal(raw).scaleb(-DECIMAL_PLACES).normalize() if self.kind == "fixed_point" else raw
+        return plain(Decimal(raw).scaleb(-DECIMAL_PLACES)) if self.kind == "fixed_point" else raw
 
     @property
     def low(self) -> Decimal | int:

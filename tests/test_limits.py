@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 from hean import _core
 from hean.commands import describe_commands
 from hean.commands.params import MarketParams, OrderParams, RiskAdjustParams
-from hean.limits import BOUNDS, BOUNDS_FILE, RISK_LIMIT_NAMES, Bound, core_bounds_text
+from hean.limits import BOUNDS, BOUNDS_FILE, RISK_LIMIT_NAMES, Bound, core_bounds_text, plain
 
 UNIT = Decimal("1e-8")
 
@@ -140,3 +140,20 @@ def test_list_commands_shows_the_bounds() -> None:
     assert (orders["minimum"], orders["maximum"]) == (0, 1_000_000)
     order = commands["submit_order"]["params"]["properties"]
     assert order["client_order_id"]["maxLength"] == 64
+
+
+def test_bounds_read_as_a_person_writes_them() -> None:
+    """Bounds reach error messages as str(): "1000", "0.1", never "1E+3" (the console shows
+    these messages at the risk form's fields)."""
+    assert [str(plain(Decimal(text))) for text in ("1E+3", "1000.00", "0.10", "0", "1.5E+2")] == [
+        "1000",
+        "1000",
+        "0.1",
+        "0",
+        "150",
+    ]
+    for bound in BOUNDS.values():
+        assert "E" not in f"{bound.low}{bound.high}", bound
+    with pytest.raises(ValidationError) as failed:
+        RiskAdjustParams(max_leverage="1001")
+    assert "less than or equal to 1000" in str(failed.value) and "E+" not in str(failed.value)
