@@ -14,7 +14,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from email.message import Message
 from pathlib import Path
 from typing import Any
@@ -305,3 +305,130 @@ def restart_web(system: dict[str, Any], logs_dir: Any) -> None:
     name = f"web-{uuid.uuid4().hex[:6]}"
     processes.append(ManagedProcess(name, spec.argv(sys.executable), system["env"], logs_dir))
     wait_for(lambda: http_ok(str(system["url"]) + "/api/system/health"), 60, "the restarted web process")
+
+
+#: Databases of the session's Redis that a test module's own analyzer system may use (the
+#: shared system uses 0 and `redis_client` 1): one each, so a module's leftovers (a queued
+#: report, a worker's heartbeat) never reach another's workers.
+ANALYZER_DBS = {"test_error_analyzer_system": 3, "test_dashboard_browser": 4}
+
+
+def start_analyzer_worker(env: dict[str, str], logs: Path) -> ManagedProcess:
+    """A worker on the llm and default queues (`hean up`'s worker-llm) under a name of its own."""
+    from hean.processes import PROCESSES
+
+    spec = next(s for s in PROCESSES if s.name == "worker-llm")
+    name = f"analyzer-worker-{uuid.uuid4().hex[:6]}"
+    argv = spec.argv(sys.executable)
+    argv[argv.index("-n") + 1] = f"{name}@%h"
+    return ManagedProcess(name, argv, env, logs)
+
+
+@contextlib.contextmanager
+def running_analyzer_system(
+    redis_url: str, db: int, openai_base_url: str, home: Path, logs: Path, **extra_env: str
+) -> Iterator[dict[str, Any]]:
+    """A web process and an llm worker of their own whose analyses go, through the real OpenAI
+    SDK, to the local LLM server at `openai_base_url`; the failures on purpose of
+    tests/plugins/analyzer_tasks.py loaded; their Prometheus series merged by the web's /metrics.
+
+    Yields url, token, env, home, logs, processes (the worker first) and a Celery client
+    (`celery`) to send tasks with.
+    """
+    from urllib.parse import urlsplit
+
+    from celery import Celery
+
+    from hean.redis_server import free_port
+
+    url = urlsplit(redis_url)._replace(path=f"/{db}").geturl()
+    port = free_port()
+    token = "analyzer-token-" + uuid.uuid4().hex
+    metrics_dir = home / "metrics"
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("OPENAI", "ANTHROPIC", "LLM_"))},
+        "REDIS_URL": url,
+        "HEAN_HOME": str(home),
+        "HEAN_PORT": str(port),
+        "HEAN_API_TOKEN": token,
+        "OPENAI_BASE_URL": openai_base_url,
+        "OPENAI_API_KEY": "sk-system-test-0123456789abcdef",
+        "HEAN_LLM_MAX_RETRIES": "0",
+        "HEAN_COMMAND_MODULES": "analyzer_tasks",
+        "PYTHONPATH": str(REPO_ROOT / "tests" / "plugins"),
+        "PYTHONUNBUFFERED": "1",
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        **extra_env,
+    }
+    processes = [
+        start_analyzer_worker(env, logs),
+        ManagedProcess("analyzer-web", [sys.executable, "-m", "web"], env, logs),
+    ]
+    base = f"http://127.0.0.1:{port}"
+    client = Celery(broker=url)
+    try:
+        wait_for(lambda: http_ok(base + "/api/system/health"), 60, "the analyzer system's web process")
+        yield {
+            "home": home,
+            "logs": logs,
+            "env": env,
+            "url": base,
+            "token": token,
+            "celery": client,
+            "processes": processes,
+        }
+    finally:
+        client.close()
+        for process in reversed(processes):
+            process.stop()
+
+
+def analysis_rows(system: dict[str, Any]) -> list[Any]:
+    """Every analysis in `system`'s database (its HEAN_HOME's hean.db), oldest first."""
+    from sqlalchemy import select
+
+    from hean.db import analyses, open_database
+
+    db = open_database(f"sqlite:///{system['home'] / 'hean.db'}")
+    try:
+        with db.connect() as conn:
+            return list(conn.execute(select(analyses).order_by(analyses.c.id)))
+    finally:
+        db.dispose()
+
+
+def analysis_from(system: dict[str, Any], origin_prefix: str) -> Any:
+    """The first finished analysis of an error caught at an origin starting `origin_prefix`."""
+    found = [r for r in analysis_rows(system) if r.origin.startswith(origin_prefix) and r.status != "pending"]
+    return found[0] if found else None
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(url: str) -> Samples:
+    """Every sample of a Prometheus endpoint: (name, sorted labels) -> value."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = response.read().decode()
+    return samples(text)
+
+
+def samples(text: str) -> Samples:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def total(found: Samples, name: str, **labels: str) -> float:
+    """The sum of `name`'s samples whose labels include `labels`."""
+    return sum(
+        value
+        for (sample, sample_labels), value in found.items()
+        if sample == name and set(labels.items()) <= set(sample_labels)
+    )

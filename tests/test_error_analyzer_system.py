@@ -8,38 +8,32 @@ against the local LLM server), which `GET /api/analyses` and `hean analyses` the
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
-from celery import Celery
-from sqlalchemy import select
 
-from hean.db import analyses, open_database
-from hean.processes import PROCESSES
-from hean.redis_server import free_port
 from llm_server import LLMServer
-from support import Client, ManagedProcess, http_ok, wait_for
+from support import (
+    ANALYZER_DBS,
+    Client,
+    ManagedProcess,
+    Samples,
+    analysis_from,
+    running_analyzer_system,
+    scrape,
+    start_analyzer_worker,
+    total,
+    wait_for,
+)
 
 PLUGINS_DIR = Path(__file__).resolve().parent / "plugins"
-SYSTEM_DB = 3  # a database of the session's Redis of its own (the shared system uses 0)
-
-
-def start_worker(env: dict[str, str], logs: Path) -> ManagedProcess:
-    spec = next(s for s in PROCESSES if s.name == "worker-llm")
-    name = f"analyzer-worker-{uuid.uuid4().hex[:6]}"
-    argv = spec.argv(sys.executable)
-    argv[argv.index("-n") + 1] = f"{name}@%h"
-    return ManagedProcess(name, argv, env, logs)
 
 
 @pytest.fixture(scope="module")
@@ -48,57 +42,9 @@ def analyzer_system(
 ) -> Iterator[dict[str, Any]]:
     home = tmp_path_factory.mktemp("analyzer-home")
     logs = tmp_path_factory.mktemp("analyzer-logs")
-    url = urlsplit(redis_url)._replace(path=f"/{SYSTEM_DB}").geturl()
-    port = free_port()
-    token = "analyzer-token-" + uuid.uuid4().hex
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("OPENAI", "ANTHROPIC", "LLM_"))},
-        "REDIS_URL": url,
-        "HEAN_HOME": str(home),
-        "HEAN_PORT": str(port),
-        "HEAN_API_TOKEN": token,
-        "OPENAI_BASE_URL": llm_server.openai_base_url,
-        "OPENAI_API_KEY": "sk-system-test-0123456789abcdef",
-        "HEAN_LLM_MAX_RETRIES": "0",
-        "HEAN_COMMAND_MODULES": "analyzer_tasks",
-        "PYTHONPATH": str(PLUGINS_DIR),
-        "PYTHONUNBUFFERED": "1",
-    }
-    processes = [
-        start_worker(env, logs),
-        ManagedProcess("analyzer-web", [sys.executable, "-m", "web"], env, logs),
-    ]
-    base = f"http://127.0.0.1:{port}"
-    client = Celery(broker=url)
-    try:
-        wait_for(lambda: http_ok(base + "/api/system/health"), 60, "the web process")
-        yield {
-            "home": home,
-            "logs": logs,
-            "env": env,
-            "url": base,
-            "token": token,
-            "celery": client,
-            "processes": processes,
-        }
-    finally:
-        client.close()
-        for process in reversed(processes):
-            process.stop()
-
-
-def rows(system: dict[str, Any]) -> list[Any]:
-    db = open_database(f"sqlite:///{system['home'] / 'hean.db'}")
-    try:
-        with db.connect() as conn:
-            return list(conn.execute(select(analyses).order_by(analyses.c.id)))
-    finally:
-        db.dispose()
-
-
-def analysis_from(system: dict[str, Any], origin_prefix: str) -> Any:
-    found = [r for r in rows(system) if r.origin.startswith(origin_prefix) and r.status != "pending"]
-    return found[0] if found else None
+    db = ANALYZER_DBS["test_error_analyzer_system"]
+    with running_analyzer_system(redis_url, db, llm_server.openai_base_url, home, logs) as system:
+        yield system
 
 
 def get(system: dict[str, Any], path: str, token: str | None) -> tuple[int, Any]:
@@ -179,6 +125,32 @@ def test_api_analyses_lists_the_history_with_counts(analyzer_system: dict[str, A
     assert status == 200 and len(body["analyses"]) == 1 and body["analyses"][0]["status"] == "ok"
 
 
+def test_each_model_call_moves_the_llm_series_of_metrics(analyzer_system: dict[str, Any]) -> None:
+    metrics = analyzer_system["url"] + "/metrics"
+    before = scrape(metrics)
+    # a group of its own: analysed (one model call) whichever tests ran before in this module
+    analyzer_system["celery"].send_task("analyzer_tests.fee_lookup", queue="default")
+    row = wait_for(
+        lambda: analysis_from(analyzer_system, "celery_task:analyzer_tests.fee_lookup"), 90, "the analysis"
+    )
+    assert row.status == "ok" and row.input_tokens > 0 and row.output_tokens > 0 and row.cost_usd > 0
+    labels = {"provider": row.provider, "model": row.model}
+
+    def grew(name: str, after: Samples, **extra: str) -> float:
+        return total(after, name, **labels, **extra) - total(before, name, **labels, **extra)
+
+    # (at least: another group's analysis may finish meanwhile; none of this module's is pending)
+    def counted() -> Samples | None:
+        found = scrape(metrics)
+        return found if grew("hean_llm_calls_total", found, outcome="ok") >= 1 else None
+
+    after = wait_for(counted, 30, "hean_llm_calls_total to count the call")
+    assert isinstance(after, dict)
+    assert grew("hean_llm_tokens_total", after, direction="input") >= row.input_tokens
+    assert grew("hean_llm_tokens_total", after, direction="output") >= row.output_tokens
+    assert grew("hean_llm_cost_usd_total", after) >= row.cost_usd - 1e-12
+
+
 def test_hean_analyses_prints_them(analyzer_system: dict[str, Any]) -> None:
     wait_for(lambda: analysis_from(analyzer_system, "celery_task:"), 90, "an analysis")
     env = analyzer_system["env"]
@@ -212,7 +184,7 @@ def test_a_worker_killed_by_a_fatal_signal_is_analysed_after_the_restart(
     [crash_file] = [p for p in crashes.glob("*.crash") if "Segmentation fault" in p.read_text()]
     assert "analyzer_tasks.py" in crash_file.read_text()
     worker.stop()
-    processes[0] = start_worker(analyzer_system["env"], analyzer_system["logs"])
+    processes[0] = start_analyzer_worker(analyzer_system["env"], analyzer_system["logs"])
     row = wait_for(lambda: analysis_from(analyzer_system, "crash:"), 90, "the crash analysis")
     assert row.exc_type == "FatalError: Segmentation fault" and row.status == "ok"
     assert not crash_file.exists()

@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from hean.processes import PROCESSES
 from hean.redis_server import free_port
-from support import Client, ManagedProcess, http_ok, wait_for
+from support import Client, ManagedProcess, http_ok, samples, scrape, total, wait_for
 
 FLOWER_USER = "hean"
 
@@ -59,31 +58,6 @@ def flower_get(url: str, path: str, password: str, raw: bool = False) -> Any:
     except (urllib.error.URLError, OSError):
         return None
     return body.decode() if raw else json.loads(body)
-
-
-def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of a Prometheus endpoint: (name, sorted labels) -> value."""
-    with urllib.request.urlopen(url, timeout=10) as response:
-        assert response.headers["Content-Type"].startswith("text/plain")
-        text = response.read().decode()
-    return samples(text)
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def total(found: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
-    """The sum of `name`'s samples whose labels include `labels`."""
-    return sum(
-        value
-        for (sample, sample_labels), value in found.items()
-        if sample == name and set(labels.items()) <= set(sample_labels)
-    )
 
 
 def run(client: Client, command: str, params: dict[str, Any] | None = None) -> dict[str, Any]:

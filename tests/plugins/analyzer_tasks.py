@@ -1,6 +1,7 @@
 """Failures on purpose for the analyzer's system test (HEAN_COMMAND_MODULES=analyzer_tasks).
 
-In a worker: a Celery task that raises, and one that dies of a fatal signal. In the web
+In a worker: Celery tasks that raise (each its own error group), and one that dies of a fatal
+signal. In the web
 process: the `buggy_params` command, whose params model has a validator that raises something
 other than a validation error, as a project's buggy code would: the `command` Socket.IO
 handler and the `POST /api/commands` view both fail on it.
@@ -25,6 +26,18 @@ def settle(balances: dict[str, float], account: str) -> float:
 @app.task(name="analyzer_tests.boom", ignore_result=True)
 def boom() -> float:
     return settle({"total": 0.0, "alice": 5.0}, "alice")
+
+
+FEE_RATES = {"VIP0": 0.001, "VIP1": 0.0008}
+
+
+def fee_rate(tier: str) -> float:
+    return FEE_RATES[tier]
+
+
+@app.task(name="analyzer_tests.fee_lookup", ignore_result=True)
+def fee_lookup() -> float:
+    return fee_rate("VIP9")
 
 
 @app.task(name="analyzer_tests.segfault", ignore_result=True, acks_late=False)

@@ -29,6 +29,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from hean import metrics
 from hean.analyzer.autodev import AutoDev
 from hean.analyzer.dispatch import Delivery, QueueDelivery, ReportSender
 from hean.analyzer.history import AnalysisHistory
@@ -300,6 +301,14 @@ class ErrorAnalyzer:
             )
             history.finish_call(
                 call_id, outcome, call_usage.input_tokens, call_usage.output_tokens, call_cost
+            )
+            metrics.llm_call(
+                provider.name,
+                provider.model,
+                outcome,
+                call_usage.input_tokens,
+                call_usage.output_tokens,
+                call_cost,
             )
             usage = Usage(
                 usage.input_tokens + call_usage.input_tokens, usage.output_tokens + call_usage.output_tokens
