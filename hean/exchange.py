@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Protocol
 
 from hean.config import get_settings
+from hean.process_wide import ProcessWide
 
 
 class ExchangeUnreachable(ConnectionError):
@@ -62,20 +62,14 @@ def make_exchange() -> Exchange:
     return PaperExchange()
 
 
-_exchange: Exchange | None = None
-_lock = threading.Lock()
+_exchange = ProcessWide(make_exchange)
 
 
 def get_exchange() -> Exchange:
-    global _exchange
-    with _lock:
-        if _exchange is None:
-            _exchange = make_exchange()
-        return _exchange
+    """This process's exchange session (made on first use)."""
+    return _exchange.get()
 
 
 def reset_exchange() -> None:
     """A new session with the exchange (the reconnect action of the health probe)."""
-    global _exchange
-    with _lock:
-        _exchange = None
+    _exchange.set(None)

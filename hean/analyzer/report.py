@@ -15,7 +15,6 @@ import logging
 import os
 import re
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Iterable
@@ -23,6 +22,7 @@ from pathlib import Path
 from types import TracebackType
 
 from hean.analyzer.models import ErrorReport, Frame
+from hean.process_wide import ProcessWide
 
 #: The project tree (the directory holding the `hean` package).
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -252,15 +252,15 @@ class RecentLogs(logging.Handler):
         return list(self.lines)[-count:]
 
 
-_recent_logs: RecentLogs | None = None
-_recent_lock = threading.Lock()
+def _attached_recent_logs() -> RecentLogs:
+    capture = RecentLogs()
+    logging.getLogger().addHandler(capture)
+    return capture
+
+
+_recent_logs = ProcessWide(_attached_recent_logs)
 
 
 def recent_logs() -> RecentLogs:
     """This process's log capture, attached to the root logger on first use."""
-    global _recent_logs
-    with _recent_lock:
-        if _recent_logs is None:
-            _recent_logs = RecentLogs()
-            logging.getLogger().addHandler(_recent_logs)
-        return _recent_logs
+    return _recent_logs.get()

@@ -49,6 +49,7 @@ from hean.analyzer.redaction import MASK, RedactionError, Redactor
 from hean.analyzer.report import PROJECT_ROOT, recent_logs, report_from_exception
 from hean.config import Settings, get_settings
 from hean.db import Database
+from hean.process_wide import ProcessWide
 
 log = logging.getLogger("hean.analyzer")
 
@@ -378,23 +379,19 @@ class ErrorAnalyzer:
         return ErrorAnalysis.from_row(row)
 
 
-_analyzer: ErrorAnalyzer | None = None
-_analyzer_lock = threading.Lock()
+_analyzer = ProcessWide(ErrorAnalyzer)
+_delivery_lock = threading.Lock()
 
 
 def get_error_analyzer() -> ErrorAnalyzer:
     """The process-wide analyzer (built from the settings on first use)."""
-    global _analyzer
-    with _analyzer_lock:
-        if _analyzer is None:
-            _analyzer = ErrorAnalyzer()
-        return _analyzer
+    return _analyzer.get()
 
 
 def reporting_analyzer(celery_app: Any) -> ErrorAnalyzer:
     """The process-wide analyzer, its reports sent to the `llm` queue through `celery_app`."""
     analyzer = get_error_analyzer()
-    with _analyzer_lock:
+    with _delivery_lock:
         current = analyzer.sender.deliver
         if not (isinstance(current, QueueDelivery) and current.celery_app is celery_app):
             analyzer.set_delivery(QueueDelivery(celery_app))
@@ -403,9 +400,7 @@ def reporting_analyzer(celery_app: Any) -> ErrorAnalyzer:
 
 def set_error_analyzer(analyzer: ErrorAnalyzer | None) -> None:
     """Replace (or forget, with None) the process-wide analyzer."""
-    global _analyzer
-    with _analyzer_lock:
-        _analyzer = analyzer
+    _analyzer.set(analyzer)
 
 
 #: How long an uncaught exception in the main thread waits for its report before the process exits.
