@@ -30,6 +30,18 @@ class Reply:
     text: str = ""
 
 
+#: The code the default suggestion is about (a project's app/calc.py), and a patch that fixes it
+#: (search/replace blocks, as the analyzer asks for).
+CALC_SOURCE = "def ratio(values):\n    total = sum(values)\n    return total / len(values)\n"
+CALC_FIX_PATCH = """app/calc.py
+<<<<<<< SEARCH
+    return total / len(values)
+=======
+    return total / len(values) if values else 0.0
+>>>>>>> REPLACE
+"""
+
+
 def fix_reply(**fields: Any) -> Reply:
     return Reply("fix", fix=suggestion(**fields))
 

@@ -27,9 +27,21 @@ from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+from hean.client import Client as HeanClient
 from hean.core.system.health_monitor import MODULES
 from hean.processes import PROCESSES
-from support import REPO_ROOT, Client, ManagedProcess, start_engine_worker, stop_engine_worker, wait_for
+from llm_server import CALC_FIX_PATCH, CALC_SOURCE, LLMServer, fix_reply
+from support import (
+    ANALYZER_DBS,
+    REPO_ROOT,
+    Client,
+    ManagedProcess,
+    analysis_from,
+    running_analyzer_system,
+    start_engine_worker,
+    stop_engine_worker,
+    wait_for,
+)
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -293,7 +305,7 @@ def screenshot(driver: WebDriver, name: str) -> Path:
 
 
 #: Requests the page expects to fail until other parts land (it shows "not available").
-EXPECTED_404 = ("/api/orders?", "/api/analyses")
+EXPECTED_404 = ("/api/orders?",)
 
 
 def severe_errors(driver: WebDriver) -> list[dict[str, Any]]:
@@ -499,9 +511,12 @@ def test_a_risk_limit_out_of_bounds_shows_the_servers_error_at_its_field(
     connected(browser, system)
     form = browser.find_element(By.ID, "risk-form")
     field = form.find_element(By.NAME, "max_leverage")
-    # the bounds come from list_commands' JSON schema
+    # the bounds come from list_commands' JSON schema, and read as written (digits grouped)
     assert (field.get_attribute("min"), field.get_attribute("max")) == (low, high)
-    assert f"{low} < x ≤ {high}" in js(browser, "return arguments[0].parentElement.textContent", field)
+    shown_bounds = f"{float(low):,g} < x ≤ {float(high):,g}"
+    assert shown_bounds in js(browser, "return arguments[0].parentElement.textContent", field)
+    notional = js(browser, "return document.querySelector('[name=max_notional]').parentElement.textContent")
+    assert "10,000,000,000" in notional and "e+" not in notional.lower()
     wait(browser, lambda d: field.get_attribute("value") != "", "the current limit from the state bus")
     current = field.get_attribute("value")
 
@@ -511,7 +526,7 @@ def test_a_risk_limit_out_of_bounds_shows_the_servers_error_at_its_field(
     error = entry["ack"]["error"]
     assert entry["ack"]["accepted"] is False and error["field"] == "params.max_leverage", entry
     shown = text(browser, "#risk-form .field-error[data-for='max_leverage']")
-    assert shown == error["message"] and "less than or equal to" in shown
+    assert shown == error["message"] and shown.endswith(f"less than or equal to {high}"), shown
     assert "invalid" in field.get_attribute("class")
     screenshot(browser, "risk")
 
@@ -607,39 +622,27 @@ def test_the_page_reconnects_and_resubscribes_after_the_web_process_restarts(
     assert [e for e in severe_errors(browser) if "ERR_CONNECTION_REFUSED" not in e["message"]] == []
 
 
-#: 1,000 orders a second for 5 seconds, as 100-order `submit_orders` commands 10 times a second
-#: (single-order events at that rate would measure this shared 2-core machine, not the page).
-FEED_RATE, FEED_SECONDS, FEED_BATCH = 1000, 5, 100
+#: 1,000 single orders a second for 5 seconds, from hean.client (coalescing: the orders that
+#: wait while an event is in flight go out together, so the server sees few events and the
+#: page few results, as it would from a bot using the client).
+FEED_RATE, FEED_SECONDS = 1000, 5
 
 
-def send_orders(url: str, token: str, symbol: str) -> int:
-    """Send FEED_RATE orders a second for FEED_SECONDS; returns how many, once all are acked."""
-    client = Client(url, token)
-    sent = commands = 0
-    try:
+def send_orders(url: str, token: str, symbol: str) -> dict[str, int]:
+    """Submit FEED_RATE single orders a second for FEED_SECONDS; returns how many orders and
+    how many `submit_orders` events carried them, once every order's outcome is in."""
+    handles = []
+    with HeanClient(url, token) as client:
         started = time.monotonic()
-        while sent < FEED_RATE * FEED_SECONDS:
-            if sent < (time.monotonic() - started) * FEED_RATE:
-                orders = [
-                    {
-                        "client_order_id": f"load-{symbol}-{sent + i}",
-                        "symbol": symbol,
-                        "side": "BUY",
-                        "quantity": "1",
-                        "order_type": "LIMIT",
-                        "price": "50",
-                        "time_in_force": "IOC",
-                    }
-                    for i in range(FEED_BATCH)
-                ]  # IOC below the market: each expires at once, leaving no position behind
-                client.sio.emit("command", {"command": "submit_orders", "params": {"orders": orders}})
-                sent, commands = sent + FEED_BATCH, commands + 1
+        while len(handles) < FEED_RATE * FEED_SECONDS:
+            due = min(FEED_RATE * FEED_SECONDS, int((time.monotonic() - started) * FEED_RATE) + 1)
+            while len(handles) < due:
+                # IOC below the market: each expires at once, leaving no position behind
+                handles.append(client.submit_order(symbol, "BUY", "1", "LIMIT", "50", time_in_force="IOC"))
             time.sleep(0.005)
-        wait_for(lambda: client.acks.qsize() >= commands, 120, "the acks of every order")
-        assert all(client.acks.get()["accepted"] for _ in range(commands))
-    finally:
-        client.close()
-    return sent
+        outcomes = [handle.wait(120) for handle in handles]
+    assert {outcome["status"] for outcome in outcomes} == {"EXPIRED"}
+    return {"orders": len(handles), "events": len({handle.request_id for handle in handles})}
 
 
 def test_a_feed_of_1000_orders_a_second_keeps_the_page_responsive(
@@ -659,7 +662,8 @@ def test_a_feed_of_1000_orders_a_second_keeps_the_page_responsive(
         const tick = (now) => { frameTimes.push(now - last); last = now; requestAnimationFrame(tick); };
         requestAnimationFrame(tick);""",
     )
-    sent = send_orders(str(system["url"]), str(system["token"]), symbol)
+    load = send_orders(str(system["url"]), str(system["token"]), symbol)
+    sent = load["orders"]
     total = base + sent
     wait(
         browser,
@@ -675,10 +679,13 @@ def test_a_feed_of_1000_orders_a_second_keeps_the_page_responsive(
         "counts",
     )
     assert js(browser, "return document.querySelectorAll('#feed tbody tr').length") <= 100
-    assert "100 expired" in text(browser, "#feed tbody")
+    rows = "return [...document.querySelectorAll('#feed tbody tr[data-kind=batch]')].map(r => r.textContent)"
+    batches = js(browser, rows)
+    assert batches and all("expired" in row for row in batches), batches
     frames.sort()
     figures = {
         "orders": sent,
+        "events": load["events"],
         "frames": len(frames),
         "frame_p50_ms": round(statistics.median(frames), 1),
         "frame_p99_ms": round(frames[int(len(frames) * 0.99) - 1], 1),
@@ -718,3 +725,162 @@ def test_the_console_fits_a_phone_screen(
         assert severe_errors(phone) == []
     finally:
         phone.quit()
+
+
+# -- error analyses -----------------------------------------------------------------------------
+
+#: A unified diff full of markup that must show as text, for a file that is not there (so
+#: auto-dev refuses it).
+HOSTILE_PATCH = """--- a/app/fees.py
++++ b/app/fees.py
+@@ -1,2 +1,2 @@
+ FEE_RATES = {"VIP0": 0.001}
+-RATE = FEE_RATES[tier]
++RATE = FEE_RATES.get(tier, 0.001)  # </pre><script>window.pwned = "script"</script>
++<img src=x onerror="window.pwned = 'img'">
+"""
+
+
+def attempted(row: Any) -> Any:
+    """`row` once its analysis is done and auto-dev has tried its patch, else None."""
+    return row if row is not None and row.autodev else None
+
+
+@pytest.fixture(scope="module")
+def analyzer_console(
+    redis_url: str, llm_server: LLMServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
+    """A web process and llm worker of their own with two real analyses in their history: one
+    whose patch auto-dev applied to a small project tree, one whose hostile patch it refused.
+    Each went the real way: a Celery task failed, its report crossed the llm queue, the llm
+    worker asked the local LLM server through the OpenAI SDK (the replies scripted here)."""
+    tree = tmp_path_factory.mktemp("autodev-tree")
+    (tree / "app").mkdir()
+    (tree / "app" / "__init__.py").write_text("")
+    (tree / "app" / "calc.py").write_text(CALC_SOURCE)
+    checks = f"{sys.executable} -c 'from app.calc import ratio; assert ratio([]) == 0.0'"
+    with running_analyzer_system(
+        redis_url,
+        ANALYZER_DBS["test_dashboard_browser"],
+        llm_server.openai_base_url,
+        tmp_path_factory.mktemp("console-analyzer-home"),
+        tmp_path_factory.mktemp("console-analyzer-logs"),
+        AUTO_DEV_MODE="true",
+        HEAN_AUTODEV_ROOT=str(tree),
+        HEAN_AUTODEV_ALLOW="app/",
+        HEAN_AUTODEV_TEST_COMMAND=checks,
+        HEAN_AUTODEV_TEST_TIMEOUT="120",
+    ) as system:
+        llm_server.reset()
+        for task, reply in (
+            ("analyzer_tests.boom", fix_reply(patch=CALC_FIX_PATCH, affected_files=["app/calc.py"])),
+            (
+                "analyzer_tests.fee_lookup",
+                fix_reply(
+                    root_cause="the <b>VIP9</b> tier has no fee rate",
+                    suspect_file="app/fees.py",
+                    patch=HOSTILE_PATCH,
+                    affected_files=["app/fees.py"],
+                ),
+            ),
+        ):
+            llm_server.script(reply)  # one at a time: the next call to the server is this task's
+            system["celery"].send_task(task, queue="default")
+            system[task] = wait_for(
+                lambda task=task: attempted(analysis_from(system, f"celery_task:{task}")),
+                120,
+                f"the analysis of {task} and its auto-dev attempt",
+            )
+        system["tree"] = tree
+        yield system
+
+
+def test_the_analyses_view_shows_root_causes_diffs_and_what_was_applied(
+    analyzer_console: dict[str, Any], browser: WebDriver
+) -> None:
+    applied, refused = analyzer_console["analyzer_tests.boom"], analyzer_console["analyzer_tests.fee_lookup"]
+    assert json.loads(applied.autodev)["applied"] is True
+    assert "if values else 0.0" in (analyzer_console["tree"] / "app" / "calc.py").read_text()
+    assert json.loads(refused.autodev)["applied"] is False
+
+    open_console(browser, analyzer_console)
+    box = "#analyses-body article[data-analysis-id='{}']"
+    wait(
+        browser,
+        lambda d: js(d, "return document.querySelectorAll('#analyses-body article').length") == 2,
+        "both analyses",
+    )
+
+    def shown(row: Any) -> dict[str, Any]:
+        return dict(
+            js(
+                browser,
+                """const box = document.querySelector(arguments[0]);
+                const lines = (kind) => [...box.querySelectorAll('pre.diff .diff-' + kind)]
+                  .map(s => s.textContent);
+                return {status: box.dataset.status, applied: box.dataset.applied,
+                  badge: box.querySelector('.badge.applied').textContent,
+                  badgeClass: box.querySelector('.badge.applied').className,
+                  cause: box.querySelector('.root-cause').textContent,
+                  file: lines('file'), hunk: lines('hunk'), del: lines('del'), add: lines('add'),
+                  context: lines('context'),
+                  text: box.textContent}""",
+                box.format(row.id),
+            )
+        )
+
+    good = shown(applied)
+    assert good["status"] == "ok" and good["applied"] == "true", good
+    assert good["badge"] == "applied" and "good" in good["badgeClass"]
+    assert good["cause"] == "the divisor can be zero"
+    # search/replace blocks read as a diff: the path, the searched lines out, the replacement in
+    assert good["file"] == ["app/calc.py"]
+    assert good["del"] == ["-     return total / len(values)"]
+    assert good["add"] == ["+     return total / len(values) if values else 0.0"]
+    assert "ZeroDivisionError" in good["text"] and "celery_task:analyzer_tests.boom" in good["text"]
+
+    bad = shown(refused)
+    assert bad["applied"] == "false" and bad["badge"].startswith("not applied (")
+    assert "bad" in bad["badgeClass"]
+    assert json.loads(refused.autodev)["reason"] in bad["badge"]
+    # the model's markup is text: shown as written, and nothing of it ran or became an element
+    assert bad["cause"] == "the <b>VIP9</b> tier has no fee rate"
+    assert bad["file"] == ["--- a/app/fees.py", "+++ b/app/fees.py"]
+    assert bad["hunk"] == ["@@ -1,2 +1,2 @@"]
+    assert bad["del"] == ["-RATE = FEE_RATES[tier]"]
+    assert bad["add"] == [
+        '+RATE = FEE_RATES.get(tier, 0.001)  # </pre><script>window.pwned = "script"</script>',
+        "+<img src=x onerror=\"window.pwned = 'img'\">",
+    ]
+    assert bad["context"] == [' FEE_RATES = {"VIP0": 0.001}']
+    elements = "return document.querySelectorAll('#analyses script, #analyses img, #analyses b').length"
+    assert js(browser, elements) == 0
+    assert js(browser, "return window.pwned === undefined")
+    summary = text(browser, "#analyses-body .summary")
+    assert summary.startswith("2 analyses of 2 errors · 2 model calls"), summary
+
+    screenshot(browser, "analyses")
+
+    # a new analysis (a failing REST request this time) shows on refresh, without a reload
+    request = urllib.request.Request(
+        analyzer_console["url"] + "/api/commands",
+        data=json.dumps({"command": "buggy_params", "params": {"currency": "XPT"}}).encode(),
+        headers={"Authorization": f"Bearer {analyzer_console['token']}", "Content-Type": "application/json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as failed:
+        urllib.request.urlopen(request, timeout=10)
+    assert failed.value.code == 500
+    failed.value.close()
+    wait_for(
+        lambda: attempted(analysis_from(analyzer_console, "rest:POST /api/commands")),
+        120,
+        "the REST request's analysis",
+    )
+    clicker(browser.find_element(By.ID, "analyses-refresh"))()
+    wait(
+        browser,
+        lambda d: js(d, "return document.querySelectorAll('#analyses-body article').length") == 3,
+        "the third analysis after a refresh",
+    )
+    assert "KeyError" in text(browser, "#analyses-body article:first-of-type header")
+    assert severe_errors(browser) == []

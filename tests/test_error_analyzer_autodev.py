@@ -21,20 +21,14 @@ from hean.analyzer.models import FixSuggestion
 from hean.config import Settings
 from hean.core.system.error_analyzer import ErrorAnalyzer
 from hean.db import open_database
-from llm_server import LLMServer, fix_reply, suggestion
+from llm_server import CALC_FIX_PATCH, CALC_SOURCE, LLMServer, fix_reply, suggestion
 
-BUGGY = "def ratio(values):\n    total = sum(values)\n    return total / len(values)\n"
+BUGGY, GOOD_PATCH = CALC_SOURCE, CALC_FIX_PATCH  # app/calc.py of the trees below, and its fix
+
 CHECK = (
     "import sys\nsys.path.insert(0, '.')\nfrom app.calc import ratio\n"
     "assert ratio([]) == 0.0, 'empty'\nassert ratio([1, 3]) == 2.0\n"
 )
-GOOD_PATCH = """app/calc.py
-<<<<<<< SEARCH
-    return total / len(values)
-=======
-    return total / len(values) if values else 0.0
->>>>>>> REPLACE
-"""
 
 
 @pytest.fixture

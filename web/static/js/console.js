@@ -5,6 +5,7 @@ import { io } from "../vendor/socket.io-client@4.8.4/socket.io.esm.min.js";
 import { Charts } from "./charts.js";
 import { Feed } from "./feed.js";
 import { Health } from "./health.js";
+import { renderAnalyses } from "./analyses.js";
 
 const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = "hean.token";
@@ -260,6 +261,11 @@ function bounds(schema) {
   return null;
 }
 
+// Bounds as a person writes them: 10,000,000,000 and 0.1, never 1e+21 or 1E+3 (a fixed locale,
+// so the form reads the same on every machine).
+const boundFormat = new Intl.NumberFormat("en-US", { maximumFractionDigits: 8 });
+const bound = (value, none) => (value === undefined ? none : boundFormat.format(value));
+
 function renderRiskForm(schema) {
   const holder = $("risk-fields");
   holder.replaceChildren();
@@ -273,7 +279,7 @@ function renderRiskForm(schema) {
     if (b[2] !== undefined) input.max = b[2];
     input.value = fmt(riskLimits[name] ?? "");
     input.dataset.current = input.value;
-    const range = `${b[0] ?? "−∞"} ${b[1] ? "≤" : "<"} x ${b[3] ? "≤" : "<"} ${b[2] ?? "∞"}${b[4] ? ", whole" : ""}`;
+    const range = `${bound(b[0], "−∞")} ${b[1] ? "≤" : "<"} x ${b[3] ? "≤" : "<"} ${bound(b[2], "∞")}${b[4] ? ", whole" : ""}`;
     label.append(input, el("span", range, "bounds muted"));
     holder.append(label);
   }
@@ -496,16 +502,6 @@ async function loadHistory() {
 }
 $("history-form").addEventListener("submit", (event) => { event.preventDefault(); loadHistory(); });
 
-function diffView(text) {
-  const pre = el("pre");
-  for (const line of String(text).split("\n")) {
-    const css = line.startsWith("+") && !line.startsWith("+++") ? "diff-add"
-      : line.startsWith("-") && !line.startsWith("---") ? "diff-del" : "";
-    pre.append(el("span", line + "\n", css));
-  }
-  return pre;
-}
-
 async function loadAnalyses() {
   const body = $("analyses-body");
   try {
@@ -515,23 +511,13 @@ async function loadAnalyses() {
       body.replaceChildren(el("p", "not available: this server has no error analyses (/api/analyses)", "muted"));
       return;
     }
-    const items = listOf(data, "analyses");
-    body.replaceChildren(...(items.length ? items.map((a) => {
-      const box = el("div", undefined, "watch");
-      const applied = a.applied === true ? ["applied", "good"] : a.applied === false ? ["not applied", "warn"] : ["?", ""];
-      const head = el("header");
-      box.append(head);
-      head.append(
-        el("strong", a.error_type || a.error || a.id || "analysis"), el("span", applied[0], "badge " + applied[1]),
-        el("span", fmt(a.created_at || a.timestamp), "muted"));
-      if (a.root_cause || a.summary) box.append(el("p", a.root_cause || a.summary));
-      if (a.diff || a.patch) box.append(diffView(a.diff || a.patch));
-      return box;
-    }) : [el("p", "no analyses yet", "muted")]));
+    renderAnalyses(body, data);
+    body.dataset.loaded = String(Date.now());
   } catch (error) {
     body.replaceChildren(el("p", "analyses failed: " + error.message, "bad"));
   }
 }
+$("analyses-refresh").addEventListener("click", () => loadAnalyses());
 
 // -- start --------------------------------------------------------------------------------------
 const health = new Health();
