@@ -25,7 +25,10 @@ _settings = get_settings()
 # The nameless default exchange: kombu's Redis transport then pushes straight onto the queue's
 # list, instead of first reading the exchange's binding table (one round trip per publish).
 DIRECT = Exchange("")
-task_queues = tuple(Queue(name, DIRECT, routing_key=name) for name in ALL_QUEUES)
+# The pulse queue's messages are not acknowledged: a pulse lost with its worker is replaced by
+# the next one 100 ms later (it would have expired by then), and kombu's bookkeeping of
+# unacknowledged messages cost two Redis round trips per pulse (workers/transport.py).
+task_queues = tuple(Queue(name, DIRECT, routing_key=name, no_ack=name == PULSE_QUEUE) for name in ALL_QUEUES)
 task_default_queue = DEFAULT_QUEUE
 task_default_exchange = ""
 task_default_routing_key = DEFAULT_QUEUE
@@ -73,6 +76,9 @@ worker_send_task_events = True
 task_send_sent_event = True
 
 # -- beat -----------------------------------------------------------------------------------
+# Celery's PersistentScheduler, but the pulse goes out on a fixed-rate clock as a pre-built
+# message with one LPUSH (about a twentieth of stock beat's CPU; see workers/beat.py).
+beat_scheduler = "workers.beat:PulseScheduler"
 beat_schedule_filename = str(_settings.home / "celerybeat-schedule")
 beat_schedule = {
     "pulse": {

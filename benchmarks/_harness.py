@@ -74,13 +74,33 @@ class Stack:
         if "web" in names:
             wait_http(self.url + "/api/system/health")
 
-    def spawn(self, name: str, argv: list[str], pin_as: str | None = None) -> subprocess.Popen[bytes]:
-        """Start `argv` as `name`, pinned like process `pin_as` (default: `name`) if so configured."""
+    def spawn(
+        self, name: str, argv: list[str], pin_as: str | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start `argv` as `name`, pinned like process `pin_as` (default: `name`) if so configured,
+        with the stack's environment plus `env`."""
         log = open(self.home / f"{name}.log", "wb")  # noqa: SIM115 - owned by the child
         argv = pinned_argv(sys.executable, pin_as or name, argv, self.cpus, self.nice)
-        process = subprocess.Popen(argv, env=self.env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            argv, env={**self.env, **(env or {})}, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT
+        )
         self.processes[name] = process
         return process
+
+    def spawn_bare_heartbeat(self, times_key: str = "") -> None:
+        """The floor of a 100 ms heartbeat (benchmarks/bare_beat.py) as processes "bare worker"
+        and "bare beat", pinned like beat; with `times_key`, its no-op tasks' start times go to
+        that Redis list."""
+        env = {
+            "PYTHONPATH": str(Path(__file__).resolve().parent),
+            "BARE_BEAT_HOME": str(self.home),
+            "BARE_BEAT_TIMES": times_key,
+        }
+        for name, role in (("bare worker", "worker"), ("bare beat", "beat")):
+            argv = [sys.executable, "-m", "celery", "-A", "bare_beat", role, "-l", "warning"]
+            if role == "worker":
+                argv += ["-P", "solo", "-E", "-Q", "bare", "--without-gossip", "--without-mingle"]
+            self.spawn(name, argv, pin_as="beat", env=env)
 
     def pids(self) -> dict[str, int]:
         """The processes' ids by name, with the private Redis (if any) as "redis"."""

@@ -12,9 +12,7 @@ noisy machines disturb far less than latencies. Prints a table; never fails on s
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 from _harness import CpuMeter, print_table, stack
 
@@ -27,15 +25,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--settle", type=float, default=10.0, help="seconds to let start-up work end")
     args = parser.parse_args()
-    here = str(Path(__file__).resolve().parent)
     with stack(HEAN) as system:
-        for name, role in (("bare worker", "worker"), ("bare beat", "beat")):
-            argv = [sys.executable, "-m", "celery", "-A", "bare_beat", role, "-l", "warning"]
-            if role == "worker":
-                argv += ["-P", "solo", "-E", "-Q", "bare", "--without-gossip", "--without-mingle"]
-            system.env["PYTHONPATH"] = here
-            system.env["BARE_BEAT_HOME"] = str(system.home)
-            system.spawn(name, argv, pin_as="beat")
+        system.spawn_bare_heartbeat()
         time.sleep(args.settle)
         pids = system.pids()
         meter = CpuMeter(pids)

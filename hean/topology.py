@@ -20,9 +20,16 @@ BATCH_TASKS: Final = {
 }
 #: The health probe's round trip through the engine queue to the trading engine.
 ENGINE_PING_TASK: Final = "workers.engine.ping"
-#: The pulse, sent by celery beat every PULSE_PERIOD_S to the pulse queue.
+#: The pulse, sent by celery beat every PULSE_PERIOD_S to the pulse queue. Beat's scheduler
+#: (workers/beat.py) sends every PULSE_SHOWN_EVERY-th pulse as this task, which sends task
+#: events (so that Flower shows the pulse queue's tasks), and the others as QUIET_PULSE_TASK,
+#: the same pulse without events (thirty a second would tell Flower nothing new).
 PULSE_TASK: Final = "workers.pulse.pulse"
+QUIET_PULSE_TASK: Final = "workers.pulse.quiet_pulse"
 PULSE_PERIOD_S: Final = 0.1
+#: One pulse in this many is shown to Flower: one every 10 s, so that pulses alone would take
+#: about 28 hours to fill Flower's memory of 10,000 tasks (every pulse would in 17 minutes).
+PULSE_SHOWN_EVERY: Final = 100
 #: One error report analysed by the llm worker (workers/llm.py; hean.core.system.error_analyzer).
 ANALYZE_TASK: Final = "workers.llm.analyze"
 

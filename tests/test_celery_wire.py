@@ -1,5 +1,6 @@
-"""hean.celery_wire: the batch messages HEAN pushes and reads are the ones Celery and kombu
-themselves publish, for the installed versions (headers, properties and body)."""
+"""hean.celery_wire: the batch messages HEAN pushes and reads, and the pulse and ping messages
+that beat and the pulse push, are the ones Celery and kombu themselves publish, for the
+installed versions (headers, properties and body)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,21 @@ import base64
 import json
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import redis
 
-from hean.celery_wire import MessageFrame, batch_envelopes, batch_frame, escape_envelope, task_marker
-from hean.topology import BATCH_TASKS, ENGINE_QUEUE
+from hean.celery_wire import (
+    MessageFrame,
+    batch_envelopes,
+    batch_frame,
+    escape_envelope,
+    task_marker,
+    task_message,
+)
+from hean.topology import BATCH_TASKS, ENGINE_PING_TASK, ENGINE_QUEUE, PULSE_TASK, QUIET_PULSE_TASK
 from workers.app import app
 
 TASK = BATCH_TASKS[ENGINE_QUEUE]
@@ -105,3 +114,79 @@ def test_each_frame_gets_its_ids_summary_and_a_fresh_delivery_tag() -> None:
 def test_a_message_that_is_not_a_batch_is_refused(raw: str) -> None:
     with pytest.raises((ValueError, KeyError, IndexError, TypeError)):
         batch_envelopes(raw)
+
+
+# -- the small messages of the background: beat's pulse, the pulse's ping of the engine --------
+
+
+def _published(redis_client: redis.Redis, own_db_url: str, task: str, **options: Any) -> dict[str, Any]:
+    """The message Celery + kombu publish for `task` onto a fresh queue, decoded."""
+    queue = f"wire-{uuid.uuid4().hex[:8]}"
+    with app.connection_for_write(own_db_url) as connection:
+        app.send_task(
+            task,
+            queue=queue,
+            routing_key=queue,
+            exchange="",
+            ignore_result=True,
+            connection=connection,
+            **options,
+        )
+    raw = redis_client.rpop(queue)
+    assert raw is not None, "kombu published nothing"
+    return dict(json.loads(raw), queue=queue)
+
+
+@pytest.mark.parametrize(
+    ("task", "args", "headers"),
+    [
+        # beat's pulse: no arguments, beat's own header (celery.beat.Scheduler.apply_async adds it)
+        (PULSE_TASK, [], {"celery_beat_task": True}),
+        (QUIET_PULSE_TASK, [], {"celery_beat_task": True}),
+        # the pulse's ping of the engine worker: when it was sent, where to answer
+        (ENGINE_PING_TASK, [1764659000.25, 'hean:pong:"quoted"é'], {}),
+    ],
+)
+def test_a_rendered_task_message_is_the_one_celery_and_kombu_publish(
+    redis_client: redis.Redis, own_db_url: str, task: str, args: list[Any], headers: dict[str, Any]
+) -> None:
+    task_id = str(uuid.uuid4())
+    expires = datetime.now(UTC) + timedelta(seconds=0.1)
+    theirs = _published(
+        redis_client, own_db_url, task, args=args, task_id=task_id, expires=expires, headers=headers or None
+    )
+    template = task_message(app, task, theirs.pop("queue"), **headers)
+    mine = json.loads(template.render(task_id, expires.timestamp(), args))
+    assert mine["headers"] == theirs["headers"]
+    assert mine["headers"]["expires"] == expires.isoformat()
+    assert json.loads(mine["body"]) == json.loads(base64.b64decode(theirs["body"]))
+    # besides what the batch test names: `expiration`, the AMQP per-message TTL that send_task
+    # derives from `expires`, which kombu's Redis transport never reads (the worker reads the
+    # `expires` header)
+    only_theirs = {"body_encoding", "reply_to", "delivery_tag", "expiration"}
+    assert {k: v for k, v in mine["properties"].items() if k not in only_theirs} == {
+        k: v for k, v in theirs["properties"].items() if k not in only_theirs
+    }
+    assert {k: v for k, v in mine.items() if k not in ("headers", "body", "properties")} == {
+        k: v for k, v in theirs.items() if k not in ("headers", "body", "properties")
+    }
+
+
+def test_each_rendered_message_gets_its_own_id_expiry_arguments_and_delivery_tag() -> None:
+    template = task_message(app, ENGINE_PING_TASK, ENGINE_QUEUE)
+    first = json.loads(template.render("ping-1", 1764659000.5, [1.0, "hean:pong:a"]))
+    second = json.loads(template.render("ping-2", None, ["__HEAN_TASK_ID__"]))
+    assert (
+        first["headers"]["id"]
+        == first["headers"]["root_id"]
+        == first["properties"]["correlation_id"]
+        == "ping-1"
+    )
+    assert first["headers"]["expires"] == "2025-12-02T07:03:20.500000+00:00"
+    assert json.loads(first["body"])[0] == [1.0, "hean:pong:a"]
+    assert second["headers"]["id"] == "ping-2" and second["headers"]["expires"] is None
+    # an argument that looks like a placeholder is carried as it is
+    assert json.loads(second["body"])[0] == ["__HEAN_TASK_ID__"]
+    assert second["headers"]["argsrepr"] == "['__HEAN_TASK_ID__']"
+    assert first["properties"]["delivery_tag"] != second["properties"]["delivery_tag"]
+    assert first["properties"]["delivery_info"] == {"exchange": "", "routing_key": ENGINE_QUEUE}

@@ -19,6 +19,7 @@ import pytest
 
 from hean.processes import PROCESSES
 from hean.redis_server import free_port
+from hean.topology import PULSE_TASK, QUIET_PULSE_TASK
 from support import Client, ManagedProcess, http_ok, samples, scrape, total, wait_for
 
 FLOWER_USER = "hean"
@@ -186,16 +187,17 @@ def test_flower_sees_every_worker_and_the_tasks_of_each_queue(
         by_worker: dict[str, set[str]] = {}
         for task in tasks.values():
             by_worker.setdefault(str(task.get("worker", "")).split("@")[0], set()).add(task.get("name"))
-        # pulses send no task events (ten a second would be thirty events for Flower to
-        # digest, workers/pulse.py): the pulse worker is checked among the workers below
         wanted = {
             "engine": "workers.engine.run_batch",  # the pushed order batches, from "received" on
+            # one pulse in PULSE_SHOWN_EVERY (every 10 s) sends task events, the others none
+            # (thirty events a second for Flower to digest, workers/beat.py)
+            "pulse": PULSE_TASK,
             "llm": "workers.default.run_batch",  # the llm worker consumes the default queue
         }
         return by_worker if all(task in by_worker.get(w, set()) for w, task in wanted.items()) else None
 
     by_worker = wait_for(seen, 60, "Flower to list the tasks of each queue", interval=1)
-    assert by_worker
+    assert QUIET_PULSE_TASK not in by_worker["pulse"]  # the other pulses stay out of Flower
 
     def workers() -> set[str] | None:  # from the workers' heartbeats (every 2 s)
         names = {name.split("@")[0] for name in flower_get(url, "/api/workers?refresh=true", token) or {}}

@@ -3,10 +3,20 @@
 Each pulse probes every module concurrently (hean.core.system.health_monitor: one thread per
 probe, at most 80 ms of waiting per pulse), stores the result on the state bus (namespace
 ``health``: one key per module, and ``pulse``, the summary) and sends the summary to the
-``operators`` room (not to everyone) as a ``health_pulse`` event. Every pulse worker (node)
-also reports itself each period to ``health/nodes``; the aggregate view marks a node silent
-for 3 periods DISCONNECTED, and a node silent for NODE_RETENTION_S (10 minutes) is dropped.
-With several nodes, a pulse is stored only if no newer one is (`store_pulse`).
+``operators`` room (not to everyone) as a ``health_pulse`` event, unless the web process's
+heartbeat says it has no client at all. Every pulse worker (node) also reports itself each
+period to ``health/nodes``: in the same write as the pulse it stored, or, when it stored none
+for a period and a half (beat stopped, another node took the pulses), from its report thread.
+The aggregate view marks a node silent for 3 periods DISCONNECTED, and a node silent for
+NODE_RETENTION_S (10 minutes) is dropped. With several nodes, a pulse is stored only if no
+newer one is (`store_pulse`).
+
+What a pulse costs, idle, ten times a second (benchmarks/bench_idle.py): the engine worker's
+ping is one pipelined round trip (LPUSH of a message pre-built by hean.celery_wire, then BLPOP
+of the answer; Celery's `send_task` took about a millisecond of CPU), the pulse and the node
+report are one script call, and task events are sent for one pulse in PULSE_SHOWN_EVERY only:
+beat (workers/beat.py) sends that one as PULSE_TASK and the others as QUIET_PULSE_TASK, the
+same body without events.
 """
 
 from __future__ import annotations
@@ -19,16 +29,24 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from celery.signals import beat_init, worker_init, worker_ready
+from celery.signals import beat_init, worker_ready
 from redis.exceptions import RedisError
 
 from hean import metrics
+from hean.celery_wire import task_message
 from hean.core.system.health_monitor import HealthMonitor, Probe, Unreachable, report_node, store_pulse
 from hean.core.system.probes import db_probe, exchange_probe, redis_probe, web_probe, workers_probe
 from hean.core.system.redis_state import StateError, get_sync_state_manager
 from hean.messages import OPERATORS_ROOM
 from hean.redis_client import sync_client, text
-from hean.topology import ENGINE_PING_TASK, PULSE_PERIOD_S, PULSE_QUEUE, PULSE_TASK
+from hean.topology import (
+    ENGINE_PING_TASK,
+    ENGINE_QUEUE,
+    PULSE_PERIOD_S,
+    PULSE_QUEUE,
+    PULSE_TASK,
+    QUIET_PULSE_TASK,
+)
 from workers.app import app
 
 log = logging.getLogger(__name__)
@@ -43,12 +61,16 @@ PING_WAIT_S = 0.25
 
 def cpp_core_probe() -> Probe:
     """A ping task through the engine queue to the engine worker's C++ core and back."""
+    ping = task_message(app, ENGINE_PING_TASK, ENGINE_QUEUE)
 
     def check() -> dict[str, Any]:
         reply_key = f"hean:pong:{uuid.uuid4().hex}"
         sent = time.time()
-        app.send_task(ENGINE_PING_TASK, args=[sent, reply_key], expires=PING_WAIT_S)
-        answer = sync_client().blpop([reply_key], timeout=PING_WAIT_S)
+        # one round trip: the ping onto the engine queue, then the wait for its answer
+        pipe = sync_client().pipeline(transaction=False)
+        pipe.lpush(ping.queue, ping.render(str(uuid.uuid4()), sent + PING_WAIT_S, [sent, reply_key]))
+        pipe.blpop([reply_key], timeout=PING_WAIT_S)
+        _, answer = pipe.execute()
         if answer is None:
             raise Unreachable(f"engine worker did not answer a ping within {PING_WAIT_S * 1000:.0f} ms")
         return {"state": text(answer[1])}
@@ -72,31 +94,36 @@ def monitor() -> HealthMonitor:
     )
 
 
+#: This process's pulse node name (once it consumes the pulse queue) and when it last reported
+#: (time.monotonic), by a stored pulse or by the report thread.
+_node: list[str] = []
+_last_report = [0.0]
+
+
 def _report_node(node: str) -> None:
-    """Every period: this node is alive, and what its monitor saw last (and long-silent nodes
-    are dropped from health/nodes)."""
+    """Report this node whenever it stored no pulse (with its report) for a period and a half,
+    which also drops long-silent nodes from health/nodes."""
     manager = get_sync_state_manager()
     while True:
+        due = _last_report[0] + 1.5 * PULSE_PERIOD_S
+        now = time.monotonic()
+        if now < due:
+            time.sleep(due - now)
+            continue
         seen = monitor().get_health_status()["overall"]
         try:
             report_node(manager, node, seen)
+            _last_report[0] = time.monotonic()
         except (StateError, RedisError, OSError) as exc:
             log.warning("event=node_report_failed node=%s error=%s", node, exc)
-        time.sleep(PULSE_PERIOD_S)
+            time.sleep(PULSE_PERIOD_S)
 
 
 @beat_init.connect
 def _beat_sends_no_task_sent_events(sender: Any = None, **_: Any) -> None:
-    """Beat sends only pulses: a task-sent event for each, ten a second, tells nothing."""
+    """Beat sends pulses: a task-sent event for each, ten a second, tells nothing (its own
+    scheduler sends pulses without Celery's publish path; this covers any other entry)."""
     sender.app.conf.task_send_sent_event = False
-
-
-@worker_init.connect
-def _pulse_worker_sends_no_task_sent_events(sender: Any = None, **_: Any) -> None:
-    """A worker of the pulse queue alone sends only engine pings (ten a second): no task-sent
-    events for them either (the setting is read at each send, per process)."""
-    if set(sender.app.amqp.queues.consume_from) == {PULSE_QUEUE}:
-        sender.app.conf.task_send_sent_event = False
 
 
 @worker_ready.connect
@@ -104,6 +131,7 @@ def _start_node_reports(sender: Any = None, **_: Any) -> None:
     queues = {q.name for q in getattr(getattr(sender, "task_consumer", None), "queues", [])}
     if PULSE_QUEUE in queues:
         node = str(getattr(sender, "hostname", "pulse"))
+        _node.append(node)
         monitor()  # build the probes before the first pulse arrives
         threading.Thread(target=_report_node, args=(node,), name="hean-node-report", daemon=True).start()
 
@@ -120,13 +148,16 @@ def _sent_at(expires: Any) -> float | None:
     return None
 
 
-# send_events=False: ten pulses a second would be thirty task events (and as many for Flower
-# to process) that say nothing the pulse itself does not (benchmarks/bench_idle.py).
-@app.task(name=PULSE_TASK, ignore_result=True, bind=True, send_events=False)
-def pulse(self: Any) -> None:
+def _nobody_listens(status: dict[str, Any]) -> bool:
+    """True when this pulse read the web process's heartbeat and it has no client connected."""
+    web = status["modules"].get("frontend_socket", {})
+    return web.get("status") == "HEALTHY" and web.get("detail", {}).get("clients") == 0
+
+
+def run_pulse(request: Any) -> None:
     """One pulse: probe every module, store the result, tell the operators."""
     started = time.time()
-    sent_at = _sent_at(self.request.expires)
+    sent_at = _sent_at(request.expires)
     status = monitor().check_all()
     if status is None:  # the previous pulse is still running: never pile up
         return
@@ -137,17 +168,36 @@ def pulse(self: Any) -> None:
     status["delivery_ms"] = None if sent_at is None else round((started - sent_at) * 1000.0, 2)
     from workers.emit import emit
 
+    node = _node[0] if _node else None
     # Pool threads publish one at a time, so emits leave in the order pulses were stored; a
     # pulse older than the stored one (this node's other thread, or another node) is dropped.
     with _publish_lock:
         try:
-            if not store_pulse(get_sync_state_manager(), status):
+            if not store_pulse(get_sync_state_manager(), status, node=node):
                 return
+            if node is not None:
+                _last_report[0] = time.monotonic()
             metrics.pulse_stored(status)
         except (StateError, RedisError, OSError) as exc:
             log.error("event=pulse_not_stored error=%s", exc)
+            return
+        if _nobody_listens(status):  # the web process would parse it only to drop it
             return
         try:
             emit("health_pulse", status, to=OPERATORS_ROOM)
         except (RedisError, OSError) as exc:
             log.error("event=pulse_not_emitted error=%s", exc)
+
+
+@app.task(name=PULSE_TASK, ignore_result=True, bind=True)
+def pulse(self: Any) -> None:
+    """One pulse, with task events (Flower shows it): one in PULSE_SHOWN_EVERY is sent so."""
+    run_pulse(self.request)
+
+
+# send_events=False: ten pulses a second would be thirty task events (and as many for Flower
+# to process) that say nothing the pulse itself does not (benchmarks/bench_idle.py).
+@app.task(name=QUIET_PULSE_TASK, ignore_result=True, bind=True, send_events=False)
+def quiet_pulse(self: Any) -> None:
+    """One pulse without task events: every other pulse."""
+    run_pulse(self.request)

@@ -26,8 +26,14 @@ commands. Here both go through hean.fastjson (orjson where it gives the same val
 own reader, hook included, keeps every message that carries one of its typed values
 ("__type__": datetimes, decimals, UUIDs).
 
+It also makes a queue declared with ``no_ack=True`` (the pulse queue, celeryconfig.py) cost
+what no_ack promises. kombu's virtual transport keeps no unacknowledged copy of such a
+message, but the Message's `ack()` still reached the Redis QoS, which removed the copy that
+was never added: a MULTI/ZREM/HDEL/EXEC round trip per message, ten a second for the pulse.
+Here the ack of a message delivered without acknowledgement is a no-op.
+
 celeryconfig.py selects this transport for redis:// broker URLs; rediss:// and sentinel keep
-kombu's own.
+kombu's own (where the pulse queue's no_ack still spares the bookkeeping at delivery).
 """
 
 from __future__ import annotations
@@ -73,6 +79,33 @@ install_fast_reading()
 
 class Channel(kombu_redis.Channel):
     _shared: tuple[Any, Any] | None = None  # (pool, the client built on it)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Delivery tags of messages delivered to no_ack consumers and not yet "acknowledged".
+        self._untracked: set[str] = set()
+
+    def basic_consume(self, queue: str, no_ack: bool, callback: Any, consumer_tag: str, **kwargs: Any) -> Any:
+        if no_ack:
+            untracked, deliver = self._untracked, callback
+
+            def callback(message: Any) -> Any:
+                untracked.add(message.delivery_tag)
+                return deliver(message)
+
+        return super().basic_consume(queue, no_ack, callback, consumer_tag, **kwargs)
+
+    def basic_ack(self, delivery_tag: str, multiple: bool = False) -> None:
+        if delivery_tag in self._untracked:  # nothing in Redis to remove
+            self._untracked.discard(delivery_tag)
+            return
+        super().basic_ack(delivery_tag, multiple=multiple)
+
+    def basic_reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        if delivery_tag in self._untracked:  # a no_ack message cannot go back
+            self._untracked.discard(delivery_tag)
+            return
+        super().basic_reject(delivery_tag, requeue=requeue)
 
     def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
         if self.connection.client is None:

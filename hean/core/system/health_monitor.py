@@ -41,7 +41,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from hean.core.system.redis_state import SyncRedisStateManager
+    from hean.core.system.redis_state import StateItem, StateOp, SyncRedisStateManager
 
 log = logging.getLogger(__name__)
 
@@ -342,6 +342,30 @@ def nodes_view(
     return view
 
 
+def _node_report(node: str, seen: str, now: float) -> StateOp:
+    from hean.core.system.redis_state import StateOp
+
+    return StateOp.merge(NODES_KEY, {node: {"at": now, "overall": seen}}, namespace=HEALTH_NAMESPACE)
+
+
+def _prune_nodes(
+    manager: SyncRedisStateManager, nodes: StateItem, now: float, retention_s: float
+) -> list[str]:
+    """Drop the nodes of `nodes` (as just merged) silent for longer than `retention_s`."""
+    from hean.core.system.redis_state import VersionMismatchError
+
+    expired = [name for name, report in nodes.value.items() if now - float(report["at"]) > retention_s]
+    if not expired:
+        return []
+    kept = {name: report for name, report in nodes.value.items() if name not in expired}
+    try:
+        manager.compare_and_set(NODES_KEY, kept, nodes.version, namespace=HEALTH_NAMESPACE)
+    except VersionMismatchError:
+        return []
+    log.info("event=pulse_nodes_pruned nodes=%s retention_s=%s", ",".join(expired), retention_s)
+    return expired
+
+
 def report_node(
     manager: SyncRedisStateManager, node: str, seen: str, retention_s: float = NODE_RETENTION_S
 ) -> list[str]:
@@ -352,29 +376,26 @@ def report_node(
     a compare-and-set on the version that merge returned, so it costs nothing while no node is
     that old, and a report that lands in between only postpones the drop to the next period.
     """
-    from hean.core.system.redis_state import VersionMismatchError
-
     now = time.time()
-    item = manager.merge_state(NODES_KEY, {node: {"at": now, "overall": seen}}, namespace=HEALTH_NAMESPACE)
-    expired = [name for name, report in item.value.items() if now - float(report["at"]) > retention_s]
-    if not expired:
-        return []
-    kept = {name: report for name, report in item.value.items() if name not in expired}
-    try:
-        manager.compare_and_set(NODES_KEY, kept, item.version, namespace=HEALTH_NAMESPACE)
-    except VersionMismatchError:
-        return []
-    log.info("event=pulse_nodes_pruned nodes=%s retention_s=%s", ",".join(expired), retention_s)
-    return expired
+    (item,) = manager.batch_update([_node_report(node, seen, now)])
+    return _prune_nodes(manager, item, now, retention_s)
 
 
-def store_pulse(manager: SyncRedisStateManager, status: dict[str, Any]) -> bool:
+def store_pulse(
+    manager: SyncRedisStateManager,
+    status: dict[str, Any],
+    node: str | None = None,
+    retention_s: float = NODE_RETENTION_S,
+) -> bool:
     """Store a pulse (the summary and one key per module) unless a newer one is stored already.
 
     Pulse nodes share the summary, and a slow node can finish an older pulse after a faster
     node stored a newer one. So the write is a compare-and-set on the summary's version, made
     only while the stored pulse began (`at`) before this one; summary and modules change
     together or not at all. Returns False (nothing written) when a newer pulse is there.
+
+    With `node`, the same write is that node's report (`report_node`, with the pulse's overall
+    status as what it saw): one round trip for both.
 
     A stored `at` more than STALE_PERIODS periods ahead of this node's clock cannot be a pulse
     from a node whose clock agrees with ours (a clock stepped back): it is replaced, so one
@@ -391,10 +412,14 @@ def store_pulse(manager: SyncRedisStateManager, status: dict[str, Any]) -> bool:
         if stored_at is not None and at <= float(stored_at) <= time.time() + horizon_s:
             return False
         summary = StateOp.set(SUMMARY_KEY, status, HEALTH_NAMESPACE, expected_version=version)
+        now = time.time()
+        report = [] if node is None else [_node_report(node, str(status["overall"]), now)]
         try:
-            manager.batch_update([summary, *modules])
+            written = manager.batch_update([summary, *modules, *report])
         except VersionMismatchError:
             continue  # another node stored a pulse in between: compare with that one
+        if node is not None:
+            _prune_nodes(manager, written[-1], now, retention_s)
         return True
     return False
 
