@@ -6,6 +6,8 @@ import logging
 import threading
 import time
 import warnings
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from celery import Celery, Task
@@ -48,6 +50,37 @@ class HeanTask(Task):
     def on_redelivery_exhausted(self, *args: Any, **kwargs: Any) -> Any:
         """Called instead of the task body once the delivery cap is reached."""
         return None
+
+
+def inline_strategy(run: Callable[[dict[str, Any], list[Any]], None]) -> Callable[..., Any]:
+    """A Celery task strategy (`Task.Strategy`) that runs `run(headers, args)` in the consumer
+    itself as the message arrives, then acknowledges it; an expired message is dropped unrun.
+
+    For the background's tiny tasks that arrive ten times a second (the pulse, the engine ping):
+    Celery's default strategy builds a Request, hands it to the pool and traces it (signals,
+    state, result handling), which cost more than the task. What they lose: task events (they
+    send none anyway), revokes, time limits and a pool (the pulse already never overlaps, and
+    the engine worker's solo pool runs everything in the consumer too). Errors are logged.
+    """
+
+    def strategy(task: Any, app: Any, consumer: Any, **_: Any) -> Callable[..., None]:
+        errors = consumer.connection_errors
+
+        def handle(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **__: Any) -> None:
+            headers = message.headers
+            try:
+                expires = headers.get("expires")
+                if not (expires and datetime.fromisoformat(expires).timestamp() < time.time()):
+                    args, _kwargs, _embed = body if body is not None else message.decode()
+                    run(headers, list(args))
+            except Exception:  # a task's failure is logged; the consumer goes on
+                log.exception("event=inline_task_failed task=%s id=%s", task.name, headers.get("id"))
+            finally:
+                ack(log, errors)
+
+        return handle
+
+    return strategy
 
 
 #: Every worker sets its field of the hash hean:workers (probes.WORKER_HEARTBEATS_KEY) to the

@@ -33,7 +33,7 @@ from hean.config import get_settings
 from hean.engine import EngineState, OrderBatch, OrderResult
 from hean.redis_client import sync_client
 from hean.topology import BATCH_TASKS, ENGINE_PING_TASK, ENGINE_QUEUE
-from workers.app import app
+from workers.app import app, inline_strategy
 from workers.execution import execute_batch
 from workers.shard import EngineShard
 
@@ -208,7 +208,18 @@ def run_batch(self: Any, envelopes: list[dict[str, Any]]) -> int:
         raise self.retry(exc=exc, countdown=min(5.0, 0.2 * 2 ** min(self.request.retries, 5))) from exc
 
 
-@app.task(name=ENGINE_PING_TASK, ignore_result=True, send_events=False)  # see workers/pulse.py
+def _ping_inline(headers: dict[str, Any], args: list[Any]) -> None:
+    ping(*args)
+
+
+# Ten a second, from the pulse (workers/pulse.py): run in the consumer as it arrives, behind
+# whatever the queue held before it, without Celery's per-task machinery (workers/app.py).
+@app.task(
+    name=ENGINE_PING_TASK,
+    ignore_result=True,
+    send_events=False,
+    Strategy=staticmethod(inline_strategy(_ping_inline)),
+)
 def ping(sent_at: float | None = None, reply_key: str | None = None) -> dict[str, Any]:
     """Round trip through the engine queue to this worker's C++ core (the health probe).
 

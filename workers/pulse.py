@@ -47,7 +47,7 @@ from hean.topology import (
     PULSE_TASK,
     QUIET_PULSE_TASK,
 )
-from workers.app import app
+from workers.app import app, inline_strategy
 
 log = logging.getLogger(__name__)
 
@@ -154,10 +154,10 @@ def _nobody_listens(status: dict[str, Any]) -> bool:
     return web.get("status") == "HEALTHY" and web.get("detail", {}).get("clients") == 0
 
 
-def run_pulse(request: Any) -> None:
+def run_pulse(expires: Any) -> None:
     """One pulse: probe every module, store the result, tell the operators."""
     started = time.time()
-    sent_at = _sent_at(request.expires)
+    sent_at = _sent_at(expires)
     status = monitor().check_all()
     if status is None:  # the previous pulse is still running: never pile up
         return
@@ -192,12 +192,22 @@ def run_pulse(request: Any) -> None:
 @app.task(name=PULSE_TASK, ignore_result=True, bind=True)
 def pulse(self: Any) -> None:
     """One pulse, with task events (Flower shows it): one in PULSE_SHOWN_EVERY is sent so."""
-    run_pulse(self.request)
+    run_pulse(self.request.expires)
 
 
-# send_events=False: ten pulses a second would be thirty task events (and as many for Flower
-# to process) that say nothing the pulse itself does not (benchmarks/bench_idle.py).
-@app.task(name=QUIET_PULSE_TASK, ignore_result=True, bind=True, send_events=False)
-def quiet_pulse(self: Any) -> None:
-    """One pulse without task events: every other pulse."""
-    run_pulse(self.request)
+def _quiet_pulse_inline(headers: dict[str, Any], args: list[Any]) -> None:
+    run_pulse(headers.get("expires"))
+
+
+# The other pulses: no task events (ten pulses a second would be thirty, and as many for
+# Flower to process, saying nothing the pulse itself does not), and run in the consumer as
+# they arrive, without Celery's per-task machinery (workers/app.py: inline_strategy).
+@app.task(
+    name=QUIET_PULSE_TASK,
+    ignore_result=True,
+    send_events=False,
+    Strategy=staticmethod(inline_strategy(_quiet_pulse_inline)),
+)
+def quiet_pulse() -> None:
+    """One pulse without task events (run this way only when called directly)."""
+    run_pulse(None)
