@@ -255,6 +255,62 @@ def test_a_waiting_check_is_degraded_then_unhealthy_then_disconnected() -> None:
         monitor.close()
 
 
+def test_a_group_of_probes_runs_in_one_thread_in_order_and_waits_together() -> None:
+    """Grouped probes share one thread, run one after another each pulse, and a member that
+    hangs leaves the members after it waiting (reported as such) until it answers."""
+    release = threading.Event()
+    ran: list[tuple[str, str]] = []
+
+    def check(name: str, hang: bool = False) -> Any:
+        def run() -> dict[str, Any]:
+            ran.append((name, threading.current_thread().name))
+            if hang and not release.is_set():
+                release.wait(30)
+            return {}
+
+        return run
+
+    monitor = HealthMonitor(
+        [
+            Probe("first", check("first"), group="g"),
+            Probe("alone", check("alone")),
+            Probe("second", check("second", hang=True), group="g"),
+            Probe("third", check("third"), group="g"),
+        ],
+        timeout=0.3,
+        budget=0.02,
+    )
+
+    def modules() -> dict[str, Any]:
+        status = monitor.check_all()
+        assert status is not None
+        return dict(status["modules"])
+
+    try:
+        # the group stops at its hung member: the members behind it wait with it
+        found = wait_for(
+            lambda: (m := modules())["second"]["status"] == "DISCONNECTED" and m,
+            10,
+            "the hung member DISCONNECTED",
+            interval=0.0,
+        )
+        assert found["third"]["status"] == "DISCONNECTED" and found["third"]["pending"]
+        assert found["alone"]["status"] == "HEALTHY"  # its own thread, not held up
+        group = [(name, thread) for name, thread in ran if name != "alone"]
+        assert [name for name, _ in group] == ["first", "second"]  # in order, one check in flight
+        assert group[0][1] == group[1][1] != dict(ran)["alone"]  # one thread for the group
+        release.set()
+        wait_for(
+            lambda: all(m["status"] == "HEALTHY" for m in modules().values()),
+            10,
+            "every member HEALTHY once it answers",
+        )
+        assert [name for name, _ in ran if name != "alone"][:3] == ["first", "second", "third"]
+    finally:
+        release.set()
+        monitor.close()
+
+
 def test_a_stopped_web_process_is_flagged_and_recovers(pulse: dict[str, Any], logs_dir: Path) -> None:
     from hean.core.system.health_monitor import get_sync_health
     from support import http_ok

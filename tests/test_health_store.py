@@ -18,6 +18,7 @@ from hean.core.system.health_monitor import (
     NODES_KEY,
     SUMMARY_KEY,
     HealthMonitor,
+    StoredPulse,
     nodes_view,
     report_node,
     store_pulse,
@@ -56,6 +57,29 @@ def test_an_older_pulse_never_replaces_a_newer_one(manager: SyncRedisStateManage
     assert store_pulse(manager, pulse_at(now + 0.1, "slow")) is True
     assert stored_at(manager) == now + 0.1
     assert manager.get_state("redis", HEALTH_NAMESPACE)["detail"]["node"] == "slow"
+
+
+def test_a_node_that_skips_its_read_still_never_replaces_a_newer_pulse(
+    manager: SyncRedisStateManager,
+) -> None:
+    """With `last`, a node's store compares with its own last pulse without reading it first;
+    another node's pulse in between fails that compare, and the read decides as before."""
+    now = time.time()
+    mine = StoredPulse()
+    assert store_pulse(manager, pulse_at(now, "a"), node="a", last=mine) is True
+    version = mine.version
+    assert version > 0 and mine.at == now
+    assert store_pulse(manager, pulse_at(now + 0.1, "a"), node="a", last=mine) is True  # no read
+    assert mine.version > version and stored_at(manager) == now + 0.1
+    # another node stores a newer pulse: this node's older one is refused, its newer one lands
+    assert store_pulse(manager, pulse_at(now + 0.3, "b"), node="b") is True
+    assert store_pulse(manager, pulse_at(now + 0.2, "a"), node="a", last=mine) is False
+    assert stored_at(manager) == now + 0.3
+    assert manager.get_state("redis", HEALTH_NAMESPACE)["detail"]["node"] == "b"
+    assert store_pulse(manager, pulse_at(now + 0.4, "a"), node="a", last=mine) is True
+    assert stored_at(manager) == now + 0.4 and mine.at == now + 0.4
+    # each store was also its node's report
+    assert set(manager.get_state(NODES_KEY, HEALTH_NAMESPACE)) == {"a", "b"}
 
 
 def test_racing_nodes_only_ever_move_the_pulse_forward(manager: SyncRedisStateManager) -> None:

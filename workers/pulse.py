@@ -13,10 +13,12 @@ newer one is (`store_pulse`).
 
 What a pulse costs, idle, ten times a second (benchmarks/bench_idle.py): the engine worker's
 ping is one pipelined round trip (LPUSH of a message pre-built by hean.celery_wire, then BLPOP
-of the answer; Celery's `send_task` took about a millisecond of CPU), the pulse and the node
-report are one script call, and task events are sent for one pulse in PULSE_SHOWN_EVERY only:
-beat (workers/beat.py) sends that one as PULSE_TASK and the others as QUIET_PULSE_TASK, the
-same body without events.
+of the answer; Celery's `send_task` took about a millisecond of CPU); the pulse and the node
+report are one script call, with no read first while the stored pulse is this node's last;
+the probes that only read Redis share one thread; the quiet pulses run in the consumer as they
+arrive (workers.app.inline_strategy); and task events are sent for one pulse in
+PULSE_SHOWN_EVERY only: beat (workers/beat.py) sends that one as PULSE_TASK and the others as
+QUIET_PULSE_TASK, the same body without events.
 """
 
 from __future__ import annotations
@@ -34,7 +36,14 @@ from redis.exceptions import RedisError
 
 from hean import metrics
 from hean.celery_wire import task_message
-from hean.core.system.health_monitor import HealthMonitor, Probe, Unreachable, report_node, store_pulse
+from hean.core.system.health_monitor import (
+    HealthMonitor,
+    Probe,
+    StoredPulse,
+    Unreachable,
+    report_node,
+    store_pulse,
+)
 from hean.core.system.probes import db_probe, exchange_probe, redis_probe, web_probe, workers_probe
 from hean.core.system.redis_state import StateError, get_sync_state_manager
 from hean.messages import OPERATORS_ROOM
@@ -98,6 +107,8 @@ def monitor() -> HealthMonitor:
 #: (time.monotonic), by a stored pulse or by the report thread.
 _node: list[str] = []
 _last_report = [0.0]
+#: The pulse this process stored last (store_pulse then skips its read while it is still there).
+_stored = StoredPulse()
 
 
 def _report_node(node: str) -> None:
@@ -173,7 +184,7 @@ def run_pulse(expires: Any) -> None:
     # pulse older than the stored one (this node's other thread, or another node) is dropped.
     with _publish_lock:
         try:
-            if not store_pulse(get_sync_state_manager(), status, node=node):
+            if not store_pulse(get_sync_state_manager(), status, node=node, last=_stored):
                 return
             if node is not None:
                 _last_report[0] = time.monotonic()

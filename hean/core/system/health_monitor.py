@@ -11,7 +11,9 @@ is what the 100 ms pulse task runs. Classification: HEALTHY <= 50 ms, DEGRADED <
 UNHEALTHY slower or on an error, DISCONNECTED when the module cannot be reached. A module
 slower than 50 ms, or failing 3 times in a row, has its `reconnect()` called (with backoff).
 
-Timing: every probe runs in its own thread and has at most one check in flight. A pulse waits
+Timing: every probe runs in its own thread (or a group of quick probes of one resource in one
+thread, one after another, each timed from the group's start) and has at most one check in
+flight. A pulse waits
 at most `PULSE_BUDGET_S` (80 ms) for the answers; a check still running then is reported by
 how long it has been waiting (DEGRADED past 50 ms, UNHEALTHY past 200 ms, DISCONNECTED past
 the probe's own timeout) and is collected, with its real latency, by a later pulse. So a slow
@@ -122,6 +124,9 @@ class Probe:
     check: Callable[[], dict[str, Any]]
     reconnect: Callable[[], None] = lambda: None
     timeout: float | None = None  # unanswered this long: DISCONNECTED (default PROBE_TIMEOUT_S)
+    #: Probes of one group run one after another in one thread (each timed from the group's
+    #: start): for quick checks of one resource, where a thread each costs more than the check.
+    group: str | None = None
 
 
 @dataclass(frozen=True)
@@ -137,16 +142,20 @@ class _Outcome:
 class _Flight:
     """A check in flight and when it started (perf_counter)."""
 
-    future: concurrent.futures.Future[_Outcome]
+    future: concurrent.futures.Future[list[_Outcome]]
     started: float
 
 
-def _run(check: Callable[[], dict[str, Any]]) -> _Outcome:
-    try:
-        detail = check()
-    except Exception as exc:  # every failure is a value the pulse classifies
-        return _Outcome(None, exc, time.perf_counter())
-    return _Outcome(detail, None, time.perf_counter())
+def _run(checks: list[Callable[[], dict[str, Any]]]) -> list[_Outcome]:
+    outcomes = []
+    for check in checks:
+        try:
+            detail = check()
+        except Exception as exc:  # every failure is a value the pulse classifies
+            outcomes.append(_Outcome(None, exc, time.perf_counter()))
+        else:
+            outcomes.append(_Outcome(detail, None, time.perf_counter()))
+    return outcomes
 
 
 class HealthMonitor:
@@ -165,10 +174,14 @@ class HealthMonitor:
         self.modules = {name: ModuleHealth(name) for name in self.probes}
         self._next_reconnect: dict[str, float] = {}
         self._backoff_step: dict[str, int] = {}  # back to 0 once the module is HEALTHY
+        # the probes run together (a group, or one probe alone), by their first probe's name
+        self._runs: dict[str, list[Probe]] = {}
+        for probe in probes:
+            self._runs.setdefault(f"group:{probe.group}" if probe.group else probe.name, []).append(probe)
         self._in_flight: dict[str, _Flight] = {}
-        # one thread per probe: each probe has at most one check in flight, so none waits
+        # one thread per run: each run has at most one check in flight, so none waits
         self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=max(1, len(probes)), thread_name_prefix="hean-probe"
+            max_workers=max(1, len(self._runs)), thread_name_prefix="hean-probe"
         )
         self._lock = threading.Lock()
 
@@ -183,20 +196,22 @@ class HealthMonitor:
             return None
         try:
             started = time.perf_counter()
-            for name, probe in self.probes.items():
-                if name not in self._in_flight:
-                    future = self._executor.submit(_run, probe.check)
-                    self._in_flight[name] = _Flight(future, started)
+            for run, probes in self._runs.items():
+                if run not in self._in_flight:
+                    future = self._executor.submit(_run, [probe.check for probe in probes])
+                    self._in_flight[run] = _Flight(future, started)
             flights = [flight.future for flight in self._in_flight.values()]
             concurrent.futures.wait(flights, timeout=self.budget)
             now = time.perf_counter()
-            for name, probe in self.probes.items():
-                flight = self._in_flight[name]
+            for run, probes in self._runs.items():
+                flight = self._in_flight[run]
                 if flight.future.done():
-                    del self._in_flight[name]
-                    self._record(self.modules[name], flight.future.result(), flight.started)
+                    del self._in_flight[run]
+                    for probe, outcome in zip(probes, flight.future.result(), strict=True):
+                        self._record(self.modules[probe.name], outcome, flight.started)
                 else:
-                    self._record_waiting(self.modules[name], probe, now - flight.started)
+                    for probe in probes:
+                        self._record_waiting(self.modules[probe.name], probe, now - flight.started)
             return self.get_health_status()
         finally:
             self._lock.release()
@@ -381,11 +396,20 @@ def report_node(
     return _prune_nodes(manager, item, now, retention_s)
 
 
+@dataclass
+class StoredPulse:
+    """The pulse this node stored last: its summary's version and its `at`."""
+
+    version: int = 0
+    at: float = 0.0
+
+
 def store_pulse(
     manager: SyncRedisStateManager,
     status: dict[str, Any],
     node: str | None = None,
     retention_s: float = NODE_RETENTION_S,
+    last: StoredPulse | None = None,
 ) -> bool:
     """Store a pulse (the summary and one key per module) unless a newer one is stored already.
 
@@ -395,7 +419,9 @@ def store_pulse(
     together or not at all. Returns False (nothing written) when a newer pulse is there.
 
     With `node`, the same write is that node's report (`report_node`, with the pulse's overall
-    status as what it saw): one round trip for both.
+    status as what it saw): one round trip for both. With `last` (what this node stored last,
+    updated here), the first attempt skips the read: while the stored summary is still at that
+    version it is this node's own older pulse, and a newer node's pulse fails the compare.
 
     A stored `at` more than STALE_PERIODS periods ahead of this node's clock cannot be a pulse
     from a node whose clock agrees with ours (a clock stepped back): it is replaced, so one
@@ -406,11 +432,14 @@ def store_pulse(
     at = float(status["at"])
     horizon_s = STALE_PERIODS * float(status.get("period_s") or 0.1)
     modules = [StateOp.set(name, module, HEALTH_NAMESPACE) for name, module in status["modules"].items()]
-    for _ in range(STORE_ATTEMPTS):
-        stored, version, _ = manager.get_state_versioned(SUMMARY_KEY, namespace=HEALTH_NAMESPACE)
-        stored_at = stored.get("at") if isinstance(stored, dict) else None
-        if stored_at is not None and at <= float(stored_at) <= time.time() + horizon_s:
-            return False
+    for attempt in range(STORE_ATTEMPTS):
+        if attempt == 0 and last is not None and last.version and at > last.at:
+            version = last.version  # compare with what this node stored last, without a read
+        else:
+            stored, version, _ = manager.get_state_versioned(SUMMARY_KEY, namespace=HEALTH_NAMESPACE)
+            stored_at = stored.get("at") if isinstance(stored, dict) else None
+            if stored_at is not None and at <= float(stored_at) <= time.time() + horizon_s:
+                return False
         summary = StateOp.set(SUMMARY_KEY, status, HEALTH_NAMESPACE, expected_version=version)
         now = time.time()
         report = [] if node is None else [_node_report(node, str(status["overall"]), now)]
@@ -418,6 +447,8 @@ def store_pulse(
             written = manager.batch_update([summary, *modules, *report])
         except VersionMismatchError:
             continue  # another node stored a pulse in between: compare with that one
+        if last is not None:
+            last.version, last.at = written[0].version, at
         if node is not None:
             _prune_nodes(manager, written[-1], now, retention_s)
         return True
