@@ -209,7 +209,7 @@ def run_batch(self: Any, envelopes: list[dict[str, Any]]) -> int:
 
 
 def _ping_inline(headers: dict[str, Any], args: list[Any]) -> None:
-    ping(*args)
+    ping.run(*args)  # the function itself: no task call (request stack, redelivery bookkeeping)
 
 
 # Ten a second, from the pulse (workers/pulse.py): run in the consumer as it arrives, behind

@@ -220,5 +220,5 @@ def _quiet_pulse_inline(headers: dict[str, Any], args: list[Any]) -> None:
     Strategy=staticmethod(inline_strategy(_quiet_pulse_inline)),
 )
 def quiet_pulse() -> None:
-    """One pulse without task events (run this way only when called directly)."""
+    """One pulse without task events (this body runs only when called directly)."""
     run_pulse(None)
