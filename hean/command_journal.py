@@ -1,10 +1,24 @@
-"""The command journal: one Redis hash per request id, so a command never runs twice.
+"""The command journal: a compact Redis window of recent request ids, so a command never runs
+twice, and the history stream that carries every command, ack and result to the database.
 
-Key ``hean:cmd:{request_id}`` (kept 24 hours) holds the fields ``envelope`` (written first,
-atomically, by the web process: the reservation), ``ack`` (the ack sent to the client),
-``started`` and ``result`` (written by the worker). A request id seen again returns the
-original ack and result instead of enqueuing anything. Every operation takes many request
-ids at once, so a batch of commands costs one round trip.
+Window: one small hash per request id, ``hean:cmd:{request_id}``, with the fields ``c`` (the
+command's name, written atomically with the enqueue by the web process: the reservation),
+``a`` (the ack's ``ack_time_ms``, once the ack was sent), ``s`` (when a worker started it),
+``r`` (its result, until the history writer has it in the database) and ``d`` (set once the
+result is in the database; ``r`` and ``s`` are then dropped). A key has no TTL until its result
+is in the database; then it is kept ``HEAN_DEDUP_WINDOW_S`` (default 600 s) more. So whenever a
+key is gone, the database knows everything the key knew: a request id missing from the window
+is looked up there (hean/history.py), never run again. The envelope is not kept in the window:
+the Celery message carries it, and the history stream takes it to the database. About 150 bytes
+of Redis memory per command once its result is in the database (benchmarks/bench_history.py).
+
+History stream ``hean:history`` (hean.topology.HISTORY_STREAM_KEY): one entry per batch, in the
+same atomic step as the write it records: ``c`` (the new commands' envelopes, one JSON per line)
+by the reservation, ``a`` (``request_id ack_time_ms`` per line) when acks are journaled, ``r``
+(one result JSON per line) with the worker's commit. The history writer (hean/history.py)
+copies them to the database in batches and trims what it wrote.
+
+Every operation takes many request ids at once, so a batch of commands costs one round trip.
 """
 
 from __future__ import annotations
@@ -13,63 +27,98 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
 from hean.celery_wire import MessageFrame, escape_envelope
-from hean.redis_client import NOT_DURABLE, Durability, run_script
+from hean.messages import CommandAck
+from hean.redis_client import NOT_DURABLE, Durability, run_script, text
+from hean.topology import HISTORY_STREAM_KEY
 
-#: How long a request id is remembered.
-RETENTION_S = 24 * 3600
+if TYPE_CHECKING:
+    from hean.history import HistoryStore
+
 KEY_PREFIX = "hean:cmd:"
+
+#: Markers START_LUA returns instead of a result: the command ran and its result is in the
+#: database (``IN_DATABASE``), or the window does not know the request id (``UNKNOWN``: it left
+#: the window, or was never reserved through the web): the database decides.
+IN_DATABASE = "="
+UNKNOWN = "?"
+
+# Lua: journal the acks whose keys are KEYS[first..first+m-1] (ack times ARGV[arg..]) on keys
+# still in the window, and append them to the history stream KEYS[hist] as one entry.
+_ACKS_LUA = f"""
+local function journal_acks(hist, first, arg, m)
+  if m == 0 then return end
+  local lines = {{}}
+  for j = 0, m - 1 do
+    local key = KEYS[first + j]
+    if redis.call('EXISTS', key) == 1 then
+      redis.call('HSET', key, 'a', ARGV[arg + j])
+    end
+    lines[#lines + 1] = string.sub(key, {len(KEY_PREFIX) + 1}) .. ' ' .. ARGV[arg + j]
+  end
+  redis.call('XADD', hist, '*', 'a', table.concat(lines, '\\n'))
+end
+"""
 
 # Reserve request ids and enqueue the new ones in the same atomic step, after journaling the
 # acks of earlier commands (so a repeated id in this very batch already finds its ack).
-# KEYS: n journal keys, the broker list to push onto, then m journal keys of earlier acks.
-# ARGV: retention, n, then n encoded envelopes, then n string-escaped envelopes and the
+# KEYS: n journal keys, the broker list, the history stream, then m journal keys of earlier
+# acks. ARGV: n, then n command names, n encoded envelopes, n string-escaped envelopes, the
 # message frame: prefix, suffix, body head and body tail (the message is prefix + '"' + head +
-# escaped envelopes joined by ',' + tail + '"' + suffix), then m, then m acks. Returns, per
-# key, {1} when new, else {0, ack or false, result or false}.
-_RESERVE = """
-local n = tonumber(ARGV[2])
-local f = 2 + 2 * n
-local m = tonumber(ARGV[f + 5] or '0')
-for j = 1, m do
-  redis.call('HSET', KEYS[n + 1 + j], 'ack', ARGV[f + 5 + j])
-end
-local out, fresh = {}, {}
+# escaped envelopes joined by ',' + tail + '"' + suffix), then m and m ack times. Returns, per
+# key, 1 when new, else its window fields {c, a, r, d}.
+_RESERVE = (
+    _ACKS_LUA
+    + """
+local n = tonumber(ARGV[1])
+local f = 1 + 3 * n
+local hist = KEYS[n + 2]
+journal_acks(hist, n + 3, f + 6, tonumber(ARGV[f + 5] or '0'))
+local out, fresh, plain = {}, {}, {}
 for i = 1, n do
   local key = KEYS[i]
-  if redis.call('HSETNX', key, 'envelope', ARGV[2 + i]) == 1 then
-    redis.call('EXPIRE', key, ARGV[1])
-    out[i] = {1}
-    fresh[#fresh + 1] = ARGV[2 + n + i]
+  if redis.call('EXISTS', key) == 0 then
+    redis.call('HSET', key, 'c', ARGV[1 + i])
+    out[i] = 1
+    plain[#plain + 1] = ARGV[1 + n + i]
+    fresh[#fresh + 1] = ARGV[1 + 2 * n + i]
   else
-    out[i] = {0, redis.call('HGET', key, 'ack') or false, redis.call('HGET', key, 'result') or false}
+    out[i] = redis.call('HMGET', key, 'c', 'a', 'r', 'd')
   end
 end
 if #fresh > 0 then
+  redis.call('XADD', hist, '*', 'c', table.concat(plain, '\\n'))
   local body = ARGV[f + 3] .. table.concat(fresh, ',') .. ARGV[f + 4]
   redis.call('LPUSH', KEYS[n + 1], ARGV[f + 1] .. '"' .. body .. '"' .. ARGV[f + 2])
 end
 return out
 """
+)
 
-# Lua: mark the commands whose journal keys are KEYS[first..] as started at `now` (kept
-# `retention` s); returns, per key, its stored result if it already ran, else false. Scripts
-# that start commands as part of a bigger step (the engine worker's take) include it.
-START_LUA = """
-local function start_commands(first, now, retention)
-  local out = {}
+_RECORD_ACKS = _ACKS_LUA + "journal_acks(KEYS[1], 2, 1, #KEYS - 1)\n"
+
+# Lua: mark the commands whose journal keys are KEYS[first..] as started at `now`; returns, per
+# key, its stored result if it already ran, IN_DATABASE if that result is in the database
+# already, UNKNOWN if the window does not hold the key, else false (now started). Scripts that
+# start commands as part of a bigger step (the engine worker's take) include it.
+START_LUA = f"""
+local function start_commands(first, now)
+  local out = {{}}
   for i = first, #KEYS do
     local key = KEYS[i]
-    local result = redis.call('HGET', key, 'result')
-    if result then
-      out[#out + 1] = result
+    local got = redis.call('HMGET', key, 'r', 'd')
+    if got[1] then
+      out[#out + 1] = got[1]
+    elseif got[2] then
+      out[#out + 1] = '{IN_DATABASE}'
+    elseif redis.call('EXISTS', key) == 0 then
+      out[#out + 1] = '{UNKNOWN}'
     else
-      redis.call('HSET', key, 'started', now)
-      redis.call('EXPIRE', key, retention)
+      redis.call('HSET', key, 's', now)
       out[#out + 1] = false
     end
   end
@@ -77,7 +126,23 @@ local function start_commands(first, now, retention)
 end
 """
 
-_START = START_LUA + "return start_commands(1, ARGV[1], ARGV[2])\n"
+_START = START_LUA + "return start_commands(1, ARGV[1])\n"
+
+# The history writer has the results of KEYS in the database: drop them (and the start time)
+# from the window, mark the keys done and let them expire ARGV[1] seconds from now.
+_COMPACT = """
+local n = 0
+for i = 1, #KEYS do
+  local key = KEYS[i]
+  if redis.call('EXISTS', key) == 1 then
+    redis.call('HDEL', key, 'r', 's')
+    redis.call('HSET', key, 'd', '1')
+    redis.call('EXPIRE', key, ARGV[1])
+    n = n + 1
+  end
+end
+return n
+"""
 
 
 def journal_key(request_id: str) -> str:
@@ -97,20 +162,78 @@ def _decode(raw: bytes | str | None) -> dict[str, Any] | None:
     return json.loads(raw) if raw else None
 
 
-def decode_started(reply: Sequence[Any]) -> list[dict[str, Any] | None]:
-    """A START_LUA reply: per command, the result it already had, or None."""
-    return [_decode(r) for r in reply]
-
-
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-class CommandJournal:
-    """Sync face over the journal (the web process under eventlet and Celery workers)."""
+def rebuild_ack(request_id: str, command: str | None, ack_time_ms: float | None) -> dict[str, Any] | None:
+    """The ack that was sent for an accepted command, from what the window or the database keeps
+    of it (its command and ack time); None when its ack time was not journaled."""
+    if ack_time_ms is None:
+        return None
+    return CommandAck(
+        request_id=request_id, command=command, accepted=True, ack_time_ms=ack_time_ms
+    ).model_dump(mode="json")
 
-    def __init__(self, client: redis.Redis) -> None:
+
+def decode_started(reply: Sequence[Any]) -> list[dict[str, Any] | str | None]:
+    """A START_LUA reply: per command, the result it already had, a marker, or None."""
+    out: list[dict[str, Any] | str | None] = []
+    for raw in reply:
+        if raw is None:
+            out.append(None)
+            continue
+        value = text(raw)
+        out.append(value if value in (IN_DATABASE, UNKNOWN) else json.loads(value))
+    return out
+
+
+def resolve_started(
+    ids: Sequence[str], started: Sequence[dict[str, Any] | str | None], history: HistoryStore | None
+) -> dict[str, dict[str, Any] | None]:
+    """Per request id, its earlier result or None (run it): the markers are looked up in the
+    database, in one query. Without a database, an unknown id runs (as it did before the
+    window) and a result said to be in the database cannot be resent: it counts as ran, with
+    an `unavailable` result rather than running twice."""
+    outcome: dict[str, dict[str, Any] | None] = {}
+    asked: list[str] = []
+    for request_id, value in zip(ids, started, strict=True):
+        if isinstance(value, str):
+            asked.append(request_id)
+        else:
+            outcome[request_id] = value
+    if asked:
+        found = history.lookup(asked) if history is not None else {}
+        for request_id, value in zip(ids, started, strict=True):
+            if not isinstance(value, str):
+                continue
+            record = found.get(request_id)
+            if record is not None and record.result is not None:
+                outcome[request_id] = record.result
+            elif value == IN_DATABASE:  # the window says it ran; the database must have it
+                outcome[request_id] = {
+                    "request_id": request_id,
+                    "command": record.command if record else None,
+                    "success": False,
+                    "result": None,
+                    "error": {"code": "unavailable", "message": "ran; its result is not readable now",
+                              "field": None},
+                    "execution_time_ms": 0.0,
+                }
+            else:
+                outcome[request_id] = None
+    return outcome
+
+
+class CommandJournal:
+    """Sync face over the journal (the web process under eventlet and Celery workers).
+
+    `history` (the database) answers for request ids that left the window.
+    """
+
+    def __init__(self, client: redis.Redis, history: HistoryStore | None = None) -> None:
         self._client = client
+        self.history = history
 
     @property
     def client(self) -> redis.Redis:
@@ -118,13 +241,15 @@ class CommandJournal:
 
     def reserve_and_enqueue(
         self,
-        items: Sequence[tuple[str, str]],
+        items: Sequence[tuple[str, str, str]],
         queue_key: str,
         frame: MessageFrame,
         earlier_acks: Sequence[dict[str, Any]] = (),
         durable: Durability = NOT_DURABLE,
     ) -> list[Reservation]:
-        """Claim each request id and push one broker message carrying the new ones, atomically.
+        """Claim each request id (items: request id, command name, encoded envelope) and push
+        one broker message carrying the new ones, atomically, recording them on the history
+        stream in the same step.
 
         Either the reservations and the message both exist, or neither does: a command is never
         reserved without being enqueued, nor enqueued twice. `earlier_acks` (acks already sent
@@ -134,53 +259,92 @@ class CommandJournal:
         """
         if not items:
             return []
-        keys = [journal_key(rid) for rid, _ in items] + [queue_key]
+        keys = [journal_key(rid) for rid, _, _ in items] + [queue_key, HISTORY_STREAM_KEY]
         keys += [journal_key(ack["request_id"]) for ack in earlier_acks]
-        args: list[Any] = [RETENTION_S, len(items), *(env for _, env in items)]
-        args += [escape_envelope(env) for _, env in items]
+        args: list[Any] = [len(items), *(name for _, name, _ in items), *(env for _, _, env in items)]
+        args += [escape_envelope(env) for _, _, env in items]
         args += [frame.prefix, frame.suffix, frame.body_head, frame.body_tail]
-        args += [len(earlier_acks), *(_dumps(ack) for ack in earlier_acks)]
+        args += [len(earlier_acks), *(repr(ack["ack_time_ms"]) for ack in earlier_acks)]
         reply = run_script(self._client.connection_pool, _RESERVE, keys, args, durable)
-        return [
-            Reservation(new=True)
-            if int(r[0]) == 1
-            else Reservation(new=False, ack=_decode(r[1]), result=_decode(r[2]))
-            for r in reply
-        ]
+        return [self._reservation(rid, r) for (rid, _, _), r in zip(items, reply, strict=True)]
+
+    def _reservation(self, request_id: str, reply: Any) -> Reservation:
+        if isinstance(reply, int):
+            return Reservation(new=True)
+        command, ack_ms, result, done = (None if v is None else text(v) for v in reply)
+        ack = rebuild_ack(request_id, command, float(ack_ms) if ack_ms else None)
+        if result is not None:
+            return Reservation(new=False, ack=ack, result=json.loads(result))
+        if done and self.history is not None:  # the result is in the database now
+            record = self.history.lookup([request_id]).get(request_id)
+            if record is not None:
+                return Reservation(new=False, ack=ack or record.ack, result=record.result)
+        return Reservation(new=False, ack=ack)
 
     def record_acks(self, acks: Sequence[dict[str, Any]]) -> None:
-        pipe = self._client.pipeline(transaction=False)
-        for ack in acks:
-            pipe.hset(journal_key(ack["request_id"]), "ack", _dumps(ack))
-        pipe.execute()
+        """Journal acks no batch carried (window and history stream, one round trip)."""
+        if not acks:
+            return
+        keys = [HISTORY_STREAM_KEY, *(journal_key(ack["request_id"]) for ack in acks)]
+        run_script(self._client.connection_pool, _RECORD_ACKS, keys, [repr(a["ack_time_ms"]) for a in acks])
 
-    def start_many(self, request_ids: Sequence[str]) -> list[dict[str, Any] | None]:
-        """Mark commands started; for those that already ran, their stored result instead."""
+    def start_many(self, request_ids: Sequence[str]) -> list[dict[str, Any] | str | None]:
+        """Mark commands started; for those that already ran, their stored result (or a marker,
+        see `resolve_started`) instead."""
         if not request_ids:
             return []
         keys = [journal_key(rid) for rid in request_ids]
-        reply = run_script(self._client.connection_pool, _START, keys, [time.time(), RETENTION_S])
+        reply = run_script(self._client.connection_pool, _START, keys, [time.time()])
         return decode_started(reply)
 
     @staticmethod
     def record_results(pipe: Any, results: Sequence[dict[str, Any]]) -> None:
-        """Queue the results on `pipe` (a pipeline the caller executes with other writes)."""
+        """Queue the results on `pipe` (a pipeline the caller executes with other writes): in
+        the window, and as one entry of the history stream."""
+        if not results:
+            return
+        lines = []
         for result in results:
-            pipe.hset(journal_key(result["request_id"]), "result", _dumps(result))
+            encoded = _dumps(result)
+            lines.append(encoded)
+            pipe.hset(journal_key(result["request_id"]), "r", encoded)
+        pipe.xadd(HISTORY_STREAM_KEY, {"r": "\n".join(lines)})
 
-    def get(self, request_id: str) -> dict[str, Any] | None:
-        """Everything known about a request id, or None if it was never seen (or expired)."""
-        fields = self._client.hgetall(journal_key(request_id))
+    def compact(self, request_ids: Sequence[str], window_s: int) -> int:
+        """The results of `request_ids` are in the database: keep only the compact record in
+        the window, for `window_s` seconds more. Returns how many keys were still there."""
+        if not request_ids:
+            return 0
+        keys = [journal_key(rid) for rid in request_ids]
+        return int(run_script(self._client.connection_pool, _COMPACT, keys, [window_s]))
+
+    def state(self, request_id: str) -> str | None:
+        """Where a request id stands in the window: "reserved", "started", "done" (its result in
+        the window or the database) or None (not in the window)."""
+        fields = {text(k): text(v) for k, v in self._client.hgetall(journal_key(request_id)).items()}
         if not fields:
             return None
-        decoded = {
-            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-            for k, v in fields.items()
-        }
+        if "r" in fields or "d" in fields:
+            return "done"
+        return "started" if "s" in fields else "reserved"
+
+    def get(self, request_id: str) -> dict[str, Any] | None:
+        """Everything known about a request id (the window, then the database), or None if it
+        was never seen. `envelope` comes from the database only (None until the history writer
+        has it)."""
+        fields = {text(k): text(v) for k, v in self._client.hgetall(journal_key(request_id)).items()}
+        record = self.history.lookup([request_id]).get(request_id) if self.history is not None else None
+        if not fields and record is None:
+            return None
+        command = fields.get("c") or (record.command if record else None)
+        ack = rebuild_ack(request_id, command, float(fields["a"]) if "a" in fields else None)
+        result = _decode(fields.get("r"))
         return {
             "request_id": request_id,
-            "envelope": _decode(decoded.get("envelope")),
-            "ack": _decode(decoded.get("ack")),
-            "result": _decode(decoded.get("result")),
-            "started_at": float(decoded["started"]) if "started" in decoded else None,
+            "command": command,
+            "envelope": record.envelope if record else None,
+            "ack": ack or (record.ack if record else None),
+            "result": result or (record.result if record else None),
+            "started_at": float(fields["s"]) if "s" in fields else None,
+            "in_window": bool(fields),
         }

@@ -75,6 +75,12 @@ class Settings(BaseSettings):
         description="Group commit: while commands arrive back to back, the engine worker waits this "
         "long before taking the queue, so that they share one commit (0: never wait).",
     )
+    dedup_window_s: int = Field(
+        default=600,
+        ge=1,
+        validation_alias=_env("HEAN_DEDUP_WINDOW_S"),
+        description="Seconds a request id stays in Redis after its result reached the database.",
+    )
     visibility_timeout: int = Field(default=3600, ge=10, validation_alias=_env("HEAN_VISIBILITY_TIMEOUT"))
     result_expires: int = Field(default=3600, ge=10, validation_alias=_env("HEAN_RESULT_EXPIRES"))
     cors_origins: str = Field(

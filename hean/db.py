@@ -1,4 +1,5 @@
-"""The project's database (SQLAlchemy): DATABASE_URL, SQLite under .hean/ by default.
+"""The project's database (SQLAlchemy): DATABASE_URL, SQLite under .hean/ by default, or
+PostgreSQL (`postgresql://...`, through psycopg 3).
 
 "Engine" in HEAN means the trading engine; SQLAlchemy's `Engine` (its connection pool and
 dialect) is called the database here.
@@ -17,7 +18,20 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy
-from sqlalchemy import Column, Float, Integer, MetaData, String, Table, Text, UniqueConstraint, event
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    event,
+)
 from sqlalchemy.engine import Engine as Database
 from sqlalchemy.engine import make_url
 
@@ -66,6 +80,83 @@ llm_calls = Table(
     Column("cost_usd", Float, nullable=False, default=0.0),
 )
 
+# -- the history (hean/history.py writes it from the Redis stream, in batches) ------------------
+
+#: One row per command that passed validation: its envelope, ack and result. Times in epoch s.
+commands = Table(
+    "commands",
+    metadata,
+    Column("request_id", String(128), primary_key=True),
+    Column("command", String(64)),
+    Column("params", Text),  # JSON
+    Column("reply_to", String(128)),
+    Column("received_at", Float, index=True),
+    Column("ack_ms", Float),  # the ack's ack_time_ms (accepted commands only are journaled)
+    Column("acked_at", Float),
+    Column("finished_at", Float),
+    Column("success", Boolean),
+    Column("error_code", String(64)),
+    Column("result", Text),  # the command_result message as JSON
+)
+
+#: One row per order outcome (a `submit_order`, or each order of a `submit_orders`).
+orders = Table(
+    "orders",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("request_id", String(128), nullable=False, index=True),
+    Column("seq", Integer, nullable=False),  # position within its command
+    Column("client_order_id", String(128), index=True),
+    Column("order_id", BigInteger),
+    Column("symbol", String(64)),
+    Column("side", String(8)),
+    Column("order_type", String(16)),
+    Column("time_in_force", String(8)),
+    Column("quantity", String(40)),  # decimals as text, exactly as the engine gave them
+    Column("price", String(40)),
+    Column("status", String(16)),
+    Column("reject_reason", String(40)),
+    Column("filled_quantity", String(40)),
+    Column("fill_price", String(40)),
+    Column("fee", String(40)),
+    Column("duplicate", Boolean),
+    Column("received_at", Float),
+    Column("executed_at", Float, nullable=False),
+    UniqueConstraint("request_id", "seq", name="uq_orders_command_seq"),
+    Index("ix_orders_symbol_time", "symbol", "executed_at"),
+    Index("ix_orders_time", "executed_at"),
+)
+
+#: One row per execution: an order filled on submission, or a resting order filled by a market
+#: update (`request_id` is the command that caused it).
+fills = Table(
+    "fills",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("request_id", String(128), nullable=False, index=True),
+    Column("seq", Integer, nullable=False),
+    Column("order_id", BigInteger),
+    Column("client_order_id", String(128), index=True),
+    Column("symbol", String(64)),
+    Column("side", String(8)),
+    Column("quantity", String(40)),
+    Column("price", String(40)),
+    Column("fee", String(40)),
+    Column("executed_at", Float, nullable=False),
+    UniqueConstraint("request_id", "seq", name="uq_fills_command_seq"),
+    Index("ix_fills_symbol_time", "symbol", "executed_at"),
+    Index("ix_fills_time", "executed_at"),
+)
+
+#: How far the history writer got in each Redis stream (written with the rows: exactly once).
+history_cursor = Table(
+    "history_cursor",
+    metadata,
+    Column("stream", String(64), primary_key=True),
+    Column("last_id", String(64), nullable=False),
+    Column("written_at", Float, nullable=False),
+)
+
 _database: Database | None = None
 _lock = threading.Lock()
 
@@ -80,6 +171,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
 def open_database(url: str) -> Database:
     """A database on `url` with the project's schema created (SQLite: WAL mode, directory made)."""
     parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):  # SQLAlchemy's default is psycopg2
+        parsed = parsed.set(drivername="postgresql+psycopg")
+        url = parsed.render_as_string(hide_password=False)
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         Path(str(parsed.database)).parent.mkdir(parents=True, exist_ok=True)
     db = sqlalchemy.create_engine(url, pool_pre_ping=True)

@@ -85,6 +85,9 @@ UNJOURNALED_ACKS = Gauge(
     "Acks the web process sent that are not in the command journal yet.",
     multiprocess_mode="livesum",
 )
+HISTORY_ROWS = Counter(
+    "hean_history_rows", "Rows the history writer wrote to the database, by table.", ["table"]
+)
 LLM_CALLS = Counter(
     "hean_llm_calls",
     "Calls to the LLM provider, by provider, model and outcome.",
@@ -115,6 +118,13 @@ def enqueued(queue: str, count: int, oldest_started: float) -> None:
 
 def unjournaled(count: int) -> None:
     UNJOURNALED_ACKS.set(count)
+
+
+def history_written(commands: int, orders: int, fills: int) -> None:
+    """The history writer committed a batch: its rows per table."""
+    for table, count in (("commands", commands), ("orders", orders), ("fills", fills)):
+        if count:
+            HISTORY_ROWS.labels(table).inc(count)
 
 
 def batch_ran(queue: str, received_at_ms: Iterable[float], results: Sequence[dict[str, Any]]) -> None:
@@ -200,7 +210,9 @@ class SystemCollector(Collector):
     """Read at scrape time in the web process: each queue's depth and the engine's log.
 
     `queues` are the Celery queue names (kombu's Redis transport keeps each as a list);
-    `lists` and `streams` name other Redis lists and streams to report by length.
+    `lists` and `streams` name other Redis lists and streams to report by length; `history`
+    is the stream the history writer drains: the age of its oldest entry is how far the
+    database lags behind (0 when it has everything), read here so a dead writer shows.
     """
 
     def __init__(
@@ -209,9 +221,11 @@ class SystemCollector(Collector):
         queues: Sequence[str],
         lists: dict[str, str] | None = None,
         streams: dict[str, str] | None = None,
+        history: str | None = None,
     ) -> None:
         self.client, self.queues = client, list(queues)
         self.lists, self.streams = lists or {}, streams or {}
+        self.history = history
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         depth = GaugeMetricFamily(
@@ -221,6 +235,10 @@ class SystemCollector(Collector):
             "hean_redis_length", "Length of HEAN's Redis lists and streams.", labels=["key"]
         )
         up = GaugeMetricFamily("hean_redis_up", "1 when the scrape could read Redis.")
+        lag = GaugeMetricFamily(
+            "hean_history_lag_seconds",
+            "Age of the oldest command, ack or result not yet in the database (0: all written).",
+        )
         try:
             pipe = self.client.pipeline(transaction=False)
             for queue in self.queues:
@@ -229,7 +247,16 @@ class SystemCollector(Collector):
                 pipe.llen(key)
             for key in self.streams.values():
                 pipe.xlen(key)
+            if self.history:
+                pipe.xrange(self.history, count=1)
             values = pipe.execute()
+            if self.history:
+                oldest = values.pop()
+                entry_id = oldest[0][0] if oldest else None
+                if isinstance(entry_id, bytes):
+                    entry_id = entry_id.decode()
+                since = int(entry_id.split("-")[0]) / 1000.0 if entry_id else None
+                lag.add_metric([], max(0.0, time.time() - since) if since else 0.0)
         except Exception:  # Redis away: say so, never fail the scrape
             up.add_metric([], 0)
             yield up
@@ -240,6 +267,8 @@ class SystemCollector(Collector):
         for name, value in zip([*self.lists, *self.streams], values[len(self.queues) :], strict=True):
             lengths.add_metric([name], value)
         yield from (up, depth, lengths)
+        if self.history:
+            yield lag
 
 
 class _HeanSeries(Collector):

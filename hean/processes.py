@@ -57,6 +57,8 @@ PROCESSES: tuple[ProcessSpec, ...] = (
     _worker("engine", ENGINE_QUEUE, "solo", 1, "engine worker (owns the C++ core)"),
     _worker("pulse", PULSE_QUEUE, "threads", 2, "health pulse worker"),
     _worker("llm", f"{LLM_QUEUE},{DEFAULT_QUEUE}", "threads", 4, "LLM analysis + default worker"),
+    # copies the history stream to the database in batches, off every hot path (hean/history.py)
+    ProcessSpec("history", "hean.history", (), "history writer (commands, orders, fills -> database)"),
     ProcessSpec("beat", "celery", ("-A", "workers", "beat", "-l", "warning"), "celery beat"),
     ProcessSpec("flower", "celery", ("-A", "workers", "flower"), "Flower monitor"),
 )

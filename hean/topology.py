@@ -51,3 +51,7 @@ OPEN_ORDERS_SHOWN: Final = 200
 ENGINE_LOG_KEY: Final = "hean:engine:log"
 #: Messages the shard took off its queue whose batch has not committed yet (a list).
 ENGINE_INFLIGHT_KEY: Final = "hean:engine:inflight"
+
+# -- the history (hean/command_journal.py, hean/history.py) -----------------------------------
+#: Every command, ack and result on its way to the database (a stream the history writer trims).
+HISTORY_STREAM_KEY: Final = "hean:history"

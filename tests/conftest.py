@@ -116,7 +116,8 @@ def api_token() -> str:
 
 @pytest.fixture(scope="session")
 def system(base_env: dict[str, str], api_token: str, logs_dir: Path) -> Iterator[dict[str, object]]:
-    """The web process and the engine + default workers, as `hean up` runs them."""
+    """The web process, the engine + default workers and the history writer, as `hean up` runs
+    them."""
     port = free_port()
     env = dict(
         base_env,
@@ -129,7 +130,7 @@ def system(base_env: dict[str, str], api_token: str, logs_dir: Path) -> Iterator
     specs = {spec.name: spec for spec in PROCESSES}
     started = []
     try:
-        for name in ("worker-engine", "worker-llm", "web"):
+        for name in ("worker-engine", "worker-llm", "history", "web"):
             argv = specs[name].argv(sys.executable)
             started.append(ManagedProcess(name, argv, env, logs_dir))
         base_url = f"http://127.0.0.1:{port}"

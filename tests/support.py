@@ -219,6 +219,30 @@ def set_shared_risk_limits(system: dict[str, Any], **changes: Any) -> None:
     assert outcome["success"], outcome  # type: ignore[index]
 
 
+def system_journal(system: dict[str, Any]) -> Any:
+    """The command journal of a running system: its Redis window and its database (the
+    DATABASE_URL of its processes, else the SQLite file under its HEAN_HOME)."""
+    from hean.command_journal import CommandJournal
+    from hean.db import open_database
+    from hean.history import HistoryStore
+
+    env = system["env"]
+    url = env.get("DATABASE_URL") or f"sqlite:///{Path(env['HEAN_HOME']).resolve() / 'hean.db'}"
+    return CommandJournal(redis.Redis.from_url(env["REDIS_URL"]), HistoryStore(open_database(url)))
+
+
+def recorded(journal: Any, request_id: str, timeout: float = 30.0) -> dict[str, Any]:
+    """The journal's record of `request_id` once its envelope and result are in the database
+    (the history writer copies them in batches, shortly after they happen)."""
+
+    def complete() -> dict[str, Any] | None:
+        record = journal.get(request_id)
+        return record if record and record["envelope"] and record["result"] else None
+
+    found: dict[str, Any] = wait_for(complete, timeout, f"the history of {request_id}")  # type: ignore[assignment]
+    return found
+
+
 def own_system_env(home: Path, redis_url: str, port: int, token: str, **extra: str) -> dict[str, str]:
     """The environment of a system of our own: its Redis, HEAN_HOME, web port and token."""
     home.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import redis
 
-from hean.command_journal import journal_key
+from hean.command_journal import CommandJournal
 from hean.processes import PROCESSES
 from hean.redis_server import PrivateRedis, free_port
 from support import ManagedProcess, http_json, http_ok, own_system_env, wait_for
@@ -85,7 +85,7 @@ def test_workers_reconnect_when_redis_goes_away_mid_task(outage: dict[str, Any])
 
     napping = send(outage, "nap", {"seconds": 3})
     journal = redis.Redis.from_url(server.url)
-    wait_for(lambda: journal.hexists(journal_key(napping), "started"), 30, "the nap to start")
+    wait_for(lambda: CommandJournal(journal).state(napping) == "started", 30, "the nap to start")
     journal.close()
 
     server.stop()  # the nap's message is delivered and not yet acknowledged

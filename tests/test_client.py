@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from hean.client import (
     AsyncClient,
@@ -25,7 +24,7 @@ from hean.client import (
 )
 from hean.command_journal import CommandJournal
 from hean.core.system.redis_state import get_sync_state_manager
-from support import restart_web, start_engine_worker, stop_engine_worker, wait_for
+from support import recorded, restart_web, start_engine_worker, stop_engine_worker, system_journal, wait_for
 
 TIMEOUT = 30  # hang guard for one answer on a busy machine
 
@@ -52,7 +51,8 @@ def running(client: Client, sym: str) -> dict[str, Any]:
 
 
 def journal(system: dict[str, Any]) -> CommandJournal:
-    return CommandJournal(redis.Redis.from_url(system["env"]["REDIS_URL"]))
+    journal: CommandJournal = system_journal(system)
+    return journal
 
 
 def test_waiting_single_orders_go_out_as_one_command_each_with_its_own_ack_and_result(
@@ -75,8 +75,7 @@ def test_waiting_single_orders_go_out_as_one_command_each_with_its_own_ack_and_r
     assert max(len(ids) for ids in carried.values()) > 1
     commands = journal(system)
     for request_id, ids in carried.items():  # what the server received, in submit order
-        record = commands.get(request_id)
-        assert record is not None
+        record = recorded(commands, request_id)
         assert record["envelope"]["command"] == "submit_orders"
         assert [o["client_order_id"] for o in record["envelope"]["params"]["orders"]] == ids
         assert record["result"]["success"] is True
@@ -188,8 +187,8 @@ def test_reconnect_after_a_web_restart_resubscribes_and_resends_each_command_onc
         after = client.command("start").wait(TIMEOUT)
         assert after["orders_submitted"] - before["orders_submitted"] == len(handles)  # each ran once
         for request_id in {h.request_id for h in handles}:
-            record = journal(system).get(request_id)
-            assert record is not None and record["result"]["success"] is True
+            record = recorded(journal(system), request_id)
+            assert record["result"]["success"] is True
 
         states.set_state(key, 1, namespace="clienttest")  # the subscription was renewed
         assert wait_for(lambda: _drain_until(subscription, 1), TIMEOUT, "the state update after reconnect")

@@ -12,9 +12,15 @@ import pytest
 import redis
 from celery import Celery
 
-from hean.command_journal import CommandJournal
 from hean.core.system.redis_state import get_sync_state_manager
-from support import SHARED_RISK_LIMITS, Client, start_engine_worker, stop_engine_worker, wait_for
+from support import (
+    SHARED_RISK_LIMITS,
+    Client,
+    start_engine_worker,
+    stop_engine_worker,
+    system_journal,
+    wait_for,
+)
 from workers.shard import INFLIGHT_KEY, LOG_KEY
 
 
@@ -237,7 +243,9 @@ def test_a_control_command_publishes_its_state_before_its_result(
         assert published == (result["state"], result["command_count"]), command
 
 
-def test_a_batch_delivered_twice_runs_its_commands_once(client: Client, system_redis_url: str) -> None:
+def test_a_batch_delivered_twice_runs_its_commands_once(
+    client: Client, system: dict[str, Any], system_redis_url: str
+) -> None:
     """Commands that reach the engine worker again (a redelivered message, or one taken along
     into the batch that already holds them), sent by a plain Celery producer: they do not run
     again, their first results are resent; nothing fills twice."""
@@ -260,8 +268,11 @@ def test_a_batch_delivered_twice_runs_its_commands_once(client: Client, system_r
         )
     # the engine queue is first in, first out: this runs after both copies
     assert ok(client, "resume")["orders_filled"] == before + 1  # a second run would fill again
-    journal = CommandJournal(redis.Redis.from_url(system_redis_url))
-    results = [journal.get(e["request_id"])["result"] for e in envelopes]  # type: ignore[index]
+    journal = system_journal(system)  # the window, or the database once the history has them
+    results: list[Any] = [
+        wait_for(lambda e=e: (journal.get(e["request_id"]) or {}).get("result"), 30, "a result")
+        for e in envelopes
+    ]
     assert all(result["success"] is True for result in results), results  # not "invalid_state"
     assert results[0]["result"]["order"]["status"] == "FILLED"
     wait_for(

@@ -15,6 +15,7 @@ from typing import Any
 import redis
 
 from hean.celery_wire import UNACKED_KEY, reclaim_unacked
+from hean.command_journal import CommandJournal
 from hean.core.system.redis_state import get_sync_state_manager
 from hean.topology import ENGINE_QUEUE, POSITIONS_KEY, SYSTEM_NAMESPACE
 from support import Client, start_engine_worker, stop_engine_worker, wait_for
@@ -72,10 +73,10 @@ def test_orders_a_killed_engine_worker_held_are_applied_once_after_the_restart(
         wait_for(lambda: len(acked) > 100, 60, "orders flowing")
         nap_id = uuid.uuid4().hex
         napper.command({"command": "engine_nap", "params": {"seconds": 3}, "request_id": nap_id})
-        wait_for(lambda: store.hexists(f"hean:cmd:{nap_id}", "started"), 30, "the nap to start")
+        wait_for(lambda: CommandJournal(store).state(nap_id) == "started", 30, "the nap to start")
         stop_engine_worker(system, crash=True)
         assert engine_unacked(store) > 0, "the dead worker left nothing unacknowledged to take back"
-        assert not store.hexists(f"hean:cmd:{nap_id}", "result")
+        assert CommandJournal(store).state(nap_id) == "started"  # no result
         time.sleep(0.5)  # orders keep coming while no engine worker runs
         start_engine_worker(system, logs_dir)
         time.sleep(0.5)

@@ -141,6 +141,7 @@ def test_a_command_not_durable_in_time_is_refused_as_unavailable_yet_queued(
     own_db_url: str, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from hean.command_journal import CommandJournal
+    from hean.topology import HISTORY_STREAM_KEY
     from web.intake import CommandIntake
     from workers.app import app
 
@@ -151,5 +152,6 @@ def test_a_command_not_durable_in_time_is_refused_as_unavailable_yet_queued(
     assert outcome.http_status == 503
     assert outcome.ack["accepted"] is False and outcome.ack["error"]["code"] == "unavailable"
     assert "resend the same request_id" in outcome.ack["error"]["message"]
-    assert journal.get("durable-1")["envelope"]["command"] == "list_commands"  # it may still run
+    assert journal.state("durable-1") == "reserved"  # it may still run: reserved, queued and recorded
+    assert b'"request_id":"durable-1"' in redis_client.xrange(HISTORY_STREAM_KEY)[0][1][b"c"]
     assert redis_client.llen("default") == 1

@@ -51,22 +51,33 @@ def create_app(settings: Settings | None = None, async_mode: str = "eventlet") -
 
     from hean.command_journal import CommandJournal
     from hean.commands import load_command_modules
+    from hean.db import database
+    from hean.history import HistoryStore
     from hean.redis_client import DurabilityRule, sync_client
-    from web import analyses_api, commands_api, error_reports, health, metrics, rest, socket_handlers
+    from web import (
+        analyses_api,
+        commands_api,
+        error_reports,
+        health,
+        history_api,
+        metrics,
+        rest,
+        socket_handlers,
+    )
     from web.intake import CommandIntake
     from workers.app import app as celery_app
 
     load_command_modules()  # a project's own commands: validated here, run by the workers
     durability = DurabilityRule(settings.ack_fsync, settings.ack_replicas)
-    intake = CommandIntake(
-        celery_app, CommandJournal(sync_client()), durability, settings.intake_linger_ms / 1000.0
-    )
+    journal = CommandJournal(sync_client(), HistoryStore(database))
+    intake = CommandIntake(celery_app, journal, durability, settings.intake_linger_ms / 1000.0)
     app.extensions["hean_intake"] = intake
     app.register_blueprint(rest.blueprint)
     app.register_blueprint(commands_api.blueprint)
     app.register_blueprint(health.blueprint)
     app.register_blueprint(metrics.blueprint)
     app.register_blueprint(analyses_api.blueprint)
+    app.register_blueprint(history_api.blueprint)
     error_reports.install(app)
     app.extensions["hean_connected_clients"] = socket_handlers.register(sio, settings, intake)
     return app

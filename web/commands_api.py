@@ -14,6 +14,8 @@ from redis.exceptions import RedisError
 from hean.auth import ensure_token, token_matches
 from hean.command_journal import CommandJournal
 from hean.config import Settings
+from hean.db import database
+from hean.history import HistoryStore, HistoryUnavailable
 from hean.redis_client import sync_client
 from web.socket_handlers import TokenBucket
 
@@ -83,17 +85,16 @@ def post_command() -> ResponseReturnValue:
 @require_token
 def get_command(request_id: str) -> ResponseReturnValue:
     try:
-        record = CommandJournal(sync_client()).get(request_id)
-    except RedisError:
+        record = CommandJournal(sync_client(), HistoryStore(database)).get(request_id)
+    except (RedisError, HistoryUnavailable):
         return error_response(503, "unavailable", "command store unreachable; retry")
     if record is None:
-        return error_response(404, "not_found", f"no command with request_id {request_id!r} in the last 24 h")
+        return error_response(404, "not_found", f"no command with request_id {request_id!r}")
     status = "done" if record["result"] else ("running" if record["started_at"] else "queued")
-    envelope = record["envelope"] or {}
     return jsonify(
         {
             "request_id": request_id,
-            "command": envelope.get("command"),
+            "command": record["command"],
             "status": status,
             # an ack sent moments ago may still wait for the next batch to journal it
             "ack": record["ack"] or current_app.extensions["hean_intake"].unjournaled_ack(request_id),

@@ -2,7 +2,8 @@
 
 The ack says `accepted: true` only after the command passed validation and its task was
 published to the broker. A request id seen before gets the original ack back (with
-`duplicate: true`) and nothing is enqueued again.
+`duplicate: true`) and nothing is enqueued again: the Redis window (hean/command_journal.py)
+knows the recent ones, the database (hean/history.py) the ones that left it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from hean.celery_wire import batch_frame
 from hean.command_journal import CommandJournal, Reservation
 from hean.commands import command_names, get_command, validation_error
 from hean.group_commit import GroupCommit
+from hean.history import HistoryUnavailable
 from hean.messages import (
     CommandRequest,
     ErrorInfo,
@@ -266,9 +268,37 @@ class CommandWriter:
                         pending.fail(ErrorInfo(code="unavailable", message="internal error; retry"), 503)
             self._group_commit.done()
 
-    def _flush(self, batch: list[PendingCommand]) -> None:
-        by_queue: dict[str, list[PendingCommand]] = {}
+    def _answered_before(self, batch: list[PendingCommand]) -> list[PendingCommand] | None:
+        """Answer the commands whose request id left the Redis window but whose result is in
+        the database (the window misses them: they must not run again); the others remain.
+        None when the database cannot be read: the batch is refused (retry), never run twice."""
+        history = self._journal.history
+        if history is None:
+            return batch
+        try:
+            answered = history.lookup([p.request_id for p in batch], answered_only=True)
+        except HistoryUnavailable as exc:
+            log.error("event=enqueue_failed reason=history_unreadable size=%d error=%s", len(batch), exc)
+            for pending in batch:
+                pending.fail(ErrorInfo(code="unavailable", message="command history unreachable; retry"), 503)
+            return None
+        if not answered:
+            return batch
+        remaining = []
         for pending in batch:
+            record = answered.get(pending.request_id)
+            if record is None:
+                remaining.append(pending)
+            else:
+                pending.duplicate(Reservation(new=False, ack=record.ack, result=record.result))
+        return remaining
+
+    def _flush(self, batch: list[PendingCommand]) -> None:
+        remaining = self._answered_before(batch)
+        if not remaining:
+            return
+        by_queue: dict[str, list[PendingCommand]] = {}
+        for pending in remaining:
             by_queue.setdefault(pending.queue, []).append(pending)
         acks = []
         for queue_name, items in by_queue.items():
@@ -281,7 +311,11 @@ class CommandWriter:
                 if self._durability is None:
                     self._durability = self._durability_rule.resolve(self._journal.client)
                 reservations = self._journal.reserve_and_enqueue(
-                    [(p.request_id, p.encoded) for p in items], queue_name, frame, earlier, self._durability
+                    [(p.request_id, p.command, p.encoded) for p in items],
+                    queue_name,
+                    frame,
+                    earlier,
+                    self._durability,
                 )
                 journaled = True
             except NotDurable as exc:  # reserved and queued, but not on disk (or replicas) in time

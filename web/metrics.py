@@ -1,5 +1,6 @@
-"""`GET /metrics`: every HEAN process's Prometheus series (hean/metrics.py), plus queue depths
-and the engine log's length read from Redis at scrape time. Open, like the health GETs."""
+"""`GET /metrics`: every HEAN process's Prometheus series (hean/metrics.py), plus queue depths,
+the engine log's length and the history's lag read from Redis at scrape time. Open, like the
+health GETs."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from hean.topology import (
     ENGINE_INFLIGHT_KEY,
     ENGINE_LOG_KEY,
     ENGINE_QUEUE,
+    HISTORY_STREAM_KEY,
     LLM_QUEUE,
     PULSE_QUEUE,
 )
@@ -28,6 +30,7 @@ def scrape() -> Response:
         # batches the engine worker took along and has not committed; commands applied since
         # the last snapshot (what a restarted engine worker would replay)
         lists={"engine_inflight": ENGINE_INFLIGHT_KEY},
-        streams={"engine_log": ENGINE_LOG_KEY},
+        streams={"engine_log": ENGINE_LOG_KEY, "history": HISTORY_STREAM_KEY},
+        history=HISTORY_STREAM_KEY,
     )
     return Response(metrics.render(collector), mimetype=CONTENT_TYPE_LATEST)

@@ -31,6 +31,7 @@ from hean.commands.params import (
 )
 from hean.config import get_settings
 from hean.engine import EngineState, OrderBatch, OrderResult
+from hean.history import HistoryUnavailable
 from hean.redis_client import sync_client
 from hean.topology import BATCH_TASKS, ENGINE_PING_TASK, ENGINE_QUEUE
 from workers.app import app, inline_strategy
@@ -200,7 +201,7 @@ def run_batch(self: Any, envelopes: list[dict[str, Any]]) -> int:
         ran = execute_batch(envelopes + taken, ENGINE_QUEUE, started, SHARD.hooks)
         SHARD.group_commit.done()
         return ran
-    except RedisError as exc:
+    except (RedisError, HistoryUnavailable) as exc:
         # Results and log did not commit: forget the in-memory engine (it will be rebuilt from
         # what did commit) and run the batch again; the journal applies each command once.
         SHARD.forget()

@@ -4,6 +4,7 @@ error codes) lives in hean.commands."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -11,8 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from hean import metrics
-from hean.command_journal import CommandJournal
+from hean.command_journal import CommandJournal, resolve_started
 from hean.commands import RunRefused, error_from, get_command
+from hean.history import HistoryStore
 from hean.messages import OPERATORS_ROOM, CommandResult, ErrorInfo, TaskEnvelope, read_envelope
 from hean.redis_client import sync_client
 
@@ -114,10 +116,17 @@ def _run_many(run: list[TaskEnvelope], queue: str) -> list[dict[str, Any]]:
     ]
 
 
+@functools.cache
+def _history() -> HistoryStore:
+    from hean.db import database
+
+    return HistoryStore(database)
+
+
 def execute_batch(
     envelopes_data: list[dict[str, Any]],
     queue: str,
-    started: dict[str, dict[str, Any] | None] | None = None,
+    started: dict[str, dict[str, Any] | str | None] | None = None,
     hooks: BatchHooks = NO_HOOKS,
 ) -> int:
     """Run a batch of enqueued commands in order, each at most once per request id.
@@ -125,20 +134,23 @@ def execute_batch(
     Results are committed together with the queue's own writes and published to each sender
     and to the operators room as one pub/sub message, all in one MULTI/EXEC (one round trip).
     A batch whose state must be published first publishes its results after that.
-    `started` maps request ids the caller already marked started to their earlier result
-    (or None); the others are marked here.
+    `started` maps request ids the caller already marked started to what the journal said
+    (hean.command_journal.start_many); the others are marked here. A request id the window
+    no longer holds is looked up in the database (raises HistoryUnavailable if it cannot be
+    read: the caller retries).
     """
     from workers.emit import publish_on
 
     envelopes = [read_envelope(data) for data in envelopes_data]
     client = sync_client()
     journal = CommandJournal(client)
-    # per request id, its result so far: from the journal, then from this very batch (a
-    # redelivered message may sit in the batch that already ran it)
-    outcome: dict[str, dict[str, Any] | None] = dict(started or {})
-    missing = [e.request_id for e in envelopes if e.request_id not in outcome]
+    said: dict[str, dict[str, Any] | str | None] = dict(started or {})
+    missing = [e.request_id for e in envelopes if e.request_id not in said]
     if missing:
-        outcome.update(zip(missing, journal.start_many(missing), strict=True))
+        said.update(zip(missing, journal.start_many(missing), strict=True))
+    # per request id, its result so far: from the journal (or the database), then from this
+    # very batch (a redelivered message may sit in the batch that already ran it)
+    outcome = resolve_started(list(said), list(said.values()), _history())
     hooks.before()
     fresh: list[dict[str, Any]] = []
     messages: list[tuple[dict[str, Any], str | None]] = []

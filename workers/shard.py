@@ -28,7 +28,7 @@ from pydantic import BaseModel
 
 from hean import fastjson, metrics
 from hean.celery_wire import batch_envelopes, task_marker
-from hean.command_journal import RETENTION_S, START_LUA, decode_started, journal_key
+from hean.command_journal import START_LUA, decode_started, journal_key
 from hean.commands import CONTROL_COMMANDS
 from hean.core.system.redis_state import StateError, StateOp, get_sync_state_manager
 from hean.engine import BatchResult, OrderBatch, TradingEngine
@@ -208,8 +208,8 @@ class StatePublisher:
 
 # Move up to ARGV[1] batch messages from the consuming end of the queue (KEYS[1]) to the
 # in-flight list (KEYS[2]); stop at the first message of another task, which keeps its turn.
-# Then mark the delivered batch's commands (journal keys KEYS[3..]) started, at ARGV[3], kept
-# ARGV[4] s. Returns the whole in-flight list (newest first: what an earlier run left plus
+# Then mark the delivered batch's commands (journal keys KEYS[3..]) started, at ARGV[3].
+# Returns the whole in-flight list (newest first: what an earlier run left plus
 # what it took) and, per delivered command, its earlier result or false.
 _TAKE = (
     START_LUA
@@ -220,7 +220,7 @@ for _ = 1, tonumber(ARGV[1]) do
   redis.call('RPOP', KEYS[1])
   redis.call('LPUSH', KEYS[2], message)
 end
-return {redis.call('LRANGE', KEYS[2], 0, -1), start_commands(3, ARGV[3], ARGV[4])}
+return {redis.call('LRANGE', KEYS[2], 0, -1), start_commands(3, ARGV[3])}
 """
 )
 _BATCH_MARKER = task_marker(BATCH_TASKS[ENGINE_QUEUE])
@@ -385,15 +385,15 @@ class EngineShard:
 
     def take(
         self, delivered: list[dict[str, Any]], drain: int = DRAIN_MAX_MESSAGES
-    ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any] | None]]:
+    ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any] | str | None]]:
         """One round trip: take up to `drain` batches waiting on the queue along, read what is
         in flight (a crash or a failed commit may have left some), and mark the delivered
         commands started. Returns the in-flight envelopes (oldest first) and, per delivered
-        request id, its earlier result or None."""
+        request id, its earlier result, None, or a marker of hean.command_journal."""
         client = sync_client()
         ids = [rid for envelope in delivered if isinstance(rid := envelope.get("request_id"), str)]
         keys = [ENGINE_QUEUE, INFLIGHT_KEY, *(journal_key(rid) for rid in ids)]
-        args = [drain, _BATCH_MARKER, time.time(), RETENTION_S]
+        args = [drain, _BATCH_MARKER, time.time()]
         newest_first, results = run_script(client.connection_pool, _TAKE, keys, args)
         envelopes: list[dict[str, Any]] = []
         for raw in reversed(newest_first):  # oldest first

@@ -1,0 +1,525 @@
+"""The durable history: every command, ack, order, fill and result in the database, written in
+batches by one writer process (`python -m hean.history`, started by `hean up`) off the hot path.
+
+The web process and the workers append to the Redis stream ``hean:history`` in the scripts and
+transactions they already run (hean/command_journal.py); `HistoryWriter` copies its entries to
+the tables of hean/db.py in one transaction per batch, with its position in the stream (so each
+entry is written exactly once, even across a crash), then marks the commands' window keys done
+(they expire `HEAN_DEDUP_WINDOW_S` later) and trims what it wrote. `HistoryStore` is the read
+side: request ids that left the Redis window, `GET /api/orders` and `GET /api/fills`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import sqlalchemy
+from sqlalchemy import and_, func, select
+from sqlalchemy.engine import Engine as Database
+from sqlalchemy.exc import SQLAlchemyError
+
+from hean import metrics
+from hean.command_journal import CommandJournal, rebuild_ack
+from hean.db import commands, fills, history_cursor, orders
+from hean.topology import HISTORY_STREAM_KEY
+
+log = logging.getLogger(__name__)
+
+#: Stream entries per read (each holds one batch: up to hundreds of commands).
+READ_ENTRIES = 200
+#: Most ids one SQL `IN (...)` or one compaction script takes.
+CHUNK = 500
+#: The error codes of an order the engine refused (hean.commands.reject_code's codes).
+_ORDER_COMMANDS = ("submit_order", "submit_orders")
+
+
+class HistoryUnavailable(RuntimeError):
+    """The database could not be read (the caller retries; nothing was decided)."""
+
+
+@dataclass(frozen=True)
+class CommandRecord:
+    """What the database knows of one command."""
+
+    request_id: str
+    command: str | None
+    envelope: dict[str, Any] | None
+    ack: dict[str, Any] | None
+    result: dict[str, Any] | None
+
+
+def _entry_time(entry_id: str) -> float:
+    return int(entry_id.split("-", 1)[0]) / 1000.0
+
+
+def _next_id(entry_id: str) -> str:
+    ms, seq = entry_id.split("-", 1)
+    return f"{ms}-{int(seq) + 1}"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class HistoryStore:
+    """The history tables of one database: reads for the window's misses and REST, and the
+    writer's batches."""
+
+    def __init__(self, db: Database | Callable[[], Database]) -> None:
+        # a function (hean.db.database) is asked each time: the health probe may replace it
+        self._db = db
+
+    @property
+    def db(self) -> Database:
+        return self._db() if callable(self._db) else self._db
+
+    # -- request ids that left the window ---------------------------------------------------------
+
+    def lookup(self, request_ids: Sequence[str], answered_only: bool = False) -> dict[str, CommandRecord]:
+        """The records of those `request_ids` the database has (with `answered_only`, those
+        with a result). Raises HistoryUnavailable when the database cannot be read."""
+        found: dict[str, CommandRecord] = {}
+        ids = list(dict.fromkeys(request_ids))
+        if not ids:
+            return found
+        try:
+            with self.db.connect() as connection:
+                for start in range(0, len(ids), CHUNK):
+                    query = select(commands).where(commands.c.request_id.in_(ids[start : start + CHUNK]))
+                    if answered_only:
+                        query = query.where(commands.c.result.is_not(None))
+                    for row in connection.execute(query).mappings():
+                        found[row["request_id"]] = _record(row)
+        except (SQLAlchemyError, OSError) as exc:
+            raise HistoryUnavailable(f"history unreadable: {type(exc).__name__}") from exc
+        return found
+
+    # -- the writer's side ------------------------------------------------------------------------
+
+    def cursor(self, stream: str = HISTORY_STREAM_KEY) -> str:
+        """The last stream entry written to the database ("0-0" when none)."""
+        with self.db.connect() as connection:
+            row = connection.execute(
+                select(history_cursor.c.last_id).where(history_cursor.c.stream == stream)
+            ).first()
+        return str(row[0]) if row else "0-0"
+
+    def write(self, entries: Sequence[tuple[str, dict[str, str]]], stream: str = HISTORY_STREAM_KEY) -> Batch:
+        """Write stream entries (id, fields) in one transaction, with the stream position."""
+        batch = Batch.parse(entries)
+        if not entries:
+            return batch
+        with self.db.begin() as connection:
+            if batch.commands:
+                self._upsert_commands(connection, batch.commands)
+            envelopes = self._order_params(connection, batch)
+            order_rows, fill_rows, updates = batch.orders_and_fills(envelopes)
+            if order_rows:
+                connection.execute(self._insert_ignoring(orders, ["request_id", "seq"]), order_rows)
+            if fill_rows:
+                connection.execute(self._insert_ignoring(fills, ["request_id", "seq"]), fill_rows)
+            for values, where in updates:
+                connection.execute(orders.update().where(where).values(**values))
+            self._set_cursor(connection, stream, entries[-1][0])
+        batch.order_rows, batch.fill_rows = len(order_rows), len(fill_rows)
+        return batch
+
+    def _insert(self) -> Any:
+        """The dialect's INSERT, which has ON CONFLICT (SQLite and PostgreSQL alike)."""
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        return postgresql.insert if self.db.dialect.name == "postgresql" else sqlite.insert
+
+    def _insert_ignoring(self, table: sqlalchemy.Table, keys: list[str]) -> Any:
+        return self._insert()(table).on_conflict_do_nothing(index_elements=keys)
+
+    def _upsert_commands(self, connection: Any, rows: dict[str, dict[str, Any]]) -> None:
+        columns = [c.name for c in commands.columns]
+        statement = self._insert()(commands)
+        # a later entry fills in what an earlier one left empty; nothing known is overwritten
+        statement = statement.on_conflict_do_update(
+            index_elements=["request_id"],
+            set_={
+                name: func.coalesce(statement.excluded[name], commands.c[name])
+                for name in columns
+                if name != "request_id"
+            },
+        )
+        connection.execute(statement, [{name: row.get(name) for name in columns} for row in rows.values()])
+
+    def _order_params(self, connection: Any, batch: Batch) -> dict[str, dict[str, Any]]:
+        """The envelopes of the order commands whose results are in `batch` (from the batch
+        itself, else from the database)."""
+        wanted = [r["request_id"] for _, r in batch.results if r.get("command") in _ORDER_COMMANDS]
+        known = {rid: batch.envelopes[rid] for rid in wanted if rid in batch.envelopes}
+        missing = [rid for rid in wanted if rid not in known]
+        for start in range(0, len(missing), CHUNK):
+            query = select(commands.c.request_id, commands.c.params, commands.c.received_at).where(
+                commands.c.request_id.in_(missing[start : start + CHUNK])
+            )
+            for rid, params, received_at in connection.execute(query):
+                if params:
+                    known[rid] = {"params": json.loads(params), "received_at_ms": (received_at or 0) * 1000}
+        return known
+
+    def _set_cursor(self, connection: Any, stream: str, last_id: str) -> None:
+        statement = self._insert()(history_cursor).values(
+            stream=stream, last_id=last_id, written_at=time.time()
+        )
+        connection.execute(
+            statement.on_conflict_do_update(
+                index_elements=["stream"],
+                set_={"last_id": statement.excluded.last_id, "written_at": statement.excluded.written_at},
+            )
+        )
+
+    # -- REST ---------------------------------------------------------------------------------------
+
+    def orders(self, filters: HistoryFilter) -> tuple[list[dict[str, Any]], int | None]:
+        """Orders newest first, filtered; and the cursor of the next page (None at the end)."""
+        return self._page(orders, filters, status=orders.c.status)
+
+    def fills(self, filters: HistoryFilter) -> tuple[list[dict[str, Any]], int | None]:
+        """Fills newest first, filtered; and the cursor of the next page (None at the end)."""
+        return self._page(fills, filters)
+
+    def _page(
+        self, table: sqlalchemy.Table, filters: HistoryFilter, status: Any = None
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        conditions = []
+        for column, value in (
+            (table.c.symbol, filters.symbol),
+            (table.c.side, filters.side),
+            (table.c.request_id, filters.request_id),
+            (table.c.client_order_id, filters.client_order_id),
+            (status, filters.status),
+        ):
+            if value is not None and column is not None:
+                conditions.append(column == value)
+        if filters.since is not None:
+            conditions.append(table.c.executed_at >= filters.since)
+        if filters.until is not None:
+            conditions.append(table.c.executed_at < filters.until)
+        if filters.cursor is not None:
+            conditions.append(table.c.id < filters.cursor)
+        query = select(table).order_by(table.c.id.desc()).limit(filters.limit + 1)
+        if conditions:
+            query = query.where(and_(*conditions))
+        try:
+            with self.db.connect() as connection:
+                rows = [dict(row) for row in connection.execute(query).mappings()]
+        except (SQLAlchemyError, OSError) as exc:
+            raise HistoryUnavailable(f"history unreadable: {type(exc).__name__}") from exc
+        more = len(rows) > filters.limit
+        rows = rows[: filters.limit]
+        return rows, (int(rows[-1]["id"]) if more and rows else None)
+
+
+@dataclass(frozen=True)
+class HistoryFilter:
+    """Filters and paging of `GET /api/orders` and `GET /api/fills` (validated by the caller)."""
+
+    symbol: str | None = None
+    side: str | None = None
+    status: str | None = None
+    request_id: str | None = None
+    client_order_id: str | None = None
+    since: float | None = None
+    until: float | None = None
+    limit: int = 100
+    cursor: int | None = None
+
+
+def _record(row: Any) -> CommandRecord:
+    envelope = None
+    if row["params"] is not None:
+        envelope = {
+            "request_id": row["request_id"],
+            "command": row["command"],
+            "params": json.loads(row["params"]),
+            "reply_to": row["reply_to"],
+            "received_at_ms": (row["received_at"] or 0.0) * 1000.0,
+        }
+    return CommandRecord(
+        request_id=row["request_id"],
+        command=row["command"],
+        envelope=envelope,
+        ack=rebuild_ack(row["request_id"], row["command"], row["ack_ms"]),
+        result=json.loads(row["result"]) if row["result"] else None,
+    )
+
+
+@dataclass
+class Batch:
+    """Stream entries parsed: command rows by request id, the results with their entry times."""
+
+    commands: dict[str, dict[str, Any]] = field(default_factory=dict)
+    envelopes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    results: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+    order_rows: int = 0
+    fill_rows: int = 0
+
+    @property
+    def answered(self) -> list[str]:
+        return [r["request_id"] for _, r in self.results]
+
+    def _row(self, request_id: str) -> dict[str, Any]:
+        row = self.commands.get(request_id)
+        if row is None:
+            row = self.commands[request_id] = {"request_id": request_id}
+        return row
+
+    @classmethod
+    def parse(cls, entries: Iterable[tuple[str, dict[str, str]]]) -> Batch:
+        batch = cls()
+        for entry_id, fields in entries:
+            at = _entry_time(entry_id)
+            if "c" in fields:
+                for line in fields["c"].split("\n"):
+                    envelope = json.loads(line)
+                    batch.envelopes[envelope["request_id"]] = envelope
+                    batch._row(envelope["request_id"]).update(
+                        command=envelope["command"],
+                        params=json.dumps(envelope["params"], separators=(",", ":")),
+                        reply_to=envelope.get("reply_to"),
+                        received_at=envelope["received_at_ms"] / 1000.0,
+                    )
+            if "a" in fields:
+                for line in fields["a"].split("\n"):
+                    request_id, ack_ms = line.split(" ", 1)
+                    batch._row(request_id).update(ack_ms=float(ack_ms), acked_at=at)
+            if "r" in fields:
+                for line in fields["r"].split("\n"):
+                    result = json.loads(line)
+                    error = result.get("error")
+                    batch._row(result["request_id"]).update(
+                        command=result.get("command"),
+                        finished_at=at,
+                        success=bool(result.get("success")),
+                        error_code=error.get("code") if error else None,
+                        result=line,
+                    )
+                    batch.results.append((at, result))
+        return batch
+
+    def orders_and_fills(
+        self, envelopes: dict[str, dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[tuple[dict[str, Any], Any]]]:
+        """Order and fill rows from the results (the orders' params from `envelopes`), and the
+        updates of earlier orders (cancelled, or filled while resting)."""
+        order_rows: list[dict[str, Any]] = []
+        fill_rows: list[dict[str, Any]] = []
+        updates: list[tuple[dict[str, Any], Any]] = []
+        for at, result in self.results:
+            request_id, command = result["request_id"], result.get("command")
+            envelope = envelopes.get(request_id) or {}
+            params = envelope.get("params") or {}
+            received = envelope.get("received_at_ms")
+            received_at = received / 1000.0 if received else None
+            body = result.get("result") or {}
+            if command == "submit_order":
+                outcomes = [_order_outcome(body.get("order"), result.get("error"), params)]
+                requested = [params]
+            elif command == "submit_orders":
+                outcomes = list(body.get("results") or [])
+                requested = list(params.get("orders") or [])
+                if not outcomes and result.get("error"):  # the core refused the whole command
+                    outcomes = [_order_outcome(None, result["error"], p) for p in requested]
+            elif command == "update_market":
+                for seq, fill in enumerate(body.get("fills") or []):
+                    fill_rows.append(_fill_row(request_id, seq, fill, at))
+                    updates.append(
+                        (
+                            {"status": "FILLED", "filled_quantity": fill.get("quantity"),
+                             "fill_price": fill.get("price"), "fee": fill.get("fee")},
+                            orders.c.order_id == fill.get("order_id"),
+                        )
+                    )
+                continue
+            elif command == "cancel_order" and result.get("success") and body.get("cancelled"):
+                updates.append(
+                    (
+                        {"status": "CANCELLED"},
+                        and_(
+                            orders.c.client_order_id == body.get("client_order_id"),
+                            orders.c.status == "RESTING",
+                        ),
+                    )
+                )
+                continue
+            else:
+                continue
+            for seq, outcome in enumerate(outcomes):
+                order = requested[seq] if seq < len(requested) else {}
+                row = {
+                    "request_id": request_id,
+                    "seq": seq,
+                    "client_order_id": outcome.get("client_order_id") or order.get("client_order_id"),
+                    "order_id": outcome.get("order_id"),
+                    "symbol": order.get("symbol"),
+                    "side": order.get("side"),
+                    "order_type": order.get("order_type", "MARKET" if order else None),
+                    "time_in_force": order.get("time_in_force", "GTC" if order else None),
+                    "quantity": _decimal_text(order.get("quantity")),
+                    "price": _decimal_text(order.get("price")),
+                    "status": outcome.get("status"),
+                    "reject_reason": outcome.get("reject_reason"),
+                    "filled_quantity": outcome.get("filled_quantity"),
+                    "fill_price": outcome.get("fill_price"),
+                    "fee": outcome.get("fee"),
+                    "duplicate": bool(outcome.get("duplicate")),
+                    "received_at": received_at,
+                    "executed_at": at,
+                }
+                order_rows.append(row)
+                if _nonzero(row["filled_quantity"]) and not row["duplicate"]:
+                    fill_rows.append(
+                        {
+                            "request_id": request_id,
+                            "seq": seq,
+                            "order_id": row["order_id"],
+                            "client_order_id": row["client_order_id"],
+                            "symbol": row["symbol"],
+                            "side": row["side"],
+                            "quantity": row["filled_quantity"],
+                            "price": row["fill_price"],
+                            "fee": row["fee"],
+                            "executed_at": at,
+                        }
+                    )
+        return order_rows, fill_rows, updates
+
+
+def _order_outcome(order: Any, error: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """One order's outcome: the engine's, or for an order it refused, REJECTED with the reason
+    its error names ("order X rejected: REASON")."""
+    if isinstance(order, dict):
+        return order
+    message = str((error or {}).get("message") or "")
+    reason = message.rsplit(": ", 1)[-1] if " rejected: " in message else (error or {}).get("code")
+    return {"client_order_id": params.get("client_order_id"), "status": "REJECTED", "reject_reason": reason}
+
+
+def _fill_row(request_id: str, seq: int, fill: dict[str, Any], at: float) -> dict[str, Any]:
+    return {
+        "request_id": request_id,
+        "seq": seq,
+        "order_id": fill.get("order_id"),
+        "client_order_id": fill.get("client_order_id"),
+        "symbol": fill.get("symbol"),
+        "side": fill.get("side"),
+        "quantity": fill.get("quantity"),
+        "price": fill.get("price"),
+        "fee": fill.get("fee"),
+        "executed_at": at,
+    }
+
+
+def _decimal_text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _nonzero(value: Any) -> bool:
+    try:
+        return value is not None and float(value) != 0.0
+    except (TypeError, ValueError):
+        return False
+
+
+class HistoryWriter:
+    """Copies the history stream to the database, in batches, exactly once (see the module)."""
+
+    def __init__(
+        self, journal: CommandJournal, store: HistoryStore, window_s: int, stream: str = HISTORY_STREAM_KEY
+    ) -> None:
+        self.journal, self.store, self.window_s, self.stream = journal, store, window_s, stream
+        self.last_id: str | None = None
+        self.reset_database: Callable[[], None] | None = None
+
+    def _entries(self, raw: Any) -> list[tuple[str, dict[str, str]]]:
+        return [
+            (_text(entry_id), {_text(k): _text(v) for k, v in fields.items()})
+            for entry_id, fields in raw
+        ]
+
+    def recover(self) -> None:
+        """At start: the position from the database; entries it wrote but a crash kept from
+        compacting and trimming are compacted and trimmed now."""
+        self.last_id = self.store.cursor(self.stream)
+        if self.last_id == "0-0":
+            return
+        client = self.journal.client
+        written = self._entries(client.xrange(self.stream, min="-", max=self.last_id))
+        if written:
+            self._settle(Batch.parse(written).answered)
+            log.info("event=history_recovered entries=%d last_id=%s", len(written), self.last_id)
+
+    def _settle(self, answered: list[str]) -> None:
+        for start in range(0, len(answered), CHUNK):
+            self.journal.compact(answered[start : start + CHUNK], self.window_s)
+        assert self.last_id is not None
+        self.journal.client.xtrim(self.stream, minid=_next_id(self.last_id))
+
+    def run_once(self, block_ms: int = 1000) -> int:
+        """Read what waits (up to `block_ms` for something), write it, settle it; returns the
+        number of entries written."""
+        if self.last_id is None:
+            self.recover()
+        assert self.last_id is not None
+        reply = self.journal.client.xread({self.stream: self.last_id}, count=READ_ENTRIES, block=block_ms)
+        if not reply:
+            return 0
+        entries = self._entries(cast(list[Any], reply)[0][1])
+        batch = self.store.write(entries, self.stream)
+        self.last_id = entries[-1][0]
+        metrics.history_written(len(batch.commands), batch.order_rows, batch.fill_rows)
+        self._settle(batch.answered)
+        return len(entries)
+
+    def run(self, stop: threading.Event) -> None:
+        """Write until `stop` is set; Redis or database trouble is retried (nothing is lost: the
+        entries wait in the stream)."""
+        from redis.exceptions import RedisError
+
+        delay = 0.0
+        while not stop.is_set():
+            try:
+                self.run_once(block_ms=500)
+                delay = 0.0
+            except (RedisError, SQLAlchemyError, HistoryUnavailable) as exc:
+                delay = min(5.0, delay * 2 or 0.2)
+                log.error("event=history_write_failed error=%s retry_in_s=%.1f", exc, delay)
+                self.last_id = None  # read the position from the database again
+                if not isinstance(exc, RedisError) and self.reset_database is not None:
+                    self.reset_database()  # fresh connections: a pooled one may hold a bad state
+                stop.wait(delay)
+
+
+def main() -> int:
+    """`python -m hean.history`: the history writer of `hean up`."""
+    from hean.config import get_settings
+    from hean.db import database, reset
+    from hean.logs import configure_logging
+    from hean.redis_client import sync_client
+
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    writer = HistoryWriter(CommandJournal(sync_client()), HistoryStore(database), settings.dedup_window_s)
+    writer.reset_database = reset
+    log.info("event=history_writer_started window_s=%d", settings.dedup_window_s)
+    writer.run(stop)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
