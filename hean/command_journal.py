@@ -129,14 +129,19 @@ end
 _START = START_LUA + "return start_commands(1, ARGV[1])\n"
 
 # The history writer has the results of KEYS in the database: drop them (and the start time)
-# from the window, mark the keys done and let them expire ARGV[1] seconds from now.
+# from the window, mark the keys done and let them expire ARGV[1] seconds from now. The key is
+# written anew: a result made it a hashtable, which HDEL would keep (~300 bytes instead of ~110).
 _COMPACT = """
 local n = 0
 for i = 1, #KEYS do
   local key = KEYS[i]
-  if redis.call('EXISTS', key) == 1 then
-    redis.call('HDEL', key, 'r', 's')
-    redis.call('HSET', key, 'd', '1')
+  local got = redis.call('HMGET', key, 'c', 'a', 'r', 'd', 's')
+  if got[1] or got[2] or got[3] or got[4] or got[5] then
+    redis.call('DEL', key)
+    local fields = {'d', '1'}
+    if got[1] then fields[#fields + 1] = 'c'; fields[#fields + 1] = got[1] end
+    if got[2] then fields[#fields + 1] = 'a'; fields[#fields + 1] = got[2] end
+    redis.call('HSET', key, unpack(fields))
     redis.call('EXPIRE', key, ARGV[1])
     n = n + 1
   end

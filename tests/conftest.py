@@ -20,6 +20,7 @@ from hean.core.system.redis_state import SyncRedisStateManager
 from hean.processes import PROCESSES
 from hean.redis_server import PrivateRedis, free_port
 from llm_server import LLMServer
+from postgres_server import PostgresServer
 from support import Client, ManagedProcess, http_ok, set_shared_risk_limits, wait_for
 
 PLUGINS_DIR = Path(__file__).resolve().parent / "plugins"
@@ -80,6 +81,17 @@ def sync_manager(own_db_url: str, redis_client: redis.Redis) -> Iterator[SyncRed
 def llm_server() -> Iterator[LLMServer]:
     """The session's local LLM server (OpenAI Chat Completions + Responses, Anthropic Messages)."""
     server = LLMServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """The session's PostgreSQL server (Debian's binaries, a cluster in a temporary directory,
+    a free port); a test asks it for a database of its own (`create_database`)."""
+    server = PostgresServer(free_port()).start()
     try:
         yield server
     finally:

@@ -281,6 +281,12 @@ class Client:
     def close(self) -> None:
         self.sio.disconnect()
 
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
     def command(self, payload: Any) -> dict[str, Any]:
         """Send `command`; returns the Socket.IO ack value after checking the ack event matches."""
         value = self.sio.call("command", payload, timeout=10)

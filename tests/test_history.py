@@ -1,0 +1,324 @@
+"""The durable history, on SQLite and on a real PostgreSQL server: every command, ack, order,
+fill and result reaches the database through the history writer; Redis keeps only a compact
+window (HEAN_DEDUP_WINDOW_S, 2 s here); a request id repeated after the window is answered
+from the database and never runs twice, whether it comes through the web or straight to the
+engine worker; GET /api/orders and /api/fills read the database; /metrics shows the lag."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+
+from hean.command_journal import journal_key
+from hean.processes import PROCESSES
+from hean.redis_server import PrivateRedis, free_port
+from postgres_server import PostgresServer
+from support import (
+    SHARED_RISK_LIMITS,
+    Client,
+    ManagedProcess,
+    http_json,
+    http_ok,
+    own_system_env,
+    recorded,
+    system_journal,
+    wait_for,
+)
+
+WINDOW_S = 2
+PLUGINS_DIR = Path(__file__).resolve().parent / "plugins"
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def history(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, logs_dir: Path
+) -> Iterator[dict[str, Any]]:
+    """A system of its own (Redis, web, engine and default workers, history writer) on the
+    database named by the parameter, with a 2-second dedup window."""
+    kind = request.param
+    root = tmp_path_factory.mktemp(f"history-{kind}")
+    extra = {}
+    if kind == "postgresql":
+        postgres: PostgresServer = request.getfixturevalue("postgres_server")
+        extra["DATABASE_URL"] = postgres.create_database("hean_" + uuid.uuid4().hex[:8])
+    (root / "metrics").mkdir()
+    server = PrivateRedis(root / "redis", port=free_port())
+    server.start()
+    port = free_port()
+    token = "history-" + os.urandom(6).hex()
+    env = own_system_env(
+        root / "home",
+        server.url,
+        port,
+        token,
+        HEAN_DEDUP_WINDOW_S=str(WINDOW_S),
+        PROMETHEUS_MULTIPROC_DIR=str(root / "metrics"),
+        HEAN_SOCKETIO_CHANNEL=f"hean-history-{kind}",  # pub/sub is server-wide: a channel of its own
+        HEAN_COMMAND_MODULES="custom_commands",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(PLUGINS_DIR), os.environ.get("PYTHONPATH")])),
+        **extra,
+    )
+    specs = {spec.name: spec for spec in PROCESSES}
+    started = [
+        ManagedProcess(f"history-{kind}-{name}", specs[name].argv(sys.executable), env, logs_dir)
+        for name in ("worker-engine", "worker-llm", "history", "web")
+    ]
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: http_ok(url + "/api/system/health"), 60, "the web process")
+        system = {"url": url, "token": token, "env": env, "processes": started, "kind": kind}
+        with Client(url, token) as client:
+            ok(client, "risk_adjust", **SHARED_RISK_LIMITS)
+            ok(client, "start")
+        yield system
+    finally:
+        for process in reversed(started):
+            process.stop()
+        server.stop()
+
+
+def run(
+    client: Client, command: str, request_id: str | None = None, **params: Any
+) -> tuple[dict[str, Any], Any]:
+    """(ack, result message) of one command."""
+    request_id = request_id or uuid.uuid4().hex
+    ack = client.command({"command": command, "params": params, "request_id": request_id})
+    assert ack["accepted"] is True, ack
+    return ack, client.result_for(request_id)
+
+
+def ok(client: Client, command: str, **params: Any) -> Any:
+    _, result = run(client, command, **params)
+    assert result["success"] is True, result
+    return result["result"]
+
+
+def symbol() -> str:
+    return "H" + uuid.uuid4().hex[:8].upper() + "USDT"
+
+
+def rest(system: dict[str, Any], path: str, token: str | None = "") -> tuple[int, Any]:
+    status, body, _ = http_json(system["url"] + path, token=system["token"] if token == "" else token)
+    return status, body
+
+
+def rows(system: dict[str, Any], path: str, key: str, count: int) -> list[dict[str, Any]]:
+    """`count` rows of a history listing, once the writer has them."""
+
+    def listed() -> list[dict[str, Any]] | None:
+        status, body = rest(system, path)
+        assert status == 200, body
+        return body[key] if len(body[key]) >= count else None
+
+    found: list[dict[str, Any]] = wait_for(listed, 30, f"{count} rows at {path}")  # type: ignore[assignment]
+    return found
+
+
+def window(system: dict[str, Any]) -> redis.Redis:
+    return redis.Redis.from_url(system["env"]["REDIS_URL"])
+
+
+def test_every_command_ack_order_fill_and_result_reaches_the_database(history: dict[str, Any]) -> None:
+    sym = symbol()
+    with Client(history["url"], history["token"]) as client:
+        ok(client, "update_market", symbol=sym, bid="99", ask="101", last="100")
+        market_id = uuid.uuid4().hex
+        ack, single = run(
+            client, "submit_order", market_id, client_order_id="m-" + market_id, symbol=sym, side="BUY",
+            quantity="2",
+        )  # fmt: skip
+        orders = [
+            {
+                "client_order_id": f"b{i}-{uuid.uuid4().hex[:8]}",
+                "symbol": sym,
+                "side": "SELL",
+                "quantity": "1",
+            }
+            for i in range(3)
+        ]
+        batch_ack, batch = run(client, "submit_orders", orders=orders)
+        rest_id = "l-" + uuid.uuid4().hex
+        resting = ok(client, "submit_order", client_order_id=rest_id, symbol=sym, side="BUY", quantity="1",
+                     order_type="LIMIT", price="95")  # fmt: skip
+        assert resting["order"]["status"] == "RESTING"
+        cancel_id = "c-" + uuid.uuid4().hex
+        ok(client, "submit_order", client_order_id=cancel_id, symbol=sym, side="BUY", quantity="1",
+           order_type="LIMIT", price="90")  # fmt: skip
+        ok(client, "cancel_order", client_order_id=cancel_id)
+        moved = ok(client, "update_market", symbol=sym, bid="94", ask="95", last="95")
+        assert [f["client_order_id"] for f in moved["fills"]] == [rest_id]
+        refused_id = uuid.uuid4().hex
+        _, refused = run(client, "submit_order", refused_id, client_order_id="big-" + refused_id, symbol=sym,
+                         side="BUY", quantity="900")  # fmt: skip
+        assert refused["error"]["code"] == "order_rejected"
+
+    journal = system_journal(history)
+    try:
+        record = recorded(journal, market_id)
+    finally:
+        journal.history.db.dispose()
+    assert record["ack"] == {**ack, "duplicate": False} and record["result"] == single  # type: ignore[index]
+    assert record["envelope"]["params"]["quantity"] == "2"  # type: ignore[index]
+
+    listed = rows(history, f"/api/orders?symbol={sym}", "orders", 7)
+    by_client = {o["client_order_id"]: o for o in listed}
+    market = by_client["m-" + market_id]
+    assert (market["status"], market["side"], market["request_id"]) == ("FILLED", "BUY", market_id)
+    assert Decimal(market["fill_price"]) == Decimal(101) and Decimal(market["quantity"]) == 2
+    assert [by_client[o["client_order_id"]]["request_id"] for o in orders] == [batch_ack["request_id"]] * 3
+    assert {by_client[o["client_order_id"]]["status"] for o in orders} == {"FILLED"}
+    assert by_client["big-" + refused_id]["status"] == "REJECTED"
+    assert by_client["big-" + refused_id]["reject_reason"] == "MAX_NOTIONAL"
+    # the resting order filled by the market update, the other cancelled: updated in place
+    wait_for(lambda: rest(history, f"/api/orders?client_order_id={rest_id}")[1]["orders"][0]["status"]
+             == "FILLED", 30, "the resting order FILLED")  # fmt: skip
+    wait_for(lambda: rest(history, f"/api/orders?client_order_id={cancel_id}")[1]["orders"][0]["status"]
+             == "CANCELLED", 30, "the cancelled order CANCELLED")  # fmt: skip
+
+    fills = rows(history, f"/api/fills?symbol={sym}", "fills", 5)
+    assert sorted(f["client_order_id"] for f in fills) == sorted(
+        ["m-" + market_id, rest_id, *(o["client_order_id"] for o in orders)]
+    )
+    assert next(f for f in fills if f["client_order_id"] == rest_id)["price"] == moved["fills"][0]["price"]
+    assert batch["result"]["filled"] == 3
+
+
+def test_a_request_id_repeated_after_the_window_is_answered_from_the_database_and_never_runs_twice(
+    history: dict[str, Any],
+) -> None:
+    sym = symbol()
+    store = window(history)
+    with Client(history["url"], history["token"]) as client:
+        ok(client, "update_market", symbol=sym, bid="10", ask="10", last="10")
+        request_id = uuid.uuid4().hex
+        params = {"client_order_id": request_id, "symbol": sym, "side": "BUY", "quantity": "1"}
+        ack, first = run(client, "submit_order", request_id, **params)
+        assert first["result"]["order"]["status"] == "FILLED"
+        # in the window: compacted once the result is in the database, then gone after WINDOW_S
+        wait_for(lambda: store.hget(journal_key(request_id), "d") == b"1", 30, "the result in the database")
+        assert set(store.hkeys(journal_key(request_id))) == {b"c", b"a", b"d"}
+        assert 0 < store.ttl(journal_key(request_id)) <= WINDOW_S
+        wait_for(lambda: not store.exists(journal_key(request_id)), 10 + WINDOW_S, "the window to pass")
+        before = ok(client, "start")["orders_submitted"]
+
+        again = client.command({"command": "submit_order", "params": params, "request_id": request_id})
+        assert again["duplicate"] is True
+        assert {k: v for k, v in again.items() if k != "duplicate"} == {
+            k: v for k, v in ack.items() if k != "duplicate"
+        }
+        assert client.result_for(request_id) == first  # the stored result, not a second run
+
+        # the same command straight onto the engine queue (a message redelivered after the
+        # window): the worker asks the database, resends the result and runs nothing
+        envelope = {"request_id": request_id, "command": "submit_order", "params": params,
+                    "received_at_ms": time.time() * 1000}  # fmt: skip
+        producer = Celery(broker=history["env"]["REDIS_URL"])
+        producer.send_task(
+            "workers.engine.run_batch", args=[[envelope]], queue="engine", routing_key="engine"
+        )
+        after = ok(client, "start")  # the engine queue is in order: this ran after it
+        assert after["orders_submitted"] == before
+        assert not store.exists(journal_key(request_id))  # the resend did not bring it back
+    listed = rows(history, f"/api/orders?request_id={request_id}", "orders", 1)
+    assert len(listed) == 1 and listed[0]["status"] == "FILLED"
+
+
+def test_redis_keeps_a_compact_window_and_the_history_lag_is_a_metric(history: dict[str, Any]) -> None:
+    store = window(history)
+    with Client(history["url"], history["token"]) as client:
+        ids = [run(client, "echo", text="x")[0]["request_id"] for _ in range(20)]
+    for request_id in ids:
+        wait_for(lambda r=request_id: store.hget(journal_key(r), "d") == b"1", 30, "the compact record")
+    sizes = [store.memory_usage(journal_key(r)) for r in ids]
+    assert all(size is not None and size <= 200 for size in sizes), sizes
+    wait_for(lambda: store.xlen("hean:history") == 0, 30, "the history stream drained")
+
+    with urllib.request.urlopen(history["url"] + "/metrics", timeout=10) as response:
+        scrape = response.read().decode()
+    assert "hean_history_lag_seconds 0.0" in scrape
+    assert 'hean_history_rows_total{table="commands"}' in scrape
+    # a stopped writer shows as a growing lag
+    writer = next(p for p in history["processes"] if p.name.endswith("-history"))
+    writer.stop()
+    try:
+        with Client(history["url"], history["token"]) as client:
+            run(client, "echo", text="while the writer is down")
+
+        def lag() -> float:
+            with urllib.request.urlopen(history["url"] + "/metrics", timeout=10) as response:
+                for line in response.read().decode().splitlines():
+                    if line.startswith("hean_history_lag_seconds "):
+                        return float(line.split()[1])
+            return 0.0
+
+        wait_for(lambda: lag() >= 1.0, 30, "a lag of a second")
+    finally:
+        history["processes"].remove(writer)
+        spec = next(s for s in PROCESSES if s.name == "history")
+        history["processes"].append(
+            ManagedProcess(
+                writer.name + "-2", spec.argv(sys.executable), history["env"], writer.log_path.parent
+            )
+        )
+    wait_for(lambda: store.xlen("hean:history") == 0, 30, "the restarted writer to catch up")
+
+
+def test_orders_and_fills_listings_filter_page_and_refuse_bad_filters(history: dict[str, Any]) -> None:
+    sym = symbol()
+    with Client(history["url"], history["token"]) as client:
+        ok(client, "update_market", symbol=sym, bid="10", ask="10", last="10")
+        started = time.time()
+        for i in range(5):
+            ok(client, "submit_order", client_order_id=f"p{i}-{uuid.uuid4().hex[:6]}", symbol=sym,
+               side="BUY" if i % 2 else "SELL", quantity="1")  # fmt: skip
+    everything = rows(history, f"/api/orders?symbol={sym}", "orders", 5)
+    assert [o["id"] for o in everything] == sorted(
+        (o["id"] for o in everything), reverse=True
+    )  # newest first
+
+    pages: list[dict[str, Any]] = []
+    path = f"/api/orders?symbol={sym}&limit=2"
+    while True:
+        status, body = rest(history, path)
+        assert status == 200 and len(body["orders"]) <= 2
+        pages += body["orders"]
+        if body["next_cursor"] is None:
+            break
+        path = f"/api/orders?symbol={sym}&limit=2&cursor={body['next_cursor']}"
+    assert [o["id"] for o in pages] == [o["id"] for o in everything]
+
+    status, body = rest(history, f"/api/orders?symbol={sym}&side=buy&status=FILLED")
+    assert status == 200 and len(body["orders"]) == 2 and {o["side"] for o in body["orders"]} == {"BUY"}
+    status, body = rest(history, f"/api/fills?symbol={sym}&from={started - 1}&to={time.time() + 1}")
+    assert status == 200 and len(body["fills"]) == 5
+    status, body = rest(history, f"/api/fills?symbol={sym}&to=2001-01-01T00:00:00Z")
+    assert status == 200 and body["fills"] == []
+
+    for path, field in (
+        ("/api/orders?side=LONG", "side"),
+        ("/api/orders?status=DONE", "status"),
+        ("/api/orders?limit=0", "limit"),
+        ("/api/orders?limit=x", "limit"),
+        ("/api/orders?cursor=-1", "cursor"),
+        ("/api/orders?from=yesterday", "from"),
+        ("/api/orders?from=20&to=10", "from"),
+        ("/api/orders?symbl=BTC", "symbl"),
+        ("/api/fills?status=FILLED", "status"),
+        ("/api/orders?symbol=%20x", "symbol"),
+    ):
+        status, body = rest(history, path)
+        assert status == 400 and body["error"]["code"] == "invalid_params", (path, body)
+        assert body["error"]["field"] == field, (path, body)
+    assert rest(history, "/api/orders", token=None)[0] == 401
+    assert rest(history, "/api/fills", token="wrong")[0] == 401
