@@ -14,12 +14,16 @@ BUILD_INPUTS := pyproject.toml CMakeLists.txt $(wildcard cpp_ext/*.cpp cpp_ext/*
 BROWSER          := /usr/bin/chromium /usr/bin/chromedriver
 BROWSER_PACKAGES := chromium chromium-driver
 
-.PHONY: run test lint bench clean browser
+# The history tests run a real PostgreSQL server: Debian's `postgresql` package (initdb and postgres
+# under /usr/lib/postgresql/VERSION/bin; the tests start their own cluster on a free port).
+POSTGRES_PACKAGES := postgresql
+
+.PHONY: run test lint bench clean browser postgres
 
 run: $(STAMP)
 	$(VENV)/bin/hean up
 
-test: browser $(STAMP)
+test: browser postgres $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 	$(PY) -m mypy.stubtest hean._core --allowlist tests/stubtest_allowlist.txt
@@ -62,6 +66,21 @@ $(BROWSER) &:
 	$$SUDO apt-get update && \
 	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(BROWSER_PACKAGES)
 	@for f in $(BROWSER); do [ -x "$$f" ] || { echo "apt-get did not provide $$f" >&2; exit 1; }; done
+
+# Like `browser`: nothing to do once a server binary exists; else apt-get as root or through
+# password-less sudo; otherwise say what to install.
+postgres:
+	@if ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+	else echo "make test: the history tests need PostgreSQL's server, from Debian's package" \
+	  "$(POSTGRES_PACKAGES); not root and no password-less sudo, so install it as root:" \
+	  "apt-get update && apt-get install -y --no-install-recommends $(POSTGRES_PACKAGES)" >&2; \
+	  exit 1; fi; \
+	echo "installing $(POSTGRES_PACKAGES) (no /usr/lib/postgresql/*/bin/postgres) for the history tests"; \
+	$$SUDO apt-get update && \
+	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(POSTGRES_PACKAGES)
+	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { echo "apt-get did not provide PostgreSQL's server" >&2; exit 1; }
 
 clean:
 	rm -rf build $(VENV) .pytest_cache .ruff_cache
