@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from hean.celery_wire import MessageFrame, escape_envelope
-from hean.messages import CommandAck
+from hean.messages import ack_message
 from hean.redis_client import NOT_DURABLE, Durability, run_script, text
 from hean.topology import HISTORY_STREAM_KEY
 
@@ -176,9 +176,7 @@ def rebuild_ack(request_id: str, command: str | None, ack_time_ms: float | None)
     of it (its command and ack time); None when its ack time was not journaled."""
     if ack_time_ms is None:
         return None
-    return CommandAck(
-        request_id=request_id, command=command, accepted=True, ack_time_ms=ack_time_ms
-    ).model_dump(mode="json")
+    return ack_message(request_id, command, True, ack_time_ms)
 
 
 def decode_started(reply: Sequence[Any]) -> list[dict[str, Any] | str | None]:
