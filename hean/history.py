@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 #: Stream entries per read (each holds one batch: up to hundreds of commands).
 READ_ENTRIES = 200
+#: After a batch smaller than READ_ENTRIES the writer waits this long, so that the next one is
+#: bigger: one database commit per LINGER_S at most while orders trickle in.
+LINGER_S = 0.1
 #: Most ids one SQL `IN (...)` or one compaction script takes.
 CHUNK = 500
 #: The error codes of an order the engine refused (hean.commands.reject_code's codes).
@@ -491,7 +494,8 @@ class HistoryWriter:
         delay = 0.0
         while not stop.is_set():
             try:
-                self.run_once(block_ms=500)
+                if self.run_once(block_ms=500) < READ_ENTRIES:
+                    stop.wait(LINGER_S)
                 delay = 0.0
             except (RedisError, SQLAlchemyError, HistoryUnavailable) as exc:
                 delay = min(5.0, delay * 2 or 0.2)
