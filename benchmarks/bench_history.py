@@ -172,7 +172,8 @@ def main() -> None:
             samples.append(
                 {"t": time.monotonic() - started, "memory": int(client.info("memory")["used_memory"]),
                  "keys": int(client.dbsize()) - base_keys, "lag": lag, "rows": rows,
-                 "queue": int(client.llen("engine"))}
+                 "queue": int(client.llen("engine")),
+                 "dataset": int(client.memory_stats()["dataset.bytes"])}
             )  # fmt: skip
             if len(samples) % 5 == 0:
                 s = samples[-1]
@@ -209,6 +210,13 @@ def main() -> None:
     steady = [s for s in samples if args.window + 5 <= s["t"] <= loaded["sent_s"] and s["queue"] < 100]
     memory = [s["memory"] for s in steady]
     spread = (max(memory) - min(memory)) / statistics.fmean(memory) if memory else float("nan")
+    dataset = [s["dataset"] for s in steady]
+    data_spread = (max(dataset) - min(dataset)) / statistics.fmean(dataset) if dataset else float("nan")
+    # the trend: the last third of the steady part against the first third
+    third = max(1, len(memory) // 3)
+    trend = (
+        (statistics.fmean(memory[-third:]) / statistics.fmean(memory[:third]) - 1) if memory else float("nan")
+    )
     keys = statistics.fmean(s["keys"] for s in steady) if steady else float("nan")
     expired = full_keys - empty_keys
     per_key = (full_memory - empty_memory) / expired if expired > 0 else float("nan")
@@ -230,6 +238,11 @@ def main() -> None:
          f"{min(memory) / 2**20:.1f}-{max(memory) / 2**20:.1f}" if memory else "-", "", ""],
         ["Redis memory spread after the window", f"{100 * spread:.1f}%", "flat: <= 10%",
          "flat" if spread <= 0.10 else "NOT flat"],
+        ["  trend: last third vs first third", f"{100 * trend:+.1f}%", "flat: within 10%",
+         "flat" if abs(trend) <= 0.10 else "NOT flat"],
+        ["  keys' data only (MEMORY STATS dataset)",
+         f"{min(dataset) / 2**20:.2f}-{max(dataset) / 2**20:.2f} MiB, spread {100 * data_spread:.1f}%"
+         if dataset else "-", "", ""],
         ["keys in the window (mean)", f"{keys:.0f}",
          f"rate x window = {rate * args.window / args.per_command:.0f}", ""],
         ["Redis bytes per order (window)", f"{per_order:.0f} ({expired} keys expiring)",

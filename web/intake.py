@@ -276,7 +276,7 @@ class CommandWriter:
         if history is None:
             return batch
         try:
-            answered = history.lookup([p.request_id for p in batch], answered_only=True)
+            answered = history.answered([p.request_id for p in batch])
         except HistoryUnavailable as exc:
             log.error("event=enqueue_failed reason=history_unreadable size=%d error=%s", len(batch), exc)
             for pending in batch:
