@@ -1,4 +1,5 @@
-"""The `hean` command line: `hean up` runs the whole system; `hean token` prints the token."""
+"""The `hean` command line: `hean up` runs the whole system; `hean token` prints the token;
+`hean reconcile` checks that every acked command ran exactly once."""
 
 from __future__ import annotations
 
@@ -93,6 +94,61 @@ def cmd_analyses(args: argparse.Namespace) -> int:
     return 0
 
 
+def _when(raw: str | None) -> float | None:
+    """Epoch seconds or an ISO 8601 time (UTC unless it says otherwise)."""
+    if raw is None:
+        return None
+    from datetime import UTC, datetime
+
+    try:
+        return float(raw)
+    except ValueError:
+        pass
+    parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    import json
+
+    import redis as redis_py
+
+    from hean.db import open_database
+    from hean.history import HistoryStore, HistoryUnavailable
+    from hean.reconcile import reconcile
+
+    try:
+        since, until = _when(args.since), _when(args.until)
+    except ValueError as exc:
+        print(f"hean: --from/--to: {exc}", file=sys.stderr)
+        return 2
+    settings = _settings()
+    client = redis_py.Redis.from_url(settings.effective_redis_url(), socket_timeout=10)
+    db = open_database(settings.effective_database_url())
+    try:
+        report = reconcile(client, HistoryStore(db), since, until, settle_s=args.settle)
+    except (HistoryUnavailable, redis_py.RedisError) as exc:
+        print(f"hean: cannot reconcile: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        client.close()
+        db.dispose()
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(
+            f"acked={report.acked} applied={report.applied} answered={report.answered} "
+            f"in_flight={report.in_flight} missing={report.missing_count} "
+            f"duplicated={report.duplicated_count} history_lag_s={report.history_lag_s:.2f} "
+            f"engine={report.engine}"
+        )
+        for kind, ids in (("missing", report.missing), ("duplicated", report.duplicated)):
+            for request_id in ids:
+                print(f"{kind} {request_id}")
+        print("ok" if report.ok else "NOT OK: acked commands missing or run twice")
+    return 0 if report.ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hean", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -103,10 +159,23 @@ def main(argv: list[str] | None = None) -> int:
     analyses.add_argument("--limit", type=int, default=20, help="how many (default 20)")
     analyses.add_argument("--status", choices=["ok", "failed", "capped", "not_configured", "pending"])
     analyses.add_argument("--json", action="store_true", help="print JSON instead of text")
+    rec = sub.add_parser(
+        "reconcile",
+        help="compare journal, engine and database: acked, applied, answered, missing, duplicated "
+        "(exit 1 when anything is missing or ran twice)",
+    )
+    rec.add_argument("--from", dest="since", help="received at or after (epoch s or ISO 8601)")
+    rec.add_argument("--to", dest="until", help="received before (epoch s or ISO 8601)")
+    rec.add_argument("--settle", type=float, default=0.0, help="seconds to wait for in-flight commands")
+    rec.add_argument("--json", action="store_true", help="print JSON instead of text")
     args = parser.parse_args(argv)
-    handler = {"up": cmd_up, "token": cmd_token, "processes": cmd_processes, "analyses": cmd_analyses}[
-        args.command
-    ]
+    handler = {
+        "up": cmd_up,
+        "token": cmd_token,
+        "processes": cmd_processes,
+        "analyses": cmd_analyses,
+        "reconcile": cmd_reconcile,
+    }[args.command]
     return handler(args)
 
 

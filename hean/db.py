@@ -97,6 +97,7 @@ commands = Table(
     Column("success", Boolean),
     Column("error_code", String(64)),
     Column("result", Text),  # the command_result message as JSON
+    Column("runs", Integer),  # results a worker recorded for it: 1, or more if it ever ran twice
 )
 
 #: One row per order outcome (a `submit_order`, or each order of a `submit_orders`).

@@ -202,8 +202,9 @@ class HistoryStore:
             set_={
                 name: func.coalesce(statement.excluded[name], commands.c[name])
                 for name in columns
-                if name != "request_id"
-            },
+                if name not in ("request_id", "runs")
+            }
+            | {"runs": func.coalesce(commands.c.runs, 0) + func.coalesce(statement.excluded.runs, 0)},
         )
         connection.execute(statement, [{name: row.get(name) for name in columns} for row in rows.values()])
 
@@ -352,12 +353,14 @@ class Batch:
                 for line in fields["r"].split("\n"):
                     result = json.loads(line)
                     error = result.get("error")
-                    batch._row(result["request_id"]).update(
+                    row = batch._row(result["request_id"])
+                    row.update(
                         command=result.get("command"),
                         finished_at=at,
                         success=bool(result.get("success")),
                         error_code=error.get("code") if error else None,
                         result=line,
+                        runs=(row.get("runs") or 0) + 1,
                     )
                     batch.results.append((at, result))
         return batch

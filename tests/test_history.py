@@ -6,7 +6,9 @@ engine worker; GET /api/orders and /api/fills read the database; /metrics shows 
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 import time
 import urllib.request
@@ -300,7 +302,7 @@ def test_orders_and_fills_listings_filter_page_and_refuse_bad_filters(history: d
 
     status, body = rest(history, f"/api/orders?symbol={sym}&side=buy&status=FILLED")
     assert status == 200 and len(body["orders"]) == 2 and {o["side"] for o in body["orders"]} == {"BUY"}
-    status, body = rest(history, f"/api/fills?symbol={sym}&from={started - 1}&to={time.time() + 1}")
+    status, body = rest(history, f"/api/fills?symbol={sym}&from={started}&to={time.time() + 1}")
     assert status == 200 and len(body["fills"]) == 5
     status, body = rest(history, f"/api/fills?symbol={sym}&to=2001-01-01T00:00:00Z")
     assert status == 200 and body["fills"] == []
@@ -322,3 +324,53 @@ def test_orders_and_fills_listings_filter_page_and_refuse_bad_filters(history: d
         assert body["error"]["field"] == field, (path, body)
     assert rest(history, "/api/orders", token=None)[0] == 401
     assert rest(history, "/api/fills", token="wrong")[0] == 401
+
+
+def test_reconcile_finds_nothing_missing_then_a_lost_and_a_doubled_command(history: dict[str, Any]) -> None:
+    from hean.history import HistoryStore
+    from hean.reconcile import reconcile
+
+    store = window(history)
+    journal = system_journal(history)
+    started = time.time()
+    try:
+        with Client(history["url"], history["token"]) as client:
+            ids = [run(client, "echo", text=str(i))[0]["request_id"] for i in range(10)]
+        report = reconcile(store, journal.history, since=started, settle_s=30)
+        assert report.ok and report.in_flight == 0, report
+        assert report.acked == report.applied == report.answered == 10, report
+        assert report.engine["state"] == "RUNNING"
+
+        # an acked command that never reached a queue (as if lost), and a command that ran twice:
+        # written to the history stream as the web and a worker would have
+        lost = "lost-" + uuid.uuid4().hex
+        envelope = {"request_id": lost, "command": "echo", "params": {"text": "l"}, "reply_to": None,
+                    "received_at_ms": time.time() * 1000}  # fmt: skip
+        store.xadd("hean:history", {"c": json.dumps(envelope)})
+        store.xadd("hean:history", {"a": f"{lost} 1.5"})
+        again = journal.get(ids[0])["result"]
+        store.xadd("hean:history", {"r": json.dumps(again)})
+        report = reconcile(store, journal.history, since=started, settle_s=10)
+        assert (report.missing, report.duplicated) == ([lost], [ids[0]]), report
+        assert not report.ok and report.acked == 11 and report.applied == 10
+
+        env = dict(history["env"])
+        cli = subprocess.run(
+            [str(Path(sys.executable).parent / "hean"), "reconcile", "--from", str(started), "--json"],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert cli.returncode == 1, cli.stderr
+        assert json.loads(cli.stdout)["missing"] == [lost]
+        cli = subprocess.run(
+            [str(Path(sys.executable).parent / "hean"), "reconcile", "--to", str(started)],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert cli.returncode == 0 and cli.stdout.strip().endswith("ok"), cli.stdout + cli.stderr
+
+        status, body = rest(history, f"/api/reconcile?from={started}")
+        assert status == 200 and body["ok"] is False and body["missing"] == [lost], body
+        assert rest(history, "/api/reconcile?since=1")[0] == 400
+        assert rest(history, "/api/reconcile", token=None)[0] == 401
+        assert isinstance(journal.history, HistoryStore)
+    finally:
+        journal.history.db.dispose()

@@ -1,5 +1,6 @@
 """`GET /api/orders` and `GET /api/fills` (bearer token): the order and fill history from the
-database (hean/history.py), newest first, filtered, paged by cursor."""
+database (hean/history.py), newest first, filtered, paged by cursor; and `GET /api/reconcile`,
+the REST twin of `hean reconcile` (hean/reconcile.py)."""
 
 from __future__ import annotations
 
@@ -112,6 +113,30 @@ def _listing(kind: str) -> ResponseReturnValue:
         return error_response(503, "unavailable", "history database unreachable; retry")
     body: dict[str, Any] = {kind: rows, "next_cursor": next_cursor, "limit": filters.limit}
     return jsonify(body)
+
+
+@blueprint.get("/api/reconcile")
+@require_token
+def get_reconcile() -> ResponseReturnValue:
+    """`hean reconcile`'s twin: `from`, `to` (received time), `settle` (seconds, at most 10)."""
+    from redis.exceptions import RedisError
+
+    from hean.reconcile import reconcile
+    from hean.redis_client import sync_client
+
+    try:
+        for name in request.args:
+            if name not in ("from", "to", "settle"):
+                raise BadFilter(name, f"unknown parameter {name!r}; parameters: from, to, settle")
+        since, until = _time("from"), _time("to")
+        settle = _int("settle", 0, 0, 10) or 0
+    except BadFilter as exc:
+        return error_response(400, "invalid_params", str(exc), exc.name)
+    try:
+        report = reconcile(sync_client(), HistoryStore(database), since, until, settle_s=settle)
+    except (HistoryUnavailable, RedisError):
+        return error_response(503, "unavailable", "journal or history unreachable; retry")
+    return jsonify(report.to_dict())
 
 
 @blueprint.get("/api/orders")
