@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import redis
 
@@ -36,8 +36,12 @@ from hean.messages import ack_message
 from hean.redis_client import NOT_DURABLE, Durability, run_script, text
 from hean.topology import HISTORY_STREAM_KEY
 
-if TYPE_CHECKING:
-    from hean.history import HistoryStore
+
+class History(Protocol):
+    """What the journal asks the database (hean.history.HistoryStore): the records (with
+    `command`, `envelope`, `ack`, `result`) of those request ids it knows."""
+
+    def lookup(self, request_ids: Sequence[str], answered_only: bool = False) -> Mapping[str, Any]: ...
 
 KEY_PREFIX = "hean:cmd:"
 
@@ -192,7 +196,7 @@ def decode_started(reply: Sequence[Any]) -> list[dict[str, Any] | str | None]:
 
 
 def resolve_started(
-    ids: Sequence[str], started: Sequence[dict[str, Any] | str | None], history: HistoryStore | None
+    ids: Sequence[str], started: Sequence[dict[str, Any] | str | None], history: History | None
 ) -> dict[str, dict[str, Any] | None]:
     """Per request id, its earlier result or None (run it): the markers are looked up in the
     database, in one query. Without a database, an unknown id runs (as it did before the
@@ -234,7 +238,7 @@ class CommandJournal:
     `history` (the database) answers for request ids that left the window.
     """
 
-    def __init__(self, client: redis.Redis, history: HistoryStore | None = None) -> None:
+    def __init__(self, client: redis.Redis, history: History | None = None) -> None:
         self._client = client
         self.history = history
 
