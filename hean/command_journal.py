@@ -38,10 +38,13 @@ from hean.topology import HISTORY_STREAM_KEY
 
 
 class History(Protocol):
-    """What the journal asks the database (hean.history.HistoryStore): the records (with
-    `command`, `envelope`, `ack`, `result`) of those request ids it knows."""
+    """What the journal and the intake ask the database (hean.history.HistoryStore): the records
+    (with `command`, `envelope`, `ack`, `result`) of those request ids it knows (`answered`:
+    those with a result, on the hot path)."""
 
     def lookup(self, request_ids: Sequence[str], answered_only: bool = False) -> Mapping[str, Any]: ...
+
+    def answered(self, request_ids: Sequence[str]) -> Mapping[str, Any]: ...
 
 KEY_PREFIX = "hean:cmd:"
 
