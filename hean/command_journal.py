@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 import redis
 
+from hean import fastjson
 from hean.celery_wire import MessageFrame, escape_envelope
 from hean.messages import ack_message
 from hean.redis_client import NOT_DURABLE, Durability, run_script, text
@@ -175,7 +176,7 @@ def _decode(raw: bytes | str | None) -> dict[str, Any] | None:
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+    return fastjson.dumps(value)
 
 
 def rebuild_ack(request_id: str, command: str | None, ack_time_ms: float | None) -> dict[str, Any] | None:
