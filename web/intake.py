@@ -341,6 +341,10 @@ class CommandWriter:
             for pending, reservation in zip(items, reservations, strict=True):
                 if reservation.new:
                     acks.append(pending.accept())
+                elif reservation.ack is None and (sent := self.unjournaled_ack(pending.request_id)):
+                    # its ack is out but not journaled yet (the acks' own greenlet may be writing
+                    # it right now): the repeat gets that ack, not a new one
+                    pending.duplicate(Reservation(new=False, ack=sent, result=reservation.result))
                 else:
                     pending.duplicate(reservation)
             metrics.enqueued(queue_name, len(items), items[0].started)
