@@ -120,6 +120,10 @@ const waiting = new Map();  // request_id -> resolve(result) of this page's own 
 const pending = new Map();  // request_id -> {command, params, item, sends, settleAck} until its result
 const feed = new Feed(document.querySelector("#feed tbody"), $("feed-counts"));
 socket.on("command_result", (result) => {
+  const entry = pending.get(result.request_id);
+  if (entry && !entry.acked) {  // its ack went to a connection that is gone: it was accepted
+    settleAck({ request_id: result.request_id, command: result.command, accepted: true, duplicate: true, ack_time_ms: 0 });
+  }
   pending.delete(result.request_id);
   const resolve = waiting.get(result.request_id);
   if (resolve) { waiting.delete(result.request_id); resolve(result); }
