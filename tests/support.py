@@ -450,6 +450,7 @@ def total(found: Samples, name: str, **labels: str) -> float:
         if sample == name and set(labels.items()) <= set(sample_labels)
     )
 
+
 # -- reconciliation (until `hean reconcile` lands: the fault tests end with this) ---------------
 
 
