@@ -28,10 +28,13 @@ What it does beyond a bare Socket.IO client:
 - **Request ids** are made here (`<random client prefix>.<counter>`) and kept with the exact
   frame sent. After a reconnect, every command whose result has not arrived is sent again
   with the same id, before anything new: the server runs a request id once (24 h) and answers
-  a repeat with the first ack (`duplicate: true`) and, if it already ran, its first result. A
-  repeat that finds the command still queued gets no result (the server sends it to the old
-  connection), so such a command is sent again, with backoff, until its result comes back.
-  Commands the server could not enqueue (`unavailable`) are resent the same way.
+  a repeat with the first ack (`duplicate: true`) and, if it already ran, its first result; if
+  it is still queued, its result goes to the connection that sent it last. A command whose
+  result has not come `result_recheck` seconds (10) after its ack is asked for again the same
+  way, then after twice as long (up to 60 s): a result published while the web process's
+  message-queue listener was reconnecting (Redis restarted) reaches no one. Commands the
+  server could not enqueue (`unavailable`) are resent with backoff (0.2 s doubling to 5 s, 20
+  times).
 - **Reconnection** with backoff (`reconnection_delay` doubling up to
   `reconnection_delay_max`), then every `subscribe_state` is renewed before any resend. A
   connection that stops answering the server's pings within its ping interval + timeout is
@@ -91,6 +94,11 @@ MAX_ORDERS_BYTES = 60_000
 #: Backoff of resends of a command the server reported as queued (or unavailable) after a
 #: reconnect: first delay and cap, in seconds.
 RESEND_DELAY_S, RESEND_DELAY_MAX_S = 0.2, 5.0
+#: An acked command whose result has not come this long after its ack is asked for again
+#: (same request id; the server answers with its result once it ran), then after twice as
+#: long, up to RESULT_RECHECK_MAX_S: a result can miss a connection that stays up (the web
+#: process's message-queue listener was reconnecting to a restarted Redis when it came).
+RESULT_RECHECK_S, RESULT_RECHECK_MAX_S = 10.0, 60.0
 #: How many times a command refused as `unavailable` is resent before it fails.
 UNAVAILABLE_RETRIES = 20
 
@@ -323,10 +331,12 @@ class _Request:
 
     __slots__ = (
         "acked",
+        "asked_at",
         "frame",
         "handle",
         "kind",
         "orders",
+        "recheck_delay",
         "request_id",
         "resend_at",
         "resend_delay",
@@ -345,6 +355,8 @@ class _Request:
         self.resend_at: float | None = None  # when to send it again to fetch its result
         self.resend_delay = RESEND_DELAY_S
         self.retries = 0
+        self.asked_at = 0.0  # when its last ack came (monotonic)
+        self.recheck_delay = 0.0  # how long after that to ask for its result again
 
 
 Settlement = tuple[Any, Any, BaseException | None]
@@ -378,6 +390,7 @@ class _ClientCore:
         connect_timeout: float = 10.0,
         socketio_path: str = "socket.io",
         max_pending_updates: int = 1000,
+        result_recheck: float = RESULT_RECHECK_S,
     ) -> None:
         if coalesce_window < 1:
             raise ValueError("coalesce_window must be at least 1")
@@ -395,6 +408,10 @@ class _ClientCore:
         self.reconnection_delay, self.reconnection_delay_max = reconnection_delay, reconnection_delay_max
         self.connect_timeout = connect_timeout
         self._max_pending_updates = max_pending_updates
+        if result_recheck <= 0:
+            raise ValueError("result_recheck must be positive")
+        self.result_recheck = result_recheck
+        self._next_sweep = 0.0  # when to look for acked commands whose result is overdue
 
         self._prefix = uuid.uuid4().hex[:12]
         self._ids = itertools.count(1)
@@ -655,6 +672,28 @@ class _ClientCore:
     def _next_resend(self) -> float | None:
         return min((r.resend_at for r in self._scheduled if r.resend_at is not None), default=None)
 
+    def _next_wake(self) -> float | None:
+        """When the writer has something to do without being woken: a resend, or a sweep for
+        overdue results while commands are out (lock held)."""
+        due = self._next_resend()
+        if self._requests and (due is None or self._next_sweep < due):
+            return self._next_sweep
+        return due
+
+    def _sweep(self) -> None:
+        """Ask again for the results of acked commands that are overdue (lock held). Once a
+        second at most: a scan of what is out, not a timer per command."""
+        now = time.monotonic()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + min(1.0, self.result_recheck / 2)
+        for request in self._requests.values():
+            overdue = request.acked and not request.waiting_ack and request.resend_at is None
+            if overdue and now - request.asked_at >= request.recheck_delay:
+                request.asked_at = now
+                request.recheck_delay = min(RESULT_RECHECK_MAX_S, request.recheck_delay * 2)
+                self._resend(request)
+
     def _write_loop(self) -> None:
         """The writer: sends the priority frames, then the outbox, coalescing orders."""
         while True:
@@ -666,7 +705,7 @@ class _ClientCore:
                         self._due_resends()
                         if self._ready_to_send():
                             break
-                    due = self._next_resend() if self._connected else None
+                    due = self._next_wake() if self._connected else None
                     self._wake.wait(None if due is None else max(0.0, due - time.monotonic()))
                 frames, ws = self._priority, self._ws
                 self._priority = []
@@ -690,6 +729,8 @@ class _ClientCore:
 
     def _due_resends(self) -> None:
         """Queue the resends that are due (lock held)."""
+        if self._requests:
+            self._sweep()
         if not self._scheduled:
             return
         now = time.monotonic()
@@ -806,10 +847,11 @@ class _ClientCore:
                     self._unacked_order_events -= 1
                     self._wake.notify()
             if ack.get("accepted"):
-                if ack.get("duplicate") and request.resend_at is None:
-                    # sent again after a reconnect: its result went to the old connection if it
-                    # was still queued; ask again until it comes (a done one answers at once)
-                    self._schedule_resend(request)
+                # the server sends its result to the connection that sent it last (a resend
+                # after a reconnect included); if none comes, the sweep asks again
+                request.asked_at = time.monotonic()
+                if not request.recheck_delay:
+                    request.recheck_delay = self.result_recheck
                 if not request.acked:
                     request.acked = True
                     settlements = [(h.ack, ack, None) for h in _handles_of(request)]

@@ -6,12 +6,20 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import redis
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import (
+    ExecAbortError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
 
 from hean.config import get_settings
 
@@ -81,6 +89,69 @@ class DurabilityRule:
                     "detail='acks confirm the write, not an fsync: enable appendonly or set HEAN_ACK_FSYNC'"
                 )
         return Durability(local=local, replicas=self.replicas)
+
+
+#: Redis errors that pass once the server is back (a restart, a failover) or has memory again:
+#: a write refused for one of these is worth trying again with the same data.
+TRANSIENT_ERRORS: tuple[type[RedisError], ...] = (
+    redis.exceptions.ConnectionError,  # and BusyLoadingError: a restarted server loading its AOF
+    redis.exceptions.TimeoutError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ExecAbortError,  # a MULTI whose queued commands were refused (e.g. out of memory)
+    NotDurable,
+)
+
+
+def unavailable_reason(exc: RedisError) -> str:
+    """Why Redis refused a write, in words for a client's `unavailable` error."""
+    if isinstance(exc, OutOfMemoryError) or str(exc).startswith("OOM"):
+        return "Redis is out of memory (maxmemory reached)"
+    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+        return "Redis is unreachable"
+    if isinstance(exc, ReadOnlyError):
+        return "Redis is a read-only replica"
+    return f"Redis refused the write ({type(exc).__name__})"
+
+
+@functools.cache
+def durability() -> Durability:
+    """What this process's durable writes wait for (HEAN_ACK_FSYNC, HEAN_ACK_REPLICAS), asked
+    of the server once."""
+    settings = get_settings()
+    return DurabilityRule(settings.ack_fsync, settings.ack_replicas).resolve(sync_client())
+
+
+_commit_clients = threading.local()
+
+
+def commit_client() -> redis.Redis:
+    """This thread's client for transactions that must reach the disk before anyone hears of
+    them: a pool of one connection, so the WAITAOF that follows a MULTI/EXEC runs on the same
+    connection (WAITAOF waits for the writes of its own connection only)."""
+    client: redis.Redis | None = getattr(_commit_clients, "client", None)
+    if client is None:
+        pool = redis.ConnectionPool.from_url(
+            get_settings().effective_redis_url(),
+            max_connections=1,
+            socket_timeout=5,
+            socket_connect_timeout=2,
+            health_check_interval=30,
+        )
+        client = _commit_clients.client = redis.Redis(connection_pool=pool)
+    return client
+
+
+def wait_durable(client: redis.Redis, durable: Durability) -> None:
+    """WAITAOF for what `client` (a `commit_client`) wrote last; NotDurable if it did not get
+    as far as `durable` asks in time."""
+    if not durable.required:
+        return
+    try:
+        reply = client.execute_command(*durable.command())
+    except ResponseError as exc:  # e.g. no AOF on the server: the writes did happen
+        raise NotDurable(f"WAITAOF failed: {exc}") from exc
+    durable.check(reply)
 
 
 def text(value: bytes | str) -> str:

@@ -15,6 +15,8 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
 from email.message import Message
 from pathlib import Path
 from typing import Any
@@ -323,10 +325,25 @@ def start_engine_worker(system: dict[str, Any], logs_dir: Any) -> None:
     processes.insert(0, ManagedProcess(name, spec.argv(sys.executable), system["env"], logs_dir))
 
 
-def restart_web(system: dict[str, Any], logs_dir: Any) -> None:
-    """Stop the shared system's web process (SIGTERM) and start a new one on the same port."""
+def restart_web(
+    system: dict[str, Any],
+    logs_dir: Any,
+    crash: bool = False,
+    while_frozen: Callable[[], object] | None = None,
+) -> None:
+    """Stop the shared system's web process and start a new one on the same port: SIGTERM, or
+    with `crash` SIGKILL; `while_frozen` runs while the process is stopped (SIGSTOP) just before
+    the kill, so what a client sends meanwhile is never read (as if it died mid-flight)."""
     processes: list[ManagedProcess] = system["processes"]
     web = next(p for p in processes if p.name.startswith("web"))
+    if while_frozen is not None:
+        os.kill(web.pid, signal.SIGSTOP)
+        try:
+            while_frozen()
+        finally:
+            os.kill(web.pid, signal.SIGKILL)
+    elif crash:
+        os.kill(web.pid, signal.SIGKILL)
     web.stop()
     processes.remove(web)
     from hean.processes import PROCESSES
@@ -462,3 +479,154 @@ def total(found: Samples, name: str, **labels: str) -> float:
         for (sample, sample_labels), value in found.items()
         if sample == name and set(labels.items()) <= set(sample_labels)
     )
+
+
+# -- reconciliation (until `hean reconcile` lands: the fault tests end with this) ---------------
+
+
+@dataclass
+class Reconciliation:
+    """What became of the orders a test had acked, by request id and client order id.
+
+    `applied`: the engine a restarted worker would rebuild (snapshot + log in Redis) knows the
+    order; `answered`: the journal holds its command's result with the order's outcome;
+    `missing`: acked but not applied or not answered; `duplicated`: filled more than once (a
+    symbol's position beyond its orders' fills) or told to the client with two different
+    outcomes; `mismatched`: the client was told an outcome the engine does not hold; `unheard`:
+    no result reached the client; `diverged`: symbols whose live position (published from the
+    running engine) differs from the rebuilt one."""
+
+    acked: int = 0
+    applied: int = 0
+    answered: int = 0
+    missing: list[str] = field(default_factory=list)
+    duplicated: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+    unheard: list[str] = field(default_factory=list)
+    diverged: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.duplicated or self.mismatched or self.unheard or self.diverged)
+
+    def __str__(self) -> str:
+        def few(items: list[str]) -> str:
+            return f"{len(items)}{' ' + ','.join(items[:5]) if items else ''}"
+
+        return (
+            f"acked={self.acked} applied={self.applied} answered={self.answered} "
+            f"missing={few(self.missing)} duplicated={few(self.duplicated)} "
+            f"mismatched={few(self.mismatched)} unheard={few(self.unheard)} diverged={few(self.diverged)}"
+        )
+
+
+def _orders_of(envelope: dict[str, Any]) -> list[dict[str, Any]]:
+    params = envelope.get("params") or {}
+    if envelope.get("command") == "submit_orders":
+        return list(params.get("orders") or [])
+    return [params] if envelope.get("command") == "submit_order" else []
+
+
+def _outcomes_of(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each order's outcome in a command's result, by client order id."""
+    body = result.get("result") or {}
+    rows = body.get("results") or ([body["order"]] if isinstance(body.get("order"), dict) else [])
+    return {row["client_order_id"]: row for row in rows}
+
+
+def reconcile(
+    redis_url: str,
+    database_url: str,
+    acked: dict[str, list[str]],
+    heard: dict[str, list[dict[str, Any]]] | None = None,
+) -> Reconciliation:
+    """Reconcile a test's record with the system on `redis_url` and its database (the
+    envelopes come from the history, which the history writer fills shortly after).
+
+    `acked`: per acked request id, the client order ids it carried; `heard`: per client order
+    id, every outcome the client received (None: not recorded). The symbols of these orders
+    must be traded by this record only (their positions are compared with their fills).
+    Reads only: the engine is rebuilt in this process from the shard's snapshot and log, and
+    each order is probed there (the core answers an order id it has seen with its first
+    outcome, flagged `duplicate`).
+    """
+    from hean.command_journal import CommandJournal
+    from hean.core.system.redis_state import get_sync_state_manager
+    from hean.db import open_database
+    from hean.engine import OrderBatch, TradingEngine
+    from hean.history import HistoryStore
+    from hean.topology import POSITIONS_KEY, SYSTEM_NAMESPACE
+    from workers.shard import restore_engine
+
+    report = Reconciliation()
+    client = redis.Redis.from_url(redis_url)
+    try:
+        journal = CommandJournal(client, HistoryStore(open_database(database_url)))
+        engine = TradingEngine()
+        restore_engine(engine, client)
+        live = get_sync_state_manager(redis_url).get_state(POSITIONS_KEY, namespace=SYSTEM_NAMESPACE) or []
+    finally:
+        client.close()
+    probes: list[dict[str, Any]] = []
+    answered: dict[str, dict[str, Any]] = {}
+    for request_id, order_ids in acked.items():
+        report.acked += len(order_ids)
+        record = journal.get(request_id)
+        envelope = (record or {}).get("envelope") or {}
+        sent = {o["client_order_id"]: o for o in _orders_of(envelope)}
+        outcomes = _outcomes_of((record or {}).get("result") or {})
+        for cid in order_ids:
+            if cid not in sent:  # the reservation itself is gone
+                report.missing.append(cid)
+                continue
+            probes.append(sent[cid])
+            if cid in outcomes:
+                answered[cid] = outcomes[cid]
+    report.answered = len(answered)
+    rebuilt = {p.symbol: p.quantity for p in engine.positions()}  # before the probes
+    expected: dict[str, Decimal] = {}
+    if probes:
+        probe = engine.submit_batch(OrderBatch.from_orders(probes))
+        for i, order in enumerate(probes):
+            cid, first = order["client_order_id"], probe.result(i)
+            report.applied += first.duplicate
+            if not first.duplicate or cid not in answered:
+                report.missing.append(cid)
+                continue
+            filled = first.filled_quantity if order["side"] == "BUY" else -first.filled_quantity
+            expected[order["symbol"]] = expected.get(order["symbol"], Decimal(0)) + filled
+            told = {o.get("order_id") for o in (heard or {}).get(cid, [])}
+            if len(told) > 1:
+                report.duplicated.append(cid)
+            if heard is not None and not told:
+                report.unheard.append(cid)
+            elif told and told != {first.order_id}:
+                report.mismatched.append(cid)
+    published = {p["symbol"]: Decimal(p["quantity"]) for p in live}
+    for symbol, quantity in expected.items():
+        if rebuilt.get(symbol, Decimal(0)) != quantity:
+            report.duplicated.append(f"{symbol}:{rebuilt.get(symbol)}!={quantity}")
+        if published.get(symbol) != rebuilt.get(symbol):
+            report.diverged.append(f"{symbol}:live={published.get(symbol)},rebuilt={rebuilt.get(symbol)}")
+    return report
+
+
+def assert_reconciled(
+    redis_url: str,
+    database_url: str,
+    acked: dict[str, list[str]],
+    heard: dict[str, list[dict[str, Any]]] | None = None,
+    timeout: float = 30.0,
+) -> Reconciliation:
+    """Poll `reconcile` until it shows nothing lost, duplicated or diverged (the live state is
+    published at most every 100 ms, a result may still be on its way); fail with the last
+    report after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        report = reconcile(redis_url, database_url, acked, heard)
+        if report.ok or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    print(f"reconciliation: {report}")
+    assert report.ok and report.acked == report.applied == report.answered, str(report)
+    return report

@@ -37,6 +37,7 @@ from support import (
     Client,
     ManagedProcess,
     analysis_from,
+    restart_web,
     running_analyzer_system,
     start_engine_worker,
     stop_engine_worker,
@@ -620,6 +621,55 @@ def test_the_page_reconnects_and_resubscribes_after_the_web_process_restarts(
     entry = press(browser, "stop")
     assert entry["result"]["result"]["state"] == "STOPPED"
     # only the requests made while the server was away failed; no script error
+    assert [e for e in severe_errors(browser) if "ERR_CONNECTION_REFUSED" not in e["message"]] == []
+
+
+def test_unanswered_commands_are_sent_again_with_their_ids_after_a_web_crash(
+    system: dict[str, Any], stopped_engine: None, logs_dir: Path, browser: WebDriver
+) -> None:
+    connected(browser, system)
+    wait(browser, lambda d: engine_state(d) == "STOPPED", "the engine state")
+    count = int(state(system, "engine")["command_count"])
+
+    def entry(command: str, seen: set[str]) -> dict[str, Any] | None:
+        new = (e for e in log_entries(browser) if e["command"] == command and e["request_id"] not in seen)
+        return next(new, None)
+
+    def sends(request_id: str) -> int:
+        item = f"#command-log li[data-request-id='{request_id}']"
+        return int(js(browser, "return document.querySelector(arguments[0]).dataset.sends", item))
+
+    seen = {e["request_id"] for e in log_entries(browser)}
+    stop_engine_worker(system, crash=False)  # commands wait on the queue meanwhile
+    try:
+        # "start" is acked, its result still to come, when the web process dies
+        clicker(browser.find_element(By.CSS_SELECTOR, "button[data-command='start']"))()
+        queued = wait(browser, lambda d: (e := entry("start", seen)) and e["ack"] and e, "the ack of start")
+        assert queued["ack"]["accepted"] and not queued["ack"]["duplicate"]
+        # "stop" goes to a web process that froze, then died: never read, never acked
+        unread: list[dict[str, Any]] = []
+
+        def press_stop_meanwhile() -> None:
+            clicker(browser.find_element(By.CSS_SELECTOR, "button[data-command='stop']"))()
+            unread.append(wait(browser, lambda d: entry("stop", seen), "stop in the command log"))
+
+        restart_web(system, logs_dir, while_frozen=press_stop_meanwhile)
+        wait(browser, lambda d: text(d, "#conn") == "connected", "the page to reconnect", timeout=90)
+        stopped = wait(browser, lambda d: (e := entry("stop", seen)) and e["ack"] and e, "the ack of stop")
+        assert stopped["request_id"] == unread[0]["request_id"] and stopped["ack"]["accepted"]
+        assert not stopped["ack"]["duplicate"]  # the first copy was never read
+    finally:
+        start_engine_worker(system, logs_dir)
+    for command, outcome in (("start", "RUNNING"), ("stop", "STOPPED")):
+        done = wait(
+            browser, lambda d, c=command: (e := entry(c, seen)) and e["result"] and e, f"{command}'s result"
+        )
+        assert done["css"] == "good" and done["result"]["result"]["state"] == outcome, done
+        assert sends(done["request_id"]) == 2  # once on each connection, with the same request id
+    # each ran once
+    wait_for(lambda: int(state(system, "engine")["command_count"]) == count + 2, 30, "the engine's count")
+    wait(browser, lambda d: engine_state(d) == "STOPPED", "the engine view to show STOPPED")
+    assert js(browser, "return heanConsole.pending.size") == 0
     assert [e for e in severe_errors(browser) if "ERR_CONNECTION_REFUSED" not in e["message"]] == []
 
 

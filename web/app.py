@@ -79,5 +79,7 @@ def create_app(settings: Settings | None = None, async_mode: str = "eventlet") -
     app.register_blueprint(analyses_api.blueprint)
     app.register_blueprint(history_api.blueprint)
     error_reports.install(app)
-    app.extensions["hean_connected_clients"] = socket_handlers.register(sio, settings, intake)
+    app.extensions["hean_connected_clients"] = socket_handlers.register(
+        sio, settings, intake, manager.routes
+    )
     return app

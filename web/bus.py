@@ -1,7 +1,10 @@
-"""The web process's end of the Socket.IO message queue (Redis pub/sub)."""
+"""The web process's end of the Socket.IO message queue (Redis pub/sub), and where a command's
+result goes when its sender reconnected and sent it again."""
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,6 +13,72 @@ from engineio import packet as eio_packet
 
 from hean.messages import BULK_METHOD, PACKET_METHOD
 
+#: Most request ids `ResultRoutes` remembers (oldest forgotten first): a client that resent more
+#: commands than this, all still queued, gets the oldest ones' results by asking once more.
+MAX_ROUTES = 100_000
+
+
+class ResultRoutes:
+    """Request ids sent again by a newer connection than the one that first sent them.
+
+    A worker sends a command's result to the sid in its envelope: the connection that first
+    sent it. A client that reconnected (the web process restarted, or its network blinked) and
+    resent the command with the same request id is another sid, so the web process sends the
+    result to the newest sender as well, once; the operators room gets it as before.
+    """
+
+    def __init__(self, limit: int = MAX_ROUTES) -> None:
+        self._limit = limit
+        self._to: OrderedDict[str, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._to)
+
+    def add(self, request_id: str, sid: str) -> None:
+        """Send `request_id`'s result to `sid` too (the latest call wins)."""
+        with self._lock:
+            self._to[request_id] = sid
+            self._to.move_to_end(request_id)
+            while len(self._to) > self._limit:
+                self._to.popitem(last=False)
+
+    def take(self, request_id: str) -> str | None:
+        """The sid that must also get `request_id`'s result, forgotten once taken."""
+        if not self._to:  # the usual case: nothing was resent
+            return None
+        with self._lock:
+            return self._to.pop(request_id, None)
+
+    def forget_sid(self, sid: str) -> None:
+        """`sid` disconnected: a later resend names its new sid."""
+        with self._lock:
+            for request_id in [rid for rid, to in self._to.items() if to == sid]:
+                del self._to[request_id]
+
+    def route(self, message: dict[str, Any]) -> dict[str, Any]:
+        """`message` (a worker's packet message, or a python-socketio pub/sub emit) with the
+        newest sender of its command added to its rooms, if a `command_result` was resent by
+        another connection. Packet messages name their result's request id (workers/emit.py),
+        so nothing is decoded for this."""
+        if not self._to:
+            return message
+        if message.get("method") == PACKET_METHOD:
+            request_id = message.get("request_id")
+        elif message.get("event") == "command_result":
+            data = message.get("data")
+            result = data[0] if isinstance(data, list) and data else data
+            request_id = result.get("request_id") if isinstance(result, dict) else None
+        else:
+            return message
+        sid = self.take(request_id) if isinstance(request_id, str) else None
+        if sid is None:
+            return message
+        room = message.get("room")
+        rooms = [room] if isinstance(room, str) else list(room or [])
+        # sent to the union of the rooms' participants: a sid in two of them gets it once
+        return dict(message, room=[*rooms, sid])
+
 
 class FanOutRedisManager(socketio.RedisManager):
     """python-socketio's RedisManager that also reads the workers' bulk messages.
@@ -17,7 +86,13 @@ class FanOutRedisManager(socketio.RedisManager):
     A worker publishes a batch's results as one message (workers/emit.py); this listener
     decodes it once and hands its emits to python-socketio one by one, yielding to other
     greenlets between them, so a burst of 500 results never holds up a client's command.
+    Results of commands a client sent again from a new connection also go to that connection
+    (`routes`).
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.routes = ResultRoutes()
 
     def _listen(self) -> Iterator[Any]:
         for raw in super()._listen():
@@ -28,19 +103,19 @@ class FanOutRedisManager(socketio.RedisManager):
             if not isinstance(data, dict):
                 continue
             if data.get("method") == PACKET_METHOD:
-                self._send_packet(data)
+                self._send_packet(self.routes.route(data))
                 continue
             if data.get("method") != BULK_METHOD:
-                yield data
+                yield self.routes.route(data)
                 continue
             messages = data.get("messages")
             for message in messages if isinstance(messages, list) else ():
                 if not isinstance(message, dict):
                     continue
                 if message.get("method") == PACKET_METHOD:
-                    self._send_packet(message)
+                    self._send_packet(self.routes.route(message))
                 else:
-                    yield message
+                    yield self.routes.route(message)
                 self.server.sleep(0)
 
     def _send_packet(self, message: dict[str, Any]) -> None:

@@ -34,7 +34,7 @@ from hean.messages import (
     new_request_id,
     now_ms,
 )
-from hean.redis_client import Durability, DurabilityRule, NotDurable
+from hean.redis_client import Durability, DurabilityRule, NotDurable, unavailable_reason
 from hean.topology import BATCH_TASKS
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,11 @@ class CommandIntake:
     def unjournaled_ack(self, request_id: str) -> dict[str, Any] | None:
         """The ack sent for `request_id` if it is not in the journal yet (this process only)."""
         return self._writer.unjournaled_ack(request_id)
+
+    def stored_result(self, request_id: str) -> dict[str, Any] | None:
+        """The result the journal holds for `request_id`, if it ran (a Redis round trip)."""
+        record = self._writer.journal.get(request_id)
+        return record["result"] if record is not None else None
 
     def submit(self, data: Any, reply_to: str | None, done: Callable[[Outcome], None]) -> None:
         """Like :meth:`accept`, without waiting: `done(outcome)` is called once the enqueue is
@@ -209,6 +214,10 @@ class CommandWriter:
                     self._thread = threading.Thread(target=self._run, name="hean-command-writer", daemon=True)
                     self._thread.start()
         self._queue.put(pending)
+
+    @property
+    def journal(self) -> CommandJournal:
+        return self._journal
 
     def unjournaled_ack(self, request_id: str) -> dict[str, Any] | None:
         with self._acks_lock:
@@ -333,8 +342,9 @@ class CommandWriter:
                 continue
             except RedisError as exc:  # atomic: nothing was reserved, nothing enqueued
                 log.error("event=enqueue_failed queue=%s size=%d error=%s", queue_name, len(items), exc)
+                message = f"{unavailable_reason(exc)}: nothing was enqueued; retry with the same request_id"
                 for pending in items:
-                    pending.fail(ErrorInfo(code="unavailable", message="broker unreachable; retry"), 503)
+                    pending.fail(ErrorInfo(code="unavailable", message=message), 503)
                 continue
             finally:
                 self._settle_acks(earlier, journaled)

@@ -28,6 +28,7 @@ from hean.core.system.redis_state import (
     get_sync_state_manager,
 )
 from hean.messages import OPERATORS_ROOM, CommandAck, ErrorInfo, new_request_id
+from web.bus import ResultRoutes
 from web.error_reports import report_handler_error
 from web.intake import CommandIntake, Outcome
 
@@ -100,8 +101,14 @@ def state_manager() -> SyncRedisStateManager:
     return get_sync_state_manager()
 
 
-def register(sio: SocketIO, settings: Settings, intake: CommandIntake) -> Callable[[], int]:
-    """Install the handlers; returns a function that counts the connected clients."""
+def register(
+    sio: SocketIO, settings: Settings, intake: CommandIntake, routes: ResultRoutes | None = None
+) -> Callable[[], int]:
+    """Install the handlers; returns a function that counts the connected clients.
+
+    `routes` (the message queue listener's, web/bus.py) learns which connection sent a command
+    again, so that its result reaches that connection rather than only the first sender's."""
+    routes = routes if routes is not None else ResultRoutes()
     token = ensure_token(settings)
 
     def on(event: str) -> Callable[[Handler], Handler]:
@@ -162,6 +169,8 @@ def register(sio: SocketIO, settings: Settings, intake: CommandIntake) -> Callab
         buckets.pop(_sid(), None)
         for watch in watches.pop(_sid(), {}).values():
             watch.cancel()
+        if len(routes):
+            routes.forget_sid(_sid())
 
     def deliver(sid: str, eio_sid: str, ack_id: int | None, outcome: Outcome) -> None:
         """The ack as the Socket.IO ack value and as `command_ack` event (then, for a repeated
@@ -171,6 +180,25 @@ def register(sio: SocketIO, settings: Settings, intake: CommandIntake) -> Callab
             server._send_eio_packet(eio_sid, eio_packet.Packet(eio_packet.MESSAGE, packet))
         if outcome.earlier_result is not None:
             server.emit("command_result", outcome.earlier_result, to=sid, ignore_queue=True)
+        elif outcome.ack.get("duplicate") and outcome.ack.get("accepted"):
+            follow_result(sid, outcome.ack["request_id"])
+
+    def follow_result(sid: str, request_id: str) -> None:
+        """A command sent again before it ran (typically after a reconnect): its result, sent
+        to the first sender's sid, goes to this connection too. It may have been published
+        between the journal read that found no result and this route: read it once more."""
+        routes.add(request_id, sid)
+
+        def recheck() -> None:
+            try:
+                result = intake.stored_result(request_id)
+            except Exception as exc:  # Redis away: the route stands, the client may ask again
+                log.warning("event=result_recheck_failed request_id=%s error=%s", request_id, exc)
+                return
+            if result is not None and routes.take(request_id) is not None:
+                server.emit("command_result", result, to=sid, ignore_queue=True)
+
+        sio.start_background_task(recheck)
 
     def on_command(sid: str, eio_sid: str, data: Any, ack_id: int | None) -> None:
         """A `command` event. It is acked when the writer has enqueued it, and the connection

@@ -13,6 +13,7 @@ from typing import Any
 from celery import Celery, Task
 from celery.exceptions import CPendingDeprecationWarning
 from celery.signals import celeryd_after_setup, worker_ready, worker_shutdown
+from redis.exceptions import RedisError
 
 from hean.commands import load_command_modules
 from hean.config import get_settings
@@ -32,11 +33,17 @@ class HeanTask(Task):
             # Only redelivered messages pay for the bookkeeping; first deliveries cost nothing.
             key = f"hean:redeliveries:{request.id}"
             ttl = get_settings().visibility_timeout * (celeryconfig.MAX_REDELIVERIES + 2)
-            with self.app.pool.acquire(block=True) as conn:
-                pipe = conn.default_channel.client.pipeline()
-                pipe.incr(key)
-                pipe.expire(key, ttl)
-                redeliveries = int(pipe.execute()[0])
+            try:
+                with self.app.pool.acquire(block=True) as conn:
+                    pipe = conn.default_channel.client.pipeline()
+                    pipe.incr(key)
+                    pipe.expire(key, ttl)
+                    redeliveries = int(pipe.execute()[0])
+            except RedisError as exc:
+                # Redis full or away: uncounted, it runs (the journal runs each command once);
+                # failing here would drop the message, and with it commands already acked
+                log.warning("event=redelivery_not_counted id=%s error=%s", request.id, type(exc).__name__)
+                redeliveries = 0
             if redeliveries > celeryconfig.MAX_REDELIVERIES:
                 log.error(
                     "event=task_dropped task=%s id=%s redeliveries=%d reason=max_redeliveries",

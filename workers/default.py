@@ -6,9 +6,10 @@ from typing import Any
 
 from hean.topology import BATCH_TASKS, DEFAULT_QUEUE
 from workers.app import app
-from workers.execution import execute_batch
+from workers.execution import execute_batch, until_committed
 
 
 @app.task(name=BATCH_TASKS[DEFAULT_QUEUE], ignore_result=True)
 def run_batch(envelopes: list[dict[str, Any]]) -> int:
-    return execute_batch(envelopes, DEFAULT_QUEUE)
+    # Redis away or full: held here until it commits (see until_committed), never dropped
+    return until_committed(lambda: execute_batch(envelopes, DEFAULT_QUEUE), lambda: None, DEFAULT_QUEUE)

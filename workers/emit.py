@@ -47,8 +47,14 @@ def packet_message(event: str, data: Any, to: str | list[str] | None) -> dict[st
     process (web/bus.py) sends it as it is. Decoding a result's data from the queue and encoding
     it again into a packet cost the web process a tenth of its CPU per order, and python-socketio's
     generic emit (a walk of the data looking for bytes) as much again in the engine worker.
-    tests/test_emit.py holds the packet equal to the one python-socketio builds."""
-    return {"method": PACKET_METHOD, "packet": "2" + fastjson.dumps([event, data]), "room": to}
+    tests/test_emit.py holds the packet equal to the one python-socketio builds. A result's
+    message also names its request id."""
+    message = {"method": PACKET_METHOD, "packet": "2" + fastjson.dumps([event, data]), "room": to}
+    if event == "command_result" and isinstance(data, dict):
+        # the web process also sends a result to the client that resent its command last
+        # (web/bus.py ResultRoutes): by this id, without decoding the packet
+        message["request_id"] = data.get("request_id")
+    return message
 
 
 def publish_on(pipe: Any, emits: Sequence[tuple[str, Any, str | list[str] | None]]) -> None:

@@ -35,7 +35,7 @@ from hean.history import HistoryUnavailable
 from hean.redis_client import sync_client
 from hean.topology import BATCH_TASKS, ENGINE_PING_TASK, ENGINE_QUEUE
 from workers.app import app, inline_strategy
-from workers.execution import execute_batch
+from workers.execution import execute_batch, until_committed
 from workers.shard import EngineShard
 
 log = logging.getLogger(__name__)
@@ -194,16 +194,20 @@ def update_market(params: MarketParams) -> dict[str, Any]:
 
 @app.task(name=BATCH_TASKS[ENGINE_QUEUE], bind=True, ignore_result=True, max_retries=None)
 def run_batch(self: Any, envelopes: list[dict[str, Any]]) -> int:
-    try:
-        SHARD.group_commit.wait()
+    def attempt() -> int:
         taken, started = SHARD.take(envelopes)
         # execute_batch marks the taken commands started; its commit empties the in-flight list
-        ran = execute_batch(envelopes + taken, ENGINE_QUEUE, started, SHARD.hooks)
+        return execute_batch(envelopes + taken, ENGINE_QUEUE, started, SHARD.hooks)
+
+    try:
+        SHARD.group_commit.wait()
+        # Redis away, restarting or full: the batch waits here for it (the engine can do
+        # nothing meanwhile anyway). A failed try forgets the in-memory engine, which is
+        # rebuilt from what did commit; the journal applies each command once.
+        ran = until_committed(attempt, SHARD.forget, ENGINE_QUEUE)
         SHARD.group_commit.done()
         return ran
-    except (RedisError, HistoryUnavailable) as exc:
-        # Results and log did not commit: forget the in-memory engine (it will be rebuilt from
-        # what did commit) and run the batch again; the journal applies each command once.
+    except (RedisError, HistoryUnavailable) as exc:  # not a passing condition: Celery retries
         SHARD.forget()
         log.error("event=batch_not_committed size=%d error=%s action=retry", len(envelopes), exc)
         raise self.retry(exc=exc, countdown=min(5.0, 0.2 * 2 ** min(self.request.retries, 5))) from exc
@@ -266,10 +270,14 @@ def _announce_engine(sender: Any = None, **_: Any) -> None:
     queues = {q.name for q in getattr(getattr(sender, "task_consumer", None), "queues", [])}
     if ENGINE_QUEUE not in queues:
         return
-    leftover, _ = SHARD.take([], drain=0)
-    if leftover:  # drained before a crash: finish them first (each runs at most once)
-        execute_batch(leftover, ENGINE_QUEUE, hooks=SHARD.hooks)  # its commit empties the in-flight list
-        log.warning("event=inflight_recovered commands=%d", len(leftover))
+    def finish_leftover() -> int:
+        leftover, _ = SHARD.take([], drain=0)
+        if leftover:  # drained before a crash: finish them first (each runs at most once)
+            execute_batch(leftover, ENGINE_QUEUE, hooks=SHARD.hooks)  # its commit empties the in-flight list
+            log.warning("event=inflight_recovered commands=%d", len(leftover))
+        return len(leftover)
+
+    until_committed(finish_leftover, SHARD.forget, ENGINE_QUEUE)
     status = SHARD.publish_engine()
     SHARD.publish_risk_limits()
     SHARD.publisher.start()

@@ -16,7 +16,7 @@ from hean.command_journal import CommandJournal, resolve_started
 from hean.commands import RunRefused, error_from, get_command
 from hean.history import HistoryStore
 from hean.messages import OPERATORS_ROOM, CommandResult, ErrorInfo, TaskEnvelope, read_envelope
-from hean.redis_client import sync_client
+from hean.redis_client import TRANSIENT_ERRORS, commit_client, durability, sync_client, wait_durable
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,46 @@ def _history() -> HistoryStore:
     return HistoryStore(database)
 
 
+def _publish(client: Any, emits: list[tuple[str, Any, Any]]) -> None:
+    from workers.emit import publish_on
+
+    pipe = client.pipeline(transaction=False)
+    publish_on(pipe, emits)
+    pipe.execute()
+
+
+#: Pauses between attempts at a batch while Redis is away or out of memory: first and most.
+RETRY_FIRST_S, RETRY_MAX_S = 0.1, 1.0
+
+
+def until_committed(attempt: Callable[[], int], reset: Callable[[], None], what: str) -> int:
+    """Run `attempt` (one try at a batch, ending in its commit) until it commits, as long as
+    Redis fails it only for a while (unreachable, restarting, out of memory, not durable in
+    time); `reset()` after each failure drops whatever in-memory state the failed try changed.
+
+    Retried here, holding the delivered message, rather than by Celery's `retry()`: that
+    publishes a new message, and when the publish fails too (Redis still away or still full)
+    Celery rejects the delivered one without requeueing it, and its acked commands are lost.
+    The journal runs each command once, however many tries it takes.
+    """
+    delay, failures = RETRY_FIRST_S, 0
+    while True:
+        try:
+            return attempt()
+        except TRANSIENT_ERRORS as exc:
+            reset()
+            failures += 1
+            log.error(
+                "event=batch_not_committed queue=%s attempt=%d error=%s action=retry delay_s=%.1f",
+                what,
+                failures,
+                f"{type(exc).__name__}: {exc}"[:200],
+                delay,
+            )
+            time.sleep(delay)
+            delay = min(RETRY_MAX_S, delay * 2)
+
+
 def execute_batch(
     envelopes_data: list[dict[str, Any]],
     queue: str,
@@ -131,9 +171,12 @@ def execute_batch(
 ) -> int:
     """Run a batch of enqueued commands in order, each at most once per request id.
 
-    Results are committed together with the queue's own writes and published to each sender
-    and to the operators room as one pub/sub message, all in one MULTI/EXEC (one round trip).
-    A batch whose state must be published first publishes its results after that.
+    Results are committed together with the queue's own writes in one MULTI/EXEC, and
+    published to each sender and to the operators room as one pub/sub message. When writes
+    must be durable (HEAN_ACK_FSYNC, as for acks), the results are published only once
+    WAITAOF confirmed the commit: a client never hears of a result that a Redis crash could
+    take back. Otherwise the publish rides in the MULTI/EXEC (one round trip). A batch whose
+    state must be published first publishes its results after that.
     `started` maps request ids the caller already marked started to what the journal said
     (hean.command_journal.start_many); the others are marked here. A request id the window
     no longer holds is looked up in the database (raises HistoryUnavailable if it cannot be
@@ -178,16 +221,20 @@ def execute_batch(
         for message, reply_to in messages
     ]
     state_first = hooks.state_first()
-    pipe = client.pipeline(transaction=True)
+    durable = durability()
+    publish_in_commit = not state_first and not durable.required
+    committer = commit_client() if durable.required else client
+    pipe = committer.pipeline(transaction=True)
     hooks.after(pipe)
     CommandJournal.record_results(pipe, fresh)
-    if not state_first:
+    if publish_in_commit:
         publish_on(pipe, emits)
     pipe.execute()
+    wait_durable(committer, durable)
+    if not publish_in_commit and not state_first:
+        _publish(committer, emits)
     hooks.published()
     if state_first:
-        results = client.pipeline(transaction=False)
-        publish_on(results, emits)
-        results.execute()
+        _publish(committer, emits)
     metrics.batch_ran(queue, (e.received_at_ms for e in envelopes), fresh)
     return len(messages)

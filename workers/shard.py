@@ -267,38 +267,16 @@ class EngineShard:
     def _recover(self, engine: TradingEngine) -> None:
         client = sync_client()
         try:
-            # HEAN's clients do not decode replies: bytes in, bytes out
-            stored = cast(dict[bytes, bytes], client.hgetall(SNAPSHOT_KEY))
-            if stored.get(b"data"):
-                engine.restore(stored[b"data"])
-                self.log.last_id = _id_text(stored[b"log_id"])
-                self.paused = stored.get(b"paused") == b"1"
-            replayed = 0
-            entries = cast(
-                list[tuple[bytes, dict[bytes, bytes]]],
-                client.xrange(LOG_KEY, min=f"({self.log.last_id}", max="+"),
-            )
-            for entry_id, fields in entries:
-                self._replay(engine, fields)
-                self.log.last_id = _id_text(entry_id)
-                replayed += 1
+            self.log.last_id, paused, replayed = restore_engine(engine, client)
         except ValueError as exc:  # a corrupt snapshot: keep it for inspection, start fresh
             client.rename(SNAPSHOT_KEY, SNAPSHOT_KEY + ":corrupt")
             log.error("event=snapshot_corrupt error=%s action=start_fresh kept=%s:corrupt", exc, SNAPSHOT_KEY)
             return
+        if paused is not None:
+            self.paused = paused
         log.info(
             "event=engine_recovered log_id=%s replayed=%d state=%s", self.log.last_id, replayed, engine.state
         )
-
-    def _replay(self, engine: TradingEngine, fields: dict[bytes, bytes]) -> None:
-        name = fields[b"cmd"].decode()
-        try:
-            _, paused = MUTATIONS[name](engine, json.loads(fields[b"params"]), int(fields[b"now_ns"]))
-        except ValueError as exc:  # it failed the same way the first time; the log keeps order
-            log.warning("event=replay_refused command=%s error=%s", name, exc)
-            return
-        if paused is not None:
-            self.paused = paused
 
     # -- the one path that changes the engine ---------------------------------------------------
 
@@ -403,6 +381,31 @@ class EngineShard:
                 client.lpush(INFLIGHT_KEY + ":unreadable", raw)
                 log.error("event=unreadable_batch_message error=%s kept=%s:unreadable", exc, INFLIGHT_KEY)
         return envelopes, dict(zip(ids, decode_started(results), strict=True))
+
+
+def restore_engine(engine: TradingEngine, client: Any) -> tuple[str, bool | None, int]:
+    """Rebuild `engine` from what committed on `client`'s Redis: the snapshot, then the log
+    after it (reads only). Returns the last log id applied, the shard's paused flag (None if
+    nothing said) and how many entries were replayed; ValueError if the snapshot is corrupt.
+    A restarted engine worker starts from exactly this (so can a reconciliation)."""
+    # HEAN's clients do not decode replies: bytes in, bytes out
+    stored = cast(dict[bytes, bytes], client.hgetall(SNAPSHOT_KEY))
+    last_id, paused = "0-0", None
+    if stored.get(b"data"):
+        engine.restore(stored[b"data"])
+        last_id = _id_text(stored[b"log_id"])
+        paused = stored.get(b"paused") == b"1"
+    entries = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(LOG_KEY, min=f"({last_id}", max="+"))
+    for entry_id, fields in entries:
+        name = fields[b"cmd"].decode()
+        try:
+            _, changed = MUTATIONS[name](engine, json.loads(fields[b"params"]), int(fields[b"now_ns"]))
+        except ValueError as exc:  # it failed the same way the first time; the log keeps order
+            log.warning("event=replay_refused command=%s error=%s", name, exc)
+        else:
+            paused = changed if changed is not None else paused
+        last_id = _id_text(entry_id)
+    return last_id, paused, len(entries)
 
 
 def _id_text(raw: bytes | str) -> str:

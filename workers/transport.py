@@ -32,6 +32,13 @@ message, but the Message's `ack()` still reached the Redis QoS, which removed th
 was never added: a MULTI/ZREM/HDEL/EXEC round trip per message, ten a second for the pulse.
 Here the ack of a message delivered without acknowledgement is a no-op.
 
+A Redis out of memory (maxmemory reached, `noeviction`) is the other case: kombu pops a
+message off the queue, then records it as delivered and unacknowledged (ZADD + HSET, which
+Redis refuses while full). kombu took the refusal as fatal: the worker stopped with
+"Unrecoverable error: OutOfMemoryError", and the popped message, recorded nowhere, was lost
+with it (acked commands included). Here the record is retried until Redis has room again,
+holding the message; the worker does nothing else meanwhile, and neither could it.
+
 celeryconfig.py selects this transport for redis:// broker URLs; rediss:// and sentinel keep
 kombu's own (where the pulse queue's no_ack still spares the bookkeeping at delivery).
 """
@@ -39,6 +46,8 @@ kombu's own (where the pulse queue's no_ack still spares the bookkeeping at deli
 from __future__ import annotations
 
 import contextlib
+import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -46,10 +55,40 @@ from kombu.serialization import registry
 from kombu.transport import redis as kombu_redis
 from kombu.utils import json as kombu_json
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ExecAbortError, OutOfMemoryError
 
 from hean import fastjson
 
+log = logging.getLogger(__name__)
+
 DETACHED = "the broker connection this channel belonged to was closed"
+#: Pauses between tries to record a delivery while Redis is full: first and most.
+FULL_RETRY_FIRST_S, FULL_RETRY_MAX_S = 0.1, 1.0
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    # a MULTI whose queued commands Redis refused ends in ExecAbortError, raised from the OOM
+    return isinstance(exc, OutOfMemoryError) or isinstance(exc.__context__, OutOfMemoryError)
+
+
+class QoS(kombu_redis.QoS):
+    def append(self, message: Any, delivery_tag: Any) -> None:
+        delay, tries = FULL_RETRY_FIRST_S, 0
+        while True:
+            try:
+                super().append(message, delivery_tag)
+                return
+            except (OutOfMemoryError, ExecAbortError) as exc:
+                if not _out_of_memory(exc):
+                    raise
+                tries += 1
+                log.error(
+                    "event=delivery_not_recorded reason=redis_out_of_memory tag=%s tries=%d action=retry",
+                    delivery_tag,
+                    tries,
+                )
+                time.sleep(delay)
+                delay = min(FULL_RETRY_MAX_S, delay * 2)
 
 
 _TYPED = '"__type__"'
@@ -78,6 +117,7 @@ install_fast_reading()
 
 
 class Channel(kombu_redis.Channel):
+    QoS = QoS
     _shared: tuple[Any, Any] | None = None  # (pool, the client built on it)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

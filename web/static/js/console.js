@@ -84,6 +84,9 @@ socket.on("connect", () => {
     const [namespace, key] = id.split("/");
     subscribe(namespace, key).catch(() => {});
   }
+  // commands whose ack or result did not come on an earlier connection: again, same request id
+  // (the server runs a request id once; it answers the first ack, and the result when there is one)
+  pending.forEach((entry) => transmit(entry));
   loadCommands();
 });
 socket.on("connect_error", (error) => {
@@ -109,13 +112,43 @@ socket.on("state_update", (update) => {
 });
 
 // -- commands -----------------------------------------------------------------------------------
+// Every command keeps its request id until its result comes: after a reconnect (the web process
+// restarted, the network blinked) each one whose ack or result is missing is sent again with the
+// same id. The server runs it once and sends its ack and result to this newest connection.
+const ACK_WAIT_MS = 60000;
 const waiting = new Map();  // request_id -> resolve(result) of this page's own commands
+const pending = new Map();  // request_id -> {command, params, item, sends, settleAck} until its result
 const feed = new Feed(document.querySelector("#feed tbody"), $("feed-counts"));
 socket.on("command_result", (result) => {
+  const entry = pending.get(result.request_id);
+  if (entry && !entry.acked) {  // its ack went to a connection that is gone: it was accepted
+    settleAck({ request_id: result.request_id, command: result.command, accepted: true, duplicate: true, ack_time_ms: 0 });
+  }
+  pending.delete(result.request_id);
   const resolve = waiting.get(result.request_id);
   if (resolve) { waiting.delete(result.request_id); resolve(result); }
   feed.add(result);
 });
+socket.on("command_ack", (ack) => settleAck(ack));
+
+function settleAck(ack) {
+  const entry = ack && pending.get(ack.request_id);
+  if (!entry || entry.acked) return;  // a resend's ack: the first one was shown
+  entry.acked = true;
+  if (!ack.accepted) pending.delete(ack.request_id);  // refused: nothing to wait for
+  entry.settleAck(ack);
+}
+
+/** Send a pending command now if connected (else the next `connect` does). */
+function transmit(entry) {
+  if (!socket.connected || entry.connection === connection.connects) return;  // once per connection
+  entry.connection = connection.connects;
+  entry.sends += 1;
+  entry.item.dataset.sends = String(entry.sends);
+  socket.timeout(10000).emitWithAck("command", { command: entry.command, params: entry.params, request_id: entry.requestId })
+    .then(settleAck)
+    .catch(() => {});  // no ack on this connection: the command_ack event, or the resend after a reconnect
+}
 
 function logEntry(command, requestId) {
   const item = el("li", undefined, "pending");
@@ -138,15 +171,22 @@ async function send(command, params = {}) {
   const item = logEntry(command, requestId);
   const resultPromise = new Promise((resolve) => {
     waiting.set(requestId, resolve);
-    setTimeout(() => { if (waiting.delete(requestId)) resolve(null); }, RESULT_WAIT_MS);
+    setTimeout(() => { if (waiting.delete(requestId)) { pending.delete(requestId); resolve(null); } }, RESULT_WAIT_MS);
   });
-  let ack;
-  try {
-    ack = await socket.timeout(10000).emitWithAck("command", { command, params, request_id: requestId });
-  } catch (error) {
+  const entry = { command, params, requestId, item, sends: 0, connection: 0, acked: false, settleAck: null };
+  const ackPromise = new Promise((resolve) => {
+    entry.settleAck = resolve;
+    setTimeout(() => resolve(null), ACK_WAIT_MS);
+  });
+  pending.set(requestId, entry);
+  transmit(entry);
+  if (!socket.connected) item.querySelector(".ack").textContent = " waiting for the connection…";
+  const ack = await ackPromise;
+  if (ack === null) {
+    pending.delete(requestId);
     waiting.delete(requestId);
     item.className = "bad";
-    item.querySelector(".ack").textContent = " no ack: " + error.message;
+    item.querySelector(".ack").textContent = " no ack (the server did not answer)";
     return { ack: null, result: null };
   }
   item.dataset.ack = JSON.stringify(ack);
@@ -538,7 +578,7 @@ $("signout").addEventListener("click", () => {
   askToken("");
 });
 
-window.heanConsole = { socket, feed, health, charts, send, connection };
+window.heanConsole = { socket, feed, health, charts, send, connection, pending };
 if (takeToken()) {
   socket.connect();
 } else {
