@@ -800,6 +800,117 @@ def test_the_console_fits_a_phone_screen(
         phone.quit()
 
 
+# -- order history ------------------------------------------------------------------------------
+
+
+def api_get(system: dict[str, Any], path: str) -> tuple[int, dict[str, Any]]:
+    """GET `path` with the token: the status and the JSON body (errors included)."""
+    request = urllib.request.Request(
+        str(system["url"]) + path, headers={"Authorization": f"Bearer {system['token']}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, json.load(exc)
+
+
+def history_rows(driver: WebDriver) -> list[dict[str, Any]]:
+    return list(
+        js(
+            driver,
+            """return [...document.querySelectorAll('#history-body tbody tr')].map(tr => ({
+                 symbol: tr.dataset.symbol, cid: tr.dataset.clientOrderId, status: tr.dataset.status,
+                 cells: [...tr.cells].map(c => c.textContent)}))""",
+        )
+    )
+
+
+def test_the_order_history_filters_pages_and_shows_the_apis_errors(
+    system: dict[str, Any], stopped_engine: None, roomy_limits: Client, browser: WebDriver
+) -> None:
+    mine, other = ("UI" + uuid.uuid4().hex[:6].upper() for _ in range(2))
+    client = roomy_limits
+    run(client, "start")
+    for symbol in (mine, other):
+        market = {"symbol": symbol, "bid": "100", "ask": "100.5", "last": "100.2"}
+        assert run(client, "update_market", market)["success"]
+    orders = [
+        {"symbol": mine, "side": "BUY", "quantity": "2", "order_type": "MARKET"},  # FILLED
+        # below the market, IOC: EXPIRED at once
+        {"symbol": mine, "side": "BUY", "quantity": "1", "order_type": "LIMIT", "price": "50",
+         "time_in_force": "IOC"},
+        {"symbol": other, "side": "BUY", "quantity": "3", "order_type": "MARKET"},  # FILLED
+    ]
+    statuses = {}
+    for order in orders:
+        order["client_order_id"] = uuid.uuid4().hex
+        result = run(client, "submit_order", order)
+        statuses[order["client_order_id"]] = result["result"]["order"]["status"]
+    assert sorted(statuses.values()) == ["EXPIRED", "FILLED", "FILLED"], statuses
+    # in the database once the history writer has copied them (poll the REST API)
+    def stored(symbol: str, count: int) -> bool:
+        return len(api_get(system, f"/api/orders?symbol={symbol}")[1]["orders"]) == count
+
+    wait_for(lambda: stored(mine, 2) and stored(other, 1), WAIT_S, "the orders in the history", 0.2)
+
+    connected(browser, system)
+    panel = browser.find_element(By.ID, "history")
+    form = browser.find_element(By.ID, "history-form")
+    form.find_element(By.NAME, "symbol").send_keys(mine)
+    loaded = "return document.getElementById('history-body').dataset.loaded || ''"
+
+    def search(button: Any) -> None:
+        before = js(browser, loaded)
+        clicker(button)()
+        wait(browser, lambda d: js(d, loaded) != before or text(d, "#history-error"), "the history's answer")
+
+    search(form.find_element(By.CSS_SELECTOR, "button[type=submit]"))
+    rows = history_rows(browser)
+    # only this symbol's orders, newest first, each with its status (text and data)
+    assert [row["cid"] for row in rows] == [o["client_order_id"] for o in reversed(orders[:2])], rows
+    assert {row["symbol"] for row in rows} == {mine}
+    for row in rows:
+        assert row["status"] == statuses[row["cid"]] and row["status"] in row["cells"], row
+    filled = next(row["cells"] for row in rows if row["status"] == "FILLED")
+    assert filled[2:] == [mine, "BUY", "MARKET GTC", "2", "\u2013", "FILLED", "2", "100.5", "\u2013"], filled
+
+    # paging by the API's cursor: a page of one, then "more" brings the next, then no more
+    js(browser, "heanConsole.orderHistory.limit = 1")
+    search(form.find_element(By.CSS_SELECTOR, "button[type=submit]"))
+    assert len(history_rows(browser)) == 1
+    more = browser.find_element(By.ID, "history-more")
+    assert more.is_displayed()
+    search(more)
+    assert [row["cid"] for row in history_rows(browser)] == [row["cid"] for row in rows]
+    wait(browser, lambda d: not more.is_displayed(), "the last page")
+    js(browser, "heanConsole.orderHistory.limit = 100")
+
+    # the fills tab: the one fill of this symbol, at its price
+    search(panel.find_element(By.CSS_SELECTOR, "[data-history-tab=fills]"))
+    fills = history_rows(browser)
+    assert [(row["symbol"], row["cid"]) for row in fills] == [(mine, orders[0]["client_order_id"])], fills
+    assert fills[0]["cells"][5:7] == ["2", "100.5"], fills
+    screenshot(browser, "history")
+
+    # a bad filter (from after to): the API's own message, next to the form, at the field
+    search(panel.find_element(By.CSS_SELECTOR, "[data-history-tab=orders]"))
+    js(
+        browser,
+        "const f = document.getElementById('history-form');"
+        "f.from.value = '2026-12-02T10:00:00'; f.to.value = '2026-12-01T10:00:00';",
+    )
+    code, body = api_get(system, "/api/orders?from=2026-12-02T10:00:00Z&to=2026-12-01T10:00:00Z")
+    assert code == 400 and body["error"]["field"] == "from", body
+    search(form.find_element(By.CSS_SELECTOR, "button[type=submit]"))
+    wait(browser, lambda d: text(d, "#history-error") == body["error"]["message"], "the API's message")
+    assert "invalid" in form.find_element(By.NAME, "from").get_attribute("class")
+    # the 400 itself is the only error the page logged
+    logged = severe_errors(browser)
+    assert [e for e in logged if not ("/api/orders" in e["message"] and " 400 " in e["message"])] == []
+
+
 # -- error analyses -----------------------------------------------------------------------------
 
 #: A unified diff full of markup that must show as text, for a file that is not there (so

@@ -6,6 +6,7 @@ import { Charts } from "./charts.js";
 import { Feed } from "./feed.js";
 import { Health } from "./health.js";
 import { renderAnalyses } from "./analyses.js";
+import { OrderHistory } from "./history.js";
 
 const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = "hean.token";
@@ -501,7 +502,7 @@ $("state-form").addEventListener("submit", async (event) => {
   });
 });
 
-// -- history and analyses (REST; other parts of HEAN serve them where they have landed) --------
+// -- order history (history.js) and analyses: REST, with the token --------------------------------
 async function getJson(path) {
   const response = await fetch(path, { headers: { Authorization: "Bearer " + (sessionStorage.getItem(TOKEN_KEY) || "") } });
   if (response.status === 404) return { missing: true };
@@ -509,38 +510,7 @@ async function getJson(path) {
   return { data: await response.json() };
 }
 
-function table(items) {
-  if (!items.length) return el("p", "nothing found", "muted");
-  const columns = Object.keys(items[0]).filter((k) => typeof items[0][k] !== "object" || items[0][k] === null);
-  const t = el("table");
-  t.append(el("thead"), el("tbody"));
-  t.tHead.append(el("tr"));
-  columns.forEach((c) => t.tHead.rows[0].append(el("th", c)));
-  for (const item of items) {
-    const tr = el("tr");
-    columns.forEach((c) => tr.append(el("td", fmt(item[c]))));
-    t.tBodies[0].append(tr);
-  }
-  return t;
-}
-
-const listOf = (data, key) => (Array.isArray(data) ? data : data?.[key] || data?.items || []);
-
-async function loadHistory() {
-  const form = $("history-form");
-  const query = new URLSearchParams();
-  for (const name of ["symbol", "side", "status"]) if (form[name].value) query.set(name, form[name].value);
-  const body = $("history-body");
-  try {
-    const { missing, data } = await getJson("/api/orders?" + query);
-    body.dataset.available = missing ? "false" : "true";
-    body.replaceChildren(missing ? el("p", "not available: this server has no order history (/api/orders)", "muted")
-      : table(listOf(data, "orders")));
-  } catch (error) {
-    body.replaceChildren(el("p", "order history failed: " + error.message, "bad"));
-  }
-}
-$("history-form").addEventListener("submit", (event) => { event.preventDefault(); loadHistory(); });
+const orderHistory = new OrderHistory($("history"), () => sessionStorage.getItem(TOKEN_KEY) || "");
 
 async function loadAnalyses() {
   const body = $("analyses-body");
@@ -570,6 +540,7 @@ $("signin-form").addEventListener("submit", (event) => {
   $("signin").close();
   setConn("warn", "connecting…");
   socket.connect();
+  orderHistory.load();
 });
 $("signout").addEventListener("click", () => {
   sessionStorage.removeItem(TOKEN_KEY);
@@ -578,13 +549,13 @@ $("signout").addEventListener("click", () => {
   askToken("");
 });
 
-window.heanConsole = { socket, feed, health, charts, send, connection, pending };
+window.heanConsole = { socket, feed, health, charts, send, connection, pending, orderHistory };
 if (takeToken()) {
   socket.connect();
 } else {
   setConn("bad", "refused: no token (sign in, or open the URL `hean up` prints, with #token=…)");
   askToken("no token yet: sign in, or open the URL `hean up` prints (…/#token=…)");
 }
-loadHistory();
+orderHistory.load();
 loadAnalyses();
 setInterval(() => { if (socket.connected) { loadAnalyses(); } }, 30000);
