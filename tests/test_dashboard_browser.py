@@ -886,13 +886,13 @@ def test_the_order_history_filters_pages_and_shows_the_apis_errors(
     assert [row["cid"] for row in history_rows(browser)] == [row["cid"] for row in rows]
     wait(browser, lambda d: not more.is_displayed(), "the last page")
     js(browser, "heanConsole.orderHistory.limit = 100")
+    screenshot(browser, "history")
 
     # the fills tab: the one fill of this symbol, at its price
     search(panel.find_element(By.CSS_SELECTOR, "[data-history-tab=fills]"))
     fills = history_rows(browser)
     assert [(row["symbol"], row["cid"]) for row in fills] == [(mine, orders[0]["client_order_id"])], fills
     assert fills[0]["cells"][5:7] == ["2", "100.5"], fills
-    screenshot(browser, "history")
 
     # a bad filter (from after to): the API's own message, next to the form, at the field
     search(panel.find_element(By.CSS_SELECTOR, "[data-history-tab=orders]"))

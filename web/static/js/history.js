@@ -155,7 +155,8 @@ export class OrderHistory {
       this.rows += items.length;
       this.cursor = data?.next_cursor ?? null;
       if (!this.rows) this.body.append(el("p", `no ${kind} match`, "muted nodata"));
-      this.count.textContent = `${this.rows} ${kind}${this.cursor === null ? "" : ", more…"}`;
+      const noun = this.rows === 1 ? kind.slice(0, -1) : kind;
+      this.count.textContent = `${this.rows} ${noun}${this.cursor === null ? "" : ", more…"}`;
       this.body.dataset.loaded = String(Date.now());
     } catch (error) {
       this.showError(`${kind} history failed: ${error.message}`, null);
