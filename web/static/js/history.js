@@ -77,10 +77,10 @@ export class OrderHistory {
     this.tabs = [...root.querySelectorAll("[data-history-tab]")];
     this.kind = "orders";
     this.limit = 100;     // rows a page (the API's default; at most 1,000)
-    this.query = null;    // the filters of the rows shown (a "more" keeps them)
+    this.shown = null;    // the tab and filters of the rows shown (a "more" keeps them)
     this.cursor = null;
+    this.latest = 0;      // the newest request's number: an older answer arriving late is dropped
     this.rows = 0;
-    this.busy = false;
     this.form.addEventListener("submit", (event) => { event.preventDefault(); this.load(); });
     this.more.addEventListener("click", () => this.load(true));
     for (const tab of this.tabs) tab.addEventListener("click", () => this.show(tab.dataset.historyTab));
@@ -115,31 +115,31 @@ export class OrderHistory {
 
   /** Fetch the first page with the form's filters, or (`next`) the page after the rows shown. */
   async load(next = false) {
-    if (this.busy) return;
-    if (next && this.cursor === null) return;
-    const kind = this.kind;
-    const query = next ? new URLSearchParams(this.query) : this.filters();
+    if (next && (this.cursor === null || this.more.disabled || !this.shown)) return;
+    const kind = next ? this.shown.kind : this.kind;
+    const query = next ? new URLSearchParams(this.shown.query) : this.filters();
     if (next) query.set("cursor", String(this.cursor));
-    this.busy = true;
+    const id = ++this.latest;  // a newer search wins: this one's answer is then dropped
     this.more.disabled = true;
     try {
       const response = await fetch(`/api/${kind}?${query}`, { headers: { Authorization: "Bearer " + this.token() } });
+      const data = response.status === 404 ? null : await response.json().catch(() => null);
+      if (id !== this.latest) return;
       if (response.status === 404) {
         this.body.dataset.available = "false";
         this.body.replaceChildren(el("p", `not available: this server has no order history (/api/${kind})`, "muted"));
         return;
       }
       this.body.dataset.available = "true";
-      const data = await response.json().catch(() => null);
       if (!response.ok) {
         const error = data?.error;
-        this.showError(error?.message ? `${error.message}` : `HTTP ${response.status}`, error?.field);
+        this.showError(error?.message ? String(error.message) : `HTTP ${response.status}`, error?.field);
         return;
       }
       this.showError("", null);
       const items = Array.isArray(data?.[kind]) ? data[kind] : [];
       if (!next) {
-        this.query = query.toString();
+        this.shown = { kind, query: query.toString() };
         this.rows = 0;
         const t = el("table");
         t.id = "history-table";
@@ -159,11 +159,12 @@ export class OrderHistory {
       this.count.textContent = `${this.rows} ${noun}${this.cursor === null ? "" : ", more…"}`;
       this.body.dataset.loaded = String(Date.now());
     } catch (error) {
-      this.showError(`${kind} history failed: ${error.message}`, null);
+      if (id === this.latest) this.showError(`${kind} history failed: ${error.message}`, null);
     } finally {
-      this.busy = false;
-      this.more.disabled = this.cursor === null;
-      this.more.hidden = this.cursor === null;
+      if (id === this.latest) {
+        this.more.disabled = this.cursor === null;
+        this.more.hidden = this.cursor === null;
+      }
     }
   }
 }
