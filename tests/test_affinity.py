@@ -36,7 +36,7 @@ def test_a_table_names_processes_and_a_default() -> None:
     [
         ("web", "'web' should look like name=cpus"),
         ("web=", "should look like name=cpus"),
-        ("webb=0", "unknown process 'webb'; known: *, beat, flower, redis, web,"),
+        ("webb=0", "unknown process 'webb'; known: *, beat, flower, history, redis, web,"),
         ("web=0;web=1", "'web' is given twice"),
         ("web=x", "'x' is not a CPU list"),
         ("web=3-1", "CPU range '3-1' runs backwards"),
