@@ -80,6 +80,21 @@ def test_a_failing_celery_task_ends_as_an_analysis(
     assert '"origin": "celery_task:analyzer_tests.boom"' in log
 
 
+def test_a_command_handler_that_raises_ends_as_an_analysis(analyzer_system: dict[str, Any]) -> None:
+    """The batch task catches a handler's exception (the command fails with `command_failed`,
+    the worker goes on), so Celery's task_failure never sees it: it is reported by itself."""
+    body = json.dumps({"command": "settle_account", "params": {"account": "bob"}}).encode()
+    request = urllib.request.Request(
+        analyzer_system["url"] + "/api/commands",
+        data=body,
+        headers={"Authorization": f"Bearer {analyzer_system['token']}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 202
+    row = wait_for(lambda: analysis_from(analyzer_system, "command:settle_account"), 90, "the analysis")
+    assert row.exc_type == "ZeroDivisionError" and row.status == "ok"
+
+
 def test_a_failing_rest_view_ends_as_an_analysis(analyzer_system: dict[str, Any]) -> None:
     body = json.dumps({"command": "buggy_params", "params": {"currency": "XAU"}}).encode()
     request = urllib.request.Request(

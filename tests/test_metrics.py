@@ -19,7 +19,7 @@ import pytest
 
 from hean.processes import PROCESSES
 from hean.redis_server import free_port
-from hean.topology import PULSE_TASK, QUIET_PULSE_TASK
+from hean.topology import ANALYZE_TASK, PULSE_TASK, QUIET_PULSE_TASK
 from support import Client, ManagedProcess, http_ok, samples, scrape, total, wait_for
 
 FLOWER_USER = "hean"
@@ -179,6 +179,8 @@ def test_flower_sees_every_worker_and_the_tasks_of_each_queue(
     client = Client(str(system["url"]), str(system["token"]))
     try:
         assert run(client, "list_commands")["success"]  # the default queue (llm worker)
+        # a command that raises: its exception is analysed on the llm queue (llm worker)
+        assert run(client, "crash")["error"]["code"] == "command_failed"
     finally:
         client.close()
 
@@ -188,13 +190,14 @@ def test_flower_sees_every_worker_and_the_tasks_of_each_queue(
         for task in tasks.values():
             by_worker.setdefault(str(task.get("worker", "")).split("@")[0], set()).add(task.get("name"))
         wanted = {
-            "engine": "workers.engine.run_batch",  # the pushed order batches, from "received" on
+            "engine": {"workers.engine.run_batch"},  # the pushed order batches, from "received" on
             # one pulse in PULSE_SHOWN_EVERY (every 10 s) sends task events, the others none
             # (thirty events a second for Flower to digest, workers/beat.py)
-            "pulse": PULSE_TASK,
-            "llm": "workers.default.run_batch",  # the llm worker consumes the default queue
+            "pulse": {PULSE_TASK},
+            # the llm worker consumes the default queue and the llm queue (the crash's analysis)
+            "llm": {"workers.default.run_batch", ANALYZE_TASK},
         }
-        return by_worker if all(task in by_worker.get(w, set()) for w, task in wanted.items()) else None
+        return by_worker if all(tasks <= by_worker.get(w, set()) for w, tasks in wanted.items()) else None
 
     by_worker = wait_for(seen, 60, "Flower to list the tasks of each queue", interval=1)
     assert QUIET_PULSE_TASK not in by_worker["pulse"]  # the other pulses stay out of Flower

@@ -37,6 +37,18 @@ class BatchHooks:
 NO_HOOKS = BatchHooks()
 
 
+def _report(exc: BaseException, origin: str) -> None:
+    """Queue an unexpected handler exception for the error analyzer (the llm queue); the
+    handler's task caught it, so Celery's task_failure signal never sees it. Never raises."""
+    try:
+        from hean.core.system.error_analyzer import reporting_analyzer
+        from workers.app import app
+
+        reporting_analyzer(app).report(exc, origin)
+    except Exception:  # reporting must never add a second failure to the first
+        log.warning("event=command_failure_not_reported origin=%s", origin)
+
+
 def _run_one(envelope: TaskEnvelope, queue: str, started: float) -> dict[str, Any]:
     spec = get_command(envelope.command)
     result: Any = None
@@ -48,8 +60,9 @@ def _run_one(envelope: TaskEnvelope, queue: str, started: float) -> dict[str, An
             result = spec.handler(spec.params.model_validate(envelope.params))
         except Exception as exc:  # a failing command is reported, never kills the worker
             error = error_from(exc)
-            if error.code == "command_failed":
+            if error.code == "command_failed":  # not a CommandError: a bug, sent for analysis
                 log.exception("event=command_failed command=%s request_id=%s", spec.name, envelope.request_id)
+                _report(exc, f"command:{spec.name}")
     return CommandResult(
         request_id=envelope.request_id,
         command=envelope.command,

@@ -61,3 +61,12 @@ class BuggyParams(BaseModel):
 @command("buggy_params", params=BuggyParams, queue=DEFAULT_QUEUE, description="Fails in validation (test).")
 def buggy_params(params: BuggyParams) -> dict[str, Any]:
     return {"currency": params.currency}
+
+
+class SettleParams(BaseModel):
+    account: str
+
+
+@command("settle_account", params=SettleParams, queue=DEFAULT_QUEUE, description="Fails in its handler.")
+def settle_account(params: SettleParams) -> dict[str, Any]:
+    return {"share": settle({"total": 0.0, params.account: 5.0}, params.account)}

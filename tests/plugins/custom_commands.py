@@ -23,6 +23,10 @@ def echo(params: EchoParams) -> dict[str, Any]:
     return {"echo": params.text * params.times}
 
 
+class NoCrashParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
 class FailParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -53,3 +57,10 @@ def engine_nap(params: NapParams) -> dict[str, Any]:
     """Hold the engine queue's consumer mid-batch for a while (test command)."""
     time.sleep(params.seconds)
     return {"slept": params.seconds}
+
+
+@command("crash", params=NoCrashParams, queue=DEFAULT_QUEUE)
+def crash(params: NoCrashParams) -> None:
+    """Raise something a command should not (test command): the command fails as
+    `command_failed` and the exception goes to the error analyzer's llm queue."""
+    raise RuntimeError("crashed on purpose")
