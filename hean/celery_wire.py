@@ -96,12 +96,10 @@ def batch_frame(
     return MessageFrame(prefix=prefix, suffix=suffix, body_head="[[[", body_tail=json.dumps(_BODY_TAIL)[1:-1])
 
 
-@functools.lru_cache(maxsize=32)
-def _frame_template(celery_app: Celery, task_name: str, queue_name: str) -> tuple[str, str]:
-    message = celery_app.amqp.as_task_v2(
-        _TASK_ID, task_name, args=(), kwargs={}, argsrepr=_ARGSREPR, kwargsrepr="{}", ignore_result=True
-    )
-    text = json.dumps(
+def _queued_text(message: Any, queue_name: str) -> str:
+    """`message` (from ``as_task_v2``) as kombu's Redis transport keeps it on `queue_name`, with
+    the body and the delivery tag as placeholders."""
+    return json.dumps(
         {
             "body": _BODY,
             "content-encoding": "utf-8",
@@ -116,6 +114,14 @@ def _frame_template(celery_app: Celery, task_name: str, queue_name: str) -> tupl
             },
         }
     )
+
+
+@functools.lru_cache(maxsize=32)
+def _frame_template(celery_app: Celery, task_name: str, queue_name: str) -> tuple[str, str]:
+    message = celery_app.amqp.as_task_v2(
+        _TASK_ID, task_name, args=(), kwargs={}, argsrepr=_ARGSREPR, kwargsrepr="{}", ignore_result=True
+    )
+    text = _queued_text(message, queue_name)
     prefix, suffix = text.split(json.dumps(_BODY))
     return prefix, suffix
 
@@ -187,21 +193,7 @@ def task_message(celery_app: Celery, task_name: str, queue_name: str, **headers:
         ignore_result=True,
     )
     message.headers.update(headers)
-    text = json.dumps(
-        {
-            "body": _BODY,
-            "content-encoding": "utf-8",
-            "content-type": "application/json",
-            "headers": message.headers,
-            "properties": {
-                **message.properties,
-                "delivery_mode": 2,
-                "delivery_info": {"exchange": "", "routing_key": queue_name},
-                "priority": 0,
-                "delivery_tag": _DELIVERY_TAG,
-            },
-        }
-    )
+    text = _queued_text(message, queue_name)
     return TaskMessage(queue=queue_name, template=text)
 
 
