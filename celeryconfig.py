@@ -50,7 +50,14 @@ if broker_url.startswith("redis://"):
 
 # An acks_late task that runs past the visibility timeout is delivered twice: the broker, the
 # result backend and every process must agree on one value.
-broker_transport_options = {"visibility_timeout": _settings.visibility_timeout}
+# The engine queue's one consumer pops atomically (workers/transport.py: a message is never only
+# in the consumer's memory), and an ordered queue takes no priorities: every priority maps onto
+# each queue's one list.
+broker_transport_options = {
+    "visibility_timeout": _settings.visibility_timeout,
+    "hean_atomic_queues": [ENGINE_QUEUE],
+    "priority_steps": [0],
+}
 result_backend_transport_options = {"visibility_timeout": _settings.visibility_timeout}
 result_expires = _settings.result_expires
 

@@ -247,3 +247,30 @@ def reclaim_unacked(client: redis.Redis, queue: str) -> int:
     picked.sort(key=lambda entry: entry[0], reverse=True)  # the newest pushed first
     args = [part for _, tag, message in picked for part in (tag, message)]
     return int(run_script(client.connection_pool, _RECLAIM, [UNACKED_KEY, UNACKED_INDEX_KEY, queue], args))
+
+
+# -- atomic delivery (workers/transport.py) ---------------------------------------------------
+
+
+def delivering_key(queue: str) -> str:
+    """The list a message of `queue` (popped atomically) sits in between its pop and kombu's
+    record of it as delivered and unacknowledged."""
+    return f"hean:delivering:{queue}"
+
+
+# KEYS: the delivering list, the queue. Newest first onto the consuming end, so that the oldest
+# is consumed first.
+_RESTORE_DELIVERING = """
+local n = 0
+while redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') do n = n + 1 end
+return n
+"""
+
+
+def restore_delivering(client: redis.Redis, queue: str) -> int:
+    """Put every message popped from `queue` but never recorded as delivered (its consumer died
+    or lost the reply) back at the consuming end of the queue; returns how many.
+
+    Only for a queue with exactly one consumer, called by that consumer while it is not
+    delivering: then nothing in the list is being delivered."""
+    return int(run_script(client.connection_pool, _RESTORE_DELIVERING, [delivering_key(queue), queue], []))

@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from hean.celery_wire import UNACKED_KEY, reclaim_unacked
+from hean.celery_wire import UNACKED_KEY, delivering_key, reclaim_unacked, restore_delivering
 from hean.command_journal import CommandJournal
 from hean.core.system.redis_state import get_sync_state_manager
 from hean.topology import ENGINE_QUEUE, POSITIONS_KEY, SYSTEM_NAMESPACE
@@ -110,6 +110,68 @@ def test_orders_a_killed_engine_worker_held_are_applied_once_after_the_restart(
         client.close()
         napper.close()
         store.close()
+
+
+def test_a_batch_popped_by_a_worker_killed_before_recording_it_is_applied_once_after_the_restart(
+    system: dict[str, Any], system_redis_url: str, logs_dir: Any
+) -> None:
+    """The worst moment: the worker has taken the message off the queue and not yet recorded it
+    as delivered. kombu's BRPOP lost it there; the atomic pop keeps it in the delivering list."""
+    url, token = str(system["url"]), str(system["token"])
+    store = redis.Redis.from_url(system_redis_url)
+    client = Client(url, token)
+    delivering = delivering_key(ENGINE_QUEUE)
+    try:
+        command_ok(client, "reset_kill_switch")
+        command_ok(client, "start")
+        sym = f"POP{uuid.uuid4().hex[:6].upper()}"
+        command_ok(client, "update_market", symbol=sym, bid="10", ask="10", last="10")
+        stop_engine_worker(system, crash=False)
+        spec_env = dict(system["env"])
+        spec_env["HEAN_COMMAND_MODULES"] = spec_env.get("HEAN_COMMAND_MODULES", "") + ",die_before_record"
+        start_engine_worker(dict(system, env=spec_env), logs_dir)
+        dying = next(p for p in system["processes"] if p.name.startswith("worker-engine"))
+
+        request_id = f"{sym}-{uuid.uuid4().hex[:10]}"
+        params = {"client_order_id": request_id, "symbol": sym, "side": "BUY", "quantity": "2"}
+        ack = client.command({"command": "submit_order", "params": params, "request_id": request_id})
+        assert ack["accepted"], ack
+        wait_for(lambda: not dying.alive(), 60, "the worker to kill itself between pop and record")
+        dying.stop()
+        system["processes"].remove(dying)
+        # the popped message is neither queued nor recorded as delivered: only the delivering list
+        # holds it (with BRPOP it was nowhere, and the acked order was lost)
+        assert store.llen(delivering) == 1
+        assert request_id.encode() in store.lindex(delivering, 0)
+        assert not any(request_id.encode() in raw for raw in store.hvals(UNACKED_KEY))
+        assert CommandJournal(store).state(request_id) != "done"
+
+        start_engine_worker(system, logs_dir)
+        result = client.result_for(request_id)
+        assert result["success"], result
+        assert store.llen(delivering) == 0
+        manager = get_sync_state_manager(system_redis_url)
+        wait_for(
+            lambda: any(
+                p["symbol"] == sym and Decimal(p["quantity"]) == 2
+                for p in manager.get_state(POSITIONS_KEY, namespace=SYSTEM_NAMESPACE) or []
+            ),
+            30,
+            f"the {sym} position to hold the one order, applied once",
+        )
+    finally:
+        client.close()
+        store.close()
+
+
+def test_restore_delivering_puts_leftovers_back_oldest_first(redis_client: redis.Redis) -> None:
+    delivering = delivering_key(ENGINE_QUEUE)
+    redis_client.lpush(ENGINE_QUEUE, "waiting")
+    redis_client.lpush(delivering, "old", "new")  # moved there in this order (BLMOVE ... LEFT)
+    assert restore_delivering(redis_client, ENGINE_QUEUE) == 2
+    assert restore_delivering(redis_client, ENGINE_QUEUE) == 0
+    # consumers pop from the right: the oldest popped comes back first
+    assert [redis_client.rpop(ENGINE_QUEUE) for _ in range(3)] == [b"old", b"new", b"waiting"]
 
 
 def test_reclaim_takes_back_only_the_named_queues_messages_oldest_first(redis_client: redis.Redis) -> None:

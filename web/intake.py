@@ -355,6 +355,10 @@ class CommandWriter:
                     # its ack is out but not journaled yet (the acks' own greenlet may be writing
                     # it right now): the repeat gets that ack, not a new one
                     pending.duplicate(Reservation(new=False, ack=sent, result=reservation.result))
+                elif reservation.ack is None:
+                    # reserved and queued, its ack never sent (the web process that took it died
+                    # first): this ack is the command's first, journaled like any other
+                    acks.append(pending.duplicate(reservation))
                 else:
                     pending.duplicate(reservation)
             metrics.enqueued(queue_name, len(items), items[0].started)
@@ -407,7 +411,9 @@ class PendingCommand:
     def fail(self, error: ErrorInfo, status: int) -> None:
         self._finish(Outcome(self.ack(False, error), http_status=status))
 
-    def duplicate(self, reservation: Reservation) -> None:
-        # the original ack if it was journaled; else the first copy is being enqueued right now
+    def duplicate(self, reservation: Reservation) -> dict[str, Any]:
+        """Answer a repeated request id: the original ack if it was journaled, else a new one
+        (the first copy is being enqueued right now, or its ack was never sent). Returns it."""
         ack = dict(reservation.ack, duplicate=True) if reservation.ack else self.ack(True, duplicate=True)
         self._finish(Outcome(ack, earlier_result=reservation.result, http_status=200))
+        return ack

@@ -10,7 +10,7 @@ from typing import Any, Final
 from celery.signals import worker_init, worker_ready, worker_shutdown
 from redis.exceptions import RedisError
 
-from hean.celery_wire import reclaim_unacked
+from hean.celery_wire import reclaim_unacked, restore_delivering
 from hean.commands import (
     CommandError,
     NoParams,
@@ -257,12 +257,20 @@ def _reclaim_from_a_dead_predecessor(sender: Any = None, **_: Any) -> None:
     if ENGINE_QUEUE not in sender.app.amqp.queues.consume_from:  # sender: the WorkController
         return
     try:
+        # popped and never recorded first (the transport would restore those itself, but behind
+        # these), then delivered and unacknowledged: the older goes back nearer the consuming end
+        restored = restore_delivering(sync_client(), ENGINE_QUEUE)
         reclaimed = reclaim_unacked(sync_client(), ENGINE_QUEUE)
     except RedisError as exc:  # Redis away: kombu restores them after the visibility timeout
         log.error("event=reclaim_failed queue=%s error=%s", ENGINE_QUEUE, exc)
         return
-    if reclaimed:
-        log.warning("event=unacked_reclaimed queue=%s messages=%d", ENGINE_QUEUE, reclaimed)
+    if restored or reclaimed:
+        log.warning(
+            "event=unacked_reclaimed queue=%s messages=%d popped_unrecorded=%d",
+            ENGINE_QUEUE,
+            reclaimed,
+            restored,
+        )
 
 
 @worker_ready.connect
@@ -270,6 +278,7 @@ def _announce_engine(sender: Any = None, **_: Any) -> None:
     queues = {q.name for q in getattr(getattr(sender, "task_consumer", None), "queues", [])}
     if ENGINE_QUEUE not in queues:
         return
+
     def finish_leftover() -> int:
         leftover, _ = SHARD.take([], drain=0)
         if leftover:  # drained before a crash: finish them first (each runs at most once)

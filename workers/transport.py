@@ -39,6 +39,18 @@ Redis refuses while full). kombu took the refusal as fatal: the worker stopped w
 with it (acked commands included). Here the record is retried until Redis has room again,
 holding the message; the worker does nothing else meanwhile, and neither could it.
 
+Atomic delivery for a queue with exactly one consumer (the engine queue; transport option
+``hean_atomic_queues``, celeryconfig.py). kombu pops a message (BRPOP), then records it as
+delivered and unacknowledged in a second step: a consumer killed between the two (SIGKILL, OOM)
+lost the message, acked commands included, and so did a connection dropped after Redis popped
+it but before the reply arrived. Here the pop is a BLMOVE into the queue's delivering list
+(`delivering_key`), and the unacknowledged record removes it from there in the same MULTI, so
+a message is always in exactly one of the queue, the delivering list or the unacked set. What a
+dead predecessor (or a dropped connection) left in the delivering list goes back to the
+consuming end of the queue before the next pop (`restore_delivering`); with one consumer
+nothing else can be in it. Such a queue takes no priorities: celeryconfig.py maps every
+priority onto the queue's one list (``priority_steps=[0]``), as an ordered queue needs.
+
 celeryconfig.py selects this transport for redis:// broker URLs; rediss:// and sentinel keep
 kombu's own (where the pulse queue's no_ack still spares the bookkeeping at delivery).
 """
@@ -49,15 +61,18 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator
+from queue import Empty
 from typing import Any
 
 from kombu.serialization import registry
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
 from kombu.utils import json as kombu_json
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ExecAbortError, OutOfMemoryError
 
 from hean import fastjson
+from hean.celery_wire import delivering_key, restore_delivering
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +88,13 @@ def _out_of_memory(exc: BaseException) -> bool:
 
 class QoS(kombu_redis.QoS):
     def append(self, message: Any, delivery_tag: Any) -> None:
+        # the message an atomic pop moved to its delivering list, if this is it (Transport.moved)
+        transport = self.channel.connection
+        moved, transport.moved = transport.moved, None
         delay, tries = FULL_RETRY_FIRST_S, 0
         while True:
             try:
-                super().append(message, delivery_tag)
+                self._record(message, delivery_tag, moved)
                 return
             except (OutOfMemoryError, ExecAbortError) as exc:
                 if not _out_of_memory(exc):
@@ -89,6 +107,19 @@ class QoS(kombu_redis.QoS):
                 )
                 time.sleep(delay)
                 delay = min(FULL_RETRY_MAX_S, delay * 2)
+
+    def _record(self, message: Any, delivery_tag: Any, moved: tuple[str, bytes] | None) -> None:
+        """kombu's QoS.append (the unacked hash and its index, in one MULTI), which also takes
+        the message out of the delivering list it was moved to."""
+        delivery = message.delivery_info
+        entry = kombu_json.dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
+        with self.pipe_or_acquire() as pipe:
+            pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
+            pipe.hset(self.unacked_key, delivery_tag, entry)
+            if moved is not None:
+                pipe.lrem(moved[0], 1, moved[1])
+            pipe.execute()
+        virtual.QoS.append(self, message, delivery_tag)
 
 
 _TYPED = '"__type__"'
@@ -124,6 +155,65 @@ class Channel(kombu_redis.Channel):
         super().__init__(*args, **kwargs)
         #: Delivery tags of messages delivered to no_ack consumers and not yet "acknowledged".
         self._untracked: set[str] = set()
+        options = self.connection.client.transport_options
+        #: Queues popped atomically (one consumer each); the one being popped now, if any.
+        self._atomic = frozenset(options.get("hean_atomic_queues", ()))
+        self._moving: str | None = None
+        #: Atomic queues whose delivering list may hold a message no record took out of it.
+        self._unchecked: set[str] = set(self._atomic)
+
+    # -- atomic delivery ------------------------------------------------------------------------
+
+    def _brpop_start(self, timeout: Any = None) -> None:
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if len(queues) != 1 or queues[0] not in self._atomic or self.global_keyprefix:
+            super()._brpop_start(timeout)
+            return
+        queue = queues[0]
+        if queue in self._unchecked:  # nothing is being delivered: what is there was left over
+            with self.conn_or_acquire() as client:
+                restored = restore_delivering(client, queue)
+            if restored:
+                log.warning("event=delivering_restored queue=%s messages=%d", queue, restored)
+            self._unchecked.discard(queue)
+        self._in_poll = self.client.connection
+        self._moving = queue
+        self._brpop_sent_at = time.monotonic()  # type: ignore[assignment]  # kombu declares it None
+        self.client.connection.send_command(
+            "BLMOVE",
+            queue,
+            delivering_key(queue),
+            "RIGHT",
+            "LEFT",
+            self.brpop_timeout if timeout is None else timeout,
+        )
+
+    def _brpop_read(self, **options: Any) -> Any:
+        queue, self._moving = self._moving, None
+        if queue is None:
+            return super()._brpop_read(**options)
+        try:
+            try:
+                item = self.client.parse_response(self.client.connection, "BLMOVE", **options)
+            except self.connection_errors:
+                self.client.connection.disconnect()
+                self._unchecked.add(queue)  # Redis may have moved a message whose reply was lost
+                raise
+            if item is None:
+                raise Empty()
+            transport = self.connection
+            transport.moved = (delivering_key(queue), item)
+            try:
+                transport._deliver(loads(item), queue)
+            finally:
+                if transport.moved is not None:  # delivered without a record (a no_ack consumer)
+                    transport.moved = None
+                    with self.conn_or_acquire() as client:
+                        client.lrem(delivering_key(queue), 1, item)
+            return True
+        finally:
+            self._in_poll = None  # type: ignore[assignment]  # as kombu resets it
+            self._flush_brpop_reauth()
 
     def basic_consume(self, queue: str, no_ack: bool, callback: Any, consumer_tag: str, **kwargs: Any) -> Any:
         if no_ack:
@@ -167,6 +257,8 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+    #: (delivering list, message) of the message an atomic pop is delivering, until recorded.
+    moved: tuple[str, bytes] | None = None
 
     @property
     def supports_batch_publish(self) -> bool:
