@@ -75,6 +75,14 @@ class Settings(BaseSettings):
         description="Group commit: while commands arrive back to back, the engine worker waits this "
         "long before taking the queue, so that they share one commit (0: never wait).",
     )
+    snapshot_interval_s: float = Field(
+        default=5.0,
+        ge=0.1,
+        le=3600,
+        validation_alias=_env("HEAN_SNAPSHOT_INTERVAL_S"),
+        description="The engine worker snapshots its engine at most this often while orders flow "
+        "(and after every control command); a restart replays the log written since.",
+    )
     dedup_window_s: int = Field(
         default=600,
         ge=1,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from hean.group_commit import GroupCommit
 
 
@@ -38,3 +40,22 @@ def test_the_engine_shard_waits_as_configured() -> None:
 
     shard = EngineShard(linger_s=0.004)
     assert (shard.group_commit.linger_s, shard.group_commit.window_s) == (0.004, LINGER_WINDOW_S)
+
+
+def test_the_engine_snapshots_at_most_as_often_as_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HEAN_SNAPSHOT_INTERVAL_S: while orders flow, a snapshot is due once the interval passed
+    since the last (or once SNAPSHOT_EVERY commands were logged), not before."""
+    from hean.config import Settings
+    from workers.shard import EngineShard
+
+    monkeypatch.setenv("HEAN_SNAPSHOT_INTERVAL_S", "0.2")
+    shard = EngineShard(snapshot_interval_s=Settings().snapshot_interval_s)
+    log = shard.log
+    log.add("submit_order", {"client_order_id": "a"}, time.time_ns())
+    assert log.committed() is False  # logged, but the interval has not passed
+    time.sleep(0.25)
+    log.add("submit_order", {"client_order_id": "b"}, time.time_ns())
+    assert log.committed() is True
+    monkeypatch.setenv("HEAN_SNAPSHOT_INTERVAL_S", "0")
+    with pytest.raises(ValueError, match=r"HEAN_SNAPSHOT_INTERVAL_S|snapshot_interval_s"):
+        Settings()

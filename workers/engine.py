@@ -42,7 +42,9 @@ log = logging.getLogger(__name__)
 
 #: This worker's shard. The engine queue has exactly one consumer per shard, and it is this
 #: process: every task and handler below works on it.
-SHARD: Final = EngineShard(linger_s=get_settings().engine_linger_ms / 1000.0)
+SHARD: Final = EngineShard(
+    linger_s=get_settings().engine_linger_ms / 1000.0, snapshot_interval_s=get_settings().snapshot_interval_s
+)
 
 
 def _control(changed: bool) -> dict[str, Any]:

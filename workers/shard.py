@@ -8,7 +8,7 @@ engine lives in module globals.
 Durability: every command that changes the engine is appended, with the time it was applied,
 to the Redis stream ``hean:engine:log`` in the same MULTI/EXEC that records its result; a
 snapshot (hash ``hean:engine:snapshot``: ``data``, ``log_id``, ``paused``) is taken after
-control commands, every ``SNAPSHOT_EVERY`` logged commands or ``SNAPSHOT_INTERVAL_S`` seconds,
+control commands, every ``SNAPSHOT_EVERY`` logged commands or ``HEAN_SNAPSHOT_INTERVAL_S`` seconds,
 and at shutdown, and trims the log. A restarted shard restores the snapshot and replays the log
 after it, so no applied order is forgotten; a command whose task was not acknowledged is
 redelivered, and the command journal (hean/command_journal.py) makes sure it runs once.
@@ -96,7 +96,8 @@ class EngineLog:
     MULTI/EXEC as the commands' results (and so that the snapshot knows where it stands).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, interval_s: float = SNAPSHOT_INTERVAL_S) -> None:
+        self.interval_s = interval_s
         self.last_id = "0-0"
         self.pending: list[tuple[str, dict[str, Any]]] = []
         self.since_snapshot = 0
@@ -129,7 +130,7 @@ class EngineLog:
             self.pending.clear()
         due = (
             self.since_snapshot >= SNAPSHOT_EVERY
-            or time.monotonic() - self.snapshot_at >= SNAPSHOT_INTERVAL_S
+            or time.monotonic() - self.snapshot_at >= self.interval_s
         )
         snapshot = self.control_seen or bool(self.since_snapshot and due)
         self.control_seen_last, self.control_seen = self.control_seen, False
@@ -233,12 +234,12 @@ class EngineShard:
     `apply` is the one path that changes it.
     """
 
-    def __init__(self, linger_s: float = 0.0) -> None:
+    def __init__(self, linger_s: float = 0.0, snapshot_interval_s: float = SNAPSHOT_INTERVAL_S) -> None:
         self._lock = threading.Lock()
         self._engine: TradingEngine | None = None
         self.group_commit = GroupCommit(linger_s, LINGER_WINDOW_S)
         self.paused = False
-        self.log = EngineLog()
+        self.log = EngineLog(snapshot_interval_s)
         self.publisher = StatePublisher(self.publish_engine, self.publish_risk_limits)
         self.hooks = BatchHooks(
             after=self._commit_writes, published=self._after_commit, state_first=self._state_first
