@@ -137,7 +137,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         print(
-            f"acked={report.acked} applied={report.applied} answered={report.answered} "
+            f"acked={report.acked} (ack journaled: {report.ack_journaled}) applied={report.applied} "
+            f"answered={report.answered} "
             f"in_flight={report.in_flight} missing={report.missing_count} "
             f"duplicated={report.duplicated_count} history_lag_s={report.history_lag_s:.2f} "
             f"engine={report.engine}"

@@ -29,16 +29,21 @@ LISTED = 1000
 class Reconciliation:
     """Counts per kind over commands received in [since, until) (None: unbounded).
 
-    acked: commands whose ack was sent; applied: commands a worker ran (a result recorded);
-    answered: commands with a result; in_flight: acked commands the window holds unanswered
-    (queued or running); missing: acked commands with no result that are not in flight;
-    duplicated: commands a worker ran more than once. `history_lag_s` is the age of the oldest
+    acked: commands accepted, i.e. reserved and queued (one atomic step, before the ack is
+    sent), each of which must run exactly once; `ack_journaled` of them have their sent ack on
+    record (a web process that dies between the enqueue and the ack's journaling leaves a
+    command accepted without one; its sender resends and runs it once all the same);
+    applied: commands a worker ran (a result recorded); answered: commands with a result;
+    in_flight: accepted commands the window holds unanswered (queued or running); missing:
+    accepted commands with no result that are not in flight; duplicated: commands a worker ran
+    more than once. `history_lag_s` is the age of the oldest
     entry not yet in the database when the counts were taken.
     """
 
     since: float | None
     until: float | None
     acked: int = 0
+    ack_journaled: int = 0
     applied: int = 0
     answered: int = 0
     in_flight: int = 0
@@ -144,20 +149,22 @@ def _once(
         clauses = [c for c in (where, *extra) if c is not None]
         return query.where(and_(*clauses)) if clauses else query
 
-    unanswered = and_(commands.c.ack_ms.is_not(None), commands.c.result.is_(None))
+    unanswered = commands.c.result.is_(None)
     twice = commands.c.runs > 1
     try:
         with store.db.connect() as connection:
-            report.acked = int(connection.execute(counted(commands.c.ack_ms.is_not(None))).scalar() or 0)
+            report.acked = int(connection.execute(counted()).scalar() or 0)
+            journaled = counted(commands.c.ack_ms.is_not(None))
+            report.ack_journaled = int(connection.execute(journaled).scalar() or 0)
             report.applied = int(connection.execute(counted(commands.c.runs >= 1)).scalar() or 0)
             report.answered = int(connection.execute(counted(commands.c.result.is_not(None))).scalar() or 0)
             gone = list(connection.execute(listed(unanswered)).scalars())
             report.duplicated = list(connection.execute(listed(twice)).scalars())
             report.duplicated_count = int(connection.execute(counted(twice)).scalar() or 0)
             unanswered_count = int(connection.execute(counted(unanswered)).scalar() or 0)
-            # acked commands of the window the database does not have yet (no time known: they
-            # are the newest, counted when the range is open-ended)
-            fresh = [rid for rid, fields in window.items() if "a" in fields]
+            # accepted commands of the window the database does not have yet (no time known:
+            # they are the newest, counted when the range is open-ended)
+            fresh = list(window)
             known = store.lookup(fresh) if fresh and until is None else {}
     except HistoryUnavailable:
         raise
@@ -166,8 +173,9 @@ def _once(
     if until is None:
         extra = [rid for rid in fresh if rid not in known]
         report.acked += len(extra)
+        report.ack_journaled += sum(1 for rid in extra if "a" in window[rid])
         report.answered += sum(1 for rid in extra if "r" in window[rid])
-    in_flight = {rid for rid, fields in window.items() if "a" in fields and "r" not in fields}
+    in_flight = {rid for rid, fields in window.items() if "r" not in fields}
     report.in_flight = len(in_flight)
     report.missing = [rid for rid in gone if rid not in in_flight and "r" not in window.get(rid, {})]
     report.missing_count = unanswered_count - (len(gone) - len(report.missing))

@@ -348,11 +348,16 @@ def test_reconcile_finds_nothing_missing_then_a_lost_and_a_doubled_command(histo
                     "received_at_ms": time.time() * 1000}  # fmt: skip
         store.xadd("hean:history", {"c": json.dumps(envelope)})
         store.xadd("hean:history", {"a": f"{lost} 1.5"})
+        # accepted (reserved and queued) but its ack never journaled: the web process died
+        # before it could; it must run all the same, so it counts as accepted, and missing here
+        unjournaled = "unjournaled-" + uuid.uuid4().hex
+        envelope = dict(envelope, request_id=unjournaled, received_at_ms=time.time() * 1000 + 1)
+        store.xadd("hean:history", {"c": json.dumps(envelope)})
         again = journal.get(ids[0])["result"]
         store.xadd("hean:history", {"r": json.dumps(again)})
         report = reconcile(store, journal.history, since=started, settle_s=10)
-        assert (report.missing, report.duplicated) == ([lost], [ids[0]]), report
-        assert not report.ok and report.acked == 11 and report.applied == 10
+        assert (report.missing, report.duplicated) == ([lost, unjournaled], [ids[0]]), report
+        assert not report.ok and report.acked == 12 and report.ack_journaled == 11 and report.applied == 10
 
         env = dict(history["env"])
         cli = subprocess.run(
@@ -360,7 +365,7 @@ def test_reconcile_finds_nothing_missing_then_a_lost_and_a_doubled_command(histo
             env=env, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert cli.returncode == 1, cli.stderr
-        assert json.loads(cli.stdout)["missing"] == [lost]
+        assert json.loads(cli.stdout)["missing"] == [lost, unjournaled]
         cli = subprocess.run(
             [str(Path(sys.executable).parent / "hean"), "reconcile", "--to", str(started)],
             env=env, capture_output=True, text=True, timeout=60,
@@ -368,7 +373,7 @@ def test_reconcile_finds_nothing_missing_then_a_lost_and_a_doubled_command(histo
         assert cli.returncode == 0 and cli.stdout.strip().endswith("ok"), cli.stdout + cli.stderr
 
         status, body = rest(history, f"/api/reconcile?from={started}")
-        assert status == 200 and body["ok"] is False and body["missing"] == [lost], body
+        assert status == 200 and body["ok"] is False and body["missing"] == [lost, unjournaled], body
         assert rest(history, "/api/reconcile?since=1")[0] == 400
         assert rest(history, "/api/reconcile", token=None)[0] == 401
         assert isinstance(journal.history, HistoryStore)
