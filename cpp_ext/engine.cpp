@@ -342,9 +342,13 @@ u64 fnv1a(const char* data, std::size_t n) noexcept {
 
 class Writer {
  public:
+  void reserve(std::size_t n) { out_.reserve(n); }
   void u8(std::uint8_t v) { out_.push_back(static_cast<char>(v)); }
   void u64v(u64 v) {
-    for (int i = 0; i < 8; ++i) out_.push_back(static_cast<char>((v >> (8 * i)) & 0xFF));
+    // one 8-byte append, not eight push_backs (a 100,000-id snapshot writes ~1.5M of these)
+    char bytes[8];
+    for (int i = 0; i < 8; ++i) bytes[i] = static_cast<char>((v >> (8 * i)) & 0xFF);
+    out_.append(bytes, sizeof bytes);
   }
   void i64v(i64 v) { u64v(static_cast<u64>(v)); }
   void str(const std::string& s) {
@@ -791,6 +795,8 @@ std::string Engine::snapshot() const {
   std::lock_guard<std::mutex> lock(mutex_);
   const Core& c = core_;
   Writer w;
+  // what the records below take, give or take: one allocation instead of ~20 regrowths
+  w.reserve(4096 + c.symbols.size() * 128 + c.open.size() * 128 + c.seen.size() * 80);
   w.raw(kMagic, sizeof kMagic);
   w.u64v(kSnapshotVersion);
   w.i64v(c.config.starting_equity);
