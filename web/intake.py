@@ -24,6 +24,7 @@ from hean import metrics
 from hean.celery_wire import batch_frame
 from hean.command_journal import CommandJournal, Reservation
 from hean.commands import command_names, get_command, validation_error
+from hean.commands.fast_params import params_json
 from hean.group_commit import GroupCommit
 from hean.history import HistoryUnavailable
 from hean.messages import (
@@ -157,13 +158,11 @@ class CommandIntake:
                 status=404,
             )
         try:
-            params = spec.params.model_validate(request.params)
+            params = params_json(spec.params, request.params)
         except ValidationError as exc:
             return reject(validation_error(exc, "invalid_params", prefix="params."), status=422)
 
-        encoded = envelope_json(
-            request_id, spec.name, params.model_dump_json(exclude_unset=True), reply_to, received_ms
-        )
+        encoded = envelope_json(request_id, spec.name, params, reply_to, received_ms)
         if len(encoded) > MAX_COMMAND_BYTES:
             return reject(
                 ErrorInfo(
