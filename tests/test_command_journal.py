@@ -1,0 +1,74 @@
+"""The journal's reservation script on a real Redis: the broker message it builds from the
+envelopes (escaping them itself) is the one `escape_envelope` + `MessageFrame.message` build,
+and the history stream gets the envelopes as they were sent."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+import redis
+
+from hean.celery_wire import batch_envelopes, batch_frame, escape_envelope
+from hean.command_journal import CommandJournal
+from hean.messages import envelope_json
+from hean.topology import BATCH_TASKS, ENGINE_QUEUE, HISTORY_STREAM_KEY
+from workers.app import app
+
+
+def envelope(request_id: str, params: dict[str, Any]) -> str:
+    return envelope_json(request_id, "submit_order", json.dumps(params, ensure_ascii=False), "sid-1", 1.5)
+
+
+ASCII = {"symbol": "BTC/USDT", "note": 'quote " backslash \\ newline \n tab \t nul \x00 del \x7f'}
+UNICODE = {"note": "é ✓ \u2028 𝄞"}
+
+
+@pytest.mark.parametrize(
+    ("params", "same_bytes"), [({}, True), (ASCII, True), (UNICODE, False)], ids=["empty", "ascii", "unicode"]
+)
+def test_the_queued_message_is_the_frame_around_the_escaped_envelopes(
+    redis_client: redis.Redis, params: dict[str, Any], same_bytes: bool
+) -> None:
+    journal = CommandJournal(redis_client)
+    queue = f"journal-{uuid.uuid4().hex[:8]}"
+    ids = [f"j-{uuid.uuid4().hex}" for _ in range(3)]
+    envelopes = [envelope(rid, {**params, "i": i}) for i, rid in enumerate(ids)]
+    frame = batch_frame(app, BATCH_TASKS[ENGINE_QUEUE], queue, "batch-1", "submit_order")
+    redis_client.delete(HISTORY_STREAM_KEY)
+
+    reservations = journal.reserve_and_enqueue(
+        [(rid, "submit_order", env) for rid, env in zip(ids, envelopes, strict=True)], queue, frame
+    )
+
+    assert [r.new for r in reservations] == [True, True, True]
+    (raw,) = redis_client.lrange(queue, 0, -1)
+    message = raw.decode()
+    expected = frame.message([escape_envelope(env) for env in envelopes])
+    if same_bytes:  # escape_envelope writes non-ASCII as \u escapes, the script as it is
+        assert message == expected
+    assert json.loads(message) == json.loads(expected)
+    assert batch_envelopes(raw) == [json.loads(env) for env in envelopes]
+    ((_, fields),) = redis_client.xrange(HISTORY_STREAM_KEY)
+    assert fields[b"c"].decode() == "\n".join(envelopes)
+
+
+def test_a_reserved_request_id_is_not_enqueued_again(redis_client: redis.Redis) -> None:
+    journal = CommandJournal(redis_client)
+    queue = f"journal-{uuid.uuid4().hex[:8]}"
+    frame = batch_frame(app, BATCH_TASKS[ENGINE_QUEUE], queue, "batch-1", "submit_order")
+    first, second = (f"j-{uuid.uuid4().hex}" for _ in range(2))
+    journal.reserve_and_enqueue([(first, "submit_order", envelope(first, ASCII))], queue, frame)
+
+    again = journal.reserve_and_enqueue(
+        [(first, "submit_order", envelope(first, ASCII)), (second, "submit_order", envelope(second, {}))],
+        queue,
+        frame,
+    )
+
+    assert [r.new for r in again] == [False, True]
+    newest = redis_client.lindex(queue, 0)
+    assert newest is not None
+    assert [e["request_id"] for e in batch_envelopes(newest)] == [second]
