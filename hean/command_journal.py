@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import redis
 
 from hean import fastjson
-from hean.celery_wire import MessageFrame
+from hean.celery_wire import MessageFrame, escape_envelope
 from hean.messages import ack_message
 from hean.redis_client import NOT_DURABLE, Durability, run_script, text
 from hean.topology import HISTORY_STREAM_KEY
@@ -75,28 +75,15 @@ end
 # Reserve request ids and enqueue the new ones in the same atomic step, after journaling the
 # acks of earlier commands (so a repeated id in this very batch already finds its ack).
 # KEYS: n journal keys, the broker list, the history stream, then m journal keys of earlier
-# acks. ARGV: n, then n command names, n encoded envelopes, the message frame: prefix, suffix,
-# body head and body tail (the message is prefix + '"' + head + the envelopes, escaped for a
-# JSON string, joined by ',' + tail + '"' + suffix), then m and m ack times. Returns, per key,
-# 1 when new, else its window fields {c, a, r, d}.
-#
-# The script escapes the envelopes itself (backslash and quote; control characters, which
-# compact JSON never holds raw, as \u00XX; other characters stay as they are, valid in a JSON
-# string): sent escaped as well, a command crossed the socket twice, and in 100-order commands
-# the web process's send to Redis was a twentieth of its CPU. tests/test_command_journal.py
-# holds the message equal to `MessageFrame.message` of `escape_envelope`'s.
+# acks. ARGV: n, then n command names, n encoded envelopes, n string-escaped envelopes, the
+# message frame: prefix, suffix, body head and body tail (the message is prefix + '"' + head +
+# escaped envelopes joined by ',' + tail + '"' + suffix), then m and m ack times. Returns, per
+# key, 1 when new, else its window fields {c, a, r, d}.
 _RESERVE = (
     _ACKS_LUA
     + """
-local function escaped(s)
-  s = string.gsub(s, '[\\\\"]', '\\\\%0')
-  if string.find(s, '%c') then
-    s = string.gsub(s, '%c', function(c) return string.format('\\\\u%04x', string.byte(c)) end)
-  end
-  return s
-end
 local n = tonumber(ARGV[1])
-local f = 1 + 2 * n
+local f = 1 + 3 * n
 local hist = KEYS[n + 2]
 journal_acks(hist, n + 3, f + 6, tonumber(ARGV[f + 5] or '0'))
 local out, fresh, plain = {}, {}, {}
@@ -106,7 +93,7 @@ for i = 1, n do
     redis.call('HSET', key, 'c', ARGV[1 + i])
     out[i] = 1
     plain[#plain + 1] = ARGV[1 + n + i]
-    fresh[#fresh + 1] = escaped(ARGV[1 + n + i])
+    fresh[#fresh + 1] = ARGV[1 + 2 * n + i]
   else
     out[i] = redis.call('HMGET', key, 'c', 'a', 'r', 'd')
   end
@@ -286,6 +273,7 @@ class CommandJournal:
         keys = [journal_key(rid) for rid, _, _ in items] + [queue_key, HISTORY_STREAM_KEY]
         keys += [journal_key(ack["request_id"]) for ack in earlier_acks]
         args: list[Any] = [len(items), *(name for _, name, _ in items), *(env for _, _, env in items)]
+        args += [escape_envelope(env) for _, _, env in items]
         args += [frame.prefix, frame.suffix, frame.body_head, frame.body_tail]
         args += [len(earlier_acks), *(repr(ack["ack_time_ms"]) for ack in earlier_acks)]
         reply = run_script(self._client.connection_pool, _RESERVE, keys, args, durable)
