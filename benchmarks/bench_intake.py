@@ -7,9 +7,8 @@ Steps, for a 100-order `submit_orders` command and a single `submit_order`:
   models (`model_validate` + `model_dump_json`), which it replaced for orders;
 - intake check: `CommandIntake._check` (request, params, envelope) with the fast path and with
   the models;
-- reserve script: the web's side of the journal's reservation script on a private Redis (CPU of
-  this process per call, Redis's own not counted) against the same call also sending each
-  envelope escaped, as the web did before the script escaped them itself;
+- envelope escape: the envelope escaped for the broker message's body string
+  (`hean.celery_wire.escape_envelope`, orjson) against the standard library's encoder;
 - pub/sub push: what redis-py 8.1's own pub/sub handler spent per result message (building a
   debug line from the message, redis/redis-py#4230) against the listener's own handler.
 
@@ -19,11 +18,9 @@ Never fails on speed. Usage: python benchmarks/bench_intake.py [--repeat R] [--n
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-import tempfile
-import time
 import timeit
-import uuid
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -33,12 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import print_table
 
 from hean import fastjson
-from hean.celery_wire import MessageFrame, batch_frame, escape_envelope
-from hean.command_journal import CommandJournal
+from hean.celery_wire import escape_envelope
 from hean.commands import get_command
 from hean.commands.fast_params import params_json
-from hean.redis_server import PrivateRedis
-from hean.topology import BATCH_TASKS, ENGINE_QUEUE
 
 
 def order(i: int) -> dict[str, Any]:
@@ -61,17 +55,6 @@ def models_json(model: Any, params: Any) -> str:
 
 def best_us(call: Callable[[], Any], repeat: int, number: int) -> float:
     return min(timeit.repeat(call, number=number, repeat=repeat)) / number * 1e6
-
-
-def cpu_us(call: Callable[[], Any], repeat: int, number: int) -> float:
-    """Min over `repeat` runs of this process's CPU time per call (I/O waits not counted)."""
-    runs = []
-    for _ in range(repeat):
-        started = time.process_time()
-        for _ in range(number):
-            call()
-        runs.append((time.process_time() - started) / number * 1e6)
-    return min(runs)
 
 
 def row(step: str, size: str, before: float, after: float, per: int) -> list[object]:
@@ -106,42 +89,24 @@ def validation_rows(data: dict[str, Any], size: str, repeat: int, number: int) -
     return rows
 
 
-def reserve(journal: CommandJournal, frame: MessageFrame, command: str, encoded: str, before: bool) -> None:
-    """One reservation of a new request id, as the web makes it (`before`: as it was made)."""
-    # before, the web also escaped each envelope and sent it a second time: here as the id of
-    # an earlier ack to journal (the same bytes on the wire, the same work in this process)
-    acks = [{"request_id": escape_envelope(encoded), "ack_time_ms": 0.0}] if before else []
-    journal.reserve_and_enqueue([(uuid.uuid4().hex, command, encoded)], "bench-queue", frame, acks)
-    journal.client.ltrim("bench-queue", 0, 0)
-
-
-def reserve_rows(repeat: int, number: int) -> list[list[object]]:
-    import redis
-
+def escape_rows(repeat: int, number: int) -> list[list[object]]:
     import web.intake as intake
-    from workers.app import app
 
     rows = []
     checker = intake.CommandIntake.__new__(intake.CommandIntake)
-    frame = batch_frame(app, BATCH_TASKS[ENGINE_QUEUE], "bench-queue", "batch-1", "submit_orders")
-    with tempfile.TemporaryDirectory() as home:
-        server = PrivateRedis(Path(home))
-        client = redis.Redis.from_url(server.start())
-        try:
-            journal = CommandJournal(client)
-            for size, data in commands().items():
-                pending = checker._check(data, "sid")
-                assert isinstance(pending, intake.PendingCommand)
-                calls = max(20, number // 4)
-                before = cpu_us(partial(reserve, journal, frame, data["command"], pending.encoded, True),
-                                repeat, calls)  # fmt: skip
-                after = cpu_us(partial(reserve, journal, frame, data["command"], pending.encoded, False),
-                               repeat, calls)  # fmt: skip
-                rows.append(row("reserve script (web CPU)", size, before, after, len(orders_in(data))))
-        finally:
-            client.close()
-            server.stop()
+    for size, data in commands().items():
+        pending = checker._check(data, "sid")
+        assert isinstance(pending, intake.PendingCommand)
+        assert json.loads(f'"{escape_envelope(pending.encoded)}"') == pending.encoded
+        before = best_us(partial(stdlib_escape, pending.encoded), repeat, number)
+        after = best_us(partial(escape_envelope, pending.encoded), repeat, number)
+        rows.append(row("envelope escape", size, before, after, len(orders_in(data))))
     return rows
+
+
+def stdlib_escape(encoded: str) -> str:
+    """What `escape_envelope` did before: the standard library's encoder."""
+    return json.dumps(encoded)[1:-1]
 
 
 def push_row(data: dict[str, Any], size: str, repeat: int, number: int) -> list[object]:
@@ -175,7 +140,7 @@ def main() -> None:
     rows: list[list[object]] = []
     for size, data in commands().items():
         rows += validation_rows(data, size, args.repeat, args.number)
-    rows += reserve_rows(args.repeat, args.number)
+    rows += escape_rows(args.repeat, args.number)
     for size, data in commands().items():
         rows.append(push_row(data, size, args.repeat, args.number))
     print_table(
