@@ -10,7 +10,9 @@ Steps, for a 100-order `submit_orders` command and a single `submit_order`:
 - envelope escape: the envelope escaped for the broker message's body string
   (`hean.celery_wire.escape_envelope`, orjson) against the standard library's encoder;
 - pub/sub push: what redis-py 8.1's own pub/sub handler spent per result message (building a
-  debug line from the message, redis/redis-py#4230) against the listener's own handler.
+  debug line from the message, redis/redis-py#4230) against the listener's own handler;
+- result message decode: a worker's result message read by hean.fastjson against
+  `web.bus.decode_message` (orjson alone for messages holding only text).
 
 Never fails on speed. Usage: python benchmarks/bench_intake.py [--repeat R] [--number N]
 """
@@ -33,6 +35,8 @@ from hean import fastjson
 from hean.celery_wire import escape_envelope
 from hean.commands import get_command
 from hean.commands.fast_params import params_json
+from hean.messages import PACKET_METHOD
+from web.bus import decode_message
 
 
 def order(i: int) -> dict[str, Any]:
@@ -120,6 +124,21 @@ def push_row(data: dict[str, Any], size: str, repeat: int, number: int) -> list[
                best_us(partial(as_is, push), repeat, number), len(results))  # fmt: skip
 
 
+def decode_row(data: dict[str, Any], size: str, repeat: int, number: int) -> list[object]:
+    """A worker's result message as the web reads it off the queue: by hean.fastjson (which scans
+    for long digit runs before trusting orjson) against web.bus.decode_message."""
+    results = [{"client_order_id": o["client_order_id"], "order_id": i, "status": "FILLED",
+                "filled_quantity": "0.00100000", "fill_price": "50000.00000000"}
+               for i, o in enumerate(orders_in(data))]  # fmt: skip
+    packet = "2" + fastjson.dumps(["command_result", {"request_id": "r", "result": {"results": results}}])
+    message = {"method": PACKET_METHOD, "packet": packet, "room": "sid", "request_id": "r"}
+    raw = fastjson.dumps(message).encode()
+    assert decode_message(raw, fastjson.loads) == fastjson.loads(raw)
+    before = best_us(partial(fastjson.loads, raw), repeat, number)
+    after = best_us(partial(decode_message, raw, fastjson.loads), repeat, number)
+    return row("result message decode", size, before, after, len(results))
+
+
 def redis_py_handler(response: Any) -> Any:
     """The work of redis-py 8.1's handler at any log level (its logger.debug call aside)."""
     _ = "Push response: " + str(response)
@@ -143,6 +162,7 @@ def main() -> None:
     rows += escape_rows(args.repeat, args.number)
     for size, data in commands().items():
         rows.append(push_row(data, size, args.repeat, args.number))
+        rows.append(decode_row(data, size, args.repeat, args.number))
     print_table(
         f"web CPU per command, before -> after (min of {args.repeat} runs)",
         ["step", "command", "before us", "after us", "us per order", "ratio"],
