@@ -292,6 +292,12 @@ class CommandJournal:
                 return Reservation(new=False, ack=ack or record.ack, result=record.result)
         return Reservation(new=False, ack=ack)
 
+    def window_ack(self, request_id: str) -> dict[str, Any] | None:
+        """The ack the window holds for `request_id` (None: not journaled, or not in the window)."""
+        fields = self._client.hmget(journal_key(request_id), "c", "a")
+        command, ack_ms = (None if v is None else text(v) for v in fields)
+        return rebuild_ack(request_id, command, float(ack_ms) if ack_ms else None)
+
     def record_acks(self, acks: Sequence[dict[str, Any]]) -> None:
         """Journal acks no batch carried (window and history stream, one round trip)."""
         if not acks:

@@ -1,11 +1,12 @@
 """The journal's reservation script on a real Redis: the broker message it builds is the one
 `escape_envelope` + `MessageFrame.message` build (and kombu reads), and the history stream gets
-the envelopes as they were sent."""
+the envelopes as they were sent. A repeated request id gets the ack that was sent."""
 
 from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +14,10 @@ import redis
 
 from hean.celery_wire import batch_envelopes, batch_frame, escape_envelope
 from hean.command_journal import CommandJournal
-from hean.messages import envelope_json
+from hean.db import commands, open_database
+from hean.history import HistoryStore
+from hean.messages import ack_message, envelope_json
+from hean.redis_client import DurabilityRule
 from hean.topology import BATCH_TASKS, ENGINE_QUEUE, HISTORY_STREAM_KEY
 from workers.app import app
 
@@ -73,3 +77,49 @@ def test_a_reserved_request_id_is_not_enqueued_again(redis_client: redis.Redis) 
     newest = redis_client.lindex(queue, 0)
     assert newest is not None
     assert [e["request_id"] for e in batch_envelopes(newest)] == [second]
+
+
+def test_the_window_gives_back_a_journaled_ack(redis_client: redis.Redis) -> None:
+    journal = CommandJournal(redis_client)
+    frame = batch_frame(app, BATCH_TASKS[ENGINE_QUEUE], "journal-acks", "batch-1", "stop")
+    request_id = f"j-{uuid.uuid4().hex}"
+    journal.reserve_and_enqueue([(request_id, "stop", envelope(request_id, {}))], "journal-acks", frame)
+    assert journal.window_ack(request_id) is None  # sent, not journaled yet
+    journal.record_acks([ack_message(request_id, "stop", True, 1.25)])
+    assert journal.window_ack(request_id) == ack_message(request_id, "stop", True, 1.25)
+    assert journal.window_ack("j-never-seen") is None
+
+
+def test_a_repeat_answered_by_the_database_before_its_ack_got_there_gets_the_original_ack(
+    redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    # The history writer may store a command's result before its ack (journaled up to 20 ms
+    # after it was sent): the repeat still gets the ack that was sent, not a new one.
+    from web.intake import CommandWriter, PendingCommand
+
+    history = HistoryStore(open_database(f"sqlite:///{tmp_path}/history.db"))
+    journal = CommandJournal(redis_client, history=history)
+    writer = CommandWriter(app, journal, DurabilityRule(fsync="off"))
+    frame = batch_frame(app, BATCH_TASKS[ENGINE_QUEUE], "journal-db", "batch-1", "stop")
+    result = {"request_id": "", "command": "stop", "success": True, "result": {}, "execution_time_ms": 1.0}
+    sent = []
+    for where in ("window", "process"):
+        request_id = f"j-{uuid.uuid4().hex}"
+        journal.reserve_and_enqueue([(request_id, "stop", envelope(request_id, {}))], "journal-db", frame)
+        sent.append(ack_message(request_id, "stop", True, 2.5))
+        if where == "window":
+            journal.record_acks(sent[-1:])
+        else:  # sent by this process, not journaled yet
+            writer._unjournaled.append(sent[-1])
+        with history.db.begin() as connection:
+            connection.execute(commands.insert().values(
+                request_id=request_id, command="stop", result=json.dumps({**result, "request_id": request_id})
+            ))  # fmt: skip
+
+    repeats = [PendingCommand(ack["request_id"], "stop", ENGINE_QUEUE, "{}", 0.0) for ack in sent]
+    assert writer._answered_before(repeats) == []  # all answered from the database
+    for pending, ack in zip(repeats, sent, strict=True):
+        assert pending.outcome is not None
+        assert pending.outcome.ack == {**ack, "duplicate": True}
+        assert pending.outcome.earlier_result is not None
+        assert pending.outcome.earlier_result["request_id"] == ack["request_id"]
