@@ -12,17 +12,29 @@ Steps, for a 100-order `submit_orders` command and a single `submit_order`:
 - pub/sub push: what redis-py 8.1's own pub/sub handler spent per result message (building a
   debug line from the message, redis/redis-py#4230) against the listener's own handler;
 - result message decode: a worker's result message read by hean.fastjson against
-  `web.bus.decode_message` (orjson alone for messages holding only text).
+  `web.bus.decode_message` (orjson alone for messages holding only text);
+- reservation: the writer's reserve-and-enqueue script on a private Redis, in a child process
+  under eventlet as the web runs it (wall time, Redis's own included), on a connection checked
+  out of the process's pool each time against the writer's own (`hean.redis_client.OwnConnection`).
 
 Never fails on speed. Usage: python benchmarks/bench_intake.py [--repeat R] [--number N]
 """
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--reservations"]:  # the child: eventlet first
+    import eventlet
+
+    eventlet.monkey_patch()
+
 import argparse
 import json
-import sys
+import subprocess
+import tempfile
 import timeit
+import uuid
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -36,6 +48,7 @@ from hean.celery_wire import escape_envelope
 from hean.commands import get_command
 from hean.commands.fast_params import params_json
 from hean.messages import PACKET_METHOD
+from hean.redis_server import PrivateRedis
 from web.bus import decode_message
 
 
@@ -149,7 +162,56 @@ def as_is(response: Any) -> Any:
     return response
 
 
+def reservations(repeat: int, number: int) -> None:
+    """(In the child, under eventlet) print the reservation timings as JSON: per command size,
+    [pooled us, own connection us]."""
+    import redis
+
+    import web.intake as intake
+    from hean.celery_wire import batch_frame
+    from hean.command_journal import CommandJournal
+    from hean.topology import BATCH_TASKS, ENGINE_QUEUE
+    from workers.app import app
+
+    checker = intake.CommandIntake.__new__(intake.CommandIntake)
+    frame = batch_frame(app, BATCH_TASKS[ENGINE_QUEUE], "bench-queue", "batch-1", "submit_orders")
+    out = {}
+    with tempfile.TemporaryDirectory() as home:
+        server = PrivateRedis(Path(home))
+        client = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(server.start()))
+        try:
+            pooled = CommandJournal(client)
+            own = pooled.with_own_connection()
+            for size, data in commands().items():
+                pending = checker._check(data, "sid")
+                assert isinstance(pending, intake.PendingCommand)
+                out[size] = [best_us(partial(reserve, journal, frame, data["command"], pending.encoded),
+                                     repeat, number) for journal in (pooled, own)]  # fmt: skip
+                client.delete("bench-queue")
+        finally:
+            client.close()
+            server.stop()
+    print(json.dumps(out))
+
+
+def reserve(journal: Any, frame: Any, command: str, encoded: str) -> None:
+    journal.reserve_and_enqueue([(uuid.uuid4().hex, command, encoded)], "bench-queue", frame)
+
+
+def reservation_rows(repeat: int, number: int) -> list[list[object]]:
+    child = subprocess.run(
+        [sys.executable, __file__, "--reservations", str(repeat), str(max(20, number // 4))],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    timings = json.loads(child.stdout.strip().splitlines()[-1])
+    return [row("reservation (eventlet, wall)", size, pooled, own, len(orders_in(data)))
+            for (size, data) in commands().items() for pooled, own in [timings[size]]]  # fmt: skip
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--reservations"]:
+        reservations(int(sys.argv[2]), int(sys.argv[3]))
+        return
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -163,6 +225,7 @@ def main() -> None:
     for size, data in commands().items():
         rows.append(push_row(data, size, args.repeat, args.number))
         rows.append(decode_row(data, size, args.repeat, args.number))
+    rows += reservation_rows(args.repeat, args.number)
     print_table(
         f"web CPU per command, before -> after (min of {args.repeat} runs)",
         ["step", "command", "before us", "after us", "us per order", "ratio"],

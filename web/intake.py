@@ -193,7 +193,8 @@ class CommandWriter:
     ) -> None:
         self._celery = celery_app
         self._group_commit = GroupCommit(linger_s, LINGER_WINDOW_S)
-        self._journal = journal
+        # the writer and the acks' greenlet take turns (`_journal_lock`) on one connection
+        self._journal = journal.with_own_connection()
         self._durability_rule = durability
         self._durability: Durability | None = None  # decided at the first batch (asks Redis)
         self._queue: queue.Queue[PendingCommand] = queue.Queue()
