@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
+from hean import fastjson
 from hean.redis_client import run_script
 
 if TYPE_CHECKING:  # the library imports no Celery at run time; callers hand in their app
@@ -64,8 +65,13 @@ class MessageFrame:
 
 
 def escape_envelope(encoded: str) -> str:
-    """An encoded envelope (JSON text) escaped for use inside the message's body string."""
-    return json.dumps(encoded)[1:-1]
+    """An encoded envelope (JSON text) escaped for use inside the message's body string.
+
+    By orjson (hean.fastjson): the intake escapes every envelope it enqueues, and the standard
+    library's encoder took ~15 us for a 100-order command, orjson ~1.5 us. Characters beyond
+    ASCII stay as they are (valid in a JSON string) where the standard library writes \\u
+    escapes: the same string once decoded."""
+    return fastjson.dumps(encoded)[1:-1]
 
 
 _BODY = "__HEAN_BODY__"

@@ -34,7 +34,7 @@ import redis
 from hean import fastjson
 from hean.celery_wire import MessageFrame, escape_envelope
 from hean.messages import ack_message
-from hean.redis_client import NOT_DURABLE, Durability, run_script, text
+from hean.redis_client import NOT_DURABLE, ConnectionSource, Durability, OwnConnection, run_script, text
 from hean.topology import HISTORY_STREAM_KEY
 
 
@@ -242,9 +242,18 @@ class CommandJournal:
     `history` (the database) answers for request ids that left the window.
     """
 
-    def __init__(self, client: redis.Redis, history: History | None = None) -> None:
+    def __init__(
+        self, client: redis.Redis, history: History | None = None, scripts: ConnectionSource | None = None
+    ) -> None:
         self._client = client
         self.history = history
+        # where the intake's scripts (reserve_and_enqueue, record_acks) get their connection
+        self._scripts: ConnectionSource = scripts or client.connection_pool
+
+    def with_own_connection(self) -> CommandJournal:
+        """This journal, its intake scripts run on one connection of its own (hean.redis_client.
+        OwnConnection: no pool checkout per call; callers take turns on it)."""
+        return CommandJournal(self._client, self.history, OwnConnection(self._client.connection_pool))
 
     @property
     def client(self) -> redis.Redis:
@@ -276,7 +285,7 @@ class CommandJournal:
         args += [escape_envelope(env) for _, _, env in items]
         args += [frame.prefix, frame.suffix, frame.body_head, frame.body_tail]
         args += [len(earlier_acks), *(repr(ack["ack_time_ms"]) for ack in earlier_acks)]
-        reply = run_script(self._client.connection_pool, _RESERVE, keys, args, durable)
+        reply = run_script(self._scripts, _RESERVE, keys, args, durable)
         return [self._reservation(rid, r) for (rid, _, _), r in zip(items, reply, strict=True)]
 
     def _reservation(self, request_id: str, reply: Any) -> Reservation:
@@ -292,12 +301,18 @@ class CommandJournal:
                 return Reservation(new=False, ack=ack or record.ack, result=record.result)
         return Reservation(new=False, ack=ack)
 
+    def window_ack(self, request_id: str) -> dict[str, Any] | None:
+        """The ack the window holds for `request_id` (None: not journaled, or not in the window)."""
+        fields = self._client.hmget(journal_key(request_id), "c", "a")
+        command, ack_ms = (None if v is None else text(v) for v in fields)
+        return rebuild_ack(request_id, command, float(ack_ms) if ack_ms else None)
+
     def record_acks(self, acks: Sequence[dict[str, Any]]) -> None:
         """Journal acks no batch carried (window and history stream, one round trip)."""
         if not acks:
             return
         keys = [HISTORY_STREAM_KEY, *(journal_key(ack["request_id"]) for ack in acks)]
-        run_script(self._client.connection_pool, _RECORD_ACKS, keys, [repr(a["ack_time_ms"]) for a in acks])
+        run_script(self._scripts, _RECORD_ACKS, keys, [repr(a["ack_time_ms"]) for a in acks])
 
     def start_many(self, request_ids: Sequence[str]) -> list[dict[str, Any] | str | None]:
         """Mark commands started; for those that already ran, their stored result (or a marker,

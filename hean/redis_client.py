@@ -9,7 +9,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import redis
 from redis.exceptions import (
@@ -173,6 +173,40 @@ def sync_client() -> redis.Redis:
     return redis.Redis(connection_pool=pool)
 
 
+class ConnectionSource(Protocol):
+    """Where `run_script` gets its connection and gives it back: a redis-py pool, or one
+    connection of a caller's own (`OwnConnection`)."""
+
+    def get_connection(self) -> Any: ...
+
+    def release(self, connection: Any) -> None: ...
+
+
+class OwnConnection:
+    """One connection made by `pool` (with its settings, and dropped with it), lent to one caller
+    at a time without the pool's checks.
+
+    redis-py's pools ask each connection they hand out whether its socket holds unread data;
+    under eventlet that is a green select, a trip through the hub, and with the blocking pool's
+    queue a checkout cost ~60 us of the web process's time, measured (benchmarks/bench_intake.py),
+    more than a PING's round trip on the connection itself (~30 us). `run_script` leaves nothing
+    unread on a connection it gives back (it drops one that failed mid-command, and the next
+    command reconnects it), so the web's command writer, which runs every journal script, owns
+    one.
+    """
+
+    def __init__(self, pool: redis.ConnectionPool) -> None:
+        self._connection = pool.make_connection()
+        self._lock = threading.Lock()
+
+    def get_connection(self) -> Any:
+        self._lock.acquire()
+        return self._connection
+
+    def release(self, connection: Any) -> None:
+        self._lock.release()
+
+
 @functools.cache
 def script_sha(source: str) -> str:
     """The SHA1 by which Redis knows a Lua script."""
@@ -194,7 +228,7 @@ def _script_exchange(conn: Any, script: tuple[Any, ...], durable: Durability) ->
 
 
 def run_script(
-    pool: redis.ConnectionPool,
+    pool: ConnectionSource,
     source: str,
     keys: Sequence[Any],
     args: Sequence[Any],

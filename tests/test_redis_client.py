@@ -5,6 +5,7 @@ so the tests of what they share run for both."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -14,7 +15,14 @@ import pytest
 import redis
 import redis.asyncio
 
-from hean.redis_client import Durability, DurabilityRule, NotDurable, run_script, run_script_async
+from hean.redis_client import (
+    Durability,
+    DurabilityRule,
+    NotDurable,
+    OwnConnection,
+    run_script,
+    run_script_async,
+)
 from hean.redis_server import PrivateRedis
 
 SOURCE = (
@@ -31,30 +39,32 @@ def pool(own_db_url: str, redis_client: redis.Redis) -> redis.BlockingConnection
 
 
 class Face:
-    """One face's script call on its own pool: `run_script`, or `run_script_async` on one loop."""
+    """One face's script call on its own pool: `run_script` (on the pool, or on one connection of
+    its own: "own"), or `run_script_async` on one loop."""
 
     def __init__(self, face: str, url: str, **pool_options: Any) -> None:
         self.face = face
-        if face == "sync":
+        if face in ("sync", "own"):
             self.pool: Any = redis.BlockingConnectionPool.from_url(url, **pool_options)
+            self.source: Any = OwnConnection(self.pool) if face == "own" else self.pool
         else:
             self.runner = asyncio.Runner()
             self.pool = redis.asyncio.BlockingConnectionPool.from_url(url, **pool_options)
 
     def run(self, source: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        if self.face == "sync":
-            return run_script(self.pool, source, keys, args)
+        if self.face in ("sync", "own"):
+            return run_script(self.source, source, keys, args)
         return self.runner.run(run_script_async(self.pool, source, keys, args))
 
     def close(self) -> None:
-        if self.face == "sync":
-            self.pool.disconnect()
+        if self.face in ("sync", "own"):
+            self.pool.disconnect()  # the own connection too: the pool made it
         else:
             self.runner.run(self.pool.disconnect())
             self.runner.close()
 
 
-@pytest.fixture(params=["sync", "async"])
+@pytest.fixture(params=["sync", "own", "async"])
 def face(request: pytest.FixtureRequest, own_db_url: str, redis_client: redis.Redis) -> Iterator[Face]:
     f = Face(request.param, own_db_url, max_connections=2, timeout=2)
     yield f
@@ -77,7 +87,7 @@ def test_a_script_error_is_raised_and_the_connection_stays_usable(face: Face) ->
 SLOW = "local n = 0 for i = 1, 20000000 do n = n + i end return 'slow'"  # ~0.1-0.4 s of Lua
 
 
-@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("kind", ["sync", "own", "async"])
 def test_a_timed_out_connection_is_never_reused(
     own_db_url: str, redis_client: redis.Redis, kind: str
 ) -> None:
@@ -155,3 +165,24 @@ def test_a_command_not_durable_in_time_is_refused_as_unavailable_yet_queued(
     assert journal.state("durable-1") == "reserved"  # it may still run: reserved, queued and recorded
     assert b'"request_id":"durable-1"' in redis_client.xrange(HISTORY_STREAM_KEY)[0][1][b"c"]
     assert redis_client.llen("default") == 1
+
+
+def test_an_own_connection_is_lent_to_one_caller_at_a_time(
+    pool: redis.BlockingConnectionPool,
+) -> None:
+    own = OwnConnection(pool)
+    first = own.get_connection()
+    taken = threading.Event()
+
+    def second() -> None:
+        own.get_connection()
+        taken.set()
+        own.release(first)
+
+    waiter = threading.Thread(target=second)
+    waiter.start()
+    assert not taken.wait(0.2)  # waits for the first caller to give it back
+    own.release(first)
+    assert taken.wait(5)
+    waiter.join(5)
+    assert run_script(own, SOURCE, ["n"], [4]) == 4

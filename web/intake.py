@@ -24,6 +24,7 @@ from hean import metrics
 from hean.celery_wire import batch_frame
 from hean.command_journal import CommandJournal, Reservation
 from hean.commands import command_names, get_command, validation_error
+from hean.commands.fast_params import params_json
 from hean.group_commit import GroupCommit
 from hean.history import HistoryUnavailable
 from hean.messages import (
@@ -157,13 +158,11 @@ class CommandIntake:
                 status=404,
             )
         try:
-            params = spec.params.model_validate(request.params)
+            params = params_json(spec.params, request.params)
         except ValidationError as exc:
             return reject(validation_error(exc, "invalid_params", prefix="params."), status=422)
 
-        encoded = envelope_json(
-            request_id, spec.name, params.model_dump_json(exclude_unset=True), reply_to, received_ms
-        )
+        encoded = envelope_json(request_id, spec.name, params, reply_to, received_ms)
         if len(encoded) > MAX_COMMAND_BYTES:
             return reject(
                 ErrorInfo(
@@ -194,7 +193,8 @@ class CommandWriter:
     ) -> None:
         self._celery = celery_app
         self._group_commit = GroupCommit(linger_s, LINGER_WINDOW_S)
-        self._journal = journal
+        # the writer and the acks' greenlet take turns (`_journal_lock`) on one connection
+        self._journal = journal.with_own_connection()
         self._durability_rule = durability
         self._durability: Durability | None = None  # decided at the first batch (asks Redis)
         self._queue: queue.Queue[PendingCommand] = queue.Queue()
@@ -202,6 +202,7 @@ class CommandWriter:
         self._journaling: set[int] = set()  # ids of those a script is journaling right now
         self._acks_waiting = threading.Event()
         self._acks_lock = threading.Lock()
+        self._journal_lock = threading.Lock()  # held while a script journals acks (see _flush)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
@@ -245,19 +246,23 @@ class CommandWriter:
             self._acks_waiting.wait()
             self._acks_waiting.clear()
             time.sleep(ACK_JOURNAL_DELAY_S)  # usually the next batch carries them meanwhile
-            acks = self._take_acks()
-            if not acks:
-                continue
-            journaled = False
-            try:
-                self._journal.record_acks(acks)
-                journaled = True
-            except RedisError as exc:  # the commands are queued; the acks wait for the next try
-                log.warning("event=acks_not_journaled size=%d error=%s", len(acks), exc)
-            except Exception:  # never let the journal greenlet die
-                log.exception("event=ack_journal_failed size=%d", len(acks))
-            finally:
-                self._settle_acks(acks, journaled)
+            with self._journal_lock:
+                self._record_acks()
+
+    def _record_acks(self) -> None:
+        acks = self._take_acks()
+        if not acks:
+            return
+        journaled = False
+        try:
+            self._journal.record_acks(acks)
+            journaled = True
+        except RedisError as exc:  # the commands are queued; the acks wait for the next try
+            log.warning("event=acks_not_journaled size=%d error=%s", len(acks), exc)
+        except Exception:  # never let the journal greenlet die
+            log.exception("event=ack_journal_failed size=%d", len(acks))
+        finally:
+            self._settle_acks(acks, journaled)
 
     def _run(self) -> None:
         while True:
@@ -299,7 +304,10 @@ class CommandWriter:
             if record is None:
                 remaining.append(pending)
             else:
-                pending.duplicate(Reservation(new=False, ack=record.ack, result=record.result))
+                # the database may have its result before its ack (journaled after it was sent)
+                ack = record.ack or self.unjournaled_ack(pending.request_id)
+                ack = ack or self._journal.window_ack(pending.request_id)
+                pending.duplicate(Reservation(new=False, ack=ack, result=record.result))
         return remaining
 
     def _flush(self, batch: list[PendingCommand]) -> None:
@@ -311,62 +319,75 @@ class CommandWriter:
             by_queue.setdefault(pending.queue, []).append(pending)
         acks = []
         for queue_name, items in by_queue.items():
-            task_id = f"batch-{items[0].request_id}-{len(items)}"
-            commands = ", ".join(sorted({p.command for p in items}))
-            frame = batch_frame(self._celery, BATCH_TASKS[queue_name], queue_name, task_id, commands)
-            earlier = self._take_acks()
-            journaled = False
-            try:
-                if self._durability is None:
-                    self._durability = self._durability_rule.resolve(self._journal.client)
-                reservations = self._journal.reserve_and_enqueue(
-                    [(p.request_id, p.command, p.encoded) for p in items],
-                    queue_name,
-                    frame,
-                    earlier,
-                    self._durability,
-                )
-                journaled = True
-            except NotDurable as exc:  # reserved and queued, but not on disk (or replicas) in time
-                journaled = True
-                log.error("event=enqueue_not_durable queue=%s size=%d error=%s", queue_name, len(items), exc)
-                for pending in items:
-                    pending.fail(
-                        ErrorInfo(
-                            code="unavailable",
-                            message=f"queued but not confirmed durable ({exc}); it may still run: resend "
-                            "the same request_id to learn its outcome",
-                        ),
-                        503,
-                    )
-                continue
-            except RedisError as exc:  # atomic: nothing was reserved, nothing enqueued
-                log.error("event=enqueue_failed queue=%s size=%d error=%s", queue_name, len(items), exc)
-                message = f"{unavailable_reason(exc)}: nothing was enqueued; retry with the same request_id"
-                for pending in items:
-                    pending.fail(ErrorInfo(code="unavailable", message=message), 503)
-                continue
-            finally:
-                self._settle_acks(earlier, journaled)
-            for pending, reservation in zip(items, reservations, strict=True):
-                if reservation.new:
-                    acks.append(pending.accept())
-                elif reservation.ack is None and (sent := self.unjournaled_ack(pending.request_id)):
-                    # its ack is out but not journaled yet (the acks' own greenlet may be writing
-                    # it right now): the repeat gets that ack, not a new one
-                    pending.duplicate(Reservation(new=False, ack=sent, result=reservation.result))
-                elif reservation.ack is None:
-                    # reserved and queued, its ack never sent (the web process that took it died
-                    # first): this ack is the command's first, journaled like any other
-                    acks.append(pending.duplicate(reservation))
-                else:
-                    pending.duplicate(reservation)
-            metrics.enqueued(queue_name, len(items), items[0].started)
+            # one journal write at a time: a repeat reserved while the acks' greenlet journals
+            # its first copy's ack would find that ack neither in Redis nor still unjournaled
+            with self._journal_lock:
+                acks += self._enqueue(queue_name, items)
         if acks:
             with self._acks_lock:
                 self._unjournaled += acks
             metrics.unjournaled(len(self._unjournaled))
             self._acks_waiting.set()
+
+    def _enqueue(self, queue_name: str, items: list[PendingCommand]) -> list[dict[str, Any]]:
+        """Reserve and enqueue `items` (one queue's) with the acks waiting to be journaled; settle
+        each command; returns the acks sent for the new ones."""
+        acks: list[dict[str, Any]] = []
+        task_id = f"batch-{items[0].request_id}-{len(items)}"
+        commands = ", ".join(sorted({p.command for p in items}))
+        frame = batch_frame(self._celery, BATCH_TASKS[queue_name], queue_name, task_id, commands)
+        earlier = self._take_acks()
+        journaled = False
+        try:
+            if self._durability is None:
+                self._durability = self._durability_rule.resolve(self._journal.client)
+            reservations = self._journal.reserve_and_enqueue(
+                [(p.request_id, p.command, p.encoded) for p in items],
+                queue_name,
+                frame,
+                earlier,
+                self._durability,
+            )
+            journaled = True
+        except NotDurable as exc:  # reserved and queued, but not on disk (or replicas) in time
+            journaled = True
+            log.error("event=enqueue_not_durable queue=%s size=%d error=%s", queue_name, len(items), exc)
+            for pending in items:
+                pending.fail(
+                    ErrorInfo(
+                        code="unavailable",
+                        message=f"queued but not confirmed durable ({exc}); it may still run: resend "
+                        "the same request_id to learn its outcome",
+                    ),
+                    503,
+                )
+            return acks
+        except RedisError as exc:  # atomic: nothing was reserved, nothing enqueued
+            log.error("event=enqueue_failed queue=%s size=%d error=%s", queue_name, len(items), exc)
+            message = f"{unavailable_reason(exc)}: nothing was enqueued; retry with the same request_id"
+            for pending in items:
+                pending.fail(ErrorInfo(code="unavailable", message=message), 503)
+            return acks
+        finally:
+            self._settle_acks(earlier, journaled)
+        for pending, reservation in zip(items, reservations, strict=True):
+            if reservation.new:
+                acks.append(pending.accept())
+            elif reservation.ack is None and (
+                sent := next((a for a in acks if a["request_id"] == pending.request_id), None)
+                or self.unjournaled_ack(pending.request_id)
+            ):
+                # its ack is out but not journaled yet (earlier in this very batch, or the acks'
+                # own greenlet may be writing it right now): the repeat gets that ack, not a new one
+                pending.duplicate(Reservation(new=False, ack=sent, result=reservation.result))
+            elif reservation.ack is None:
+                # reserved and queued, its ack never sent (the web process that took it died
+                # first): this ack is the command's first, journaled like any other
+                acks.append(pending.duplicate(reservation))
+            else:
+                pending.duplicate(reservation)
+        metrics.enqueued(queue_name, len(items), items[0].started)
+        return acks
 
 
 class PendingCommand:

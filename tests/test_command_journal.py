@@ -1,0 +1,125 @@
+"""The journal's reservation script on a real Redis: the broker message it builds is the one
+`escape_envelope` + `MessageFrame.message` build (and kombu reads), and the history stream gets
+the envelopes as they were sent. A repeated request id gets the ack that was sent."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from hean.celery_wire import batch_envelopes, batch_frame, escape_envelope
+from hean.command_journal import CommandJournal
+from hean.db import commands, open_database
+from hean.history import HistoryStore
+from hean.messages import ack_message, envelope_json
+from hean.redis_client import DurabilityRule
+from hean.topology import BATCH_TASKS, ENGINE_QUEUE, HISTORY_STREAM_KEY
+from workers.app import app
+
+
+def envelope(request_id: str, params: dict[str, Any]) -> str:
+    return envelope_json(request_id, "submit_order", json.dumps(params, ensure_ascii=False), "sid-1", 1.5)
+
+
+ASCII = {"symbol": "BTC/USDT", "note": 'quote " backslash \\ newline \n tab \t nul \x00 del \x7f'}
+UNICODE = {"note": "é ✓ \u2028 𝄞"}
+
+
+@pytest.mark.parametrize("text", [*ASCII.values(), *UNICODE.values(), "\ud800 lone", "", '"'])
+def test_an_escaped_envelope_is_the_same_string_inside_a_json_string(text: str) -> None:
+    assert json.loads(f'"{escape_envelope(text)}"') == text
+    assert json.loads(f'"{escape_envelope(json.dumps({"t": text}))}"') == json.dumps({"t": text})
+
+
+@pytest.mark.parametrize("params", [{}, ASCII, UNICODE], ids=["empty", "ascii", "unicode"])
+def test_the_queued_message_is_the_frame_around_the_escaped_envelopes(
+    redis_client: redis.Redis, params: dict[str, Any]
+) -> None:
+    journal = CommandJournal(redis_client)
+    queue = f"journal-{uuid.uuid4().hex[:8]}"
+    ids = [f"j-{uuid.uuid4().hex}" for _ in range(3)]
+    envelopes = [envelope(rid, {**params, "i": i}) for i, rid in enumerate(ids)]
+    frame = batch_frame(app, BATCH_TASKS[ENGINE_QUEUE], queue, "batch-1", "submit_order")
+    redis_client.delete(HISTORY_STREAM_KEY)
+
+    reservations = journal.reserve_and_enqueue(
+        [(rid, "submit_order", env) for rid, env in zip(ids, envelopes, strict=True)], queue, frame
+    )
+
+    assert [r.new for r in reservations] == [True, True, True]
+    (raw,) = redis_client.lrange(queue, 0, -1)
+    message = raw.decode()
+    assert message == frame.message([escape_envelope(env) for env in envelopes])
+    assert batch_envelopes(raw) == [json.loads(env) for env in envelopes]
+    ((_, fields),) = redis_client.xrange(HISTORY_STREAM_KEY)
+    assert fields[b"c"].decode() == "\n".join(envelopes)
+
+
+def test_a_reserved_request_id_is_not_enqueued_again(redis_client: redis.Redis) -> None:
+    journal = CommandJournal(redis_client)
+    queue = f"journal-{uuid.uuid4().hex[:8]}"
+    frame = batch_frame(app, BATCH_TASKS[ENGINE_QUEUE], queue, "batch-1", "submit_order")
+    first, second = (f"j-{uuid.uuid4().hex}" for _ in range(2))
+    journal.reserve_and_enqueue([(first, "submit_order", envelope(first, ASCII))], queue, frame)
+
+    again = journal.reserve_and_enqueue(
+        [(first, "submit_order", envelope(first, ASCII)), (second, "submit_order", envelope(second, {}))],
+        queue,
+        frame,
+    )
+
+    assert [r.new for r in again] == [False, True]
+    newest = redis_client.lindex(queue, 0)
+    assert newest is not None
+    assert [e["request_id"] for e in batch_envelopes(newest)] == [second]
+
+
+def test_the_window_gives_back_a_journaled_ack(redis_client: redis.Redis) -> None:
+    journal = CommandJournal(redis_client)
+    frame = batch_frame(app, BATCH_TASKS[ENGINE_QUEUE], "journal-acks", "batch-1", "stop")
+    request_id = f"j-{uuid.uuid4().hex}"
+    journal.reserve_and_enqueue([(request_id, "stop", envelope(request_id, {}))], "journal-acks", frame)
+    assert journal.window_ack(request_id) is None  # sent, not journaled yet
+    journal.record_acks([ack_message(request_id, "stop", True, 1.25)])
+    assert journal.window_ack(request_id) == ack_message(request_id, "stop", True, 1.25)
+    assert journal.window_ack("j-never-seen") is None
+
+
+def test_a_repeat_answered_by_the_database_before_its_ack_got_there_gets_the_original_ack(
+    redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    # The history writer may store a command's result before its ack (journaled up to 20 ms
+    # after it was sent): the repeat still gets the ack that was sent, not a new one.
+    from web.intake import CommandWriter, PendingCommand
+
+    history = HistoryStore(open_database(f"sqlite:///{tmp_path}/history.db"))
+    journal = CommandJournal(redis_client, history=history)
+    writer = CommandWriter(app, journal, DurabilityRule(fsync="off"))
+    frame = batch_frame(app, BATCH_TASKS[ENGINE_QUEUE], "journal-db", "batch-1", "stop")
+    result = {"request_id": "", "command": "stop", "success": True, "result": {}, "execution_time_ms": 1.0}
+    sent = []
+    for where in ("window", "process"):
+        request_id = f"j-{uuid.uuid4().hex}"
+        journal.reserve_and_enqueue([(request_id, "stop", envelope(request_id, {}))], "journal-db", frame)
+        sent.append(ack_message(request_id, "stop", True, 2.5))
+        if where == "window":
+            journal.record_acks(sent[-1:])
+        else:  # sent by this process, not journaled yet
+            writer._unjournaled.append(sent[-1])
+        with history.db.begin() as connection:
+            connection.execute(commands.insert().values(
+                request_id=request_id, command="stop", result=json.dumps({**result, "request_id": request_id})
+            ))  # fmt: skip
+
+    repeats = [PendingCommand(ack["request_id"], "stop", ENGINE_QUEUE, "{}", 0.0) for ack in sent]
+    assert writer._answered_before(repeats) == []  # all answered from the database
+    for pending, ack in zip(repeats, sent, strict=True):
+        assert pending.outcome is not None
+        assert pending.outcome.ack == {**ack, "duplicate": True}
+        assert pending.outcome.earlier_result is not None
+        assert pending.outcome.earlier_result["request_id"] == ack["request_id"]
