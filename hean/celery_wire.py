@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
+from hean import fastjson
 from hean.redis_client import run_script
 
 if TYPE_CHECKING:  # the library imports no Celery at run time; callers hand in their app
@@ -137,11 +138,11 @@ def batch_envelopes(raw: bytes | str) -> list[dict[str, Any]]:
 
     Raises ValueError (or KeyError, IndexError, TypeError) for anything else.
     """
-    message = json.loads(raw)
+    message = fastjson.loads(raw)  # the standard library's values (a tenth of the time)
     body = message["body"]
     if message.get("properties", {}).get("body_encoding") == "base64":
         body = base64.b64decode(body)
-    args = json.loads(body)[0]
+    args = fastjson.loads(body)[0]
     return list(args[0])
 
 
