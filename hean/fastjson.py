@@ -24,6 +24,14 @@ import orjson
 _OPTIONS = orjson.OPT_NON_STR_KEYS
 
 
+def fragment(encoded: bytes | str) -> Any:
+    """JSON text already encoded, to be written as it is where it sits in a value given to
+    `dumps` (an orjson.Fragment): results the C++ core wrote are not decoded and encoded again.
+    Only `dumps` by orjson takes it; the standard library refuses it, as it refuses any object it
+    does not know, so a value holding one must not need the fallback (no integer beyond 64 bits)."""
+    return orjson.Fragment(encoded)
+
+
 def dumps(obj: Any, **kwargs: Any) -> str:
     """`json.dumps(obj, separators=(",", ":"))`, or `json.dumps(obj, **kwargs)` when other
     options are asked for (or orjson refuses `obj`)."""

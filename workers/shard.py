@@ -26,7 +26,7 @@ from typing import Any, cast
 
 from pydantic import BaseModel
 
-from hean import fastjson, metrics
+from hean import _core, fastjson, metrics
 from hean.celery_wire import batch_envelopes, task_marker
 from hean.command_journal import START_LUA, decode_started, journal_key
 from hean.commands import CONTROL_COMMANDS
@@ -295,7 +295,9 @@ class EngineShard:
         )
         return outcome
 
-    def apply_order_batch(self, orders: list[dict[str, Any]], batch: OrderBatch) -> BatchResult:
+    def apply_order_batch(
+        self, orders: list[dict[str, Any]], batch: OrderBatch | _core.OrderColumns
+    ) -> BatchResult:
         """Apply orders (given as JSON params, and as `batch`: the same orders in columns) as
         one core batch, logged as one `submit_orders` entry (which replays them the same way).
         Raises ValueError, having applied nothing, if the core refuses the batch."""
