@@ -34,7 +34,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from hean import _core
 
@@ -657,13 +657,34 @@ class MarketBatch:
         self.lasts.append(to_units(tick.last, "last"))
 
 
+#: BatchResult's columns: attribute -> (the core's column, its item format).
+_BATCH_COLUMNS: dict[str, tuple[str, Literal["B", "q", "Q"]]] = {
+    "statuses": ("status", "B"),
+    "reasons": ("reason", "B"),
+    "filled_qty": ("filled_qty", "q"),
+    "fill_price": ("fill_price", "q"),
+    "fee": ("fee", "q"),
+    "order_ids": ("order_id", "Q"),
+    "_duplicate_flags": ("duplicate", "B"),
+}
+
+
 class BatchResult:
     """Outcomes of a batch as columns, in input order, plus totals.
 
     `statuses`/`reasons` hold core codes; `filled_qty`, `fill_price`, `fee` are fixed-point
-    units. `results()` builds one `OrderResult` per order when they are wanted; `results_json()`
-    writes every order's `to_dict()` as JSON in the core, without a Python object per order.
+    units (each column is copied out of the core when first read). `results()` builds one
+    `OrderResult` per order when they are wanted; `results_json()` writes every order's
+    `to_dict()` as JSON in the core, without a Python object per order.
     """
+
+    statuses: memoryview
+    reasons: memoryview
+    filled_qty: memoryview
+    fill_price: memoryview
+    fee: memoryview
+    order_ids: memoryview
+    _duplicate_flags: memoryview
 
     __slots__ = (
         "_client_order_ids",
@@ -692,13 +713,17 @@ class BatchResult:
         self.expired: int = raw.expired
         self.rejected: int = raw.rejected
         self.duplicates: int = raw.duplicates
-        self.statuses = memoryview(raw.status)
-        self.reasons = memoryview(raw.reason)
-        self.filled_qty = memoryview(raw.filled_qty).cast("q")
-        self.fill_price = memoryview(raw.fill_price).cast("q")
-        self.fee = memoryview(raw.fee).cast("q")
-        self.order_ids = memoryview(raw.order_id).cast("Q")
-        self._duplicate_flags = memoryview(raw.duplicate)
+
+    def __getattr__(self, name: str) -> memoryview:
+        """A column, read from the core on first use (a batch answered from `results_json()` and
+        its totals never needs one)."""
+        try:
+            raw_name, item_format = _BATCH_COLUMNS[name]
+        except KeyError:
+            raise AttributeError(name) from None
+        column = memoryview(getattr(self._raw, raw_name)).cast(item_format)
+        object.__setattr__(self, name, column)
+        return column
 
     def __len__(self) -> int:
         return self.count

@@ -44,6 +44,15 @@ def dumps(obj: Any, **kwargs: Any) -> str:
     return _json.dumps(obj, **kwargs)
 
 
+def dumpb(obj: Any) -> bytes:
+    """`dumps(obj).encode()`, without the detour through str: for text that goes to Redis as it is
+    (redis-py would encode a str again)."""
+    try:
+        return orjson.dumps(obj, option=_OPTIONS)
+    except (orjson.JSONEncodeError, TypeError):
+        return _json.dumps(obj, separators=(",", ":")).encode()
+
+
 #: A run of this many digits may be an integer orjson does not hold exactly (2**63 has 19).
 #: Found by mapping digits to 1 and the rest to 0 (bytes.translate) and searching for the
 #: run: a regular expression took 30 times as long as orjson's parse itself.

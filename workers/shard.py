@@ -112,7 +112,8 @@ class EngineLog:
         return f"{now_ms}-0" if now_ms > last_ms else f"{last_ms}-{last_seq + 1}"
 
     def add(self, command: str, params: dict[str, Any], now_ns: int) -> None:
-        entry = {"cmd": command, "params": fastjson.dumps(params), "now_ns": now_ns}
+        # bytes: what redis-py sends, with no str between
+        entry = {"cmd": command, "params": fastjson.dumpb(params), "now_ns": now_ns}
         self.pending.append((self._next_id(), entry))
         self.control_seen |= command in CONTROL_COMMANDS
 
