@@ -195,6 +195,22 @@ struct OrderColumns {
   std::vector<std::size_t> id_at, id_len, symbol_at, symbol_len;
   std::vector<hean::OrderRequest> orders;
 
+  // A copy of `orders` whose ids and symbols may point anywhere.
+  static std::unique_ptr<OrderColumns> copy_of(const std::vector<hean::OrderRequest>& orders) {
+    auto c = std::make_unique<OrderColumns>();
+    c->orders = orders;
+    for (hean::OrderRequest& o : c->orders) {
+      c->id_at.push_back(c->text.size());
+      c->id_len.push_back(o.client_id.size());
+      c->text.append(o.client_id);
+      c->symbol_at.push_back(c->text.size());
+      c->symbol_len.push_back(o.symbol.size());
+      c->text.append(o.symbol);
+      o.client_id = o.symbol = std::string_view();  // views are made by requests()
+    }
+    return c;
+  }
+
   std::vector<hean::OrderRequest> requests() const {
     std::vector<hean::OrderRequest> out = orders;
     const std::string_view all(text);
@@ -639,7 +655,28 @@ PYBIND11_MODULE(_core, m) {
             return out;
           },
           "Each order as (client_order_id, symbol, side, order_type, time_in_force, "
-          "quantity, price): the core's codes and units.");
+          "quantity, price): the core's codes and units.")
+      .def(
+          "to_bytes",
+          [](const OrderColumns& c) {
+            std::string out;
+            {
+              py::gil_scoped_release release;
+              const std::vector<hean::OrderRequest> orders = c.requests();
+              out.reserve(orders.size() * 48 + 16);
+              hean::append_orders_binary(out, orders);
+            }
+            return py::bytes(out);
+          },
+          "The orders in the engine log's binary form (cpp_ext/wire.hpp); ValueError for an "
+          "id or symbol over 255 bytes (the engine refuses those anyway).")
+      .def_static(
+          "from_bytes",
+          [](const py::bytes& data) {
+            const std::string_view view(data);
+            return OrderColumns::copy_of(hean::read_orders_binary(view));
+          },
+          py::arg("data"), "The orders of to_bytes(); ValueError for anything else.");
   m.def("read_order_params", &read_order_params, py::arg("orders"),
         "The columns of a list of submit_order params in the plain form the edge sends, or "
         "None when any order is not in that form (hean.engine.OrderBatch.append_params then "

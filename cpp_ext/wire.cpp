@@ -123,4 +123,91 @@ void append_result_json(std::string& out, const BatchOutcome& batch, std::size_t
   out += batch.duplicate[i] != 0 ? "true}" : "false}";
 }
 
+namespace {
+
+constexpr std::string_view kBinaryMagic = "HCOLS1";
+
+void put_le(std::string& out, u64 v, int bytes) {
+  for (int k = 0; k < bytes; ++k) out.push_back(static_cast<char>((v >> (8 * k)) & 0xFF));
+}
+
+void put_text(std::string& out, std::string_view text) {
+  if (text.size() > 255) throw InvalidInput("columns: a client id or symbol over 255 bytes");
+  out.push_back(static_cast<char>(text.size()));
+  out.append(text);
+}
+
+// Reads `data` front to back; every read checks that the bytes are there.
+class Reader {
+ public:
+  explicit Reader(std::string_view data) : data_(data) {}
+  u64 le(std::size_t bytes) {
+    need(bytes);
+    u64 v = 0;
+    for (std::size_t k = 0; k < bytes; ++k) {
+      v |= static_cast<u64>(static_cast<unsigned char>(data_[pos_ + k])) << (8 * k);
+    }
+    pos_ += bytes;
+    return v;
+  }
+  std::string_view text() {
+    const std::size_t n = le(1);
+    need(n);
+    const std::string_view out = data_.substr(pos_, n);
+    pos_ += n;
+    return out;
+  }
+  std::string_view take(std::size_t n) {
+    need(n);
+    const std::string_view out = data_.substr(pos_, n);
+    pos_ += n;
+    return out;
+  }
+  std::size_t left() const { return data_.size() - pos_; }
+
+ private:
+  void need(std::size_t n) const {
+    if (data_.size() - pos_ < n) throw InvalidInput("columns: truncated");
+  }
+  std::string_view data_;
+  std::size_t pos_ = 0;
+};
+
+}  // namespace
+
+void append_orders_binary(std::string& out, const std::vector<OrderRequest>& orders) {
+  out.append(kBinaryMagic);
+  put_le(out, orders.size(), 4);
+  for (const OrderRequest& o : orders) {
+    out.push_back(static_cast<char>(o.side));
+    out.push_back(static_cast<char>(o.type));
+    out.push_back(static_cast<char>(o.tif));
+    put_le(out, static_cast<u64>(o.quantity), 8);
+    put_le(out, static_cast<u64>(o.price), 8);
+    put_text(out, o.client_id);
+    put_text(out, o.symbol);
+  }
+}
+
+std::vector<OrderRequest> read_orders_binary(std::string_view data) {
+  Reader in(data);
+  if (in.take(kBinaryMagic.size()) != kBinaryMagic) throw InvalidInput("columns: not HCOLS1 data");
+  const u64 n = in.le(4);
+  if (n > in.left() / 21) throw InvalidInput("columns: truncated");  // 21 bytes per order at least
+  std::vector<OrderRequest> orders(static_cast<std::size_t>(n));
+  for (OrderRequest& o : orders) {
+    const u64 side = in.le(1), type = in.le(1), tif = in.le(1);
+    if (side > 1 || type > 1 || tif > 1) throw InvalidInput("columns: bad order code");
+    o.side = static_cast<Side>(side);
+    o.type = static_cast<OrderType>(type);
+    o.tif = static_cast<TimeInForce>(tif);
+    o.quantity = static_cast<i64>(in.le(8));
+    o.price = static_cast<i64>(in.le(8));
+    o.client_id = in.text();
+    o.symbol = in.text();
+  }
+  if (in.left() != 0) throw InvalidInput("columns: trailing bytes");
+  return orders;
+}
+
 }  // namespace hean

@@ -5,7 +5,6 @@ batch's per-order results as the very bytes orjson writes for `BatchResult.to_di
 
 from __future__ import annotations
 
-import json
 import random
 from typing import Any
 
@@ -181,21 +180,41 @@ def test_a_fragment_is_written_as_it_is() -> None:
 
 
 def test_a_replayed_log_entry_rebuilds_the_same_engine() -> None:
-    """Batches read by the core and logged by the shard replay (as a restart does, through
-    OrderRequest) to the same outcomes and the same engine."""
-    from workers.shard import MUTATIONS, EngineShard
+    """Batches logged by the shard (read by the core: in its binary form; read by Python: as
+    JSON) replay, as a restart replays them, to the same outcomes and the same engine."""
+    from workers.shard import EngineShard, replay_entry
 
     rng = random.Random(9)
     shard = EngineShard()
     shard._engine = engine_for(random.Random(1))
     replayed = engine_for(random.Random(1))
-    for _ in range(30):
+    forms = set()
+    for i in range(40):
         orders = [random_order(rng, 0.0) for _ in range(rng.choice([1, 50]))]
+        if i % 4 == 0:
+            orders[0]["quantity"] = 2  # a number: read by OrderBatch.append_params, logged as JSON
         try:
             result = shard.apply_order_batch(orders, orders_from_params(orders))
         except ValueError:  # refused whole: nothing applied, nothing logged
             continue
         entry = shard.log.pending[-1][1]
-        again, _ = MUTATIONS[entry["cmd"]](replayed, json.loads(entry["params"]), entry["now_ns"])
+        fields = {k.encode(): v if isinstance(v, bytes) else str(v).encode() for k, v in entry.items()}
+        forms.add(b"columns" in fields)
+        again, _ = replay_entry(replayed, fields)
         assert again.results_json() == result.results_json()
+    assert forms == {True, False}
     assert replayed.snapshot() == shard.engine.snapshot()
+
+
+def test_the_binary_form_of_orders_reads_back_and_refuses_anything_else() -> None:
+    rng = random.Random(10)
+    for _ in range(300):
+        orders = [random_order(rng, 0.0) for _ in range(rng.choice([0, 1, 30]))]
+        columns = _core.read_order_params(orders)
+        assert columns is not None
+        data = columns.to_bytes()
+        assert _core.OrderColumns.from_bytes(data).rows() == columns.rows()
+        with pytest.raises(ValueError, match="columns: "):
+            _core.OrderColumns.from_bytes(data[: rng.randrange(len(data))])
+    with pytest.raises(ValueError, match="columns: not HCOLS1"):
+        _core.OrderColumns.from_bytes(b'{"orders": []}')

@@ -322,6 +322,49 @@ void test_result_json() {
   CHECK(out.find("\"order_id\":1,") != std::string::npos);
 }
 
+// The log's binary form reads back to the same orders; anything cut short or altered is
+// refused with InvalidInput, never read out of bounds (this runs under ASan too).
+void test_orders_binary() {
+  const std::string id_a = "a", long_id(64, 'x'), id_c = "\xc3\xa9\"";  // views below point here
+  const std::vector<OrderRequest> orders = {
+      market(id_a, "BTC", Side::Buy, S / 1000),
+      limit(long_id, "ETHUSDT", Side::Sell, 3 * S, 49'000 * S + 1, TimeInForce::IOC),
+      market(id_c, "B", Side::Sell, INT64_MAX)};
+  std::string data;
+  append_orders_binary(data, orders);
+  const std::vector<OrderRequest> back = read_orders_binary(data);
+  CHECK(back.size() == orders.size());
+  for (std::size_t i = 0; i < back.size() && i < orders.size(); ++i) {
+    CHECK(back[i].client_id == orders[i].client_id);
+    CHECK(back[i].symbol == orders[i].symbol);
+    CHECK(back[i].side == orders[i].side && back[i].type == orders[i].type);
+    CHECK(back[i].tif == orders[i].tif);
+    CHECK(back[i].quantity == orders[i].quantity && back[i].price == orders[i].price);
+  }
+  std::string empty;
+  append_orders_binary(empty, {});
+  CHECK(read_orders_binary(empty).empty());
+  auto refused = [](std::string_view bytes) {
+    try {
+      read_orders_binary(bytes);
+    } catch (const InvalidInput&) {
+      return true;
+    }
+    return false;
+  };
+  for (std::size_t cut = 0; cut < data.size(); ++cut) CHECK(refused(std::string_view(data).substr(0, cut)));
+  CHECK(refused(data + "x"));
+  std::mt19937 rng(3);
+  for (int i = 0; i < 2000; ++i) {  // flipped bytes: read or refused, never out of bounds
+    std::string bad = data;
+    bad[rng() % bad.size()] = static_cast<char>(rng());
+    try {
+      read_orders_binary(bad);
+    } catch (const InvalidInput&) {
+    }
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -334,6 +377,7 @@ int main() {
   test_plain_decimal_units();
   test_wire_text();
   test_result_json();
+  test_orders_binary();
   if (g_failures != 0) {
     std::fprintf(stderr, "%d check(s) failed\n", g_failures);
     return EXIT_FAILURE;
