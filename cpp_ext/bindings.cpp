@@ -683,6 +683,7 @@ PYBIND11_MODULE(_core, m) {
         "reads them, with its errors).");
 
 
+  const auto released = py::call_guard<py::gil_scoped_release>();
   py::class_<hean::Engine>(m, "Engine")
       .def(py::init(&make_engine), py::arg("starting_equity") = 10'000 * hean::kScale,
            py::arg("idempotency_capacity") = 100'000)
@@ -699,11 +700,14 @@ PYBIND11_MODULE(_core, m) {
       .def("set_risk_limits", &hean::Engine::set_risk_limits, py::arg("limits"),
            py::call_guard<py::gil_scoped_release>())
       .def("reset_daily", &hean::Engine::reset_daily, py::call_guard<py::gil_scoped_release>())
-      .def_property_readonly("state", &hean::Engine::state)
-      .def_property_readonly("halt_reason", &hean::Engine::halt_reason)
-      .def_property_readonly("command_count", &hean::Engine::command_count)
-      .def_property_readonly("risk_limits", &hean::Engine::risk_limits)
-      .def_property_readonly("counters", &hean::Engine::counters)
+      // Getters take the engine's lock: without the GIL, so that a thread waiting for a batch
+      // to finish (the state publisher) does not hold up every other Python thread meanwhile.
+      .def_property_readonly("state", py::cpp_function(&hean::Engine::state, released))
+      .def_property_readonly("halt_reason", py::cpp_function(&hean::Engine::halt_reason, released))
+      .def_property_readonly("command_count",
+                             py::cpp_function(&hean::Engine::command_count, released))
+      .def_property_readonly("risk_limits", py::cpp_function(&hean::Engine::risk_limits, released))
+      .def_property_readonly("counters", py::cpp_function(&hean::Engine::counters, released))
       .def_property_readonly("starting_equity",
                              [](const hean::Engine& e) { return e.config().starting_equity; })
       .def_property_readonly(
