@@ -14,6 +14,7 @@
 
 #include "engine.hpp"
 #include "graph.hpp"
+#include "wire.hpp"
 
 namespace py = pybind11;
 
@@ -159,11 +160,207 @@ py::bytes column_bytes(const std::vector<T>& v) {
   return py::bytes(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T));
 }
 
-hean::BatchOutcome submit_batch(hean::Engine& engine, py::handle client_ids, py::handle symbols,
+// A batch's outcome with its orders' client ids (UTF-8, one buffer), so that its per-order
+// results can be written as JSON without a Python object per order.
+struct BatchResult : hean::BatchOutcome {
+  std::string ids;
+  std::vector<std::size_t> id_offsets;  // count + 1 entries
+
+  BatchResult(hean::BatchOutcome&& outcome, std::string&& id_storage,
+              std::vector<std::size_t>&& offsets)
+      : hean::BatchOutcome(std::move(outcome)),
+        ids(std::move(id_storage)),
+        id_offsets(std::move(offsets)) {}
+
+  std::string_view id(std::size_t i) const {
+    return std::string_view(ids).substr(id_offsets[i], id_offsets[i + 1] - id_offsets[i]);
+  }
+  std::size_t checked(py::ssize_t i) const {
+    const auto n = static_cast<py::ssize_t>(status.size());
+    if (i < 0) i += n;
+    if (i < 0 || i >= n) throw py::index_error("order index out of range");
+    return static_cast<std::size_t>(i);
+  }
+};
+
+py::str utf8_str(std::string_view text) {
+  return py::reinterpret_steal<py::str>(
+      PyUnicode_DecodeUTF8(text.data(), static_cast<py::ssize_t>(text.size()), "strict"));
+}
+
+// Orders read from the JSON params of `submit_order` commands, as columns. Client ids and
+// symbols are copied into one buffer; the views into it are made once it is complete.
+struct OrderColumns {
+  std::string text;
+  std::vector<std::size_t> id_at, id_len, symbol_at, symbol_len;
+  std::vector<hean::OrderRequest> orders;
+
+  // A copy of `orders` whose ids and symbols may point anywhere.
+  static std::unique_ptr<OrderColumns> copy_of(const std::vector<hean::OrderRequest>& orders) {
+    auto c = std::make_unique<OrderColumns>();
+    c->orders = orders;
+    for (hean::OrderRequest& o : c->orders) {
+      c->id_at.push_back(c->text.size());
+      c->id_len.push_back(o.client_id.size());
+      c->text.append(o.client_id);
+      c->symbol_at.push_back(c->text.size());
+      c->symbol_len.push_back(o.symbol.size());
+      c->text.append(o.symbol);
+      o.client_id = o.symbol = std::string_view();  // views are made by requests()
+    }
+    return c;
+  }
+
+  std::vector<hean::OrderRequest> requests() const {
+    std::vector<hean::OrderRequest> out = orders;
+    const std::string_view all(text);
+    for (std::size_t i = 0; i < out.size(); ++i) {
+      out[i].client_id = all.substr(id_at[i], id_len[i]);
+      out[i].symbol = all.substr(symbol_at[i], symbol_len[i]);
+    }
+    return out;
+  }
+};
+
+// Keys of an order's params, made once (interned, so dict lookups compare pointers first).
+struct ParamKeys {
+  PyObject* client_order_id = PyUnicode_InternFromString("client_order_id");
+  PyObject* symbol = PyUnicode_InternFromString("symbol");
+  PyObject* side = PyUnicode_InternFromString("side");
+  PyObject* quantity = PyUnicode_InternFromString("quantity");
+  PyObject* order_type = PyUnicode_InternFromString("order_type");
+  PyObject* price = PyUnicode_InternFromString("price");
+  PyObject* time_in_force = PyUnicode_InternFromString("time_in_force");
+};
+
+const ParamKeys& param_keys() {
+  static const ParamKeys* keys = new ParamKeys();  // lives as long as the interpreter
+  return *keys;
+}
+
+// The value of `key` in `params`; nullptr when absent. Borrowed.
+PyObject* param(PyObject* params, PyObject* key) {
+  PyObject* value = PyDict_GetItemWithError(params, key);
+  if (value == nullptr && PyErr_Occurred()) throw py::error_already_set();
+  return value;
+}
+
+// `value`'s index in `names` when it is exactly one of those str; -1 otherwise.
+template <std::size_t N>
+int code_of(PyObject* value, const char* const (&names)[N]) {
+  if (!PyUnicode_CheckExact(value)) return -1;
+  for (std::size_t k = 0; k < N; ++k) {
+    if (PyUnicode_CompareWithASCIIString(value, names[k]) == 0) return static_cast<int>(k);
+  }
+  return -1;
+}
+
+// `value`'s UTF-8 bytes when it is a str that has them (no lone surrogates).
+bool utf8_of(PyObject* value, std::string_view& out) {
+  if (!PyUnicode_Check(value)) return false;
+  Py_ssize_t len = 0;
+  const char* p = PyUnicode_AsUTF8AndSize(value, &len);
+  if (p == nullptr) {
+    PyErr_Clear();
+    return false;
+  }
+  out = std::string_view(p, static_cast<std::size_t>(len));
+  return true;
+}
+
+bool plain_units(PyObject* value, hean::i64& out) {
+  std::string_view text;
+  return PyUnicode_CheckExact(value) && utf8_of(value, text) &&
+         hean::plain_decimal_units(text, out);
+}
+
+constexpr const char* kSides[] = {"BUY", "SELL"};
+constexpr const char* kTypes[] = {"MARKET", "LIMIT"};
+constexpr const char* kTifs[] = {"GTC", "IOC"};
+
+// The columns of `orders` (a list of the JSON params of `submit_order` commands that passed
+// the edge's schema), or None when any order is not in the plain form the edge sends: then
+// hean.engine.OrderBatch.append_params reads them, and names the error of one it refuses.
+// Accepts exactly what append_params accepts in that form, with the same values; bounds are
+// checked by the engine when the batch is applied, as for every batch.
+py::object read_order_params(py::handle orders) {
+  if (!PyList_Check(orders.ptr())) return py::none();
+  const ParamKeys& keys = param_keys();
+  const auto n = static_cast<std::size_t>(PyList_GET_SIZE(orders.ptr()));
+  auto columns = std::make_unique<OrderColumns>();
+  OrderColumns& c = *columns;
+  c.orders.resize(n);
+  for (auto* v : {&c.id_at, &c.id_len, &c.symbol_at, &c.symbol_len}) v->resize(n);
+  c.text.reserve(n * 24);
+  for (std::size_t i = 0; i < n; ++i) {
+    PyObject* params = PyList_GET_ITEM(orders.ptr(), static_cast<Py_ssize_t>(i));
+    if (!PyDict_CheckExact(params)) return py::none();
+    hean::OrderRequest& o = c.orders[i];
+    PyObject* value = param(params, keys.order_type);
+    const int type = value == nullptr ? 0 : code_of(value, kTypes);
+    value = param(params, keys.time_in_force);
+    const int tif = value == nullptr ? 0 : code_of(value, kTifs);
+    value = param(params, keys.side);
+    const int side = value == nullptr ? -1 : code_of(value, kSides);
+    if (type < 0 || tif < 0 || side < 0) return py::none();
+    o.type = static_cast<hean::OrderType>(type);
+    o.tif = static_cast<hean::TimeInForce>(tif);
+    o.side = static_cast<hean::Side>(side);
+    value = param(params, keys.price);
+    const bool priced = value != nullptr && value != Py_None;
+    if (priced != (o.type == hean::OrderType::Limit)) return py::none();
+    o.price = 0;
+    if (priced && !plain_units(value, o.price)) return py::none();
+    value = param(params, keys.quantity);
+    if (value == nullptr || !plain_units(value, o.quantity)) return py::none();
+    std::string_view id, symbol;
+    PyObject* id_obj = param(params, keys.client_order_id);
+    PyObject* symbol_obj = param(params, keys.symbol);
+    if (id_obj == nullptr || symbol_obj == nullptr || !utf8_of(id_obj, id) ||
+        !utf8_of(symbol_obj, symbol)) {
+      return py::none();
+    }
+    c.id_at[i] = c.text.size();
+    c.id_len[i] = id.size();
+    c.text.append(id);
+    c.symbol_at[i] = c.text.size();
+    c.symbol_len[i] = symbol.size();
+    c.text.append(symbol);
+  }
+  return py::cast(std::move(columns));
+}
+
+BatchResult submit_columns(hean::Engine& engine, const OrderColumns& columns, hean::i64 now_ns) {
+  std::string ids;
+  std::vector<std::size_t> offsets;
+  offsets.reserve(columns.orders.size() + 1);
+  offsets.push_back(0);
+  for (std::size_t i = 0; i < columns.orders.size(); ++i) {
+    ids.append(columns.text, columns.id_at[i], columns.id_len[i]);
+    offsets.push_back(ids.size());
+  }
+  const std::vector<hean::OrderRequest> orders = columns.requests();
+  hean::BatchOutcome outcome;
+  {
+    py::gil_scoped_release release;
+    outcome = engine.submit_batch(orders, now_ns);
+  }
+  return BatchResult(std::move(outcome), std::move(ids), std::move(offsets));
+}
+
+// Rows [first, last) of a result as JSON objects, appended to `out` with commas between.
+void append_rows(std::string& out, const BatchResult& r, std::size_t first, std::size_t last) {
+  for (std::size_t i = first; i < last; ++i) {
+    if (i != first) out.push_back(',');
+    hean::append_result_json(out, r, i, r.id(i));
+  }
+}
+
+BatchResult submit_batch(hean::Engine& engine, py::handle client_ids, py::handle symbols,
                                 py::handle sides, py::handle order_types,
                                 py::handle quantities, py::handle prices,
                                 py::handle time_in_force, i64 now_ns) {
-  const StringColumn ids = read_strings(client_ids, "client_order_ids", false);
+  StringColumn ids = read_strings(client_ids, "client_order_ids", false);
   const StringColumn syms = read_strings(symbols, "symbols", true);
   const std::size_t n = ids.rows;
   if (syms.rows != n) {
@@ -186,8 +383,12 @@ hean::BatchOutcome submit_batch(hean::Engine& engine, py::handle client_ids, py:
     o.quantity = qty[i];
     o.price = price[i];
   }
-  py::gil_scoped_release release;
-  return engine.submit_batch(orders, now_ns);
+  hean::BatchOutcome outcome;
+  {
+    py::gil_scoped_release release;
+    outcome = engine.submit_batch(orders, now_ns);
+  }
+  return BatchResult(std::move(outcome), std::move(ids.storage), std::move(ids.offsets));
 }
 
 std::vector<hean::Fill> update_market_batch(hean::Engine& engine, py::handle symbols,
@@ -372,36 +573,117 @@ PYBIND11_MODULE(_core, m) {
       .def_readonly("fills", &hean::EngineCounters::fills)
       .def_readonly("cancels", &hean::EngineCounters::cancels);
 
-  py::class_<hean::BatchOutcome>(m, "BatchResult")
+  py::class_<BatchResult>(m, "BatchResult")
       .def_property_readonly("count",
-                             [](const hean::BatchOutcome& b) { return b.status.size(); })
+                             [](const BatchResult& b) { return b.status.size(); })
       .def_readonly("filled", &hean::BatchOutcome::filled)
       .def_readonly("resting", &hean::BatchOutcome::resting)
       .def_readonly("expired", &hean::BatchOutcome::expired)
       .def_readonly("rejected", &hean::BatchOutcome::rejected)
       .def_readonly("duplicates", &hean::BatchOutcome::duplicates)
       .def_property_readonly(
-          "status", [](const hean::BatchOutcome& b) { return column_bytes(b.status); },
+          "status", [](const BatchResult& b) { return column_bytes(b.status); },
           "uint8 per order (OrderStatus values)")
       .def_property_readonly(
-          "reason", [](const hean::BatchOutcome& b) { return column_bytes(b.reason); },
+          "reason", [](const BatchResult& b) { return column_bytes(b.reason); },
           "uint8 per order (RejectReason values)")
       .def_property_readonly(
-          "filled_qty", [](const hean::BatchOutcome& b) { return column_bytes(b.filled_qty); },
+          "filled_qty", [](const BatchResult& b) { return column_bytes(b.filled_qty); },
           "int64 per order")
       .def_property_readonly(
-          "fill_price", [](const hean::BatchOutcome& b) { return column_bytes(b.fill_price); },
+          "fill_price", [](const BatchResult& b) { return column_bytes(b.fill_price); },
           "int64 per order")
       .def_property_readonly(
-          "fee", [](const hean::BatchOutcome& b) { return column_bytes(b.fee); },
+          "fee", [](const BatchResult& b) { return column_bytes(b.fee); },
           "int64 per order")
       .def_property_readonly(
-          "order_id", [](const hean::BatchOutcome& b) { return column_bytes(b.order_id); },
+          "order_id", [](const BatchResult& b) { return column_bytes(b.order_id); },
           "uint64 per order")
       .def_property_readonly(
-          "duplicate", [](const hean::BatchOutcome& b) { return column_bytes(b.duplicate); },
-          "uint8 per order (1 = remembered outcome)");
+          "duplicate", [](const BatchResult& b) { return column_bytes(b.duplicate); },
+          "uint8 per order (1 = remembered outcome)")
+      .def("client_order_id",
+           [](const BatchResult& b, py::ssize_t i) { return utf8_str(b.id(b.checked(i))); },
+           py::arg("i"))
+      .def(
+          "client_order_ids",
+          [](const BatchResult& b) {
+            py::list out(b.status.size());
+            for (std::size_t i = 0; i < b.status.size(); ++i) {
+              PyList_SET_ITEM(out.ptr(), static_cast<py::ssize_t>(i), utf8_str(b.id(i)).release().ptr());
+            }
+            return out;
+          },
+          "The orders' client ids, in input order.")
+      .def(
+          "results_json",
+          [](const BatchResult& b) {
+            std::string out;
+            {
+              py::gil_scoped_release release;
+              out.reserve(b.status.size() * 200 + 2);
+              out.push_back('[');
+              append_rows(out, b, 0, b.status.size());
+              out.push_back(']');
+            }
+            return py::bytes(out);
+          },
+          "Every order's result as one JSON array: the objects of OrderResult.to_dict(), "
+          "compact, as orjson writes them.")
+      .def(
+          "result_json",
+          [](const BatchResult& b, py::ssize_t i) {
+            const std::size_t row = b.checked(i);
+            std::string out;
+            append_rows(out, b, row, row + 1);
+            return py::bytes(out);
+          },
+          py::arg("i"), "Order i's result as a JSON object (see results_json).");
 
+  py::class_<OrderColumns>(m, "OrderColumns",
+                           "Orders read by read_order_params, as the engine takes them.")
+      .def("__len__", [](const OrderColumns& c) { return c.orders.size(); })
+      .def(
+          "rows",
+          [](const OrderColumns& c) {
+            py::list out;
+            for (const hean::OrderRequest& o : c.requests()) {
+              out.append(py::make_tuple(utf8_str(o.client_id), utf8_str(o.symbol),
+                                        static_cast<int>(o.side), static_cast<int>(o.type),
+                                        static_cast<int>(o.tif), o.quantity, o.price));
+            }
+            return out;
+          },
+          "Each order as (client_order_id, symbol, side, order_type, time_in_force, "
+          "quantity, price): the core's codes and units.")
+      .def(
+          "to_bytes",
+          [](const OrderColumns& c) {
+            std::string out;
+            {
+              py::gil_scoped_release release;
+              const std::vector<hean::OrderRequest> orders = c.requests();
+              out.reserve(orders.size() * 48 + 16);
+              hean::append_orders_binary(out, orders);
+            }
+            return py::bytes(out);
+          },
+          "The orders in the engine log's binary form (cpp_ext/wire.hpp); ValueError for an "
+          "id or symbol over 255 bytes (the engine refuses those anyway).")
+      .def_static(
+          "from_bytes",
+          [](const py::bytes& data) {
+            const std::string_view view(data);
+            return OrderColumns::copy_of(hean::read_orders_binary(view));
+          },
+          py::arg("data"), "The orders of to_bytes(); ValueError for anything else.");
+  m.def("read_order_params", &read_order_params, py::arg("orders"),
+        "The columns of a list of submit_order params in the plain form the edge sends, or "
+        "None when any order is not in that form (hean.engine.OrderBatch.append_params then "
+        "reads them, with its errors).");
+
+
+  const auto released = py::call_guard<py::gil_scoped_release>();
   py::class_<hean::Engine>(m, "Engine")
       .def(py::init(&make_engine), py::arg("starting_equity") = 10'000 * hean::kScale,
            py::arg("idempotency_capacity") = 100'000)
@@ -418,11 +700,14 @@ PYBIND11_MODULE(_core, m) {
       .def("set_risk_limits", &hean::Engine::set_risk_limits, py::arg("limits"),
            py::call_guard<py::gil_scoped_release>())
       .def("reset_daily", &hean::Engine::reset_daily, py::call_guard<py::gil_scoped_release>())
-      .def_property_readonly("state", &hean::Engine::state)
-      .def_property_readonly("halt_reason", &hean::Engine::halt_reason)
-      .def_property_readonly("command_count", &hean::Engine::command_count)
-      .def_property_readonly("risk_limits", &hean::Engine::risk_limits)
-      .def_property_readonly("counters", &hean::Engine::counters)
+      // Getters take the engine's lock: without the GIL, so that a thread waiting for a batch
+      // to finish (the state publisher) does not hold up every other Python thread meanwhile.
+      .def_property_readonly("state", py::cpp_function(&hean::Engine::state, released))
+      .def_property_readonly("halt_reason", py::cpp_function(&hean::Engine::halt_reason, released))
+      .def_property_readonly("command_count",
+                             py::cpp_function(&hean::Engine::command_count, released))
+      .def_property_readonly("risk_limits", py::cpp_function(&hean::Engine::risk_limits, released))
+      .def_property_readonly("counters", py::cpp_function(&hean::Engine::counters, released))
       .def_property_readonly("starting_equity",
                              [](const hean::Engine& e) { return e.config().starting_equity; })
       .def_property_readonly(
@@ -439,6 +724,8 @@ PYBIND11_MODULE(_core, m) {
       .def("submit_batch", &submit_batch, py::arg("client_order_ids"), py::arg("symbols"),
            py::arg("sides"), py::arg("order_types"), py::arg("quantities"), py::arg("prices"),
            py::arg("time_in_force"), py::arg("now_ns") = 0)
+      .def("submit_columns", &submit_columns, py::arg("columns"), py::arg("now_ns") = 0,
+           "submit_batch of orders read by read_order_params.")
       .def("cancel_order", &hean::Engine::cancel, py::arg("client_order_id"),
            py::call_guard<py::gil_scoped_release>())
       .def(

@@ -490,6 +490,17 @@ const char* to_string(RejectReason reason) noexcept {
   return "UNKNOWN";
 }
 
+const char* to_string(OrderStatus status) noexcept {
+  switch (status) {
+    case OrderStatus::Filled: return "FILLED";
+    case OrderStatus::Resting: return "RESTING";
+    case OrderStatus::Expired: return "EXPIRED";
+    case OrderStatus::Rejected: return "REJECTED";
+    case OrderStatus::Cancelled: return "CANCELLED";
+  }
+  return "UNKNOWN";
+}
+
 namespace {
 // A fixed-point value as the shortest decimal text ("0.1", "10000000000").
 std::string units_text(i64 units) {

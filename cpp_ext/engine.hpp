@@ -76,6 +76,7 @@ constexpr int kRejectReasonCount = 12;
 
 const char* to_string(EngineState state) noexcept;
 const char* to_string(RejectReason reason) noexcept;
+const char* to_string(OrderStatus status) noexcept;
 
 // Thrown for invalid input; the bindings turn it into ValueError. The message names the field.
 class InvalidInput : public std::invalid_argument {

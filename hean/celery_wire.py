@@ -143,11 +143,11 @@ def batch_envelopes(raw: bytes | str) -> list[dict[str, Any]]:
 
     Raises ValueError (or KeyError, IndexError, TypeError) for anything else.
     """
-    message = json.loads(raw)
+    message = fastjson.loads(raw)  # the standard library's values (a tenth of the time)
     body = message["body"]
     if message.get("properties", {}).get("body_encoding") == "base64":
         body = base64.b64decode(body)
-    args = json.loads(body)[0]
+    args = fastjson.loads(body)[0]
     return list(args[0])
 
 

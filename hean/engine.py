@@ -34,7 +34,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from hean import _core
 
@@ -65,6 +65,7 @@ __all__ = [
     "TimeInForce",
     "TradingEngine",
     "from_units",
+    "orders_from_params",
     "to_units",
 ]
 
@@ -556,6 +557,22 @@ class OrderBatch:
     def __len__(self) -> int:
         return len(self.client_order_ids)
 
+    def rows(self) -> list[tuple[str, str, int, int, int, int, int]]:
+        """Each order as (client_order_id, symbol, side, order_type, time_in_force, quantity,
+        price), as `_core.OrderColumns.rows()` gives them."""
+        return list(
+            zip(
+                self.client_order_ids,
+                self.symbols,
+                self.sides,
+                self.order_types,
+                self.time_in_force,
+                self.quantities,
+                self.prices,
+                strict=True,
+            )
+        )
+
     def append(self, order: OrderRequest | Mapping[str, Any]) -> None:
         if not isinstance(order, OrderRequest):
             order = OrderRequest.from_dict(order)
@@ -603,6 +620,22 @@ class OrderBatch:
         return batch
 
 
+def orders_from_params(orders: Sequence[Mapping[str, Any]]) -> OrderBatch | _core.OrderColumns:
+    """The columns of orders given as the JSON params of `submit_order` commands that passed the
+    edge's schema: read by the core (`_core.read_order_params`, no Python object per order) when
+    every order is in the plain form the edge sends (amounts as decimal text), else by
+    `OrderBatch.append_params`, which reads any other form the same way and raises its
+    ValueError, KeyError or TypeError for an order it refuses. Either way the core checks the
+    bounds when the batch is applied. tests/test_engine_columns.py holds the two readers equal."""
+    columns = _core.read_order_params(orders)
+    if columns is not None:
+        return columns
+    batch = OrderBatch()
+    for params in orders:
+        batch.append_params(params)
+    return batch
+
+
 @dataclass(slots=True)
 class MarketBatch:
     """Market ticks as columns; prices in fixed-point units (1e-8)."""
@@ -624,16 +657,39 @@ class MarketBatch:
         self.lasts.append(to_units(tick.last, "last"))
 
 
+#: BatchResult's columns: attribute -> (the core's column, its item format).
+_BATCH_COLUMNS: dict[str, tuple[str, Literal["B", "q", "Q"]]] = {
+    "statuses": ("status", "B"),
+    "reasons": ("reason", "B"),
+    "filled_qty": ("filled_qty", "q"),
+    "fill_price": ("fill_price", "q"),
+    "fee": ("fee", "q"),
+    "order_ids": ("order_id", "Q"),
+    "_duplicate_flags": ("duplicate", "B"),
+}
+
+
 class BatchResult:
     """Outcomes of a batch as columns, in input order, plus totals.
 
     `statuses`/`reasons` hold core codes; `filled_qty`, `fill_price`, `fee` are fixed-point
-    units. `results()` builds one `OrderResult` per order when they are wanted.
+    units (each column is copied out of the core when first read). `results()` builds one
+    `OrderResult` per order when they are wanted; `results_json()` writes every order's
+    `to_dict()` as JSON in the core, without a Python object per order.
     """
+
+    statuses: memoryview
+    reasons: memoryview
+    filled_qty: memoryview
+    fill_price: memoryview
+    fee: memoryview
+    order_ids: memoryview
+    _duplicate_flags: memoryview
 
     __slots__ = (
         "_client_order_ids",
         "_duplicate_flags",
+        "_raw",
         "count",
         "duplicates",
         "expired",
@@ -648,29 +704,46 @@ class BatchResult:
         "statuses",
     )
 
-    def __init__(self, client_order_ids: Sequence[str], raw: _core.BatchResult) -> None:
-        self._client_order_ids = client_order_ids
+    def __init__(self, raw: _core.BatchResult, client_order_ids: Sequence[str] | None = None) -> None:
+        self._raw = raw
+        self._client_order_ids = client_order_ids  # read from `raw` when first wanted
         self.count: int = raw.count
         self.filled: int = raw.filled
         self.resting: int = raw.resting
         self.expired: int = raw.expired
         self.rejected: int = raw.rejected
         self.duplicates: int = raw.duplicates
-        self.statuses = memoryview(raw.status)
-        self.reasons = memoryview(raw.reason)
-        self.filled_qty = memoryview(raw.filled_qty).cast("q")
-        self.fill_price = memoryview(raw.fill_price).cast("q")
-        self.fee = memoryview(raw.fee).cast("q")
-        self.order_ids = memoryview(raw.order_id).cast("Q")
-        self._duplicate_flags = memoryview(raw.duplicate)
+
+    def __getattr__(self, name: str) -> memoryview:
+        """A column, read from the core on first use (a batch answered from `results_json()` and
+        its totals never needs one)."""
+        try:
+            raw_name, item_format = _BATCH_COLUMNS[name]
+        except KeyError:
+            raise AttributeError(name) from None
+        column = memoryview(getattr(self._raw, raw_name)).cast(item_format)
+        object.__setattr__(self, name, column)
+        return column
 
     def __len__(self) -> int:
         return self.count
 
+    @property
+    def client_order_ids(self) -> Sequence[str]:
+        if self._client_order_ids is None:
+            self._client_order_ids = self._raw.client_order_ids()
+        return self._client_order_ids
+
+    def client_order_id(self, i: int) -> str:
+        return self._raw.client_order_id(i)
+
+    def reject_reason(self, i: int) -> RejectReason | None:
+        return _REASON_BY_CODE[self.reasons[i]]
+
     def result(self, i: int) -> OrderResult:
         price = self.fill_price[i]
         return OrderResult(
-            client_order_id=self._client_order_ids[i],
+            client_order_id=self.client_order_ids[i],
             order_id=self.order_ids[i],
             status=_STATUS_BY_CODE[self.statuses[i]],
             reject_reason=_REASON_BY_CODE[self.reasons[i]],
@@ -682,6 +755,14 @@ class BatchResult:
 
     def results(self) -> list[OrderResult]:
         return [self.result(i) for i in range(self.count)]
+
+    def results_json(self) -> bytes:
+        """`to_dict()["results"]` as compact JSON, exactly the bytes orjson writes for it."""
+        return self._raw.results_json()
+
+    def result_json(self, i: int) -> bytes:
+        """`result(i).to_dict()` as compact JSON, exactly the bytes orjson writes for it."""
+        return self._raw.result_json(i)
 
     def to_dict(self, include_results: bool = True) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -705,7 +786,7 @@ class BatchResult:
                     "duplicate": bool(duplicate),
                 }
                 for cid, order_id, status, reason, filled, price, fee, duplicate in zip(
-                    self._client_order_ids,
+                    self.client_order_ids,
                     self.order_ids,
                     self.statuses,
                     self.reasons,
@@ -848,7 +929,7 @@ class TradingEngine:
 
     def submit_batch(
         self,
-        orders: OrderBatch | Iterable[OrderRequest | Mapping[str, Any]],
+        orders: OrderBatch | _core.OrderColumns | Iterable[OrderRequest | Mapping[str, Any]],
         *,
         now_ns: int | None = None,
     ) -> BatchResult:
@@ -857,6 +938,8 @@ class TradingEngine:
         The whole batch is validated first: on invalid input it raises ValueError (naming
         the field) and applies nothing.
         """
+        if isinstance(orders, _core.OrderColumns):  # read by orders_from_params
+            return BatchResult(self._core.submit_columns(orders, _now_ns(now_ns)))
         batch = orders if isinstance(orders, OrderBatch) else OrderBatch.from_orders(orders)
         raw = self._core.submit_batch(
             batch.client_order_ids,
@@ -868,7 +951,7 @@ class TradingEngine:
             batch.time_in_force,
             _now_ns(now_ns),
         )
-        return BatchResult(batch.client_order_ids, raw)
+        return BatchResult(raw, batch.client_order_ids)
 
     def cancel_order(self, client_order_id: str) -> CancelResult:
         cid = _text(client_order_id, "client_order_id")

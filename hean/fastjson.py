@@ -24,6 +24,14 @@ import orjson
 _OPTIONS = orjson.OPT_NON_STR_KEYS
 
 
+def fragment(encoded: bytes | str) -> Any:
+    """JSON text already encoded, to be written as it is where it sits in a value given to
+    `dumps` (an orjson.Fragment): results the C++ core wrote are not decoded and encoded again.
+    Only `dumps` by orjson takes it; the standard library refuses it, as it refuses any object it
+    does not know, so a value holding one must not need the fallback (no integer beyond 64 bits)."""
+    return orjson.Fragment(encoded)
+
+
 def dumps(obj: Any, **kwargs: Any) -> str:
     """`json.dumps(obj, separators=(",", ":"))`, or `json.dumps(obj, **kwargs)` when other
     options are asked for (or orjson refuses `obj`)."""
@@ -34,6 +42,15 @@ def dumps(obj: Any, **kwargs: Any) -> str:
             pass
         kwargs["separators"] = (",", ":")
     return _json.dumps(obj, **kwargs)
+
+
+def dumpb(obj: Any) -> bytes:
+    """`dumps(obj).encode()`, without the detour through str: for text that goes to Redis as it is
+    (redis-py would encode a str again)."""
+    try:
+        return orjson.dumps(obj, option=_OPTIONS)
+    except (orjson.JSONEncodeError, TypeError):
+        return _json.dumps(obj, separators=(",", ":")).encode()
 
 
 #: A run of this many digits may be an integer orjson does not hold exactly (2**63 has 19).

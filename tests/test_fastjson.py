@@ -23,6 +23,11 @@ def test_dumps_writes_what_compact_json_dumps_reads_back_equal(value: Any) -> No
     assert json.loads(encoded) == json.loads(json.dumps(value, separators=(",", ":")))
 
 
+@pytest.mark.parametrize("value", [*VALUES, [2**70, "big"], {"\u00e9": "\ud800"}])
+def test_dumpb_is_dumps_encoded(value: Any) -> None:
+    assert fastjson.dumpb(value) == fastjson.dumps(value).encode()
+
+
 @pytest.mark.parametrize("value", VALUES)
 def test_loads_reads_what_the_standard_library_reads(value: Any) -> None:
     for text in (json.dumps(value), json.dumps(value, separators=(",", ":"), ensure_ascii=False)):

@@ -22,10 +22,10 @@ class BufferedRedisManager(socketio.RedisManager):
     the web process's manager (web/bus.py) fans out.
     """
 
-    def encode(self, messages: list[Any]) -> str:
+    def encode(self, messages: list[Any]) -> bytes:
         """The pub/sub payload carrying `messages` (one message, or one bulk message)."""
         bulk = messages[0] if len(messages) == 1 else {"method": BULK_METHOD, "messages": messages}
-        return str(self.json.dumps(bulk))
+        return fastjson.dumpb(bulk)
 
 
 @functools.cache

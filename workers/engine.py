@@ -10,6 +10,7 @@ from typing import Any, Final
 from celery.signals import worker_init, worker_ready, worker_shutdown
 from redis.exceptions import RedisError
 
+from hean import fastjson
 from hean.celery_wire import reclaim_unacked, restore_delivering
 from hean.commands import (
     CommandError,
@@ -30,7 +31,7 @@ from hean.commands.params import (
     RiskAdjustParams,
 )
 from hean.config import get_settings
-from hean.engine import EngineState, OrderBatch, OrderResult
+from hean.engine import BatchResult, EngineState, OrderResult, orders_from_params
 from hean.history import HistoryUnavailable
 from hean.redis_client import sync_client
 from hean.topology import BATCH_TASKS, ENGINE_PING_TASK, ENGINE_QUEUE
@@ -119,27 +120,21 @@ def submit_order(params: OrderParams) -> dict[str, Any]:
 @implements_many("submit_order")
 def submit_order_run(orders: list[dict[str, Any]]) -> list[Outcome]:
     """Single orders in a row, as one core batch: one lock, one log entry, no Python object per
-    order, each order's outcome exactly what `submit_order` gives it alone."""
-    batch = OrderBatch()
+    order, each order's outcome exactly what `submit_order` gives it alone (its result written
+    as JSON by the core: hean.fastjson.fragment)."""
     try:
-        for params in orders:
-            batch.append_params(params)
-        result = SHARD.apply_order_batch(orders, batch)
+        result = SHARD.apply_order_batch(orders, orders_from_params(orders))
     except (ValueError, KeyError, TypeError) as exc:  # nothing applied: one by one, with its errors
         raise RunRefused(str(exc)) from exc
-    return [
-        ({"order": row}, None)
-        if row["reject_reason"] is None
-        else (
-            None,
-            {
-                "code": reject_code(row["reject_reason"]),
-                "message": f"order {row['client_order_id']} rejected: {row['reject_reason']}",
-                "field": "order",
-            },
-        )
-        for row in result.to_dict()["results"]
-    ]
+    outcomes: list[Outcome] = []
+    for i in range(result.count):
+        reason = result.reject_reason(i)
+        if reason is None:
+            outcomes.append(({"order": fastjson.fragment(result.result_json(i))}, None))
+            continue
+        message = f"order {result.client_order_id(i)} rejected: {reason}"
+        outcomes.append((None, {"code": reject_code(reason), "message": message, "field": "order"}))
+    return outcomes
 
 
 @implements("submit_orders")
@@ -151,29 +146,33 @@ def submit_orders(params: OrdersParams) -> dict[str, Any]:
 @implements_many("submit_orders")
 def submit_orders_run(commands: list[dict[str, Any]]) -> list[Outcome]:
     """`submit_orders` commands in a row: each one's orders straight into the core's columns
-    (validated at the edge, not again: no pydantic model, no OrderRequest per order)."""
+    (validated at the edge, not again: no pydantic model, no OrderRequest per order), and the
+    per-order results written as JSON by the core (`wire_result`)."""
     batches = []
     try:
         for params in commands:
             orders = params["orders"]
             if not isinstance(orders, list) or not 1 <= len(orders) <= MAX_ORDERS_PER_COMMAND:
                 raise ValueError("orders: 1 to 1,000 orders")
-            batch = OrderBatch()
-            for order in orders:
-                batch.append_params(order)
-            batches.append((orders, batch))
+            batches.append((orders, orders_from_params(orders)))
     except (ValueError, KeyError, TypeError) as exc:  # nothing applied yet: one by one
         raise RunRefused(str(exc)) from exc
     outcomes: list[Outcome] = []
     for orders, batch in batches:
         try:
-            outcomes.append((SHARD.apply_order_batch(orders, batch).to_dict(), None))
+            outcomes.append((wire_result(SHARD.apply_order_batch(orders, batch)), None))
         except ValueError as exc:  # the core refused this command's orders (it applied none)
             field = str(exc).split(":", 1)[0]
             outcomes.append(
                 (None, {"code": "invalid_params", "message": str(exc), "field": f"params.{field}"})
             )
     return outcomes
+
+
+def wire_result(result: BatchResult) -> dict[str, Any]:
+    """`result.to_dict()` as it goes on the wire: the per-order results are the JSON the core
+    wrote (hean.fastjson.fragment), encoded into the journal and the result packet as they are."""
+    return {**result.to_dict(include_results=False), "results": fastjson.fragment(result.results_json())}
 
 
 @implements("cancel_order")

@@ -6,7 +6,9 @@ The engine queue's one consumer holds exactly one shard (workers/engine.py); not
 engine lives in module globals.
 
 Durability: every command that changes the engine is appended, with the time it was applied,
-to the Redis stream ``hean:engine:log`` in the same MULTI/EXEC that records its result; a
+to the Redis stream ``hean:engine:log`` in the same MULTI/EXEC that records its result (its
+JSON params, or for orders the core read into columns those columns in the core's binary form,
+``columns``: cpp_ext/wire.hpp); a
 snapshot (hash ``hean:engine:snapshot``: ``data``, ``log_id``, ``paused``) is taken after
 control commands, every ``SNAPSHOT_EVERY`` logged commands or ``HEAN_SNAPSHOT_INTERVAL_S`` seconds,
 and at shutdown, and trims the log. A restarted shard restores the snapshot and replays the log
@@ -26,7 +28,7 @@ from typing import Any, cast
 
 from pydantic import BaseModel
 
-from hean import fastjson, metrics
+from hean import _core, fastjson, metrics
 from hean.celery_wire import batch_envelopes, task_marker
 from hean.command_journal import START_LUA, decode_started, journal_key
 from hean.commands import CONTROL_COMMANDS
@@ -113,9 +115,18 @@ class EngineLog:
         return f"{now_ms}-0" if now_ms > last_ms else f"{last_ms}-{last_seq + 1}"
 
     def add(self, command: str, params: dict[str, Any], now_ns: int) -> None:
-        entry = {"cmd": command, "params": fastjson.dumps(params), "now_ns": now_ns}
-        self.pending.append((self._next_id(), entry))
+        # bytes: what redis-py sends, with no str between
+        self._append({"cmd": command, "params": fastjson.dumpb(params), "now_ns": now_ns})
         self.control_seen |= command in CONTROL_COMMANDS
+
+    def add_orders(self, columns: _core.OrderColumns, now_ns: int) -> None:
+        """Log orders the core read into columns as `submit_orders`, in the core's binary form:
+        written and read back without a Python object per order (orjson re-encoding the orders'
+        params took as much of the worker's CPU as reading them)."""
+        self._append({"cmd": "submit_orders", "columns": columns.to_bytes(), "now_ns": now_ns})
+
+    def _append(self, entry: dict[str, Any]) -> None:
+        self.pending.append((self._next_id(), entry))
 
     def write(self, pipe: Any) -> None:
         """Queue the pending entries on `pipe` (committed with the commands' results)."""
@@ -296,14 +307,19 @@ class EngineShard:
         )
         return outcome
 
-    def apply_order_batch(self, orders: list[dict[str, Any]], batch: OrderBatch) -> BatchResult:
+    def apply_order_batch(
+        self, orders: list[dict[str, Any]], batch: OrderBatch | _core.OrderColumns
+    ) -> BatchResult:
         """Apply orders (given as JSON params, and as `batch`: the same orders in columns) as
         one core batch, logged as one `submit_orders` entry (which replays them the same way).
         Raises ValueError, having applied nothing, if the core refuses the batch."""
         now_ns = time.time_ns()
         outcome = self.engine.submit_batch(batch, now_ns=now_ns)
         metrics.engine_outcome(outcome)
-        self.log.add("submit_orders", {"orders": orders}, now_ns)
+        if isinstance(batch, _core.OrderColumns):
+            self.log.add_orders(batch, now_ns)
+        else:
+            self.log.add("submit_orders", {"orders": orders}, now_ns)
         self.publisher.mark(positions=True)
         return outcome
 
@@ -398,15 +414,23 @@ def restore_engine(engine: TradingEngine, client: Any) -> tuple[str, bool | None
         paused = stored.get(b"paused") == b"1"
     entries = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(LOG_KEY, min=f"({last_id}", max="+"))
     for entry_id, fields in entries:
-        name = fields[b"cmd"].decode()
         try:
-            _, changed = MUTATIONS[name](engine, json.loads(fields[b"params"]), int(fields[b"now_ns"]))
+            _, changed = replay_entry(engine, fields)
         except ValueError as exc:  # it failed the same way the first time; the log keeps order
-            log.warning("event=replay_refused command=%s error=%s", name, exc)
+            log.warning("event=replay_refused command=%s error=%s", fields[b"cmd"].decode(), exc)
         else:
             paused = changed if changed is not None else paused
         last_id = _id_text(entry_id)
     return last_id, paused, len(entries)
+
+
+def replay_entry(engine: TradingEngine, fields: dict[bytes, bytes]) -> tuple[Any, bool | None]:
+    """Apply one log entry (its stream fields, as Redis returns them) to `engine` again, at the
+    time it was first applied: its outcome and the shard's new paused flag (see MUTATIONS)."""
+    now_ns = int(fields[b"now_ns"])
+    if b"columns" in fields:  # orders logged in the core's binary form (EngineLog.add_orders)
+        return engine.submit_batch(_core.OrderColumns.from_bytes(fields[b"columns"]), now_ns=now_ns), None
+    return MUTATIONS[fields[b"cmd"].decode()](engine, json.loads(fields[b"params"]), now_ns)
 
 
 def _id_text(raw: bytes | str) -> str:

@@ -1,5 +1,6 @@
 // C++ tests of the HEAN core without Python (run by ctest, also under ASan/UBSan).
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <random>
@@ -9,6 +10,7 @@
 
 #include "engine.hpp"
 #include "graph.hpp"
+#include "wire.hpp"
 
 using namespace hean;
 
@@ -227,6 +229,142 @@ void test_lead_lag() {
   CHECK(std::fabs(g.correlation("A", "A") - 1.0) < 1e-12);
 }
 
+// Plain decimal text reads as fixed-point units exactly where hean.engine.text_units's integer
+// path does; the rest is refused (the Python path decides it).
+void test_plain_decimal_units() {
+  const struct {
+    const char* text;
+    bool ok;
+    i64 units;
+  } cases[] = {
+      {"0", true, 0},
+      {"1", true, S},
+      {"0.001", true, S / 1000},
+      {"50000.5", true, 50'000 * S + S / 2},
+      {"0.00000001", true, 1},
+      {"007.10", true, 7 * S + S / 10},
+      {"92233720368.54775807", true, INT64_MAX},
+      {"92233720368.54775808", false, 0},
+      {"9999999999999999999", false, 0},   // 19 digits, beyond int64 once scaled
+      {"99999999999999999999", false, 0},  // 20 digits
+      {"0.000000001", false, 0},           // 9 decimal places
+      {"", false, 0},
+      {".5", false, 0},
+      {"1.", false, 0},
+      {"-1", false, 0},
+      {"+1", false, 0},
+      {" 1", false, 0},
+      {"1e3", false, 0},
+      {"1.2.3", false, 0},
+      {"1,5", false, 0},
+  };
+  for (const auto& c : cases) {
+    i64 units = -7;
+    const bool ok = plain_decimal_units(c.text, units);
+    CHECK(ok == c.ok);
+    if (ok && c.ok) CHECK(units == c.units);
+  }
+}
+
+std::string reference_units_text(i64 units) {  // by long division on a wider type
+  const i128 v = units;
+  const i128 mag = v < 0 ? -v : v;
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%s%llu.%08llu", v < 0 ? "-" : "",
+                static_cast<unsigned long long>(mag / S), static_cast<unsigned long long>(mag % S));
+  return buf;
+}
+
+void test_wire_text() {
+  std::mt19937_64 rng(5);
+  std::vector<i64> values = {0, 1, -1, S - 1, S, -S - 1, INT64_MAX, INT64_MIN, INT64_MIN + 1};
+  for (int i = 0; i < 20'000; ++i) values.push_back(static_cast<i64>(rng()));
+  for (const i64 v : values) {
+    std::string out = "x";
+    append_units_text(out, v);
+    CHECK(out == "x" + reference_units_text(v));
+  }
+  static constexpr char kRaw[] = "a\"b\\c\n\t\x01\x1f\x7f/\xc3\xa9";
+  std::string text;
+  append_json_string(text, std::string_view(kRaw, sizeof kRaw - 1));
+  CHECK(text == "\"a\\\"b\\\\c\\n\\t\\u0001\\u001f\x7f/\xc3\xa9\"");
+  std::string empty;
+  append_json_string(empty, "");
+  CHECK(empty == "\"\"");
+}
+
+// A batch's results as JSON: every field, a reject and a duplicate.
+void test_result_json() {
+  Engine e;
+  RiskLimits l = loose();
+  e.set_risk_limits(l);
+  e.start();
+  e.update_market(MarketUpdate{"BTC", 100 * S, 101 * S, 100 * S});
+  const std::string id = "q\"1";
+  const BatchOutcome b = e.submit_batch({market(id, "BTC", Side::Buy, S / 2),
+                                         market("r", "ETH", Side::Buy, S),
+                                         market(id, "BTC", Side::Buy, S / 2)});
+  std::string out;
+  append_result_json(out, b, 0, id);
+  CHECK(out ==
+        "{\"client_order_id\":\"q\\\"1\",\"order_id\":1,\"status\":\"FILLED\","
+        "\"reject_reason\":null,\"filled_quantity\":\"0.50000000\",\"fill_price\":"
+        "\"101.00000000\",\"fee\":\"0.05050000\",\"duplicate\":false}");
+  out.clear();
+  append_result_json(out, b, 1, "r");
+  CHECK(out ==
+        "{\"client_order_id\":\"r\",\"order_id\":0,\"status\":\"REJECTED\","
+        "\"reject_reason\":\"NO_MARKET_DATA\",\"filled_quantity\":\"0.00000000\","
+        "\"fill_price\":null,\"fee\":\"0.00000000\",\"duplicate\":false}");
+  out.clear();
+  append_result_json(out, b, 2, id);
+  CHECK(out.find("\"duplicate\":true}") != std::string::npos);
+  CHECK(out.find("\"order_id\":1,") != std::string::npos);
+}
+
+// The log's binary form reads back to the same orders; anything cut short or altered is
+// refused with InvalidInput, never read out of bounds (this runs under ASan too).
+void test_orders_binary() {
+  const std::string id_a = "a", long_id(64, 'x'), id_c = "\xc3\xa9\"";  // views below point here
+  const std::vector<OrderRequest> orders = {
+      market(id_a, "BTC", Side::Buy, S / 1000),
+      limit(long_id, "ETHUSDT", Side::Sell, 3 * S, 49'000 * S + 1, TimeInForce::IOC),
+      market(id_c, "B", Side::Sell, INT64_MAX)};
+  std::string data;
+  append_orders_binary(data, orders);
+  const std::vector<OrderRequest> back = read_orders_binary(data);
+  CHECK(back.size() == orders.size());
+  for (std::size_t i = 0; i < back.size() && i < orders.size(); ++i) {
+    CHECK(back[i].client_id == orders[i].client_id);
+    CHECK(back[i].symbol == orders[i].symbol);
+    CHECK(back[i].side == orders[i].side && back[i].type == orders[i].type);
+    CHECK(back[i].tif == orders[i].tif);
+    CHECK(back[i].quantity == orders[i].quantity && back[i].price == orders[i].price);
+  }
+  std::string empty;
+  append_orders_binary(empty, {});
+  CHECK(read_orders_binary(empty).empty());
+  auto refused = [](std::string_view bytes) {
+    try {
+      read_orders_binary(bytes);
+    } catch (const InvalidInput&) {
+      return true;
+    }
+    return false;
+  };
+  for (std::size_t cut = 0; cut < data.size(); ++cut) CHECK(refused(std::string_view(data).substr(0, cut)));
+  CHECK(refused(data + "x"));
+  std::mt19937 rng(3);
+  for (int i = 0; i < 2000; ++i) {  // flipped bytes: read or refused, never out of bounds
+    std::string bad = data;
+    bad[rng() % bad.size()] = static_cast<char>(rng());
+    try {
+      read_orders_binary(bad);
+    } catch (const InvalidInput&) {
+    }
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -236,6 +374,10 @@ int main() {
   test_snapshot_roundtrip_and_corruption();
   test_bounded_idempotency_and_threads();
   test_lead_lag();
+  test_plain_decimal_units();
+  test_wire_text();
+  test_result_json();
+  test_orders_binary();
   if (g_failures != 0) {
     std::fprintf(stderr, "%d check(s) failed\n", g_failures);
     return EXIT_FAILURE;
