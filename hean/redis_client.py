@@ -7,11 +7,13 @@ import functools
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import (
     ExecAbortError,
     NoScriptError,
@@ -195,15 +197,30 @@ class OwnConnection:
     one.
     """
 
+    #: A connection idle this long is checked before use, as the pool checks every one: a
+    #: Redis restarted meanwhile closed it, and the first command on it would fail. Busy, the
+    #: connection is never idle this long and never pays for the check.
+    CHECK_IDLE_S = 0.25
+
     def __init__(self, pool: redis.ConnectionPool) -> None:
         self._connection = pool.make_connection()
         self._lock = threading.Lock()
+        self._used_at = time.monotonic()
 
     def get_connection(self) -> Any:
         self._lock.acquire()
-        return self._connection
+        connection = self._connection
+        if time.monotonic() - self._used_at >= self.CHECK_IDLE_S:
+            try:
+                stale = getattr(connection, "_sock", None) is not None and connection.can_read()
+            except (RedisConnectionError, TimeoutError, OSError):
+                stale = True
+            if stale:  # closed by the server (or unread data): connect afresh on the next send
+                connection.disconnect()
+        return connection
 
     def release(self, connection: Any) -> None:
+        self._used_at = time.monotonic()
         self._lock.release()
 
 

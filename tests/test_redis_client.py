@@ -186,3 +186,19 @@ def test_an_own_connection_is_lent_to_one_caller_at_a_time(
     assert taken.wait(5)
     waiter.join(5)
     assert run_script(own, SOURCE, ["n"], [4]) == 4
+
+
+def test_an_own_connection_closed_by_the_server_while_idle_is_made_afresh(
+    pool: redis.BlockingConnectionPool, redis_client: redis.Redis
+) -> None:
+    """A Redis restarted (or a CLIENT KILL) closes the connection the web's command writer owns;
+    the first script after an idle spell must not fail on it (hean up's Redis-restart test)."""
+    own = OwnConnection(pool)
+    assert run_script(own, SOURCE, ["n"], [1]) == 1
+    conn = own.get_connection()
+    conn.send_command("CLIENT", "ID")
+    client_id = conn.read_response()
+    own.release(conn)
+    assert redis_client.client_kill_filter(_id=client_id) == 1
+    time.sleep(OwnConnection.CHECK_IDLE_S + 0.05)
+    assert run_script(own, SOURCE, ["n"], [2]) == 3
