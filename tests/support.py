@@ -274,6 +274,7 @@ class Client:
         self.acks: queue.Queue[dict[str, Any]] = queue.Queue()
         self.results: queue.Queue[dict[str, Any]] = queue.Queue()
         self.states: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._kept: dict[str, list[dict[str, Any]]] = {}
         self.sio.on("command_ack", self.acks.put)
         self.sio.on("command_result", self.results.put)
         self.sio.on("state_update", self.states.put)
@@ -299,10 +300,17 @@ class Client:
                 return value
 
     def result_for(self, request_id: str) -> dict[str, Any]:
+        """The next result for `request_id`. Results of other ids read meanwhile are kept for
+        their own call: python-socketio hands each packet to a thread of its own, so results
+        sent in order may be put here out of order."""
+        kept = self._kept.get(request_id)
+        if kept:
+            return kept.pop(0)
         while True:
             result = self.results.get(timeout=RESULT_TIMEOUT_S)
             if result["request_id"] == request_id:
                 return result
+            self._kept.setdefault(result["request_id"], []).append(result)
 
 
 def stop_engine_worker(system: dict[str, Any], crash: bool) -> None:

@@ -116,13 +116,17 @@ def test_commands_sent_without_waiting_are_acked_and_run_in_the_order_sent(
         )
     wait_for(lambda: len(acks) == len(ids), 30, "every ack")
     assert [a["request_id"] for a in acks] == ids and all(a["accepted"] for a in acks)
-    results: list[dict[str, Any]] = []
-    while len(results) < len(ids):  # in the order they arrive
+    by_id: dict[str, dict[str, Any]] = {}
+    while len(by_id) < len(ids):
         result = client.results.get(timeout=30)
         if result["request_id"] in ids:
-            results.append(result)
-    assert [r["request_id"] for r in results] == ids
+            by_id[result["request_id"]] = result
+    results = [by_id[request_id] for request_id in ids]
     assert all(r["success"] and r["result"]["order"]["status"] == "FILLED" for r in results)
+    # run in the order sent: the engine numbers orders as it applies them (the order in which
+    # results arrive here is python-socketio's: it hands each packet to a thread of its own)
+    order_ids = [r["result"]["order"]["order_id"] for r in results]
+    assert order_ids == sorted(order_ids) and len(set(order_ids)) == len(ids), order_ids
     expected = 300 - 2 * 100  # 200 buys, 100 sells
     wait_for(
         lambda: (p := position(system_redis_url, sym)) and Decimal(p["quantity"]) == expected,
