@@ -84,7 +84,7 @@ def test_a_script_error_is_raised_and_the_connection_stays_usable(face: Face) ->
     assert face.run(SOURCE, ["n"], [1]) == 1
 
 
-SLOW = "local n = 0 for i = 1, 20000000 do n = n + i end return 'slow'"  # ~0.1-0.4 s of Lua
+SLOW = "local n = 0 for i = 1, 100000000 do n = n + i end return 'slow'"  # ~0.5-2 s of Lua: well past 0.1 s
 
 
 @pytest.mark.parametrize("kind", ["sync", "own", "async"])
