@@ -37,7 +37,7 @@ from hean.auth import ensure_redis_password, ensure_token, write_secret
 from hean.config import Settings, env_for_children
 from hean.metrics import reset_directory
 from hean.processes import PROCESSES, ProcessSpec
-from hean.redis_server import PrivateRedis, RedisStartError, ensure_redis, redact_url
+from hean.redis_server import PrivateRedis, RedisStartError, die_with_parent, ensure_redis, redact_url
 
 GROUP = "hean"
 #: Total budget for a clean shutdown; the issue promises exit within 10 s.
@@ -230,6 +230,8 @@ class Launcher:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C reaches us, and we stop the children in order
+            # `hean up` killed (SIGKILL, OOM): supervisord stops its programs, not run on alone
+            preexec_fn=die_with_parent,
         )
         self.out(f"supervisor: pid={self._supervisord.pid} logs={home / 'logs'}")
         self._wait_for_web(token)

@@ -107,15 +107,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    # If the process that started the server dies without stopping it, the kernel stops it:
-    # no orphaned Redis after a crash or a SIGKILL of `hean up` or of a test session.
+def die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """For `preexec_fn`: if the process that started this child dies without stopping it, the
+    kernel sends the child SIGTERM: no orphaned Redis or supervisord after a crash or a SIGKILL
+    of `hean up` or of a test session."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _prepare_child(cpus: frozenset[int] | None) -> None:  # pragma: no cover - in the child
-    _die_with_parent()
+    die_with_parent()
     if cpus:  # before exec, so every thread the server starts inherits it
         os.sched_setaffinity(0, cpus)
 

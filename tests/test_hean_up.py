@@ -226,6 +226,35 @@ def test_hean_up_locks_its_redis_and_restarts_it_when_killed(up_env: dict[str, s
         up.finish()
 
 
+def test_a_killed_hean_up_leaves_no_process_running(up_env: dict[str, str], tmp_path: Path) -> None:
+    """`hean up` SIGKILLed (or killed by the OOM killer) cannot stop its children in order; the
+    kernel tells them (PR_SET_PDEATHSIG): supervisord stops its programs and Redis stops, instead
+    of running on unsupervised and holding the ports a new `hean up` needs."""
+    up = UpProcess(up_env, tmp_path / "up.log")
+    try:
+        wait_for(lambda: "ready: dashboard" in up.output(), 120, "hean up to be ready")
+        wait_for(lambda: set(up.pids()) == set(process_names()), 60, "every process RUNNING")
+        supervisor = re.search(r"supervisor: pid=(\d+)", up.output())
+        assert supervisor is not None
+        left = [int(supervisor.group(1)), *up.pids().values(), up.redis_pid() or 0]
+        assert all(psutil.pid_exists(pid) for pid in left), left
+        up.process.kill()
+        up.process.wait(10)
+
+        def running(pid: int) -> bool:
+            try:
+                return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                return False
+
+        def gone() -> bool:
+            return not any(running(pid) for pid in left)
+
+        wait_for(gone, 60, "supervisord, its programs and Redis to stop after hean up was killed")
+    finally:
+        up.finish()
+
+
 def test_hean_up_refuses_a_taken_port(up_env: dict[str, str], tmp_path: Path) -> None:
 
     with socket.socket() as blocker:
