@@ -14,9 +14,10 @@ import pytest
 import redis
 
 from hean import _core, fastjson
+from hean.command_journal import CommandJournal
 from hean.engine import text_units, to_units
 from hean.messages import CommandResult, ErrorInfo, TaskEnvelope
-from support import Client
+from support import Client, wait_for
 from workers.execution import result_message
 from workers.shard import LOG_KEY
 
@@ -113,6 +114,10 @@ def test_queued_single_orders_run_as_one_batch_with_the_outcomes_each_gets_alone
     # hold the engine worker for a moment, so that the orders queue up behind the nap
     nap = {"command": "engine_nap", "params": {"seconds": 1}, "request_id": uuid.uuid4().hex}
     client.sio.emit("command", nap)
+    # the nap running before the orders are sent: none shares its batch (the web's writer may
+    # enqueue the first orders together with it, and they would run right after it, alone)
+    journal = CommandJournal(store)
+    wait_for(lambda: journal.state(nap["request_id"]) == "started", 30, "the nap to start")
     bodies = orders_for(run_sym, "run")
     for body in bodies:  # all sent at once: on a loaded machine, acks one by one outlast the nap
         client.sio.emit("command", body)
