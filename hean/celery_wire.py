@@ -259,24 +259,50 @@ def reclaim_unacked(client: redis.Redis, queue: str) -> int:
 
 
 def delivering_key(queue: str) -> str:
-    """The list a message of `queue` (popped atomically) sits in between its pop and kombu's
-    record of it as delivered and unacknowledged."""
+    """The list a message of `queue` (popped atomically) sits in from its pop until it is
+    acknowledged (workers/transport.py)."""
     return f"hean:delivering:{queue}"
 
 
-# KEYS: the delivering list, the queue. Newest first onto the consuming end, so that the oldest
-# is consumed first.
-_RESTORE_DELIVERING = """
+# KEYS: the delivering list, the queue; ARGV: pairs of (message as held, message marked
+# redelivered), newest first. Each one still held goes onto the consuming end, so that the
+# oldest is consumed first.
+_RESTORE_HELD = """
 local n = 0
-while redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') do n = n + 1 end
+for i = 1, #ARGV, 2 do
+  if redis.call('LREM', KEYS[1], 1, ARGV[i]) == 1 then
+    redis.call('RPUSH', KEYS[2], ARGV[i + 1])
+    n = n + 1
+  end
+end
 return n
 """
 
 
+def redelivered(raw: bytes) -> bytes:
+    """A queued message as kombu restores it: marked redelivered (HeanTask counts those, so a
+    message that keeps killing its worker stops looping). Unreadable: as it is."""
+    try:
+        message = json.loads(raw)
+        message["headers"]["redelivered"] = True
+        message["properties"]["delivery_info"]["redelivered"] = True
+    except (ValueError, TypeError, KeyError):
+        return raw
+    return json.dumps(message).encode()
+
+
+def restore_held(client: redis.Redis, queue: str, *messages: bytes) -> int:
+    """Put `messages` (newest first) back at the consuming end of `queue`, each only if it is
+    still in the queue's delivering list (so never twice), marked redelivered; returns how many."""
+    args = [part for raw in messages for part in (raw, redelivered(raw))]
+    return int(run_script(client.connection_pool, _RESTORE_HELD, [delivering_key(queue), queue], args))
+
+
 def restore_delivering(client: redis.Redis, queue: str) -> int:
-    """Put every message popped from `queue` but never recorded as delivered (its consumer died
-    or lost the reply) back at the consuming end of the queue; returns how many.
+    """Put every message popped from `queue` and not acknowledged (its consumer died or lost
+    the reply) back at the consuming end of the queue, marked redelivered; returns how many.
 
     Only for a queue with exactly one consumer, called by that consumer while it is not
     delivering: then nothing in the list is being delivered."""
-    return int(run_script(client.connection_pool, _RESTORE_DELIVERING, [delivering_key(queue), queue], []))
+    held = cast(list[bytes], client.lrange(delivering_key(queue), 0, -1))  # newest first
+    return restore_held(client, queue, *held) if held else 0

@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from hean.celery_wire import UNACKED_KEY, delivering_key, reclaim_unacked, restore_delivering
+from hean.celery_wire import UNACKED_KEY, delivering_key, reclaim_unacked, restore_delivering, restore_held
 from hean.command_journal import CommandJournal
 from hean.core.system.redis_state import get_sync_state_manager
 from hean.topology import ENGINE_QUEUE, POSITIONS_KEY, SYSTEM_NAMESPACE
@@ -34,8 +34,11 @@ def command_ok(client: Client, command: str, **params: Any) -> dict[str, Any]:
     return result
 
 
-def engine_unacked(client: redis.Redis) -> int:
-    return sum(1 for raw in client.hvals(UNACKED_KEY) if f'"{ENGINE_QUEUE}"]' in raw.decode())
+def engine_held(client: redis.Redis) -> int:
+    """Engine queue messages delivered and not acknowledged: held in the delivering list (the
+    atomic pop's record) or, from an older worker, in kombu's unacked hash."""
+    unacked = sum(1 for raw in client.hvals(UNACKED_KEY) if f'"{ENGINE_QUEUE}"]' in raw.decode())
+    return unacked + int(client.llen(delivering_key(ENGINE_QUEUE)))
 
 
 def test_orders_a_killed_engine_worker_held_are_applied_once_after_the_restart(
@@ -75,7 +78,7 @@ def test_orders_a_killed_engine_worker_held_are_applied_once_after_the_restart(
         napper.command({"command": "engine_nap", "params": {"seconds": 3}, "request_id": nap_id})
         wait_for(lambda: CommandJournal(store).state(nap_id) == "started", 30, "the nap to start")
         stop_engine_worker(system, crash=True)
-        assert engine_unacked(store) > 0, "the dead worker left nothing unacknowledged to take back"
+        assert engine_held(store) > 0, "the dead worker left nothing unacknowledged to take back"
         assert CommandJournal(store).state(nap_id) == "started"  # no result
         time.sleep(0.5)  # orders keep coming while no engine worker runs
         start_engine_worker(system, logs_dir)
@@ -92,7 +95,7 @@ def test_orders_a_killed_engine_worker_held_are_applied_once_after_the_restart(
         )
         waited = time.monotonic() - restarted
         print(f"every one of {len(acked)} acked orders answered {waited:.1f} s after the restart")
-        assert engine_unacked(store) == 0
+        assert engine_held(store) == 0
         # applied exactly once: each order filled once, and the position is their sum
         for request_id in acked:
             outcomes = {r["result"]["order"]["order_id"] for r in results[request_id] if r["success"]}
@@ -112,11 +115,12 @@ def test_orders_a_killed_engine_worker_held_are_applied_once_after_the_restart(
         store.close()
 
 
-def test_a_batch_popped_by_a_worker_killed_before_recording_it_is_applied_once_after_the_restart(
+def test_a_batch_popped_by_a_worker_killed_right_after_the_pop_is_applied_once_after_the_restart(
     system: dict[str, Any], system_redis_url: str, logs_dir: Any
 ) -> None:
-    """The worst moment: the worker has taken the message off the queue and not yet recorded it
-    as delivered. kombu's BRPOP lost it there; the atomic pop keeps it in the delivering list."""
+    """The worst moment: the worker has taken the message off the queue and done nothing else
+    with it. kombu's BRPOP lost it there (popped, recorded nowhere); the atomic pop keeps it in
+    the delivering list, which is its record until the batch commits."""
     url, token = str(system["url"]), str(system["token"])
     store = redis.Redis.from_url(system_redis_url)
     client = Client(url, token)
@@ -128,7 +132,7 @@ def test_a_batch_popped_by_a_worker_killed_before_recording_it_is_applied_once_a
         command_ok(client, "update_market", symbol=sym, bid="10", ask="10", last="10")
         stop_engine_worker(system, crash=False)
         spec_env = dict(system["env"])
-        spec_env["HEAN_COMMAND_MODULES"] = spec_env.get("HEAN_COMMAND_MODULES", "") + ",die_before_record"
+        spec_env["HEAN_COMMAND_MODULES"] = spec_env.get("HEAN_COMMAND_MODULES", "") + ",die_after_pop"
         start_engine_worker(dict(system, env=spec_env), logs_dir)
         dying = next(p for p in system["processes"] if p.name.startswith("worker-engine"))
 
@@ -136,10 +140,10 @@ def test_a_batch_popped_by_a_worker_killed_before_recording_it_is_applied_once_a
         params = {"client_order_id": request_id, "symbol": sym, "side": "BUY", "quantity": "2"}
         ack = client.command({"command": "submit_order", "params": params, "request_id": request_id})
         assert ack["accepted"], ack
-        wait_for(lambda: not dying.alive(), 60, "the worker to kill itself between pop and record")
+        wait_for(lambda: not dying.alive(), 60, "the worker to kill itself right after the pop")
         dying.stop()
         system["processes"].remove(dying)
-        # the popped message is neither queued nor recorded as delivered: only the delivering list
+        # the popped message is not queued, and not in kombu's unacked hash: the delivering list
         # holds it (with BRPOP it was nowhere, and the acked order was lost)
         assert store.llen(delivering) == 1
         assert request_id.encode() in store.lindex(delivering, 0)
@@ -172,6 +176,23 @@ def test_restore_delivering_puts_leftovers_back_oldest_first(redis_client: redis
     assert restore_delivering(redis_client, ENGINE_QUEUE) == 0
     # consumers pop from the right: the oldest popped comes back first
     assert [redis_client.rpop(ENGINE_QUEUE) for _ in range(3)] == [b"old", b"new", b"waiting"]
+
+
+def test_restored_messages_are_marked_redelivered_and_restored_once(redis_client: redis.Redis) -> None:
+    """What comes back from the delivering list counts as a redelivery (the cap on a message
+    that keeps killing its worker counts those), and a message no longer held (acknowledged
+    meanwhile) is not put back."""
+    delivering = delivering_key(ENGINE_QUEUE)
+    delivery_info = {"routing_key": ENGINE_QUEUE}
+    message = {"body": "", "headers": {"id": "t1"}, "properties": {"delivery_info": delivery_info}}
+    raw = json.dumps(message).encode()
+    redis_client.lpush(delivering, raw)
+    assert restore_held(redis_client, ENGINE_QUEUE, raw, b"acknowledged meanwhile") == 1
+    assert restore_held(redis_client, ENGINE_QUEUE, raw) == 0  # once only
+    back = json.loads(redis_client.rpop(ENGINE_QUEUE))
+    assert back["headers"] == {"id": "t1", "redelivered": True}
+    assert back["properties"]["delivery_info"] == {"routing_key": ENGINE_QUEUE, "redelivered": True}
+    assert redis_client.llen(delivering) == 0 and redis_client.llen(ENGINE_QUEUE) == 0
 
 
 def test_reclaim_takes_back_only_the_named_queues_messages_oldest_first(redis_client: redis.Redis) -> None:

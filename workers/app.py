@@ -8,9 +8,9 @@ import time
 import warnings
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from celery import Celery, Task
+from celery import Celery, Task, signals
 from celery.exceptions import CPendingDeprecationWarning
 from celery.signals import celeryd_after_setup, worker_ready, worker_shutdown
 from redis.exceptions import RedisError
@@ -21,37 +21,45 @@ from hean.config import get_settings
 log = logging.getLogger(__name__)
 
 
+def redeliveries_exhausted(task: Any, task_id: str | None, delivery_info: dict[str, Any] | None) -> bool:
+    """Count a redelivered message's delivery (in Redis); True once it was delivered more than
+    MAX_REDELIVERIES times again: a message that keeps killing its worker stops looping.
+    Only redelivered messages pay for the bookkeeping; first deliveries cost nothing."""
+    import celeryconfig
+
+    if not (task_id and (delivery_info or {}).get("redelivered")):
+        return False
+    key = f"hean:redeliveries:{task_id}"
+    ttl = get_settings().visibility_timeout * (celeryconfig.MAX_REDELIVERIES + 2)
+    try:
+        with task.app.pool.acquire(block=True) as conn:
+            pipe = conn.default_channel.client.pipeline()
+            pipe.incr(key)
+            pipe.expire(key, ttl)
+            redeliveries = int(pipe.execute()[0])
+    except RedisError as exc:
+        # Redis full or away: uncounted, it runs (the journal runs each command once);
+        # failing here would drop the message, and with it commands already acked
+        log.warning("event=redelivery_not_counted id=%s error=%s", task_id, type(exc).__name__)
+        return False
+    if redeliveries <= celeryconfig.MAX_REDELIVERIES:
+        return False
+    log.error(
+        "event=task_dropped task=%s id=%s redeliveries=%d reason=max_redeliveries",
+        task.name,
+        task_id,
+        redeliveries,
+    )
+    return True
+
+
 class HeanTask(Task):
     """Base task: caps redeliveries so a command that keeps killing its worker stops looping."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        import celeryconfig
-
         request = self.request
-        delivery_info = request.delivery_info or {}
-        if request.id and delivery_info.get("redelivered"):
-            # Only redelivered messages pay for the bookkeeping; first deliveries cost nothing.
-            key = f"hean:redeliveries:{request.id}"
-            ttl = get_settings().visibility_timeout * (celeryconfig.MAX_REDELIVERIES + 2)
-            try:
-                with self.app.pool.acquire(block=True) as conn:
-                    pipe = conn.default_channel.client.pipeline()
-                    pipe.incr(key)
-                    pipe.expire(key, ttl)
-                    redeliveries = int(pipe.execute()[0])
-            except RedisError as exc:
-                # Redis full or away: uncounted, it runs (the journal runs each command once);
-                # failing here would drop the message, and with it commands already acked
-                log.warning("event=redelivery_not_counted id=%s error=%s", request.id, type(exc).__name__)
-                redeliveries = 0
-            if redeliveries > celeryconfig.MAX_REDELIVERIES:
-                log.error(
-                    "event=task_dropped task=%s id=%s redeliveries=%d reason=max_redeliveries",
-                    self.name,
-                    request.id,
-                    redeliveries,
-                )
-                return self.on_redelivery_exhausted(*args, **kwargs)
+        if redeliveries_exhausted(self, request.id, request.delivery_info):
+            return self.on_redelivery_exhausted(*args, **kwargs)
         return super().__call__(*args, **kwargs)
 
     def on_redelivery_exhausted(self, *args: Any, **kwargs: Any) -> Any:
@@ -59,29 +67,94 @@ class HeanTask(Task):
         return None
 
 
-def inline_strategy(run: Callable[[dict[str, Any], list[Any]], None]) -> Callable[..., Any]:
+def inline_strategy(
+    run: Callable[..., object],
+    *,
+    with_message: bool = False,
+    events_every_s: float | None = None,
+    failures_reported: bool = False,
+    capped: bool = False,
+) -> Callable[..., Any]:
     """A Celery task strategy (`Task.Strategy`) that runs `run(headers, args)` in the consumer
     itself as the message arrives, then acknowledges it; an expired message is dropped unrun.
 
-    For the background's tiny tasks that arrive ten times a second (the pulse, the engine ping):
     Celery's default strategy builds a Request, hands it to the pool and traces it (signals,
-    state, result handling), which cost more than the task. What they lose: task events (they
-    send none anyway), revokes, time limits and a pool (the pulse already never overlaps, and
-    the engine worker's solo pool runs everything in the consumer too). Errors are logged.
+    state, result handling, task events): for the background's tiny tasks that arrive ten
+    times a second (the pulse, the engine ping) that costs more than the task, and for the
+    engine worker's order batches it was half the worker's CPU (issue 14). What they lose:
+    revokes, time limits, retries by `Task.retry` (an inline task holds its message and retries
+    itself) and a pool (the pulse never overlaps, and the engine worker's solo pool runs
+    everything in the consumer anyway). Options:
+
+    - `events_every_s`: send the task events Flower reads (received, started, succeeded or
+      failed) for one message in that many seconds, when the worker sends events at all (the
+      first message is always shown); None sends none.
+    - `failures_reported`: a task that raises sends Celery's `task_failure` signal, as a traced
+      task does (the error analyzer listens to it); otherwise it is only logged.
+    - `capped`: count redeliveries like `HeanTask` and drop a message past the cap.
+    - `with_message`: call `run(headers, args, message)`, with kombu's message (its channel's
+      QoS can acknowledge it within the task's own commit: workers/transport.py, `ack_within`).
+
+    A task that raises is logged and acknowledged, as Celery acknowledges a failed acks_late
+    task.
     """
 
     def strategy(task: Any, app: Any, consumer: Any, **_: Any) -> Callable[..., None]:
         errors = consumer.connection_errors
+        eventer = consumer.event_dispatcher
+        sampled = events_every_s is not None and eventer is not None and eventer.enabled and task.send_events
+        last_shown = [float("-inf")]
+
+        def send(kind: str, **fields: Any) -> None:  # Flower's view must never fail a task
+            try:
+                eventer.send(kind, **fields)
+            except Exception as exc:
+                log.warning("event=task_event_not_sent type=%s error=%s", kind, type(exc).__name__)
 
         def handle(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **__: Any) -> None:
             headers = message.headers
+            task_id = headers.get("id")
+            shown, began = False, time.monotonic()
             try:
                 expires = headers.get("expires")
-                if not (expires and datetime.fromisoformat(expires).timestamp() < time.time()):
-                    args, _kwargs, _embed = body if body is not None else message.decode()
-                    run(headers, list(args))
-            except Exception:  # a task's failure is logged; the consumer goes on
-                log.exception("event=inline_task_failed task=%s id=%s", task.name, headers.get("id"))
+                if expires and datetime.fromisoformat(expires).timestamp() < time.time():
+                    return
+                if capped and redeliveries_exhausted(task, task_id, message.delivery_info):
+                    return
+                args, _kwargs, _embed = body if body is not None else message.decode()
+                if sampled and began - last_shown[0] >= cast(float, events_every_s):
+                    shown, last_shown[0] = True, began
+                    send(
+                        "task-received",
+                        uuid=task_id,
+                        name=task.name,
+                        args=headers.get("argsrepr", ""),
+                        kwargs=headers.get("kwargsrepr", ""),
+                        root_id=headers.get("root_id"),
+                        parent_id=headers.get("parent_id"),
+                        retries=headers.get("retries", 0),
+                        eta=None,
+                        expires=expires,
+                    )
+                    send("task-started", uuid=task_id)
+                outcome = run(headers, list(args), message) if with_message else run(headers, list(args))
+                if shown:
+                    runtime = time.monotonic() - began
+                    send("task-succeeded", uuid=task_id, result=repr(outcome), runtime=runtime)
+            except Exception as exc:  # a task's failure is logged; the consumer goes on
+                log.exception("event=inline_task_failed task=%s id=%s", task.name, task_id)
+                if shown:
+                    send("task-failed", uuid=task_id, exception=repr(exc), traceback="")
+                if failures_reported:
+                    signals.task_failure.send(
+                        sender=task,
+                        task_id=task_id,
+                        exception=exc,
+                        args=[],
+                        kwargs={},
+                        traceback=exc.__traceback__,
+                        einfo=None,
+                    )
             finally:
                 ack(log, errors)
 

@@ -193,25 +193,56 @@ def update_market(params: MarketParams) -> dict[str, Any]:
 # -- tasks --------------------------------------------------------------------------------------
 
 
-@app.task(name=BATCH_TASKS[ENGINE_QUEUE], bind=True, ignore_result=True, max_retries=None)
-def run_batch(self: Any, envelopes: list[dict[str, Any]]) -> int:
+def _run_batch(envelopes: list[dict[str, Any]], message: Any = None) -> int:
+    """Run a delivered batch (and the batches waiting behind it) until it commits; `message`,
+    kombu's message that delivered it, is acknowledged within that commit."""
+
     def attempt() -> int:
         taken, started = SHARD.take(envelopes)
         # execute_batch marks the taken commands started; its commit empties the in-flight list
         return execute_batch(envelopes + taken, ENGINE_QUEUE, started, SHARD.hooks)
 
+    SHARD.group_commit.wait()
+    SHARD.delivery = message
+    # Redis away, restarting or full, or the database unreadable when a command left the
+    # window: the batch waits here for it, holding its message (the engine can do nothing
+    # meanwhile anyway, and the queue keeps its order). A failed try forgets the in-memory
+    # engine, which is rebuilt from what did commit; the journal applies each command once.
     try:
-        SHARD.group_commit.wait()
-        # Redis away, restarting or full: the batch waits here for it (the engine can do
-        # nothing meanwhile anyway). A failed try forgets the in-memory engine, which is
-        # rebuilt from what did commit; the journal applies each command once.
-        ran = until_committed(attempt, SHARD.forget, ENGINE_QUEUE)
-        SHARD.group_commit.done()
-        return ran
-    except (RedisError, HistoryUnavailable) as exc:  # not a passing condition: Celery retries
-        SHARD.forget()
-        log.error("event=batch_not_committed size=%d error=%s action=retry", len(envelopes), exc)
-        raise self.retry(exc=exc, countdown=min(5.0, 0.2 * 2 ** min(self.request.retries, 5))) from exc
+        ran = until_committed(attempt, SHARD.forget, ENGINE_QUEUE, retry_on=(RedisError, HistoryUnavailable))
+    finally:
+        SHARD.delivery = None
+    SHARD.group_commit.done()
+    return ran
+
+
+def _run_batch_inline(headers: dict[str, Any], args: list[Any], message: Any) -> int:
+    return _run_batch(args[0], message)
+
+
+#: One engine batch a second shows in Flower (task events); the others send none. Every batch
+#: is counted in HEAN's own metrics (hean_submit_to_result_seconds, hean_commands_total).
+BATCH_SHOWN_EVERY_S: Final = 1.0
+
+
+# The order batches the web pushes: run in the consumer as they arrive, in queue order, without
+# Celery's Request, pool hand-off and tracing, which cost as much CPU as the batch (workers/app.py:
+# inline_strategy); the message is acknowledged after the batch committed.
+@app.task(
+    name=BATCH_TASKS[ENGINE_QUEUE],
+    ignore_result=True,
+    Strategy=staticmethod(
+        inline_strategy(
+            _run_batch_inline,
+            with_message=True,
+            events_every_s=BATCH_SHOWN_EVERY_S,
+            failures_reported=True,
+            capped=True,
+        )
+    ),
+)
+def run_batch(envelopes: list[dict[str, Any]]) -> int:
+    return _run_batch(envelopes)
 
 
 def _ping_inline(headers: dict[str, Any], args: list[Any]) -> None:

@@ -148,10 +148,16 @@ def _publish(client: Any, emits: list[tuple[str, Any, Any]]) -> None:
 RETRY_FIRST_S, RETRY_MAX_S = 0.1, 1.0
 
 
-def until_committed(attempt: Callable[[], int], reset: Callable[[], None], what: str) -> int:
+def until_committed(
+    attempt: Callable[[], int],
+    reset: Callable[[], None],
+    what: str,
+    retry_on: tuple[type[BaseException], ...] = TRANSIENT_ERRORS,
+) -> int:
     """Run `attempt` (one try at a batch, ending in its commit) until it commits, as long as
     Redis fails it only for a while (unreachable, restarting, out of memory, not durable in
-    time); `reset()` after each failure drops whatever in-memory state the failed try changed.
+    time: `retry_on`); `reset()` after each failure drops whatever in-memory state the failed
+    try changed.
 
     Retried here, holding the delivered message, rather than by Celery's `retry()`: that
     publishes a new message, and when the publish fails too (Redis still away or still full)
@@ -162,7 +168,7 @@ def until_committed(attempt: Callable[[], int], reset: Callable[[], None], what:
     while True:
         try:
             return attempt()
-        except TRANSIENT_ERRORS as exc:
+        except retry_on as exc:
             reset()
             failures += 1
             log.error(

@@ -250,6 +250,8 @@ class EngineShard:
         self._engine: TradingEngine | None = None
         self.group_commit = GroupCommit(linger_s, LINGER_WINDOW_S)
         self.paused = False
+        #: kombu's message of the batch being run, if any: acknowledged within its commit
+        self.delivery: Any = None
         self.log = EngineLog(snapshot_interval_s)
         self.publisher = StatePublisher(self.publish_engine, self.publish_risk_limits)
         self.hooks = BatchHooks(
@@ -367,10 +369,15 @@ class EngineShard:
         return self.log.control_seen or self.publisher.risk_pending
 
     def _commit_writes(self, pipe: Any) -> None:
-        """Writes that commit with a batch's results: the log, and the in-flight list (the
-        batches taken along are done exactly when their results are)."""
+        """Writes that commit with a batch's results: the log, the in-flight list (the batches
+        taken along are done exactly when their results are) and the delivered message's
+        acknowledgement (workers/transport.py: QoS.ack_within)."""
         self.log.write(pipe)
         pipe.delete(INFLIGHT_KEY)
+        if self.delivery is not None:  # the delivered message is done exactly when its batch is
+            ack_within = getattr(getattr(self.delivery.channel, "qos", None), "ack_within", None)
+            if ack_within is not None:
+                ack_within(pipe, self.delivery.delivery_tag)
 
     def _after_commit(self) -> None:
         if self.log.committed():

@@ -44,12 +44,18 @@ Atomic delivery for a queue with exactly one consumer (the engine queue; transpo
 delivered and unacknowledged in a second step: a consumer killed between the two (SIGKILL, OOM)
 lost the message, acked commands included, and so did a connection dropped after Redis popped
 it but before the reply arrived. Here the pop is a BLMOVE into the queue's delivering list
-(`delivering_key`), and the unacknowledged record removes it from there in the same MULTI, so
-a message is always in exactly one of the queue, the delivering list or the unacked set. What a
-dead predecessor (or a dropped connection) left in the delivering list goes back to the
-consuming end of the queue before the next pop (`restore_delivering`); with one consumer
-nothing else can be in it. Such a queue takes no priorities: celeryconfig.py maps every
-priority onto the queue's one list (``priority_steps=[0]``), as an ordered queue needs.
+(`delivering_key`), and the message stays there until it is acknowledged: the list is its
+record, so a message is always on the queue or in the delivering list, and no second write
+(kombu's ZADD + HSET of the whole message into the unacked set, and their removal at the ack)
+is needed. A consumer that commits its work to Redis can acknowledge the message inside that
+very commit (`QoS.ack_within`, used by the engine worker): the message is done exactly when its
+batch is, in the same MULTI. What a dead predecessor (or a dropped connection) left in the
+delivering list goes back to the consuming end of the queue, marked redelivered, before the
+next pop (`restore_delivering`); with one consumer nothing else can be in it. Such a queue has
+no visibility timeout (nothing is in the unacked set for kombu to restore): only its consumer's
+restart gives a message back, and the queue's one consumer is the only one who could take it.
+Such a queue takes no priorities: celeryconfig.py maps every priority onto the queue's one list
+(``priority_steps=[0]``), as an ordered queue needs.
 
 celeryconfig.py selects this transport for redis:// broker URLs; rediss:// and sentinel keep
 kombu's own (where the pulse queue's no_ack still spares the bookkeeping at delivery).
@@ -72,7 +78,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ExecAbortError, OutOfMemoryError
 
 from hean import fastjson
-from hean.celery_wire import delivering_key, restore_delivering
+from hean.celery_wire import delivering_key, restore_delivering, restore_held
 
 log = logging.getLogger(__name__)
 
@@ -87,14 +93,26 @@ def _out_of_memory(exc: BaseException) -> bool:
 
 
 class QoS(kombu_redis.QoS):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Delivery tag -> (queue, message) of atomically popped messages held in their
+        #: delivering list until acknowledged (no unacked record: the list is the record).
+        self._held: dict[Any, tuple[str, bytes]] = {}
+        #: Held messages whose removal rode in the caller's own commit (`ack_within`).
+        self._acked_within: set[Any] = set()
+
     def append(self, message: Any, delivery_tag: Any) -> None:
         # the message an atomic pop moved to its delivering list, if this is it (Transport.moved)
         transport = self.channel.connection
         moved, transport.moved = transport.moved, None
+        if moved is not None:  # the delivering list holds it until the ack: nothing to write
+            self._held[delivery_tag] = moved
+            virtual.QoS.append(self, message, delivery_tag)
+            return
         delay, tries = FULL_RETRY_FIRST_S, 0
         while True:
             try:
-                self._record(message, delivery_tag, moved)
+                self._record(message, delivery_tag)
                 return
             except (OutOfMemoryError, ExecAbortError) as exc:
                 if not _out_of_memory(exc):
@@ -108,18 +126,58 @@ class QoS(kombu_redis.QoS):
                 time.sleep(delay)
                 delay = min(FULL_RETRY_MAX_S, delay * 2)
 
-    def _record(self, message: Any, delivery_tag: Any, moved: tuple[str, bytes] | None) -> None:
-        """kombu's QoS.append (the unacked hash and its index, in one MULTI), which also takes
-        the message out of the delivering list it was moved to."""
+    def _record(self, message: Any, delivery_tag: Any) -> None:
+        """kombu's QoS.append: the unacked hash and its index, in one MULTI."""
         delivery = message.delivery_info
         entry = kombu_json.dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
         with self.pipe_or_acquire() as pipe:
             pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
             pipe.hset(self.unacked_key, delivery_tag, entry)
-            if moved is not None:
-                pipe.lrem(moved[0], 1, moved[1])
             pipe.execute()
         virtual.QoS.append(self, message, delivery_tag)
+
+    def ack_within(self, pipe: Any, delivery_tag: Any) -> bool:
+        """Queue the acknowledgement of a held message on `pipe` (the caller's commit, a MULTI):
+        the message is done exactly when what it carried is committed, in one round trip. The
+        later `ack()` then only forgets it here. False if the message is not held (a message
+        of kombu's own bookkeeping: acknowledge it as usual)."""
+        held = self._held.get(delivery_tag)
+        if held is None:
+            return False
+        pipe.lrem(delivering_key(held[0]), 1, held[1])
+        self._acked_within.add(delivery_tag)
+        return True
+
+    def ack(self, delivery_tag: Any) -> None:
+        held = self._held.pop(delivery_tag, None)
+        if held is None:
+            super().ack(delivery_tag)
+            return
+        if delivery_tag in self._acked_within:
+            self._acked_within.discard(delivery_tag)
+        else:
+            with self.channel.conn_or_acquire() as client:
+                client.lrem(delivering_key(held[0]), 1, held[1])
+        virtual.QoS.ack(self, delivery_tag)
+
+    def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+        if delivery_tag not in self._held:
+            super().reject(delivery_tag, requeue=requeue)
+            return
+        if requeue:
+            self.restore_by_tag(delivery_tag)
+            virtual.QoS.ack(self, delivery_tag)
+        else:
+            self.ack(delivery_tag)
+
+    def restore_by_tag(self, tag: Any, client: Any = None, leftmost: bool = False) -> None:
+        held = self._held.pop(tag, None)
+        if held is None:
+            super().restore_by_tag(tag, client=client, leftmost=leftmost)
+            return
+        self._acked_within.discard(tag)
+        with self.channel.conn_or_acquire(client) as client:
+            restore_held(client, held[0], held[1])
 
 
 _TYPED = '"__type__"'
@@ -202,7 +260,7 @@ class Channel(kombu_redis.Channel):
             if item is None:
                 raise Empty()
             transport = self.connection
-            transport.moved = (delivering_key(queue), item)
+            transport.moved = (queue, item)
             try:
                 transport._deliver(loads(item), queue)
             finally:
@@ -257,7 +315,7 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
-    #: (delivering list, message) of the message an atomic pop is delivering, until recorded.
+    #: (queue, message) of the message an atomic pop is delivering, until QoS.append holds it.
     moved: tuple[str, bytes] | None = None
 
     @property
