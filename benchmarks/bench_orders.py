@@ -7,7 +7,8 @@ Designs, each on its own freshly started processes, in turn:
 - naive: a Flask-SocketIO handler calling ``apply_async`` per order, a Celery worker applying
   it to the engine and emitting the result through the Redis message queue
   (benchmarks/naive_orders.py), 1 order/event;
-- HEAN, 1 order/event: single `submit_order` events (web + engine worker + Redis);
+- HEAN, 1 order/event: single `submit_order` events (web + engine worker + history writer +
+  Redis);
 - HEAN, hean.client: single `submit_order()` calls through hean.client (coalescing on);
 - HEAN, 100 orders/event: `submit_orders` commands.
 
@@ -243,7 +244,8 @@ def loader(url: str, token: str, design: Design, jobs: Any, out: Any) -> None:
 def start_system(design: Design) -> tuple[Stack, str, str]:
     """The processes of `design` (with their own private Redis); returns (stack, url, token)."""
     if design.system == "hean":
-        system = Stack(["worker-engine", "web"], HEAN_COMMAND_RATE="1000000")
+        # the history writer too: it copies every order into the database, as under `hean up`
+        system = Stack(["worker-engine", "web", "history"], HEAN_COMMAND_RATE="1000000")
         from hean.client import Client
 
         with Client(system.url, system.token) as admin:

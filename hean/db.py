@@ -105,7 +105,9 @@ orders = Table(
     "orders",
     metadata,
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
-    Column("request_id", String(128), nullable=False, index=True),
+    # found by request id through uq_orders_command_seq (its first column): no index of its own,
+    # which cost every insert another B-tree
+    Column("request_id", String(128), nullable=False),
     Column("seq", Integer, nullable=False),  # position within its command
     Column("client_order_id", String(128), index=True),
     Column("order_id", BigInteger),
@@ -134,7 +136,7 @@ fills = Table(
     "fills",
     metadata,
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
-    Column("request_id", String(128), nullable=False, index=True),
+    Column("request_id", String(128), nullable=False),  # uq_fills_command_seq finds it
     Column("seq", Integer, nullable=False),
     Column("order_id", BigInteger),
     Column("client_order_id", String(128), index=True),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import operator
 import signal
 import threading
 import time
@@ -26,7 +27,7 @@ from sqlalchemy import and_, func, select
 from sqlalchemy.engine import Engine as Database
 from sqlalchemy.exc import SQLAlchemyError
 
-from hean import metrics
+from hean import fastjson, metrics
 from hean.command_journal import CommandJournal, rebuild_ack
 from hean.db import commands, fills, history_cursor, orders
 from hean.topology import HISTORY_STREAM_KEY
@@ -82,6 +83,8 @@ class HistoryStore:
         self._reader: Any = None  # a DB-API connection of its own for `answered`
         self._reader_lock = threading.Lock()
         self._queries: dict[int, str] = {}
+        #: (table, dialect) -> the bulk insert's SQL, its positional parameter order, its columns
+        self._compiled: dict[tuple[str, str], tuple[str, tuple[str, ...], tuple[str, ...]]] = {}
 
     @property
     def db(self) -> Database:
@@ -175,9 +178,9 @@ class HistoryStore:
             envelopes = self._order_params(connection, batch)
             order_rows, fill_rows, updates = batch.orders_and_fills(envelopes)
             if order_rows:
-                connection.execute(self._insert_ignoring(orders, ["request_id", "seq"]), order_rows)
+                self._insert_many_ignoring(connection, orders, order_rows)
             if fill_rows:
-                connection.execute(self._insert_ignoring(fills, ["request_id", "seq"]), fill_rows)
+                self._insert_many_ignoring(connection, fills, fill_rows)
             for values, where in updates:
                 connection.execute(orders.update().where(where).values(**values))
             self._set_cursor(connection, stream, entries[-1][0])
@@ -192,6 +195,30 @@ class HistoryStore:
 
     def _insert_ignoring(self, table: sqlalchemy.Table, keys: list[str]) -> Any:
         return self._insert()(table).on_conflict_do_nothing(index_elements=keys)
+
+    def _insert_many_ignoring(
+        self, connection: Any, table: sqlalchemy.Table, rows: list[dict[str, Any]]
+    ) -> None:
+        """`connection.execute(self._insert_ignoring(table, ["request_id", "seq"]), rows)`, through
+        the driver's executemany: the same statement, compiled by SQLAlchemy once per table and
+        dialect, without SQLAlchemy's parameter processing per row, which took half of the history
+        writer's CPU at 25,000 orders/s (the columns need none: text, numbers and booleans, which
+        sqlite3 and psycopg take as they are)."""
+        key = (table.name, connection.dialect.name)
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            columns = tuple(column.name for column in table.columns if not column.primary_key)
+            statement = self._insert_ignoring(table, ["request_id", "seq"]).values(
+                {name: sqlalchemy.bindparam(name) for name in columns}
+            )
+            done = statement.compile(dialect=connection.dialect)
+            compiled = self._compiled[key] = (done.string, tuple(done.positiontup or ()), columns)
+        sql, positions, names = compiled
+        # every row has every column (Batch.orders_and_fills)
+        if positions:  # a positional paramstyle (sqlite3: qmark)
+            connection.exec_driver_sql(sql, list(map(operator.itemgetter(*positions), rows)))
+        else:  # named (psycopg: pyformat)
+            connection.exec_driver_sql(sql, [{name: row[name] for name in names} for row in rows])
 
     def _upsert_commands(self, connection: Any, rows: dict[str, dict[str, Any]]) -> None:
         columns = [c.name for c in commands.columns]
@@ -220,7 +247,8 @@ class HistoryStore:
             )
             for rid, params, received_at in connection.execute(query):
                 if params:
-                    known[rid] = {"params": json.loads(params), "received_at_ms": (received_at or 0) * 1000}
+                    received_ms = (received_at or 0) * 1000
+                    known[rid] = {"params": fastjson.loads(params), "received_at_ms": received_ms}
         return known
 
     def _set_cursor(self, connection: Any, stream: str, last_id: str) -> None:
@@ -337,11 +365,11 @@ class Batch:
             at = _entry_time(entry_id)
             if "c" in fields:
                 for line in fields["c"].split("\n"):
-                    envelope = json.loads(line)
+                    envelope = fastjson.loads(line)
                     batch.envelopes[envelope["request_id"]] = envelope
                     batch._row(envelope["request_id"]).update(
                         command=envelope["command"],
-                        params=json.dumps(envelope["params"], separators=(",", ":")),
+                        params=fastjson.dumps(envelope["params"]),
                         reply_to=envelope.get("reply_to"),
                         received_at=envelope["received_at_ms"] / 1000.0,
                     )
@@ -351,7 +379,7 @@ class Batch:
                     batch._row(request_id).update(ack_ms=float(ack_ms), acked_at=at)
             if "r" in fields:
                 for line in fields["r"].split("\n"):
-                    result = json.loads(line)
+                    result = fastjson.loads(line)
                     error = result.get("error")
                     row = batch._row(result["request_id"])
                     row.update(
@@ -393,8 +421,12 @@ class Batch:
                     fill_rows.append(_fill_row(request_id, seq, fill, at))
                     updates.append(
                         (
-                            {"status": "FILLED", "filled_quantity": fill.get("quantity"),
-                             "fill_price": fill.get("price"), "fee": fill.get("fee")},
+                            {
+                                "status": "FILLED",
+                                "filled_quantity": fill.get("quantity"),
+                                "fill_price": fill.get("price"),
+                                "fee": fill.get("fee"),
+                            },
                             orders.c.order_id == fill.get("order_id"),
                         )
                     )
@@ -501,8 +533,7 @@ class HistoryWriter:
 
     def _entries(self, raw: Any) -> list[tuple[str, dict[str, str]]]:
         return [
-            (_text(entry_id), {_text(k): _text(v) for k, v in fields.items()})
-            for entry_id, fields in raw
+            (_text(entry_id), {_text(k): _text(v) for k, v in fields.items()}) for entry_id, fields in raw
         ]
 
     def recover(self) -> None:

@@ -21,8 +21,11 @@ from typing import Any
 import pytest
 import redis
 from celery import Celery
+from sqlalchemy import select
 
 from hean.command_journal import journal_key
+from hean.db import fills, open_database, orders
+from hean.history import HistoryStore
 from hean.processes import PROCESSES
 from hean.redis_server import PrivateRedis, free_port
 from postgres_server import PostgresServer
@@ -379,3 +382,86 @@ def test_reconcile_finds_nothing_missing_then_a_lost_and_a_doubled_command(histo
         assert isinstance(journal.history, HistoryStore)
     finally:
         journal.history.db.dispose()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_the_bulk_insert_writes_what_sqlalchemys_insert_writes(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The history writer's orders and fills go in through the driver's executemany (one
+    statement compiled by SQLAlchemy, no per-row parameter processing): the rows read back are
+    those SQLAlchemy's own execute of the same statement writes, and a row already there is
+    left as it is (ON CONFLICT DO NOTHING), on SQLite and on PostgreSQL."""
+    if kind == "postgresql":
+        postgres: PostgresServer = request.getfixturevalue("postgres_server")
+        url = postgres.create_database("hean_bulk_" + uuid.uuid4().hex[:8])
+    else:
+        url = f"sqlite:///{tmp_path}/bulk.db"
+    db = open_database(url)
+    store = HistoryStore(db)
+    at = time.time()
+    order_rows = [
+        {
+            "request_id": rid,
+            "seq": seq,
+            "client_order_id": f"c-{seq}",
+            "order_id": 2**40 + seq,
+            "symbol": "BTCUSDT",
+            "side": "BUY" if seq % 2 else "SELL",
+            "order_type": "LIMIT",
+            "time_in_force": "GTC",
+            "quantity": "0.001",
+            "price": None if seq == 2 else "50000.5",
+            "status": "FILLED" if seq else "REJECTED",
+            "reject_reason": None if seq else "MIN_NOTIONAL",
+            "filled_quantity": "0.001" if seq else "0",
+            "fill_price": "50000.5" if seq else None,
+            "fee": "0.05",
+            "duplicate": seq == 3,
+            "received_at": at - 0.25,
+            "executed_at": at,
+        }
+        for rid in ("bulk-a", "orm-a")
+        for seq in range(4)
+    ]
+    fill_rows = [
+        {
+            "request_id": rid,
+            "seq": seq,
+            "order_id": 7 + seq,
+            "client_order_id": f"c-{seq}",
+            "symbol": "ETHUSDT",
+            "side": "SELL",
+            "quantity": "1",
+            "price": "3000",
+            "fee": None,
+            "executed_at": at,
+        }
+        for rid in ("bulk-a", "orm-a")
+        for seq in range(2)
+    ]
+
+    def split(rows: list[dict[str, Any]], prefix: str) -> list[dict[str, Any]]:
+        return [row for row in rows if row["request_id"].startswith(prefix)]
+
+    with db.begin() as connection:
+        for table, rows in ((orders, order_rows), (fills, fill_rows)):
+            store._insert_many_ignoring(connection, table, split(rows, "bulk-"))
+            connection.execute(store._insert_ignoring(table, ["request_id", "seq"]), split(rows, "orm-"))
+    with db.begin() as connection:  # again, changed: nothing is overwritten
+        changed = [dict(row, status="CANCELLED") for row in split(order_rows, "bulk-")]
+        store._insert_many_ignoring(connection, orders, changed)
+    written: dict[str, list[dict[str, Any]]] = {}
+    with db.connect() as connection:
+        for table in (orders, fills):
+            query = select(table).order_by(table.c.request_id, table.c.seq)
+            read = [{k: v for k, v in row._mapping.items() if k != "id"} for row in connection.execute(query)]
+            bulk = [dict(row, request_id="a") for row in read if row["request_id"] == "bulk-a"]
+            orm = [dict(row, request_id="a") for row in read if row["request_id"] == "orm-a"]
+            assert bulk == orm and len(bulk) == (4 if table is orders else 2)
+            written[table.name] = bulk
+    db.dispose()
+    assert [row["status"] for row in written["orders"]] == ["REJECTED", "FILLED", "FILLED", "FILLED"]
+    assert [row["duplicate"] for row in written["orders"]] == [False, False, False, True]
+    assert [row["order_id"] for row in written["orders"]] == [2**40 + seq for seq in range(4)]
+    assert written["orders"][2]["price"] is None and written["fills"][0]["fee"] is None
