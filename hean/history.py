@@ -43,6 +43,8 @@ LINGER_S = 0.1
 CHUNK = 500
 #: The error codes of an order the engine refused (hean.commands.reject_code's codes).
 _ORDER_COMMANDS = ("submit_order", "submit_orders")
+#: 0 written into the SQL (a bound 0 would be a parameter of its own: HistoryStore._execute_many)
+_ZERO: sqlalchemy.ColumnElement[int] = sqlalchemy.literal_column("0", sqlalchemy.Integer)
 
 
 class HistoryUnavailable(RuntimeError):
@@ -83,8 +85,8 @@ class HistoryStore:
         self._reader: Any = None  # a DB-API connection of its own for `answered`
         self._reader_lock = threading.Lock()
         self._queries: dict[int, str] = {}
-        #: (table, dialect) -> the bulk insert's SQL, its positional parameter order, its columns
-        self._compiled: dict[tuple[str, str], tuple[str, tuple[str, ...], tuple[str, ...]]] = {}
+        #: (statement, dialect) -> its SQL and its positional parameters' order (_execute_many)
+        self._compiled: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {}
 
     @property
     def db(self) -> Database:
@@ -199,41 +201,69 @@ class HistoryStore:
     def _insert_many_ignoring(
         self, connection: Any, table: sqlalchemy.Table, rows: list[dict[str, Any]]
     ) -> None:
-        """`connection.execute(self._insert_ignoring(table, ["request_id", "seq"]), rows)`, through
-        the driver's executemany: the same statement, compiled by SQLAlchemy once per table and
-        dialect, without SQLAlchemy's parameter processing per row, which took half of the history
-        writer's CPU at 25,000 orders/s (the columns need none: text, numbers and booleans, which
-        sqlite3 and psycopg take as they are)."""
-        key = (table.name, connection.dialect.name)
+        """`connection.execute(self._insert_ignoring(table, ["request_id", "seq"]), rows)`, by
+        `_execute_many`; every row has every column but the id (Batch.orders_and_fills)."""
+        columns = tuple(column.name for column in table.columns if not column.primary_key)
+
+        def build(values: dict[str, Any]) -> Any:
+            return (
+                self._insert()(table)
+                .values(values)
+                .on_conflict_do_nothing(index_elements=["request_id", "seq"])
+            )
+
+        self._execute_many(connection, table.name, build, columns, rows)
+
+    def _upsert_commands(self, connection: Any, rows: dict[str, dict[str, Any]]) -> None:
+        columns = tuple(c.name for c in commands.columns)
+
+        def build(values: dict[str, Any]) -> Any:
+            statement = self._insert()(commands).values(values)
+            # a later entry fills in what an earlier one left empty; nothing known is overwritten
+            return statement.on_conflict_do_update(
+                index_elements=["request_id"],
+                set_={
+                    name: func.coalesce(statement.excluded[name], commands.c[name])
+                    for name in columns
+                    if name not in ("request_id", "runs")
+                }
+                | {
+                    "runs": func.coalesce(commands.c.runs, _ZERO)
+                    + func.coalesce(statement.excluded.runs, _ZERO)
+                },
+            )
+
+        complete = [{name: row.get(name) for name in columns} for row in rows.values()]
+        self._execute_many(connection, commands.name, build, columns, complete)
+
+    def _execute_many(
+        self,
+        connection: Any,
+        name: str,
+        build: Callable[[dict[str, Any]], Any],
+        columns: tuple[str, ...],
+        rows: list[dict[str, Any]],
+    ) -> None:
+        """`connection.execute(build(values), rows)` through the driver's executemany: the same
+        statement, compiled by SQLAlchemy once per `name` and dialect, without SQLAlchemy's
+        statement building and parameter processing per call and row, which took half of the
+        history writer's CPU (the columns need none: text, numbers and booleans, which sqlite3
+        and psycopg take as they are). Every row has every one of `columns`."""
+        key = (name, connection.dialect.name)
         compiled = self._compiled.get(key)
         if compiled is None:
-            columns = tuple(column.name for column in table.columns if not column.primary_key)
-            statement = self._insert_ignoring(table, ["request_id", "seq"]).values(
-                {name: sqlalchemy.bindparam(name) for name in columns}
-            )
+            statement = build({column: sqlalchemy.bindparam(column) for column in columns})
             done = statement.compile(dialect=connection.dialect)
-            compiled = self._compiled[key] = (done.string, tuple(done.positiontup or ()), columns)
-        sql, positions, names = compiled
-        # every row has every column (Batch.orders_and_fills)
+            if set(done.binds) - set(columns):  # a literal became a parameter: render it inline
+                raise ValueError(
+                    f"{name}: parameters other than its columns: {set(done.binds) - set(columns)}"
+                )
+            compiled = self._compiled[key] = (done.string, tuple(done.positiontup or ()))
+        sql, positions = compiled
         if positions:  # a positional paramstyle (sqlite3: qmark)
             connection.exec_driver_sql(sql, list(map(operator.itemgetter(*positions), rows)))
         else:  # named (psycopg: pyformat)
-            connection.exec_driver_sql(sql, [{name: row[name] for name in names} for row in rows])
-
-    def _upsert_commands(self, connection: Any, rows: dict[str, dict[str, Any]]) -> None:
-        columns = [c.name for c in commands.columns]
-        statement = self._insert()(commands)
-        # a later entry fills in what an earlier one left empty; nothing known is overwritten
-        statement = statement.on_conflict_do_update(
-            index_elements=["request_id"],
-            set_={
-                name: func.coalesce(statement.excluded[name], commands.c[name])
-                for name in columns
-                if name not in ("request_id", "runs")
-            }
-            | {"runs": func.coalesce(commands.c.runs, 0) + func.coalesce(statement.excluded.runs, 0)},
-        )
-        connection.execute(statement, [{name: row.get(name) for name in columns} for row in rows.values()])
+            connection.exec_driver_sql(sql, [{column: row[column] for column in columns} for row in rows])
 
     def _order_params(self, connection: Any, batch: Batch) -> dict[str, dict[str, Any]]:
         """The envelopes of the order commands whose results are in `batch` (from the batch

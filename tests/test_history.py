@@ -24,7 +24,7 @@ from celery import Celery
 from sqlalchemy import select
 
 from hean.command_journal import journal_key
-from hean.db import fills, open_database, orders
+from hean.db import commands, fills, open_database, orders
 from hean.history import HistoryStore
 from hean.processes import PROCESSES
 from hean.redis_server import PrivateRedis, free_port
@@ -388,10 +388,10 @@ def test_reconcile_finds_nothing_missing_then_a_lost_and_a_doubled_command(histo
 def test_the_bulk_insert_writes_what_sqlalchemys_insert_writes(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    """The history writer's orders and fills go in through the driver's executemany (one
-    statement compiled by SQLAlchemy, no per-row parameter processing): the rows read back are
-    those SQLAlchemy's own execute of the same statement writes, and a row already there is
-    left as it is (ON CONFLICT DO NOTHING), on SQLite and on PostgreSQL."""
+    """The history writer's rows go in through the driver's executemany (statements compiled by
+    SQLAlchemy once, no per-row parameter processing): the orders and fills read back are those
+    SQLAlchemy's own execute of the same statement writes, a row already there is left as it is
+    (ON CONFLICT DO NOTHING), and the commands' upsert merges, on SQLite and on PostgreSQL."""
     if kind == "postgresql":
         postgres: PostgresServer = request.getfixturevalue("postgres_server")
         url = postgres.create_database("hean_bulk_" + uuid.uuid4().hex[:8])
@@ -451,8 +451,31 @@ def test_the_bulk_insert_writes_what_sqlalchemys_insert_writes(
     with db.begin() as connection:  # again, changed: nothing is overwritten
         changed = [dict(row, status="CANCELLED") for row in split(order_rows, "bulk-")]
         store._insert_many_ignoring(connection, orders, changed)
+    # the commands' upsert: a later entry fills in what an earlier one left empty, never
+    # overwrites what is known, and adds up the runs
+    with db.begin() as connection:
+        store._upsert_commands(connection, {"u1": {"request_id": "u1", "command": "stop", "runs": 1}})
+        store._upsert_commands(
+            connection,
+            {
+                "u1": {"request_id": "u1", "ack_ms": 1.5, "success": False, "runs": 1},
+                "u2": {"request_id": "u2", "received_at": at},
+            },
+        )
     written: dict[str, list[dict[str, Any]]] = {}
     with db.connect() as connection:
+        query = (
+            select(commands).where(commands.c.request_id.in_(["u1", "u2"])).order_by(commands.c.request_id)
+        )
+        u1, u2 = (dict(row._mapping) for row in connection.execute(query))
+        assert (u1["command"], u1["ack_ms"], u1["success"], u1["runs"], u1["result"]) == (
+            "stop",
+            1.5,
+            False,
+            2,
+            None,
+        )
+        assert (u2["received_at"], u2["command"], u2["runs"]) == (at, None, None)
         for table in (orders, fills):
             query = select(table).order_by(table.c.request_id, table.c.seq)
             read = [{k: v for k, v in row._mapping.items() if k != "id"} for row in connection.execute(query)]
