@@ -171,6 +171,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
     # survives any crash of the process, the last ones may be lost only with the machine
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=10000")
+    # a page cache of up to 64 MiB (SQLite's default is 2 MiB), filled only as pages are read:
+    # inserts into the indexes of random ids (request and client order ids) missed the small
+    # one more and more as the tables grew (150,000 orders: 78 -> 58 us per order and fill)
+    cursor.execute("PRAGMA cache_size=-65536")
     cursor.close()
 
 
