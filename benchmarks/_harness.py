@@ -18,7 +18,7 @@ import psutil
 from hean.affinity import DEFAULT_NICE, NICE_ENV, REDIS, for_process, parse_affinity, parse_nice, pinned_argv
 from hean.affinity import ENV as AFFINITY_ENV
 from hean.processes import PROCESSES
-from hean.redis_server import PrivateRedis, free_port, redis_answers
+from hean.redis_server import PrivateRedis, die_with_parent, free_port, redis_answers
 from hean.testing.raw_socketio import RawSocketIO
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -82,8 +82,15 @@ class Stack:
         with the stack's environment plus `env`."""
         log = open(self.home / f"{name}.log", "wb")  # noqa: SIM115 - owned by the child
         argv = pinned_argv(sys.executable, pin_as or name, argv, self.cpus, self.nice)
+        # a benchmark that dies (an exception, a SIGKILL) takes its processes with it: the
+        # kernel sends each SIGTERM (its Celery workers ran on, reconnecting, for 15 minutes)
         process = subprocess.Popen(
-            argv, env={**self.env, **(env or {})}, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT
+            argv,
+            env={**self.env, **(env or {})},
+            cwd=REPO_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
         )
         self.processes[name] = process
         return process
