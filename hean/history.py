@@ -43,7 +43,16 @@ LINGER_S = 0.1
 CHUNK = 500
 #: The error codes of an order the engine refused (hean.commands.reject_code's codes).
 _ORDER_COMMANDS = ("submit_order", "submit_orders")
+
+
 #: 0 written into the SQL (a bound 0 would be a parameter of its own: HistoryStore._execute_many)
+def _insert_columns(table: sqlalchemy.Table) -> tuple[str, ...]:
+    """The columns a row of `table` gives values for: all but its autoincrement id."""
+    return tuple(column.name for column in table.columns if not column.primary_key)
+
+
+#: The order of the values in the history writer's order and fill rows.
+ORDER_COLUMNS, FILL_COLUMNS = _insert_columns(orders), _insert_columns(fills)
 _ZERO: sqlalchemy.ColumnElement[int] = sqlalchemy.literal_column("0", sqlalchemy.Integer)
 
 
@@ -85,8 +94,9 @@ class HistoryStore:
         self._reader: Any = None  # a DB-API connection of its own for `answered`
         self._reader_lock = threading.Lock()
         self._queries: dict[int, str] = {}
-        #: (statement, dialect) -> its SQL and its positional parameters' order (_execute_many)
-        self._compiled: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {}
+        #: (statement, dialect) -> its SQL and, for a positional paramstyle, where each of its
+        #: parameters is in the rows (_execute_many)
+        self._compiled: dict[tuple[str, str], tuple[str, tuple[int, ...]]] = {}
 
     @property
     def db(self) -> Database:
@@ -199,11 +209,12 @@ class HistoryStore:
         return self._insert()(table).on_conflict_do_nothing(index_elements=keys)
 
     def _insert_many_ignoring(
-        self, connection: Any, table: sqlalchemy.Table, rows: list[dict[str, Any]]
+        self, connection: Any, table: sqlalchemy.Table, rows: list[tuple[Any, ...]]
     ) -> None:
         """`connection.execute(self._insert_ignoring(table, ["request_id", "seq"]), rows)`, by
-        `_execute_many`; every row has every column but the id (Batch.orders_and_fills)."""
-        columns = tuple(column.name for column in table.columns if not column.primary_key)
+        `_execute_many`; each row holds every column but the id, in the table's order
+        (ORDER_COLUMNS, FILL_COLUMNS: Batch.orders_and_fills)."""
+        columns = _insert_columns(table)
 
         def build(values: dict[str, Any]) -> Any:
             return (
@@ -233,7 +244,7 @@ class HistoryStore:
                 },
             )
 
-        complete = [{name: row.get(name) for name in columns} for row in rows.values()]
+        complete = [tuple(map(row.get, columns)) for row in rows.values()]
         self._execute_many(connection, commands.name, build, columns, complete)
 
     def _execute_many(
@@ -242,13 +253,13 @@ class HistoryStore:
         name: str,
         build: Callable[[dict[str, Any]], Any],
         columns: tuple[str, ...],
-        rows: list[dict[str, Any]],
+        rows: list[tuple[Any, ...]],
     ) -> None:
         """`connection.execute(build(values), rows)` through the driver's executemany: the same
         statement, compiled by SQLAlchemy once per `name` and dialect, without SQLAlchemy's
         statement building and parameter processing per call and row, which took half of the
         history writer's CPU (the columns need none: text, numbers and booleans, which sqlite3
-        and psycopg take as they are). Every row has every one of `columns`."""
+        and psycopg take as they are). Each row holds the values of `columns`, in that order."""
         key = (name, connection.dialect.name)
         compiled = self._compiled.get(key)
         if compiled is None:
@@ -258,12 +269,15 @@ class HistoryStore:
                 raise ValueError(
                     f"{name}: parameters other than its columns: {set(done.binds) - set(columns)}"
                 )
-            compiled = self._compiled[key] = (done.string, tuple(done.positiontup or ()))
+            positions = tuple(columns.index(bound) for bound in done.positiontup or ())
+            compiled = self._compiled[key] = (done.string, positions)
         sql, positions = compiled
-        if positions:  # a positional paramstyle (sqlite3: qmark)
+        if not positions:  # a named paramstyle (psycopg: pyformat)
+            connection.exec_driver_sql(sql, [dict(zip(columns, row, strict=True)) for row in rows])
+        elif positions == tuple(range(len(columns))):  # positional, in the columns' order (sqlite3)
+            connection.exec_driver_sql(sql, rows)
+        else:
             connection.exec_driver_sql(sql, list(map(operator.itemgetter(*positions), rows)))
-        else:  # named (psycopg: pyformat)
-            connection.exec_driver_sql(sql, [{column: row[column] for column in columns} for row in rows])
 
     def _order_params(self, connection: Any, batch: Batch) -> dict[str, dict[str, Any]]:
         """The envelopes of the order commands whose results are in `batch` (from the batch
@@ -425,11 +439,12 @@ class Batch:
 
     def orders_and_fills(
         self, envelopes: dict[str, dict[str, Any]]
-    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[tuple[dict[str, Any], Any]]]:
-        """Order and fill rows from the results (the orders' params from `envelopes`), and the
-        updates of earlier orders (cancelled, or filled while resting)."""
-        order_rows: list[dict[str, Any]] = []
-        fill_rows: list[dict[str, Any]] = []
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[dict[str, Any], Any]]]:
+        """Order and fill rows (tuples in ORDER_COLUMNS and FILL_COLUMNS order) from the results
+        (the orders' params from `envelopes`), and the updates of earlier orders (cancelled, or
+        filled while resting)."""
+        order_rows: list[tuple[Any, ...]] = []
+        fill_rows: list[tuple[Any, ...]] = []
         updates: list[tuple[dict[str, Any], Any]] = []
         for at, result in self.results:
             request_id, command = result["request_id"], result.get("command")
@@ -476,41 +491,48 @@ class Batch:
                 continue
             for seq, outcome in enumerate(outcomes):
                 order = requested[seq] if seq < len(requested) else {}
-                row = {
-                    "request_id": request_id,
-                    "seq": seq,
-                    "client_order_id": outcome.get("client_order_id") or order.get("client_order_id"),
-                    "order_id": outcome.get("order_id"),
-                    "symbol": order.get("symbol"),
-                    "side": order.get("side"),
-                    "order_type": order.get("order_type", "MARKET" if order else None),
-                    "time_in_force": order.get("time_in_force", "GTC" if order else None),
-                    "quantity": _decimal_text(order.get("quantity")),
-                    "price": _decimal_text(order.get("price")),
-                    "status": outcome.get("status"),
-                    "reject_reason": outcome.get("reject_reason"),
-                    "filled_quantity": outcome.get("filled_quantity"),
-                    "fill_price": outcome.get("fill_price"),
-                    "fee": outcome.get("fee"),
-                    "duplicate": bool(outcome.get("duplicate")),
-                    "received_at": received_at,
-                    "executed_at": at,
-                }
-                order_rows.append(row)
-                if _nonzero(row["filled_quantity"]) and not row["duplicate"]:
+                got, asked = outcome.get, order.get
+                client_order_id = got("client_order_id") or asked("client_order_id")
+                order_id, symbol, side = got("order_id"), asked("symbol"), asked("side")
+                filled, fill_price, fee = got("filled_quantity"), got("fill_price"), got("fee")
+                duplicate = bool(got("duplicate"))
+                # ORDER_COLUMNS, in order
+                order_rows.append(
+                    (
+                        request_id,
+                        seq,
+                        client_order_id,
+                        order_id,
+                        symbol,
+                        side,
+                        asked("order_type", "MARKET" if order else None),
+                        asked("time_in_force", "GTC" if order else None),
+                        _decimal_text(asked("quantity")),
+                        _decimal_text(asked("price")),
+                        got("status"),
+                        got("reject_reason"),
+                        filled,
+                        fill_price,
+                        fee,
+                        duplicate,
+                        received_at,
+                        at,
+                    )
+                )
+                if not duplicate and _nonzero(filled):  # FILL_COLUMNS, in order
                     fill_rows.append(
-                        {
-                            "request_id": request_id,
-                            "seq": seq,
-                            "order_id": row["order_id"],
-                            "client_order_id": row["client_order_id"],
-                            "symbol": row["symbol"],
-                            "side": row["side"],
-                            "quantity": row["filled_quantity"],
-                            "price": row["fill_price"],
-                            "fee": row["fee"],
-                            "executed_at": at,
-                        }
+                        (
+                            request_id,
+                            seq,
+                            order_id,
+                            client_order_id,
+                            symbol,
+                            side,
+                            filled,
+                            fill_price,
+                            fee,
+                            at,
+                        )
                     )
         return order_rows, fill_rows, updates
 
@@ -525,19 +547,21 @@ def _order_outcome(order: Any, error: Any, params: dict[str, Any]) -> dict[str, 
     return {"client_order_id": params.get("client_order_id"), "status": "REJECTED", "reject_reason": reason}
 
 
-def _fill_row(request_id: str, seq: int, fill: dict[str, Any], at: float) -> dict[str, Any]:
-    return {
-        "request_id": request_id,
-        "seq": seq,
-        "order_id": fill.get("order_id"),
-        "client_order_id": fill.get("client_order_id"),
-        "symbol": fill.get("symbol"),
-        "side": fill.get("side"),
-        "quantity": fill.get("quantity"),
-        "price": fill.get("price"),
-        "fee": fill.get("fee"),
-        "executed_at": at,
-    }
+def _fill_row(request_id: str, seq: int, fill: dict[str, Any], at: float) -> tuple[Any, ...]:
+    """A fill of a resting order (FILL_COLUMNS, in order)."""
+    got = fill.get
+    return (
+        request_id,
+        seq,
+        got("order_id"),
+        got("client_order_id"),
+        got("symbol"),
+        got("side"),
+        got("quantity"),
+        got("price"),
+        got("fee"),
+        at,
+    )
 
 
 def _decimal_text(value: Any) -> str | None:

@@ -25,7 +25,7 @@ from sqlalchemy import select
 
 from hean.command_journal import journal_key
 from hean.db import commands, fills, open_database, orders
-from hean.history import HistoryStore
+from hean.history import FILL_COLUMNS, ORDER_COLUMNS, HistoryStore
 from hean.processes import PROCESSES
 from hean.redis_server import PrivateRedis, free_port
 from postgres_server import PostgresServer
@@ -446,11 +446,15 @@ def test_the_bulk_insert_writes_what_sqlalchemys_insert_writes(
 
     with db.begin() as connection:
         for table, rows in ((orders, order_rows), (fills, fill_rows)):
-            store._insert_many_ignoring(connection, table, split(rows, "bulk-"))
+            columns = ORDER_COLUMNS if table is orders else FILL_COLUMNS
+            as_tuples = [tuple(row[name] for name in columns) for row in split(rows, "bulk-")]
+            store._insert_many_ignoring(connection, table, as_tuples)
             connection.execute(store._insert_ignoring(table, ["request_id", "seq"]), split(rows, "orm-"))
     with db.begin() as connection:  # again, changed: nothing is overwritten
         changed = [dict(row, status="CANCELLED") for row in split(order_rows, "bulk-")]
-        store._insert_many_ignoring(connection, orders, changed)
+        store._insert_many_ignoring(
+            connection, orders, [tuple(row[n] for n in ORDER_COLUMNS) for row in changed]
+        )
     # the commands' upsert: a later entry fills in what an earlier one left empty, never
     # overwrites what is known, and adds up the runs
     with db.begin() as connection:
