@@ -226,6 +226,13 @@ return n
 """
 
 
+def _mark_redelivered(message: dict[str, Any]) -> None:
+    """Mark a decoded queued message redelivered, as kombu marks what it restores (KeyError if it
+    is not shaped like one)."""
+    message["headers"]["redelivered"] = True
+    message["properties"]["delivery_info"]["redelivered"] = True
+
+
 def reclaim_unacked(client: redis.Redis, queue: str) -> int:
     """Put every message delivered from `queue` and never acknowledged back at the consuming
     end of the queue at once (marked redelivered, the oldest to be consumed first), instead of
@@ -243,8 +250,7 @@ def reclaim_unacked(client: redis.Redis, queue: str) -> int:
             message, _exchange, routing_key = json.loads(raw)
             if routing_key != queue:
                 continue
-            message["headers"]["redelivered"] = True  # as kombu marks what it restores
-            message["properties"]["delivery_info"]["redelivered"] = True
+            _mark_redelivered(message)
         except (ValueError, TypeError, KeyError):
             continue  # not a message of ours to judge: kombu restores it in its own time
         picked.append((delivered_at.get(tag, 0.0), tag, json.dumps(message)))
@@ -284,8 +290,7 @@ def redelivered(raw: bytes) -> bytes:
     message that keeps killing its worker stops looping). Unreadable: as it is."""
     try:
         message = json.loads(raw)
-        message["headers"]["redelivered"] = True
-        message["properties"]["delivery_info"]["redelivered"] = True
+        _mark_redelivered(message)
     except (ValueError, TypeError, KeyError):
         return raw
     return json.dumps(message).encode()

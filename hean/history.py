@@ -45,7 +45,6 @@ CHUNK = 500
 _ORDER_COMMANDS = ("submit_order", "submit_orders")
 
 
-#: 0 written into the SQL (a bound 0 would be a parameter of its own: HistoryStore._execute_many)
 def _insert_columns(table: sqlalchemy.Table) -> tuple[str, ...]:
     """The columns a row of `table` gives values for: all but its autoincrement id."""
     return tuple(column.name for column in table.columns if not column.primary_key)
@@ -53,6 +52,7 @@ def _insert_columns(table: sqlalchemy.Table) -> tuple[str, ...]:
 
 #: The order of the values in the history writer's order and fill rows.
 ORDER_COLUMNS, FILL_COLUMNS = _insert_columns(orders), _insert_columns(fills)
+#: 0 written into the SQL (a bound 0 would be a parameter of its own: HistoryStore._execute_many)
 _ZERO: sqlalchemy.ColumnElement[int] = sqlalchemy.literal_column("0", sqlalchemy.Integer)
 
 
@@ -217,11 +217,7 @@ class HistoryStore:
         columns = _insert_columns(table)
 
         def build(values: dict[str, Any]) -> Any:
-            return (
-                self._insert()(table)
-                .values(values)
-                .on_conflict_do_nothing(index_elements=["request_id", "seq"])
-            )
+            return self._insert_ignoring(table, ["request_id", "seq"]).values(values)
 
         self._execute_many(connection, table.name, build, columns, rows)
 
