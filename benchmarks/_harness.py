@@ -57,16 +57,16 @@ class Stack:
         self.redis_url = url
         self.port = free_port()
         self.token = "bench-" + os.urandom(8).hex()
-        self.env = dict(
-            os.environ,
-            REDIS_URL=url,
-            HEAN_HOME=str(self.home),
-            HEAN_PORT=str(self.port),
-            HEAN_API_TOKEN=self.token,
-            HEAN_LOG_LEVEL="warning",
-            PYTHONUNBUFFERED="1",
-            **env,
-        )
+        self.env = {
+            **os.environ,
+            "REDIS_URL": url,
+            "HEAN_HOME": str(self.home),
+            "HEAN_PORT": str(self.port),
+            "HEAN_API_TOKEN": self.token,
+            "HEAN_LOG_LEVEL": "warning",
+            "PYTHONUNBUFFERED": "1",
+            **env,  # the caller's settings win, the log level too
+        }
         self.url = f"http://127.0.0.1:{self.port}"
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         specs = {spec.name: spec for spec in PROCESSES}

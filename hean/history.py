@@ -644,6 +644,7 @@ def main() -> int:
     """`python -m hean.history`: the history writer of `hean up`."""
     from hean.config import get_settings
     from hean.db import database, reset
+    from hean.gc_policy import freeze_startup_objects
     from hean.logs import configure_logging
     from hean.redis_client import sync_client
 
@@ -655,6 +656,7 @@ def main() -> int:
     writer = HistoryWriter(CommandJournal(sync_client()), HistoryStore(database), settings.dedup_window_s)
     writer.reset_database = reset
     log.info("event=history_writer_started window_s=%d", settings.dedup_window_s)
+    freeze_startup_objects("history")
     writer.run(stop)
     return 0
 

@@ -23,6 +23,7 @@ def is_loopback(host: str) -> bool:
 
 
 def main() -> None:
+    from hean.gc_policy import freeze_startup_objects
     from web.app import create_app
 
     settings = get_settings()
@@ -31,6 +32,7 @@ def main() -> None:
     from web.heartbeat import start_heartbeat
 
     start_heartbeat(app)
+    freeze_startup_objects("web")
     if not is_loopback(settings.host):
         log.warning(
             "event=exposed_bind host=%s note=control needs the token but traffic is not encrypted",

@@ -184,6 +184,20 @@ def _quiet_cancel_warning(**_: Any) -> None:
 
 
 @worker_ready.connect
+def _freeze_startup_objects(sender: Any = None, **_: Any) -> None:
+    from hean.gc_policy import freeze_startup_objects
+
+    freeze_startup_objects(str(getattr(sender, "hostname", "worker")))
+
+
+@signals.beat_init.connect
+def _freeze_beat_startup_objects(**_: Any) -> None:
+    from hean.gc_policy import freeze_startup_objects
+
+    freeze_startup_objects("beat")
+
+
+@worker_ready.connect
 def _start_heartbeat(sender: Any = None, **_: Any) -> None:
     from hean.core.system.probes import WORKER_HEARTBEATS_KEY
     from hean.redis_client import sync_client
