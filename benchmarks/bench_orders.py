@@ -22,7 +22,11 @@ every process); and ratios to the naive design. CPU seconds per order are the st
 this shared machine; latencies are not. Never fails on speed.
 
     .venv/bin/python benchmarks/bench_orders.py [--step-seconds S] [--memory-seconds S]
-                                                [--designs a,b,...]
+                                                [--designs a,b,...] [--timeline]
+
+``--timeline`` prints, for each step, every second's worst submit-to-result beside the steal
+time the host took from the machine's CPUs in that second, to tell a stall of the system from
+one of the machine (README: "Garbage collection, and the tail at 25,000 orders/s").
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import psutil
 from _harness import (
     REPO_ROOT,
     RawSocketIO,
@@ -294,6 +299,46 @@ class Step:
         return {name: 1000.0 * seconds / answered for name, seconds in self.cpu.items()}
 
 
+class StealSampler:
+    """The machine's CPU times every 0.1 s in a thread, from creation until `stop()`."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, float, float]] = []  # time, steal seconds, all seconds
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            times = psutil.cpu_times()
+            self.samples.append((time.monotonic(), getattr(times, "steal", 0.0), sum(times)))
+            if self._done.wait(0.1):
+                return
+
+    def stop(self) -> list[tuple[float, float, float]]:
+        self._done.set()
+        self._thread.join()
+        return self.samples
+
+
+def print_timeline(lat: list[float], seconds: float, samples: list[tuple[float, float, float]]) -> None:
+    """Each second of a step: the worst latency of the orders answered in that part of the
+    step (orders are paced evenly, so their order is their time, to a few ms), and the steal
+    time the host took from the machine's CPUs in it."""
+    if not lat or len(samples) < 2:
+        return
+    start = samples[0][0]
+    worst, stolen = [], []
+    for second in range(max(1, round(seconds))):
+        part = lat[int(second * len(lat) / seconds) : int((second + 1) * len(lat) / seconds)]
+        worst.append(f"{max(part or [0.0]):.0f}")
+        inside = [x for x in samples if second <= x[0] - start < second + 1] or samples[-1:]
+        first, last = inside[0], inside[-1]
+        stolen.append(f"{100 * (last[1] - first[1]) / max(1e-9, last[2] - first[2]):.0f}")
+    print("    worst ms per second:   " + " ".join(f"{w:>4}" for w in worst))
+    print("    steal % per second:    " + " ".join(f"{s:>4}" for s in stolen))
+
+
 def run_design(design: Design, rates: list[float], args: argparse.Namespace) -> dict[str, Any]:
     system, url, token = start_system(design)
     ctx = mp.get_context("spawn")
@@ -308,9 +353,12 @@ def run_design(design: Design, rates: list[float], args: argparse.Namespace) -> 
 
         def step(rate: float, seconds: float) -> Step:
             before, rss0 = cpu_seconds(pids), rss(pids)
+            steal = StealSampler() if args.timeline else None
             jobs.put((rate, seconds))
             result = out.get(timeout=seconds * 3 + DRAIN_TIMEOUT_S + 60)
             after, rss1 = cpu_seconds(pids), rss(pids)
+            if steal is not None:
+                print_timeline(result.get("lat") or [], seconds, steal.stop())
             done = Step(rate, result, {n: after[n] - before[n] for n in pids},
                         {n: (rss0[n], rss1[n]) for n in pids})
             lat = result.get("lat") or [float("nan")]
@@ -352,6 +400,9 @@ def main() -> None:
     parser.add_argument("--rates-single", default="500,1000,2000,3000,4000,6000,8000")
     parser.add_argument("--rates-batched", default="1000,5000,10000,20000,25000,30000,40000,60000")
     parser.add_argument("--designs", default=",".join(d.key for d in DESIGNS))
+    parser.add_argument("--timeline", action="store_true",
+                        help="per step, each second's worst submit-to-result beside the machine's "
+                             "steal time in that second")
     args = parser.parse_args()
     chosen = [d for d in DESIGNS if d.key in args.designs.split(",")]
     runs: dict[str, dict[str, Any]] = {}
