@@ -1,13 +1,17 @@
 """workers.shard.SnapshotWriter: snapshots land in log order, from either thread, each with
-the trim of the log entries it holds (real Redis)."""
+the trim of the log entries it holds, compressed; restore_engine reads them, and the
+uncompressed ones written before (real Redis)."""
 
 from __future__ import annotations
 
 import time
+import zlib
 
+import pytest
 import redis
 
-from workers.shard import LOG_KEY, SNAPSHOT_KEY, Snapshot, SnapshotWriter
+from hean.engine import TradingEngine
+from workers.shard import LOG_KEY, SNAPSHOT_KEY, Snapshot, SnapshotWriter, restore_engine
 
 
 def _log(client: redis.Redis, ids: list[str]) -> None:
@@ -16,7 +20,12 @@ def _log(client: redis.Redis, ids: list[str]) -> None:
 
 
 def _stored(client: redis.Redis) -> dict[bytes, bytes]:
-    return client.hgetall(SNAPSHOT_KEY)  # type: ignore[return-value]
+    """The stored snapshot, its data uncompressed."""
+    stored: dict[bytes, bytes] = client.hgetall(SNAPSHOT_KEY)  # type: ignore[assignment]
+    if stored:
+        assert stored.pop(b"encoding") == b"zlib"
+        stored[b"data"] = zlib.decompress(stored[b"data"])
+    return stored
 
 
 def _until(check: object, timeout: float = 10.0) -> None:
@@ -55,3 +64,44 @@ def test_an_older_snapshot_never_replaces_a_newer_one(redis_client: redis.Redis)
     with writer._write_lock:  # the thread's last write, if any, is over
         assert _stored(redis_client)[b"data"] == b"after 9-0"
     assert redis_client.xlen(LOG_KEY) == 0
+
+
+def _engine_with_orders() -> TradingEngine:
+    engine = TradingEngine(risk_limits={"max_orders_per_second": 0})
+    engine.update_market("BTCUSDT", "50000", "50001", "50000.5")
+    engine.start()
+    for i in range(50):
+        engine.submit_order(client_order_id=f"snap-{i}", symbol="BTCUSDT", side="BUY", quantity="0.001")
+    return engine
+
+
+def test_a_written_snapshot_restores_the_engine_and_an_uncompressed_one_still_does(
+    redis_client: redis.Redis,
+) -> None:
+    engine = _engine_with_orders()
+    SnapshotWriter(lambda: redis_client).write(Snapshot(engine.snapshot(), "7-0", paused=False))
+    stored: dict[bytes, bytes] = redis_client.hgetall(SNAPSHOT_KEY)  # type: ignore[assignment]
+    assert len(stored[b"data"]) < len(engine.snapshot()) / 2  # stored compressed
+    restored = TradingEngine()
+    assert restore_engine(restored, redis_client) == ("7-0", False, 0)
+    assert restored.snapshot() == engine.snapshot()
+
+    # as snapshots were written before they were compressed: no encoding field
+    redis_client.delete(SNAPSHOT_KEY)
+    redis_client.hset(SNAPSHOT_KEY, mapping={"data": engine.snapshot(), "log_id": "7-0", "paused": 1})
+    restored = TradingEngine()
+    assert restore_engine(restored, redis_client) == ("7-0", True, 0)
+    assert restored.snapshot() == engine.snapshot()
+
+
+@pytest.mark.parametrize(
+    ("encoding", "data", "error"),
+    [("zlib", b"not zlib", "not zlib data"), ("lz4", b"whatever", "unknown encoding")],
+)
+def test_a_snapshot_that_cannot_be_read_is_reported_corrupt(
+    redis_client: redis.Redis, encoding: str, data: bytes, error: str
+) -> None:
+    """ValueError is what the shard keeps for inspection (hean:engine:snapshot:corrupt)."""
+    redis_client.hset(SNAPSHOT_KEY, mapping={"data": data, "encoding": encoding, "log_id": "1-0"})
+    with pytest.raises(ValueError, match=error):
+        restore_engine(TradingEngine(), redis_client)
