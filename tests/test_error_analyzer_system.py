@@ -76,8 +76,14 @@ def test_a_failing_celery_task_ends_as_an_analysis(
     line = source.index('    return balances[account] / balances["total"]') + 1
     assert f'File "tests/plugins/analyzer_tasks.py", line {line}, in settle   <-- suspect' in user
     assert "frame(s) in installed packages: celery" in user, user
-    log = (analyzer_system["home"] / "logs" / "fix_suggestions.log").read_text()
-    assert '"origin": "celery_task:analyzer_tests.boom"' in log
+    # the log line follows the database row: wait for it rather than read once (it was read
+    # empty once, on a busy machine)
+    log_path = analyzer_system["home"] / "logs" / "fix_suggestions.log"
+    wait_for(
+        lambda: log_path.exists() and '"origin": "celery_task:analyzer_tests.boom"' in log_path.read_text(),
+        10,
+        "the analysis in fix_suggestions.log",
+    )
 
 
 def test_a_command_handler_that_raises_ends_as_an_analysis(analyzer_system: dict[str, Any]) -> None:
