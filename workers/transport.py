@@ -144,7 +144,7 @@ class QoS(kombu_redis.QoS):
         held = self._held.get(delivery_tag)
         if held is None:
             return False
-        pipe.lrem(delivering_key(held[0]), 1, held[1])
+        _release(pipe, held)
         self._acked_within.add(delivery_tag)
         return True
 
@@ -157,7 +157,7 @@ class QoS(kombu_redis.QoS):
             self._acked_within.discard(delivery_tag)
         else:
             with self.channel.conn_or_acquire() as client:
-                client.lrem(delivering_key(held[0]), 1, held[1])
+                _release(client, held)
         virtual.QoS.ack(self, delivery_tag)
 
     def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
@@ -178,6 +178,11 @@ class QoS(kombu_redis.QoS):
         self._acked_within.discard(tag)
         with self.channel.conn_or_acquire(client) as client:
             restore_held(client, held[0], held[1])
+
+
+def _release(client: Any, held: tuple[str, bytes]) -> None:
+    """Take a held (queue, message) out of the queue's delivering list: its acknowledgement."""
+    client.lrem(delivering_key(held[0]), 1, held[1])
 
 
 _TYPED = '"__type__"'
