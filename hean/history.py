@@ -12,6 +12,7 @@ side: request ids that left the Redis window, `GET /api/orders` and `GET /api/fi
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import operator
@@ -30,6 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from hean import fastjson, metrics
 from hean.command_journal import CommandJournal, rebuild_ack
 from hean.db import commands, fills, history_cursor, orders
+from hean.redis_client import next_stream_id
 from hean.topology import HISTORY_STREAM_KEY
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,7 @@ CHUNK = 500
 _ORDER_COMMANDS = ("submit_order", "submit_orders")
 
 
+@functools.cache  # asked per batch written (HistoryStore._insert_many_ignoring)
 def _insert_columns(table: sqlalchemy.Table) -> tuple[str, ...]:
     """The columns a row of `table` gives values for: all but its autoincrement id."""
     return tuple(column.name for column in table.columns if not column.primary_key)
@@ -73,11 +76,6 @@ class CommandRecord:
 
 def _entry_time(entry_id: str) -> float:
     return int(entry_id.split("-", 1)[0]) / 1000.0
-
-
-def _next_id(entry_id: str) -> str:
-    ms, seq = entry_id.split("-", 1)
-    return f"{ms}-{int(seq) + 1}"
 
 
 def _text(value: bytes | str) -> str:
@@ -602,7 +600,7 @@ class HistoryWriter:
         for start in range(0, len(answered), CHUNK):
             self.journal.compact(answered[start : start + CHUNK], self.window_s)
         assert self.last_id is not None
-        self.journal.client.xtrim(self.stream, minid=_next_id(self.last_id))
+        self.journal.client.xtrim(self.stream, minid=next_stream_id(self.last_id))
 
     def run_once(self, block_ms: int = 1000) -> int:
         """Read what waits (up to `block_ms` for something), write it, settle it; returns the

@@ -156,6 +156,13 @@ def wait_durable(client: redis.Redis, durable: Durability) -> None:
     durable.check(reply)
 
 
+def next_stream_id(entry_id: str) -> str:
+    """The stream id right after `entry_id` ("ms-seq"): `XTRIM MINID` from it drops the entry
+    and everything before."""
+    ms, seq = entry_id.split("-", 1)
+    return f"{ms}-{int(seq) + 1}"
+
+
 def text(value: bytes | str) -> str:
     """A reply value as text: HEAN's clients do not decode replies (they carry bytes)."""
     return value.decode() if isinstance(value, bytes) else value

@@ -37,7 +37,7 @@ from hean.commands import CONTROL_COMMANDS
 from hean.core.system.redis_state import StateError, StateOp, get_sync_state_manager
 from hean.engine import BatchResult, OrderBatch, TradingEngine
 from hean.group_commit import GroupCommit
-from hean.redis_client import run_script, sync_client
+from hean.redis_client import next_stream_id, run_script, sync_client
 from hean.topology import (
     BATCH_TASKS,
     ENGINE_INFLIGHT_KEY,
@@ -210,7 +210,7 @@ class SnapshotWriter:
                     "paused": int(snapshot.paused),
                 },
             )
-            pipe.xtrim(LOG_KEY, minid=f"{position[0]}-{position[1] + 1}")  # what the snapshot holds
+            pipe.xtrim(LOG_KEY, minid=next_stream_id(snapshot.log_id))  # what the snapshot holds
             pipe.execute()
             self._written = position
             return True
