@@ -31,7 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from hean import fastjson, metrics
 from hean.command_journal import CommandJournal, rebuild_ack
 from hean.db import commands, fills, history_cursor, orders
-from hean.redis_client import next_stream_id
+from hean.redis_client import next_stream_id, text
 from hean.topology import HISTORY_STREAM_KEY
 
 log = logging.getLogger(__name__)
@@ -76,10 +76,6 @@ class CommandRecord:
 
 def _entry_time(entry_id: str) -> float:
     return int(entry_id.split("-", 1)[0]) / 1000.0
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class HistoryStore:
@@ -581,7 +577,7 @@ class HistoryWriter:
 
     def _entries(self, raw: Any) -> list[tuple[str, dict[str, str]]]:
         return [
-            (_text(entry_id), {_text(k): _text(v) for k, v in fields.items()}) for entry_id, fields in raw
+            (text(entry_id), {text(k): text(v) for k, v in fields.items()}) for entry_id, fields in raw
         ]
 
     def recover(self) -> None:
