@@ -12,8 +12,10 @@ module.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -202,15 +204,49 @@ def database() -> Database:
         return _database
 
 
+#: An SQLite file whose database and log are as they were at the last good read of its schema
+#: is read again only this often (`ping`, which the pulse asks ten times a second: a fresh
+#: connection and a schema read cost the idle pulse worker about 2% of a core).
+UNCHANGED_RECHECK_S = 1.0
+#: (the files' signature, time.monotonic()) of the last good read of the schema
+_verified: list[Any] = [None, 0.0]
+
+
+def _file_signature(path: str) -> tuple[Any, ...] | None:
+    """What a change of the database file or its log changes (None when the file is not there:
+    a schema read decides)."""
+    signature: list[Any] = []
+    for name in (path, f"{path}-wal"):
+        try:
+            st = os.stat(name)
+        except FileNotFoundError:
+            if name == path:
+                return None
+            signature.append(None)
+        except OSError:
+            return None
+        else:
+            # not the change time: SQLite, run as root, chowns the log on every open
+            signature.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode, st.st_uid))
+    return tuple(signature)
+
+
 def ping() -> None:
     """`SELECT 1`; for an SQLite file, a read of its schema on a connection opened just now,
     which a damaged file fails (a pooled connection in WAL mode may answer from its page cache
-    long after the file was damaged)."""
+    long after the file was damaged). That read is skipped while neither the file nor its log
+    changed (inode, size, modification time, mode, owner) since the last good one, for
+    UNCHANGED_RECHECK_S."""
     db = database()
     path = db.url.database if db.dialect.name == "sqlite" else None
     if path and path != ":memory:" and not path.startswith("file:"):
+        signature, now = _file_signature(path), time.monotonic()
+        if signature is not None and _verified[0] == signature and now - _verified[1] < UNCHANGED_RECHECK_S:
+            return
+        _verified[0] = None
         with contextlib.closing(sqlite3.connect(path, timeout=1.0)) as fresh:
             fresh.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        _verified[:] = [signature, now]
         return
     with db.connect() as connection:
         connection.execute(sqlalchemy.text("SELECT 1"))
@@ -223,6 +259,7 @@ def reset() -> None:
         if _database is not None:
             _database.dispose()
         _database = None
+        _verified[0] = None
 
 
 def redacted_url() -> str:

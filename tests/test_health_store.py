@@ -221,3 +221,108 @@ def test_redis_client_flushes_its_own_database_not_the_systems(
     finally:
         system_db.delete(sentinel)
         system_db.close()
+
+
+# -- the Redis-only probes read in one round trip ----------------------------------------------
+
+
+def _beat(clients: int) -> str:
+    """The web process's heartbeat as web/heartbeat.py writes it (this process stands for it)."""
+    import json
+    import os
+    import socket
+
+    beat = {"ts": time.time(), "clients": clients, "pid": os.getpid(), "host": socket.gethostname()}
+    return json.dumps(beat)
+
+
+def test_the_redis_probes_take_the_groups_one_read_once_and_only_while_fresh(
+    redis_client: redis.Redis,
+) -> None:
+    from hean.core.system.probes import WEB_HEARTBEAT_KEY, RedisReads, redis_probes
+
+    redis_probe, web, workers = redis_probes(redis_client)
+    assert {p.group for p in (redis_probe, web, workers)} == {"redis"}
+    redis_client.set(WEB_HEARTBEAT_KEY, _beat(clients=1))
+    redis_client.hset(WORKER_HEARTBEATS_KEY, "w@h", repr(time.time()))
+    assert redis_probe.check() == {}
+    # what changes after the group's read is not seen by the probes that took that read ...
+    redis_client.set(WEB_HEARTBEAT_KEY, _beat(clients=2))
+    redis_client.hset(WORKER_HEARTBEATS_KEY, "late@h", repr(time.time()))
+    assert web.check()["clients"] == 1
+    assert set(workers.check()["workers"]) == {"w@h"}
+    # ... and each reply is taken once: without a new group read, each probe reads for itself
+    assert web.check()["clients"] == 2
+    assert set(workers.check()["workers"]) == {"w@h", "late@h"}
+    # a reply older than MAX_AGE_S is not taken
+    redis_probe.check()
+    redis_client.set(WEB_HEARTBEAT_KEY, _beat(clients=3))
+    time.sleep(RedisReads.MAX_AGE_S + 0.02)
+    assert web.check()["clients"] == 3
+
+
+def test_a_failed_read_in_the_groups_round_trip_fails_its_own_probe_only(redis_client: redis.Redis) -> None:
+    from hean.core.system.probes import WEB_HEARTBEAT_KEY, redis_probes
+
+    monitor = HealthMonitor(redis_probes(redis_client))
+    redis_client.rpush(WEB_HEARTBEAT_KEY, "not a heartbeat")  # GET of a list: WRONGTYPE
+    redis_client.hset(WORKER_HEARTBEATS_KEY, "w@h", repr(time.time()))
+    try:
+        status = monitor.check_all()
+        assert status is not None
+        modules = status["modules"]
+        assert modules["redis"]["status"] == "HEALTHY"
+        assert modules["workers"]["status"] == "HEALTHY"
+        assert modules["frontend_socket"]["status"] == "UNHEALTHY"
+        assert "WRONGTYPE" in modules["frontend_socket"]["last_error"]
+    finally:
+        monitor.close()
+
+
+# -- the database probe reads the schema again only when the file changed ----------------------
+
+
+def test_the_database_ping_reads_the_schema_again_only_when_the_file_changed(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+    import types
+
+    import sqlalchemy
+
+    from hean import db
+
+    path = tmp_path / "hean.db"
+    monkeypatch.setattr(db, "_database", db.open_database(f"sqlite:///{path}"))
+    monkeypatch.setattr(db, "_verified", [None, 0.0])
+    opened: list[str] = []
+
+    def connect(target: str, **kwargs: Any) -> sqlite3.Connection:
+        opened.append(target)
+        return sqlite3.connect(target, **kwargs)
+
+    monkeypatch.setattr(db, "sqlite3", types.SimpleNamespace(connect=connect))
+    try:
+        db.ping()
+        for _ in range(5):
+            db.ping()
+        assert len(opened) == 1  # the file is as it was: no fresh connection
+        with db.database().begin() as connection:  # a write lands in the log (WAL)
+            connection.execute(sqlalchemy.text("INSERT INTO history_cursor VALUES ('s', '1-0', 1.0)"))
+        db.ping()
+        assert len(opened) == 2
+        monkeypatch.setattr(db, "UNCHANGED_RECHECK_S", 0.05)
+        time.sleep(0.06)
+        db.ping()  # unchanged, but not read for longer than UNCHANGED_RECHECK_S
+        assert len(opened) == 3
+        db.database().dispose()
+        saved = {f: f.read_bytes() for f in (path, path.with_name("hean.db-wal")) if f.exists()}
+        for damaged in saved:
+            damaged.write_bytes(b"this is not a database" * 100)
+        with pytest.raises(sqlite3.DatabaseError):
+            db.ping()
+        with pytest.raises(sqlite3.DatabaseError):  # a failed read is never taken for a good one
+            db.ping()
+        assert len(opened) == 5
+    finally:
+        db.reset()

@@ -44,7 +44,7 @@ from hean.core.system.health_monitor import (
     report_node,
     store_pulse,
 )
-from hean.core.system.probes import db_probe, exchange_probe, redis_probe, web_probe, workers_probe
+from hean.core.system.probes import db_probe, exchange_probe, redis_probes
 from hean.core.system.redis_state import StateError, get_sync_state_manager
 from hean.messages import OPERATORS_ROOM
 from hean.redis_client import sync_client, text
@@ -90,17 +90,8 @@ def cpp_core_probe() -> Probe:
 @functools.cache
 def monitor() -> HealthMonitor:
     """This pulse worker's monitor (it keeps failure counts and reconnects across pulses)."""
-    client = sync_client()
-    return HealthMonitor(
-        [
-            cpp_core_probe(),
-            redis_probe(client),
-            db_probe(),
-            exchange_probe(),
-            web_probe(client),
-            workers_probe(client),
-        ]
-    )
+    redis, web, workers = redis_probes(sync_client())
+    return HealthMonitor([cpp_core_probe(), redis, db_probe(), exchange_probe(), web, workers])
 
 
 #: This process's pulse node name (once it consumes the pulse queue) and when it last reported

@@ -38,7 +38,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -111,9 +111,15 @@ class ModuleHealth:
     detail: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        body = asdict(self)
+        # field by field: dataclasses.asdict's deep copy was a tenth of the idle pulse's CPU
+        # (a check replaces `detail` whole, never changes it in place: a shallow copy will do)
+        body = {name: getattr(self, name) for name in _MODULE_FIELDS}
         body["status"] = self.status.value
+        body["detail"] = dict(self.detail)
         return body
+
+
+_MODULE_FIELDS = tuple(f.name for f in fields(ModuleHealth))
 
 
 @dataclass
