@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from hean.affinity import DEFAULT_NICE
+from hean.affinity import DEFAULT_NICE, Niceness
 
 #: Default Redis used when neither REDIS_URL nor a private server started by `hean up` exists.
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -227,7 +227,7 @@ class Settings(BaseSettings):
         return parse_affinity(self.cpu_affinity)
 
     @property
-    def nice_table(self) -> dict[str, int]:
+    def nice_table(self) -> dict[str, Niceness]:
         """HEAN_NICE parsed; raises hean.affinity.AffinityError when it is wrong."""
         from hean.affinity import parse_nice
 

@@ -69,6 +69,12 @@ def test_the_wrapper_pins_sets_the_niceness_then_becomes_the_command() -> None:
     cpus, nice, pid = out.rsplit(" ", 2)
     assert cpus == str([USABLE[-1]]) and int(nice) == 7  # raising niceness needs no privilege
     assert int(pid) == process.pid  # exec, not a child: signals reach the real process
+    # idle: SCHED_IDLE, which any user may choose for their own process
+    probe = "import os; print(os.sched_getscheduler(0) == os.SCHED_IDLE, os.getpid())"
+    argv = pinned_argv(sys.executable, "history", [sys.executable, "-c", probe], {}, {"history": "idle"})
+    assert argv[argv.index("--nice") + 1] == "idle"
+    out = subprocess.run(argv, stdout=subprocess.PIPE, text=True, timeout=30, check=True).stdout
+    assert out.split()[0] == "True"
     # a process both tables leave alone is started as is
     assert pinned_argv(sys.executable, "beat", ["celery", "beat"], table, {"web": 1}) == ["celery", "beat"]
 
@@ -92,12 +98,13 @@ def test_the_wrapper_refuses_bad_options_clearly(options: list[str], message: st
 def test_niceness_tables_parse_with_clear_errors() -> None:
     from hean.affinity import DEFAULT_NICE, parse_nice
 
-    assert parse_nice(DEFAULT_NICE) == {"beat": -10, "worker-pulse": -10}
-    assert parse_nice("*=3; web=-1") == {"*": 3, "web": -1}
+    assert parse_nice(DEFAULT_NICE) == {"beat": -10, "worker-pulse": -10, "history": "idle"}
+    assert parse_nice("*=3; web=-1; history=idle") == {"*": 3, "web": -1, "history": "idle"}
     for spec, message in (
         ("beat", "should look like name=niceness"),
         ("redis=1", "unknown process 'redis'"),
-        ("beat=fast", "beat=fast is not a whole number"),
+        ("beat=fast", "beat=fast is not a whole number nor idle"),
+        ("beat=IDLE", "beat=IDLE is not a whole number nor idle"),
         ("beat=-21", "outside -20..19"),
         ("beat=1;beat=2", "'beat' is given twice"),
     ):

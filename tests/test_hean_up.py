@@ -73,6 +73,10 @@ def test_hean_up_runs_the_system_and_stops_cleanly(up_env: dict[str, str], tmp_p
         else:  # not allowed: a warning, and the process runs anyway
             assert "cannot set niceness -10" in (home / "logs" / "beat.log").read_text()
         assert nice["web"] == nice["worker-engine"] == os.getpriority(os.PRIO_PROCESS, 0)
+        # ... and the history writer last: SCHED_IDLE, allowed to any user
+        policies = {name: os.sched_getscheduler(pid) for name, pid in up.pids().items()}
+        assert policies["history"] == os.SCHED_IDLE, policies
+        assert policies["web"] == policies["worker-engine"] == os.SCHED_OTHER, policies
 
         client = socketio.Client(reconnection=False)
         results: list[dict[str, object]] = []
