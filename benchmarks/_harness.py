@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -117,7 +118,10 @@ class Stack:
             pids["redis"] = self._redis.pid
         return pids
 
-    def close(self) -> None:
+    def close(self, keep: bool = False) -> None:
+        """Stop every process and Redis, then delete the stack's directory (a 30 s run at 25,000
+        orders/s leaves about 1 GB there: database, AOF, logs), unless `keep` or
+        HEAN_BENCH_KEEP is set, or the benchmark failed (`stack`): then say where it is."""
         for process in self.processes.values():
             process.terminate()
         for process in self.processes.values():
@@ -128,21 +132,23 @@ class Stack:
                 process.wait()
         if self._redis is not None:
             self._redis.stop()
+        if keep or os.environ.get("HEAN_BENCH_KEEP"):
+            print(f"kept {self.home} (logs, database, Redis data)", file=sys.stderr)
+        else:
+            shutil.rmtree(self.home, ignore_errors=True)
 
     def __enter__(self) -> Stack:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self.close(keep=exc_type is not None)
 
 
 @contextlib.contextmanager
 def stack(names: list[str], **env: str) -> Iterator[Stack]:
     s = Stack(names, **env)
-    try:
+    with s:
         yield s
-    finally:
-        s.close()
 
 
 class CpuMeter:

@@ -68,7 +68,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20, help="rounds per way (they alternate)")
     parser.add_argument("--orders-per-round", type=int, default=2500)
     args = parser.parse_args()
-    url = os.environ.get("DATABASE_URL") or f"sqlite:///{tempfile.mkdtemp(prefix='hean-bench-')}/history.db"
+    scratch = tempfile.TemporaryDirectory(prefix="hean-bench-")  # removed at exit
+    url = os.environ.get("DATABASE_URL") or f"sqlite:///{scratch.name}/history.db"
     db = open_database(url)
     store = HistoryStore(db)
     n = args.orders_per_round

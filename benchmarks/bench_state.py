@@ -17,6 +17,7 @@ import argparse
 import array
 import multiprocessing as mp
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -235,6 +236,7 @@ def main() -> int:
         finally:
             if server is not None:
                 server.stop()
+            shutil.rmtree(server.data_dir, ignore_errors=True)
     report(results)
     return 0
 
