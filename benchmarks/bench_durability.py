@@ -1,7 +1,10 @@
-"""What durable acks cost: ack latency and command throughput with acks sent once Redis has
-fsynced the command (WAITAOF after each batch's reserve script: a group commit), against acks
-sent without waiting (`appendfsync everysec` may then lose up to a second of acked commands
-with Redis), and against `appendfsync always` (Redis fsyncs every write itself).
+"""What durable acks cost: ack latency and command throughput with acks sent once the command is
+on disk (the default: the private Redis under `appendfsync always`, so every write is fsynced
+before its reply, and WAITAOF after each batch's reserve script), against acks sent without
+waiting under `appendfsync everysec` (a crash of the machine may then lose up to a second of
+acked commands), and against WAITAOF under everysec, which is what HEAN did before: Valkey 9.1
+answers it before any fsync (hean.redis_client.Durability), so it costs the round trip and
+buys nothing against a power loss.
 
 Each mode runs the same system (web, engine worker, default worker, private Redis) in turn:
 - idle ack round trip: one `submit_order` at a time, each sent once the previous one's result
@@ -26,8 +29,8 @@ from bench_ack import measure, order
 MODES = (
     # (name, HEAN_ACK_FSYNC, Redis appendfsync)
     ("acks not synced (appendfsync everysec)", "off", "everysec"),
-    ("acks after WAITAOF (group commit)", "on", "everysec"),
-    ("appendfsync always (every write fsynced)", "off", "always"),
+    ("WAITAOF under everysec (answered before the fsync)", "on", "everysec"),
+    ("appendfsync always + WAITAOF (the default)", "on", "always"),
 )
 
 

@@ -52,6 +52,13 @@ class Settings(BaseSettings):
         validation_alias=_env("HEAN_ACK_FSYNC"),
         description="Acks wait for Redis to fsync the command (WAITAOF): auto = when it keeps an AOF.",
     )
+    redis_appendfsync: Literal["always", "everysec"] = Field(
+        default="always",
+        validation_alias=_env("HEAN_REDIS_APPENDFSYNC"),
+        description="The private Redis's appendfsync: always (every write on disk before its reply, "
+        "so an ack survives a power loss) or everysec (faster; a crash of the machine can lose the "
+        "last second, acked commands included).",
+    )
     ack_replicas: int = Field(
         default=0,
         ge=0,

@@ -42,11 +42,16 @@ class NotDurable(RedisError):
 class Durability:
     """What a write must reach before HEAN acknowledges it: the server's own append-only file
     fsynced (`local`) and the AOFs of `replicas` replicas, checked with WAITAOF (Valkey, Redis
-    7.2+) right after the write: one fsync covers a whole batch.
+    7.2+) right after the write.
 
-    WAITAOF goes out once the write's reply is in, not pipelined behind it: measured on Valkey
-    9.1 with `appendfsync everysec`, a WAITAOF that arrives with its write waits for the next
-    server cron (p50 100 ms at hz 10), one sent after it for a prompt fsync (p50 0.3-0.5 ms).
+    WAITAOF only tells the truth with `appendfsync always`, which the private server uses. With
+    `appendfsync everysec`, Valkey 9.1.2 (the private server's binary) answers WAITAOF "fsynced"
+    as soon as the write reached the file, before any fsync (the everysec thread fsyncs once a
+    second; strace shows no fsync per WAITAOF): the bug Redis fixed in 7.4.3, redis/redis#13793.
+    Without the bug, WAITAOF under everysec would wait for that once-a-second fsync. So under
+    everysec an ack survives a crash of Redis or of any process, not of the machine; and
+    `resolve` warns when a server that must fsync is not set to `always`. WAITAOF goes out once
+    the write's reply is in, not pipelined behind it (it applies to what the connection wrote).
     """
 
     local: bool
@@ -90,7 +95,26 @@ class DurabilityRule:
                     "event=acks_not_fsynced reason=server_has_no_aof "
                     "detail='acks confirm the write, not an fsync: enable appendonly or set HEAN_ACK_FSYNC'"
                 )
+        if local:
+            policy = server_appendfsync(client)
+            if policy not in (None, "always"):
+                log.warning(
+                    "event=acks_fsync_not_guaranteed appendfsync=%s detail='WAITAOF under appendfsync %s "
+                    "can answer before the fsync (Valkey 9.1, Redis 7.4.0-7.4.2: redis/redis#13793): acks "
+                    "survive a crash of Redis, not of the machine; set appendfsync always for that'",
+                    policy,
+                    policy,
+                )
         return Durability(local=local, replicas=self.replicas)
+
+
+def server_appendfsync(client: redis.Redis) -> str | None:
+    """The server's appendfsync, or None when it will not say (CONFIG refused, as on many
+    managed services)."""
+    try:
+        return text(client.config_get("appendfsync").get("appendfsync") or b"") or None
+    except RedisError:
+        return None
 
 
 #: Redis errors that pass once the server is back (a restart, a failover) or has memory again:

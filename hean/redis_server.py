@@ -125,7 +125,8 @@ class PrivateRedis:
     """A Redis server owned by this process: free port, AOF on, password required, data under
     `data_dir` (mode 0700: the AOF holds the journal and the state).
 
-    Without `password` one is generated, so no private server ever runs open.
+    Without `password` one is generated, so no private server ever runs open. `appendfsync`
+    defaults to HEAN_REDIS_APPENDFSYNC ("always": why in hean.redis_client.Durability).
     """
 
     def __init__(
@@ -135,9 +136,17 @@ class PrivateRedis:
         port: int | None = None,
         cpus: frozenset[int] | None = None,
         password: str | None = None,
+        appendfsync: str | None = None,
     ) -> None:
         if password is not None and not _PASSWORD.fullmatch(password):
             raise ValueError("a private Redis password is 16-256 characters of [A-Za-z0-9_-]")
+        if appendfsync is None:
+            from hean.config import get_settings
+
+            appendfsync = get_settings().redis_appendfsync
+        if appendfsync not in ("always", "everysec"):
+            raise ValueError(f"appendfsync must be 'always' or 'everysec', not {appendfsync!r}")
+        self.appendfsync = appendfsync
         self.data_dir = Path(data_dir).resolve()
         self.host = host
         self.cpus = cpus  # pin the server to these CPUs (HEAN_CPU_AFFINITY "redis=...")
@@ -179,7 +188,7 @@ class PrivateRedis:
             f'logfile "{self.log_file}"',
             "loglevel notice",
             "appendonly yes",
-            "appendfsync everysec",
+            f"appendfsync {self.appendfsync}",
             'save ""',
             "maxmemory-policy noeviction",
             "tcp-keepalive 60",

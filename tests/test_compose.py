@@ -30,6 +30,8 @@ def test_redis_service_is_persistent_and_health_checked(compose: dict[str, Any])
     assert redis["image"].startswith("redis:7") and "alpine" in redis["image"]
     command = redis["command"]
     assert command[command.index("--appendonly") + 1] == "yes"
+    # every write on disk before its reply, as the private server (hean.redis_client.Durability)
+    assert command[command.index("--appendfsync") + 1] == "always"
     assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
     volume = redis["volumes"][0].split(":")
     assert volume[1] == "/data" and volume[0] in compose["volumes"]

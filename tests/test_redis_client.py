@@ -202,3 +202,23 @@ def test_an_own_connection_closed_by_the_server_while_idle_is_made_afresh(
     assert redis_client.client_kill_filter(_id=client_id) == 1
     time.sleep(OwnConnection.CHECK_IDLE_S + 0.05)
     assert run_script(own, SOURCE, ["n"], [2]) == 3
+
+
+def test_acks_warn_when_the_server_is_not_set_to_fsync_every_write(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Under appendfsync everysec, WAITAOF can answer before the fsync (Durability's docstring):
+    a server that must fsync acks but is not set to `always` is named in a warning."""
+    server = PrivateRedis(tmp_path, appendfsync="everysec")
+    server.start()
+    client = redis.Redis.from_url(server.url)
+    try:
+        assert DurabilityRule("auto").resolve(client) == Durability(local=True)
+        assert "acks_fsync_not_guaranteed appendfsync=everysec" in caplog.text
+        caplog.clear()
+        client.config_set("appendfsync", "always")
+        assert DurabilityRule("on").resolve(client) == Durability(local=True)
+        assert "acks_fsync_not_guaranteed" not in caplog.text
+    finally:
+        client.close()
+        server.stop()
