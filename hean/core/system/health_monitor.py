@@ -111,7 +111,7 @@ class ModuleHealth:
     detail: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        # field by field: dataclasses.asdict's deep copy was a tenth of the idle pulse's CPU
+        # field by field: dataclasses.asdict's deep copy was about 5% of the idle pulse's CPU
         # (a check replaces `detail` whole, never changes it in place: a shallow copy will do)
         body = {name: getattr(self, name) for name in _MODULE_FIELDS}
         body["status"] = self.status.value

@@ -43,7 +43,7 @@ class RedisReads:
     """The reads of the Redis-only probes in one round trip. Their group runs one probe after
     another in one thread, the redis probe first: it sends PING, the web heartbeat's GET and
     the workers' HGETALL pipelined (`fetch`), and the other two take their replies (`take`).
-    Three round trips a pulse cost the idle pulse worker and Redis about 1.5% of a core.
+    (Separately they were three round trips a pulse, thirty a second while nothing else happens.)
 
     A reply is taken once, and only just after it came: a probe run alone, or after a round
     trip that failed, sends its own command."""
