@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -52,15 +52,24 @@ class Durability:
     everysec an ack survives a crash of Redis or of any process, not of the machine; and
     `resolve` warns when a server that must fsync is not set to `always`. WAITAOF goes out once
     the write's reply is in, not pipelined behind it (it applies to what the connection wrote).
+
+    `server_fsyncs`: the server runs `appendfsync always`, so it answers a write, and delivers
+    the pub/sub messages of its turn, only after the fsync that covers it (strace: write to the
+    AOF, fdatasync, then the reply). A local WAITAOF then adds one round trip and nothing else,
+    and is not sent (25,000 orders/s in 100-order commands: p50 2.5-2.7 ms and p99 6-8 ms lower).
+    Processes ask again every RESOLVE_EVERY_S (`durability`, the web's writer), so a server
+    switched to everysec at run time gets its WAITAOFs back within seconds.
     """
 
     local: bool
     replicas: int = 0
     timeout_ms: int = 1000
+    server_fsyncs: bool = False
 
     @property
     def required(self) -> bool:
-        return self.local or self.replicas > 0
+        """Whether a WAITAOF must follow a durable write."""
+        return (self.local and not self.server_fsyncs) or self.replicas > 0
 
     def command(self) -> tuple[Any, ...]:
         return ("WAITAOF", int(self.local), self.replicas, self.timeout_ms)
@@ -85,27 +94,43 @@ class DurabilityRule:
     fsync: str = "auto"
     replicas: int = 0
 
+    def refresh(self, client: redis.Redis, known: Durability | None) -> Durability:
+        """`resolve`, asked again; while Redis cannot answer, what was `known` (the write that
+        follows reports the outage itself). The first time, Redis's errors are raised."""
+        try:
+            return self.resolve(client)
+        except RedisError:
+            if known is None:
+                raise
+            return known
+
     def resolve(self, client: redis.Redis) -> Durability:
         """The durability acks wait for on the server `client` talks to."""
-        local = self.fsync == "on"
-        if self.fsync == "auto":
-            local = str(client.info("persistence").get("aof_enabled", 0)) == "1"
-            if not local:
-                log.warning(
-                    "event=acks_not_fsynced reason=server_has_no_aof "
-                    "detail='acks confirm the write, not an fsync: enable appendonly or set HEAN_ACK_FSYNC'"
-                )
-        if local:
-            policy = server_appendfsync(client)
-            if policy not in (None, "always"):
-                log.warning(
-                    "event=acks_fsync_not_guaranteed appendfsync=%s detail='WAITAOF under appendfsync %s "
-                    "can answer before the fsync (Valkey 9.1, Redis 7.4.0-7.4.2: redis/redis#13793): acks "
-                    "survive a crash of Redis, not of the machine; set appendfsync always for that'",
-                    policy,
-                    policy,
-                )
-        return Durability(local=local, replicas=self.replicas)
+        aof = self.fsync != "off" and str(client.info("persistence").get("aof_enabled", 0)) == "1"
+        local = self.fsync == "on" or aof
+        if self.fsync == "auto" and not local and _warned.get("no aof") is None:
+            _warned["no aof"] = True  # once per process: this is asked every few seconds
+            log.warning(
+                "event=acks_not_fsynced reason=server_has_no_aof "
+                "detail='acks confirm the write, not an fsync: enable appendonly or set HEAN_ACK_FSYNC'"
+            )
+        policy = server_appendfsync(client) if local else None
+        if local and policy not in (None, "always") and _warned.get(policy) is None:
+            _warned[policy] = True  # once per process and setting: this is asked every few seconds
+            log.warning(
+                "event=acks_fsync_not_guaranteed appendfsync=%s detail='WAITAOF under appendfsync %s "
+                "can answer before the fsync (Valkey 9.1, Redis 7.4.0-7.4.2: redis/redis#13793): acks "
+                "survive a crash of Redis, not of the machine; set appendfsync always for that'",
+                policy,
+                policy,
+            )
+        return Durability(local=local, replicas=self.replicas, server_fsyncs=aof and policy == "always")
+
+
+#: What `DurabilityRule.resolve` warned about in this process (appendfsync settings, "no aof").
+_warned: dict[str, bool] = {}
+#: How often a process asks the server again what its durable writes wait for.
+RESOLVE_EVERY_S = 5.0
 
 
 def server_appendfsync(client: redis.Redis) -> str | None:
@@ -140,12 +165,18 @@ def unavailable_reason(exc: RedisError) -> str:
     return f"Redis refused the write ({type(exc).__name__})"
 
 
-@functools.cache
+_resolved: list[Any] = [None, 0.0]  # (Durability, time.monotonic() it was asked)
+
+
 def durability() -> Durability:
     """What this process's durable writes wait for (HEAN_ACK_FSYNC, HEAN_ACK_REPLICAS), asked
-    of the server once."""
-    settings = get_settings()
-    return DurabilityRule(settings.ack_fsync, settings.ack_replicas).resolve(sync_client())
+    of the server at most every RESOLVE_EVERY_S."""
+    known, at = _resolved
+    if known is None or time.monotonic() - at >= RESOLVE_EVERY_S:
+        settings = get_settings()
+        known = DurabilityRule(settings.ack_fsync, settings.ack_replicas).refresh(sync_client(), known)
+        _resolved[:] = [known, time.monotonic()]
+    return cast(Durability, known)
 
 
 _commit_clients = threading.local()

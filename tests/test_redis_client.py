@@ -109,7 +109,8 @@ def test_a_timed_out_connection_is_never_reused(
 def test_a_durable_script_waits_for_the_fsync_in_the_same_call(
     pool: redis.BlockingConnectionPool, redis_client: redis.Redis
 ) -> None:
-    assert DurabilityRule("auto").resolve(redis_client) == Durability(local=True)  # the AOF is on
+    # the AOF is on, and the private server fsyncs each write before answering it
+    assert DurabilityRule("auto").resolve(redis_client) == Durability(local=True, server_fsyncs=True)
     redis_client.script_flush()  # the NOSCRIPT path reads the WAITAOF reply too
     assert run_script(pool, SOURCE, ["n"], [2], Durability(local=True)) == 2
     assert run_script(pool, SOURCE, ["n"], [3], Durability(local=True)) == 5
@@ -129,8 +130,9 @@ def test_a_write_that_misses_its_durability_raises_after_it_happened(
 
 
 def test_without_an_aof_auto_acks_do_not_wait_and_on_fails_loudly(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr("hean.redis_client._warned", {})
     server = PrivateRedis(tmp_path)
     server.start()
     client = redis.Redis.from_url(server.url)
@@ -205,20 +207,30 @@ def test_an_own_connection_closed_by_the_server_while_idle_is_made_afresh(
 
 
 def test_acks_warn_when_the_server_is_not_set_to_fsync_every_write(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Under appendfsync everysec, WAITAOF can answer before the fsync (Durability's docstring):
-    a server that must fsync acks but is not set to `always` is named in a warning."""
+    a server that must fsync acks but is not set to `always` is named in a warning, once, and
+    its durable writes keep their WAITAOF; under `always` the server's own fsync is enough."""
+    monkeypatch.setattr("hean.redis_client._warned", {})
     server = PrivateRedis(tmp_path, appendfsync="everysec")
     server.start()
     client = redis.Redis.from_url(server.url)
     try:
-        assert DurabilityRule("auto").resolve(client) == Durability(local=True)
+        slow = DurabilityRule("auto").resolve(client)
+        assert slow == Durability(local=True) and slow.required
         assert "acks_fsync_not_guaranteed appendfsync=everysec" in caplog.text
         caplog.clear()
+        DurabilityRule("auto").resolve(client)
+        assert "acks_fsync_not_guaranteed" not in caplog.text  # asked every few seconds: said once
         client.config_set("appendfsync", "always")
-        assert DurabilityRule("on").resolve(client) == Durability(local=True)
-        assert "acks_fsync_not_guaranteed" not in caplog.text
+        fast = DurabilityRule("on").resolve(client)
+        assert fast == Durability(local=True, server_fsyncs=True) and not fast.required
+        assert DurabilityRule("on", replicas=1).resolve(client).required  # replicas still need WAITAOF
+        server.stop()  # Redis away: what was known holds; never known, the error is raised
+        assert DurabilityRule("on").refresh(client, fast) is fast
+        with pytest.raises(redis.ConnectionError):
+            DurabilityRule("on").refresh(client, None)
     finally:
         client.close()
         server.stop()

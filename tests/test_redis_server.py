@@ -259,6 +259,13 @@ def test_an_acked_write_is_on_disk_when_waitaof_answers(tmp_path: Path) -> None:
             assert client.execute_command("WAITAOF", 1, 0, 1000) == [1, 0]
         flushes = (_disk_flushes(server.data_dir) or 0) - before
         assert flushes >= writes, f"{flushes} disk flushes for {writes} acknowledged writes"
+        # without WAITAOF too: under `always` the server answers a write after its fsync, which
+        # is why HEAN sends no WAITAOF to such a server (Durability.server_fsyncs)
+        before = _disk_flushes(server.data_dir) or 0
+        for n in range(writes):
+            client.set("hean:test:durable", n)
+        flushes = (_disk_flushes(server.data_dir) or 0) - before
+        assert flushes >= writes, f"{flushes} disk flushes for {writes} answered writes"
     finally:
         client.close()
         server.stop()
