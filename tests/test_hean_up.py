@@ -207,8 +207,13 @@ def test_hean_up_locks_its_redis_and_restarts_it_when_killed(up_env: dict[str, s
 
             # every process reconnects on its own: health is back, and a command runs end to end
             wait_for(lambda: http_ok(url + "/api/system/health"), 60, "health to answer 200 again")
-            after = client.command({"command": "stop", "params": {}, "request_id": uuid.uuid4().hex})
-            assert after["accepted"] is True
+            stop = {"command": "stop", "params": {}, "request_id": uuid.uuid4().hex}
+            after = client.command(stop)
+            if not after["accepted"] and (after.get("error") or {}).get("code") == "unavailable":
+                # the web's first write may still go to a connection of the killed server: the
+                # client resends with the same request id, as the README tells clients to
+                after = client.command(stop)
+            assert after["accepted"] is True, after.get("error")
             result = client.result_for(after["request_id"])
             assert result["success"] is True and result["result"]["state"] == "STOPPED"
         finally:
