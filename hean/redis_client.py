@@ -47,7 +47,7 @@ class Durability:
     WAITAOF only tells the truth with `appendfsync always`, which the private server uses. With
     `appendfsync everysec`, Valkey 9.1.2 (the private server's binary) answers WAITAOF "fsynced"
     as soon as the write reached the file, before any fsync (the everysec thread fsyncs once a
-    second; strace shows no fsync per WAITAOF): the bug Redis fixed in 7.4.3, redis/redis#13793.
+    second; strace shows no fsync per WAITAOF): the bug redis/redis#13793 fixed in Redis (2025).
     Without the bug, WAITAOF under everysec would wait for that once-a-second fsync. So under
     everysec an ack survives a crash of Redis or of any process, not of the machine; and
     `resolve` warns when a server that must fsync is not set to `always`. WAITAOF goes out once
@@ -119,7 +119,7 @@ class DurabilityRule:
             _warned[policy] = True  # once per process and setting: this is asked every few seconds
             log.warning(
                 "event=acks_fsync_not_guaranteed appendfsync=%s detail='WAITAOF under appendfsync %s "
-                "can answer before the fsync (Valkey 9.1, Redis 7.4.0-7.4.2: redis/redis#13793): acks "
+                "can answer before the fsync (Valkey 9.1, Redis 7.4 before redis/redis#13793): acks "
                 "survive a crash of Redis, not of the machine; set appendfsync always for that'",
                 policy,
                 policy,
