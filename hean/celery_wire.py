@@ -58,10 +58,26 @@ class MessageFrame:
     body_head: str
     body_tail: str
 
-    def message(self, escaped_envelopes: list[str]) -> str:
-        """The whole message, from envelopes already escaped by `escape_envelope` (what the
-        journal's Lua script does on the server)."""
-        return f'{self.prefix}"{self.body_head}{",".join(escaped_envelopes)}{self.body_tail}"{self.suffix}'
+    def __post_init__(self) -> None:
+        if not self.prefix.startswith("{"):
+            raise ValueError("a message frame's prefix opens the message's JSON object")
+
+    def message(self, escaped_envelopes: list[str], request_ids: Sequence[str] = ()) -> str:
+        """The whole message, from envelopes already escaped by `escape_envelope` and with their
+        request ids in its first field (`IDS_FIELD`): what the journal's Lua script builds on
+        the server."""
+        body = f'"{self.body_head}{",".join(escaped_envelopes)}{self.body_tail}"'
+        return f'{{"{IDS_FIELD}": "{" ".join(request_ids)}", {self.prefix[1:]}{body}{self.suffix}'
+
+
+#: The first field of a batch message the web pushes: its commands' request ids, separated by
+#: spaces (a request id is [A-Za-z0-9._:-], hean.messages.REQUEST_ID_PATTERN, so it needs no
+#: escaping), so that a Lua script can read them without decoding the message (the engine
+#: worker's take marks the commands it takes along started: workers/shard.py). kombu and Celery
+#: ignore a field they do not know.
+IDS_FIELD = "hean_ids"
+#: Lua pattern capturing `IDS_FIELD` of a queued message (json.dumps's spacing or none).
+IDS_LUA_PATTERN = '^{"' + IDS_FIELD + '": ?"([^"]*)"'
 
 
 def escape_envelope(encoded: str) -> str:

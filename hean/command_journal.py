@@ -24,6 +24,7 @@ Every operation takes many request ids at once, so a batch of commands costs one
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,8 +33,8 @@ from typing import Any, Protocol
 import redis
 
 from hean import fastjson
-from hean.celery_wire import MessageFrame, escape_envelope
-from hean.messages import ack_message
+from hean.celery_wire import IDS_FIELD, MessageFrame, escape_envelope
+from hean.messages import REQUEST_ID_PATTERN, ack_message
 from hean.redis_client import NOT_DURABLE, ConnectionSource, Durability, OwnConnection, run_script, text
 from hean.topology import HISTORY_STREAM_KEY
 
@@ -48,6 +49,7 @@ class History(Protocol):
     def answered(self, request_ids: Sequence[str]) -> Mapping[str, Any]: ...
 
 KEY_PREFIX = "hean:cmd:"
+_REQUEST_ID = re.compile(REQUEST_ID_PATTERN).match
 
 #: Markers START_LUA returns instead of a result: the command ran and its result is in the
 #: database (``IN_DATABASE``), or the window does not know the request id (``UNKNOWN``: it left
@@ -77,7 +79,8 @@ end
 # KEYS: n journal keys, the broker list, the history stream, then m journal keys of earlier
 # acks. ARGV: n, then n command names, n encoded envelopes, n string-escaped envelopes, the
 # message frame: prefix, suffix, body head and body tail (the message is prefix + '"' + head +
-# escaped envelopes joined by ',' + tail + '"' + suffix), then m and m ack times. Returns, per
+# escaped envelopes joined by ',' + tail + '"' + suffix, with the new request ids put first:
+# hean.celery_wire.IDS_FIELD), then m and m ack times. Returns, per
 # key, 1 when new, else its window fields {c, a, r, d}.
 _RESERVE = (
     _ACKS_LUA
@@ -86,7 +89,7 @@ local n = tonumber(ARGV[1])
 local f = 1 + 3 * n
 local hist = KEYS[n + 2]
 journal_acks(hist, n + 3, f + 6, tonumber(ARGV[f + 5] or '0'))
-local out, fresh, plain = {}, {}, {}
+local out, fresh, plain, ids = {}, {}, {}, {}
 for i = 1, n do
   local key = KEYS[i]
   if redis.call('EXISTS', key) == 0 then
@@ -94,6 +97,7 @@ for i = 1, n do
     out[i] = 1
     plain[#plain + 1] = ARGV[1 + n + i]
     fresh[#fresh + 1] = ARGV[1 + 2 * n + i]
+    ids[#ids + 1] = string.sub(key, PREFIX_LEN + 1)
   else
     out[i] = redis.call('HMGET', key, 'c', 'a', 'r', 'd')
   end
@@ -101,23 +105,25 @@ end
 if #fresh > 0 then
   redis.call('XADD', hist, '*', 'c', table.concat(plain, '\\n'))
   local body = ARGV[f + 3] .. table.concat(fresh, ',') .. ARGV[f + 4]
-  redis.call('LPUSH', KEYS[n + 1], ARGV[f + 1] .. '"' .. body .. '"' .. ARGV[f + 2])
+  local ids_field = '{"IDS_FIELD": "' .. table.concat(ids, ' ') .. '", '
+  local head = ids_field .. string.sub(ARGV[f + 1], 2)
+  redis.call('LPUSH', KEYS[n + 1], head .. '"' .. body .. '"' .. ARGV[f + 2])
 end
 return out
 """
-)
+).replace("PREFIX_LEN", str(len(KEY_PREFIX))).replace("IDS_FIELD", IDS_FIELD)
 
 _RECORD_ACKS = _ACKS_LUA + "journal_acks(KEYS[1], 2, 1, #KEYS - 1)\n"
 
-# Lua: mark the commands whose journal keys are KEYS[first..] as started at `now`; returns, per
-# key, its stored result if it already ran, IN_DATABASE if that result is in the database
-# already, UNKNOWN if the window does not hold the key, else false (now started). Scripts that
-# start commands as part of a bigger step (the engine worker's take) include it.
+# Lua: mark the commands whose journal keys are `keys` (start_commands: KEYS[first..]) as
+# started at `now`; returns, per key, its stored result if it already ran, IN_DATABASE if that
+# result is in the database already, UNKNOWN if the window does not hold the key, else false
+# (now started). Scripts that start commands as part of a bigger step (the engine worker's
+# take) include it.
 START_LUA = f"""
-local function start_commands(first, now)
+local function start_keys(keys, now)
   local out = {{}}
-  for i = first, #KEYS do
-    local key = KEYS[i]
+  for _, key in ipairs(keys) do
     local got = redis.call('HMGET', key, 'r', 'd')
     if got[1] then
       out[#out + 1] = got[1]
@@ -131,6 +137,11 @@ local function start_commands(first, now)
     end
   end
   return out
+end
+local function start_commands(first, now)
+  local keys = {{}}
+  for i = first, #KEYS do keys[#keys + 1] = KEYS[i] end
+  return start_keys(keys, now)
 end
 """
 
@@ -275,6 +286,9 @@ class CommandJournal:
         """
         if not items:
             return []
+        for rid, _, _ in items:  # the script writes them into the message unescaped
+            if not _REQUEST_ID(rid):
+                raise ValueError(f"request_id {rid!r} does not match {REQUEST_ID_PATTERN}")
         keys = [journal_key(rid) for rid, _, _ in items] + [queue_key, HISTORY_STREAM_KEY]
         keys += [journal_key(ack["request_id"]) for ack in earlier_acks]
         args: list[Any] = [len(items), *(name for _, name, _ in items), *(env for _, _, env in items)]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from hean.celery_wire import (
+    IDS_FIELD,
     MessageFrame,
     batch_envelopes,
     batch_frame,
@@ -32,8 +33,8 @@ ENVELOPES = [
 ]
 
 
-def ours(frame: MessageFrame, envelopes: list[dict[str, Any]]) -> str:
-    return frame.message([escape_envelope(json.dumps(e)) for e in envelopes])
+def ours(frame: MessageFrame, envelopes: list[dict[str, Any]], ids: Sequence[str] = ()) -> str:
+    return frame.message([escape_envelope(json.dumps(e)) for e in envelopes], ids)
 
 
 @pytest.fixture
@@ -62,14 +63,10 @@ def kombu_message(redis_client: redis.Redis, own_db_url: str) -> Iterator[tuple[
 def test_our_message_is_the_one_celery_and_kombu_publish(kombu_message: tuple[str, str]) -> None:
     task_id, raw = kombu_message
     theirs = json.loads(raw)
-    mine = json.loads(
-        ours(
-            batch_frame(
-                app, TASK, theirs["properties"]["delivery_info"]["routing_key"], task_id, "stop, submit_order"
-            ),
-            ENVELOPES,
-        )
+    frame = batch_frame(
+        app, TASK, theirs["properties"]["delivery_info"]["routing_key"], task_id, "stop, submit_order"
     )
+    mine = json.loads(ours(frame, ENVELOPES))
     # headers: every protocol-2 header, byte for byte
     assert mine["headers"] == theirs["headers"]
     # body: kombu base64-encodes it; ours is the same JSON text, unencoded
@@ -85,6 +82,9 @@ def test_our_message_is_the_one_celery_and_kombu_publish(kombu_message: tuple[st
     my_props.pop("reply_to")
     assert my_props == their_props
     assert set(theirs["properties"]) - set(mine["properties"]) == only_theirs - {"reply_to"}
+    # and one field kombu and Celery do not know and ignore: the request ids, for Lua to read
+    assert mine.pop(IDS_FIELD) == ""
+    assert next(iter(json.loads(ours(frame, ENVELOPES[1:], ["r-2"])).items())) == (IDS_FIELD, "r-2")
     assert {k: v for k, v in mine.items() if k not in ("headers", "body", "properties")} == {
         k: v for k, v in theirs.items() if k not in ("headers", "body", "properties")
     }

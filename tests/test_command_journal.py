@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from hean.celery_wire import batch_envelopes, batch_frame, escape_envelope
-from hean.command_journal import CommandJournal
+from hean.command_journal import CommandJournal, journal_key
 from hean.db import commands, open_database
 from hean.history import HistoryStore
 from hean.messages import ack_message, envelope_json
@@ -54,7 +54,7 @@ def test_the_queued_message_is_the_frame_around_the_escaped_envelopes(
     assert [r.new for r in reservations] == [True, True, True]
     (raw,) = redis_client.lrange(queue, 0, -1)
     message = raw.decode()
-    assert message == frame.message([escape_envelope(env) for env in envelopes])
+    assert message == frame.message([escape_envelope(env) for env in envelopes], ids)
     assert batch_envelopes(raw) == [json.loads(env) for env in envelopes]
     ((_, fields),) = redis_client.xrange(HISTORY_STREAM_KEY)
     assert fields[b"c"].decode() == "\n".join(envelopes)
@@ -123,3 +123,19 @@ def test_a_repeat_answered_by_the_database_before_its_ack_got_there_gets_the_ori
         assert pending.outcome.ack == {**ack, "duplicate": True}
         assert pending.outcome.earlier_result is not None
         assert pending.outcome.earlier_result["request_id"] == ack["request_id"]
+
+
+@pytest.mark.parametrize("request_id", ['r"1', "r 1", "r\\1", "", "r" * 129])
+def test_a_request_id_that_would_break_the_message_is_refused_before_anything_is_written(
+    redis_client: redis.Redis, request_id: str
+) -> None:
+    """The script writes the new request ids into the message unescaped (hean.celery_wire.IDS_FIELD):
+    one outside the edge's pattern is refused, and neither it nor its batch companions are reserved."""
+    journal = CommandJournal(redis_client)
+    queue = f"journal-{uuid.uuid4().hex[:8]}"
+    frame = batch_frame(app, BATCH_TASKS[ENGINE_QUEUE], queue, "batch-1", "submit_order")
+    good = f"j-{uuid.uuid4().hex}"
+    items = [(rid, "submit_order", envelope(rid, {})) for rid in (good, request_id)]
+    with pytest.raises(ValueError, match="request_id"):
+        journal.reserve_and_enqueue(items, queue, frame)
+    assert redis_client.llen(queue) == 0 and not redis_client.exists(journal_key(good))

@@ -23,13 +23,15 @@ log = logging.getLogger(__name__)
 
 #: How a queue's consumer takes part in a batch: `before()` runs ahead of the handlers,
 #: `after(pipe)` queues writes that must commit together with the results (the engine's log),
-#: `published()` runs once everything is committed. The results are published by the commit,
+#: `committed(replies)` gets the commit's replies (as many as the MULTI queued, in order) once
+#: it is durable, `published()` runs once everything is committed. The results are published by the commit,
 #: unless `state_first()` says this batch changed state that `published()` must publish before
 #: anyone sees a result (control commands).
 @dataclass
 class BatchHooks:
     before: Callable[[], None] = lambda: None
     after: Callable[[Any], None] = lambda pipe: None
+    committed: Callable[[list[Any]], None] = lambda replies: None
     published: Callable[[], None] = lambda: None
     state_first: Callable[[], bool] = lambda: False
 
@@ -248,8 +250,9 @@ def execute_batch(
     CommandJournal.record_results(pipe, fresh)
     if publish_in_commit:
         publish_on(pipe, emits)
-    pipe.execute()
+    replies = pipe.execute()
     wait_durable(committer, durable)
+    hooks.committed(replies)
     if not publish_in_commit and not state_first:
         _publish(committer, emits)
     hooks.published()

@@ -31,13 +31,13 @@ from typing import Any, cast
 from pydantic import BaseModel
 
 from hean import _core, fastjson, metrics
-from hean.celery_wire import batch_envelopes, task_marker
-from hean.command_journal import START_LUA, decode_started, journal_key
+from hean.celery_wire import IDS_LUA_PATTERN, batch_envelopes, task_marker
+from hean.command_journal import KEY_PREFIX, START_LUA, decode_started, journal_key
 from hean.commands import CONTROL_COMMANDS
 from hean.core.system.redis_state import StateError, StateOp, get_sync_state_manager
 from hean.engine import BatchResult, OrderBatch, TradingEngine
 from hean.group_commit import GroupCommit
-from hean.redis_client import next_stream_id, run_script, sync_client
+from hean.redis_client import next_stream_id, run_script, sync_client, text
 from hean.topology import (
     BATCH_TASKS,
     ENGINE_INFLIGHT_KEY,
@@ -316,21 +316,31 @@ class StatePublisher:
 
 # Move up to ARGV[1] batch messages from the consuming end of the queue (KEYS[1]) to the
 # in-flight list (KEYS[2]); stop at the first message of another task, which keeps its turn.
-# Then mark the delivered batch's commands (journal keys KEYS[3..]) started, at ARGV[3].
-# Returns the whole in-flight list (newest first: what an earlier run left plus
-# what it took) and, per delivered command, its earlier result or false.
+# Then mark the delivered batch's commands (journal keys KEYS[3..]) and the commands of the
+# messages taken (their request ids in the message's first field: hean.celery_wire.IDS_FIELD)
+# started, at ARGV[3]. Returns the whole in-flight list (newest first: what an earlier run left
+# plus what it took); per delivered command, its earlier result or false; the request ids of
+# the commands taken; and per command taken, its earlier result or false. (A message without
+# the ids, from a version before them, is taken all the same: its commands are started later.)
 _TAKE = (
     START_LUA
     + """
+local taken = {}
 for _ = 1, tonumber(ARGV[1]) do
   local message = redis.call('LINDEX', KEYS[1], -1)
   if not message or not string.find(message, ARGV[2], 1, true) then break end
   redis.call('RPOP', KEYS[1])
   redis.call('LPUSH', KEYS[2], message)
+  local ids = string.match(message, IDS_PATTERN)
+  if ids then
+    for id in string.gmatch(ids, '[^ ]+') do taken[#taken + 1] = id end
+  end
 end
-return {redis.call('LRANGE', KEYS[2], 0, -1), start_commands(3, ARGV[3])}
+local keys = {}
+for i, id in ipairs(taken) do keys[i] = KEY_PREFIX .. id end
+return {redis.call('LRANGE', KEYS[2], 0, -1), start_commands(3, ARGV[3]), taken, start_keys(keys, ARGV[3])}
 """
-)
+).replace("IDS_PATTERN", json.dumps(IDS_LUA_PATTERN)).replace("KEY_PREFIX", json.dumps(KEY_PREFIX))
 _BATCH_MARKER = task_marker(BATCH_TASKS[ENGINE_QUEUE])
 
 
@@ -351,8 +361,18 @@ class EngineShard:
         self.log = EngineLog(snapshot_interval_s)
         self.publisher = StatePublisher(self.publish_engine, self.publish_risk_limits)
         self.hooks = BatchHooks(
-            after=self._commit_writes, published=self._after_commit, state_first=self._state_first
+            after=self._commit_writes,
+            committed=self._committed,
+            published=self._after_commit,
+            state_first=self._state_first,
         )
+        #: Set while batches run back to back (workers.engine._run_batch): each commit then takes
+        #: the batches waiting on the queue along, in the same MULTI (`ahead`).
+        self.take_ahead = False
+        #: What the last commit took along: the envelopes (oldest first) and, per request id
+        #: taken, what the journal said (as `take` returns them); None if it took nothing along.
+        self.ahead: tuple[list[dict[str, Any]], dict[str, dict[str, Any] | str | None]] | None = None
+        self._ahead_at: int | None = None  # the take's place among the commit's replies
 
     @property
     def loaded(self) -> bool:
@@ -373,6 +393,7 @@ class EngineShard:
         with self._lock:
             self._engine = None
             self.log.pending.clear()
+            self.ahead = self._ahead_at = None  # what a failed commit took is in flight: taken again
 
     def _recover(self, engine: TradingEngine) -> None:
         client = sync_client()
@@ -474,6 +495,27 @@ class EngineShard:
             ack_within = getattr(getattr(self.delivery.channel, "qos", None), "ack_within", None)
             if ack_within is not None:
                 ack_within(pipe, self.delivery.delivery_tag)
+        self._ahead_at = None
+        if self.take_ahead:  # after the DEL: the in-flight list then holds exactly what it takes
+            keys = (ENGINE_QUEUE, INFLIGHT_KEY)
+            args = (DRAIN_MAX_MESSAGES, _BATCH_MARKER, time.time())
+            pipe.execute_command("EVAL", _TAKE, len(keys), *keys, *args)
+            self._ahead_at = len(pipe.command_stack) - 1
+
+    def _committed(self, replies: list[Any]) -> None:
+        at, self._ahead_at = self._ahead_at, None
+        if at is None:
+            return
+        newest_first, _, taken, taken_results = replies[at]
+        if not newest_first:
+            return
+        started = dict(zip((text(rid) for rid in taken), decode_started(taken_results), strict=True))
+        self.ahead = (self._in_flight(sync_client(), newest_first), started)
+
+    def pop_ahead(self) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any] | str | None]] | None:
+        """What the last commit took along (see `take_ahead`), once; None if nothing."""
+        ahead, self.ahead = self.ahead, None
+        return ahead
 
     def _after_commit(self) -> None:
         if self.log.committed():
@@ -488,13 +530,22 @@ class EngineShard:
     ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any] | str | None]]:
         """One round trip: take up to `drain` batches waiting on the queue along, read what is
         in flight (a crash or a failed commit may have left some), and mark the delivered
-        commands started. Returns the in-flight envelopes (oldest first) and, per delivered
-        request id, its earlier result, None, or a marker of hean.command_journal."""
+        commands and those taken along started. Returns the in-flight envelopes (oldest first)
+        and, per request id started, its earlier result, None, or a marker of
+        hean.command_journal."""
         client = sync_client()
         ids = [rid for envelope in delivered if isinstance(rid := envelope.get("request_id"), str)]
         keys = [ENGINE_QUEUE, INFLIGHT_KEY, *(journal_key(rid) for rid in ids)]
         args = [drain, _BATCH_MARKER, time.time()]
-        newest_first, results = run_script(client.connection_pool, _TAKE, keys, args)
+        reply = run_script(client.connection_pool, _TAKE, keys, args)
+        newest_first, results, taken, taken_results = reply
+        started = dict(zip(ids, decode_started(results), strict=True))
+        started.update(zip((text(rid) for rid in taken), decode_started(taken_results), strict=True))
+        return self._in_flight(client, newest_first), started
+
+    @staticmethod
+    def _in_flight(client: Any, newest_first: list[bytes]) -> list[dict[str, Any]]:
+        """The envelopes of the in-flight list's messages (newest first), oldest first."""
         envelopes: list[dict[str, Any]] = []
         for raw in reversed(newest_first):  # oldest first
             try:
@@ -502,7 +553,7 @@ class EngineShard:
             except (ValueError, KeyError, IndexError, TypeError) as exc:  # not ours: keep it for people
                 client.lpush(INFLIGHT_KEY + ":unreadable", raw)
                 log.error("event=unreadable_batch_message error=%s kept=%s:unreadable", exc, INFLIGHT_KEY)
-        return envelopes, dict(zip(ids, decode_started(results), strict=True))
+        return envelopes
 
 
 def restore_engine(engine: TradingEngine, client: Any) -> tuple[str, bool | None, int]:
