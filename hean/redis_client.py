@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -108,15 +108,15 @@ class DurabilityRule:
         """The durability acks wait for on the server `client` talks to."""
         aof = self.fsync != "off" and str(client.info("persistence").get("aof_enabled", 0)) == "1"
         local = self.fsync == "on" or aof
-        if self.fsync == "auto" and not local and _warned.get("no aof") is None:
-            _warned["no aof"] = True  # once per process: this is asked every few seconds
+        if self.fsync == "auto" and not local and "no aof" not in _warned:
+            _warned.add("no aof")  # once per process: this is asked every few seconds
             log.warning(
                 "event=acks_not_fsynced reason=server_has_no_aof "
                 "detail='acks confirm the write, not an fsync: enable appendonly or set HEAN_ACK_FSYNC'"
             )
         policy = server_appendfsync(client) if local else None
-        if local and policy not in (None, "always") and _warned.get(policy) is None:
-            _warned[policy] = True  # once per process and setting: this is asked every few seconds
+        if local and policy not in (None, "always") and policy not in _warned:
+            _warned.add(policy)  # once per process and setting: this is asked every few seconds
             log.warning(
                 "event=acks_fsync_not_guaranteed appendfsync=%s detail='WAITAOF under appendfsync %s "
                 "can answer before the fsync (Valkey 9.1, Redis 7.4 before redis/redis#13793): acks "
@@ -128,9 +128,27 @@ class DurabilityRule:
 
 
 #: What `DurabilityRule.resolve` warned about in this process (appendfsync settings, "no aof").
-_warned: dict[str, bool] = {}
+_warned: set[str] = set()
 #: How often a process asks the server again what its durable writes wait for.
 RESOLVE_EVERY_S = 5.0
+
+
+class DurabilityWatch:
+    """What `rule` makes durable writes wait for on `client`'s server, asked again every
+    RESOLVE_EVERY_S (a server switched to everysec at run time gets its WAITAOFs back within
+    seconds); while Redis cannot answer, what was known. The first `get()` asks Redis, and
+    raises its errors. Not locked: callers take turns (one writer each)."""
+
+    def __init__(self, rule: DurabilityRule, client: redis.Redis) -> None:
+        self.rule, self.client = rule, client
+        self._known: Durability | None = None
+        self._asked_at = 0.0
+
+    def get(self) -> Durability:
+        if self._known is None or time.monotonic() - self._asked_at >= RESOLVE_EVERY_S:
+            self._known = self.rule.refresh(self.client, self._known)
+            self._asked_at = time.monotonic()
+        return self._known
 
 
 def server_appendfsync(client: redis.Redis) -> str | None:
@@ -165,18 +183,17 @@ def unavailable_reason(exc: RedisError) -> str:
     return f"Redis refused the write ({type(exc).__name__})"
 
 
-_resolved: list[Any] = [None, 0.0]  # (Durability, time.monotonic() it was asked)
+_watch: list[DurabilityWatch] = []  # this process's, once asked
 
 
 def durability() -> Durability:
     """What this process's durable writes wait for (HEAN_ACK_FSYNC, HEAN_ACK_REPLICAS), asked
     of the server at most every RESOLVE_EVERY_S."""
-    known, at = _resolved
-    if known is None or time.monotonic() - at >= RESOLVE_EVERY_S:
+    if not _watch:
         settings = get_settings()
-        known = DurabilityRule(settings.ack_fsync, settings.ack_replicas).refresh(sync_client(), known)
-        _resolved[:] = [known, time.monotonic()]
-    return cast(Durability, known)
+        rule = DurabilityRule(settings.ack_fsync, settings.ack_replicas)
+        _watch.append(DurabilityWatch(rule, sync_client()))
+    return _watch[0].get()
 
 
 _commit_clients = threading.local()

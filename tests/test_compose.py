@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 import yaml
 
+from hean.affinity import DEFAULT_NICE, for_process, parse_nice, pinned_argv
 from hean.processes import PROCESSES
 from support import REPO_ROOT
 
@@ -17,12 +18,19 @@ def compose() -> dict[str, Any]:
 
 
 def test_compose_runs_exactly_the_processes_hean_up_runs(compose: dict[str, Any]) -> None:
+    """The same commands, at HEAN_NICE's default priorities (a negative niceness needs SYS_NICE
+    in a container; SCHED_IDLE needs nothing)."""
     services = compose["services"]
     assert set(services) == {spec.name for spec in PROCESSES} | {"redis"}
+    nice = parse_nice(DEFAULT_NICE)
     for spec in PROCESSES:
-        assert services[spec.name]["command"] == ["python", "-m", spec.module, *spec.args], (
-            spec.name
-        )
+        command = ["python", "-m", spec.module, *spec.args]
+        expected = pinned_argv("python", spec.name, command, {}, nice)
+        assert services[spec.name]["command"] == expected, spec.name
+        niceness = for_process(spec.name, nice)
+        raised = isinstance(niceness, int) and niceness < 0
+        assert ("SYS_NICE" in services[spec.name].get("cap_add", [])) == raised, spec.name
+    assert services["history"]["command"][:5] == ["python", "-m", "hean.affinity", "--nice", "idle"]
 
 
 def test_redis_service_is_persistent_and_health_checked(compose: dict[str, Any]) -> None:

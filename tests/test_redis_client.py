@@ -18,6 +18,7 @@ import redis.asyncio
 from hean.redis_client import (
     Durability,
     DurabilityRule,
+    DurabilityWatch,
     NotDurable,
     OwnConnection,
     run_script,
@@ -132,7 +133,7 @@ def test_a_write_that_misses_its_durability_raises_after_it_happened(
 def test_without_an_aof_auto_acks_do_not_wait_and_on_fails_loudly(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("hean.redis_client._warned", {})
+    monkeypatch.setattr("hean.redis_client._warned", set())
     server = PrivateRedis(tmp_path)
     server.start()
     client = redis.Redis.from_url(server.url)
@@ -212,7 +213,7 @@ def test_acks_warn_when_the_server_is_not_set_to_fsync_every_write(
     """Under appendfsync everysec, WAITAOF can answer before the fsync (Durability's docstring):
     a server that must fsync acks but is not set to `always` is named in a warning, once, and
     its durable writes keep their WAITAOF; under `always` the server's own fsync is enough."""
-    monkeypatch.setattr("hean.redis_client._warned", {})
+    monkeypatch.setattr("hean.redis_client._warned", set())
     server = PrivateRedis(tmp_path, appendfsync="everysec")
     server.start()
     client = redis.Redis.from_url(server.url)
@@ -227,10 +228,22 @@ def test_acks_warn_when_the_server_is_not_set_to_fsync_every_write(
         fast = DurabilityRule("on").resolve(client)
         assert fast == Durability(local=True, server_fsyncs=True) and not fast.required
         assert DurabilityRule("on", replicas=1).resolve(client).required  # replicas still need WAITAOF
+        # a process asks again every RESOLVE_EVERY_S: a switch to everysec gets WAITAOF back
+        watch = DurabilityWatch(DurabilityRule("on"), client)
+        assert watch.get() == fast
+        client.config_set("appendfsync", "everysec")
+        assert watch.get() == fast  # asked just now
+        monkeypatch.setattr("hean.redis_client.RESOLVE_EVERY_S", 0.0)
+        assert watch.get() == slow
+        client.config_set("appendfsync", "always")
+        assert watch.get() == fast
         server.stop()  # Redis away: what was known holds; never known, the error is raised
         assert DurabilityRule("on").refresh(client, fast) is fast
+        assert watch.get() == fast
         with pytest.raises(redis.ConnectionError):
             DurabilityRule("on").refresh(client, None)
+        with pytest.raises(redis.ConnectionError):
+            DurabilityWatch(DurabilityRule("on"), client).get()
     finally:
         client.close()
         server.stop()

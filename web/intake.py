@@ -35,7 +35,7 @@ from hean.messages import (
     new_request_id,
     now_ms,
 )
-from hean.redis_client import RESOLVE_EVERY_S, Durability, DurabilityRule, NotDurable, unavailable_reason
+from hean.redis_client import DurabilityRule, DurabilityWatch, NotDurable, unavailable_reason
 from hean.topology import BATCH_TASKS
 
 log = logging.getLogger(__name__)
@@ -195,9 +195,7 @@ class CommandWriter:
         self._group_commit = GroupCommit(linger_s, LINGER_WINDOW_S)
         # the writer and the acks' greenlet take turns (`_journal_lock`) on one connection
         self._journal = journal.with_own_connection()
-        self._durability_rule = durability
-        self._durability: Durability | None = None  # decided at the first batch (asks Redis) ...
-        self._resolved_at = 0.0  # ... and again every RESOLVE_EVERY_S
+        self._durability = DurabilityWatch(durability, self._journal.client)  # asked at the first batch
         self._queue: queue.Queue[PendingCommand] = queue.Queue()
         self._unjournaled: list[dict[str, Any]] = []  # acks sent, not yet journaled
         self._journaling: set[int] = set()  # ids of those a script is journaling right now
@@ -340,15 +338,13 @@ class CommandWriter:
         earlier = self._take_acks()
         journaled = False
         try:
-            if self._durability is None or time.monotonic() - self._resolved_at >= RESOLVE_EVERY_S:
-                self._durability = self._durability_rule.refresh(self._journal.client, self._durability)
-                self._resolved_at = time.monotonic()
+            durable = self._durability.get()
             reservations = self._journal.reserve_and_enqueue(
                 [(p.request_id, p.command, p.encoded) for p in items],
                 queue_name,
                 frame,
                 earlier,
-                self._durability,
+                durable,
             )
             journaled = True
         except NotDurable as exc:  # reserved and queued, but not on disk (or replicas) in time

@@ -80,6 +80,11 @@ class RedisReads:
         return read()
 
 
+def _take(reads: RedisReads | None, key: str, read: Callable[[], Any]) -> Any:
+    """`reads.take(key, read)`, or `read()` for a probe that runs alone (no group's reads)."""
+    return read() if reads is None else reads.take(key, read)
+
+
 def redis_probes(client: redis.Redis) -> list[Probe]:
     """The redis, frontend_socket and workers probes (RedisReads: one round trip for the three)."""
     reads = RedisReads(client)
@@ -119,10 +124,9 @@ def web_probe(client: redis.Redis, reads: RedisReads | None = None) -> Probe:
     """The web process's heartbeat: its age and connected clients; on the same host a web
     process that is gone is DISCONNECTED at once, without waiting for the heartbeat to age."""
     here = socket.gethostname()
-    shared = reads or RedisReads(client)
 
     def check() -> dict[str, Any]:
-        raw = shared.take(WEB_HEARTBEAT_KEY, lambda: client.get(WEB_HEARTBEAT_KEY))
+        raw = _take(reads, WEB_HEARTBEAT_KEY, lambda: client.get(WEB_HEARTBEAT_KEY))
         if raw is None:
             raise Unreachable("no heartbeat from the web process")
         beat = json.loads(raw)
@@ -144,12 +148,11 @@ def workers_probe(
     of its last beat) once silent for WORKER_STALE_S, forgotten after `retention_s`. The module
     is UNHEALTHY while any worker is DISCONNECTED, and DISCONNECTED when none beats."""
     forget = client.register_script(_FORGET_WORKER)
-    shared = reads or RedisReads(client)
 
     def check() -> dict[str, Any]:
         now = time.time()
         workers: dict[str, dict[str, Any]] = {}
-        beats = shared.take(WORKER_HEARTBEATS_KEY, lambda: client.hgetall(WORKER_HEARTBEATS_KEY))
+        beats = _take(reads, WORKER_HEARTBEATS_KEY, lambda: client.hgetall(WORKER_HEARTBEATS_KEY))
         for raw_name, raw_beat in beats.items():
             name, last_seen = text(raw_name), float(raw_beat)
             age_s = now - last_seen
