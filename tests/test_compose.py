@@ -9,6 +9,7 @@ import yaml
 
 from hean.affinity import DEFAULT_NICE, for_process, parse_nice, pinned_argv
 from hean.processes import PROCESSES
+from hean.redis_server import AOF_REWRITE_MIN_SIZE
 from support import REPO_ROOT
 
 
@@ -38,6 +39,8 @@ def test_redis_service_is_persistent_and_health_checked(compose: dict[str, Any])
     assert redis["image"].startswith("redis:7") and "alpine" in redis["image"]
     command = redis["command"]
     assert command[command.index("--appendonly") + 1] == "yes"
+    # rewrites as rare as the private server's
+    assert command[command.index("--auto-aof-rewrite-min-size") + 1] == AOF_REWRITE_MIN_SIZE
     # every write on disk before its reply, as the private server (hean.redis_client.Durability)
     assert command[command.index("--appendfsync") + 1] == "always"
     assert command[command.index("--maxmemory-policy") + 1] == "noeviction"

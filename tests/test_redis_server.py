@@ -35,6 +35,8 @@ def test_private_redis_is_configured_for_durability(tmp_path: Path) -> None:
         # every write on disk before its reply: WAITAOF under everysec can answer before the fsync
         assert client.config_get("appendfsync")["appendfsync"] == "always"
         assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
+        # rewrites (forks) rare under load: one per GB written, not one per 64 MB
+        assert client.config_get("auto-aof-rewrite-min-size")["auto-aof-rewrite-min-size"] == str(2**30)
         assert client.config_get("dir")["dir"] == str((tmp_path / "redis").resolve())
         assert client.config_get("bind")["bind"] == "127.0.0.1"
         client.set("k", "v")
