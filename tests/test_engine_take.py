@@ -13,7 +13,7 @@ from typing import Any
 import redis
 from test_engine_commands import ok, position, running, symbol
 
-from hean.celery_wire import batch_frame, escape_envelope
+from hean.celery_wire import batch_frame, escape_envelope, redelivered
 from hean.command_journal import CommandJournal, decode_started, journal_key
 from hean.messages import envelope_json
 from hean.redis_client import run_script, text
@@ -38,6 +38,12 @@ def test_the_take_marks_the_commands_it_takes_along_started(redis_client: redis.
     journal.reserve_and_enqueue([(delivered, "submit_order", envelope(delivered))], queue + ":other", frame)
     for ids in (first, second):
         journal.reserve_and_enqueue([(rid, "submit_order", envelope(rid)) for rid in ids], queue, frame)
+    # the second as a restart puts a message back (hean.celery_wire.redelivered: decoded, marked,
+    # encoded again by the standard library, with its spacing): its ids are still read
+    raw = redis_client.lindex(queue, 0)
+    assert raw is not None
+    redis_client.lset(queue, 0, redelivered(raw))
+    assert redis_client.lindex(queue, 0) != raw
     # a batch without the ids (as Celery itself, or a version before them, pushes it): taken, not
     # started here; then a message of another task, which keeps its turn
     unmarked = f"e-{uuid.uuid4().hex}"
