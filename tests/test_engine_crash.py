@@ -19,6 +19,7 @@ from hean.command_journal import CommandJournal
 from hean.core.system.redis_state import get_sync_state_manager
 from hean.topology import ENGINE_QUEUE, POSITIONS_KEY, SYSTEM_NAMESPACE
 from support import Client, start_engine_worker, stop_engine_worker, wait_for
+from workers.shard import INFLIGHT_KEY
 
 #: Generous: results come within seconds of the restart; without the reclaim they would wait
 #: for the visibility timeout (3,600 s), so this still tells the two apart.
@@ -35,10 +36,11 @@ def command_ok(client: Client, command: str, **params: Any) -> dict[str, Any]:
 
 
 def engine_held(client: redis.Redis) -> int:
-    """Engine queue messages delivered and not acknowledged: held in the delivering list (the
-    atomic pop's record) or, from an older worker, in kombu's unacked hash."""
+    """Engine queue messages taken off the queue and not done: delivered and held in the
+    delivering list (the atomic pop's record) or, from an older worker, in kombu's unacked hash;
+    or taken along into the in-flight list (by a take, or by a commit taking the next batches)."""
     unacked = sum(1 for raw in client.hvals(UNACKED_KEY) if f'"{ENGINE_QUEUE}"]' in raw.decode())
-    return unacked + int(client.llen(delivering_key(ENGINE_QUEUE)))
+    return unacked + int(client.llen(delivering_key(ENGINE_QUEUE))) + int(client.llen(INFLIGHT_KEY))
 
 
 def test_orders_a_killed_engine_worker_held_are_applied_once_after_the_restart(
@@ -78,14 +80,17 @@ def test_orders_a_killed_engine_worker_held_are_applied_once_after_the_restart(
         napper.command({"command": "engine_nap", "params": {"seconds": 3}, "request_id": nap_id})
         wait_for(lambda: CommandJournal(store).state(nap_id) == "started", 30, "the nap to start")
         stop_engine_worker(system, crash=True)
-        assert engine_held(store) > 0, "the dead worker left nothing unacknowledged to take back"
-        assert CommandJournal(store).state(nap_id) == "started"  # no result
-        time.sleep(0.5)  # orders keep coming while no engine worker runs
-        start_engine_worker(system, logs_dir)
+        try:
+            held, nap_state = engine_held(store), CommandJournal(store).state(nap_id)
+            time.sleep(0.5)  # orders keep coming while no engine worker runs
+        finally:  # the tests after this one need an engine worker, whatever this one finds
+            start_engine_worker(system, logs_dir)
         time.sleep(0.5)
     finally:
         stop_sending.set()
         sender.join(timeout=60)
+    assert held > 0, "the dead worker left nothing unacknowledged to take back"
+    assert nap_state == "started"  # no result
     restarted = time.monotonic()
     try:
         wait_for(
