@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
@@ -256,7 +257,11 @@ def after(driver: WebDriver, command: str, action: Callable[[], None]) -> dict[s
     """Do `action`; return the log entry of the `command` it sent, once its result is shown."""
     seen = {entry["request_id"] for entry in log_entries(driver)}
     action()
-    entry: dict[str, Any] = wait(driver, lambda d: finished(d, command, seen), f"the result of {command}")
+    try:
+        entry: dict[str, Any] = wait(driver, lambda d: finished(d, command, seen), f"the result of {command}")
+    except TimeoutException as exc:  # say what the page shows: no entry (the click missed), no ack, no result
+        shown = [e for e in log_entries(driver) if e["request_id"] not in seen]
+        raise AssertionError(f"no result of {command} on the page; its new log entries: {shown}") from exc
     return entry
 
 
