@@ -183,17 +183,16 @@ def unavailable_reason(exc: RedisError) -> str:
     return f"Redis refused the write ({type(exc).__name__})"
 
 
-_watch: list[DurabilityWatch] = []  # this process's, once asked
+@functools.cache
+def _process_watch() -> DurabilityWatch:
+    settings = get_settings()
+    return DurabilityWatch(DurabilityRule(settings.ack_fsync, settings.ack_replicas), sync_client())
 
 
 def durability() -> Durability:
     """What this process's durable writes wait for (HEAN_ACK_FSYNC, HEAN_ACK_REPLICAS), asked
     of the server at most every RESOLVE_EVERY_S."""
-    if not _watch:
-        settings = get_settings()
-        rule = DurabilityRule(settings.ack_fsync, settings.ack_replicas)
-        _watch.append(DurabilityWatch(rule, sync_client()))
-    return _watch[0].get()
+    return _process_watch().get()
 
 
 _commit_clients = threading.local()

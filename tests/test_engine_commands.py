@@ -62,6 +62,30 @@ def symbol() -> str:
     return "T" + uuid.uuid4().hex[:8].upper() + "USDT"
 
 
+def send_without_waiting(client: Client, sym: str, ids: list[str]) -> list[dict[str, Any]]:
+    """One market order of 1 `sym` per request id, every third a SELL (the position's path
+    depends on the order of execution), sent without waiting for acks; returns the list the
+    acks fill as they come."""
+    acks: list[dict[str, Any]] = []
+    for i, request_id in enumerate(ids):
+        side = "BUY" if i % 3 else "SELL"
+        params = {"client_order_id": request_id, "symbol": sym, "side": side, "quantity": "1"}
+        command = {"command": "submit_order", "params": params, "request_id": request_id}
+        client.sio.emit("command", command, callback=acks.append)
+    return acks
+
+
+def results_in_order_sent(client: Client, ids: list[str]) -> list[dict[str, Any]]:
+    """The results of `ids`, in the order sent (python-socketio hands each packet to a thread
+    of its own, so they arrive in any order)."""
+    by_id: dict[str, dict[str, Any]] = {}
+    while len(by_id) < len(ids):
+        result = client.results.get(timeout=30)
+        if result["request_id"] in ids:
+            by_id[result["request_id"]] = result
+    return [by_id[request_id] for request_id in ids]
+
+
 def test_market_order_fills_at_the_ask_and_moves_the_position(client: Client) -> None:
     running(client)
     sym = symbol()
@@ -105,25 +129,12 @@ def test_commands_sent_without_waiting_are_acked_and_run_in_the_order_sent(
     sym = symbol()
     ok(client, "update_market", symbol=sym, bid="10", ask="10", last="10")
     ids = [f"{sym}-p{i}" for i in range(300)]
-    acks: list[dict[str, Any]] = []
-    for i, request_id in enumerate(ids):
-        side = "BUY" if i % 3 else "SELL"  # the position's path depends on the order of execution
-        params = {"client_order_id": request_id, "symbol": sym, "side": side, "quantity": "1"}
-        client.sio.emit(
-            "command",
-            {"command": "submit_order", "params": params, "request_id": request_id},
-            callback=acks.append,
-        )
+    acks = send_without_waiting(client, sym, ids)
     wait_for(lambda: len(acks) == len(ids), 30, "every ack")
     # every command acked once (python-socketio runs each packet's callback on a thread of its
     # own, so the order in which `acks` fills is not the order the server sent them in)
     assert sorted(a["request_id"] for a in acks) == sorted(ids) and all(a["accepted"] for a in acks)
-    by_id: dict[str, dict[str, Any]] = {}
-    while len(by_id) < len(ids):
-        result = client.results.get(timeout=30)
-        if result["request_id"] in ids:
-            by_id[result["request_id"]] = result
-    results = [by_id[request_id] for request_id in ids]
+    results = results_in_order_sent(client, ids)
     assert all(r["success"] and r["result"]["order"]["status"] == "FILLED" for r in results)
     # run in the order sent: the engine numbers orders as it applies them (the order in which
     # results arrive here is python-socketio's: it hands each packet to a thread of its own)

@@ -8,10 +8,9 @@ from __future__ import annotations
 import json
 import uuid
 from decimal import Decimal
-from typing import Any
 
 import redis
-from test_engine_commands import ok, position, running, symbol
+from test_engine_commands import ok, position, results_in_order_sent, running, send_without_waiting, symbol
 
 from hean.celery_wire import batch_frame, escape_envelope, redelivered
 from hean.command_journal import CommandJournal, decode_started, journal_key
@@ -79,18 +78,8 @@ def test_batches_that_queue_up_meanwhile_are_taken_along_by_each_commit(
     stats = redis.Redis.from_url(system_redis_url)
     evals_before = stats.info("commandstats").get("cmdstat_eval", {}).get("calls", 0)
     ids = [f"{sym}-t{i}" for i in range(600)]
-    acks: list[dict[str, Any]] = []
-    for i, request_id in enumerate(ids):
-        side = "BUY" if i % 3 else "SELL"  # the position's path depends on the order of execution
-        params = {"client_order_id": request_id, "symbol": sym, "side": side, "quantity": "1"}
-        command = {"command": "submit_order", "params": params, "request_id": request_id}
-        client.sio.emit("command", command, callback=acks.append)
-    by_id: dict[str, dict[str, Any]] = {}
-    while len(by_id) < len(ids):
-        result = client.results.get(timeout=30)
-        if result["request_id"] in ids:
-            by_id[result["request_id"]] = result
-    results = [by_id[request_id] for request_id in ids]
+    acks = send_without_waiting(client, sym, ids)
+    results = results_in_order_sent(client, ids)
     assert all(r["success"] and r["result"]["order"]["status"] == "FILLED" for r in results)
     order_ids = [r["result"]["order"]["order_id"] for r in results]
     assert order_ids == sorted(order_ids) and len(set(order_ids)) == len(ids)

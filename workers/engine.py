@@ -199,6 +199,7 @@ def update_market(params: MarketParams) -> dict[str, Any]:
 #: to Celery's consumer (which answers `celery inspect`, heartbeats and shutdown in between).
 BACK_TO_BACK_S: Final = 0.25
 
+
 def _run_batch(envelopes: list[dict[str, Any]], message: Any = None) -> int:
     """Run a delivered batch (and the batches waiting behind it) until it commits; `message`,
     kombu's message that delivered it, is acknowledged within that commit.

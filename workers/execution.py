@@ -24,9 +24,9 @@ log = logging.getLogger(__name__)
 #: How a queue's consumer takes part in a batch: `before()` runs ahead of the handlers,
 #: `after(pipe)` queues writes that must commit together with the results (the engine's log),
 #: `committed(replies)` gets the commit's replies (as many as the MULTI queued, in order) once
-#: it is durable, `published()` runs once everything is committed. The results are published by the commit,
-#: unless `state_first()` says this batch changed state that `published()` must publish before
-#: anyone sees a result (control commands).
+#: it is durable, `published()` runs once everything is committed. The results are published by
+#: the commit, unless `state_first()` says this batch changed state that `published()` must
+#: publish before anyone sees a result (control commands).
 @dataclass
 class BatchHooks:
     before: Callable[[], None] = lambda: None

@@ -507,10 +507,8 @@ class EngineShard:
         if at is None:
             return
         newest_first, _, taken, taken_results = replies[at]
-        if not newest_first:
-            return
-        started = dict(zip((text(rid) for rid in taken), decode_started(taken_results), strict=True))
-        self.ahead = (self._in_flight(sync_client(), newest_first), started)
+        if newest_first:
+            self.ahead = (self._in_flight(sync_client(), newest_first), _started(taken, taken_results))
 
     def pop_ahead(self) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any] | str | None]] | None:
         """What the last commit took along (see `take_ahead`), once; None if nothing."""
@@ -539,9 +537,7 @@ class EngineShard:
         args = [drain, _BATCH_MARKER, time.time()]
         reply = run_script(client.connection_pool, _TAKE, keys, args)
         newest_first, results, taken, taken_results = reply
-        started = dict(zip(ids, decode_started(results), strict=True))
-        started.update(zip((text(rid) for rid in taken), decode_started(taken_results), strict=True))
-        return self._in_flight(client, newest_first), started
+        return self._in_flight(client, newest_first), _started(ids, results) | _started(taken, taken_results)
 
     @staticmethod
     def _in_flight(client: Any, newest_first: list[bytes]) -> list[dict[str, Any]]:
@@ -554,6 +550,11 @@ class EngineShard:
                 client.lpush(INFLIGHT_KEY + ":unreadable", raw)
                 log.error("event=unreadable_batch_message error=%s kept=%s:unreadable", exc, INFLIGHT_KEY)
         return envelopes
+
+
+def _started(ids: list[str] | list[bytes], reply: list[Any]) -> dict[str, dict[str, Any] | str | None]:
+    """Per request id, what the take's start said of it (hean.command_journal.decode_started)."""
+    return dict(zip((text(rid) for rid in ids), decode_started(reply), strict=True))
 
 
 def restore_engine(engine: TradingEngine, client: Any) -> tuple[str, bool | None, int]:
