@@ -59,6 +59,12 @@ class Settings(BaseSettings):
         "so an ack survives a power loss) or everysec (faster; a crash of the machine can lose the "
         "last second, acked commands included).",
     )
+    drop_written_pages: bool = Field(
+        default=True,
+        validation_alias=_env("HEAN_DROP_WRITTEN_PAGES"),
+        description="Drop the private Redis's AOF and the SQLite history database from the page "
+        "cache once written (nothing reads them back; hean.page_cache says why).",
+    )
     ack_replicas: int = Field(
         default=0,
         ge=0,

@@ -231,6 +231,13 @@ def _file_signature(path: str) -> tuple[Any, ...] | None:
     return tuple(signature)
 
 
+def sqlite_file(db: Database) -> str | None:
+    """The file of an SQLite database given by path (None for any other database, an in-memory
+    one or a `file:` URI)."""
+    path = db.url.database if db.dialect.name == "sqlite" else None
+    return path if path and path != ":memory:" and not path.startswith("file:") else None
+
+
 def ping() -> None:
     """`SELECT 1`; for an SQLite file, a read of its schema on a connection opened just now,
     which a damaged file fails (a pooled connection in WAL mode may answer from its page cache
@@ -238,8 +245,8 @@ def ping() -> None:
     changed (inode, size, modification time, mode, owner) since the last good one, for
     UNCHANGED_RECHECK_S."""
     db = database()
-    path = db.url.database if db.dialect.name == "sqlite" else None
-    if path and path != ":memory:" and not path.startswith("file:"):
+    path = sqlite_file(db)
+    if path:
         signature, now = _file_signature(path), time.monotonic()
         if signature is not None and _verified[0] == signature and now - _verified[1] < UNCHANGED_RECHECK_S:
             return

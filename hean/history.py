@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 import sqlalchemy
@@ -30,7 +31,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from hean import fastjson, metrics
 from hean.command_journal import CommandJournal, rebuild_ack
-from hean.db import commands, fills, history_cursor, orders
+from hean.db import commands, fills, history_cursor, orders, sqlite_file
+from hean.page_cache import CacheTrimmer
 from hean.redis_client import next_stream_id, text
 from hean.topology import HISTORY_STREAM_KEY
 
@@ -650,9 +652,22 @@ def main() -> int:
     writer = HistoryWriter(CommandJournal(sync_client()), HistoryStore(database), settings.dedup_window_s)
     writer.reset_database = reset
     log.info("event=history_writer_started window_s=%d", settings.dedup_window_s)
+    trimmer = _database_trimmer(database()) if settings.drop_written_pages else None
     freeze_startup_objects("history")
-    writer.run(stop)
+    try:
+        writer.run(stop)
+    finally:
+        if trimmer is not None:
+            trimmer.stop()
     return 0
+
+
+def _database_trimmer(db: Database) -> CacheTrimmer | None:
+    """For an SQLite file: its pages dropped from the page cache once on disk (hean.page_cache).
+    Only the main file, which a checkpoint writes and fsyncs: SQLite's own cache serves the
+    writer's reads, and the log (`-wal`) is written over and over in place, so it stays."""
+    path = sqlite_file(db)
+    return CacheTrimmer("history-db", lambda: [Path(path)]).start() if path else None
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from hean.page_cache import CacheTrimmer
+
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
@@ -141,6 +143,7 @@ class PrivateRedis:
         cpus: frozenset[int] | None = None,
         password: str | None = None,
         appendfsync: str | None = None,
+        drop_written_pages: bool | None = None,
     ) -> None:
         if password is not None and not _PASSWORD.fullmatch(password):
             raise ValueError("a private Redis password is 16-256 characters of [A-Za-z0-9_-]")
@@ -151,6 +154,12 @@ class PrivateRedis:
         if appendfsync not in ("always", "everysec"):
             raise ValueError(f"appendfsync must be 'always' or 'everysec', not {appendfsync!r}")
         self.appendfsync = appendfsync
+        if drop_written_pages is None:
+            from hean.config import get_settings
+
+            drop_written_pages = get_settings().drop_written_pages
+        # the AOF's pages, dropped from the page cache once on disk (hean.page_cache)
+        self._trimmer = CacheTrimmer("aof", self._aof_files) if drop_written_pages else None
         self.data_dir = Path(data_dir).resolve()
         self.host = host
         self.cpus = cpus  # pin the server to these CPUs (HEAN_CPU_AFFINITY "redis=...")
@@ -181,6 +190,17 @@ class PrivateRedis:
     def log_file(self) -> Path:
         return self.data_dir / "redis.log"
 
+    @property
+    def aof_dir(self) -> Path:
+        """Where the server keeps its append-only files."""
+        return self.data_dir / "appendonlydir"
+
+    def _aof_files(self) -> list[Path]:
+        try:
+            return [path for path in self.aof_dir.iterdir() if path.suffix == ".aof"]
+        except FileNotFoundError:
+            return []
+
     def _write_config(self, port: int) -> Path:
         lines = [
             f"bind {self.host}",
@@ -192,6 +212,7 @@ class PrivateRedis:
             f'logfile "{self.log_file}"',
             "loglevel notice",
             "appendonly yes",
+            f'appenddirname "{self.aof_dir.name}"',
             f"appendfsync {self.appendfsync}",
             'save ""',
             "maxmemory-policy noeviction",
@@ -261,6 +282,8 @@ class PrivateRedis:
         while time.monotonic() < deadline and process.poll() is None:
             if _served_by(url, process.pid):
                 self._process, self.port = process, port
+                if self._trimmer is not None:
+                    self._trimmer.start()
                 log.info("event=redis_started pid=%s url=%s", process.pid, redact_url(url))
                 return True
             time.sleep(0.02)
@@ -277,6 +300,8 @@ class PrivateRedis:
 
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM (Redis flushes the AOF and exits), SIGKILL if it does not within `timeout`."""
+        if self._trimmer is not None:
+            self._trimmer.stop()
         process, self._process = self._process, None
         if process is None:
             return

@@ -1,0 +1,87 @@
+"""Dropping the files HEAN writes once and never reads back from the kernel's page cache.
+
+The private Redis's append-only file and the SQLite history database grow by about 1.5 KB per
+order (18 and 14 MB/s at 25,000 orders/s), and the kernel keeps every page written in its page
+cache. Nothing reads the AOF back until a restart, and the history writer reads the database
+through SQLite's own cache. On this machine (a VM whose host backs guest memory lazily) memory the
+guest has not touched for a while costs about 50 us per 4 KB page on its first use, 20 times the
+usual; once a run has used the first gigabyte or so, the page cache's growth alone costs
+13 ms of CPU per MB written against 1.2 ms when the written pages are dropped (measured with
+`posix_fadvise(DONTNEED)` after each fdatasync). At 25,000 orders/s that made the last half of a
+30 s run twice as expensive in kernel time and its latency spike (README: "Pages written once").
+
+`drop_cached` asks the kernel to drop a file's clean pages (dirty ones stay until written back, so
+nothing is lost and nothing waits); `CacheTrimmer` does so every `interval_s` for the files a
+callable names, in a daemon thread. Both do nothing where `os.posix_fadvise` does not exist.
+HEAN_DROP_WRITTEN_PAGES=false turns it off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Final
+
+log = logging.getLogger(__name__)
+
+#: How often `CacheTrimmer` drops: at 32 MB/s of writes, 16 MB of pages each time.
+TRIM_INTERVAL_S: Final = 0.5
+
+SUPPORTED: Final = hasattr(os, "posix_fadvise")
+
+
+def drop_cached(path: str | os.PathLike[str]) -> bool:
+    """Drop `path`'s clean pages from the page cache; False if it is gone or cannot be advised."""
+    if not SUPPORTED:
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+class CacheTrimmer:
+    """Drops the cached pages of the files `paths()` names every `interval_s`, in a daemon thread,
+    until `stop()`."""
+
+    def __init__(
+        self, name: str, paths: Callable[[], Iterable[Path]], interval_s: float = TRIM_INTERVAL_S
+    ) -> None:
+        self.name, self.paths, self.interval_s = name, paths, interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> CacheTrimmer:
+        if SUPPORTED and self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name=f"page-cache-{self.name}", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._stop.set()
+            thread.join(timeout=5.0)
+
+    def trim(self) -> int:
+        """Drop once now; returns how many files were advised."""
+        try:
+            return sum(drop_cached(path) for path in self.paths())
+        except OSError as exc:  # the directory listing failed: the next turn tries again
+            log.warning("event=page_cache_trim_failed name=%s error=%s", self.name, exc)
+            return 0
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.trim()
