@@ -665,9 +665,10 @@ def main() -> int:
 def _database_trimmer(db: Database) -> CacheTrimmer | None:
     """For an SQLite file: its pages dropped from the page cache once on disk (hean.page_cache).
     Only the main file, which a checkpoint writes and fsyncs: SQLite's own cache serves the
-    writer's reads, and the log (`-wal`) is written over and over in place, so it stays."""
+    writer's reads, and the log (`-wal`) is written over and over in place, so it stays. The
+    descriptor is held (`hold`): closing one would drop this process's SQLite locks."""
     path = sqlite_file(db)
-    return CacheTrimmer("history-db", lambda: [Path(path)]).start() if path else None
+    return CacheTrimmer("history-db", lambda: [Path(path)], hold=True).start() if path else None
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@ import ctypes
 import ctypes.util
 import mmap
 import os
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,6 +100,42 @@ def test_the_trimmer_drops_every_interval_until_stopped(tmp_path: Path) -> None:
     assert resident(path) > 0.9
 
 
+_TRY_WRITE = """
+import sqlite3, sys
+try:
+    sqlite3.connect(sys.argv[1], timeout=0, isolation_level=None).execute("BEGIN IMMEDIATE")
+    print("free")
+except sqlite3.OperationalError as exc:
+    print(exc)
+"""
+
+
+def _another_process_can_write(path: Path) -> bool:
+    probe = subprocess.run([sys.executable, "-c", _TRY_WRITE, str(path)], capture_output=True, text=True)
+    assert probe.stdout.strip() in ("free", "database is locked"), probe
+    return probe.stdout.strip() == "free"
+
+
+def test_a_held_file_keeps_this_processs_sqlite_locks_and_a_closed_one_would_not(tmp_path: Path) -> None:
+    """Closing any descriptor of a file drops every POSIX lock the process holds on it: the
+    hazard the history writer's trimmer avoids by holding its descriptor."""
+    path = tmp_path / "locked.db"
+    connection = sqlite3.connect(path, isolation_level=None)  # rollback journal: locks on the file
+    connection.execute("CREATE TABLE t (x)")
+    trimmer = CacheTrimmer("t", lambda: [path], hold=True)
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        assert not _another_process_can_write(path)
+        assert trimmer.trim() == 1 and trimmer.trim() == 1  # opened once, kept
+        assert not _another_process_can_write(path)
+        assert drop_cached(path)  # opens and closes a descriptor: this process's lock is gone
+        assert _another_process_can_write(path)
+        connection.execute("ROLLBACK")
+    finally:
+        connection.close()
+        trimmer.stop()
+
+
 def _fill(server: PrivateRedis, megabytes: int) -> Path:
     client = redis.Redis.from_url(server.url)
     value = os.urandom(64 * 1024)
@@ -134,7 +173,7 @@ def test_the_history_database_file_is_trimmed_and_its_log_kept(tmp_path: Path) -
     )
     table.create(db)
     trimmer = _database_trimmer(db)
-    assert trimmer is not None
+    assert trimmer is not None and trimmer.hold  # the writer's own SQLite locks stay (above)
     try:
         with db.begin() as connection:
             connection.execute(table.insert(), [{"value": os.urandom(32 * 1024)} for _ in range(512)])
