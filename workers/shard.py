@@ -315,7 +315,9 @@ class StatePublisher:
 
 
 # Move up to ARGV[1] batch messages from the consuming end of the queue (KEYS[1]) to the
-# in-flight list (KEYS[2]); stop at the first message of another task, which keeps its turn.
+# in-flight list (KEYS[2]) with LMOVE, which the AOF records as the command alone (an RPOP and
+# an LPUSH wrote each message into it once more: 88 bytes per order at 25,000 orders/s); stop
+# at the first message of another task, which keeps its turn.
 # Then mark the delivered batch's commands (journal keys KEYS[3..]) and the commands of the
 # messages taken (their request ids in the message's first field: hean.celery_wire.IDS_FIELD)
 # started, at ARGV[3]. Returns the whole in-flight list (newest first: what an earlier run left
@@ -329,8 +331,7 @@ local taken = {}
 for _ = 1, tonumber(ARGV[1]) do
   local message = redis.call('LINDEX', KEYS[1], -1)
   if not message or not string.find(message, ARGV[2], 1, true) then break end
-  redis.call('RPOP', KEYS[1])
-  redis.call('LPUSH', KEYS[2], message)
+  redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
   local ids = string.match(message, IDS_PATTERN)
   if ids then
     for id in string.gmatch(ids, '[^ ]+') do taken[#taken + 1] = id end
