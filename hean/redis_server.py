@@ -196,8 +196,10 @@ class PrivateRedis:
         return self.data_dir / "appendonlydir"
 
     def _aof_files(self) -> list[Path]:
+        """The append-only files: the increments (`.aof`) and the base a rewrite wrote (`.rdb`),
+        both read only when the server starts."""
         try:
-            return [path for path in self.aof_dir.iterdir() if path.suffix == ".aof"]
+            return [path for path in self.aof_dir.iterdir() if path.suffix in (".aof", ".rdb")]
         except FileNotFoundError:
             return []
 

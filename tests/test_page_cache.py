@@ -8,6 +8,7 @@ import ctypes
 import ctypes.util
 import mmap
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -158,6 +159,13 @@ def test_the_private_redis_aof_leaves_the_page_cache_as_it_grows(tmp_path: Path)
         client = redis.Redis.from_url(server.url)
         assert client.dbsize() == 16 * 16
         client.close()
+        # killed and restarted (as `hean up` does): still trimmed
+        assert server.pid is not None
+        os.kill(server.pid, signal.SIGKILL)
+        wait_for(lambda: not server.running(), 5, "the server to die")
+        server.restart()
+        aof = _fill(server, 16)
+        wait_for(lambda: resident(aof) < 0.1, 5, "the AOF dropped after a restart")
 
 
 def test_with_dropping_off_the_aof_stays_in_the_page_cache(tmp_path: Path) -> None:
