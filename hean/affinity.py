@@ -27,7 +27,8 @@ hot path (its stream waits in Redis, durable, until it is written), and while or
 is the largest user of CPU, so at normal priority it took CPU from the web process and the
 engine worker exactly when they needed it (bench_orders at 25,000 orders/s: p50 20-21 ms at
 normal priority, 14-16 ms idle, 14-15 ms with no history writer at all). On a machine busy
-for long, the database then falls behind; ``hean_history_lag_seconds`` shows by how much.
+for long, the database then falls behind (``hean_history_lag_seconds`` shows by how much), and
+the writer runs at normal priority until it has caught up (hean.history.CatchUpPriority).
 """
 
 from __future__ import annotations

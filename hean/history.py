@@ -16,6 +16,7 @@ import functools
 import json
 import logging
 import operator
+import os
 import signal
 import threading
 import time
@@ -45,6 +46,11 @@ READ_ENTRIES = 200
 LINGER_S = 0.1
 #: Most ids one SQL `IN (...)` or one compaction script takes.
 CHUNK = 500
+#: The writer runs at SCHED_IDLE by default (hean.affinity), so on a machine busy for long it
+#: would fall behind without bound, with Redis holding the stream and every result not yet in
+#: the database meanwhile. While a full read's oldest entry is older than this, it runs at normal
+#: priority, and goes back to idle once a read finds less than a full batch waiting.
+CATCH_UP_LAG_S = 5.0
 #: The error codes of an order the engine refused (hean.commands.reject_code's codes).
 _ORDER_COMMANDS = ("submit_order", "submit_orders")
 
@@ -567,6 +573,34 @@ def _nonzero(value: Any) -> bool:
         return False
 
 
+class CatchUpPriority:
+    """The writer loop's scheduling (the calling thread's): SCHED_IDLE as launched, normal
+    priority while it is behind (CATCH_UP_LAG_S). Does nothing unless it started at SCHED_IDLE."""
+
+    def __init__(self) -> None:
+        idle = getattr(os, "SCHED_IDLE", None)
+        self._idle = idle is not None and os.sched_getscheduler(0) == idle
+        self.catching_up = False
+
+    def read(self, lag_s: float, full: bool) -> None:
+        """After a read: `lag_s`, the age of its oldest entry; `full`, more may be waiting."""
+        if not self._idle:
+            return
+        if not self.catching_up and full and lag_s > CATCH_UP_LAG_S:
+            try:
+                os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+            except PermissionError as exc:  # not allowed here: stay idle, and say so once
+                self._idle = False
+                log.warning("event=history_behind lag_s=%.1f priority=idle reason=%s", lag_s, exc)
+                return
+            self.catching_up = True
+            log.warning("event=history_catching_up lag_s=%.1f priority=normal", lag_s)
+        elif self.catching_up and not full:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            self.catching_up = False
+            log.info("event=history_caught_up priority=idle")
+
+
 class HistoryWriter:
     """Copies the history stream to the database, in batches, exactly once (see the module)."""
 
@@ -576,6 +610,7 @@ class HistoryWriter:
         self.journal, self.store, self.window_s, self.stream = journal, store, window_s, stream
         self.last_id: str | None = None
         self.reset_database: Callable[[], None] | None = None
+        self.priority: CatchUpPriority | None = None  # set by `main` (its own process)
 
     def _entries(self, raw: Any) -> list[tuple[str, dict[str, str]]]:
         return [
@@ -608,8 +643,12 @@ class HistoryWriter:
         assert self.last_id is not None
         reply = self.journal.client.xread({self.stream: self.last_id}, count=READ_ENTRIES, block=block_ms)
         if not reply:
+            if self.priority is not None:
+                self.priority.read(0.0, full=False)
             return 0
         entries = self._entries(cast(list[Any], reply)[0][1])
+        if self.priority is not None:
+            self.priority.read(time.time() - _entry_time(entries[0][0]), full=len(entries) == READ_ENTRIES)
         batch = self.store.write(entries, self.stream)
         self.last_id = entries[-1][0]
         metrics.history_written(len(batch.commands), batch.order_rows, batch.fill_rows)
@@ -651,6 +690,7 @@ def main() -> int:
         signal.signal(sig, lambda *_: stop.set())
     writer = HistoryWriter(CommandJournal(sync_client()), HistoryStore(database), settings.dedup_window_s)
     writer.reset_database = reset
+    writer.priority = CatchUpPriority()
     log.info("event=history_writer_started window_s=%d", settings.dedup_window_s)
     trimmer = _database_trimmer(database()) if settings.drop_written_pages else None
     freeze_startup_objects("history")
