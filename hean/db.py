@@ -238,6 +238,16 @@ def sqlite_file(db: Database) -> str | None:
     return path if path and path != ":memory:" and not path.startswith("file:") else None
 
 
+def unchanged_since_verified() -> bool:
+    """True when the database is an SQLite file that `ping` read within UNCHANGED_RECHECK_S and
+    that has not changed since (two stat calls, no connection): `ping` would return at once."""
+    db = _database
+    path = sqlite_file(db) if db is not None else None
+    if not path or _verified[0] is None or time.monotonic() - _verified[1] >= UNCHANGED_RECHECK_S:
+        return False
+    return _file_signature(path) == _verified[0]
+
+
 def ping() -> None:
     """`SELECT 1`; for an SQLite file, a read of its schema on a connection opened just now,
     which a damaged file fails (a pooled connection in WAL mode may answer from its page cache

@@ -132,6 +132,27 @@ def test_pulses_reach_operators(pulse: dict[str, Any]) -> None:
         operator.close()
 
 
+def test_engine_pings_are_acknowledged_with_their_answers(pulse: dict[str, Any]) -> None:
+    """Ten pings a second go through the engine queue; each is acknowledged in its answer's own
+    round trip (QoS.ack_within), so none is left in the delivering list behind it."""
+    import redis
+
+    from hean.celery_wire import delivering_key
+    from hean.topology import ENGINE_QUEUE
+
+    client = redis.Redis.from_url(pulse["env"]["REDIS_URL"])
+    try:
+        wait_for(lambda: module_status(pulse, "cpp_core") == "HEALTHY", 30, "cpp_core HEALTHY")
+        lengths = []
+        for _ in range(20):  # two seconds: about twenty pings answered
+            lengths.append(int(client.llen(delivering_key(ENGINE_QUEUE))))
+            time.sleep(0.1)
+        assert max(lengths) <= 1, lengths  # at most the ping being answered at that moment
+        assert module_status(pulse, "cpp_core") == "HEALTHY"
+    finally:
+        client.close()
+
+
 def test_a_killed_engine_worker_is_flagged_and_recovers(pulse: dict[str, Any], logs_dir: Path) -> None:
     stop_engine_worker(pulse, crash=True)
     wait_for(lambda: module_status(pulse, "cpp_core") == "DISCONNECTED", 10, "cpp_core DISCONNECTED")

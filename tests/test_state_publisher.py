@@ -3,8 +3,10 @@ published by the next flush (the race the module-level `_mark_dirty` had)."""
 
 from __future__ import annotations
 
+import itertools
 import sys
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -80,3 +82,38 @@ def test_a_failed_publish_keeps_its_marks_for_the_next_flush() -> None:
     assert calls == [True, True]
     publisher.flush()  # nothing marked since: nothing published
     assert calls == [True, True]
+
+
+def test_the_publisher_thread_sleeps_until_something_is_marked() -> None:
+    """Idle, the publisher's thread makes no flush at all (it woke ten times a second for
+    nothing); a mark is published at once, and marks keep coming at most every interval."""
+    flushes: list[float] = []
+    published: list[bool] = []
+
+    class Counting(StatePublisher):
+        def flush(self) -> None:
+            flushes.append(time.monotonic())
+            super().flush()
+
+    publisher = Counting(lambda positions: published.append(positions), lambda: None)
+    thread = threading.Thread(target=publisher.run, kwargs={"interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        time.sleep(0.5)
+        assert flushes == []  # ten periods, nothing marked: never woke to flush
+        publisher.mark(positions=True)
+        deadline = time.monotonic() + 10
+        while not published and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert published == [True]
+        for _ in range(20):  # marks faster than the interval: flushes at most every interval
+            publisher.mark()
+            time.sleep(0.005)
+        time.sleep(0.2)
+        assert published[-1] is False and len(published) >= 2
+        gaps = [b - a for a, b in itertools.pairwise(flushes)]
+        assert min(gaps) >= 0.045
+    finally:
+        publisher.stop()
+        thread.join(5)
+    assert not thread.is_alive()

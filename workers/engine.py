@@ -272,8 +272,27 @@ def run_batch(envelopes: list[dict[str, Any]]) -> int:
     return _run_batch(envelopes)
 
 
-def _ping_inline(headers: dict[str, Any], args: list[Any]) -> None:
-    ping.run(*args)  # the function itself: no task call (request stack, redelivery bookkeeping)
+def _ping_inline(headers: dict[str, Any], args: list[Any], message: Any) -> None:
+    # the function itself: no task call (request stack, redelivery bookkeeping)
+    sent_at, reply_key = [*args, None, None][:2]
+    _ping(sent_at, reply_key, message)
+
+
+def _ping(sent_at: float | None = None, reply_key: str | None = None, message: Any = None) -> dict[str, Any]:
+    engine = SHARD.engine
+    state = str(engine.state)
+    answer = {"state": state, "command_count": engine.command_count, "sent_at": sent_at}
+    if reply_key is not None and reply_key.startswith("hean:pong:"):
+        pipe = sync_client().pipeline(transaction=False)
+        pipe.lpush(reply_key, state)
+        pipe.expire(reply_key, 5)
+        # the ping's own acknowledgement rides in the same round trip (workers/transport.py:
+        # QoS.ack_within), one wake-up and one fsync fewer, ten times a second
+        ack_within = getattr(getattr(getattr(message, "channel", None), "qos", None), "ack_within", None)
+        if ack_within is not None:
+            ack_within(pipe, message.delivery_tag)
+        pipe.execute()
+    return answer
 
 
 # Ten a second, from the pulse (workers/pulse.py): run in the consumer as it arrives, behind
@@ -282,22 +301,14 @@ def _ping_inline(headers: dict[str, Any], args: list[Any]) -> None:
     name=ENGINE_PING_TASK,
     ignore_result=True,
     send_events=False,
-    Strategy=staticmethod(inline_strategy(_ping_inline)),
+    Strategy=staticmethod(inline_strategy(_ping_inline, with_message=True)),
 )
 def ping(sent_at: float | None = None, reply_key: str | None = None) -> dict[str, Any]:
     """Round trip through the engine queue to this worker's C++ core (the health probe).
 
     With `reply_key`, the engine state is pushed onto that list (kept 5 s) for the prober.
     """
-    engine = SHARD.engine
-    state = str(engine.state)
-    answer = {"state": state, "command_count": engine.command_count, "sent_at": sent_at}
-    if reply_key is not None and reply_key.startswith("hean:pong:"):
-        pipe = sync_client().pipeline(transaction=False)
-        pipe.lpush(reply_key, state)
-        pipe.expire(reply_key, 5)
-        pipe.execute()
-    return answer
+    return _ping(sent_at, reply_key)
 
 
 @worker_shutdown.connect

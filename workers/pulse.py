@@ -44,7 +44,7 @@ from hean.core.system.health_monitor import (
     report_node,
     store_pulse,
 )
-from hean.core.system.probes import db_probe, exchange_probe, redis_probes
+from hean.core.system.probes import REDIS_GROUP, db_probe, exchange_probe, redis_probes
 from hean.core.system.redis_state import StateError, get_sync_state_manager
 from hean.messages import OPERATORS_ROOM
 from hean.redis_client import sync_client, text
@@ -69,7 +69,9 @@ PING_WAIT_S = 0.25
 
 
 def cpp_core_probe() -> Probe:
-    """A ping task through the engine queue to the engine worker's C++ core and back."""
+    """A ping task through the engine queue to the engine worker's C++ core and back. It runs
+    in the Redis probes' thread, after their reads (the ping goes through Redis too: a Redis
+    that hangs holds both up anyway, and a thread of its own cost a hand-off each pulse)."""
     ping = task_message(app, ENGINE_PING_TASK, ENGINE_QUEUE)
 
     def check() -> dict[str, Any]:
@@ -84,14 +86,14 @@ def cpp_core_probe() -> Probe:
             raise Unreachable(f"engine worker did not answer a ping within {PING_WAIT_S * 1000:.0f} ms")
         return {"state": text(answer[1])}
 
-    return Probe("cpp_core", check, timeout=PING_WAIT_S)
+    return Probe("cpp_core", check, timeout=PING_WAIT_S, group=REDIS_GROUP)
 
 
 @functools.cache
 def monitor() -> HealthMonitor:
     """This pulse worker's monitor (it keeps failure counts and reconnects across pulses)."""
-    redis, web, workers = redis_probes(sync_client())
-    return HealthMonitor([cpp_core_probe(), redis, db_probe(), exchange_probe(), web, workers])
+    # the Redis group runs in this order: its reads first, then the ping that waits on the engine
+    return HealthMonitor([*redis_probes(sync_client()), cpp_core_probe(), db_probe(), exchange_probe()])
 
 
 #: This process's pulse node name (once it consumes the pulse queue) and when it last reported

@@ -273,12 +273,14 @@ class StatePublisher:
         self._flush_lock = threading.Lock()
         self._dirty = _Dirty()
         self._stop = threading.Event()
+        self._marked = threading.Event()  # set by `mark`: the publisher sleeps until then
 
     def mark(self, positions: bool = False, risk: bool = False) -> None:
         with self._marks_lock:
             self._dirty.engine = True
             self._dirty.positions |= positions
             self._dirty.risk |= risk
+        self._marked.set()
 
     @property
     def risk_pending(self) -> bool:
@@ -298,12 +300,16 @@ class StatePublisher:
                 raise
 
     def run(self, interval: float = PUBLISH_INTERVAL_S) -> None:
-        """Flush every `interval` seconds until `stop()`."""
-        while not self._stop.wait(interval):
+        """Flush what is marked, at most every `interval` seconds, until `stop()`. While nothing
+        is marked it sleeps (it woke ten times a second for nothing while the engine was idle)."""
+        while not self._stop.is_set():
+            self._marked.wait()
+            self._marked.clear()  # before the flush: a mark made during it wakes the next one
             try:
                 self.flush()
-            except Exception:  # Redis away: try again next period
+            except Exception:  # Redis away: flush re-marks it, tried again next period
                 log.exception("event=state_publish_failed")
+            self._stop.wait(interval)
 
     def start(self) -> threading.Thread:
         thread = threading.Thread(target=self.run, name="hean-state-publisher", daemon=True)
@@ -312,6 +318,7 @@ class StatePublisher:
 
     def stop(self) -> None:
         self._stop.set()
+        self._marked.set()
 
 
 # Move up to ARGV[1] batch messages from the consuming end of the queue (KEYS[1]) to the

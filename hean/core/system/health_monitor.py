@@ -11,13 +11,16 @@ is what the 100 ms pulse task runs. Classification: HEALTHY <= 50 ms, DEGRADED <
 UNHEALTHY slower or on an error, DISCONNECTED when the module cannot be reached. A module
 slower than 50 ms, or failing 3 times in a row, has its `reconnect()` called (with backoff).
 
-Timing: every probe runs in its own thread (or a group of quick probes of one resource in one
-thread, one after another, each timed from the group's start) and has at most one check in
-flight. A pulse waits
-at most `PULSE_BUDGET_S` (80 ms) for the answers; a check still running then is reported by
-how long it has been waiting (DEGRADED past 50 ms, UNHEALTHY past 200 ms, DISCONNECTED past
-the probe's own timeout) and is collected, with its real latency, by a later pulse. So a slow
-or hung module never delays the pulse or the other modules, and checks never pile up.
+Timing: every probe runs in its own thread (or a group of probes of one resource in one
+thread, one after another, each timed from the pulse's start and recorded as soon as it
+answers), except a probe that does no I/O at all (`inline`, the paper exchange's clock), which
+the pulse runs itself; each has at most one check in flight. A pulse waits at most
+`PULSE_BUDGET_S` (80 ms) for the answers; a check still running then is reported by how long
+it has been waiting (DEGRADED past 50 ms, UNHEALTHY past 200 ms, DISCONNECTED past the probe's
+own timeout) and is collected, with its real latency, by a later pulse. So a slow or hung
+module never delays the pulse or the modules of other threads, and checks never pile up. (A
+thread hand-off costs a few hundred microseconds of CPU on a small VM, ten times a second per
+thread: benchmarks/bench_idle.py.)
 
 Where it lives in Redis: the state bus (hean.core.system.redis_state), namespace ``health``:
 ``pulse`` (the summary: overall, modules, at, took_ms, delivery_ms, period_s), one key per
@@ -130,9 +133,18 @@ class Probe:
     check: Callable[[], dict[str, Any]]
     reconnect: Callable[[], None] = lambda: None
     timeout: float | None = None  # unanswered this long: DISCONNECTED (default PROBE_TIMEOUT_S)
-    #: Probes of one group run one after another in one thread (each timed from the group's
-    #: start): for quick checks of one resource, where a thread each costs more than the check.
+    #: Probes of one group run one after another in one thread, in the order given (each timed
+    #: from the pulse's start, and recorded as soon as it answers): for checks of one resource,
+    #: where a thread each costs more than the check. A member that hangs holds up only the
+    #: members after it.
     group: str | None = None
+    #: A check that does no I/O and cannot block (the paper exchange's clock): the pulse runs it
+    #: itself, without a thread hand-off.
+    inline: bool = False
+    #: For a probe that runs alone: an answer the pulse can give itself, without I/O that could
+    #: block (an SQLite file unchanged since it was last read), or None when `check` must run
+    #: (in its thread, as usual). Raising counts as None.
+    quick: Callable[[], dict[str, Any] | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -146,22 +158,37 @@ class _Outcome:
 
 @dataclass
 class _Flight:
-    """A check in flight and when it started (perf_counter)."""
+    """A run of checks in flight, when it started (perf_counter), the outcomes of its checks
+    so far (in order, appended as each answers) and how many of them a pulse has recorded."""
 
-    future: concurrent.futures.Future[list[_Outcome]]
+    future: concurrent.futures.Future[None]
     started: float
+    outcomes: list[_Outcome]
+    recorded: int = 0
 
 
-def _run(checks: list[Callable[[], dict[str, Any]]]) -> list[_Outcome]:
-    outcomes = []
+def _check(check: Callable[[], dict[str, Any]]) -> _Outcome:
+    try:
+        detail = check()
+    except Exception as exc:  # every failure is a value the pulse classifies
+        return _Outcome(None, exc, time.perf_counter())
+    return _Outcome(detail, None, time.perf_counter())
+
+
+def _quick(probe: Probe) -> _Outcome | None:
+    """The probe's quick answer, if it has one now."""
+    if probe.quick is None:
+        return None
+    try:
+        detail = probe.quick()
+    except Exception:  # the full check will say what is wrong
+        return None
+    return None if detail is None else _Outcome(detail, None, time.perf_counter())
+
+
+def _run(checks: list[Callable[[], dict[str, Any]]], outcomes: list[_Outcome]) -> None:
     for check in checks:
-        try:
-            detail = check()
-        except Exception as exc:  # every failure is a value the pulse classifies
-            outcomes.append(_Outcome(None, exc, time.perf_counter()))
-        else:
-            outcomes.append(_Outcome(detail, None, time.perf_counter()))
-    return outcomes
+        outcomes.append(_check(check))  # a pulse may read it while the next check runs
 
 
 class HealthMonitor:
@@ -182,8 +209,10 @@ class HealthMonitor:
         self._backoff_step: dict[str, int] = {}  # back to 0 once the module is HEALTHY
         # the probes run together (a group, or one probe alone), by their first probe's name
         self._runs: dict[str, list[Probe]] = {}
+        self._inline = [probe for probe in probes if probe.inline]
         for probe in probes:
-            self._runs.setdefault(f"group:{probe.group}" if probe.group else probe.name, []).append(probe)
+            if not probe.inline:
+                self._runs.setdefault(f"group:{probe.group}" if probe.group else probe.name, []).append(probe)
         self._in_flight: dict[str, _Flight] = {}
         # one thread per run: each run has at most one check in flight, so none waits
         self._executor = concurrent.futures.ThreadPoolExecutor(
@@ -204,20 +233,30 @@ class HealthMonitor:
             started = time.perf_counter()
             for run, probes in self._runs.items():
                 if run not in self._in_flight:
-                    future = self._executor.submit(_run, [probe.check for probe in probes])
-                    self._in_flight[run] = _Flight(future, started)
+                    if len(probes) == 1 and (answer := _quick(probes[0])) is not None:
+                        self._record(self.modules[probes[0].name], answer, started)
+                        continue
+                    outcomes: list[_Outcome] = []
+                    future = self._executor.submit(_run, [probe.check for probe in probes], outcomes)
+                    self._in_flight[run] = _Flight(future, started, outcomes)
+            for probe in self._inline:
+                self._record(self.modules[probe.name], _check(probe.check), started)
             flights = [flight.future for flight in self._in_flight.values()]
             concurrent.futures.wait(flights, timeout=self.budget)
             now = time.perf_counter()
             for run, probes in self._runs.items():
-                flight = self._in_flight[run]
-                if flight.future.done():
+                flight = self._in_flight.get(run)
+                if flight is None:  # answered quickly, recorded above
+                    continue
+                done = flight.future.done()  # before counting: a finished run has every outcome
+                answered = len(flight.outcomes)
+                for index in range(flight.recorded, answered):
+                    self._record(self.modules[probes[index].name], flight.outcomes[index], flight.started)
+                flight.recorded = answered
+                for probe in probes[answered:]:
+                    self._record_waiting(self.modules[probe.name], probe, now - flight.started)
+                if done:
                     del self._in_flight[run]
-                    for probe, outcome in zip(probes, flight.future.result(), strict=True):
-                        self._record(self.modules[probe.name], outcome, flight.started)
-                else:
-                    for probe in probes:
-                        self._record_waiting(self.modules[probe.name], probe, now - flight.started)
             return self.get_health_status()
         finally:
             self._lock.release()

@@ -21,8 +21,9 @@ WEB_HEARTBEAT_KEY = "hean:web:heartbeat"
 #: and removes it on a clean (warm) shutdown (workers/app.py). It never expires, so a worker
 #: that vanished (killed, host lost) stays listed, DISCONNECTED, until WORKER_RETENTION_S.
 WORKER_HEARTBEATS_KEY = "hean:workers"
-#: The probes that only read Redis run as one group: one thread, one after another (a thread
-#: each cost more CPU than their checks, ten times a second).
+#: The probes that go through Redis run as one group: one thread, one after another (a thread
+#: each cost more CPU than their checks, ten times a second). The pulse worker adds its engine
+#: ping (workers/pulse.py) last.
 REDIS_GROUP = "redis"
 WEB_STALE_S = 0.3  # three heartbeat periods (a dead process on this host is seen at once)
 WORKER_STALE_S = 3.0
@@ -191,15 +192,21 @@ def db_probe() -> Probe:
             url.append(db.redacted_url())
         return {"url": url[0]}
 
+    def quick() -> dict[str, Any] | None:
+        # an SQLite file unchanged since its last good read: answered without the probe's thread
+        return {"url": url[0]} if url and db.unchanged_since_verified() else None
+
     def reconnect() -> None:
         url.clear()
         db.reset()
 
-    return Probe("db", check, reconnect=reconnect)
+    return Probe("db", check, reconnect=reconnect, quick=quick)
 
 
 def exchange_probe() -> Probe:
-    from hean.exchange import get_exchange, reset_exchange
+    """The exchange's clock; the paper exchange's is this machine's (no I/O: the pulse reads it
+    itself, without a thread)."""
+    from hean.exchange import PaperExchange, get_exchange, reset_exchange
 
     def check() -> dict[str, Any]:
         from hean.exchange import ExchangeUnreachable
@@ -211,4 +218,5 @@ def exchange_probe() -> Probe:
             raise Unreachable(f"{exchange.name}: {exc}") from exc
         return {"exchange": exchange.name, "skew_ms": round((server_time - time.time()) * 1000.0, 1)}
 
-    return Probe("exchange_api", check, reconnect=reset_exchange)
+    in_process = isinstance(get_exchange(), PaperExchange)
+    return Probe("exchange_api", check, reconnect=reset_exchange, inline=in_process)
