@@ -316,6 +316,8 @@ def test_a_group_of_probes_runs_in_one_thread_in_order_and_waits_together() -> N
             interval=0.0,
         )
         assert found["third"]["status"] == "DISCONNECTED" and found["third"]["pending"]
+        # a member before the hung one was recorded as soon as it answered, not held up with it
+        assert found["first"]["status"] == "HEALTHY" and not found["first"]["pending"]
         assert found["alone"]["status"] == "HEALTHY"  # its own thread, not held up
         group = [(name, thread) for name, thread in ran if name != "alone"]
         assert [name for name, _ in group] == ["first", "second"]  # in order, one check in flight
@@ -329,6 +331,49 @@ def test_a_group_of_probes_runs_in_one_thread_in_order_and_waits_together() -> N
         assert [name for name, _ in ran if name != "alone"][:3] == ["first", "second", "third"]
     finally:
         release.set()
+        monitor.close()
+
+
+def test_inline_and_quick_answers_take_no_thread() -> None:
+    """An `inline` probe runs in the pulse's own thread; a probe with a `quick` answer is
+    recorded from it without its thread, and its full check runs (in its thread) only when the
+    quick answer is None or raises."""
+    ran: list[tuple[str, str]] = []
+    quick_answer: list[Any] = [{"quick": True}]
+
+    def check(name: str) -> Any:
+        def run() -> dict[str, Any]:
+            ran.append((name, threading.current_thread().name))
+            return {"full": True}
+
+        return run
+
+    def quick() -> dict[str, Any] | None:
+        answer = quick_answer[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monitor = HealthMonitor(
+        [Probe("clock", check("clock"), inline=True), Probe("file", check("file"), quick=quick)],
+        budget=1.0,
+    )
+    try:
+        here = threading.current_thread().name
+        status = monitor.check_all()
+        assert status is not None
+        assert ran == [("clock", here)]  # inline, and the file answered quickly: no thread
+        assert status["modules"]["file"]["detail"] == {"quick": True}
+        assert status["modules"]["file"]["status"] == "HEALTHY"
+        for answer in (None, RuntimeError("no quick answer")):
+            quick_answer[0] = answer
+            ran.clear()
+            status = monitor.check_all()
+            assert status is not None
+            file_runs = [thread for name, thread in ran if name == "file"]
+            assert len(file_runs) == 1 and file_runs[0] != here  # the full check, in its thread
+            assert status["modules"]["file"]["detail"] == {"full": True}
+    finally:
         monitor.close()
 
 
