@@ -21,6 +21,7 @@ from hean.redis_client import (
     DurabilityWatch,
     NotDurable,
     OwnConnection,
+    SendAhead,
     run_script,
     run_script_async,
 )
@@ -247,3 +248,57 @@ def test_acks_warn_when_the_server_is_not_set_to_fsync_every_write(
     finally:
         client.close()
         server.stop()
+
+
+def test_send_ahead_reads_each_reply_at_the_next_send(pool: redis.BlockingConnectionPool) -> None:
+    """Each command lands; its reply comes back from the next send (or close), in order."""
+    client = redis.Redis(connection_pool=pool)
+    sender = SendAhead(client)
+    assert sender.send("RPUSH", "ahead", "a") is None  # nothing owed before the first
+    assert sender.send("RPUSH", "ahead", "b") == 1
+    assert sender.send("RPUSH", "ahead", "c") == 2
+    sender.close()
+    assert client.lrange("ahead", 0, -1) == [b"a", b"b", b"c"]
+    sender.close()  # twice is fine
+    assert sender.send("LLEN", "ahead") is None  # a fresh connection owes nothing
+    assert sender.send("LLEN", "ahead") == 3
+
+
+def test_send_ahead_raises_a_refused_command_at_the_next_send_and_still_sends_it(
+    pool: redis.BlockingConnectionPool,
+) -> None:
+    client = redis.Redis(connection_pool=pool)
+    client.set("ahead:text", "not a list")
+    sender = SendAhead(client)
+    sender.send("LPUSH", "ahead:text", "x")  # WRONGTYPE, told by the next send
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        sender.send("LPUSH", "ahead:list", "y")
+    assert sender.send("LPUSH", "ahead:list", "z") == 1  # the refused call's own command went
+    sender.close()
+    assert client.lrange("ahead:list", 0, -1) == [b"z", b"y"]
+
+
+def test_send_ahead_drops_a_connection_the_server_closed_and_connects_again(
+    pool: redis.BlockingConnectionPool,
+) -> None:
+    client = redis.Redis(connection_pool=pool)
+    sender = SendAhead(client)
+    sender.send("CLIENT", "ID")
+    own_id = sender.send("INCR", "ahead:n")  # the CLIENT ID reply
+    assert client.client_kill_filter(_id=own_id) == 1  # only this connection: others share the server
+    time.sleep(0.1)
+    # the reply owed may still be read from the socket, and the next command written into it:
+    # the loss shows at the latest one send later
+    failed = 0
+    for _ in range(3):
+        try:
+            sender.send("INCR", "ahead:n")
+        except (redis.ConnectionError, OSError):
+            failed += 1
+            break
+    assert failed == 1
+    before = int(client.get("ahead:n") or 0)
+    assert sender.send("INCR", "ahead:n") is None  # a new connection, nothing owed
+    assert sender.send("INCR", "ahead:n") == before + 1
+    sender.close()
+    assert int(client.get("ahead:n") or 0) == before + 2

@@ -12,7 +12,7 @@ from typing import Any
 from flask import Flask
 
 from hean.core.system.probes import WEB_HEARTBEAT_KEY
-from hean.redis_client import sync_client
+from hean.redis_client import SendAhead, sync_client
 from hean.topology import PULSE_PERIOD_S
 
 log = logging.getLogger(__name__)
@@ -25,10 +25,12 @@ def start_heartbeat(app: Flask) -> None:
     host, pid = socket.gethostname(), os.getpid()
 
     def beat() -> None:
+        # the SET's reply is read at the next beat, not waited for (one wake-up a beat, not two)
+        sender = SendAhead(sync_client())
         while True:
             body = json.dumps({"ts": time.time(), "clients": clients(), "pid": pid, "host": host})
             try:
-                sync_client().set(WEB_HEARTBEAT_KEY, body, px=2000)
+                sender.send("SET", WEB_HEARTBEAT_KEY, body, "PX", 2000)
             except Exception as exc:  # Redis away: the pulse notices; keep beating
                 log.warning("event=web_heartbeat_failed error=%s", type(exc).__name__)
             sio.sleep(PULSE_PERIOD_S)

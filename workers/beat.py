@@ -15,7 +15,10 @@ only the pulse entries' send path:
   schedules the next run from the last send and so drifts later by the send's own time; a
   send more than a period late is skipped (the pulse would have expired), not caught up;
 - it wakes once per pulse, exactly when one is due; any other entry still goes through Celery's
-  own path (`PersistentScheduler.tick`), asked only when that path said it would be due.
+  own path (`PersistentScheduler.tick`), asked only when that path said it would be due;
+- the LPUSH's reply is read just before the next send, not waited for (hean.redis_client.
+  SendAhead): beat wakes once per pulse, for its timer, instead of twice; a refused or failed
+  send is logged one period later.
 
 Every PULSE_SHOWN_EVERY-th pulse is sent as PULSE_TASK, which sends task events, and the others
 as QUIET_PULSE_TASK, the same pulse without: Flower shows the pulse queue's tasks without
@@ -35,7 +38,7 @@ from celery.beat import PersistentScheduler
 from redis.exceptions import RedisError
 
 from hean.celery_wire import TaskMessage, task_message
-from hean.redis_client import sync_client
+from hean.redis_client import SendAhead, sync_client
 from hean.topology import PULSE_SHOWN_EVERY, PULSE_TASK, QUIET_PULSE_TASK
 
 log = logging.getLogger(__name__)
@@ -54,15 +57,17 @@ class FixedRateEntry:
     quiet: TaskMessage
     shown: TaskMessage
     next_at: float
+    sender: SendAhead
     sent: int = 0
 
     def send(self, now: float) -> None:
-        """Push one pulse (every PULSE_SHOWN_EVERY-th as the task Flower shows)."""
+        """Push one pulse (every PULSE_SHOWN_EVERY-th as the task Flower shows); raises what
+        the previous push's reply raised."""
         message = self.shown if self.sent % PULSE_SHOWN_EVERY == 0 else self.quiet
         self.sent += 1
         wall = time.time()
         expires = None if self.expires is None else wall + self.expires
-        sync_client().lpush(message.queue, message.render(str(uuid.uuid4()), expires))
+        self.sender.send("LPUSH", message.queue, message.render(str(uuid.uuid4()), expires))
 
 
 class PulseScheduler(PersistentScheduler):
@@ -88,6 +93,7 @@ class PulseScheduler(PersistentScheduler):
                     quiet=task_message(self.app, QUIET_PULSE_TASK, queue, celery_beat_task=True),
                     shown=task_message(self.app, PULSE_TASK, queue, celery_beat_task=True),
                     next_at=now,
+                    sender=SendAhead(sync_client()),
                 )
             )
         self._others_at = now
@@ -120,6 +126,11 @@ class PulseScheduler(PersistentScheduler):
                     entry.next_at = now + entry.period - (now - entry.next_at) % entry.period
             wait = min(wait, entry.next_at - now)
         return max(wait, 0.0)
+
+    def close(self) -> None:
+        for entry in getattr(self, "_fixed", []):
+            entry.sender.close()
+        super().close()
 
     def _send(self, entry: FixedRateEntry, now: float) -> None:
         try:

@@ -28,6 +28,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -44,7 +45,7 @@ from hean.core.system.health_monitor import (
     report_node,
     store_pulse,
 )
-from hean.core.system.probes import REDIS_GROUP, db_probe, exchange_probe, redis_probes
+from hean.core.system.probes import db_probe, exchange_probe, redis_probes
 from hean.core.system.redis_state import StateError, get_sync_state_manager
 from hean.messages import OPERATORS_ROOM
 from hean.redis_client import sync_client, text
@@ -68,32 +69,75 @@ log = logging.getLogger(__name__)
 PING_WAIT_S = 0.25
 
 
+#: A ping whose answer has not come this long after it was sent is given up (its connection is
+#: dropped): Redis answers an unanswered BLPOP itself after PING_WAIT_S, so only a Redis that
+#: hangs gets here (the blocking pool's socket timeout).
+PING_GIVE_UP_S = 5.0
+
+
 def cpp_core_probe() -> Probe:
-    """A ping task through the engine queue to the engine worker's C++ core and back. It runs
-    in the Redis probes' thread, after their reads (the ping goes through Redis too: a Redis
-    that hangs holds both up anyway, and a thread of its own cost a hand-off each pulse)."""
+    """A ping task through the engine queue to the engine worker's C++ core and back, run by the
+    pulse itself in two steps (`Probe.start`): the ping and the wait for its answer (LPUSH and
+    BLPOP) go out in one send on a connection of their own, and the pulse reads the answer
+    when it comes, waiting no longer than its budget; an answer still out is looked for by the
+    next pulses. (A thread of its own cost a hand-off each pulse, ten times a second.)"""
     ping = task_message(app, ENGINE_PING_TASK, ENGINE_QUEUE)
 
-    def check() -> dict[str, Any]:
+    def start() -> Callable[[float], dict[str, Any] | None]:
         reply_key = f"hean:pong:{uuid.uuid4().hex}"
         sent = time.time()
-        # one round trip: the ping onto the engine queue, then the wait for its answer
-        pipe = sync_client().pipeline(transaction=False)
-        pipe.lpush(ping.queue, ping.render(str(uuid.uuid4()), sent + PING_WAIT_S, [sent, reply_key]))
-        pipe.blpop([reply_key], timeout=PING_WAIT_S)
-        _, answer = pipe.execute()
-        if answer is None:
-            raise Unreachable(f"engine worker did not answer a ping within {PING_WAIT_S * 1000:.0f} ms")
-        return {"state": text(answer[1])}
+        pool = sync_client().connection_pool
+        connection = pool.get_connection()
+        message = ping.render(str(uuid.uuid4()), sent + PING_WAIT_S, [sent, reply_key])
+        replies: list[Any] = []
+        give_up = time.monotonic() + PING_GIVE_UP_S
 
-    return Probe("cpp_core", check, timeout=PING_WAIT_S, group=REDIS_GROUP)
+        def drop() -> None:
+            connection.disconnect()  # a reply may still be owed on it: never reused
+            pool.release(connection)
+
+        def answer(timeout: float) -> dict[str, Any] | None:
+            try:
+                while len(replies) < 2:
+                    if not connection.can_read(timeout=timeout):
+                        if time.monotonic() > give_up:
+                            raise Unreachable(f"no answer from Redis within {PING_GIVE_UP_S:.0f} s")
+                        return None
+                    replies.append(connection.read_response())
+            except BaseException:
+                drop()
+                raise
+            pool.release(connection)
+            if replies[1] is None:
+                raise Unreachable(f"engine worker did not answer a ping within {PING_WAIT_S * 1000:.0f} ms")
+            return {"state": text(replies[1][1])}
+
+        try:
+            connection.send_packed_command(
+                connection.pack_commands([("LPUSH", ping.queue, message), ("BLPOP", reply_key, PING_WAIT_S)])
+            )
+        except BaseException:
+            drop()
+            raise
+        return answer
+
+    def check() -> dict[str, Any]:
+        found = start()(PING_WAIT_S + 1.0)
+        if found is None:
+            raise Unreachable(f"no answer from Redis within {PING_WAIT_S + 1.0:.2f} s")
+        return found
+
+    return Probe("cpp_core", check, timeout=PING_WAIT_S, start=start)
 
 
 @functools.cache
 def monitor() -> HealthMonitor:
     """This pulse worker's monitor (it keeps failure counts and reconnects across pulses)."""
-    # the Redis group runs in this order: its reads first, then the ping that waits on the engine
-    return HealthMonitor([*redis_probes(sync_client()), cpp_core_probe(), db_probe(), exchange_probe()])
+    # the pulse runs the Redis reads itself (it writes the pulse to Redis right after: a Redis
+    # that hangs holds the pulse up anyway) and the engine ping in two steps; with an unchanged
+    # SQLite file and the paper exchange, no thread takes part in a pulse
+    redis_reads = redis_probes(sync_client(), inline=True)
+    return HealthMonitor([cpp_core_probe(), *redis_reads, db_probe(), exchange_probe()])
 
 
 #: This process's pulse node name (once it consumes the pulse queue) and when it last reported

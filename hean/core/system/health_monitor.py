@@ -13,8 +13,9 @@ slower than 50 ms, or failing 3 times in a row, has its `reconnect()` called (wi
 
 Timing: every probe runs in its own thread (or a group of probes of one resource in one
 thread, one after another, each timed from the pulse's start and recorded as soon as it
-answers), except a probe that does no I/O at all (`inline`, the paper exchange's clock), which
-the pulse runs itself; each has at most one check in flight. A pulse waits at most
+answers), except a probe that the pulse runs itself: one that does no I/O it could wait on
+long (`inline`), and one that sends a request and then looks for the reply without blocking
+(`start`, the engine ping); each has at most one check in flight. A pulse waits at most
 `PULSE_BUDGET_S` (80 ms) for the answers; a check still running then is reported by how long
 it has been waiting (DEGRADED past 50 ms, UNHEALTHY past 200 ms, DISCONNECTED past the probe's
 own timeout) and is collected, with its real latency, by a later pulse. So a slow or hung
@@ -141,6 +142,13 @@ class Probe:
     #: A check that does no I/O and cannot block (the paper exchange's clock): the pulse runs it
     #: itself, without a thread hand-off.
     inline: bool = False
+    #: A check the pulse runs itself in two steps, for one that waits on another process's
+    #: reply (the engine's pong): `start()` sends the request and returns `answer(timeout)`,
+    #: which waits at most `timeout` seconds and returns the details once the reply is in
+    #: (raising as `check` would), else None. One is in flight at a time: a reply not in by the
+    #: end of a pulse's budget is looked for again by the next pulses (without waiting), and is
+    #: then timed when that pulse finds it (at least as late as it was).
+    start: Callable[[], Callable[[float], dict[str, Any] | None]] | None = None
     #: For a probe that runs alone: an answer the pulse can give itself, without I/O that could
     #: block (an SQLite file unchanged since it was last read), or None when `check` must run
     #: (in its thread, as usual). Raising counts as None.
@@ -154,6 +162,15 @@ class _Outcome:
     detail: dict[str, Any] | None
     error: Exception | None
     finished: float
+
+
+@dataclass
+class _Started:
+    """A two-step check in flight (`Probe.start`): how to look for its answer, and when the
+    pulse that started it began (perf_counter)."""
+
+    answer: Callable[[float], dict[str, Any] | None]
+    started: float
 
 
 @dataclass
@@ -209,9 +226,11 @@ class HealthMonitor:
         self._backoff_step: dict[str, int] = {}  # back to 0 once the module is HEALTHY
         # the probes run together (a group, or one probe alone), by their first probe's name
         self._runs: dict[str, list[Probe]] = {}
-        self._inline = [probe for probe in probes if probe.inline]
+        self._inline = [probe for probe in probes if probe.inline and probe.start is None]
+        self._two_step = [probe for probe in probes if probe.start is not None]
+        self._started: dict[str, _Started] = {}
         for probe in probes:
-            if not probe.inline:
+            if not probe.inline and probe.start is None:
                 self._runs.setdefault(f"group:{probe.group}" if probe.group else probe.name, []).append(probe)
         self._in_flight: dict[str, _Flight] = {}
         # one thread per run: each run has at most one check in flight, so none waits
@@ -231,6 +250,15 @@ class HealthMonitor:
             return None
         try:
             started = time.perf_counter()
+            deadline = started + self.budget
+            for probe in self._two_step:  # first: their replies come while the rest runs
+                if probe.name not in self._started:
+                    assert probe.start is not None
+                    try:
+                        self._started[probe.name] = _Started(probe.start(), started)
+                    except Exception as exc:  # not even sent: a failed check
+                        failed = _Outcome(None, exc, time.perf_counter())
+                        self._record(self.modules[probe.name], failed, started)
             for run, probes in self._runs.items():
                 if run not in self._in_flight:
                     if len(probes) == 1 and (answer := _quick(probes[0])) is not None:
@@ -241,9 +269,22 @@ class HealthMonitor:
                     self._in_flight[run] = _Flight(future, started, outcomes)
             for probe in self._inline:
                 self._record(self.modules[probe.name], _check(probe.check), started)
+            for name, pending in list(self._started.items()):
+                try:
+                    detail = pending.answer(max(0.0, deadline - time.perf_counter()))
+                except Exception as exc:
+                    outcome: _Outcome | None = _Outcome(None, exc, time.perf_counter())
+                else:
+                    outcome = None if detail is None else _Outcome(detail, None, time.perf_counter())
+                if outcome is not None:
+                    del self._started[name]
+                    self._record(self.modules[name], outcome, pending.started)
             flights = [flight.future for flight in self._in_flight.values()]
-            concurrent.futures.wait(flights, timeout=self.budget)
+            if flights:
+                concurrent.futures.wait(flights, timeout=max(0.0, deadline - time.perf_counter()))
             now = time.perf_counter()
+            for name, pending in self._started.items():
+                self._record_waiting(self.modules[name], self.probes[name], now - pending.started)
             for run, probes in self._runs.items():
                 flight = self._in_flight.get(run)
                 if flight is None:  # answered quickly, recorded above

@@ -21,9 +21,9 @@ WEB_HEARTBEAT_KEY = "hean:web:heartbeat"
 #: and removes it on a clean (warm) shutdown (workers/app.py). It never expires, so a worker
 #: that vanished (killed, host lost) stays listed, DISCONNECTED, until WORKER_RETENTION_S.
 WORKER_HEARTBEATS_KEY = "hean:workers"
-#: The probes that go through Redis run as one group: one thread, one after another (a thread
-#: each cost more CPU than their checks, ten times a second). The pulse worker adds its engine
-#: ping (workers/pulse.py) last.
+#: The probes that only read Redis run as one group: one thread, one after another (a thread
+#: each cost more CPU than their checks, ten times a second), or run by the pulse itself
+#: (`redis_probes(inline=True)`, as the pulse worker does).
 REDIS_GROUP = "redis"
 WEB_STALE_S = 0.3  # three heartbeat periods (a dead process on this host is seen at once)
 WORKER_STALE_S = 3.0
@@ -86,10 +86,14 @@ def _take(reads: RedisReads | None, key: str, read: Callable[[], Any]) -> Any:
     return read() if reads is None else reads.take(key, read)
 
 
-def redis_probes(client: redis.Redis) -> list[Probe]:
-    """The redis, frontend_socket and workers probes (RedisReads: one round trip for the three)."""
+def redis_probes(client: redis.Redis, inline: bool = False) -> list[Probe]:
+    """The redis, frontend_socket and workers probes (RedisReads: one round trip for the three),
+    in one thread of their own, or with `inline` in the pulse's own thread."""
     reads = RedisReads(client)
-    return [redis_probe(client, reads), web_probe(client, reads), workers_probe(client, reads=reads)]
+    probes = [redis_probe(client, reads), web_probe(client, reads), workers_probe(client, reads=reads)]
+    for probe in probes:
+        probe.inline = inline
+    return probes
 
 
 def redis_probe(client: redis.Redis, reads: RedisReads | None = None) -> Probe:
