@@ -383,52 +383,68 @@ async def run_script_async(
 
 
 class SendAhead:
-    """One command per period on a connection of its own, whose reply is read just before the
-    next send instead of waited for: by then it has long arrived, so the sender wakes up once a
-    period (for its timer) instead of twice (on a small VM each wake-up costs a few hundred
-    microseconds of CPU; beat's pulse and the web heartbeat send ten a second).
+    """Commands sent once a period on a connection of their own, whose replies are read just
+    before the next send instead of waited for: by then they have long arrived, so the sender
+    wakes up once a period (for its timer, or its next message) instead of twice (on a small VM
+    each wake-up costs a few hundred microseconds of CPU; beat's pulse, the web heartbeat and
+    the engine's answer to the pulse's ping go ten a second).
 
-    `send(*args)` reads the previous command's reply, then sends this one; it returns that reply
-    (None for the first) and raises what reading it raised, after sending this command when
-    the reply was an error (ResponseError) and without sending it when the connection failed
-    (it is dropped, and the next send connects again). `close()` reads any reply owed and gives
-    the connection back."""
+    `send(*args)` (one command) and `send_all(commands)` (several, in one write) first read
+    the previous call's replies, then send; they return those replies (one reply, or a list
+    after `send_all`; None when nothing was owed) and raise what reading them raised: an error
+    reply (ResponseError) after sending this call's commands, a failed connection without
+    sending them (it is dropped, and the next call connects again). `close()` reads any reply
+    owed and gives the connection back."""
 
     def __init__(self, client: redis.Redis) -> None:
         self._pool = client.connection_pool
         self._connection: Any = None
-        self._owed = False
+        self._owed = 0
+        self._owed_list = False
 
     def send(self, *args: Any) -> Any:
+        return self._send([args], as_list=False)
+
+    def send_all(self, commands: Sequence[Sequence[Any]]) -> Any:
+        return self._send(commands, as_list=True)
+
+    def _send(self, commands: Sequence[Sequence[Any]], as_list: bool) -> Any:
         if self._connection is None:
             self._connection = self._pool.get_connection()
         connection = self._connection
-        reply: Any = None
+        replies: list[Any] = []
         refused: ResponseError | None = None
+        owed, owed_list = self._owed, self._owed_list
         try:
-            if self._owed:
-                self._owed = False
+            self._owed = 0
+            for _ in range(owed):
                 try:
-                    reply = connection.read_response()
-                except ResponseError as exc:  # the connection is fine: this command still goes
-                    refused = exc
-            connection.send_command(*args)
-            self._owed = True
+                    replies.append(connection.read_response())
+                except ResponseError as exc:  # the connection is fine: this call still goes
+                    refused = refused or exc
+                    replies.append(exc)
+            connection.send_packed_command(connection.pack_commands(commands))
+            self._owed, self._owed_list = len(commands), as_list
         except BaseException:
             self._drop()
             raise
         if refused is not None:
             raise refused
-        return reply
+        if not owed:
+            return None
+        return replies if owed_list else replies[0]
 
     def close(self) -> None:
-        """Read the reply still owed (if any) and give the connection back."""
+        """Read the replies still owed (if any) and give the connection back."""
         if self._connection is None:
             return
         try:
-            if self._owed:
-                self._owed = False
-                self._connection.read_response()
+            for _ in range(self._owed):
+                try:
+                    self._connection.read_response()
+                except ResponseError as exc:
+                    log.warning("event=send_ahead_refused error=%s", exc)
+            self._owed = 0
         except (RedisError, OSError) as exc:
             log.warning("event=send_ahead_reply_lost error=%s", exc)
             self._drop()
@@ -437,7 +453,7 @@ class SendAhead:
         self._connection = None
 
     def _drop(self) -> None:
-        connection, self._connection, self._owed = self._connection, None, False
+        connection, self._connection, self._owed = self._connection, None, 0
         if connection is not None:
             connection.disconnect()
             self._pool.release(connection)

@@ -302,3 +302,19 @@ def test_send_ahead_drops_a_connection_the_server_closed_and_connects_again(
     assert sender.send("INCR", "ahead:n") == before + 1
     sender.close()
     assert int(client.get("ahead:n") or 0) == before + 2
+
+
+def test_send_ahead_sends_several_commands_in_one_write_and_returns_their_replies(
+    pool: redis.BlockingConnectionPool,
+) -> None:
+    client = redis.Redis(connection_pool=pool)
+    client.set("ahead:word", "text")
+    sender = SendAhead(client)
+    assert sender.send_all([("RPUSH", "ahead:many", "a"), ("EXPIRE", "ahead:many", 60)]) is None
+    assert sender.send_all([("RPUSH", "ahead:many", "b"), ("LPUSH", "ahead:word", "x")]) == [1, True]
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):  # the second batch's error...
+        sender.send("LLEN", "ahead:many")
+    assert sender.send_all([("LRANGE", "ahead:many", 0, -1)]) == 2  # ...raised after LLEN went
+    assert sender.send("PING") == [[b"a", b"b"]]
+    sender.close()
+    assert 0 < client.ttl("ahead:many") <= 60

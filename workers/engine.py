@@ -35,7 +35,7 @@ from hean.commands.params import (
 from hean.config import get_settings
 from hean.engine import BatchResult, EngineState, OrderResult, orders_from_params
 from hean.history import HistoryUnavailable
-from hean.redis_client import sync_client
+from hean.redis_client import SendAhead, sync_client
 from hean.topology import BATCH_TASKS, ENGINE_PING_TASK, ENGINE_QUEUE
 from workers.app import app, inline_strategy
 from workers.execution import execute_batch, until_committed
@@ -278,20 +278,32 @@ def _ping_inline(headers: dict[str, Any], args: list[Any], message: Any) -> None
     _ping(sent_at, reply_key, message)
 
 
+#: The answers to the pulse's pings go out without waiting for their replies (read at the next
+#: answer: hean.redis_client.SendAhead), made on first use.
+_pong_sender: list[SendAhead] = []
+
+
 def _ping(sent_at: float | None = None, reply_key: str | None = None, message: Any = None) -> dict[str, Any]:
     engine = SHARD.engine
     state = str(engine.state)
     answer = {"state": state, "command_count": engine.command_count, "sent_at": sent_at}
     if reply_key is not None and reply_key.startswith("hean:pong:"):
-        pipe = sync_client().pipeline(transaction=False)
+        pipe = sync_client().pipeline(transaction=False)  # only collects the commands
         pipe.lpush(reply_key, state)
         pipe.expire(reply_key, 5)
-        # the ping's own acknowledgement rides in the same round trip (workers/transport.py:
-        # QoS.ack_within), one wake-up and one fsync fewer, ten times a second
+        # the ping's own acknowledgement goes in the same write (workers/transport.py:
+        # QoS.ack_within): one fsync fewer, ten times a second
         ack_within = getattr(getattr(getattr(message, "channel", None), "qos", None), "ack_within", None)
         if ack_within is not None:
             ack_within(pipe, message.delivery_tag)
-        pipe.execute()
+        commands = [args for args, _options in pipe.command_stack]
+        pipe.reset()
+        if not _pong_sender:
+            _pong_sender.append(SendAhead(sync_client()))
+        try:
+            _pong_sender[0].send_all(commands)
+        except (RedisError, OSError) as exc:  # an answer failed: the pulse sees no pong for it
+            log.warning("event=ping_answer_failed error=%s", exc)
     return answer
 
 
