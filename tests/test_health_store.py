@@ -326,3 +326,38 @@ def test_the_database_ping_reads_the_schema_again_only_when_the_file_changed(
         assert len(opened) == 5
     finally:
         db.reset()
+
+
+def test_a_module_key_is_rewritten_when_its_status_changes_else_once_a_second(
+    manager: SyncRedisStateManager,
+) -> None:
+    """With `last`, the summary is written every pulse, a module's own key at once when its
+    status changes and otherwise once every MODULE_REFRESH_S."""
+    from hean.core.system.health_monitor import MODULE_REFRESH_S
+
+    mine = StoredPulse()
+    now = time.time()
+
+    def pulse(at: float, status: str = "HEALTHY") -> dict[str, Any]:
+        body = pulse_at(at)
+        body["modules"]["redis"]["status"] = status
+        body["modules"]["redis"]["latency_ms"] = round(at - now, 3)
+        return body
+
+    def module_version() -> int:
+        return manager.get_state_versioned("redis", namespace=HEALTH_NAMESPACE)[1]
+
+    assert store_pulse(manager, pulse(now), node="a", last=mine)
+    first = module_version()
+    assert store_pulse(manager, pulse(now + 0.1), node="a", last=mine)
+    assert module_version() == first  # same status, within the refresh: only the summary
+    assert stored_at(manager) == now + 0.1
+    assert store_pulse(manager, pulse(now + 0.2, "DEGRADED"), node="a", last=mine)
+    assert module_version() == first + 1  # a status change is written at once
+    assert manager.get_state("redis", HEALTH_NAMESPACE)["status"] == "DEGRADED"
+    time.sleep(MODULE_REFRESH_S + 0.05)
+    assert store_pulse(manager, pulse(now + 0.3, "DEGRADED"), node="a", last=mine)
+    assert module_version() == first + 2  # refreshed once the second has passed
+    assert manager.get_state("redis", HEALTH_NAMESPACE)["latency_ms"] == 0.3
+    assert store_pulse(manager, pulse(now + 0.4, "DEGRADED"), node="a")  # no memory: every key
+    assert module_version() == first + 3

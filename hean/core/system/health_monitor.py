@@ -14,8 +14,9 @@ slower than 50 ms, or failing 3 times in a row, has its `reconnect()` called (wi
 Timing: every probe runs in its own thread (or a group of probes of one resource in one
 thread, one after another, each timed from the pulse's start and recorded as soon as it
 answers), except a probe that the pulse runs itself: one that does no I/O it could wait on
-long (`inline`), and one that sends a request and then looks for the reply without blocking
-(`start`, the engine ping); each has at most one check in flight. A pulse waits at most
+long (`inline`: timed from its own start, or its group's), and one that sends a request and
+then looks for the reply without blocking (`start`, the engine ping: timed from the pulse's
+start to when the pulse reads the reply); each has at most one check in flight. A pulse waits at most
 `PULSE_BUDGET_S` (80 ms) for the answers; a check still running then is reported by how long
 it has been waiting (DEGRADED past 50 ms, UNHEALTHY past 200 ms, DISCONNECTED past the probe's
 own timeout) and is collected, with its real latency, by a later pulse. So a slow or hung
@@ -267,8 +268,13 @@ class HealthMonitor:
                     outcomes: list[_Outcome] = []
                     future = self._executor.submit(_run, [probe.check for probe in probes], outcomes)
                     self._in_flight[run] = _Flight(future, started, outcomes)
+            # each inline run timed from its own start (a group's from its first member's): one
+            # that waits does not make the next look slow
+            run_started, group = started, None
             for probe in self._inline:
-                self._record(self.modules[probe.name], _check(probe.check), started)
+                if probe.group is None or probe.group != group:
+                    run_started, group = time.perf_counter(), probe.group
+                self._record(self.modules[probe.name], _check(probe.check), run_started)
             for name, pending in list(self._started.items()):
                 try:
                     detail = pending.answer(max(0.0, deadline - time.perf_counter()))
@@ -484,10 +490,24 @@ def report_node(
 
 @dataclass
 class StoredPulse:
-    """The pulse this node stored last: its summary's version and its `at`."""
+    """The pulse this node stored last: its summary's version and its `at`; and per module, its
+    status as this node last wrote the module's key, and when (time.monotonic())."""
 
     version: int = 0
     at: float = 0.0
+    modules: dict[str, tuple[tuple[Any, ...], float]] = field(default_factory=dict)
+
+
+#: With `last`, a module's own key is rewritten at once when its status, error or pending flag
+#: changes, and otherwise once every MODULE_REFRESH_S (its latency and last check then at most
+#: that old): the summary, written every pulse, carries every module anyway, and it is what the
+#: REST views and the dashboard read. Six module keys ten times a second were most of an idle
+#: pulse's Redis work: the script, its record in the append-only file, six publishes.
+MODULE_REFRESH_S = 1.0
+
+
+def _module_status(module: dict[str, Any]) -> tuple[Any, ...]:
+    return module.get("status"), module.get("last_error"), module.get("pending")
 
 
 def store_pulse(
@@ -497,7 +517,8 @@ def store_pulse(
     retention_s: float = NODE_RETENTION_S,
     last: StoredPulse | None = None,
 ) -> bool:
-    """Store a pulse (the summary and one key per module) unless a newer one is stored already.
+    """Store a pulse (the summary and one key per module: with `last`, only the modules due,
+    see MODULE_REFRESH_S) unless a newer one is stored already.
 
     Pulse nodes share the summary, and a slow node can finish an older pulse after a faster
     node stored a newer one. So the write is a compare-and-set on the summary's version, made
@@ -517,7 +538,16 @@ def store_pulse(
 
     at = float(status["at"])
     horizon_s = STALE_PERIODS * float(status.get("period_s") or 0.1)
-    modules = [StateOp.set(name, module, HEALTH_NAMESPACE) for name, module in status["modules"].items()]
+    moment = time.monotonic()
+    written = {} if last is None else last.modules
+    due = {
+        name: module
+        for name, module in status["modules"].items()
+        if name not in written
+        or written[name][0] != _module_status(module)
+        or moment - written[name][1] >= MODULE_REFRESH_S
+    }
+    modules = [StateOp.set(name, module, HEALTH_NAMESPACE) for name, module in due.items()]
     for attempt in range(STORE_ATTEMPTS):
         if attempt == 0 and last is not None and last.version and at > last.at:
             version = last.version  # compare with what this node stored last, without a read
@@ -530,13 +560,15 @@ def store_pulse(
         now = time.time()
         report = [] if node is None else [_node_report(node, str(status["overall"]), now)]
         try:
-            written = manager.batch_update([summary, *modules, *report])
+            items = manager.batch_update([summary, *modules, *report])
         except VersionMismatchError:
             continue  # another node stored a pulse in between: compare with that one
         if last is not None:
-            last.version, last.at = written[0].version, at
+            last.version, last.at = items[0].version, at
+            for name, module in due.items():
+                last.modules[name] = (_module_status(module), moment)
         if node is not None:
-            _prune_nodes(manager, written[-1], now, retention_s)
+            _prune_nodes(manager, items[-1], now, retention_s)
         return True
     return False
 
