@@ -389,12 +389,17 @@ class SendAhead:
     each wake-up costs a few hundred microseconds of CPU; beat's pulse, the web heartbeat and
     the engine's answer to the pulse's ping go ten a second).
 
+    For commands that the next period's replace (a pulse, a heartbeat, a ping's answer): a
+    command written into a connection that had just died (a Redis restart) is lost, and only
+    the next call finds out.
+
     `send(*args)` (one command) and `send_all(commands)` (several, in one write) first read
     the previous call's replies, then send; they return those replies (one reply, or a list
-    after `send_all`; None when nothing was owed) and raise what reading them raised: an error
-    reply (ResponseError) after sending this call's commands, a failed connection without
-    sending them (it is dropped, and the next call connects again). `close()` reads any reply
-    owed and gives the connection back."""
+    after `send_all`; None when nothing was owed). An error reply (ResponseError) is raised
+    after this call's commands went. A failed connection is dropped and this call's commands
+    go once more on a new one (the replies owed on the old one are lost: None is returned);
+    what that second try raises is raised. `close()` reads any reply owed and gives the
+    connection back."""
 
     def __init__(self, client: redis.Redis) -> None:
         self._pool = client.connection_pool
@@ -409,6 +414,13 @@ class SendAhead:
         return self._send(commands, as_list=True)
 
     def _send(self, commands: Sequence[Sequence[Any]], as_list: bool) -> Any:
+        try:
+            return self._send_once(commands, as_list)
+        except (RedisConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+            log.warning("event=send_ahead_reconnect error=%s", exc)
+            return self._send_once(commands, as_list)  # on a new connection: nothing owed
+
+    def _send_once(self, commands: Sequence[Sequence[Any]], as_list: bool) -> Any:
         if self._connection is None:
             self._connection = self._pool.get_connection()
         connection = self._connection

@@ -278,30 +278,24 @@ def test_send_ahead_raises_a_refused_command_at_the_next_send_and_still_sends_it
     assert client.lrange("ahead:list", 0, -1) == [b"z", b"y"]
 
 
-def test_send_ahead_drops_a_connection_the_server_closed_and_connects_again(
+def test_send_ahead_drops_a_connection_the_server_closed_and_sends_again_on_a_new_one(
     pool: redis.BlockingConnectionPool,
 ) -> None:
+    """A connection the server closed is dropped and the call's commands go again on a new one;
+    only a command written into the dying connection before anyone could know is lost."""
     client = redis.Redis(connection_pool=pool)
     sender = SendAhead(client)
     sender.send("CLIENT", "ID")
     own_id = sender.send("INCR", "ahead:n")  # the CLIENT ID reply
     assert client.client_kill_filter(_id=own_id) == 1  # only this connection: others share the server
     time.sleep(0.1)
-    # the reply owed may still be read from the socket, and the next command written into it:
-    # the loss shows at the latest one send later
-    failed = 0
-    for _ in range(3):
-        try:
-            sender.send("INCR", "ahead:n")
-        except (redis.ConnectionError, OSError):
-            failed += 1
-            break
-    assert failed == 1
-    before = int(client.get("ahead:n") or 0)
-    assert sender.send("INCR", "ahead:n") is None  # a new connection, nothing owed
-    assert sender.send("INCR", "ahead:n") == before + 1
+    for _ in range(3):  # none raises: the loss is found at a read, and that call goes again
+        sender.send("INCR", "ahead:n")
     sender.close()
-    assert int(client.get("ahead:n") or 0) == before + 2
+    # the first INCR, then the three after the kill but at most one written into the dead socket
+    assert int(client.get("ahead:n") or 0) in (3, 4)
+    sender.close()
+    assert sender.send("GET", "ahead:n") is None  # fresh again after close
 
 
 def test_send_ahead_sends_several_commands_in_one_write_and_returns_their_replies(

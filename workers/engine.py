@@ -302,7 +302,7 @@ def _ping(sent_at: float | None = None, reply_key: str | None = None, message: A
             _pong_sender.append(SendAhead(sync_client()))
         try:
             _pong_sender[0].send_all(commands)
-        except (RedisError, OSError) as exc:  # an answer failed: the pulse sees no pong for it
+        except (RedisError, OSError) as exc:  # Redis away: the pulse sees no answer, as it should
             log.warning("event=ping_answer_failed error=%s", exc)
     return answer
 
