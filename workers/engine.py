@@ -35,6 +35,7 @@ from hean.commands.params import (
 from hean.config import get_settings
 from hean.engine import BatchResult, EngineState, OrderResult, orders_from_params
 from hean.history import HistoryUnavailable
+from hean.process_wide import ProcessWide
 from hean.redis_client import SendAhead, sync_client
 from hean.topology import BATCH_TASKS, ENGINE_PING_TASK, ENGINE_QUEUE
 from workers.app import app, inline_strategy
@@ -280,7 +281,7 @@ def _ping_inline(headers: dict[str, Any], args: list[Any], message: Any) -> None
 
 #: The answers to the pulse's pings go out without waiting for their replies (read at the next
 #: answer: hean.redis_client.SendAhead), made on first use.
-_pong_sender: list[SendAhead] = []
+_pong_sender: ProcessWide[SendAhead] = ProcessWide(lambda: SendAhead(sync_client()))
 
 
 def _ping(sent_at: float | None = None, reply_key: str | None = None, message: Any = None) -> dict[str, Any]:
@@ -298,10 +299,8 @@ def _ping(sent_at: float | None = None, reply_key: str | None = None, message: A
             ack_within(pipe, message.delivery_tag)
         commands = [args for args, _options in pipe.command_stack]
         pipe.reset()
-        if not _pong_sender:
-            _pong_sender.append(SendAhead(sync_client()))
         try:
-            _pong_sender[0].send_all(commands)
+            _pong_sender.get().send_all(commands)
         except (RedisError, OSError) as exc:  # Redis away: the pulse sees no answer, as it should
             log.warning("event=ping_answer_failed error=%s", exc)
     return answer
