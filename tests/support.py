@@ -68,7 +68,8 @@ def http_json(
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.load(response), response.headers
     except urllib.error.HTTPError as exc:
-        return exc.code, json.load(exc), exc.headers
+        with exc:
+            return exc.code, json.load(exc), exc.headers
     except OSError:
         return 0, {}, Message()
 
