@@ -295,7 +295,9 @@ class CommandJournal:
         args += [escape_envelope(env) for _, _, env in items]
         args += [frame.prefix, frame.suffix, frame.body_head, frame.body_tail]
         args += [len(earlier_acks), *(repr(ack["ack_time_ms"]) for ack in earlier_acks)]
-        reply = run_script(self._scripts, _RESERVE, keys, args, durable)
+        # tried again on a stale connection: a second run finds what a first one reserved, and
+        # those commands are settled as reserved and never acked (their ack is then the first)
+        reply = run_script(self._scripts, _RESERVE, keys, args, durable, retry_stale=True)
         return [self._reservation(rid, r) for (rid, _, _), r in zip(items, reply, strict=True)]
 
     def _reservation(self, request_id: str, reply: Any) -> Reservation:
@@ -322,7 +324,8 @@ class CommandJournal:
         if not acks:
             return
         keys = [HISTORY_STREAM_KEY, *(journal_key(ack["request_id"]) for ack in acks)]
-        run_script(self._scripts, _RECORD_ACKS, keys, [repr(a["ack_time_ms"]) for a in acks])
+        ack_times = [repr(a["ack_time_ms"]) for a in acks]
+        run_script(self._scripts, _RECORD_ACKS, keys, ack_times, retry_stale=True)  # may run twice
 
     def start_many(self, request_ids: Sequence[str]) -> list[dict[str, Any] | str | None]:
         """Mark commands started; for those that already ran, their stored result (or a marker,

@@ -328,32 +328,47 @@ def run_script(
     keys: Sequence[Any],
     args: Sequence[Any],
     durable: Durability = NOT_DURABLE,
+    retry_stale: bool = False,
 ) -> Any:
     """Run the Lua script `source` by its SHA (loading it first if the server lost it) on a
     pooled connection; with `durable`, WAITAOF follows it, and NotDurable is raised, after the
     script ran, if its writes did not get that far in time.
+
+    With `retry_stale`, a connection error on a connection made before this call (a Redis
+    restarted meanwhile closed it, sooner than `OwnConnection.CHECK_IDLE_S` looks) is tried once
+    more on a new connection. Only for scripts that may run twice: the script may have run
+    before the connection failed (the command journal's scripts keep to their request ids).
 
     For hot paths that run one script per call: redis-py's client layer (retries, argument
     checks, instrumentation) costs more CPU than the command. Errors are redis-py's own; a
     connection that failed mid-command is dropped, never reused.
     """
     sha = script_sha(source)
-    conn = pool.get_connection()
     script = ("EVALSHA", sha, len(keys), *keys, *args)
-    try:
+    retry = retry_stale
+    while True:
+        conn = pool.get_connection()
+        reused = getattr(conn, "_sock", None) is not None
         try:
-            return _script_exchange(conn, script, durable)
-        except NoScriptError:
-            conn.send_command("SCRIPT", "LOAD", source)
-            conn.read_response()
-            return _script_exchange(conn, script, durable)
-    except (ResponseError, NotDurable):
-        raise  # the server answered: the connection is in a clean state
-    except BaseException:
-        conn.disconnect()  # the pool reconnects it on next use
-        raise
-    finally:
-        pool.release(conn)
+            try:
+                return _script_exchange(conn, script, durable)
+            except NoScriptError:
+                conn.send_command("SCRIPT", "LOAD", source)
+                conn.read_response()
+                return _script_exchange(conn, script, durable)
+        except (ResponseError, NotDurable):
+            raise  # the server answered: the connection is in a clean state
+        except RedisConnectionError as exc:
+            conn.disconnect()  # the pool reconnects it on next use
+            if not (retry and reused):
+                raise
+            retry = False
+            log.warning("event=script_connection_stale action=retry error=%s", exc)
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            pool.release(conn)
 
 
 async def run_script_async(

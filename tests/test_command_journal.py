@@ -17,7 +17,7 @@ from hean.command_journal import CommandJournal, journal_key
 from hean.db import commands, open_database
 from hean.history import HistoryStore
 from hean.messages import ack_message, envelope_json
-from hean.redis_client import DurabilityRule
+from hean.redis_client import DurabilityRule, OwnConnection
 from hean.topology import BATCH_TASKS, ENGINE_QUEUE, HISTORY_STREAM_KEY
 from workers.app import app
 
@@ -77,6 +77,29 @@ def test_a_reserved_request_id_is_not_enqueued_again(redis_client: redis.Redis) 
     newest = redis_client.lindex(queue, 0)
     assert newest is not None
     assert [e["request_id"] for e in batch_envelopes(newest)] == [second]
+
+
+def test_a_reservation_right_after_a_redis_restart_is_not_refused(redis_client: redis.Redis) -> None:
+    """The web's journal owns its connection (OwnConnection); Redis closing it less than
+    CHECK_IDLE_S after its last use (a restart between two commands) used to refuse the next
+    commands `unavailable`. They are reserved and queued, once."""
+    journal = CommandJournal(redis_client).with_own_connection()
+    queue = f"journal-{uuid.uuid4().hex[:8]}"
+    frame = batch_frame(app, BATCH_TASKS[ENGINE_QUEUE], queue, "batch-1", "submit_order")
+    first, second = (f"j-{uuid.uuid4().hex}" for _ in range(2))
+    journal.reserve_and_enqueue([(first, "submit_order", envelope(first, {}))], queue, frame)
+    own = journal._scripts
+    assert isinstance(own, OwnConnection)
+    conn = own.get_connection()
+    conn.send_command("CLIENT", "ID")
+    client_id = conn.read_response()
+    own.release(conn)
+    assert redis_client.client_kill_filter(_id=client_id) == 1
+
+    again = journal.reserve_and_enqueue([(second, "submit_order", envelope(second, {}))], queue, frame)
+
+    assert [r.new for r in again] == [True]
+    assert redis_client.llen(queue) == 2 and journal.state(second) == "reserved"
 
 
 def test_the_window_gives_back_a_journaled_ack(redis_client: redis.Redis) -> None:
