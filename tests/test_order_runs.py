@@ -16,7 +16,7 @@ import redis
 from hean import _core, fastjson
 from hean.command_journal import CommandJournal
 from hean.engine import text_units, to_units
-from hean.messages import CommandResult, ErrorInfo, TaskEnvelope
+from hean.messages import CommandResult, ErrorInfo, QueuedEnvelope
 from support import Client, wait_for
 from workers.execution import result_message
 from workers.shard import LOG_KEY
@@ -56,7 +56,7 @@ def test_text_units_is_to_units() -> None:
     ],
 )
 def test_a_run_result_is_the_command_result_message(result: Any, error: dict[str, Any] | None) -> None:
-    envelope = TaskEnvelope(request_id="r-1", command="submit_order", params={}, received_at_ms=1.0)
+    envelope = QueuedEnvelope("r-1", "submit_order", {}, None, 1.0)
     expected = CommandResult(
         request_id="r-1",
         command="submit_order",

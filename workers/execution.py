@@ -15,7 +15,7 @@ from hean import metrics
 from hean.command_journal import CommandJournal, resolve_started
 from hean.commands import RunRefused, error_from, get_command
 from hean.history import HistoryStore
-from hean.messages import OPERATORS_ROOM, CommandResult, ErrorInfo, TaskEnvelope, read_envelope
+from hean.messages import OPERATORS_ROOM, CommandResult, ErrorInfo, QueuedEnvelope, read_envelope
 from hean.redis_client import TRANSIENT_ERRORS, commit_client, durability, sync_client, wait_durable
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def _report(exc: BaseException, origin: str) -> None:
         log.warning("event=command_failure_not_reported origin=%s", origin)
 
 
-def _run_one(envelope: TaskEnvelope, queue: str, started: float) -> dict[str, Any]:
+def _run_one(envelope: QueuedEnvelope, queue: str, started: float) -> dict[str, Any]:
     spec = get_command(envelope.command)
     result: Any = None
     error: ErrorInfo | None = None
@@ -76,14 +76,14 @@ def _run_one(envelope: TaskEnvelope, queue: str, started: float) -> dict[str, An
 
 
 def _run_of(
-    envelopes: list[TaskEnvelope], start: int, queue: str, outcome: dict[str, dict[str, Any] | None]
-) -> list[TaskEnvelope]:
+    envelopes: list[QueuedEnvelope], start: int, queue: str, outcome: dict[str, dict[str, Any] | None]
+) -> list[QueuedEnvelope]:
     """The envelopes from `start` on that one many-handler can run at once: the same command,
     each not run before and not repeated within the run (a repeat must see the first's result)."""
     spec = get_command(envelopes[start].command)
     if spec is None or spec.many is None or spec.queue != queue:
         return []
-    run: list[TaskEnvelope] = []
+    run: list[QueuedEnvelope] = []
     ids: set[str] = set()
     for envelope in envelopes[start:]:
         if (
@@ -98,7 +98,7 @@ def _run_of(
 
 
 def result_message(
-    envelope: TaskEnvelope, result: Any, error: dict[str, Any] | None, execution_time_ms: float
+    envelope: QueuedEnvelope, result: Any, error: dict[str, Any] | None, execution_time_ms: float
 ) -> dict[str, Any]:
     """What `CommandResult(...).model_dump(mode="json")` gives, built as a dict (a many-handler's
     results are JSON already; tests/test_order_runs.py holds the two equal)."""
@@ -114,7 +114,7 @@ def result_message(
     }
 
 
-def _run_many(run: list[TaskEnvelope], queue: str) -> list[dict[str, Any]]:
+def _run_many(run: list[QueuedEnvelope], queue: str) -> list[dict[str, Any]]:
     """Run `run` through its command's many-handler, or one by one if it refuses the run."""
     spec = get_command(run[0].command)
     assert spec is not None and spec.many is not None
