@@ -115,6 +115,16 @@ return out
 
 _RECORD_ACKS = _ACKS_LUA + "journal_acks(KEYS[1], 2, 1, #KEYS - 1)\n"
 
+# Record results: KEYS are the commands' journal keys, then the history stream; ARGV their
+# results, in the same order. Each goes into its key's `r`, and all of them, one per line,
+# into one history entry.
+_RECORD_RESULTS = """
+local n = #KEYS - 1
+for i = 1, n do redis.call('HSET', KEYS[i], 'r', ARGV[i]) end
+redis.call('XADD', KEYS[n + 1], '*', 'r', table.concat(ARGV, '\\n'))
+return n
+"""
+
 # Lua: mark the commands whose journal keys are `keys` (start_commands: KEYS[first..]) as
 # started at `now`; returns, per key, its stored result if it already ran, IN_DATABASE if that
 # result is in the database already, UNKNOWN if the window does not hold the key, else false
@@ -339,15 +349,15 @@ class CommandJournal:
     @staticmethod
     def record_results(pipe: Any, results: Sequence[dict[str, Any]]) -> None:
         """Queue the results on `pipe` (a pipeline the caller executes with other writes): in
-        the window, and as one entry of the history stream."""
+        the window, and as one entry of the history stream. One command for all of them (a
+        script called by its text, which Redis caches): each result crosses to Redis once, and
+        the client packs one command instead of one per result."""
         if not results:
             return
-        lines = []
-        for result in results:
-            encoded = fastjson.dumpb(result)  # bytes: what redis-py sends, with no str between
-            lines.append(encoded)
-            pipe.hset(journal_key(result["request_id"]), "r", encoded)
-        pipe.xadd(HISTORY_STREAM_KEY, {"r": b"\n".join(lines)})
+        keys = [journal_key(result["request_id"]) for result in results]
+        # bytes: what redis-py sends, with no str between
+        encoded = [fastjson.dumpb(result) for result in results]
+        pipe.execute_command("EVAL", _RECORD_RESULTS, len(keys) + 1, *keys, HISTORY_STREAM_KEY, *encoded)
 
     def compact(self, request_ids: Sequence[str], window_s: int) -> int:
         """The results of `request_ids` are in the database: keep only the compact record in

@@ -102,6 +102,31 @@ def test_a_reservation_right_after_a_redis_restart_is_not_refused(redis_client: 
     assert redis_client.llen(queue) == 2 and journal.state(second) == "reserved"
 
 
+def test_results_go_into_the_window_and_one_history_entry_with_the_batch(redis_client: redis.Redis) -> None:
+    """record_results queues one command for a batch's results: each in its key's `r`, all of
+    them in one history entry, in order, committed with the rest of the MULTI."""
+    journal = CommandJournal(redis_client)
+    queue = f"journal-{uuid.uuid4().hex[:8]}"
+    frame = batch_frame(app, BATCH_TASKS[ENGINE_QUEUE], queue, "batch-1", "submit_order")
+    ids = [f"j-{uuid.uuid4().hex}" for _ in range(3)]
+    journal.reserve_and_enqueue([(rid, "submit_order", envelope(rid, {})) for rid in ids], queue, frame)
+    results = [
+        {"request_id": rid, "command": "submit_order", "success": True, "result": {"n": note}, "error": None}
+        for rid, note in zip(ids, ["plain", "line\nbreak ✓", ""], strict=True)
+    ]
+    redis_client.delete(HISTORY_STREAM_KEY)
+    pipe = redis_client.pipeline(transaction=True)
+    pipe.set(f"{queue}:marker", 1)
+    CommandJournal.record_results(pipe, results)
+    pipe.execute()
+
+    assert [journal.state(rid) for rid in ids] == ["done", "done", "done"]
+    assert [journal.get(rid)["result"] for rid in ids] == results  # type: ignore[index]
+    ((_, fields),) = redis_client.xrange(HISTORY_STREAM_KEY)
+    assert [json.loads(line) for line in fields[b"r"].split(b"\n")] == results
+    CommandJournal.record_results(redis_client.pipeline(), [])  # nothing to record: no command
+
+
 def test_the_window_gives_back_a_journaled_ack(redis_client: redis.Redis) -> None:
     journal = CommandJournal(redis_client)
     frame = batch_frame(app, BATCH_TASKS[ENGINE_QUEUE], "journal-acks", "batch-1", "stop")
