@@ -127,6 +127,24 @@ def test_results_go_into_the_window_and_one_history_entry_with_the_batch(redis_c
     CommandJournal.record_results(redis_client.pipeline(), [])  # nothing to record: no command
 
 
+def test_compaction_keeps_the_command_and_ack_and_drops_the_result(redis_client: redis.Redis) -> None:
+    """What the history writer leaves in the window once a result is in the database: `d`, and
+    the command and ack if known, expiring after the window; a key already gone stays gone."""
+    journal = CommandJournal(redis_client)
+    full, bare, gone = (f"j-{uuid.uuid4().hex}" for _ in range(3))
+    window = {"c": "submit_orders", "a": "1.5", "s": "2.0", "r": "x" * 20_000}  # a big result
+    redis_client.hset(journal_key(full), mapping=window)
+    redis_client.hset(journal_key(bare), mapping={"s": "2.0", "r": "{}"})  # never reserved by the web
+
+    assert journal.compact([full, bare, gone], 600) == 2
+
+    assert redis_client.hgetall(journal_key(full)) == {b"d": b"1", b"c": b"submit_orders", b"a": b"1.5"}
+    assert redis_client.hgetall(journal_key(bare)) == {b"d": b"1"}
+    assert not redis_client.exists(journal_key(gone))
+    assert all(590 < redis_client.ttl(journal_key(rid)) <= 600 for rid in (full, bare))
+    assert journal.state(full) == "done" and journal.compact([full], 600) == 1  # again: the same record
+
+
 def test_the_window_gives_back_a_journaled_ack(redis_client: redis.Redis) -> None:
     journal = CommandJournal(redis_client)
     frame = batch_frame(app, BATCH_TASKS[ENGINE_QUEUE], "journal-acks", "batch-1", "stop")
