@@ -86,7 +86,8 @@ class Settings(BaseSettings):
         le=50,
         validation_alias=_env("HEAN_ENGINE_LINGER_MS"),
         description="Group commit: while commands arrive back to back, the engine worker waits this "
-        "long before taking the queue, so that they share one commit (0: never wait).",
+        "long before taking the queue, so that they share one commit (0: never wait). Batches a "
+        "commit takes along while more keep queuing do not wait.",
     )
     snapshot_interval_s: float = Field(
         default=5.0,
