@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -185,6 +186,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--batches", type=int, default=40, help="batches per round and size")
     args = parser.parse_args()
+    if args.rounds < 1 or args.batches < 1:
+        parser.error("--rounds and --batches take 1 or more")
     home = tempfile.mkdtemp(prefix="hean-bench-batch-")
     server = PrivateRedis(Path(home) / "redis")  # appendfsync always, as `hean up` runs it
     url = server.start()
@@ -217,6 +220,10 @@ def main() -> int:
         rows.append(row("1 x submit_orders (100)", 100, cpu))
     finally:
         server.stop()
+        if os.environ.get("HEAN_BENCH_KEEP"):
+            print(f"kept {home} (Redis data, database)", file=sys.stderr)
+        else:
+            shutil.rmtree(home, ignore_errors=True)
 
     from _harness import print_table
 
