@@ -206,6 +206,16 @@ def unauthenticated_client(port: int, password: str | None = None) -> redis.Redi
 SHARED_RISK_LIMITS = {"max_open_positions": 100_000, "max_open_orders": 100_000, "max_leverage": "1000"}
 
 
+def kill_own_connection(own: Any, client: redis.Redis) -> None:
+    """Close the connection `own` (a hean.redis_client.OwnConnection) lends, from the server's
+    side as a Redis restart does, by its id only: the session's other clients keep theirs."""
+    conn = own.get_connection()
+    conn.send_command("CLIENT", "ID")
+    client_id = conn.read_response()
+    own.release(conn)
+    assert client.client_kill_filter(_id=client_id) == 1
+
+
 def set_shared_risk_limits(system: dict[str, Any], **changes: Any) -> None:
     """risk_adjust the shared system's engine to SHARED_RISK_LIMITS (plus `changes`), and wait
     until it ran."""

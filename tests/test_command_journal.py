@@ -19,6 +19,7 @@ from hean.history import HistoryStore
 from hean.messages import ack_message, envelope_json
 from hean.redis_client import DurabilityRule, OwnConnection
 from hean.topology import BATCH_TASKS, ENGINE_QUEUE, HISTORY_STREAM_KEY
+from support import kill_own_connection
 from workers.app import app
 
 
@@ -88,13 +89,8 @@ def test_a_reservation_right_after_a_redis_restart_is_not_refused(redis_client: 
     frame = batch_frame(app, BATCH_TASKS[ENGINE_QUEUE], queue, "batch-1", "submit_order")
     first, second = (f"j-{uuid.uuid4().hex}" for _ in range(2))
     journal.reserve_and_enqueue([(first, "submit_order", envelope(first, {}))], queue, frame)
-    own = journal._scripts
-    assert isinstance(own, OwnConnection)
-    conn = own.get_connection()
-    conn.send_command("CLIENT", "ID")
-    client_id = conn.read_response()
-    own.release(conn)
-    assert redis_client.client_kill_filter(_id=client_id) == 1
+    assert isinstance(journal._scripts, OwnConnection)
+    kill_own_connection(journal._scripts, redis_client)
 
     again = journal.reserve_and_enqueue([(second, "submit_order", envelope(second, {}))], queue, frame)
 

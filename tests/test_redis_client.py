@@ -26,6 +26,7 @@ from hean.redis_client import (
     run_script_async,
 )
 from hean.redis_server import PrivateRedis
+from support import kill_own_connection
 
 SOURCE = (
     "if ARGV[1] == 'fail' then return redis.error_reply('ERR asked to fail') end "
@@ -192,16 +193,6 @@ def test_an_own_connection_is_lent_to_one_caller_at_a_time(
     assert run_script(own, SOURCE, ["n"], [4]) == 4
 
 
-def _kill_own(own: OwnConnection, redis_client: redis.Redis) -> None:
-    """Close `own`'s connection from the server's side (as a Redis restart does), by its id only:
-    the session's other clients keep theirs."""
-    conn = own.get_connection()
-    conn.send_command("CLIENT", "ID")
-    client_id = conn.read_response()
-    own.release(conn)
-    assert redis_client.client_kill_filter(_id=client_id) == 1
-
-
 def test_an_own_connection_closed_by_the_server_while_idle_is_made_afresh(
     pool: redis.BlockingConnectionPool, redis_client: redis.Redis
 ) -> None:
@@ -209,7 +200,7 @@ def test_an_own_connection_closed_by_the_server_while_idle_is_made_afresh(
     the first script after an idle spell must not fail on it (hean up's Redis-restart test)."""
     own = OwnConnection(pool)
     assert run_script(own, SOURCE, ["n"], [1]) == 1
-    _kill_own(own, redis_client)
+    kill_own_connection(own, redis_client)
     time.sleep(OwnConnection.CHECK_IDLE_S + 0.05)
     assert run_script(own, SOURCE, ["n"], [2]) == 3
 
@@ -222,11 +213,11 @@ def test_a_script_that_may_run_twice_is_tried_again_on_a_connection_closed_just_
     then it runs once more on a new connection. Other errors are not retried."""
     own = OwnConnection(pool)
     assert run_script(own, SOURCE, ["n"], [1]) == 1
-    _kill_own(own, redis_client)
+    kill_own_connection(own, redis_client)
     with pytest.raises(redis.ConnectionError):
         run_script(own, SOURCE, ["n"], [1])
     assert run_script(own, SOURCE, ["n"], [1]) == 2  # the failed connection was dropped, made anew
-    _kill_own(own, redis_client)
+    kill_own_connection(own, redis_client)
     assert run_script(own, SOURCE, ["n"], [10], retry_stale=True) == 12  # at once: no idle wait
     assert int(redis_client.get("n")) == 12  # the failed try never reached the server
     with pytest.raises(redis.ResponseError, match="asked to fail"):  # an answer: not tried again
