@@ -335,10 +335,13 @@ def run_stress(
 
         report.sent, report.send_s = _send(clients, tally, rate, duration, progress)
         deadline = time.monotonic() + ANSWER_TIMEOUT_S
+        waited = False
         while tally.answered < report.sent and time.monotonic() < deadline:
             time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
             progress(report.sent)
-        progress(report.sent)
+            waited = True
+        if not waited:  # the last second's line (a waiting loop printed its own)
+            progress(report.sent)
         report.cpu_percent = cpu.since(first=True)
         gc.collect()
         report.tracemalloc_growth = tracemalloc.get_traced_memory()[0] - traced_before
