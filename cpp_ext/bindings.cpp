@@ -677,6 +677,14 @@ PYBIND11_MODULE(_core, m) {
             return OrderColumns::copy_of(hean::read_orders_binary(view));
           },
           py::arg("data"), "The orders of to_bytes(); ValueError for anything else.");
+  m.def(
+      "snapshot_checksum",
+      [](const py::bytes& body, std::uint64_t version) {
+        const auto view = static_cast<std::string_view>(body);
+        return hean::snapshot_checksum(view, version);
+      },
+      py::arg("body"), py::arg("version"),
+      "The checksum a snapshot of format `version` ends with, over `body` (all before it).");
   m.def("read_order_params", &read_order_params, py::arg("orders"),
         "The columns of a list of submit_order params in the plain form the edge sends, or "
         "None when any order is not in that form (hean.engine.OrderBatch.append_params then "

@@ -6,6 +6,9 @@
 #include <cstring>
 #include <utility>
 
+#define XXH_INLINE_ALL
+#include <xxhash/xxhash.h>
+
 namespace hean {
 
 namespace {
@@ -329,7 +332,10 @@ void update_market_locked(Core& c, const MarketUpdate& u, std::vector<Fill>& fil
 // ---- snapshot encoding: little-endian fixed-width integers, length-prefixed strings ----
 
 constexpr char kMagic[8] = {'H', 'E', 'A', 'N', 'S', 'N', 'P', '1'};
-constexpr std::uint32_t kSnapshotVersion = 1;
+// Version 2 is version 1 with its checksum taken by XXH3 (64 bits) instead of FNV-1a: the
+// same bytes otherwise. FNV-1a goes a byte at a time, 8.6 of the 12.9 ms it took to write a
+// snapshot holding 100,000 client order ids (7.8 MB), on the engine worker's consumer thread.
+constexpr std::uint32_t kSnapshotVersion = 2;
 
 u64 fnv1a(const char* data, std::size_t n) noexcept {
   u64 h = 1469598103934665603ULL;
@@ -849,9 +855,14 @@ std::string Engine::snapshot() const {
     w.str(key);
     w.result(res);
   });
-  const u64 sum = fnv1a(w.out().data(), w.out().size());
-  w.u64v(sum);
+  w.u64v(snapshot_checksum(w.out(), kSnapshotVersion));
   return std::move(w.out());
+}
+
+std::uint64_t snapshot_checksum(std::string_view body, std::uint64_t version) {
+  if (version == 1) return fnv1a(body.data(), body.size());
+  require(version == kSnapshotVersion, "snapshot: unsupported version");
+  return XXH3_64bits(body.data(), body.size());
 }
 
 void Engine::restore(std::string_view data) {
@@ -859,10 +870,9 @@ void Engine::restore(std::string_view data) {
   require(std::memcmp(data.data(), kMagic, sizeof kMagic) == 0, "snapshot: not a HEAN snapshot");
   const std::string_view body = data.substr(0, data.size() - 8);
   Reader tail(data.substr(data.size() - 8));
-  require(fnv1a(body.data(), body.size()) == tail.u64v(), "snapshot: checksum mismatch");
-
   Reader r(body.substr(sizeof kMagic));
-  require(r.u64v() == kSnapshotVersion, "snapshot: unsupported version");
+  const u64 version = r.u64v();  // versions 1 and 2 differ only in the checksum
+  require(snapshot_checksum(body, version) == tail.u64v(), "snapshot: checksum mismatch");
   Core c;
   c.config.starting_equity = r.i64v();
   c.config.idempotency_capacity = r.i64v();

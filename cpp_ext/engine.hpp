@@ -313,6 +313,10 @@ class Engine {
   detail::Core core_;
 };
 
+// The checksum that ends a snapshot of format `version` (1: FNV-1a, 2: XXH3), taken over
+// everything before it; InvalidInput for a version this build cannot read.
+std::uint64_t snapshot_checksum(std::string_view body, std::uint64_t version);
+
 // Validation helpers shared with the bindings (throw InvalidInput naming the field).
 void validate_order(const OrderRequest& req);
 void validate_market(const MarketUpdate& update);

@@ -150,6 +150,32 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_downgrade_snapshot(_: argparse.Namespace) -> int:
+    import redis as redis_py
+
+    from workers.shard import SNAPSHOT_KEY, downgrade_snapshot
+
+    settings = _settings()
+    client = redis_py.Redis.from_url(settings.effective_redis_url(), socket_timeout=10)
+    try:
+        done = downgrade_snapshot(client)
+    except (ValueError, redis_py.RedisError) as exc:
+        print(f"hean: the engine snapshot was not rewritten: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        client.close()
+    if done is None:
+        print(f"no engine snapshot stored ({SNAPSHOT_KEY}): nothing to rewrite")
+    else:
+        log_id, size = done
+        print(
+            f"engine snapshot (log id {log_id}) rewritten as format 1, {size:,} bytes uncompressed: "
+            "versions before snapshot format 2 read it. Stop the system before any command runs "
+            "(an engine worker's next snapshot is format 2 again)."
+        )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hean", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -169,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     rec.add_argument("--to", dest="until", help="received before (epoch s or ISO 8601)")
     rec.add_argument("--settle", type=float, default=0.0, help="seconds to wait for in-flight commands")
     rec.add_argument("--json", action="store_true", help="print JSON instead of text")
+    sub.add_parser(
+        "downgrade-snapshot",
+        help="rewrite the stored engine snapshot for versions before snapshot format 2 (to roll back)",
+    )
     args = parser.parse_args(argv)
     handler = {
         "up": cmd_up,
@@ -176,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         "processes": cmd_processes,
         "analyses": cmd_analyses,
         "reconcile": cmd_reconcile,
+        "downgrade-snapshot": cmd_downgrade_snapshot,
     }[args.command]
     return handler(args)
 

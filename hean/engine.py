@@ -1062,6 +1062,15 @@ class TradingEngine:
         self._core.restore(bytes(data))
 
 
+def snapshot_as_format_1(data: bytes) -> bytes:
+    """`data` (an intact snapshot of any format this version reads) as format 1: the same bytes
+    with FNV-1a's checksum, which versions before format 2 (XXH3) read. ValueError if it is
+    not an intact snapshot."""
+    TradingEngine().restore(data)  # checks it whole
+    body = bytes(data[:8]) + (1).to_bytes(8, "little") + bytes(data[16:-8])
+    return body + _core.snapshot_checksum(body, 1).to_bytes(8, "little")
+
+
 class PriceGraph:
     """Per-symbol price series, time-aligned return correlation, lead-lag and leaders."""
 

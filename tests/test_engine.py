@@ -324,6 +324,42 @@ def test_snapshot_round_trips_exactly_and_rejects_corruption() -> None:
     assert clone.snapshot() == engine.snapshot()  # failed restores change nothing
 
 
+def _fnv1a(data: bytes) -> int:
+    """Format 1's checksum, written out here so the test does not trust the core's own."""
+    h = 1469598103934665603
+    for byte in data:
+        h = ((h ^ byte) * 1099511628211) % 2**64
+    return h
+
+
+def test_a_format_1_snapshot_still_restores() -> None:
+    """Snapshots stored by versions before format 2 (FNV-1a checksum; the same bytes
+    otherwise) restore, and are written back as format 2."""
+    engine = running()
+    for i in range(40):
+        engine.submit_order(f"m{i}", "BTC", "BUY" if i % 2 else "SELL", "0.3")
+    engine.submit_order("rest", "BTC", "BUY", "0.1", "LIMIT", 90)
+    data = engine.snapshot()
+    assert int.from_bytes(data[8:16], "little") == 2
+    assert _core.snapshot_checksum(data[:-8], 2) == int.from_bytes(data[-8:], "little")
+    body = data[:8] + (1).to_bytes(8, "little") + data[16:-8]
+    assert _core.snapshot_checksum(body, 1) == _fnv1a(body)
+    old = body + _fnv1a(body).to_bytes(8, "little")
+    clone = TradingEngine.from_snapshot(old)
+    assert clone.snapshot() == data
+    assert clone.open_orders() == engine.open_orders()
+    assert clone.submit_order("m3", "BTC", "BUY", 1).duplicate is True
+    before = clone.snapshot()
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        clone.restore(body + (_fnv1a(body) ^ 1).to_bytes(8, "little"))
+    with pytest.raises(ValueError, match="checksum mismatch"):  # format 1 bytes, format 2's sum
+        clone.restore(body + _core.snapshot_checksum(body, 2).to_bytes(8, "little"))
+    future = data[:8] + (3).to_bytes(8, "little") + data[16:]
+    with pytest.raises(ValueError, match="unsupported version"):
+        clone.restore(future)
+    assert clone.snapshot() == before  # failed restores change nothing
+
+
 def test_results_are_json_friendly() -> None:
     engine = running()
     payloads = [

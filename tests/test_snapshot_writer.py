@@ -1,6 +1,7 @@
 """workers.shard.SnapshotWriter: snapshots land in log order, from either thread, each with
 the trim of the log entries it holds, compressed; restore_engine reads them, and the
-uncompressed ones written before (real Redis)."""
+uncompressed ones written before (real Redis); `hean downgrade-snapshot` rewrites one for
+versions before snapshot format 2."""
 
 from __future__ import annotations
 
@@ -10,8 +11,16 @@ import zlib
 import pytest
 import redis
 
+from hean import _core, cli
 from hean.engine import TradingEngine
-from workers.shard import LOG_KEY, SNAPSHOT_KEY, Snapshot, SnapshotWriter, restore_engine
+from workers.shard import (
+    LOG_KEY,
+    SNAPSHOT_KEY,
+    Snapshot,
+    SnapshotWriter,
+    downgrade_snapshot,
+    restore_engine,
+)
 
 
 def _log(client: redis.Redis, ids: list[str]) -> None:
@@ -105,3 +114,46 @@ def test_a_snapshot_that_cannot_be_read_is_reported_corrupt(
     redis_client.hset(SNAPSHOT_KEY, mapping={"data": data, "encoding": encoding, "log_id": "1-0"})
     with pytest.raises(ValueError, match=error):
         restore_engine(TradingEngine(), redis_client)
+
+
+def test_downgrade_rewrites_the_snapshot_as_format_1_uncompressed(
+    redis_client: redis.Redis,
+    own_db_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`hean downgrade-snapshot`: what versions before snapshot format 2 read (format 1, no
+    `encoding`), the same state, the same log id; this version reads it too."""
+    monkeypatch.setenv("REDIS_URL", own_db_url)
+    assert cli.main(["downgrade-snapshot"]) == 0
+    assert "no engine snapshot stored" in capsys.readouterr().out
+    engine = _engine_with_orders()
+    SnapshotWriter(lambda: redis_client).write(Snapshot(engine.snapshot(), "7-0", paused=True))
+    assert cli.main(["downgrade-snapshot"]) == 0
+    assert "rewritten as format 1" in capsys.readouterr().out
+    stored: dict[bytes, bytes] = redis_client.hgetall(SNAPSHOT_KEY)  # type: ignore[assignment]
+    assert set(stored) == {b"data", b"log_id", b"paused"}
+    data = stored[b"data"]
+    assert int.from_bytes(data[8:16], "little") == 1
+    assert int.from_bytes(data[-8:], "little") == _core.snapshot_checksum(data[:-8], 1)
+    assert data[16:-8] == engine.snapshot()[16:-8]
+    restored = TradingEngine()
+    assert restore_engine(restored, redis_client) == ("7-0", True, 0)
+    assert restored.snapshot() == engine.snapshot()
+    assert downgrade_snapshot(redis_client) == ("7-0", len(data))  # again: the same bytes
+    assert redis_client.hget(SNAPSHOT_KEY, "data") == data
+
+
+def test_downgrade_leaves_a_snapshot_it_cannot_read_as_it_is(
+    redis_client: redis.Redis,
+    own_db_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("REDIS_URL", own_db_url)
+    data = _engine_with_orders().snapshot()
+    broken = data[:100] + bytes([data[100] ^ 0xFF]) + data[101:]
+    redis_client.hset(SNAPSHOT_KEY, mapping={"data": broken, "log_id": "3-0"})
+    assert cli.main(["downgrade-snapshot"]) == 2
+    assert "checksum mismatch" in capsys.readouterr().err
+    assert redis_client.hgetall(SNAPSHOT_KEY) == {b"data": broken, b"log_id": b"3-0"}

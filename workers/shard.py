@@ -35,7 +35,7 @@ from hean.celery_wire import IDS_LUA_PATTERN, batch_envelopes, task_marker
 from hean.command_journal import KEY_PREFIX, START_LUA, decode_started, journal_key
 from hean.commands import CONTROL_COMMANDS
 from hean.core.system.redis_state import StateError, StateOp, get_sync_state_manager
-from hean.engine import BatchResult, OrderBatch, TradingEngine
+from hean.engine import BatchResult, OrderBatch, TradingEngine, snapshot_as_format_1
 from hean.group_commit import GroupCommit
 from hean.redis_client import next_stream_id, run_script, sync_client, text
 from hean.topology import (
@@ -563,6 +563,25 @@ class EngineShard:
 def _started(ids: list[str] | list[bytes], reply: list[Any]) -> dict[str, dict[str, Any] | str | None]:
     """Per request id, what the take's start said of it (hean.command_journal.decode_started)."""
     return dict(zip((text(rid) for rid in ids), decode_started(reply), strict=True))
+
+
+def downgrade_snapshot(client: Any) -> tuple[str, int] | None:
+    """Rewrite the stored engine snapshot as versions before snapshot format 2 read it: format 1
+    (hean.engine.snapshot_as_format_1), uncompressed, without `encoding`. Its log id stays. An
+    engine worker that takes a snapshot afterwards writes format 2 again: run this with no
+    commands flowing, just before stopping the system to roll back. Returns (log id, bytes), or
+    None when no snapshot is stored; ValueError if the stored one cannot be read (unchanged)."""
+    with client.pipeline(transaction=True) as pipe:
+        pipe.watch(SNAPSHOT_KEY)  # a snapshot written meanwhile fails the rewrite (WatchError)
+        stored = cast(dict[bytes, bytes], pipe.hgetall(SNAPSHOT_KEY))
+        if not stored.get(b"data"):
+            return None
+        old = snapshot_as_format_1(_snapshot_data(stored))
+        pipe.multi()
+        pipe.hset(SNAPSHOT_KEY, b"data", old)
+        pipe.hdel(SNAPSHOT_KEY, b"encoding")
+        pipe.execute()
+    return _id_text(stored[b"log_id"]), len(old)
 
 
 def restore_engine(engine: TradingEngine, client: Any) -> tuple[str, bool | None, int]:
