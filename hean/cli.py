@@ -153,7 +153,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 def cmd_downgrade_snapshot(_: argparse.Namespace) -> int:
     import redis as redis_py
 
-    from workers.shard import SNAPSHOT_KEY, downgrade_snapshot
+    from hean.snapshot_store import downgrade_snapshot
+    from hean.topology import ENGINE_SNAPSHOT_KEY
 
     settings = _settings()
     client = redis_py.Redis.from_url(settings.effective_redis_url(), socket_timeout=10)
@@ -165,7 +166,7 @@ def cmd_downgrade_snapshot(_: argparse.Namespace) -> int:
     finally:
         client.close()
     if done is None:
-        print(f"no engine snapshot stored ({SNAPSHOT_KEY}): nothing to rewrite")
+        print(f"no engine snapshot stored ({ENGINE_SNAPSHOT_KEY}): nothing to rewrite")
     else:
         log_id, size = done
         print(

@@ -51,6 +51,8 @@ OPEN_ORDERS_SHOWN: Final = 200
 ENGINE_LOG_KEY: Final = "hean:engine:log"
 #: Messages the shard took off its queue whose batch has not committed yet (a list).
 ENGINE_INFLIGHT_KEY: Final = "hean:engine:inflight"
+#: The engine's latest snapshot (a hash: data, encoding, log_id, paused; hean/snapshot_store.py).
+ENGINE_SNAPSHOT_KEY: Final = "hean:engine:snapshot"
 
 # -- the history (hean/command_journal.py, hean/history.py) -----------------------------------
 #: Every command, ack and result on its way to the database (a stream the history writer trims).

@@ -13,14 +13,8 @@ import redis
 
 from hean import _core, cli
 from hean.engine import TradingEngine
-from workers.shard import (
-    LOG_KEY,
-    SNAPSHOT_KEY,
-    Snapshot,
-    SnapshotWriter,
-    downgrade_snapshot,
-    restore_engine,
-)
+from hean.snapshot_store import downgrade_snapshot
+from workers.shard import LOG_KEY, SNAPSHOT_KEY, Snapshot, SnapshotWriter, restore_engine
 
 
 def _log(client: redis.Redis, ids: list[str]) -> None:

@@ -35,15 +35,17 @@ from hean.celery_wire import IDS_LUA_PATTERN, batch_envelopes, task_marker
 from hean.command_journal import KEY_PREFIX, START_LUA, decode_started, journal_key
 from hean.commands import CONTROL_COMMANDS
 from hean.core.system.redis_state import StateError, StateOp, get_sync_state_manager
-from hean.engine import BatchResult, OrderBatch, TradingEngine, snapshot_as_format_1
+from hean.engine import BatchResult, OrderBatch, TradingEngine
 from hean.group_commit import GroupCommit
 from hean.redis_client import next_stream_id, run_script, sync_client, text
+from hean.snapshot_store import stored_snapshot_data
 from hean.topology import (
     BATCH_TASKS,
     ENGINE_INFLIGHT_KEY,
     ENGINE_KEY,
     ENGINE_LOG_KEY,
     ENGINE_QUEUE,
+    ENGINE_SNAPSHOT_KEY,
     OPEN_ORDERS_KEY,
     OPEN_ORDERS_SHOWN,
     POSITIONS_KEY,
@@ -55,7 +57,7 @@ from workers.execution import BatchHooks
 log = logging.getLogger(__name__)
 
 #: The engine snapshot (hash: data, log_id, paused) and the log of commands applied after it.
-SNAPSHOT_KEY = "hean:engine:snapshot"
+SNAPSHOT_KEY = ENGINE_SNAPSHOT_KEY
 LOG_KEY = ENGINE_LOG_KEY
 SNAPSHOT_EVERY = 5_000
 SNAPSHOT_INTERVAL_S = 5.0
@@ -234,19 +236,6 @@ class SnapshotWriter:
                 self.write(snapshot)
             except Exception as exc:  # Redis away: the log keeps every entry; the next one is due soon
                 log.error("event=snapshot_failed log_id=%s error=%s", snapshot.log_id, exc)
-
-
-def _snapshot_data(stored: dict[bytes, bytes]) -> bytes:
-    """The engine snapshot in a stored hash: compressed, or as written before compression."""
-    encoding = stored.get(b"encoding")
-    if encoding is None:
-        return stored[b"data"]
-    if encoding != b"zlib":
-        raise ValueError(f"snapshot: unknown encoding {encoding!r}")
-    try:
-        return zlib.decompress(stored[b"data"])
-    except zlib.error as exc:
-        raise ValueError(f"snapshot: not zlib data ({exc})") from exc
 
 
 def _log_position(entry_id: str) -> tuple[int, int]:
@@ -565,25 +554,6 @@ def _started(ids: list[str] | list[bytes], reply: list[Any]) -> dict[str, dict[s
     return dict(zip((text(rid) for rid in ids), decode_started(reply), strict=True))
 
 
-def downgrade_snapshot(client: Any) -> tuple[str, int] | None:
-    """Rewrite the stored engine snapshot as versions before snapshot format 2 read it: format 1
-    (hean.engine.snapshot_as_format_1), uncompressed, without `encoding`. Its log id stays. An
-    engine worker that takes a snapshot afterwards writes format 2 again: run this with no
-    commands flowing, just before stopping the system to roll back. Returns (log id, bytes), or
-    None when no snapshot is stored; ValueError if the stored one cannot be read (unchanged)."""
-    with client.pipeline(transaction=True) as pipe:
-        pipe.watch(SNAPSHOT_KEY)  # a snapshot written meanwhile fails the rewrite (WatchError)
-        stored = cast(dict[bytes, bytes], pipe.hgetall(SNAPSHOT_KEY))
-        if not stored.get(b"data"):
-            return None
-        old = snapshot_as_format_1(_snapshot_data(stored))
-        pipe.multi()
-        pipe.hset(SNAPSHOT_KEY, b"data", old)
-        pipe.hdel(SNAPSHOT_KEY, b"encoding")
-        pipe.execute()
-    return _id_text(stored[b"log_id"]), len(old)
-
-
 def restore_engine(engine: TradingEngine, client: Any) -> tuple[str, bool | None, int]:
     """Rebuild `engine` from what committed on `client`'s Redis: the snapshot, then the log
     after it (reads only). Returns the last log id applied, the shard's paused flag (None if
@@ -593,7 +563,7 @@ def restore_engine(engine: TradingEngine, client: Any) -> tuple[str, bool | None
     stored = cast(dict[bytes, bytes], client.hgetall(SNAPSHOT_KEY))
     last_id, paused = "0-0", None
     if stored.get(b"data"):
-        engine.restore(_snapshot_data(stored))
+        engine.restore(stored_snapshot_data(stored))
         last_id = _id_text(stored[b"log_id"])
         paused = stored.get(b"paused") == b"1"
     entries = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(LOG_KEY, min=f"({last_id}", max="+"))
