@@ -5,6 +5,7 @@ versions before snapshot format 2."""
 
 from __future__ import annotations
 
+import json
 import time
 import zlib
 
@@ -12,9 +13,18 @@ import pytest
 import redis
 
 from hean import _core, cli
-from hean.engine import TradingEngine
+from hean.engine import EngineState, TradingEngine
 from hean.snapshot_store import downgrade_snapshot
-from workers.shard import LOG_KEY, SNAPSHOT_KEY, Snapshot, SnapshotWriter, restore_engine
+from workers.shard import (
+    CORRUPT_SNAPSHOT_KEY,
+    LOG_KEY,
+    SNAPSHOT_KEY,
+    SNAPSHOT_LOST_REASON,
+    EngineShard,
+    Snapshot,
+    SnapshotWriter,
+    restore_engine,
+)
 
 
 def _log(client: redis.Redis, ids: list[str]) -> None:
@@ -151,3 +161,39 @@ def test_downgrade_leaves_a_snapshot_it_cannot_read_as_it_is(
     assert cli.main(["downgrade-snapshot"]) == 2
     assert "checksum mismatch" in capsys.readouterr().err
     assert redis_client.hgetall(SNAPSHOT_KEY) == {b"data": broken, b"log_id": b"3-0"}
+
+
+def test_an_unreadable_snapshot_is_set_aside_and_the_engine_rebuilt_halted(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the snapshot held is gone, so the engine worker does not trade as if nothing
+    happened: it keeps the snapshot for inspection, rebuilds from the log after it, and starts
+    halted with the reason; every restart rebuilds the same until an operator resets it."""
+    import workers.shard as shard_module
+
+    monkeypatch.setattr(shard_module, "sync_client", lambda: redis_client)
+    data = _engine_with_orders().snapshot()
+    broken = data[:100] + bytes([data[100] ^ 0xFF]) + data[101:]
+    redis_client.hset(SNAPSHOT_KEY, mapping={"data": broken, "log_id": "3-0"})
+    logged = [
+        ("start", {}),
+        ("update_market", {"symbol": "ETHUSDT", "bid": "10", "ask": "11", "last": "10.5"}),
+        ("submit_order", {"client_order_id": "after", "symbol": "ETHUSDT", "side": "BUY", "quantity": "2"}),
+    ]
+    for i, (cmd, params) in enumerate(logged):
+        redis_client.xadd(LOG_KEY, {"cmd": cmd, "params": json.dumps(params), "now_ns": "1"}, id=f"4-{i}")
+
+    engine = EngineShard().engine
+    assert redis_client.hgetall(CORRUPT_SNAPSHOT_KEY) == {b"data": broken, b"log_id": b"3-0"}
+    assert not redis_client.exists(SNAPSHOT_KEY)
+    assert engine.state == EngineState.HALTED
+    assert engine.status().halt_reason == SNAPSHOT_LOST_REASON
+    # the log after the snapshot was replayed; what the snapshot held is not there
+    assert [(p.symbol, float(p.quantity)) for p in engine.positions()] == [("ETHUSDT", 2.0)]
+    assert EngineShard().engine.snapshot() == engine.snapshot()  # a restart: the same engine
+    assert engine.start() is False  # halted: a plain start does not trade on it
+
+    # the operator resets the kill switch; that control command writes a snapshot
+    assert engine.reset_kill_switch()
+    SnapshotWriter(lambda: redis_client).write(Snapshot(engine.snapshot(), "5-0", paused=False))
+    assert EngineShard().engine.state == EngineState.STOPPED

@@ -35,7 +35,7 @@ from hean.celery_wire import IDS_LUA_PATTERN, batch_envelopes, task_marker
 from hean.command_journal import KEY_PREFIX, START_LUA, decode_started, journal_key
 from hean.commands import CONTROL_COMMANDS
 from hean.core.system.redis_state import StateError, StateOp, get_sync_state_manager
-from hean.engine import BatchResult, OrderBatch, TradingEngine
+from hean.engine import BatchResult, EngineState, OrderBatch, TradingEngine
 from hean.group_commit import GroupCommit
 from hean.redis_client import next_stream_id, run_script, sync_client, text
 from hean.snapshot_store import stored_snapshot_data
@@ -58,6 +58,11 @@ log = logging.getLogger(__name__)
 
 #: The engine snapshot (hash: data, log_id, paused) and the log of commands applied after it.
 SNAPSHOT_KEY = ENGINE_SNAPSHOT_KEY
+#: Where an engine worker sets aside a snapshot it cannot read, for inspection.
+CORRUPT_SNAPSHOT_KEY = SNAPSHOT_KEY + ":corrupt"
+#: The kill switch's reason while the engine runs without the snapshot it could not read (the
+#: core keeps 64 characters of a reason).
+SNAPSHOT_LOST_REASON = "snapshot unreadable, set aside: rebuilt from the log after it"
 LOG_KEY = ENGINE_LOG_KEY
 SNAPSHOT_EVERY = 5_000
 SNAPSHOT_INTERVAL_S = 5.0
@@ -396,10 +401,10 @@ class EngineShard:
         client = sync_client()
         try:
             self.log.last_id, paused, replayed = restore_engine(engine, client)
-        except ValueError as exc:  # a corrupt snapshot: keep it for inspection, start fresh
-            client.rename(SNAPSHOT_KEY, SNAPSHOT_KEY + ":corrupt")
-            log.error("event=snapshot_corrupt error=%s action=start_fresh kept=%s:corrupt", exc, SNAPSHOT_KEY)
-            return
+        except ValueError as exc:  # kept for inspection; rebuilt as every later restart rebuilds it
+            client.rename(SNAPSHOT_KEY, CORRUPT_SNAPSHOT_KEY)
+            log.error("event=snapshot_corrupt error=%s action=halted kept=%s", exc, CORRUPT_SNAPSHOT_KEY)
+            self.log.last_id, paused, replayed = restore_engine(engine, client)
         if paused is not None:
             self.paused = paused
         log.info(
@@ -558,7 +563,9 @@ def restore_engine(engine: TradingEngine, client: Any) -> tuple[str, bool | None
     """Rebuild `engine` from what committed on `client`'s Redis: the snapshot, then the log
     after it (reads only). Returns the last log id applied, the shard's paused flag (None if
     nothing said) and how many entries were replayed; ValueError if the snapshot is corrupt.
-    A restarted engine worker starts from exactly this (so can a reconciliation)."""
+    With no snapshot because the last one was set aside unread (CORRUPT_SNAPSHOT_KEY), the
+    engine ends halted (SNAPSHOT_LOST_REASON). A restarted engine worker starts from exactly
+    this (so can a reconciliation)."""
     # HEAN's clients do not decode replies: bytes in, bytes out
     stored = cast(dict[bytes, bytes], client.hgetall(SNAPSHOT_KEY))
     last_id, paused = "0-0", None
@@ -566,6 +573,10 @@ def restore_engine(engine: TradingEngine, client: Any) -> tuple[str, bool | None
         engine.restore(stored_snapshot_data(stored))
         last_id = _id_text(stored[b"log_id"])
         paused = stored.get(b"paused") == b"1"
+    # No snapshot, and the last one could not be read: what it held (positions, resting orders,
+    # the client order ids seen) is missing, so the engine starts halted until an operator resets
+    # it (that control command writes a snapshot: later restarts restore it as usual)
+    lost = not stored.get(b"data") and bool(client.exists(CORRUPT_SNAPSHOT_KEY))
     entries = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(LOG_KEY, min=f"({last_id}", max="+"))
     for entry_id, fields in entries:
         try:
@@ -575,6 +586,8 @@ def restore_engine(engine: TradingEngine, client: Any) -> tuple[str, bool | None
         else:
             paused = changed if changed is not None else paused
         last_id = _id_text(entry_id)
+    if lost and engine.state != EngineState.HALTED:
+        engine.kill_switch(SNAPSHOT_LOST_REASON)
     return last_id, paused, len(entries)
 
 
