@@ -264,6 +264,16 @@ def min_cpu_ms(run: Callable[[], object], repeat: int = 5) -> float:
     return best * 1e3
 
 
+def table(title: str, header: str, lines: list[str]) -> None:
+    """One of this benchmark's tables: its title lines, the header, a rule, the rows."""
+    print(title)
+    print(header)
+    print("-" * len(header))
+    for line in lines:
+        print(line)
+    print()
+
+
 def main() -> int:
     model_single = model_rate(50_000)
     rows = [
@@ -272,41 +282,37 @@ def main() -> int:
         ("batch of 1,000 (submit_batch)", core_batch_rate(1_000, 2_000_000), model_single),
         ("batch of 10,000 (submit_batch)", core_batch_rate(10_000, 2_000_000), model_single),
     ]
-    print("HEAN order engine: mixed market/IOC/limit flow, one symbol, one core")
-    print("baseline: pure-Python reference model (hean/testing/reference_engine.py), same orders")
-    header = f"{'figure':38} {'orders/s':>12} {'ns/order':>9} {'baseline/s':>11} {'ratio':>7}"
-    print(header)
-    print("-" * len(header))
-    for name, rate, base in rows:
-        print(f"{name:38} {rate:12,.0f} {1e9 / rate:9,.0f} {base:11,.0f} {rate / base:6,.1f}x")
-    print()
-    print("Engine worker, one 100-order submit_orders command (min of 300, process CPU)")
-    print("baseline: the Python reader (OrderBatch.append_params) and BatchResult.to_dict + orjson")
-    header = f"{'step':38} {'us/order':>9} {'baseline':>9} {'ratio':>7}"
-    print(header)
-    print("-" * len(header))
-    for name, ours, base in worker_rows():
-        print(f"{name:38} {ours:9.3f} {base:9.3f} {base / ours:6.1f}x")
-    print()
-    print("Engine snapshot with a full idempotency window (100,000 client order ids), as stored")
-    print("(workers.shard.SnapshotWriter: zlib level 1); baseline: the snapshot uncompressed (min of 5)")
-    header = (f"{'client order ids':17} {'zlib level':>16} {'MB':>6} {'vs raw':>7} {'CPU ms':>7} "
-              f"{'unpack ms':>9}")
-    print(header)
-    print("-" * len(header))
-    raw = 0
+    table(
+        "HEAN order engine: mixed market/IOC/limit flow, one symbol, one core\n"
+        "baseline: pure-Python reference model (hean/testing/reference_engine.py), same orders",
+        f"{'figure':38} {'orders/s':>12} {'ns/order':>9} {'baseline/s':>11} {'ratio':>7}",
+        [f"{name:38} {rate:12,.0f} {1e9 / rate:9,.0f} {base:11,.0f} {rate / base:6,.1f}x"
+         for name, rate, base in rows],
+    )
+    table(
+        "Engine worker, one 100-order submit_orders command (min of 300, process CPU)\n"
+        "baseline: the Python reader (OrderBatch.append_params) and BatchResult.to_dict + orjson",
+        f"{'step':38} {'us/order':>9} {'baseline':>9} {'ratio':>7}",
+        [f"{name:38} {ours:9.3f} {base:9.3f} {base / ours:6.1f}x" for name, ours, base in worker_rows()],
+    )
+    lines, raw = [], 0
     for name, level, size, cpu, unpack in snapshot_rows():
         raw = size if level == 0 else raw
         label = "(raw: taking it)" if level == 0 else str(level)
-        print(f"{name:17} {label:>16} {size / 1e6:6.2f} {size / raw:6.2f}x {cpu:7.1f} {unpack:9.1f}")
-    print()
-    print("Snapshot checksum: format 2 (XXH3) against format 1 (FNV-1a), the same 7.8 MB snapshot")
-    print("(100,000 UUID client order ids), CPU ms, min of 5")
-    header = f"{'step':22} {'XXH3':>7} {'FNV-1a':>7} {'ratio':>7}"
-    print(header)
-    print("-" * len(header))
-    for step, new_ms, old_ms in checksum_rows():
-        print(f"{step:22} {new_ms:7.2f} {old_ms:7.2f} {old_ms / new_ms:6.1f}x")
+        lines.append(f"{name:17} {label:>16} {size / 1e6:6.2f} {size / raw:6.2f}x {cpu:7.1f} {unpack:9.1f}")
+    table(
+        "Engine snapshot with a full idempotency window (100,000 client order ids), as stored\n"
+        "(workers.shard.SnapshotWriter: zlib level 1); baseline: the snapshot uncompressed (min of 5)",
+        f"{'client order ids':17} {'zlib level':>16} {'MB':>6} {'vs raw':>7} {'CPU ms':>7} {'unpack ms':>9}",
+        lines,
+    )
+    table(
+        "Snapshot checksum: format 2 (XXH3) against format 1 (FNV-1a), the same 7.8 MB snapshot\n"
+        "(100,000 UUID client order ids), CPU ms, min of 5",
+        f"{'step':22} {'XXH3':>7} {'FNV-1a':>7} {'ratio':>7}",
+        [f"{step:22} {new_ms:7.2f} {old_ms:7.2f} {old_ms / new_ms:6.1f}x"
+         for step, new_ms, old_ms in checksum_rows()],
+    )
     return 0
 
 
