@@ -97,6 +97,15 @@ std::uint32_t symbol_id(Core& c, std::string_view name) {
   return id;
 }
 
+// At most `max` bytes of the UTF-8 text `s`, never a character cut in two (a reason is read back
+// as text: half a character would make it unreadable).
+std::string utf8_prefix(const std::string& s, std::size_t max) {
+  if (s.size() <= max) return s;
+  std::size_t n = max;
+  while (n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80) --n;
+  return s.substr(0, n);
+}
+
 void halt(Core& c, const std::string& reason) {
   c.state = EngineState::Halted;
   c.halt_reason = reason;
@@ -645,7 +654,7 @@ bool Engine::kill_switch(const std::string& reason) {
   std::lock_guard<std::mutex> lock(mutex_);
   ++core_.command_count;
   if (core_.state == EngineState::Halted) return false;
-  halt(core_, reason.empty() ? std::string("command") : reason.substr(0, kMaxIdLength));
+  halt(core_, reason.empty() ? std::string("command") : utf8_prefix(reason, kMaxIdLength));
   return true;
 }
 

@@ -324,6 +324,18 @@ def test_snapshot_round_trips_exactly_and_rejects_corruption() -> None:
     assert clone.snapshot() == engine.snapshot()  # failed restores change nothing
 
 
+def test_a_long_kill_switch_reason_is_cut_between_characters() -> None:
+    """The core keeps 64 bytes of a reason; cut inside a character, the engine's status could
+    not be read at all (UnicodeDecodeError) until it was reset."""
+    engine = running()
+    assert engine.kill_switch("a" + "é" * 40)  # the 64th byte is the first half of an é
+    assert engine.status().halt_reason == "a" + "é" * 31
+    assert TradingEngine.from_snapshot(engine.snapshot()).status().halt_reason == "a" + "é" * 31
+    other = running()
+    assert other.kill_switch("x" * 100)
+    assert other.status().halt_reason == "x" * 64
+
+
 def _fnv1a(data: bytes) -> int:
     """Format 1's checksum, written out here so the test does not trust the core's own."""
     h = 1469598103934665603
