@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hean import _core, fastjson
-from hean.engine import OrderBatch, TradingEngine, orders_from_params
+from hean.engine import OrderBatch, TradingEngine, orders_from_params, snapshot_as_format_1
 from hean.testing.reference_engine import DEFAULT_LIMITS, SCALE, ReferenceEngine
 
 LIMITS = {**DEFAULT_LIMITS, "max_trade_risk_pct": 100 * SCALE, "max_orders_per_second": 0}
@@ -244,9 +244,8 @@ def checksum_rows() -> list[tuple[str, float, float]]:
     with FNV-1a's checksum, as versions before format 2 wrote it."""
     engine = full_window_engine(lambda i: str(uuid.uuid4()))
     data = engine.snapshot()
-    body = data[:8] + (1).to_bytes(8, "little") + data[16:-8]
-    old = body + _core.snapshot_checksum(body, 1).to_bytes(8, "little")
-    summed = data[:-8]
+    old = snapshot_as_format_1(data)
+    summed, body = data[:-8], old[:-8]
     return [
         ("checksum", min_cpu_ms(lambda: _core.snapshot_checksum(summed, 2)),
          min_cpu_ms(lambda: _core.snapshot_checksum(body, 1))),

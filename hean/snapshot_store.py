@@ -8,6 +8,7 @@ import zlib
 from typing import Any, cast
 
 from hean.engine import snapshot_as_format_1
+from hean.redis_client import text
 from hean.topology import ENGINE_SNAPSHOT_KEY
 
 
@@ -41,5 +42,4 @@ def downgrade_snapshot(client: Any) -> tuple[str, int] | None:
         pipe.hset(ENGINE_SNAPSHOT_KEY, b"data", old)
         pipe.hdel(ENGINE_SNAPSHOT_KEY, b"encoding")
         pipe.execute()
-    log_id = stored[b"log_id"]
-    return log_id.decode() if isinstance(log_id, bytes) else log_id, len(old)
+    return text(stored[b"log_id"]), len(old)

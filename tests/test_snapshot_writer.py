@@ -88,6 +88,12 @@ def _engine_with_orders() -> TradingEngine:
     return engine
 
 
+def _unreadable_snapshot() -> bytes:
+    """A snapshot with one byte flipped: its checksum no longer matches."""
+    data = _engine_with_orders().snapshot()
+    return data[:100] + bytes([data[100] ^ 0xFF]) + data[101:]
+
+
 def test_a_written_snapshot_restores_the_engine_and_an_uncompressed_one_still_does(
     redis_client: redis.Redis,
 ) -> None:
@@ -155,8 +161,7 @@ def test_downgrade_leaves_a_snapshot_it_cannot_read_as_it_is(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv("REDIS_URL", own_db_url)
-    data = _engine_with_orders().snapshot()
-    broken = data[:100] + bytes([data[100] ^ 0xFF]) + data[101:]
+    broken = _unreadable_snapshot()
     redis_client.hset(SNAPSHOT_KEY, mapping={"data": broken, "log_id": "3-0"})
     assert cli.main(["downgrade-snapshot"]) == 2
     assert "checksum mismatch" in capsys.readouterr().err
@@ -172,8 +177,7 @@ def test_an_unreadable_snapshot_is_set_aside_and_the_engine_rebuilt_halted(
     import workers.shard as shard_module
 
     monkeypatch.setattr(shard_module, "sync_client", lambda: redis_client)
-    data = _engine_with_orders().snapshot()
-    broken = data[:100] + bytes([data[100] ^ 0xFF]) + data[101:]
+    broken = _unreadable_snapshot()
     redis_client.hset(SNAPSHOT_KEY, mapping={"data": broken, "log_id": "3-0"})
     logged = [
         ("start", {}),
