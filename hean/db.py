@@ -191,8 +191,28 @@ def open_database(url: str) -> Database:
     db = sqlalchemy.create_engine(url, pool_pre_ping=True)
     if db.dialect.name == "sqlite":
         event.listen(db, "connect", _sqlite_pragmas)
-    metadata.create_all(db)
+    create_schema(db)
     return db
+
+
+def create_schema(db: Database) -> None:
+    """Create the tables and indexes `db` lacks, while other processes may do the same.
+
+    `hean up` starts every process at once, and each opens the database: `create_all` checks
+    which tables exist, then creates the others, so a process that checked before another
+    created a table fails on it ("table ... already exists" on SQLite, a unique violation in
+    PostgreSQL's catalog). It is asked again: each failure means one more table or index
+    exists for good, so this ends within one try per table and index (and raises what a
+    last try raised: a database that cannot be written)."""
+    tries = 1 + len(metadata.tables) + sum(len(table.indexes) for table in metadata.tables.values())
+    for attempt in range(tries):
+        try:
+            metadata.create_all(db)
+            return
+        except sqlalchemy.exc.DBAPIError:
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.01)
 
 
 def database() -> Database:

@@ -84,7 +84,7 @@ def test_hean_up_runs_the_system_and_stops_cleanly(up_env: dict[str, str], tmp_p
         client.connect(url, auth={"token": token}, transports=["websocket"], wait_timeout=10)
         request_id = uuid.uuid4().hex
         ack = client.call("command", {"command": "start", "params": {}, "request_id": request_id})
-        assert ack["accepted"] is True
+        assert ack["accepted"] is True, ack
         wait_for(lambda: results, 30, "the command result")
         assert results[0]["request_id"] == request_id and results[0]["success"] is True
         assert results[0]["result"]["state"] == "RUNNING"  # type: ignore[index]

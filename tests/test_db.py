@@ -1,0 +1,59 @@
+"""The schema, created by every process at once: `hean up` starts them together on a database
+that may not exist yet, and each opens it (hean.db.open_database creates what is missing)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy
+
+from hean.db import metadata, open_database
+from postgres_server import PostgresServer
+
+PROCESSES = 4
+ROUNDS = 6
+
+
+def open_at(url: str, start: float) -> str:
+    """Open `url` at `start` (time.time()) and read a table; "ok" or the error, in words."""
+    while time.time() < start:
+        pass
+    try:
+        db = open_database(url)
+        with db.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT count(*) FROM commands")).scalar_one()
+        db.dispose()
+    except Exception as exc:
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    return "ok"
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_processes_opening_a_new_database_at_once_all_get_the_whole_schema(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    urls = []
+    for n in range(ROUNDS):
+        if kind == "sqlite":
+            urls.append(f"sqlite:///{tmp_path / f'round{n}.db'}")
+        else:
+            postgres: PostgresServer = request.getfixturevalue("postgres_server")
+            urls.append(postgres.create_database(f"schema_race_{n}"))
+    # each process imports hean first (about a second): the rounds start together after that
+    with multiprocessing.get_context("spawn").Pool(PROCESSES) as pool:
+        for url in urls:
+            start = time.time() + 0.3
+            outcomes = pool.starmap(open_at, [(url, start)] * PROCESSES, chunksize=1)
+            assert outcomes == ["ok"] * PROCESSES, (url, outcomes)
+            db = sqlalchemy.create_engine(url)
+            try:
+                inspector = sqlalchemy.inspect(db)
+                assert set(inspector.get_table_names()) == set(metadata.tables)
+                for name, table in metadata.tables.items():
+                    indexes = {index["name"] for index in inspector.get_indexes(name)}
+                    assert {index.name for index in table.indexes} <= indexes, name
+            finally:
+                db.dispose()
