@@ -571,7 +571,7 @@ def restore_engine(engine: TradingEngine, client: Any) -> tuple[str, bool | None
     last_id, paused = "0-0", None
     if stored.get(b"data"):
         engine.restore(stored_snapshot_data(stored))
-        last_id = _id_text(stored[b"log_id"])
+        last_id = text(stored[b"log_id"])
         paused = stored.get(b"paused") == b"1"
     # No snapshot, and the last one could not be read: what it held (positions, resting orders,
     # the client order ids seen) is missing, so the engine starts halted until an operator resets
@@ -585,7 +585,7 @@ def restore_engine(engine: TradingEngine, client: Any) -> tuple[str, bool | None
             log.warning("event=replay_refused command=%s error=%s", fields[b"cmd"].decode(), exc)
         else:
             paused = changed if changed is not None else paused
-        last_id = _id_text(entry_id)
+        last_id = text(entry_id)
     if lost and engine.state != EngineState.HALTED:
         engine.kill_switch(SNAPSHOT_LOST_REASON)
     return last_id, paused, len(entries)
@@ -598,7 +598,3 @@ def replay_entry(engine: TradingEngine, fields: dict[bytes, bytes]) -> tuple[Any
     if b"columns" in fields:  # orders logged in the core's binary form (EngineLog.add_orders)
         return engine.submit_batch(_core.OrderColumns.from_bytes(fields[b"columns"]), now_ns=now_ns), None
     return MUTATIONS[fields[b"cmd"].decode()](engine, json.loads(fields[b"params"]), now_ns)
-
-
-def _id_text(raw: bytes | str) -> str:
-    return raw.decode() if isinstance(raw, bytes) else raw
