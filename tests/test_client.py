@@ -1,10 +1,14 @@
-"""hean.client against the real system: coalesced orders with their own acks and results,
-per-order rejects, both faces, state subscriptions, and a reconnect across a web restart."""
+"""hean.client against the real system: the README's example as written, coalesced orders with
+their own acks and results, per-order rejects, both faces, state subscriptions, and a reconnect
+across a web restart."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import io
+import re
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
@@ -24,7 +28,15 @@ from hean.client import (
 )
 from hean.command_journal import CommandJournal
 from hean.core.system.redis_state import get_sync_state_manager
-from support import recorded, restart_web, start_engine_worker, stop_engine_worker, system_journal, wait_for
+from support import (
+    REPO_ROOT,
+    recorded,
+    restart_web,
+    start_engine_worker,
+    stop_engine_worker,
+    system_journal,
+    wait_for,
+)
 
 TIMEOUT = 30  # hang guard for one answer on a busy machine
 
@@ -53,6 +65,22 @@ def running(client: Client, sym: str) -> dict[str, Any]:
 def journal(system: dict[str, Any]) -> CommandJournal:
     journal: CommandJournal = system_journal(system)
     return journal
+
+
+def test_the_readmes_example_runs_as_written(system: dict[str, Any]) -> None:
+    """The sync example of the README's "Python client" section, run as a new user would copy
+    it (only the URL and TOKEN are this system's): the engine starts, the order fills, the
+    engine's state is read back."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    found = re.search(r"```python\n(from hean\.client import Client, OrderRejected\n.*?)```", readme, re.S)
+    assert found, "the README's hean.client example"
+    source = found.group(1).replace('"http://127.0.0.1:8000"', repr(system["url"]))
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile(source, "README.md", "exec"), {"TOKEN": system["token"]})
+    fill, state = printed.getvalue().splitlines()
+    assert "'status': 'FILLED'" in fill and "'fill_price': '64001." in fill, fill
+    assert state == "RUNNING"
 
 
 def test_waiting_single_orders_go_out_as_one_command_each_with_its_own_ack_and_result(
