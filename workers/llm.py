@@ -119,10 +119,15 @@ def install_crash_handler(node: str) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     send_leftover_crashes(directory, node)
     path = directory / f"{os.getpid()}-{uuid.uuid4().hex[:8]}.crash"
-    handle: IO[str] = open(path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for faulthandler
+    # Made under another name, locked, then renamed: as `*.crash` it is never unlocked while this
+    # process lives, so a worker starting beside it cannot take it for a dead process's and
+    # delete it (its faults would then go to a file nobody reads).
+    making = path.with_name(path.name + ".new")
+    handle: IO[str] = open(making, "a", encoding="utf-8")  # noqa: SIM115 - kept open for faulthandler
     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held while this process lives
     handle.write(f"{CRASH_HEADER} node={node} pid={os.getpid()} argv={' '.join(sys.argv[:6])}\n")
     handle.flush()
+    making.rename(path)
     faulthandler.enable(file=handle, all_threads=True)
     _crash.update(pid=os.getpid(), path=path, handle=handle)
     atexit.register(remove_crash_file)

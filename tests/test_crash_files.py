@@ -1,0 +1,55 @@
+"""Each worker's crash file (workers/llm.py): faulthandler writes a fatal signal there, and the
+next worker to start reports a file whose process is gone. Workers start together under
+`hean up`, so one sweeps the directory while another is making its own file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from support import REPO_ROOT
+
+# In a worker of its own: its crash file is made while a neighbour sweeps the directory at the
+# worst moment, between the file's creation and its lock (injected at the lock).
+SCRIPT = """
+import fcntl, json, sys
+from pathlib import Path
+import workers.llm as llm
+
+directory = llm.crash_dir()
+directory.mkdir(parents=True)
+dead = directory / "1-deadbeef.crash"  # a dead process's file, with nothing in it to report
+dead.write_text(llm.CRASH_HEADER + " node=gone pid=1 argv=x\\n")
+real_flock, swept = fcntl.flock, []
+
+def flock(handle, operation):
+    if not swept and ".crash" in getattr(handle, "name", ""):
+        swept.append(None)  # once: the neighbour's own locks come through here too
+        swept[0] = llm.send_leftover_crashes(directory, "neighbour")
+    return real_flock(handle, operation)
+
+llm.send_leftover_crashes(directory, "self")  # the dead one: removed, this process's sweep
+assert not dead.exists()
+fcntl.flock = flock
+path = llm.install_crash_handler("engine@test")
+fcntl.flock = real_flock
+print(json.dumps({"swept": swept, "exists": path.exists(), "text": path.read_text() if path.exists() else "",
+                  "files": sorted(p.name for p in directory.iterdir())}))
+"""
+
+
+def test_a_crash_file_being_made_is_not_swept_by_a_neighbour(tmp_path: Path) -> None:
+    env = {"HEAN_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.splitlines()[-1])
+    assert seen["swept"] == [0]  # the neighbour swept while the file was being made ...
+    assert seen["exists"], seen  # ... and left it: its process is alive
+    assert "node=engine@test" in seen["text"]
+    assert len(seen["files"]) == 1 and seen["files"][0].endswith(".crash"), seen["files"]
+    # a clean exit removed it
+    assert list((tmp_path / "home" / "crashes").iterdir()) == []
