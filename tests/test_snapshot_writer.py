@@ -201,3 +201,12 @@ def test_an_unreadable_snapshot_is_set_aside_and_the_engine_rebuilt_halted(
     assert engine.reset_kill_switch()
     SnapshotWriter(lambda: redis_client).write(Snapshot(engine.snapshot(), "5-0", paused=False))
     assert EngineShard().engine.state == EngineState.STOPPED
+
+    # that snapshot cannot be read either: both are kept, the newest where the first was
+    second = _unreadable_snapshot()
+    redis_client.delete(SNAPSHOT_KEY)
+    redis_client.hset(SNAPSHOT_KEY, mapping={"data": second, "log_id": "5-0"})
+    assert EngineShard().engine.state == EngineState.HALTED
+    assert redis_client.hgetall(CORRUPT_SNAPSHOT_KEY) == {b"data": second, b"log_id": b"5-0"}
+    [earlier] = redis_client.keys(CORRUPT_SNAPSHOT_KEY + ":*")
+    assert redis_client.hgetall(earlier) == {b"data": broken, b"log_id": b"3-0"}

@@ -402,8 +402,13 @@ class EngineShard:
         try:
             self.log.last_id, paused, replayed = restore_engine(engine, client)
         except ValueError as exc:  # kept for inspection; rebuilt as every later restart rebuilds it
-            client.rename(SNAPSHOT_KEY, CORRUPT_SNAPSHOT_KEY)
-            log.error("event=snapshot_corrupt error=%s action=halted kept=%s", exc, CORRUPT_SNAPSHOT_KEY)
+            earlier = set_aside_unreadable_snapshot(client)
+            log.error(
+                "event=snapshot_corrupt error=%s action=halted kept=%s earlier_kept=%s",
+                exc,
+                CORRUPT_SNAPSHOT_KEY,
+                earlier,
+            )
             self.log.last_id, paused, replayed = restore_engine(engine, client)
         if paused is not None:
             self.paused = paused
@@ -557,6 +562,18 @@ class EngineShard:
 def _started(ids: list[str] | list[bytes], reply: list[Any]) -> dict[str, dict[str, Any] | str | None]:
     """Per request id, what the take's start said of it (hean.command_journal.decode_started)."""
     return dict(zip((text(rid) for rid in ids), decode_started(reply), strict=True))
+
+
+def set_aside_unreadable_snapshot(client: Any) -> str | None:
+    """Move the snapshot to CORRUPT_SNAPSHOT_KEY; one set aside before it (after a reset, a later
+    snapshot could not be read either) moves on to CORRUPT_SNAPSHOT_KEY:<ms now> instead of being
+    overwritten. Returns that key, if there was one."""
+    earlier = None
+    if client.exists(CORRUPT_SNAPSHOT_KEY):
+        earlier = f"{CORRUPT_SNAPSHOT_KEY}:{time.time_ns() // 1_000_000}"
+        client.rename(CORRUPT_SNAPSHOT_KEY, earlier)
+    client.rename(SNAPSHOT_KEY, CORRUPT_SNAPSHOT_KEY)
+    return earlier
 
 
 def restore_engine(engine: TradingEngine, client: Any) -> tuple[str, bool | None, int]:
