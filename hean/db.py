@@ -201,9 +201,9 @@ def create_schema(db: Database) -> None:
     `hean up` starts every process at once, and each opens the database: `create_all` checks
     which tables exist, then creates the others, so a process that checked before another
     created a table fails on it ("table ... already exists" on SQLite, a unique violation in
-    PostgreSQL's catalog). It is asked again: each failure means one more table or index
-    exists for good, so this ends within one try per table and index (and raises what a
-    last try raised: a database that cannot be written)."""
+    PostgreSQL's catalog). It is asked again: each failure of that kind means one more table or
+    index exists for good, so this ends within one try per table and index; any other error
+    (a database that cannot be written) is raised as the last try raised it."""
     tries = 1 + len(metadata.tables) + sum(len(table.indexes) for table in metadata.tables.values())
     for attempt in range(tries):
         try:
