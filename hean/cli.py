@@ -20,6 +20,20 @@ def _settings() -> Settings:
         raise SystemExit(f"hean: invalid configuration: {names}: {first['msg']}") from None
 
 
+def _redis_trouble(settings: Settings, exc: Exception) -> str:
+    """`exc` in words, with what to do when no Redis answers: without REDIS_URL these commands
+    talk to the private server of a running `hean up`, which stops with it."""
+    import redis as redis_py
+
+    words = f"{type(exc).__name__}: {exc}"
+    if not isinstance(exc, redis_py.ConnectionError) or settings.redis_url:
+        return words
+    where = f"`hean up` in HEAN_HOME={settings.home}"
+    if settings.redis_url_file.exists():
+        return words + f" (the private Redis of {where} does not answer: is it running?)"
+    return words + f" (no REDIS_URL, and no {where}: start it, or set REDIS_URL)"
+
+
 def cmd_up(_: argparse.Namespace) -> int:
     from hean.launcher import Launcher
     from hean.logs import configure_logging
@@ -128,7 +142,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     try:
         report = reconcile(client, HistoryStore(db), since, until, settle_s=args.settle)
     except (HistoryUnavailable, redis_py.RedisError) as exc:
-        print(f"hean: cannot reconcile: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"hean: cannot reconcile: {_redis_trouble(settings, exc)}", file=sys.stderr)
         return 2
     finally:
         client.close()
@@ -161,7 +175,8 @@ def cmd_downgrade_snapshot(_: argparse.Namespace) -> int:
     try:
         done = downgrade_snapshot(client)
     except (ValueError, redis_py.RedisError) as exc:
-        print(f"hean: the engine snapshot was not rewritten: {type(exc).__name__}: {exc}", file=sys.stderr)
+        trouble = _redis_trouble(settings, exc)
+        print(f"hean: the engine snapshot was not rewritten: {trouble}", file=sys.stderr)
         return 2
     finally:
         client.close()

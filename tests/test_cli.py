@@ -1,0 +1,39 @@
+"""The `hean` commands that talk to Redis, when none answers: without REDIS_URL they use the
+private server of a running `hean up`, and say so rather than only "connection refused"."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hean import cli
+from hean.redis_server import free_port
+
+
+def test_without_a_running_hean_up_the_commands_say_to_start_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = tmp_path / "home"
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("HEAN_HOME", str(home))
+    # never started here: the default URL (127.0.0.1:6379), where nothing runs on this machine
+    assert cli.main(["downgrade-snapshot"]) == 2
+    err = capsys.readouterr().err
+    assert "the engine snapshot was not rewritten: ConnectionError" in err
+    assert f"(no REDIS_URL, and no `hean up` in HEAN_HOME={home}: start it, or set REDIS_URL)" in err
+
+    # started, then killed (its private server's URL still recorded): nothing answers there
+    home.mkdir(exist_ok=True)
+    (home / "redis.url").write_text(f"redis://127.0.0.1:{free_port()}/0\n")
+    assert cli.main(["reconcile"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot reconcile: ConnectionError" in err
+    assert f"(the private Redis of `hean up` in HEAN_HOME={home} does not answer: is it running?)" in err
+
+    # a REDIS_URL that does not answer: the user chose it, the error is Redis's own
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+    assert cli.main(["downgrade-snapshot"]) == 2
+    err = capsys.readouterr().err
+    assert "ConnectionError" in err and "hean up" not in err
