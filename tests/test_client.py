@@ -67,20 +67,26 @@ def journal(system: dict[str, Any]) -> CommandJournal:
     return journal
 
 
-def test_the_readmes_example_runs_as_written(system: dict[str, Any]) -> None:
-    """The sync example of the README's "Python client" section, run as a new user would copy
-    it (only the URL and TOKEN are this system's): the engine starts, the order fills, the
-    engine's state is read back."""
+def readme_example(first_line: str, system: dict[str, Any]) -> list[str]:
+    """Run the README's Python example that starts with `first_line` as a new user would copy
+    it (only the URL and TOKEN are this system's); the lines it printed."""
     readme = (REPO_ROOT / "README.md").read_text()
-    found = re.search(r"```python\n(from hean\.client import Client, OrderRejected\n.*?)```", readme, re.S)
-    assert found, "the README's hean.client example"
+    found = re.search(r"```python\n(" + re.escape(first_line) + r"\n.*?)```", readme, re.S)
+    assert found, f"the README's example starting {first_line!r}"
     source = found.group(1).replace('"http://127.0.0.1:8000"', repr(system["url"]))
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        exec(compile(source, "README.md", "exec"), {"TOKEN": system["token"]})
-    fill, state = printed.getvalue().splitlines()
+        exec(compile(source, "README.md", "exec"), {"TOKEN": system["token"], "__name__": "readme"})
+    return printed.getvalue().splitlines()
+
+
+def test_the_readmes_examples_run_as_written(system: dict[str, Any]) -> None:
+    """The README's "Python client" examples, both faces: the engine starts, the paper market
+    gets a price, the order fills, the engine's state is read back."""
+    fill, state = readme_example("from hean.client import Client, OrderRejected", system)
     assert "'status': 'FILLED'" in fill and "'fill_price': '64001." in fill, fill
     assert state == "RUNNING"
+    assert readme_example("import asyncio", system) == ["FILLED 64000.00000000", "RUNNING"]
 
 
 def test_waiting_single_orders_go_out_as_one_command_each_with_its_own_ack_and_result(
