@@ -21,6 +21,13 @@ process at 1,000/s (the loader included); memory growth over --memory-seconds at
 every process); and ratios to the naive design. CPU seconds per order are the steady figure on
 this shared machine; latencies are not. Never fails on speed.
 
+For the HEAN designs it also splits the private Redis's CPU per order at 1,000/s into user and
+system time, and puts beside it the cache flushes per order of the disk under its data (one
+per fsync; every process's on that disk count) priced at what an append + fdatasync costs
+there, measured before and after the designs (`hean.testing.disk`): under `appendfsync always`
+Redis fsyncs once per event-loop turn that wrote, a share of its CPU that no change to HEAN's
+Python removes, only fewer turns per order.
+
     .venv/bin/python benchmarks/bench_orders.py [--step-seconds S] [--memory-seconds S]
                                                 [--designs a,b,...] [--timeline]
 
@@ -35,6 +42,7 @@ import argparse
 import multiprocessing as mp
 import os
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -45,6 +53,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import psutil
+import redis
 from _harness import (
     REPO_ROOT,
     RawSocketIO,
@@ -56,6 +65,7 @@ from _harness import (
 
 from hean.gc_policy import freeze_startup_objects
 from hean.redis_server import free_port
+from hean.testing.disk import FsyncCost, disk_flushes, fsync_cost
 from hean.testing.processes import cpu_seconds, rss
 
 SYMBOL = "BTCUSDT"
@@ -64,6 +74,7 @@ SENT_FRACTION = 0.95
 WARMUP_S = 1.0
 DRAIN_TIMEOUT_S = 30.0
 REFERENCE_RATE = 1_000
+REDIS_COMMANDS_SHOWN = 10
 
 
 @dataclass(frozen=True)
@@ -287,6 +298,7 @@ class Step:
     result: dict[str, Any]
     cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds per process
     rss: dict[str, tuple[int, int]] = field(default_factory=dict)  # before, after
+    redis: RedisUse | None = None  # the private Redis's CPU, commands and disk flushes
 
     @property
     def sustained(self) -> bool:
@@ -339,6 +351,51 @@ def print_timeline(lat: list[float], seconds: float, samples: list[tuple[float, 
     print("    steal % per second:    " + " ".join(f"{s:>4}" for s in stolen))
 
 
+@dataclass(frozen=True)
+class RedisUse:
+    """What the private Redis did: user and system CPU seconds, the cache flushes of the disk
+    under its data (None: not countable), and per command (scripts' own calls included, as
+    Redis counts them) its calls and microseconds."""
+
+    user_s: float
+    system_s: float
+    flushes: int | None
+    commands: dict[str, tuple[int, int]]
+
+    @staticmethod
+    def sample(system: Stack) -> RedisUse | None:
+        """So far (None: no private Redis, or it does not answer)."""
+        pid = system.pids().get("redis")
+        if pid is None:
+            return None
+        try:
+            times = psutil.Process(pid).cpu_times()
+            with redis.Redis.from_url(system.redis_url) as client:
+                stats = client.info("commandstats")
+        except (psutil.Error, redis.RedisError):
+            return None
+        commands = {name.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"]))
+                    for name, v in stats.items()}
+        return RedisUse(times.user, times.system, disk_flushes(system.home), commands)
+
+    def __sub__(self, earlier: RedisUse) -> RedisUse:
+        commands = {}
+        for name, (calls, usec) in self.commands.items():
+            calls0, usec0 = earlier.commands.get(name, (0, 0))
+            if calls > calls0:
+                commands[name] = (calls - calls0, usec - usec0)
+        flushes = (None if self.flushes is None or earlier.flushes is None
+                   else self.flushes - earlier.flushes)
+        return RedisUse(self.user_s - earlier.user_s, self.system_s - earlier.system_s, flushes, commands)
+
+
+def fsync_line(when: str) -> FsyncCost:
+    """Time append + fdatasync on the disk the stacks keep their Redis data on, and say so."""
+    cost = fsync_cost(Path(tempfile.gettempdir()))
+    print(f"fsync on the disk under {tempfile.gettempdir()}, {when}: {cost}", flush=True)
+    return cost
+
+
 def run_design(design: Design, rates: list[float], args: argparse.Namespace) -> dict[str, Any]:
     system, url, token = start_system(design)
     ctx = mp.get_context("spawn")
@@ -353,14 +410,17 @@ def run_design(design: Design, rates: list[float], args: argparse.Namespace) -> 
 
         def step(rate: float, seconds: float) -> Step:
             before, rss0 = cpu_seconds(pids), rss(pids)
+            redis0 = RedisUse.sample(system)
             steal = StealSampler() if args.timeline else None
             jobs.put((rate, seconds))
             result = out.get(timeout=seconds * 3 + DRAIN_TIMEOUT_S + 60)
             after, rss1 = cpu_seconds(pids), rss(pids)
+            redis1 = RedisUse.sample(system)
             if steal is not None:
                 print_timeline(result.get("lat") or [], seconds, steal.stop())
             done = Step(rate, result, {n: after[n] - before[n] for n in pids},
-                        {n: (rss0[n], rss1[n]) for n in pids})
+                        {n: (rss0[n], rss1[n]) for n in pids},
+                        None if redis0 is None or redis1 is None else redis1 - redis0)
             lat = result.get("lat") or [float("nan")]
             print(f"  {design.key:8} {rate:>8,.0f}/s: sent {result.get('sent', 0):,} answered "
                   f"{result.get('answered', 0):,} last result +{result.get('lag_s', float('nan')):.2f} s, "
@@ -406,12 +466,42 @@ def main() -> None:
     args = parser.parse_args()
     chosen = [d for d in DESIGNS if d.key in args.designs.split(",")]
     runs: dict[str, dict[str, Any]] = {}
+    fsyncs = [fsync_line("before the designs")]
     for design in chosen:
         ramp = args.rates_single if design.rates == "single" else args.rates_batched
         rates = [float(r) for r in ramp.split(",")]
         print(f"== {design.title}", flush=True)
         runs[design.key] = run_design(design, sorted(set(rates) | {REFERENCE_RATE}), args)
+    fsyncs.append(fsync_line("after them"))
     report(chosen, runs, args)
+    report_redis(chosen, runs, fsyncs)
+
+
+def report_redis(chosen: list[Design], runs: dict[str, dict[str, Any]], fsyncs: list[FsyncCost]) -> None:
+    """Redis's CPU per order beside what its fsyncs alone cost (under `appendfsync always` it
+    fsyncs once in every event-loop turn that wrote, and the disk counts each as a cache flush;
+    every process's flushes on that disk count, the history writer's database included), and
+    the commands it ran per order."""
+    cpu_us = sorted(cost.cpu_us for cost in fsyncs)
+    print("\nThe private Redis at 1,000 orders/s, per order:")
+    for design in chosen:
+        ref = runs[design.key]["reference"]
+        use: RedisUse | None = ref.redis
+        if use is None or design.system == "echo":  # the echo floors do not use their Redis
+            continue
+        answered = max(1, ref.result.get("answered", 0))
+        line = (f"  {design.title:34} CPU user {1000 * use.user_s / answered:.3f} + system "
+                f"{1000 * use.system_s / answered:.3f} ms")
+        if use.flushes is not None:
+            flushes = use.flushes / answered
+            low, high = (flushes * us / 1000.0 for us in (cpu_us[0], cpu_us[-1]))
+            line += (f"; the disk's cache flushes {flushes:.2f}, at {cpu_us[0]:.0f}-{cpu_us[-1]:.0f} us "
+                     f"of CPU per fsync {low:.3f}-{high:.3f} ms")
+        print(line)
+        busiest = sorted(use.commands.items(), key=lambda item: -item[1][1])[:REDIS_COMMANDS_SHOWN]
+        print("    " + ", ".join(f"{name} {calls / answered:.2f} x {usec / max(1, calls):.1f} us"
+                                  for name, (calls, usec) in busiest)
+              + " (calls per order x Redis's time per call; a script's time includes its commands')")
 
 
 def report(chosen: list[Design], runs: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:

@@ -24,6 +24,7 @@ from hean.redis_server import (
     redact_url,
     redis_answers,
 )
+from hean.testing.disk import disk_flushes
 from hean.topology import ENGINE_QUEUE
 from support import unauthenticated_client, wait_for
 
@@ -224,25 +225,6 @@ def test_redis_dies_with_its_owner_even_on_sigkill(tmp_path: Path) -> None:
         owner.stdout.close()
 
 
-def _disk_flushes(path: Path) -> int | None:
-    """Flush requests completed by the disk under `path` (field 16 of its /sys stat, Linux
-    5.5+), or None when that cannot tell fsyncs apart: no block device (tmpfs, overlay), or a
-    disk without a write-back cache (an fsync then sends it no flush)."""
-    device = os.stat(path).st_dev
-    node = Path(f"/sys/dev/block/{os.major(device)}:{os.minor(device)}")
-    if not node.exists():
-        return None
-    node = node.resolve()
-    if (node / "partition").exists():
-        node = node.parent
-    try:
-        fields = (node / "stat").read_text().split()
-        cache = (node / "queue" / "write_cache").read_text().strip()
-    except OSError:
-        return None
-    return int(fields[15]) if len(fields) >= 17 and cache == "write back" else None
-
-
 def test_an_acked_write_is_on_disk_when_waitaof_answers(tmp_path: Path) -> None:
     """What an ack waits for (WAITAOF 1 0) means an fsync: each of WRITES writes, answered one
     after another, made the disk flush its cache at least once. Under appendfsync everysec the
@@ -253,20 +235,20 @@ def test_an_acked_write_is_on_disk_when_waitaof_answers(tmp_path: Path) -> None:
     server.start()
     client = redis.Redis.from_url(server.url)
     try:
-        before = _disk_flushes(server.data_dir)
+        before = disk_flushes(server.data_dir)
         if before is None:
             pytest.skip(f"the disk under {server.data_dir} does not count its cache flushes")
         for n in range(writes):
             client.set("hean:test:durable", n)
             assert client.execute_command("WAITAOF", 1, 0, 1000) == [1, 0]
-        flushes = (_disk_flushes(server.data_dir) or 0) - before
+        flushes = (disk_flushes(server.data_dir) or 0) - before
         assert flushes >= writes, f"{flushes} disk flushes for {writes} acknowledged writes"
         # without WAITAOF too: under `always` the server answers a write after its fsync, which
         # is why HEAN sends no WAITAOF to such a server (Durability.server_fsyncs)
-        before = _disk_flushes(server.data_dir) or 0
+        before = disk_flushes(server.data_dir) or 0
         for n in range(writes):
             client.set("hean:test:durable", n)
-        flushes = (_disk_flushes(server.data_dir) or 0) - before
+        flushes = (disk_flushes(server.data_dir) or 0) - before
         assert flushes >= writes, f"{flushes} disk flushes for {writes} answered writes"
     finally:
         client.close()
