@@ -53,3 +53,38 @@ def test_a_crash_file_being_made_is_not_swept_by_a_neighbour(tmp_path: Path) -> 
     assert len(seen["files"]) == 1 and seen["files"][0].endswith(".crash"), seen["files"]
     # a clean exit removed it
     assert list((tmp_path / "home" / "crashes").iterdir()) == []
+
+
+# A worker that died between making its crash file and renaming it left a `*.crash.new`.
+STALE_SCRIPT = """
+import fcntl, json, os, time
+import workers.llm as llm
+
+directory = llm.crash_dir()
+directory.mkdir(parents=True)
+old = time.time() - 3600  # older than llm.UNFINISHED_STALE_S
+names = {"stale": "2-aaaaaaaa.crash.new", "fresh": "3-bbbbbbbb.crash.new", "held": "4-cccccccc.crash.new"}
+for kind, name in names.items():
+    (directory / name).write_text(llm.CRASH_HEADER + " node=x pid=2 argv=x\\n")
+    if kind != "fresh":
+        os.utime(directory / name, (old, old))
+held = open(directory / names["held"], "rb")
+fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a live process that has not renamed it yet
+sent = llm.send_leftover_crashes(directory, "self")
+print(json.dumps({"sent": sent, "files": sorted(p.name for p in directory.iterdir()), "names": names}))
+"""
+
+
+def test_a_dead_workers_unfinished_crash_file_is_removed_and_a_live_ones_kept(tmp_path: Path) -> None:
+    env = {"HEAN_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(
+        [sys.executable, "-c", STALE_SCRIPT], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.splitlines()[-1])
+    names = seen["names"]
+    assert seen["sent"] == 0  # nothing in them to report
+    # the stale unlocked one is gone; one made just now (its maker may be about to lock it) and
+    # one still locked stay
+    assert seen["files"] == sorted([names["fresh"], names["held"]]), seen["files"]

@@ -18,6 +18,7 @@ import fcntl
 import logging
 import os
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import IO, Any
@@ -74,6 +75,8 @@ def _on_task_failure(
 
 # -- crash files ---------------------------------------------------------------------------------
 _crash: dict[str, Any] = {}
+#: Age after which an unlocked, never renamed crash file is a dead worker's (_remove_stale_unfinished).
+UNFINISHED_STALE_S = 60.0
 
 
 def crash_dir() -> Path:
@@ -108,7 +111,29 @@ def send_leftover_crashes(directory: Path, node: str) -> int:
                 sent += 1
                 log.warning("event=crash_reported file=%s origin=%s", path.name, origin)
             path.unlink(missing_ok=True)
+    _remove_stale_unfinished(directory)
     return sent
+
+
+def _remove_stale_unfinished(directory: Path) -> None:
+    """A worker that died between making its crash file and renaming it (install_crash_handler)
+    left a `*.crash.new`: only a header, since faulthandler writes to the file once renamed.
+    Removed once unlocked and older than UNFINISHED_STALE_S (a live worker renames its own
+    within microseconds of making it)."""
+    for path in directory.glob("*.crash.new"):
+        try:
+            if time.time() - path.stat().st_mtime < UNFINISHED_STALE_S:
+                continue
+            handle = open(path, "rb")  # noqa: SIM115
+        except OSError:
+            continue
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # its process is alive, and still holds it
+            path.unlink(missing_ok=True)
+            log.info("event=crash_file_unfinished_removed file=%s", path.name)
 
 
 def install_crash_handler(node: str) -> Path:
