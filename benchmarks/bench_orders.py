@@ -538,6 +538,11 @@ def report(chosen: list[Design], runs: dict[str, dict[str, Any]], args: argparse
         ref = runs[design.key]["reference"]
         parts = ", ".join(f"{n} {v:.3f}" for n, v in ref.cpu_ms_per_order().items())
         print(f"  {design.title:34} {parts}")
+    print(f"\nRSS growth MB over the 1,000/s step ({args.memory_seconds:g} s), per process:")
+    for design in chosen:
+        ref = runs[design.key]["reference"]
+        parts = ", ".join(f"{n} {(after - before) / 2**20:+.1f}" for n, (before, after) in ref.rss.items())
+        print(f"  {design.title:34} {parts}")
     print("\nCPU ms per order at the highest sustained rate, per process:")
     for design in chosen:
         best = runs[design.key]["best"]
