@@ -20,6 +20,7 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -83,10 +84,10 @@ def crash_dir() -> Path:
     return get_settings().home / "crashes"
 
 
-def send_leftover_crashes(directory: Path, node: str) -> int:
-    """Report every crash file whose process is gone (its lock is free); returns how many."""
-    sent = 0
-    for path in sorted(directory.glob("*.crash")):
+def _abandoned(paths: Iterable[Path]) -> Iterator[tuple[Path, IO[str]]]:
+    """Each of `paths` whose process is gone (its lock is free), opened and locked by this one;
+    a file another worker took meanwhile is skipped."""
+    for path in paths:
         if path == _crash.get("path"):
             continue
         try:
@@ -100,17 +101,24 @@ def send_leftover_crashes(directory: Path, node: str) -> int:
                 continue  # its process is alive
             if os.fstat(handle.fileno()).st_nlink == 0:
                 continue  # another worker took it while we waited for the lock
-            text = handle.read()
-            body = "\n".join(line for line in text.splitlines() if not line.startswith(CRASH_HEADER))
-            if body.strip():
-                header = text.splitlines()[0] if text else ""
-                origin = "crash:" + (header.split("node=", 1)[1].split()[0] if "node=" in header else node)
-                analyzer = reporting_analyzer()
-                report = analyzer.redact_report(report_from_crash(text, origin, analyzer.project_root))
-                analyzer.sender.submit_report(report)
-                sent += 1
-                log.warning("event=crash_reported file=%s origin=%s", path.name, origin)
-            path.unlink(missing_ok=True)
+            yield path, handle
+
+
+def send_leftover_crashes(directory: Path, node: str) -> int:
+    """Report every crash file whose process is gone (its lock is free); returns how many."""
+    sent = 0
+    for path, handle in _abandoned(sorted(directory.glob("*.crash"))):
+        text = handle.read()
+        body = "\n".join(line for line in text.splitlines() if not line.startswith(CRASH_HEADER))
+        if body.strip():
+            header = text.splitlines()[0] if text else ""
+            origin = "crash:" + (header.split("node=", 1)[1].split()[0] if "node=" in header else node)
+            analyzer = reporting_analyzer()
+            report = analyzer.redact_report(report_from_crash(text, origin, analyzer.project_root))
+            analyzer.sender.submit_report(report)
+            sent += 1
+            log.warning("event=crash_reported file=%s origin=%s", path.name, origin)
+        path.unlink(missing_ok=True)
     _remove_stale_unfinished(directory)
     return sent
 
@@ -120,20 +128,17 @@ def _remove_stale_unfinished(directory: Path) -> None:
     left a `*.crash.new`: only a header, since faulthandler writes to the file once renamed.
     Removed once unlocked and older than UNFINISHED_STALE_S (a live worker renames its own
     within microseconds of making it)."""
-    for path in directory.glob("*.crash.new"):
-        try:
-            if time.time() - path.stat().st_mtime < UNFINISHED_STALE_S:
-                continue
-            handle = open(path, "rb")  # noqa: SIM115
-        except OSError:
-            continue
-        with handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # its process is alive, and still holds it
-            path.unlink(missing_ok=True)
-            log.info("event=crash_file_unfinished_removed file=%s", path.name)
+    for path, _ in _abandoned(p for p in directory.glob("*.crash.new") if _age_s(p) >= UNFINISHED_STALE_S):
+        path.unlink(missing_ok=True)
+        log.info("event=crash_file_unfinished_removed file=%s", path.name)
+
+
+def _age_s(path: Path) -> float:
+    """Seconds since `path` was last written (0 if it is gone)."""
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def install_crash_handler(node: str) -> Path:
