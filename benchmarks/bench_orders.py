@@ -4,6 +4,9 @@ Designs, each on its own freshly started processes, in turn:
 - echo floor, 1 order/event: a bare Flask-SocketIO echo handler (benchmarks/echo_server.py);
   its "result" is the echoed ack;
 - echo floor, 100 orders/event: the same, the orders encoded back;
+- echo after one Redis write, 1 order/event: the same handler, which first pushes the event onto
+  a list in its private Redis (`appendfsync always`, as HEAN's) and answers once Redis confirmed
+  it: what an ack sent after a durable write costs at the least, Redis's CPU included;
 - naive: a Flask-SocketIO handler calling ``apply_async`` per order, a Celery worker applying
   it to the engine and emitting the result through the Redis message queue
   (benchmarks/naive_orders.py), 1 order/event;
@@ -18,8 +21,9 @@ when the loader sent at the offered rate (>= 95%), every order was answered, and
 result came within 1 s of the last send. Per design it prints: the highest sustained
 orders/s; p50 / p99 submit-to-result at 1,000/s and at that highest rate; CPU ms per order per
 process at 1,000/s (the loader included); memory growth over --memory-seconds at 1,000/s (RSS,
-every process); and ratios to the naive design. CPU seconds per order are the steady figure on
-this shared machine; latencies are not. Never fails on speed.
+every process); and ratios to the naive design; then issue 14 item 3's bars beside this run's
+figures, met or not. CPU seconds per order are the steady figure on this shared machine;
+latencies are not. Never fails on speed.
 
 For the HEAN designs it also splits the private Redis's CPU per order at 1,000/s into user and
 system time, and puts beside it the cache flushes per order of the disk under its data (one
@@ -81,7 +85,7 @@ REDIS_COMMANDS_SHOWN = 10
 class Design:
     key: str
     title: str
-    system: str  # "echo", "naive" or "hean"
+    system: str  # "echo", "echo-redis" (the echo after one Redis write), "naive" or "hean"
     per_event: int
     loader: str  # "raw" or "client"
     rates: str  # which ramp: "single" or "batched"
@@ -90,6 +94,7 @@ class Design:
 DESIGNS = (
     Design("echo1", "echo floor, 1 order/event", "echo", 1, "raw", "single"),
     Design("echo100", "echo floor, 100 orders/event", "echo", 100, "raw", "batched"),
+    Design("echo1redis", "echo after a Redis write, 1/event", "echo-redis", 1, "raw", "single"),
     Design("naive", "naive (apply_async per order)", "naive", 1, "raw", "single"),
     Design("hean1", "HEAN, 1 order/event", "hean", 1, "raw", "single"),
     Design("client", "HEAN, hean.client coalescing", "hean", 1, "client", "single"),
@@ -242,7 +247,7 @@ def _run_client(url: str, token: str, rate: float, seconds: float) -> dict[str, 
 
 def loader(url: str, token: str, design: Design, jobs: Any, out: Any) -> None:
     """Run each (rate, seconds) step when told to (a warm-up first); report each."""
-    echo = design.system == "echo"
+    echo = design.system.startswith("echo")
     # the same for every design: a full collection of the loader's own imports (40 ms) would
     # show as the latency of whatever it was timing
     freeze_startup_objects("loader")
@@ -279,9 +284,11 @@ def start_system(design: Design) -> tuple[Stack, str, str]:
     port = free_port()
     here = str(REPO_ROOT / "benchmarks")
     system.env["PYTHONPATH"] = os.pathsep.join([here, str(REPO_ROOT)])
-    if design.system == "echo":
-        system.spawn("echo", [sys.executable, str(REPO_ROOT / "benchmarks" / "echo_server.py"), str(port)],
-                     pin_as="web")
+    if design.system.startswith("echo"):
+        # the echo that writes first uses the stack's private Redis (REDIS_URL in its environment)
+        write = ["--redis"] if design.system == "echo-redis" else []
+        system.spawn("echo", [sys.executable, str(REPO_ROOT / "benchmarks" / "echo_server.py"), str(port),
+                              *write], pin_as="web")
     else:
         system.spawn("naive-web", [sys.executable, str(REPO_ROOT / "benchmarks" / "naive_orders.py"), "web",
                                    str(port)], pin_as="web")
@@ -475,6 +482,66 @@ def main() -> None:
     fsyncs.append(fsync_line("after them"))
     report(chosen, runs, args)
     report_redis(chosen, runs, fsyncs)
+    report_targets(runs)
+
+
+#: Issue 14 item 3, per order: single-order events at 1,000/s (ms) and orders in 100-order
+#: commands (us). The web's bars are relative to the echo floor of the same payload.
+SINGLE_WEB_VS_ECHO = 1.5
+SINGLE_ENGINE_MS, SINGLE_REDIS_MS, SINGLE_TOTAL_MS = 0.050, 0.030, 0.45
+BATCHED_ENGINE_US, BATCHED_TOTAL_US = 5.0, 20.0
+#: The load generator is not a HEAN process.
+LOADER = "loader"
+
+
+def _server_ms(step: Step) -> dict[str, float]:
+    return {name: ms for name, ms in step.cpu_ms_per_order().items() if name != LOADER}
+
+
+def target_rows(runs: dict[str, dict[str, Any]]) -> list[list[str]]:
+    """Issue 14 item 3's bars beside this run's figures: [what, measured, bar, met?] rows, for
+    the designs that ran (the web's bars need the echo floor of the same payload)."""
+    rows: list[list[str]] = []
+
+    def row(what: str, value: float, bar: float, unit: str, scale: float) -> None:
+        rows.append([what, f"{value * scale:.3f} {unit}", f"<= {bar * scale:.3f} {unit}",
+                     "met" if value <= bar else "NOT met"])
+
+    single, echo1 = runs.get("hean1"), runs.get("echo1")
+    if single is not None:
+        cpu = _server_ms(single["reference"])
+        if echo1 is not None:
+            floor = _server_ms(echo1["reference"]).get("echo", 0.0)
+            row("single @1,000/s: web", cpu.get("web", 0.0), SINGLE_WEB_VS_ECHO * floor, "ms", 1.0)
+        row("single @1,000/s: engine worker", cpu.get("worker-engine", 0.0), SINGLE_ENGINE_MS, "ms", 1.0)
+        row("single @1,000/s: Redis", cpu.get("redis", 0.0), SINGLE_REDIS_MS, "ms", 1.0)
+        durable = runs.get("echo1redis")
+        if durable is not None:  # not a bar of the issue: the floor of the Redis one
+            redis_floor = _server_ms(durable["reference"]).get("redis", 0.0)
+            row("  floor: Redis of the echo after a Redis write", redis_floor, SINGLE_REDIS_MS, "ms", 1.0)
+        row("single @1,000/s: all HEAN processes", sum(cpu.values()), SINGLE_TOTAL_MS, "ms", 1.0)
+    batched, echo100 = runs.get("hean100"), runs.get("echo100")
+    if batched is not None:
+        for label, step in (("", batched["reference"]), (" (highest sustained)", batched["best"])):
+            if step is None:
+                continue
+            cpu = _server_ms(step)
+            what = f"100-order commands @{step.rate:,.0f}/s{label}"
+            if echo100 is not None:
+                floor = _server_ms(echo100["reference"]).get("echo", 0.0)
+                row(f"{what}: web", cpu.get("web", 0.0), floor, "us", 1000.0)
+            engine_bar, total_bar = BATCHED_ENGINE_US / 1000.0, BATCHED_TOTAL_US / 1000.0
+            row(f"{what}: engine worker", cpu.get("worker-engine", 0.0), engine_bar, "us", 1000.0)
+            row(f"{what}: all HEAN processes", sum(cpu.values()), total_bar, "us", 1000.0)
+    return rows
+
+
+def report_targets(runs: dict[str, dict[str, Any]]) -> None:
+    """Issue 14 item 3: CPU per order against its bars, met or not, from this run alone."""
+    rows = target_rows(runs)
+    if rows:
+        print_table("issue 14 item 3: CPU per order (server processes; the loader not counted)",
+                    ["what", "this run", "bar", ""], rows)
 
 
 def report_redis(chosen: list[Design], runs: dict[str, dict[str, Any]], fsyncs: list[FsyncCost]) -> None:
@@ -487,7 +554,7 @@ def report_redis(chosen: list[Design], runs: dict[str, dict[str, Any]], fsyncs: 
     for design in chosen:
         ref = runs[design.key]["reference"]
         use: RedisUse | None = ref.redis
-        if use is None or design.system == "echo":  # the echo floors do not use their Redis
+        if use is None or design.system == "echo":  # the bare echo floors do not use their Redis
             continue
         answered = max(1, ref.result.get("answered", 0))
         line = (f"  {design.title:34} CPU user {1000 * use.user_s / answered:.3f} + system "
