@@ -35,7 +35,15 @@ import redis
 from hean import fastjson
 from hean.celery_wire import IDS_FIELD, MessageFrame, escape_envelope
 from hean.messages import REQUEST_ID_PATTERN, ack_message
-from hean.redis_client import NOT_DURABLE, ConnectionSource, Durability, OwnConnection, run_script, text
+from hean.redis_client import (
+    NOT_DURABLE,
+    ConnectionSource,
+    Durability,
+    OwnConnection,
+    load_scripts,
+    run_script,
+    text,
+)
 from hean.topology import HISTORY_STREAM_KEY
 
 
@@ -277,6 +285,11 @@ class CommandJournal:
     @property
     def client(self) -> redis.Redis:
         return self._client
+
+    def load_intake_scripts(self) -> None:
+        """Load the intake's scripts (reserve_and_enqueue, record_acks) on their connection, so
+        that the first command waits for neither (hean.redis_client.load_scripts)."""
+        load_scripts(self._scripts, (_RESERVE, _RECORD_ACKS))
 
     def reserve_and_enqueue(
         self,

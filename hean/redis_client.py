@@ -322,6 +322,22 @@ def _script_exchange(conn: Any, script: tuple[Any, ...], durable: Durability) ->
     return reply
 
 
+def load_scripts(pool: ConnectionSource, sources: Sequence[str]) -> None:
+    """Put `sources` into the server's script cache on a connection of `pool` (made now if it
+    was not yet), so that their first `run_script` finds them: no NOSCRIPT round trip, no
+    connection to make. Raises redis-py's errors; a connection that failed is dropped."""
+    conn = pool.get_connection()
+    try:
+        for source in sources:
+            conn.send_command("SCRIPT", "LOAD", source)
+            conn.read_response()
+    except BaseException:
+        conn.disconnect()
+        raise
+    finally:
+        pool.release(conn)
+
+
 def run_script(
     pool: ConnectionSource,
     source: str,

@@ -201,3 +201,41 @@ def test_a_request_id_that_would_break_the_message_is_refused_before_anything_is
     with pytest.raises(ValueError, match="request_id"):
         journal.reserve_and_enqueue(items, queue, frame)
     assert redis_client.llen(queue) == 0 and not redis_client.exists(journal_key(good))
+
+
+def test_the_intake_warms_up_before_its_first_command(redis_client: redis.Redis, tmp_path: Path) -> None:
+    """web.server runs `warm_up` as it starts serving: the database reader open, the server's
+    durability known, the intake's scripts loaded (the first command found none of them and
+    waited 36-47 ms for its ack, the next ones 3), and nothing enqueued or reserved."""
+    from hean.command_journal import _RECORD_ACKS, _RESERVE
+    from hean.redis_client import script_sha
+    from web.intake import WARM_UP_REQUEST_ID, CommandIntake
+
+    history = HistoryStore(open_database(f"sqlite:///{tmp_path}/history.db"))
+    intake = CommandIntake(app, CommandJournal(redis_client, history=history), DurabilityRule("auto"))
+    redis_client.script_flush()
+
+    assert intake.warm_up() == []
+
+    assert history._reader is not None
+    assert intake._writer._durability._known is not None
+    assert redis_client.script_exists(script_sha(_RESERVE), script_sha(_RECORD_ACKS)) == [True, True]
+    assert redis_client.dbsize() == 0  # nothing reserved, queued or journaled
+    assert intake._writer.journal.state(WARM_UP_REQUEST_ID) is None
+
+
+def test_a_warm_up_without_redis_says_what_failed_and_leaves_it_to_the_first_command(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from hean.redis_server import free_port
+    from web.intake import CommandIntake
+
+    gone = redis.Redis(port=free_port(), socket_connect_timeout=1)
+    history = HistoryStore(open_database(f"sqlite:///{tmp_path}/history.db"))
+    intake = CommandIntake(app, CommandJournal(gone, history=history), DurabilityRule("auto"))
+
+    assert intake.warm_up() == ["durability", "scripts"]  # the database and the frames need no Redis
+
+    assert history._reader is not None
+    assert "event=warm_up_failed step=durability" in caplog.text
+    assert "event=warm_up_failed step=scripts" in caplog.text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+import threading
 from typing import Any
 
 from hean.config import get_settings
@@ -32,6 +33,9 @@ def main() -> None:
     from web.heartbeat import start_heartbeat
 
     start_heartbeat(app)
+    # the first ack as fast as the next, without ever holding up the start: a green thread that
+    # runs while the listener opens (a database or Redis slow to answer delays no health check)
+    threading.Thread(target=app.extensions["hean_intake"].warm_up, name="hean-warm-up", daemon=True).start()
     freeze_startup_objects("web")
     if not is_loopback(settings.host):
         log.warning(
