@@ -60,6 +60,24 @@ WARM_UP_COMMAND: Final = {
 }
 
 
+#: A warm-up step: its name (in `event=warm_up_failed` lines) and what it does.
+WarmUpStep = tuple[str, Callable[[], object]]
+
+
+def run_warm_up(steps: list[WarmUpStep]) -> list[str]:
+    """Run each step; returns the names of those that failed, each logged (Redis or the database
+    not there yet: the first command that needs it does it then)."""
+    failed = []
+    for name, step in steps:
+        try:
+            step()
+        except Exception as exc:
+            failed.append(name)
+            error = f"{type(exc).__name__}: {exc}"[:200]
+            log.warning("event=warm_up_failed step=%s error=%s", name, error)
+    return failed
+
+
 @dataclass
 class Outcome:
     """What the intake decided: the ack, and for a duplicate the earlier result if any."""
@@ -107,11 +125,12 @@ class CommandIntake:
     def warm_up(self) -> list[str]:
         """Do now, as the web process starts serving, what its first command would otherwise
         wait for: the edge's validation run once, and the writer's database reader, durability
-        rule, scripts and message frames (hean up's first ack took 36-47 ms, the next ones 3).
-        Each step may run beside a first command (each is safe to run twice). Returns the steps
-        that failed (each logged): the first command tries those again."""
-        self._check(dict(WARM_UP_COMMAND), None)  # builds nothing that lasts: validation only
-        return self._writer.warm_up()
+        rule, scripts and message frames (without it the first ack after a start took 27-47
+        ms, the next ones 2-5: benchmarks/bench_first_ack.py). Each step may run beside a first
+        command (each is safe to run twice). Returns the steps that failed (each logged): the
+        first command tries those again. Never raises."""
+        validation = ("validation", lambda: self._check(dict(WARM_UP_COMMAND), None))  # nothing kept
+        return run_warm_up([validation, *self._writer.warm_up_steps()])
 
     def unjournaled_ack(self, request_id: str) -> dict[str, Any] | None:
         """The ack sent for `request_id` if it is not in the journal yet (this process only)."""
@@ -235,27 +254,18 @@ class CommandWriter:
     def journal(self) -> CommandJournal:
         return self._journal
 
-    def warm_up(self) -> list[str]:
-        """Open the database reader, ask Redis how it keeps writes, load the scripts and build
-        each queue's message frame, before any command needs them. Never raises: returns the
-        steps that failed, each logged."""
+    def warm_up_steps(self) -> list[WarmUpStep]:
+        """What the first batch would otherwise do first (see `CommandIntake.warm_up`): open the
+        database reader, ask Redis how it keeps writes, load the scripts and build each queue's
+        message frame."""
         history = self._journal.history
-        steps: list[tuple[str, Callable[[], object]]] = [
+        return [
             ("history", lambda: history.answered([WARM_UP_REQUEST_ID]) if history else None),
             ("durability", self._durability.get),
             ("scripts", self._journal.load_intake_scripts),
             ("frames", lambda: [batch_frame(self._celery, task, queue_name, "warm-up", "")
                                 for queue_name, task in BATCH_TASKS.items()]),
         ]
-        failed = []
-        for name, step in steps:
-            try:
-                step()
-            except Exception as exc:  # Redis or the database not there yet: the first command waits
-                failed.append(name)
-                error = f"{type(exc).__name__}: {exc}"[:200]
-                log.warning("event=warm_up_failed step=%s error=%s", name, error)
-        return failed
 
     def unjournaled_ack(self, request_id: str) -> dict[str, Any] | None:
         with self._acks_lock:
