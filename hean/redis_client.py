@@ -322,6 +322,12 @@ def _script_exchange(conn: Any, script: tuple[Any, ...], durable: Durability) ->
     return reply
 
 
+def _script_load(conn: Any, source: str) -> None:
+    """SCRIPT LOAD `source` on `conn`: the server's cache then knows it by its SHA."""
+    conn.send_command("SCRIPT", "LOAD", source)
+    conn.read_response()
+
+
 def load_scripts(pool: ConnectionSource, sources: Sequence[str]) -> None:
     """Put `sources` into the server's script cache on a connection of `pool` (made now if it
     was not yet), so that their first `run_script` finds them: no NOSCRIPT round trip, no
@@ -329,8 +335,7 @@ def load_scripts(pool: ConnectionSource, sources: Sequence[str]) -> None:
     conn = pool.get_connection()
     try:
         for source in sources:
-            conn.send_command("SCRIPT", "LOAD", source)
-            conn.read_response()
+            _script_load(conn, source)
     except BaseException:
         conn.disconnect()
         raise
@@ -369,8 +374,7 @@ def run_script(
             try:
                 return _script_exchange(conn, script, durable)
             except NoScriptError:
-                conn.send_command("SCRIPT", "LOAD", source)
-                conn.read_response()
+                _script_load(conn, source)
                 return _script_exchange(conn, script, durable)
         except (ResponseError, NotDurable):
             raise  # the server answered: the connection is in a clean state
