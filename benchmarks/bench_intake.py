@@ -15,7 +15,8 @@ Steps, for a 100-order `submit_orders` command and a single `submit_order`:
   `web.bus.decode_message` (orjson alone for messages holding only text);
 - reservation: the writer's reserve-and-enqueue script on a private Redis, in a child process
   under eventlet as the web runs it (wall time, Redis's own included), on a connection checked
-  out of the process's pool each time against the writer's own (`hean.redis_client.OwnConnection`).
+  out of the process's pool each time against the writer's own (`hean.redis_client.OwnConnection`);
+  and, in a second table, the script's own time inside Redis beside the Redis calls it made.
 
 Never fails on speed. Usage: python benchmarks/bench_intake.py [--repeat R] [--number N]
 """
@@ -175,7 +176,7 @@ def reservations(repeat: int, number: int) -> None:
 
     checker = intake.CommandIntake.__new__(intake.CommandIntake)
     frame = batch_frame(app, BATCH_TASKS[ENGINE_QUEUE], "bench-queue", "batch-1", "submit_orders")
-    out = {}
+    out: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as home:
         server = PrivateRedis(Path(home))
         client = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(server.start()))
@@ -188,24 +189,54 @@ def reservations(repeat: int, number: int) -> None:
                 out[size] = [best_us(partial(reserve, journal, frame, data["command"], pending.encoded),
                                      repeat, number) for journal in (pooled, own)]  # fmt: skip
                 client.delete("bench-queue")
+                one = partial(reserve, own, frame, data["command"], pending.encoded)
+                out[size] += inside_redis(client, one, number)
+                client.delete("bench-queue")
         finally:
             client.close()
             server.stop()
     print(json.dumps(out))
 
 
+def inside_redis(client: Any, call: Callable[[], None], number: int, rounds: int = 5) -> list[float]:
+    """Redis's own time per `call` (a reservation: one script run), in us, in the least disturbed
+    of `rounds` rounds of `number` calls: the whole script, and the calls it made (Redis's
+    commandstats: a script's time includes its calls')."""
+    best: list[float] = []
+    for _ in range(rounds):
+        client.config_resetstat()
+        for _ in range(number):
+            call()
+        stats = client.info("commandstats")
+        script = int(stats.pop("cmdstat_evalsha", {"usec": 0})["usec"]) / number
+        inner = sum(int(v["usec"]) for name, v in stats.items() if name != "cmdstat_config|resetstat")
+        inner /= number
+        best = min(best or [script, inner], [script, inner])
+    return best
+
+
 def reserve(journal: Any, frame: Any, command: str, encoded: str) -> None:
     journal.reserve_and_enqueue([(uuid.uuid4().hex, command, encoded)], "bench-queue", frame)
 
 
-def reservation_rows(repeat: int, number: int) -> list[list[object]]:
+def reservation_rows(repeat: int, number: int) -> tuple[list[list[object]], dict[str, list[float]]]:
+    """The reservation rows of the main table, and the child's timings as it reported them."""
     child = subprocess.run(
         [sys.executable, __file__, "--reservations", str(repeat), str(max(20, number // 4))],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     timings = json.loads(child.stdout.strip().splitlines()[-1])
-    return [row("reservation (eventlet, wall)", size, pooled, own, len(orders_in(data)))
-            for (size, data) in commands().items() for pooled, own in [timings[size]]]  # fmt: skip
+    rows = [row("reservation (eventlet, wall)", size, pooled, own, len(orders_in(data)))
+            for (size, data) in commands().items() for pooled, own, *_ in [timings[size]]]  # fmt: skip
+    return rows, timings
+
+
+def inside_redis_rows(timings: dict[str, list[float]]) -> list[list[object]]:
+    """Per command size, us per reservation: the reservation script's own time inside Redis, the
+    calls it made, and the rest (the script's run: its arguments, Lua, the reply, and writing
+    its calls to the append-only file)."""
+    return [[size, f"{script:.1f}", f"{inner:.1f}", f"{script - inner:.1f}"]
+            for size, (_, _, script, inner) in timings.items()]  # fmt: skip
 
 
 def main() -> None:
@@ -225,11 +256,17 @@ def main() -> None:
     for size, data in commands().items():
         rows.append(push_row(data, size, args.repeat, args.number))
         rows.append(decode_row(data, size, args.repeat, args.number))
-    rows += reservation_rows(args.repeat, args.number)
+    reserved, timings = reservation_rows(args.repeat, args.number)
+    rows += reserved
     print_table(
         f"web CPU per command, before -> after (min of {args.repeat} runs)",
         ["step", "command", "before us", "after us", "us per order", "ratio"],
         rows,
+    )
+    print_table(
+        "the reservation script inside Redis, us per reservation (one run of --number)",
+        ["command", "script", "its Redis calls", "the rest: arguments, Lua, reply, AOF"],
+        inside_redis_rows(timings),
     )
 
 

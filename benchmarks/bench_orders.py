@@ -30,7 +30,8 @@ system time, and puts beside it the cache flushes per order of the disk under it
 per fsync; every process's on that disk count) priced at what an append + fdatasync costs
 there, measured before and after the designs (`hean.testing.disk`): under `appendfsync always`
 Redis fsyncs once per event-loop turn that wrote, a share of its CPU that no change to HEAN's
-Python removes, only fewer turns per order.
+Python removes, only fewer turns per order. It counts those turns too (Redis's INFO stats):
+per order, each one's wall time, the part of it spent in commands, and Redis's CPU per turn.
 
     .venv/bin/python benchmarks/bench_orders.py [--step-seconds S] [--memory-seconds S]
                                                 [--designs a,b,...] [--timeline]
@@ -361,13 +362,18 @@ def print_timeline(lat: list[float], seconds: float, samples: list[tuple[float, 
 @dataclass(frozen=True)
 class RedisUse:
     """What the private Redis did: user and system CPU seconds, the cache flushes of the disk
-    under its data (None: not countable), and per command (scripts' own calls included, as
-    Redis counts them) its calls and microseconds."""
+    under its data (None: not countable), per command (scripts' own calls included, as Redis
+    counts them) its calls and microseconds, and its event loop's turns with their wall time,
+    all of it and in commands (INFO stats `eventloop_*`; zeros from a server without them).
+    Under `appendfsync always` every turn that wrote ends with one fsync."""
 
     user_s: float
     system_s: float
     flushes: int | None
     commands: dict[str, tuple[int, int]]
+    turns: int = 0
+    turn_us: int = 0
+    turn_command_us: int = 0
 
     @staticmethod
     def sample(system: Stack) -> RedisUse | None:
@@ -379,11 +385,14 @@ class RedisUse:
             times = psutil.Process(pid).cpu_times()
             with redis.Redis.from_url(system.redis_url) as client:
                 stats = client.info("commandstats")
+                loop = client.info("stats")
         except (psutil.Error, redis.RedisError):
             return None
         commands = {name.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"]))
                     for name, v in stats.items()}
-        return RedisUse(times.user, times.system, disk_flushes(system.home), commands)
+        turns = [int(loop.get(f"eventloop_{name}", 0))
+                 for name in ("cycles", "duration_sum", "duration_cmd_sum")]
+        return RedisUse(times.user, times.system, disk_flushes(system.home), commands, *turns)
 
     def __sub__(self, earlier: RedisUse) -> RedisUse:
         commands = {}
@@ -393,7 +402,9 @@ class RedisUse:
                 commands[name] = (calls - calls0, usec - usec0)
         flushes = (None if self.flushes is None or earlier.flushes is None
                    else self.flushes - earlier.flushes)
-        return RedisUse(self.user_s - earlier.user_s, self.system_s - earlier.system_s, flushes, commands)
+        return RedisUse(self.user_s - earlier.user_s, self.system_s - earlier.system_s, flushes, commands,
+                        self.turns - earlier.turns, self.turn_us - earlier.turn_us,
+                        self.turn_command_us - earlier.turn_command_us)
 
 
 def fsync_line(when: str) -> FsyncCost:
@@ -565,6 +576,12 @@ def report_redis(chosen: list[Design], runs: dict[str, dict[str, Any]], fsyncs: 
             line += (f"; the disk's cache flushes {flushes:.2f}, at {cpu_us[0]:.0f}-{cpu_us[-1]:.0f} us "
                      f"of CPU per fsync {low:.3f}-{high:.3f} ms")
         print(line)
+        if use.turns > 0:
+            per_order, turn_cpu_us = use.turns / answered, 1e6 * (use.user_s + use.system_s) / use.turns
+            wall_us, command_us = use.turn_us / use.turns, use.turn_command_us / use.turns
+            print(f"    event-loop turns {per_order:.2f} per order, each {wall_us:.0f} us of wall "
+                  f"time ({command_us:.0f} in commands; the rest reads, replies and, in "
+                  f"a turn that wrote, the AOF write and fsync) and {turn_cpu_us:.0f} us of Redis's CPU")
         busiest = sorted(use.commands.items(), key=lambda item: -item[1][1])[:REDIS_COMMANDS_SHOWN]
         print("    " + ", ".join(f"{name} {calls / answered:.2f} x {usec / max(1, calls):.1f} us"
                                   for name, (calls, usec) in busiest)
