@@ -178,6 +178,53 @@ class SubscriptionError(ClientError):
 # -- handles ------------------------------------------------------------------------------------
 
 
+class _AckOnDemand:
+    """A `concurrent.futures.Future` made the first time somebody asks for it (`get`), settled
+    before that or after. The sync face's acks: most callers wait for results only, and two
+    futures per order (each with its condition and lock) were an eighth of `hean.client`'s CPU
+    per order at 1,000 single orders/s (benchmarks/bench_client.py)."""
+
+    __slots__ = ("_future", "_outcome")
+    _lock = threading.Lock()  # one for all: held for a few attribute reads and writes
+
+    def __init__(self) -> None:
+        self._future: concurrent.futures.Future[Any] | None = None
+        self._outcome: tuple[Any, BaseException | None] | None = None
+
+    def get(self) -> concurrent.futures.Future[Any]:
+        with self._lock:
+            if self._future is None:
+                future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+                if self._outcome is not None:
+                    value, exc = self._outcome
+                    if exc is None:
+                        future.set_result(value)
+                    else:
+                        future.set_exception(exc)
+                self._future = future
+            return self._future
+
+    def set_result(self, value: Any) -> None:
+        self._settle(value, None)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._settle(None, exc)
+
+    def _settle(self, value: Any, exc: BaseException | None) -> None:
+        """As a Future's: once (InvalidStateError after that, or if its owner cancelled it)."""
+        with self._lock:
+            future = self._future
+            if future is None:
+                if self._outcome is not None:
+                    raise concurrent.futures.InvalidStateError("ack already settled")
+                self._outcome = (value, exc)
+                return
+        if exc is None:
+            future.set_result(value)
+        else:
+            future.set_exception(exc)
+
+
 class CommandHandle(Generic[F]):
     """One command: `ack` and `result` are futures (sync face) or asyncio futures (async face).
 
@@ -185,11 +232,17 @@ class CommandHandle(Generic[F]):
     `CommandFailed`. With the async face, `await handle` is `await handle.result`.
     """
 
-    __slots__ = ("ack", "command", "request_id", "result")
+    __slots__ = ("_ack", "command", "request_id", "result")
 
     def __init__(self, command: str, request_id: str, ack: F, result: F) -> None:
         self.command, self.request_id = command, request_id
-        self.ack, self.result = ack, result
+        self._ack: Any = ack  # the future itself, or the sync face's _AckOnDemand
+        self.result = result
+
+    @property
+    def ack(self) -> F:
+        ack = self._ack  # an _AckOnDemand only with the sync face, whose F is a concurrent Future
+        return ack.get() if type(ack) is _AckOnDemand else ack  # type: ignore[return-value]
 
     def wait(self, timeout: float | None = None) -> Any:
         """Sync face: block until the result and return it (or raise the command's error)."""
@@ -551,7 +604,7 @@ class _ClientCore:
             self._wake.notify_all()
         for item in items:
             for handle in _handles_of(item):
-                settlements += [(handle.ack, None, exc), (handle.result, None, exc)]
+                settlements += [(handle._ack, None, exc), (handle.result, None, exc)]
         self._settle(settlements)
         for waiter in waiters:
             waiter(None)
@@ -854,7 +907,7 @@ class _ClientCore:
                     request.recheck_delay = self.result_recheck
                 if not request.acked:
                     request.acked = True
-                    settlements = [(h.ack, ack, None) for h in _handles_of(request)]
+                    settlements = [(h._ack, ack, None) for h in _handles_of(request)]
             else:
                 settlements = self._refused(request, ack)
         self._settle(settlements)
@@ -879,9 +932,9 @@ class _ClientCore:
             self._outbox.extendleft(reversed(others))
             self._wake.notify()
             handle = request.orders[bad]
-            return [(handle.ack, None, exc), (handle.result, None, exc)]
+            return [(handle._ack, None, exc), (handle.result, None, exc)]
         exc = CommandRejected.from_error(error, ack=ack)
-        return [s for h in _handles_of(request) for s in ((h.ack, None, exc), (h.result, None, exc))]
+        return [s for h in _handles_of(request) for s in ((h._ack, None, exc), (h.result, None, exc))]
 
     def _on_result(self, result: dict[str, Any]) -> None:
         with self._lock:
@@ -904,7 +957,7 @@ class _ClientCore:
             "duplicate": True,
             "error": None,
         }
-        return [(h.ack, ack, None) for h in _handles_of(request)]
+        return [(h._ack, ack, None) for h in _handles_of(request)]
 
     def _on_state(self, update: dict[str, Any]) -> None:
         subscription = self._subscriptions.get((update.get("namespace"), update.get("key")))  # type: ignore[arg-type]  # missing keys find nothing
@@ -1048,6 +1101,9 @@ class Client(_ClientCore):
 
     def _new_future(self) -> concurrent.futures.Future[Any]:
         return concurrent.futures.Future()
+
+    def _new_ack_future(self) -> _AckOnDemand:
+        return _AckOnDemand()
 
     def _settle(self, settlements: list[Settlement]) -> None:
         for future, value, exc in settlements:

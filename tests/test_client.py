@@ -95,8 +95,10 @@ def test_waiting_single_orders_go_out_as_one_command_each_with_its_own_ack_and_r
     sym = symbol()
     running(hean, sym)
     handles = [hean.submit_order(sym, "BUY" if i % 2 else "SELL", "0.1") for i in range(60)]
+    early = handles[-1].ack  # asked for before it settled (made on demand: hean.client._AckOnDemand)
     results = [h.wait(TIMEOUT) for h in handles]
     acks = [h.ack.result(0) for h in handles]
+    assert handles[-1].ack is early and early.result(0) == acks[-1]
 
     assert [r["client_order_id"] for r in results] == [h.client_order_id for h in handles]
     assert {r["status"] for r in results} == {"FILLED"}
