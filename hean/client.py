@@ -77,7 +77,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from decimal import Decimal
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar, cast
 
 import websocket
 
@@ -241,8 +241,10 @@ class CommandHandle(Generic[F]):
 
     @property
     def ack(self) -> F:
-        ack = self._ack  # an _AckOnDemand only with the sync face, whose F is a concurrent Future
-        return ack.get() if type(ack) is _AckOnDemand else ack  # type: ignore[return-value]
+        ack = self._ack
+        if type(ack) is _AckOnDemand:  # only the sync face's, whose F is a concurrent Future
+            return cast(F, ack.get())
+        return cast(F, ack)
 
     def wait(self, timeout: float | None = None) -> Any:
         """Sync face: block until the result and return it (or raise the command's error)."""
