@@ -180,9 +180,9 @@ class SubscriptionError(ClientError):
 
 class _AckOnDemand:
     """A `concurrent.futures.Future` made the first time somebody asks for it (`get`), settled
-    before that or after. The sync face's acks: most callers wait for results only, and two
-    futures per order (each with its condition and lock) were an eighth of `hean.client`'s CPU
-    per order at 1,000 single orders/s (benchmarks/bench_client.py)."""
+    before that or after. The sync face's acks: most callers wait for results only, and a
+    Future made for every ack (a condition and a lock each) was about a tenth of `hean.client`'s
+    CPU per order at 1,000 single orders/s (benchmarks/bench_client.py)."""
 
     __slots__ = ("_future", "_outcome")
     _lock = threading.Lock()  # one for all: held for a few attribute reads and writes
