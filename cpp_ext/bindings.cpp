@@ -14,6 +14,7 @@
 
 #include "engine.hpp"
 #include "graph.hpp"
+#include "order_json.hpp"
 #include "wire.hpp"
 
 namespace py = pybind11;
@@ -245,89 +246,98 @@ PyObject* param(PyObject* params, PyObject* key) {
   return value;
 }
 
-// `value`'s index in `names` when it is exactly one of those str; -1 otherwise.
-template <std::size_t N>
-int code_of(PyObject* value, const char* const (&names)[N]) {
-  if (!PyUnicode_CheckExact(value)) return -1;
-  for (std::size_t k = 0; k < N; ++k) {
-    if (PyUnicode_CompareWithASCIIString(value, names[k]) == 0) return static_cast<int>(k);
-  }
-  return -1;
-}
-
-// `value`'s UTF-8 bytes when it is a str that has them (no lone surrogates).
-bool utf8_of(PyObject* value, std::string_view& out) {
-  if (!PyUnicode_Check(value)) return false;
-  Py_ssize_t len = 0;
-  const char* p = PyUnicode_AsUTF8AndSize(value, &len);
-  if (p == nullptr) {
+// `value` (nullptr when absent) as the plain form sees it: a str is Text when it has UTF-8
+// (no lone surrogates) and is exactly a str, or any str for `any_str` (ids and symbols).
+hean::ParamValue param_value(PyObject* value, bool any_str = false) {
+  using Kind = hean::ParamValue::Kind;
+  if (value == nullptr) return {Kind::Absent, {}};
+  if (value == Py_None) return {Kind::Null, {}};
+  if (any_str ? PyUnicode_Check(value) : PyUnicode_CheckExact(value)) {
+    Py_ssize_t len = 0;
+    const char* p = PyUnicode_AsUTF8AndSize(value, &len);
+    if (p != nullptr) return {Kind::Text, std::string_view(p, static_cast<std::size_t>(len))};
     PyErr_Clear();
-    return false;
   }
-  out = std::string_view(p, static_cast<std::size_t>(len));
-  return true;
+  return {Kind::Other, {}};
 }
 
-bool plain_units(PyObject* value, hean::i64& out) {
-  std::string_view text;
-  return PyUnicode_CheckExact(value) && utf8_of(value, text) &&
-         hean::plain_decimal_units(text, out);
-}
-
-constexpr const char* kSides[] = {"BUY", "SELL"};
-constexpr const char* kTypes[] = {"MARKET", "LIMIT"};
-constexpr const char* kTifs[] = {"GTC", "IOC"};
-
-// The columns of `orders` (a list of the JSON params of `submit_order` commands that passed
-// the edge's schema), or None when any order is not in the plain form the edge sends: then
-// hean.engine.OrderBatch.append_params reads them, and names the error of one it refuses.
-// Accepts exactly what append_params accepts in that form, with the same values; bounds are
-// checked by the engine when the batch is applied, as for every batch.
-py::object read_order_params(py::handle orders) {
-  if (!PyList_Check(orders.ptr())) return py::none();
-  const ParamKeys& keys = param_keys();
-  const auto n = static_cast<std::size_t>(PyList_GET_SIZE(orders.ptr()));
+// Columns of `n` orders; `read(i, request)` fills request i (views that live until the
+// columns are complete) or refuses the lot.
+template <typename Read>
+py::object order_columns(std::size_t n, Read&& read) {
   auto columns = std::make_unique<OrderColumns>();
   OrderColumns& c = *columns;
   c.orders.resize(n);
   for (auto* v : {&c.id_at, &c.id_len, &c.symbol_at, &c.symbol_len}) v->resize(n);
   c.text.reserve(n * 24);
   for (std::size_t i = 0; i < n; ++i) {
-    PyObject* params = PyList_GET_ITEM(orders.ptr(), static_cast<Py_ssize_t>(i));
-    if (!PyDict_CheckExact(params)) return py::none();
     hean::OrderRequest& o = c.orders[i];
-    PyObject* value = param(params, keys.order_type);
-    const int type = value == nullptr ? 0 : code_of(value, kTypes);
-    value = param(params, keys.time_in_force);
-    const int tif = value == nullptr ? 0 : code_of(value, kTifs);
-    value = param(params, keys.side);
-    const int side = value == nullptr ? -1 : code_of(value, kSides);
-    if (type < 0 || tif < 0 || side < 0) return py::none();
-    o.type = static_cast<hean::OrderType>(type);
-    o.tif = static_cast<hean::TimeInForce>(tif);
-    o.side = static_cast<hean::Side>(side);
-    value = param(params, keys.price);
-    const bool priced = value != nullptr && value != Py_None;
-    if (priced != (o.type == hean::OrderType::Limit)) return py::none();
-    o.price = 0;
-    if (priced && !plain_units(value, o.price)) return py::none();
-    value = param(params, keys.quantity);
-    if (value == nullptr || !plain_units(value, o.quantity)) return py::none();
-    std::string_view id, symbol;
-    PyObject* id_obj = param(params, keys.client_order_id);
-    PyObject* symbol_obj = param(params, keys.symbol);
-    if (id_obj == nullptr || symbol_obj == nullptr || !utf8_of(id_obj, id) ||
-        !utf8_of(symbol_obj, symbol)) {
-      return py::none();
-    }
+    if (!read(i, o)) return py::none();
     c.id_at[i] = c.text.size();
-    c.id_len[i] = id.size();
-    c.text.append(id);
+    c.id_len[i] = o.client_id.size();
+    c.text.append(o.client_id);
     c.symbol_at[i] = c.text.size();
-    c.symbol_len[i] = symbol.size();
-    c.text.append(symbol);
+    c.symbol_len[i] = o.symbol.size();
+    c.text.append(o.symbol);
+    o.client_id = o.symbol = std::string_view();  // views are made by requests()
   }
   return py::cast(std::move(columns));
+}
+
+// The columns of `orders` (a list of the JSON params of `submit_order` commands that passed
+// the edge's schema), or None when any order is not in the plain form the edge sends
+// (hean::plain_order): then hean.engine.OrderBatch.append_params reads them, and names the
+// error of one it refuses. Accepts exactly what append_params accepts in that form, with the
+// same values; bounds are checked by the engine when the batch is applied, as for every batch.
+py::object read_order_params(py::handle orders) {
+  if (!PyList_Check(orders.ptr())) return py::none();
+  const ParamKeys& keys = param_keys();
+  const auto n = static_cast<std::size_t>(PyList_GET_SIZE(orders.ptr()));
+  return order_columns(n, [&](std::size_t i, hean::OrderRequest& o) {
+    PyObject* params = PyList_GET_ITEM(orders.ptr(), static_cast<Py_ssize_t>(i));
+    if (!PyDict_CheckExact(params)) return false;
+    hean::OrderParamValues v;
+    v.order_type = param_value(param(params, keys.order_type));
+    v.time_in_force = param_value(param(params, keys.time_in_force));
+    v.side = param_value(param(params, keys.side));
+    v.price = param_value(param(params, keys.price));
+    v.quantity = param_value(param(params, keys.quantity));
+    v.client_order_id = param_value(param(params, keys.client_order_id), true);
+    v.symbol = param_value(param(params, keys.symbol), true);
+    return hean::plain_order(v, o);
+  });
+}
+
+// The columns of the orders in `json` (hean::read_orders_json), or None.
+py::object read_order_json(const py::bytes& json) {
+  const std::string_view text(json);
+  std::vector<hean::OrderRequest> read;
+  if (!hean::read_orders_json(text, read)) return py::none();
+  return order_columns(read.size(), [&](std::size_t i, hean::OrderRequest& o) {
+    o = read[i];
+    return true;
+  });
+}
+
+// hean::cut_order_lists of a body given as str: (the stripped body, [(envelope index, the
+// list's JSON), ...]), or None.
+py::object cut_order_lists(py::handle body) {
+  if (!PyUnicode_Check(body.ptr())) return py::none();
+  Py_ssize_t len = 0;
+  const char* p = PyUnicode_AsUTF8AndSize(body.ptr(), &len);
+  if (p == nullptr) {  // lone surrogates: the general reader
+    PyErr_Clear();
+    return py::none();
+  }
+  const std::string_view text(p, static_cast<std::size_t>(len));
+  std::string stripped;
+  std::vector<hean::OrderListCut> cuts;
+  if (!hean::cut_order_lists(text, stripped, cuts)) return py::none();
+  py::list lists;
+  for (const hean::OrderListCut& cut : cuts) {
+    lists.append(py::make_tuple(cut.envelope, py::bytes(text.data() + cut.begin, cut.end - cut.begin)));
+  }
+  return py::make_tuple(py::bytes(stripped), lists);
 }
 
 BatchResult submit_columns(hean::Engine& engine, const OrderColumns& columns, hean::i64 now_ns) {
@@ -689,6 +699,14 @@ PYBIND11_MODULE(_core, m) {
         "The columns of a list of submit_order params in the plain form the edge sends, or "
         "None when any order is not in that form (hean.engine.OrderBatch.append_params then "
         "reads them, with its errors).");
+  m.def("read_order_json", &read_order_json, py::arg("json"),
+        "The columns of the orders in `json` (a JSON array of submit_order params), read as "
+        "read_order_params reads them, or None when the text or any order is not in the plain "
+        "form (cpp_ext/order_json.hpp): then parse it and take the general way.");
+  m.def("cut_order_lists", &cut_order_lists, py::arg("body"),
+        "A batch task's body (str) with each submit_orders envelope's order list replaced by "
+        "null, and [(envelope index, the list's JSON bytes), ...]; None when the body is not "
+        "plain enough to cut (cpp_ext/order_json.hpp): then parse it whole.");
 
 
   const auto released = py::call_guard<py::gil_scoped_release>();

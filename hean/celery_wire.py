@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
-from hean import fastjson
+from hean import _core, fastjson
 from hean.redis_client import run_script
 
 if TYPE_CHECKING:  # the library imports no Celery at run time; callers hand in their app
@@ -154,8 +154,14 @@ def task_marker(task_name: str) -> str:
     return json.dumps({"task": task_name})[1:-1]
 
 
-def batch_envelopes(raw: bytes | str) -> list[dict[str, Any]]:
+def batch_envelopes(raw: bytes | str, cut_orders: bool = False) -> list[dict[str, Any]]:
     """The envelopes a queued batch message carries, whether this module or kombu encoded it.
+
+    With `cut_orders`, the order list of each `submit_orders` envelope is left as the JSON text
+    it was queued as, an `OrderListJSON` in its params (`hean._core.cut_order_lists`, when the
+    body is plain enough to cut, else it is parsed whole): the engine worker reads those lists
+    straight into the core's columns, without a Python object per order. Its envelopes are
+    otherwise the same values; `loaded_params` parses such a list where a handler needs it.
 
     Raises ValueError (or KeyError, IndexError, TypeError) for anything else.
     """
@@ -163,8 +169,44 @@ def batch_envelopes(raw: bytes | str) -> list[dict[str, Any]]:
     body = message["body"]
     if message.get("properties", {}).get("body_encoding") == "base64":
         body = base64.b64decode(body)
-    args = fastjson.loads(body)[0]
-    return list(args[0])
+    cut = _core.cut_order_lists(body) if cut_orders else None
+    if cut is None:
+        return list(fastjson.loads(body)[0][0])
+    stripped, lists = cut
+    envelopes = list(fastjson.loads(stripped)[0][0])
+    for index, orders in lists:
+        envelopes[index]["params"]["orders"] = OrderListJSON(orders)
+    return envelopes
+
+
+class OrderListJSON:
+    """A `submit_orders` command's order list as the JSON text it was queued as (see
+    `batch_envelopes`)."""
+
+    __slots__ = ("json",)
+
+    def __init__(self, json: bytes) -> None:
+        self.json = json
+
+    def columns(self) -> _core.OrderColumns | None:
+        """The orders in the core's columns, read from the text (`hean._core.read_order_json`);
+        None when the text or an order is not in the plain form the edge sends: then `load()`
+        and read them the general way (hean.engine.orders_from_params)."""
+        return _core.read_order_json(self.json)
+
+    def load(self) -> Any:
+        """The list, parsed."""
+        return fastjson.loads(self.json)
+
+    def __repr__(self) -> str:
+        return f"OrderListJSON({self.json[:60]!r}{'...' if len(self.json) > 60 else ''})"
+
+
+def loaded_params(params: dict[str, Any]) -> dict[str, Any]:
+    """`params` with an order list that `batch_envelopes` left as JSON parsed (a copy), or
+    `params` itself."""
+    orders = params.get("orders")
+    return {**params, "orders": orders.load()} if isinstance(orders, OrderListJSON) else params
 
 
 _EXPIRES = "__HEAN_EXPIRES__"

@@ -10,10 +10,12 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import pytest
 import redis
 
 from hean import _core, fastjson
+from hean.celery_wire import OrderListJSON
 from hean.command_journal import CommandJournal
 from hean.engine import text_units, to_units
 from hean.messages import CommandResult, ErrorInfo, QueuedEnvelope
@@ -232,6 +234,37 @@ def test_submit_orders_runs_give_what_each_command_gives_alone(monkeypatch: pyte
     install_fresh_shard(monkeypatch)
     run = handlers.submit_orders_run(commands)
     assert on_the_wire(run) == on_the_wire([(result, None) for result in alone])
+    # the lists as the engine worker reads them off its queue: JSON text (hean.celery_wire),
+    # read into columns, or parsed and read the general way (a quantity as a number)
+    general = {"orders": [order(5, quantity=2)]}
+    alone.append(handlers.submit_orders(OrdersParams.model_validate(general)))
+    install_fresh_shard(monkeypatch)
+    as_text = [{"orders": OrderListJSON(orjson.dumps(c["orders"]))} for c in [*commands, general]]
+    run = handlers.submit_orders_run(as_text)
+    assert on_the_wire(run) == on_the_wire([(result, None) for result in alone])
+
+
+def test_an_order_list_read_from_text_is_refused_as_the_parsed_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hean.commands import RunRefused
+    from workers import engine as handlers
+
+    good = {"client_order_id": "g", "symbol": "BTCUSDT", "side": "BUY", "quantity": "1"}
+
+    def outcome(params: dict[str, Any]) -> Any:
+        shard = install_fresh_shard(monkeypatch)
+        try:
+            ran = on_the_wire(handlers.submit_orders_run([{"orders": [good]}, params]))
+        except RunRefused as exc:
+            ran = ("refused", str(exc))
+        return ran, shard.engine.status().orders_submitted, len(shard.log.pending)
+
+    for orders in ([], [good] * 1_001, "no list", [{**good, "side": "UP"}], [{**good, "quantity": "0"}]):
+        parsed = outcome({"orders": orders})
+        assert outcome({"orders": OrderListJSON(orjson.dumps(orders))}) == parsed
+        if orders == [{**good, "quantity": "0"}]:  # the core refuses that command alone
+            assert parsed[0][1][1]["code"] == "invalid_params"
+        else:
+            assert parsed == (("refused", parsed[0][1]), 0, 0)
 
 
 def on_the_wire(outcomes: list[Any]) -> Any:

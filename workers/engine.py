@@ -12,8 +12,8 @@ from typing import Any, Final
 from celery.signals import worker_init, worker_ready, worker_shutdown
 from redis.exceptions import RedisError
 
-from hean import fastjson
-from hean.celery_wire import reclaim_unacked, restore_delivering
+from hean import _core, fastjson
+from hean.celery_wire import OrderListJSON, reclaim_unacked, restore_delivering
 from hean.commands import (
     CommandError,
     NoParams,
@@ -33,7 +33,7 @@ from hean.commands.params import (
     RiskAdjustParams,
 )
 from hean.config import get_settings
-from hean.engine import BatchResult, EngineState, OrderResult, orders_from_params
+from hean.engine import BatchResult, EngineState, OrderBatch, OrderResult, orders_from_params
 from hean.history import HistoryUnavailable
 from hean.process_wide import ProcessWide
 from hean.redis_client import SendAhead, sync_client
@@ -151,10 +151,16 @@ def submit_orders_run(commands: list[dict[str, Any]]) -> list[Outcome]:
     """`submit_orders` commands in a row: each one's orders straight into the core's columns
     (validated at the edge, not again: no pydantic model, no OrderRequest per order), and the
     per-order results written as JSON by the core (`wire_result`)."""
-    batches = []
+    batches: list[tuple[list[Any] | None, OrderBatch | _core.OrderColumns]] = []
     try:
         for params in commands:
             orders = params["orders"]
+            if isinstance(orders, OrderListJSON):  # read from its text (batch_envelopes)
+                columns = orders.columns()
+                if columns is not None and 1 <= len(columns) <= MAX_ORDERS_PER_COMMAND:
+                    batches.append((None, columns))
+                    continue
+                orders = orders.load()
             if not isinstance(orders, list) or not 1 <= len(orders) <= MAX_ORDERS_PER_COMMAND:
                 raise ValueError("orders: 1 to 1,000 orders")
             batches.append((orders, orders_from_params(orders)))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hean import metrics
+from hean.celery_wire import loaded_params
 from hean.command_journal import CommandJournal, resolve_started
 from hean.commands import RunRefused, error_from, get_command
 from hean.history import HistoryStore
@@ -59,7 +60,7 @@ def _run_one(envelope: QueuedEnvelope, queue: str, started: float) -> dict[str, 
         error = ErrorInfo(code="unknown_command", message=f"no command {envelope.command!r} here")
     else:
         try:
-            result = spec.handler(spec.params.model_validate(envelope.params))
+            result = spec.handler(spec.params.model_validate(loaded_params(envelope.params)))
         except Exception as exc:  # a failing command is reported, never kills the worker
             error = error_from(exc)
             if error.code == "command_failed":  # not a CommandError: a bug, sent for analysis

@@ -434,10 +434,11 @@ class EngineShard:
         return outcome
 
     def apply_order_batch(
-        self, orders: list[dict[str, Any]], batch: OrderBatch | _core.OrderColumns
+        self, orders: list[dict[str, Any]] | None, batch: OrderBatch | _core.OrderColumns
     ) -> BatchResult:
-        """Apply orders (given as JSON params, and as `batch`: the same orders in columns) as
-        one core batch, logged as one `submit_orders` entry (which replays them the same way).
+        """Apply orders (given as JSON params, and as `batch`: the same orders in columns; the
+        params are needed only when `batch` is not the core's columns) as one core batch,
+        logged as one `submit_orders` entry (which replays them the same way).
         Raises ValueError, having applied nothing, if the core refuses the batch."""
         now_ns = time.time_ns()
         outcome = self.engine.submit_batch(batch, now_ns=now_ns)
@@ -445,6 +446,7 @@ class EngineShard:
         if isinstance(batch, _core.OrderColumns):
             self.log.add_orders(batch, now_ns)
         else:
+            assert orders is not None, "an OrderBatch is logged as its params"
             self.log.add("submit_orders", {"orders": orders}, now_ns)
         self.publisher.mark(positions=True)
         return outcome
@@ -552,7 +554,7 @@ class EngineShard:
         envelopes: list[dict[str, Any]] = []
         for raw in reversed(newest_first):  # oldest first
             try:
-                envelopes += batch_envelopes(raw)
+                envelopes += batch_envelopes(raw, cut_orders=True)
             except (ValueError, KeyError, IndexError, TypeError) as exc:  # not ours: keep it for people
                 client.lpush(INFLIGHT_KEY + ":unreadable", raw)
                 log.error("event=unreadable_batch_message error=%s kept=%s:unreadable", exc, INFLIGHT_KEY)

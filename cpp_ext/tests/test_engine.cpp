@@ -1,5 +1,7 @@
 // C++ tests of the HEAN core without Python (run by ctest, also under ASan/UBSan).
 #include <cmath>
+#include <cstring>
+#include <memory>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -10,6 +12,7 @@
 
 #include "engine.hpp"
 #include "graph.hpp"
+#include "order_json.hpp"
 #include "wire.hpp"
 
 using namespace hean;
@@ -374,6 +377,67 @@ void test_orders_binary() {
   }
 }
 
+// `text` in a heap block of exactly its size: the sanitizers see a read past its end.
+template <typename F>
+void with_exact_copy(std::string_view text, F&& f) {
+  std::unique_ptr<char[]> copy(new char[text.size()]);
+  if (!text.empty()) std::memcpy(copy.get(), text.data(), text.size());
+  f(std::string_view(copy.get(), text.size()));
+}
+
+void test_order_json() {
+  const std::string orders =
+      R"([{"client_order_id":"c-1","symbol":"BTCUSDT","side":"BUY","quantity":"0.001"},)"
+      R"( {"side":"SELL","order_type":"LIMIT","price":"49000.5","time_in_force":"IOC",)"
+      R"("quantity":"2","symbol":"ETH","client_order_id":"c-2","x":null}])";
+  std::vector<OrderRequest> read;
+  CHECK(read_orders_json(orders, read));
+  CHECK(read.size() == 2);
+  if (read.size() == 2) {
+    CHECK(read[0].client_id == "c-1" && read[0].symbol == "BTCUSDT" && read[0].side == Side::Buy);
+    CHECK(read[0].type == OrderType::Market && read[0].quantity == S / 1000 && read[0].price == 0);
+    CHECK(read[1].client_id == "c-2" && read[1].side == Side::Sell && read[1].type == OrderType::Limit);
+    CHECK(read[1].tif == TimeInForce::IOC && read[1].price == 49'000 * S + S / 2);
+  }
+  CHECK(!read_orders_json(R"([{"client_order_id":"c","symbol":"S","side":"BUY","quantity":1}])", read));
+  CHECK(!read_orders_json(R"([{"client_order_id":"c","symbol":"S","side":"B\u0055Y","quantity":"1"}])", read));
+
+  const std::string body = R"([[[{"request_id":"r-1","command":"submit_orders","params":{"orders":)" +
+                           orders + R"(},"reply_to":null,"received_at_ms":1.5},)" +
+                           R"({"command":"stop","params":{}}]],{},{"chain":null}])";
+  std::string stripped;
+  std::vector<OrderListCut> cuts;
+  CHECK(cut_order_lists(body, stripped, cuts));
+  CHECK(cuts.size() == 1);
+  if (cuts.size() == 1) {
+    CHECK(cuts[0].envelope == 0);
+    CHECK(body.substr(cuts[0].begin, cuts[0].end - cuts[0].begin) == orders);
+  }
+  CHECK(stripped.find("\"orders\":null}") != std::string::npos);
+  CHECK(stripped.size() == body.size() - orders.size() + 4);
+  // every shorter prefix is refused, and flipped bytes are read or refused, never past the end
+  for (const std::string* text : {&orders, &body}) {
+    for (std::size_t cut = 0; cut < text->size(); ++cut) {
+      with_exact_copy(std::string_view(*text).substr(0, cut), [&](std::string_view prefix) {
+        CHECK(!read_orders_json(prefix, read));
+        CHECK(!cut_order_lists(prefix, stripped, cuts));
+      });
+    }
+    std::mt19937 rng(7);
+    for (int i = 0; i < 3000; ++i) {
+      std::string bad = *text;
+      bad[rng() % bad.size()] = "\"\\{}[],:0u \x01"[rng() % 12];
+      with_exact_copy(bad, [&](std::string_view view) {
+        read_orders_json(view, read);
+        cut_order_lists(view, stripped, cuts);
+      });
+    }
+  }
+  std::string deep = R"([[[{"command":"submit_orders","params":{"orders":[)";
+  deep += std::string(200, '[') + std::string(200, ']') + "]}}]],{},{}]";
+  CHECK(!cut_order_lists(deep, stripped, cuts));
+}
+
 }  // namespace
 
 int main() {
@@ -387,6 +451,7 @@ int main() {
   test_wire_text();
   test_result_json();
   test_orders_binary();
+  test_order_json();
   if (g_failures != 0) {
     std::fprintf(stderr, "%d check(s) failed\n", g_failures);
     return EXIT_FAILURE;
