@@ -320,3 +320,14 @@ def test_a_queued_batch_reads_back_the_same_with_its_order_lists_left_as_text() 
                 columns = orders.columns()
                 assert columns is not None
                 assert columns.rows() == read_by_python(original["params"]["orders"])
+
+
+@pytest.mark.parametrize("odd", ["NaN", "123456789012345678901234567890", '"\\ud800"'])
+def test_a_message_orjson_reads_otherwise_or_refuses_gives_the_same_envelopes(odd: str) -> None:
+    rng = random.Random(2)
+    frame = batch_frame(app, BATCH_TASKS[ENGINE_QUEUE], ENGINE_QUEUE, "batch-1", "x")
+    envelopes = [web_envelope(rng, n) for n in range(4)]
+    raw = queued(frame, envelopes).replace("{", '{"odd": ' + odd + ", ", 1)
+    assert batch_envelopes(raw) == envelopes
+    cut = batch_envelopes(raw, cut_orders=True)
+    assert [{**e, "params": loaded_params(e["params"])} for e in cut] == envelopes
