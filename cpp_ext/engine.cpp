@@ -210,7 +210,8 @@ OrderResult submit_locked(Core& c, const OrderRequest& req, i64 now_ns) {
     return r;
   }
   if (!c.open.empty()) {
-    if (auto it = c.open.find(std::string(key)); it != c.open.end()) {
+    c.open_key.assign(key.data(), key.size());
+    if (auto it = c.open.find(c.open_key); it != c.open.end()) {
       OrderResult r = it->second.it->first;
       r.duplicate = true;
       ++c.counters.duplicates;
@@ -366,7 +367,7 @@ class Writer {
     out_.append(bytes, sizeof bytes);
   }
   void i64v(i64 v) { u64v(static_cast<u64>(v)); }
-  void str(const std::string& s) {
+  void str(std::string_view s) {
     u64v(s.size());
     out_.append(s);
   }
@@ -629,7 +630,7 @@ Engine::Engine(EngineConfig config) {
   core_.config = config;
   core_.peak_equity = config.starting_equity;
   core_.day_start_equity = config.starting_equity;
-  core_.seen = IdempotencyCache<OrderResult>(static_cast<std::size_t>(config.idempotency_capacity));
+  core_.seen = decltype(core_.seen)(static_cast<std::size_t>(config.idempotency_capacity));
 }
 
 Engine::~Engine() = default;
@@ -860,7 +861,7 @@ std::string Engine::snapshot() const {
   });
   // Idempotency cache, oldest first.
   w.u64v(c.seen.size());
-  c.seen.for_each_oldest_first([&](const std::string& key, const OrderResult& res) {
+  c.seen.for_each_oldest_first([&](std::string_view key, const OrderResult& res) {
     w.str(key);
     w.result(res);
   });
@@ -941,7 +942,7 @@ void Engine::restore(std::string_view data) {
     c.next_seq = saved_seq;
   }
   const u64 nseen = r.count(static_cast<u64>(c.config.idempotency_capacity));
-  c.seen = IdempotencyCache<OrderResult>(static_cast<std::size_t>(c.config.idempotency_capacity));
+  c.seen = decltype(c.seen)(static_cast<std::size_t>(c.config.idempotency_capacity));
   for (u64 i = 0; i < nseen; ++i) {
     const std::string key = r.str();
     const OrderResult res = r.result();

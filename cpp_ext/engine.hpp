@@ -252,11 +252,12 @@ struct Core {
   std::int64_t last_symbol = -1;  // lookup cache, not state
 
   std::unordered_map<std::string, OpenRef> open;  // client id -> resting order
+  std::string open_key;  // reused to look a client id up in `open` without an allocation; not state
   i64 open_order_notional = 0;
   i64 open_positions = 0;
 
   // Outcome by client id for the most recent `idempotency_capacity` ids.
-  IdempotencyCache<OrderResult> seen{1};
+  IdempotencyCache<OrderResult, static_cast<std::size_t>(bounds::kMaxIdBytes)> seen{1};
 
   i64 realized_total = 0, fees_total = 0, unrealized_total = 0, gross_total = 0;
   i64 peak_equity = 0, day_start_equity = 0;

@@ -1,17 +1,22 @@
 // Bounded idempotency window: the outcomes of the most recent `capacity` distinct client
 // order ids, FIFO eviction. Open addressing (linear probing, backward-shift deletion) over
-// a ring of entries, so memory is allocated once and stays flat however many orders pass.
+// a ring of entries that hold their keys inline (at most MaxKey bytes), so memory is
+// allocated once and stays flat however many orders pass, and an insert allocates nothing
+// (a std::string per entry reallocated whenever a longer id replaced a shorter one: a fifth of
+// the core's instructions per order in a 100-order batch).
 #pragma once
 
+#include <array>
 #include <cstdint>
+#include <cstring>
 #include <functional>
-#include <string>
+#include <stdexcept>
 #include <string_view>
 #include <vector>
 
 namespace hean {
 
-template <typename Value>
+template <typename Value, std::size_t MaxKey>
 class IdempotencyCache {
  public:
   explicit IdempotencyCache(std::size_t capacity) : capacity_(capacity) {
@@ -30,25 +35,28 @@ class IdempotencyCache {
     for (std::size_t i = tag & mask_;; i = (i + 1) & mask_) {
       const Slot& s = slots_[i];
       if (s.entry == 0) return nullptr;
-      if (s.tag == tag && ring_[s.entry - 1].key == key) return &ring_[s.entry - 1].value;
+      if (s.tag == tag && ring_[s.entry - 1].key() == key) return &ring_[s.entry - 1].value;
     }
   }
 
-  // `key` must not be present; evicts the oldest entry when full.
+  // `key` (at most MaxKey bytes, else std::length_error) must not be present; evicts the
+  // oldest entry when full.
   void insert(std::string_view key, std::uint64_t h, const Value& value) {
+    if (key.size() > MaxKey) throw std::length_error("idempotency key longer than its bound");
     std::size_t index;
     if (ring_.size() < capacity_) {
       index = ring_.size();
-      ring_.push_back(Entry{std::string(key), static_cast<std::uint32_t>(h), value});
+      ring_.emplace_back();
     } else {
       index = head_;
-      Entry& old = ring_[index];
-      erase_slot(old.tag, index);
-      old.key.assign(key.data(), key.size());
-      old.tag = static_cast<std::uint32_t>(h);
-      old.value = value;
+      erase_slot(ring_[index].tag, index);
       head_ = (head_ + 1) % capacity_;
     }
+    Entry& e = ring_[index];
+    std::memcpy(e.bytes.data(), key.data(), key.size());
+    e.length = static_cast<std::uint8_t>(key.size());
+    e.tag = static_cast<std::uint32_t>(h);
+    e.value = value;
     const auto tag = static_cast<std::uint32_t>(h);
     std::size_t i = tag & mask_;
     while (slots_[i].entry != 0) i = (i + 1) & mask_;
@@ -64,7 +72,7 @@ class IdempotencyCache {
     const std::size_t start = n < capacity_ ? 0 : head_;
     for (std::size_t k = 0; k < n; ++k) {
       const Entry& e = ring_[(start + k) % n];
-      f(e.key, e.value);
+      f(e.key(), e.value);
     }
   }
 
@@ -73,10 +81,13 @@ class IdempotencyCache {
     std::uint32_t entry = 0;  // ring index + 1; 0 = empty
     std::uint32_t tag = 0;    // low 32 bits of the key's hash (home slot and filter)
   };
+  static_assert(MaxKey <= 255, "an entry's key length is one byte");
   struct Entry {
-    std::string key;
-    std::uint32_t tag;
-    Value value;
+    std::array<char, MaxKey> bytes{};
+    std::uint8_t length = 0;
+    std::uint32_t tag = 0;
+    Value value{};
+    std::string_view key() const noexcept { return std::string_view(bytes.data(), length); }
   };
 
   void erase_slot(std::uint32_t tag, std::size_t index) noexcept {
