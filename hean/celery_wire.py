@@ -179,7 +179,7 @@ def batch_envelopes(raw: bytes | str, cut_orders: bool = False) -> list[dict[str
     if message.get("properties", {}).get("body_encoding") == "base64":
         body = base64.b64decode(body)
     cut = None
-    if cut_orders:
+    if cut_orders and isinstance(body, str) and '"submit_orders"' in body:  # else nothing to cut
         from hean import _core
 
         cut = _core.cut_order_lists(body)
