@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_engine_columns import random_order, read_by_python
 
@@ -28,6 +28,9 @@ from hean.celery_wire import (
 from hean.messages import envelope_json
 from hean.topology import BATCH_TASKS, ENGINE_QUEUE
 from workers.app import app
+
+#: Generated JSON can be slow to make or large on a busy machine: not a failure of what is tested.
+SLOW_DATA = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example]
 
 ASCII_IDS = ["c-1", "order/7", "x" * 64, "a b", "{not}json[", "1234567890123456789012"]
 
@@ -127,7 +130,7 @@ def test_a_member_given_twice_counts_with_its_last_value() -> None:
     assert columns.rows() == read_json_by_python(text) == [("c", "S", 0, 0, 0, 100_000_000, 0)]
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400, deadline=None, suppress_health_check=SLOW_DATA)
 @given(st.data())
 def test_damaged_text_is_never_read_as_something_else(data: st.DataObject) -> None:
     rng = random.Random(data.draw(st.integers(0, 2**32)))
@@ -203,7 +206,7 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, suppress_health_check=SLOW_DATA)
 @given(st.data())
 def test_any_body_is_cut_into_what_parsing_it_gives_or_left_whole(data: st.DataObject) -> None:
     rng = random.Random(data.draw(st.integers(0, 2**32)))
@@ -227,7 +230,7 @@ def test_any_body_is_cut_into_what_parsing_it_gives_or_left_whole(data: st.DataO
     assert value is None or value == json.loads(body)
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=500, deadline=None, suppress_health_check=SLOW_DATA)
 @given(st.data())
 def test_a_damaged_body_is_never_cut(data: st.DataObject) -> None:
     rng = random.Random(data.draw(st.integers(0, 2**32)))
