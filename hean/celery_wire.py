@@ -178,18 +178,28 @@ def batch_envelopes(raw: bytes | str, cut_orders: bool = False) -> list[dict[str
     body = message["body"]
     if message.get("properties", {}).get("body_encoding") == "base64":
         body = base64.b64decode(body)
-    cut = None
-    if cut_orders and isinstance(body, str) and '"submit_orders"' in body:  # else nothing to cut
-        from hean import _core
+    cut = batch_body_cut(body) if cut_orders else None
+    return list((cut if cut is not None else fastjson.loads(body))[0][0])
 
-        cut = _core.cut_order_lists(body)
+
+def batch_body_cut(body: str | bytes) -> list[Any] | None:
+    """A batch task's body, parsed, with the order list of each `submit_orders` envelope left
+    as the JSON text it was queued as (an `OrderListJSON` in its params); None when there is
+    none to cut or the body is not plain enough to cut it (`hean._core.cut_order_lists`): then
+    parse it whole, for the same values otherwise."""
+    if not isinstance(body, str) or '"submit_orders"' not in body:  # nothing to cut
+        return None
+    from hean import _core
+
+    cut = _core.cut_order_lists(body)
     if cut is None:
-        return list(fastjson.loads(body)[0][0])
+        return None
     stripped, lists = cut
-    envelopes = list(fastjson.loads(stripped)[0][0])
+    value = fastjson.loads(stripped)
+    envelopes = value[0][0]
     for index, orders in lists:
         envelopes[index]["params"]["orders"] = OrderListJSON(orders)
-    return envelopes
+    return cast(list[Any], value)
 
 
 class OrderListJSON:

@@ -334,3 +334,28 @@ def test_a_message_orjson_reads_otherwise_or_refuses_gives_the_same_envelopes(od
     assert batch_envelopes(raw) == envelopes
     cut = batch_envelopes(raw, cut_orders=True)
     assert [{**e, "params": loaded_params(e["params"])} for e in cut] == envelopes
+
+
+def test_a_delivered_batch_reads_as_kombu_decodes_it_with_its_order_lists_left_as_text() -> None:
+    from kombu.message import Message
+
+    from workers.engine import _delivered_body
+
+    rng = random.Random(11)
+
+    def message(body: str) -> Message:
+        return Message(body=body, content_type="application/json", content_encoding="utf-8",
+                       accept={"application/json"})
+
+    for _ in range(200):
+        envelopes = [web_envelope(rng, n) for n in range(rng.choice([1, 3]))]
+        body = body_of(envelopes, rng)
+        read = _delivered_body(message(body))
+        as_text = [isinstance(e["params"].get("orders"), OrderListJSON) for e in read[0][0]]
+        assert any(as_text) == any(e["command"] == "submit_orders" for e in envelopes)
+        read[0][0] = [{**e, "params": loaded_params(e["params"])} for e in read[0][0]]
+        assert read == message(body).decode()
+    # kombu's typed values, or another content type: kombu decodes it
+    typed = body_of([{**web_envelope(rng, 0), "command": "submit_orders",
+                      "params": {"orders": [{"__type__": "x"}]}}], rng)
+    assert _delivered_body(message(typed)) == message(typed).decode()

@@ -74,6 +74,7 @@ def inline_strategy(
     events_every_s: float | None = None,
     failures_reported: bool = False,
     capped: bool = False,
+    decode: Callable[[Any], Any] | None = None,
 ) -> Callable[..., Any]:
     """A Celery task strategy (`Task.Strategy`) that runs `run(headers, args)` in the consumer
     itself as the message arrives, then acknowledges it; an expired message is dropped unrun.
@@ -94,6 +95,8 @@ def inline_strategy(
     - `capped`: count redeliveries like `HeanTask` and drop a message past the cap.
     - `with_message`: call `run(headers, args, message)`, with kombu's message (its channel's
       QoS can acknowledge it within the task's own commit: workers/transport.py, `ack_within`).
+    - `decode`: read the body as `decode(message)` (args, kwargs, embed) instead of kombu's
+      `message.decode()`.
 
     A task that raises is logged and acknowledged, as Celery acknowledges a failed acks_late
     task.
@@ -121,7 +124,9 @@ def inline_strategy(
                     return
                 if capped and redeliveries_exhausted(task, task_id, message.delivery_info):
                     return
-                args, _kwargs, _embed = body if body is not None else message.decode()
+                if body is None:
+                    body = decode(message) if decode is not None else message.decode()
+                args, _kwargs, _embed = body
                 if sampled and began - last_shown[0] >= cast(float, events_every_s):
                     shown, last_shown[0] = True, began
                     send(

@@ -13,7 +13,7 @@ from celery.signals import worker_init, worker_ready, worker_shutdown
 from redis.exceptions import RedisError
 
 from hean import _core, fastjson
-from hean.celery_wire import OrderListJSON, reclaim_unacked, restore_delivering
+from hean.celery_wire import OrderListJSON, batch_body_cut, reclaim_unacked, restore_delivering
 from hean.commands import (
     CommandError,
     NoParams,
@@ -254,6 +254,20 @@ def _run_batch_inline(headers: dict[str, Any], args: list[Any], message: Any) ->
     return _run_batch(args[0], message)
 
 
+def _delivered_body(message: Any) -> Any:
+    """A delivered batch message's body as kombu decodes it, with its `submit_orders` order
+    lists left as text for the core to read (hean.celery_wire.batch_body_cut), as the batches
+    taken along are read: when kombu's JSON reader gives the same values (a JSON body without
+    kombu's typed values, workers/transport.py). At 25,000 orders/s in 100-order commands about
+    a quarter of the batch messages arrive this way, the rest taken along."""
+    body = message.body
+    if message.content_type == "application/json" and isinstance(body, str) and '"__type__"' not in body:
+        cut = batch_body_cut(body)
+        if cut is not None:
+            return cut
+    return message.decode()
+
+
 #: One engine batch a second shows in Flower (task events); the others send none. Every batch
 #: is counted in HEAN's own metrics (hean_submit_to_result_seconds, hean_commands_total).
 BATCH_SHOWN_EVERY_S: Final = 1.0
@@ -272,6 +286,7 @@ BATCH_SHOWN_EVERY_S: Final = 1.0
             events_every_s=BATCH_SHOWN_EVERY_S,
             failures_reported=True,
             capped=True,
+            decode=_delivered_body,
         )
     ),
 )
