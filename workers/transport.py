@@ -189,11 +189,16 @@ _TYPED = '"__type__"'
 _TYPED_BYTES = _TYPED.encode()
 
 
+def has_typed_values(data: str | bytes) -> bool:
+    """Whether `data` (JSON) may hold kombu's typed values, which only kombu's reader decodes."""
+    return (_TYPED_BYTES in data) if isinstance(data, bytes) else (_TYPED in data)
+
+
 def loads(data: Any) -> Any:
     """What `kombu.utils.json.loads(data)` returns, faster for messages without typed values."""
     if isinstance(data, memoryview | bytearray):
         data = bytes(data)
-    if (_TYPED_BYTES in data) if isinstance(data, bytes) else (_TYPED in data):
+    if has_typed_values(data):
         return kombu_json.loads(data)
     return fastjson.loads(data)
 
