@@ -72,6 +72,7 @@ from hean.gc_policy import freeze_startup_objects
 from hean.redis_server import free_port
 from hean.testing.disk import FsyncCost, disk_flushes, fsync_cost
 from hean.testing.processes import cpu_seconds, rss
+from hean.topology import HISTORY_STREAM_KEY
 
 SYMBOL = "BTCUSDT"
 KEEP_UP_S = 1.0
@@ -407,6 +408,19 @@ class RedisUse:
                         self.turn_command_us - earlier.turn_command_us)
 
 
+def wait_history_written(system: Stack) -> float:
+    """Wait until the history writer has written every entry of the stream (it trims what it
+    wrote), so that a step's CPU holds the writer's work for that step; returns the seconds
+    waited. At high rates the writer, at idle priority, is behind when the last result comes."""
+    if "history" not in system.pids():
+        return 0.0
+    started = time.monotonic()
+    with redis.Redis.from_url(system.redis_url) as client:
+        while client.xlen(HISTORY_STREAM_KEY) and time.monotonic() - started < DRAIN_TIMEOUT_S * 4:
+            time.sleep(0.05)
+    return time.monotonic() - started
+
+
 def fsync_line(when: str) -> FsyncCost:
     """Time append + fdatasync on the disk the stacks keep their Redis data on, and say so."""
     cost = fsync_cost(Path(tempfile.gettempdir()))
@@ -432,6 +446,7 @@ def run_design(design: Design, rates: list[float], args: argparse.Namespace) -> 
             steal = StealSampler() if args.timeline else None
             jobs.put((rate, seconds))
             result = out.get(timeout=seconds * 3 + DRAIN_TIMEOUT_S + 60)
+            behind_s = wait_history_written(system)
             after, rss1 = cpu_seconds(pids), rss(pids)
             redis1 = RedisUse.sample(system)
             if steal is not None:
@@ -445,6 +460,7 @@ def run_design(design: Design, rates: list[float], args: argparse.Namespace) -> 
                   f"p50 {percentile(lat, 50):.1f} ms p99 {percentile(lat, 99):.1f} ms, CPU ms/order "
                   + " ".join(f"{n} {v:.3f}" for n, v in done.cpu_ms_per_order().items())
                   + ("" if done.sustained else "  <- not sustained")
+                  + (f" (history written {behind_s:.1f} s after the last result)" if behind_s >= 0.5 else "")
                   + (f" ({result['error']})" if result.get("error") else ""), flush=True)
             return done
 
