@@ -1,19 +1,26 @@
 """The history writer's inserts: orders and their fills into the database, the way
 `HistoryStore.write` does it (the statement compiled once, the driver's executemany:
 `HistoryStore._insert_many_ignoring`) against SQLAlchemy's own execute of the same statement,
-in turns, in one run, on a fresh SQLite file (or DATABASE_URL).
+and against the same executemany through sqlite3's own lookup of adapters for None and bools
+(hean.db registers its own), in turns, in one run, on a fresh SQLite file (or DATABASE_URL).
 
 Prints CPU microseconds per order (an order row and its fill row), min and median over the
 rounds, and how the cost grows with the tables when the ids are random, as clients' ids are.
 Never fails on speed.
 
-    .venv/bin/python benchmarks/bench_history_insert.py [--rounds N] [--orders-per-round N]
+    .venv/bin/python benchmarks/bench_history_insert.py [--rounds N] [--orders-per-round N] [--ways W]
+
+CPU time here moves 10% and more between rounds; for a few percent, count instructions of
+one way at a time: `valgrind --tool=callgrind .venv/bin/python
+benchmarks/bench_history_insert.py --rounds 4 --ways lookup` (then `--ways now`), and compare
+the totals less a run with `--rounds 0`.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -26,6 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hean.db import fills, open_database, orders
 from hean.history import FILL_COLUMNS, ORDER_COLUMNS, HistoryStore
+
+NOW = "compiled once, executemany (now)"
+#: The adapters hean.db registers (for None and bools), removed in the "adapter lookup" way.
+_ADAPTED = [(type(None), sqlite3.PrepareProtocol), (bool, sqlite3.PrepareProtocol)]
 
 
 def rows(count: int) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
@@ -67,6 +78,11 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=20, help="rounds per way (they alternate)")
     parser.add_argument("--orders-per-round", type=int, default=2500)
+    parser.add_argument(
+        "--ways",
+        default="sqlalchemy,lookup,now",
+        help="which ways, in turns: sqlalchemy, lookup, now (one alone under valgrind: see the README)",
+    )
     args = parser.parse_args()
     scratch = tempfile.TemporaryDirectory(prefix="hean-bench-")  # removed at exit
     url = os.environ.get("DATABASE_URL") or f"sqlite:///{scratch.name}/history.db"
@@ -88,10 +104,24 @@ def main() -> None:
                 statement = store._insert_ignoring(table, ["request_id", "seq"])
                 connection.execute(statement, [dict(zip(columns, row, strict=True)) for row in table_rows])
 
-    ways = {
-        "SQLAlchemy's execute (before)": sqlalchemy_execute,
-        "compiled once, executemany (now)": compiled_once,
+    def adapter_lookup(order_rows: list[tuple[Any, ...]], fill_rows: list[tuple[Any, ...]]) -> None:
+        """compiled_once, with sqlite3's adapter lookup for None and bools (before hean.db
+        registered theirs)."""
+        saved = {key: sqlite3.adapters.pop(key) for key in _ADAPTED if key in sqlite3.adapters}
+        try:
+            compiled_once(order_rows, fill_rows)
+        finally:
+            sqlite3.adapters.update(saved)
+
+    every = {
+        "sqlalchemy": ("SQLAlchemy's execute (before)", sqlalchemy_execute),
+        "lookup": ("executemany, adapter lookup (before)", adapter_lookup),
+        "now": (NOW, compiled_once),
     }
+    chosen = args.ways.split(",")
+    if not chosen or set(chosen) - set(every):
+        parser.error(f"--ways: a comma-separated list of {', '.join(every)}")
+    ways = dict(every[key] for key in chosen)
     took: dict[str, list[float]] = {name: [] for name in ways}
     print(f"{db.dialect.name}: {args.rounds} rounds of {n:,} orders (+ fills) per way, in turns", flush=True)
     for round_no in range(args.rounds):
@@ -102,16 +132,20 @@ def main() -> None:
             took[name].append((time.process_time() - started) / n * 1e6)
         if (round_no + 1) % 5 == 0:
             print(f"  round {round_no + 1}/{args.rounds}", flush=True)
-    total = 2 * args.rounds * n
+    total = len(ways) * args.rounds * n
     print(f"\nCPU us per order and its fill (this process; the tables grew to {total:,} orders)")
-    print(f"{'way':36} {'min':>7} {'median':>7} {'first 5':>8} {'last 5':>7}")
+    print(f"{'way':38} {'min':>7} {'median':>7} {'first 5':>8} {'last 5':>7}")
     for name, values in took.items():
+        if not values:
+            continue
         print(
-            f"{name:36} {min(values):7.1f} {statistics.median(values):7.1f} "
+            f"{name:38} {min(values):7.1f} {statistics.median(values):7.1f} "
             f"{statistics.median(values[:5]):8.1f} {statistics.median(values[-5:]):7.1f}"
         )
-    before, now = (statistics.median(v) for v in took.values())
-    print(f"\nnow / before (medians): {now / before:.2f}x")
+    now = statistics.median(took[NOW]) if took.get(NOW) else None
+    for name, values in took.items():
+        if now is not None and values and name.endswith("(before)"):
+            print(f"now / {name.removesuffix(' (before)')} (medians): {now / statistics.median(values):.2f}x")
     db.dispose()
 
 
