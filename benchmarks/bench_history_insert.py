@@ -1,8 +1,13 @@
 """The history writer's inserts: orders and their fills into the database, the way
-`HistoryStore.write` does it (the statement compiled once, the driver's executemany:
-`HistoryStore._insert_many_ignoring`) against SQLAlchemy's own execute of the same statement,
-and against the same executemany through sqlite3's own lookup of adapters for None and bools
-(hean.db registers its own), in turns, in one run, on a fresh SQLite file (or DATABASE_URL).
+`HistoryStore.write` does it (statements compiled once, the driver's executemany for the order
+rows, the fills of orders filled on submission copied from them in SQL:
+`HistoryStore._insert_fills_of_orders`), in turns with what it did before, in one run, on a
+fresh SQLite file (or DATABASE_URL):
+- `sqlalchemy`: SQLAlchemy's own execute of the same statements, orders and fills;
+- `lookup`: the driver's executemany of both, through sqlite3's own lookup of adapters for
+  None and bools (hean.db registers its own);
+- `bound`: the driver's executemany of both, the fill rows bound from Python;
+- `now`: as the writer does it.
 
 Prints CPU microseconds per order (an order row and its fill row), min and median over the
 rounds, and how the cost grows with the tables when the ids are random, as clients' ids are.
@@ -12,7 +17,7 @@ Never fails on speed.
 
 CPU time here moves 10% and more between rounds; for a few percent, count instructions of
 one way at a time: `valgrind --tool=callgrind .venv/bin/python
-benchmarks/bench_history_insert.py --rounds 4 --ways lookup` (then `--ways now`), and compare
+benchmarks/bench_history_insert.py --rounds 4 --ways bound` (then `--ways now`), and compare
 the totals less a run with `--rounds 0`.
 """
 
@@ -34,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from hean.db import fills, open_database, orders
 from hean.history import FILL_COLUMNS, ORDER_COLUMNS, HistoryStore
 
-NOW = "compiled once, executemany (now)"
+NOW = "executemany, fills copied (now)"
 #: The adapters hean.db registers (for None and bools), removed in the "adapter lookup" way.
 _ADAPTED = [(type(None), sqlite3.PrepareProtocol), (bool, sqlite3.PrepareProtocol)]
 
@@ -80,8 +85,8 @@ def main() -> None:
     parser.add_argument("--orders-per-round", type=int, default=2500)
     parser.add_argument(
         "--ways",
-        default="sqlalchemy,lookup,now",
-        help="which ways, in turns: sqlalchemy, lookup, now (one alone under valgrind: see the README)",
+        default="sqlalchemy,lookup,bound,now",
+        help="which ways, in turns: sqlalchemy, lookup, bound, now (one alone under valgrind: see above)",
     )
     args = parser.parse_args()
     scratch = tempfile.TemporaryDirectory(prefix="hean-bench-")  # removed at exit
@@ -90,10 +95,17 @@ def main() -> None:
     store = HistoryStore(db)
     n = args.orders_per_round
 
-    def compiled_once(order_rows: list[tuple[Any, ...]], fill_rows: list[tuple[Any, ...]]) -> None:
+    def bound(order_rows: list[tuple[Any, ...]], fill_rows: list[tuple[Any, ...]]) -> None:
         with db.begin() as connection:
             store._insert_many_ignoring(connection, orders, order_rows)
             store._insert_many_ignoring(connection, fills, fill_rows)
+
+    def copied(order_rows: list[tuple[Any, ...]], fill_rows: list[tuple[Any, ...]]) -> None:
+        """As HistoryStore.write: the orders bound, their fills (all filled: one run per
+        command) copied from them in SQL."""
+        with db.begin() as connection:
+            store._insert_many_ignoring(connection, orders, order_rows)
+            store._insert_fills_of_orders(connection, order_rows)
 
     def sqlalchemy_execute(order_rows: list[tuple[Any, ...]], fill_rows: list[tuple[Any, ...]]) -> None:
         with db.begin() as connection:
@@ -105,18 +117,19 @@ def main() -> None:
                 connection.execute(statement, [dict(zip(columns, row, strict=True)) for row in table_rows])
 
     def adapter_lookup(order_rows: list[tuple[Any, ...]], fill_rows: list[tuple[Any, ...]]) -> None:
-        """compiled_once, with sqlite3's adapter lookup for None and bools (before hean.db
-        registered theirs)."""
+        """`bound`, with sqlite3's adapter lookup for None and bools (before hean.db registered
+        its own)."""
         saved = {key: sqlite3.adapters.pop(key) for key in _ADAPTED if key in sqlite3.adapters}
         try:
-            compiled_once(order_rows, fill_rows)
+            bound(order_rows, fill_rows)
         finally:
             sqlite3.adapters.update(saved)
 
     every = {
         "sqlalchemy": ("SQLAlchemy's execute (before)", sqlalchemy_execute),
         "lookup": ("executemany, adapter lookup (before)", adapter_lookup),
-        "now": (NOW, compiled_once),
+        "bound": ("executemany, fills bound (before)", bound),
+        "now": (NOW, copied),
     }
     chosen = args.ways.split(",")
     if not chosen or set(chosen) - set(every):

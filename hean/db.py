@@ -192,6 +192,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
     # inserts into the indexes of random ids (request and client order ids) missed the small
     # one more and more as the tables grew (150,000 orders: 78 -> 58 us per order and fill)
     cursor.execute("PRAGMA cache_size=-65536")
+    # statement journals in memory: the history writer's copy of a command's fills from its
+    # orders (one INSERT ... SELECT: hean.history.HistoryStore._copy_fills) keeps the pages it
+    # changes there until it ends, and SQLite spilled them to a temporary file past 64 KiB
+    cursor.execute("PRAGMA temp_store=MEMORY")
     cursor.close()
 
 
