@@ -173,10 +173,10 @@ def _same(value: None) -> None:
 # sqlite3 binds str, int, float and bytearray parameters as they are, and sends every other value
 # through its adapter lookup first: the registry, then `__adapt__` on its protocol type (whose
 # miss formats an AttributeError message) and `__conform__` on the value, only to bind None
-# and bools as they are after all. That was 6% of the history writer's instructions, for the
-# NULLs and `duplicate` of every order row (valgrind, benchmarks/bench_history_insert.py). A
-# registered adapter is found first; these give the same values the lookup ended with (None
-# binds as NULL, a bool as its int).
+# and bools as they are after all. That was about 5% of the history writer's instructions, for
+# the NULLs and `duplicate` of every order row (valgrind; benchmarks/bench_history_insert.py,
+# its `lookup` way). A registered adapter is found first; these give the same values the lookup
+# ended with (None binds as NULL, a bool as its int).
 sqlite3.register_adapter(type(None), _same)
 sqlite3.register_adapter(bool, int)
 
