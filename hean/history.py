@@ -229,10 +229,9 @@ class HistoryStore:
         the writer's instructions per order on a captured stream, 14% fewer). Not a statement
         per fill: each runs with a statement journal of its own, which cost twice what binding
         the row did."""
-        names = {"quantity": orders.c.filled_quantity, "price": orders.c.fill_price}
-        source = [names.get(name, orders.c[name]) for name in FILL_COLUMNS]
 
-        def build(values: dict[str, Any]) -> Any:
+        def build(values: dict[str, Any]) -> Any:  # once per database: _execute_many compiles it
+            source = [orders.c[_ORDER_COLUMN_OF_FILL.get(name, name)] for name in FILL_COLUMNS]
             chosen = select(*source).where(
                 orders.c.request_id == values["request_id"],
                 orders.c.seq.between(values["first"], values["last"]),
@@ -431,12 +430,11 @@ FillRuns = list[tuple[bool, list[tuple[Any, ...]]]]
 #: The fewest consecutive orders of one command filled on submission whose fills are copied in
 #: SQL by one statement (HistoryStore._copy_fills); fewer are bound from Python.
 COPY_RUN = 8
+#: The order column a fill's column holds the value of, where the names differ.
+_ORDER_COLUMN_OF_FILL = {"quantity": "filled_quantity", "price": "fill_price"}
 #: A fill's values (FILL_COLUMNS) from its order row's (ORDER_COLUMNS).
 _fill_of_order = operator.itemgetter(
-    *(
-        ORDER_COLUMNS.index({"quantity": "filled_quantity", "price": "fill_price"}.get(name, name))
-        for name in FILL_COLUMNS
-    )
+    *(ORDER_COLUMNS.index(_ORDER_COLUMN_OF_FILL.get(name, name)) for name in FILL_COLUMNS)
 )
 
 
