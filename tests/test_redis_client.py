@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hean.redis_client import (
     Durability,
@@ -22,6 +24,8 @@ from hean.redis_client import (
     NotDurable,
     OwnConnection,
     SendAhead,
+    execute_transaction,
+    pack_commands,
     run_script,
     run_script_async,
 )
@@ -329,3 +333,91 @@ def test_send_ahead_sends_several_commands_in_one_write_and_returns_their_replie
     assert sender.send("PING") == [[b"a", b"b"]]
     sender.close()
     assert 0 < client.ttl("ahead:many") <= 60
+
+
+_ARG = st.one_of(
+    st.binary(max_size=40),
+    st.text(max_size=20),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False),
+    st.booleans(),
+    st.none(),
+    st.binary(max_size=8).map(bytearray),
+    st.binary(max_size=8).map(memoryview),
+)
+_NAME = st.sampled_from(["SET", b"RPUSH", "CLIENT ID", b"SCRIPT LOAD", "XADD"])
+_COMMAND = st.tuples(_NAME, st.lists(_ARG, max_size=6)).map(lambda c: (c[0], *c[1]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_COMMAND, min_size=1, max_size=4))
+def test_commands_are_packed_into_the_bytes_redis_py_writes(commands: list[tuple[Any, ...]]) -> None:
+    """hiredis packs plain commands at once; every other one goes through redis-py's packer, so
+    the bytes are the same and redis-py's refusals (None, bools) are raised the same."""
+    conn = redis.Connection()  # packs without connecting
+    try:
+        expected: Any = b"".join(conn.pack_commands(commands))
+    except redis.DataError as exc:
+        expected = type(exc)
+    try:
+        got: Any = b"".join(pack_commands(conn, commands))
+    except redis.DataError as exc:
+        got = type(exc)
+    assert got == expected
+
+
+def test_a_transaction_gives_redis_replies_as_they_came(pool: redis.BlockingConnectionPool) -> None:
+    client = redis.Redis(connection_pool=pool)
+    pipe = client.pipeline(transaction=True)
+    pipe.rpush("tx:list", "a", "b")
+    pipe.xadd("tx:stream", {"f": "v"}, id="5-1")
+    pipe.execute_command("EVAL", "return {KEYS[1], {ARGV[1], 7}}", 1, "k", "x")
+    pipe.set("tx:word", "text")
+    assert execute_transaction(client, pipe) == [2, b"5-1", [b"k", [b"x", 7]], b"OK"]
+    assert pipe.command_stack == []  # reset: ready for the next one
+    assert client.lrange("tx:list", 0, -1) == [b"a", b"b"]
+
+
+def test_a_transaction_raises_the_error_of_a_command_that_failed_as_execute_does(
+    pool: redis.BlockingConnectionPool,
+) -> None:
+    """A command that fails as it runs: the others ran (Redis does not roll back), its error is
+    raised naming it, and the connection serves the next call."""
+    client = redis.Redis(connection_pool=pool)
+    client.set("tx:text", "not a list")
+    pipe = client.pipeline(transaction=True)
+    pipe.rpush("tx:ran", "before")
+    pipe.rpush("tx:text", "x")
+    pipe.rpush("tx:ran", "after")
+    with pytest.raises(redis.ResponseError, match=r"Command # 2 \(RPUSH tx:text x\).*WRONGTYPE"):
+        execute_transaction(client, pipe)
+    assert client.lrange("tx:ran", 0, -1) == [b"before", b"after"]
+    # refused when queued (no such command): EXEC runs nothing, the refusal is raised
+    pipe.rpush("tx:ran", "never")
+    pipe.execute_command("NO-SUCH-COMMAND", "x")
+    with pytest.raises(redis.ResponseError, match=r"Command # 2 .*unknown command"):
+        execute_transaction(client, pipe)
+    assert client.llen("tx:ran") == 2
+    pipe.rpush("tx:ran", "again")
+    assert execute_transaction(client, pipe) == [3]
+
+
+def test_a_transaction_whose_reply_timed_out_raises_and_its_connection_is_never_reused(
+    own_db_url: str, redis_client: redis.Redis
+) -> None:
+    """No retry (the transaction may have run before its reply was lost: the caller decides),
+    and its late reply must not be read as the answer to the next one."""
+    pool = redis.ConnectionPool.from_url(own_db_url, max_connections=1, socket_timeout=0.1)
+    client = redis.Redis(connection_pool=pool)
+    try:
+        pipe = client.pipeline(transaction=True)
+        pipe.incr("tx:n")
+        pipe.execute_command("EVAL", SLOW, 1, "tx:slow")
+        with pytest.raises(redis.TimeoutError):
+            execute_transaction(client, pipe)
+        redis_client.ping()  # answered once the server has finished the transaction...
+        time.sleep(0.2)  # ...and sent its reply to the old socket
+        pipe.incr("tx:n")
+        assert execute_transaction(client, pipe) == [2]  # it ran once, and this is this one's reply
+    finally:
+        pool.disconnect()

@@ -17,7 +17,14 @@ from hean.command_journal import CommandJournal, resolve_started
 from hean.commands import RunRefused, error_from, get_command
 from hean.history import HistoryStore
 from hean.messages import OPERATORS_ROOM, CommandResult, ErrorInfo, QueuedEnvelope, read_envelope
-from hean.redis_client import TRANSIENT_ERRORS, commit_client, durability, sync_client, wait_durable
+from hean.redis_client import (
+    TRANSIENT_ERRORS,
+    commit_client,
+    durability,
+    execute_transaction,
+    sync_client,
+    wait_durable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +258,7 @@ def execute_batch(
     CommandJournal.record_results(pipe, fresh)
     if publish_in_commit:
         publish_on(pipe, emits)
-    replies = pipe.execute()
+    replies = execute_transaction(committer, pipe)
     wait_durable(committer, durable)
     hooks.committed(replies)
     if not publish_in_commit and not state_first:
