@@ -1,5 +1,6 @@
 """The engine worker's commit, client side: redis-py's `Pipeline.execute()` against
-`hean.redis_client.execute_transaction` (what workers/execution.py runs), and the packing alone:
+`hean.redis_client.execute_transaction` on the process's own connection (what
+workers/execution.py runs), and the packing alone:
 redis-py's `Connection.pack_commands` against `hean.redis_client.pack_commands`, in turns, in one
 run, on a private Redis (`appendfsync always`, as `hean up` runs it).
 
@@ -34,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hean import fastjson
 from hean.command_journal import CommandJournal
-from hean.redis_client import execute_transaction, pack_commands
+from hean.redis_client import OwnConnection, execute_transaction, pack_commands
 from hean.redis_server import PrivateRedis
 from workers.emit import packet_message
 
@@ -82,6 +83,7 @@ def measure(
 ) -> None:
     """Print the four ways for one commit shape, in turns."""
     orders = len(fresh[0]["result"].get("results", [None]))
+    own = OwnConnection(client.connection_pool)  # as the engine worker commits (hot_connection)
 
     def queued() -> Any:
         pipe = client.pipeline(transaction=True)
@@ -91,7 +93,7 @@ def measure(
     commands = [args for args, _ in queued().command_stack]
     ways: dict[str, tuple[str, Callable[[], Any]]] = {
         "redis-py Pipeline.execute": ("commit", lambda: queued().execute()),
-        "hean execute_transaction": ("commit", lambda: execute_transaction(client, queued())),
+        "hean execute_transaction": ("commit", lambda: execute_transaction(own, queued())),
         "redis-py pack_commands": ("packing alone", lambda: conn.pack_commands(commands)),
         "hean pack_commands": ("packing alone", lambda: pack_commands(conn, commands)),
     }

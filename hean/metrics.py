@@ -48,6 +48,12 @@ REJECTS = Counter("hean_order_rejects", "Orders the engine rejected, by reason."
 COMMANDS = Counter(
     "hean_commands", "Commands run by the workers, by name and result code.", ["command", "code"]
 )
+ENGINE_BATCHES = Counter(
+    "hean_engine_batches",
+    "Batches the engine worker ran, by how it got them: delivered by Celery, taken along by the "
+    "previous batch's commit, or taken after the linger when the commit found none waiting.",
+    ["source"],
+)
 ENQUEUED = Counter("hean_commands_enqueued", "Commands the web process enqueued, by queue.", ["queue"])
 ACK = Histogram(
     "hean_ack_seconds",
@@ -137,6 +143,11 @@ def batch_ran(queue: str, received_at_ms: Iterable[float], results: Sequence[dic
     tally = Tally((r["command"], r["error"]["code"] if r["error"] else "ok") for r in results)
     for (command, code), count in tally.items():
         COMMANDS.labels(command, code).inc(count)
+
+
+def engine_batch(source: str) -> None:
+    """The engine worker ran a batch it got from `source`: delivered, taken_along, after_linger."""
+    ENGINE_BATCHES.labels(source).inc()
 
 
 def engine_outcome(outcome: Any) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -304,6 +305,24 @@ class OwnConnection:
         self._lock.release()
 
 
+_hot: list[OwnConnection] = []  # this process's, once made
+_hot_lock = threading.Lock()
+os.register_at_fork(after_in_child=_hot.clear)  # the parent's socket is not the child's to use
+
+
+def hot_connection() -> OwnConnection:
+    """This process's own connection (OwnConnection, on `sync_client()`'s pool) for a worker's
+    take and commit, each once per batch: the pool's checkout and return (its fork check, a poll
+    of the socket for unread data, the blocking pool's queue and lock) were a tenth of the engine
+    worker's CPU at 1,000 single orders/s. Threads share it, one at a time; a forked child makes
+    its own."""
+    if not _hot:
+        with _hot_lock:
+            if not _hot:
+                _hot.append(OwnConnection(sync_client().connection_pool))
+    return _hot[0]
+
+
 @functools.cache
 def script_sha(source: str) -> str:
     """The SHA1 by which Redis knows a Lua script."""
@@ -333,9 +352,9 @@ def pack_commands(connection: Any, commands: Sequence[Sequence[Any]]) -> list[by
     return [b"".join(parts)]
 
 
-def execute_transaction(client: redis.Redis, pipe: Any) -> list[Any]:
-    """Run the commands queued on `pipe` (a `client.pipeline(transaction=True)`, never executed)
-    as one MULTI/EXEC on a connection of `client`'s pool, and return EXEC's replies as Redis
+def execute_transaction(source: ConnectionSource, pipe: Any) -> list[Any]:
+    """Run the commands queued on `pipe` (a `pipeline(transaction=True)`, never executed) as one
+    MULTI/EXEC on a connection of `source` (a pool, or an OwnConnection), and return EXEC's replies as Redis
     gave them (bytes, ints, lists: no response callbacks), for hot paths whose replies need
     none: the engine worker's commit of five single orders costs its client 0.74x the CPU of
     redis-py's `execute()` (benchmarks/bench_pack.py). `execute()` also retried the whole
@@ -345,8 +364,7 @@ def execute_transaction(client: redis.Redis, pipe: Any) -> list[Any]:
     the transaction was read to its end. `pipe` is reset."""
     commands = [args for args, _options in pipe.command_stack]
     pipe.reset()
-    pool = client.connection_pool
-    conn = pool.get_connection()
+    conn = source.get_connection()
     replies: list[Any] = []  # MULTI's, each command's (QUEUED), EXEC's
     try:
         conn.send_packed_command(pack_commands(conn, [("MULTI",), *commands, ("EXEC",)]))
@@ -356,10 +374,10 @@ def execute_transaction(client: redis.Redis, pipe: Any) -> list[Any]:
             except ResponseError as exc:
                 replies.append(exc)
     except BaseException:
-        conn.disconnect()  # replies may still be on their way: the pool reconnects it on next use
+        conn.disconnect()  # replies may still be on their way: the next use reconnects it
         raise
     finally:
-        pool.release(conn)
+        source.release(conn)
     multi, *queued, executed = replies
     if isinstance(multi, ResponseError):
         raise multi

@@ -1,13 +1,16 @@
 """How the engine worker takes batches off its queue besides the one Celery delivers: the take
 script (in one step: move the waiting batch messages into the in-flight list, mark their
 commands started, say which already ran) and, while batches keep coming, each commit taking the
-next ones along (workers.engine._run_batch). On a real Redis, and through the whole system."""
+next ones along, or the take after the linger when it found none (workers.engine._run_batch). On
+a real Redis, and through the whole system."""
 
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from decimal import Decimal
+from typing import Any
 
 import redis
 from test_engine_commands import ok, position, results_in_order_sent, running, send_without_waiting, symbol
@@ -17,7 +20,7 @@ from hean.command_journal import CommandJournal, decode_started, journal_key
 from hean.messages import envelope_json
 from hean.redis_client import run_script, text
 from hean.topology import BATCH_TASKS, ENGINE_QUEUE
-from support import Client, wait_for
+from support import Client, scrape, total, wait_for
 from workers.app import app
 from workers.shard import _BATCH_MARKER, _TAKE, INFLIGHT_KEY
 
@@ -94,3 +97,39 @@ def test_batches_that_queue_up_meanwhile_are_taken_along_by_each_commit(
         5,
         "the position",
     )
+
+
+def test_orders_closer_than_the_linger_are_taken_after_it_not_delivered_one_by_one(
+    client: Client, system: dict[str, Any]
+) -> None:
+    """Single orders 2 ms apart, closer than the engine's 4 ms linger, yet too far apart for a
+    commit to find the next one waiting: the engine worker waits the linger and takes what came
+    itself, instead of handing back to Celery's consumer for each batch
+    (hean_engine_batches_total{source}). Every order runs once, in the order sent."""
+    running(client)
+    sym = symbol()
+    ok(client, "update_market", symbol=sym, bid="10", ask="10", last="10")
+    metrics_url = str(system["url"]) + "/metrics"
+    before = scrape(metrics_url)
+    ids = [f"{sym}-p{i}" for i in range(400)]
+    for i, request_id in enumerate(ids):
+        params = {
+            "client_order_id": request_id,
+            "symbol": sym,
+            "side": "SELL" if i % 3 == 0 else "BUY",
+            "quantity": "1",
+        }
+        client.sio.emit("command", {"command": "submit_order", "params": params, "request_id": request_id})
+        time.sleep(0.002)
+    results = results_in_order_sent(client, ids)
+    assert all(r["success"] and r["result"]["order"]["status"] == "FILLED" for r in results)
+    order_ids = [r["result"]["order"]["order_id"] for r in results]
+    assert order_ids == sorted(order_ids) and len(set(order_ids)) == len(ids)
+
+    def grew(source: str) -> float:
+        return total(scrape(metrics_url), "hean_engine_batches_total", source=source) - total(
+            before, "hean_engine_batches_total", source=source
+        )
+
+    wait_for(lambda: grew("after_linger") >= 20, 10, "batches taken after the linger")
+    assert grew("delivered") < grew("after_linger") + grew("taken_along")

@@ -366,20 +366,28 @@ def test_commands_are_packed_into_the_bytes_redis_py_writes(commands: list[tuple
     assert got == expected
 
 
-def test_a_transaction_gives_redis_replies_as_they_came(pool: redis.BlockingConnectionPool) -> None:
+@pytest.fixture(params=["pool", "own"])
+def source(request: pytest.FixtureRequest, pool: redis.BlockingConnectionPool) -> Any:
+    """Where a transaction gets its connection: the pool, or one connection of its own."""
+    return pool if request.param == "pool" else OwnConnection(pool)
+
+
+def test_a_transaction_gives_redis_replies_as_they_came(
+    pool: redis.BlockingConnectionPool, source: Any
+) -> None:
     client = redis.Redis(connection_pool=pool)
     pipe = client.pipeline(transaction=True)
     pipe.rpush("tx:list", "a", "b")
     pipe.xadd("tx:stream", {"f": "v"}, id="5-1")
     pipe.execute_command("EVAL", "return {KEYS[1], {ARGV[1], 7}}", 1, "k", "x")
     pipe.set("tx:word", "text")
-    assert execute_transaction(client, pipe) == [2, b"5-1", [b"k", [b"x", 7]], b"OK"]
+    assert execute_transaction(source, pipe) == [2, b"5-1", [b"k", [b"x", 7]], b"OK"]
     assert pipe.command_stack == []  # reset: ready for the next one
     assert client.lrange("tx:list", 0, -1) == [b"a", b"b"]
 
 
 def test_a_transaction_raises_the_error_of_a_command_that_failed_as_execute_does(
-    pool: redis.BlockingConnectionPool,
+    pool: redis.BlockingConnectionPool, source: Any
 ) -> None:
     """A command that fails as it runs: the others ran (Redis does not roll back), its error is
     raised naming it, and the connection serves the next call."""
@@ -390,34 +398,36 @@ def test_a_transaction_raises_the_error_of_a_command_that_failed_as_execute_does
     pipe.rpush("tx:text", "x")
     pipe.rpush("tx:ran", "after")
     with pytest.raises(redis.ResponseError, match=r"Command # 2 \(RPUSH tx:text x\).*WRONGTYPE"):
-        execute_transaction(client, pipe)
+        execute_transaction(source, pipe)
     assert client.lrange("tx:ran", 0, -1) == [b"before", b"after"]
     # refused when queued (no such command): EXEC runs nothing, the refusal is raised
     pipe.rpush("tx:ran", "never")
     pipe.execute_command("NO-SUCH-COMMAND", "x")
     with pytest.raises(redis.ResponseError, match=r"Command # 2 .*unknown command"):
-        execute_transaction(client, pipe)
+        execute_transaction(source, pipe)
     assert client.llen("tx:ran") == 2
     pipe.rpush("tx:ran", "again")
-    assert execute_transaction(client, pipe) == [3]
+    assert execute_transaction(source, pipe) == [3]
 
 
+@pytest.mark.parametrize("own", [False, True])
 def test_a_transaction_whose_reply_timed_out_raises_and_its_connection_is_never_reused(
-    own_db_url: str, redis_client: redis.Redis
+    own_db_url: str, redis_client: redis.Redis, own: bool
 ) -> None:
     """No retry (the transaction may have run before its reply was lost: the caller decides),
     and its late reply must not be read as the answer to the next one."""
     pool = redis.ConnectionPool.from_url(own_db_url, max_connections=1, socket_timeout=0.1)
     client = redis.Redis(connection_pool=pool)
+    source = OwnConnection(pool) if own else pool
     try:
         pipe = client.pipeline(transaction=True)
         pipe.incr("tx:n")
         pipe.execute_command("EVAL", SLOW, 1, "tx:slow")
         with pytest.raises(redis.TimeoutError):
-            execute_transaction(client, pipe)
+            execute_transaction(source, pipe)
         redis_client.ping()  # answered once the server has finished the transaction...
         time.sleep(0.2)  # ...and sent its reply to the old socket
         pipe.incr("tx:n")
-        assert execute_transaction(client, pipe) == [2]  # it ran once, and this is this one's reply
+        assert execute_transaction(source, pipe) == [2]  # it ran once, and this is this one's reply
     finally:
         pool.disconnect()

@@ -12,7 +12,7 @@ from typing import Any, Final
 from celery.signals import worker_init, worker_ready, worker_shutdown
 from redis.exceptions import RedisError
 
-from hean import _core, fastjson
+from hean import _core, fastjson, metrics
 from hean.celery_wire import OrderListJSON, batch_body_cut, reclaim_unacked, restore_delivering
 from hean.commands import (
     CommandError,
@@ -215,9 +215,11 @@ def _run_batch(envelopes: list[dict[str, Any]], message: Any = None) -> int:
     Then, for up to `BACK_TO_BACK_S`, each commit takes the batches that queued meanwhile along
     in the same MULTI (EngineShard.take_ahead), and they run next: while orders keep coming, a
     batch costs one round trip to Redis (the commit) instead of three (the pop, the take and the
-    commit), each of which waits for its fsync. What a commit took is in the in-flight list,
-    finished by a restarted worker if this one dies; messages of other tasks (the engine ping)
-    stop the take and keep their turn."""
+    commit), each of which waits for its fsync. When a commit took nothing along and orders were
+    arriving back to back (the chain began with the linger), it waits the linger once more and
+    takes what queued meanwhile itself (`_take_after_linger`). What a take took is in the
+    in-flight list, finished by a restarted worker if this one dies; messages of other tasks
+    (the engine ping) stop the take and keep their turn."""
 
     def attempt(delivered: list[dict[str, Any]]) -> int:
         ahead = SHARD.pop_ahead()
@@ -225,7 +227,8 @@ def _run_batch(envelopes: list[dict[str, Any]], message: Any = None) -> int:
         # execute_batch marks the commands not yet started; its commit empties the in-flight list
         return execute_batch(delivered + taken, ENGINE_QUEUE, started, SHARD.hooks)
 
-    SHARD.group_commit.wait()
+    back_to_back = SHARD.group_commit.wait() > 0
+    metrics.engine_batch("delivered")
     SHARD.delivery = message
     until = time.monotonic() + BACK_TO_BACK_S
     delivered, ran = envelopes, 0
@@ -243,12 +246,40 @@ def _run_batch(envelopes: list[dict[str, Any]], message: Any = None) -> int:
                 retry_on=(RedisError, HistoryUnavailable),
             )
             SHARD.delivery, delivered = None, []  # acknowledged within the first commit
-            if SHARD.ahead is None:
+            if SHARD.ahead is not None:
+                metrics.engine_batch("taken_along")
+            elif not (back_to_back and _take_after_linger(until)):
                 break
     finally:
         SHARD.delivery, SHARD.take_ahead, SHARD.ahead = None, False, None
     SHARD.group_commit.done()
     return ran
+
+
+def _take_after_linger(until: float) -> bool:
+    """When a commit took nothing along: wait the linger, then take what queued meanwhile in one
+    round trip (EngineShard.take) as the chain's next batch, instead of handing control back to
+    Celery's consumer, whose delivery of the next message (its pop, the unacked bookkeeping, the
+    decoding; then the linger and the take all the same) is saved: at 1,000 single orders/s the
+    engine worker's CPU per order fell by a fifth (README, "Where the CPU of an order goes").
+    True if it took a batch (SHARD.ahead); False when nothing queued (or the next message is
+    another task's, which keeps its turn), when the chain has run `BACK_TO_BACK_S`, or when Redis
+    failed the take: then Celery's consumer delivers the next message, and the next take finds
+    what this one may have moved in flight."""
+    linger = SHARD.group_commit.linger_s
+    if linger <= 0 or time.monotonic() + linger >= until:
+        return False
+    time.sleep(linger)
+    try:
+        taken, started = SHARD.take([])
+    except RedisError as exc:
+        log.warning("event=take_failed error=%s", exc)
+        return False
+    if not taken:
+        return False
+    SHARD.ahead = (taken, started)
+    metrics.engine_batch("after_linger")
+    return True
 
 
 def _run_batch_inline(headers: dict[str, Any], args: list[Any], message: Any) -> int:

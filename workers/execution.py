@@ -22,6 +22,7 @@ from hean.redis_client import (
     commit_client,
     durability,
     execute_transaction,
+    hot_connection,
     sync_client,
     wait_durable,
 )
@@ -258,7 +259,7 @@ def execute_batch(
     CommandJournal.record_results(pipe, fresh)
     if publish_in_commit:
         publish_on(pipe, emits)
-    replies = execute_transaction(committer, pipe)
+    replies = execute_transaction(committer.connection_pool if durable.required else hot_connection(), pipe)
     wait_durable(committer, durable)
     hooks.committed(replies)
     if not publish_in_commit and not state_first:

@@ -37,7 +37,7 @@ from hean.commands import CONTROL_COMMANDS
 from hean.core.system.redis_state import StateError, StateOp, get_sync_state_manager
 from hean.engine import BatchResult, EngineState, OrderBatch, TradingEngine
 from hean.group_commit import GroupCommit
-from hean.redis_client import next_stream_id, run_script, sync_client, text
+from hean.redis_client import hot_connection, next_stream_id, run_script, sync_client, text
 from hean.snapshot_store import stored_snapshot_data
 from hean.topology import (
     BATCH_TASKS,
@@ -544,7 +544,7 @@ class EngineShard:
         ids = [rid for envelope in delivered if isinstance(rid := envelope.get("request_id"), str)]
         keys = [ENGINE_QUEUE, INFLIGHT_KEY, *(journal_key(rid) for rid in ids)]
         args = [drain, _BATCH_MARKER, time.time()]
-        reply = run_script(client.connection_pool, _TAKE, keys, args)
+        reply = run_script(hot_connection(), _TAKE, keys, args)
         newest_first, results, taken, taken_results = reply
         return self._in_flight(client, newest_first), _started(ids, results) | _started(taken, taken_results)
 
