@@ -354,9 +354,9 @@ def pack_commands(connection: Any, commands: Sequence[Sequence[Any]]) -> list[by
 
 def execute_transaction(source: ConnectionSource, pipe: Any) -> list[Any]:
     """Run the commands queued on `pipe` (a `pipeline(transaction=True)`, never executed) as one
-    MULTI/EXEC on a connection of `source` (a pool, or an OwnConnection), and return EXEC's replies as Redis
-    gave them (bytes, ints, lists: no response callbacks), for hot paths whose replies need
-    none: the engine worker's commit of five single orders costs its client 0.74x the CPU of
+    MULTI/EXEC on a connection of `source` (a pool, or an OwnConnection), and return EXEC's
+    replies as Redis gave them (bytes, ints, lists: no response callbacks), for hot paths whose
+    replies need none: the engine worker's commit of five single orders costs its client 0.74x the CPU of
     redis-py's `execute()` (benchmarks/bench_pack.py). `execute()` also retried the whole
     transaction after a connection error, when it may already have run; here the error is
     raised (the callers retry with their own idempotency) and the connection dropped. A command

@@ -261,7 +261,7 @@ def _take_after_linger(until: float) -> bool:
     round trip (EngineShard.take) as the chain's next batch, instead of handing control back to
     Celery's consumer, whose delivery of the next message (its pop, the unacked bookkeeping, the
     decoding; then the linger and the take all the same) is saved: at 1,000 single orders/s the
-    engine worker's CPU per order fell by a fifth (README, "Where the CPU of an order goes").
+    engine worker's CPU per order fell by a fifth (README, "When a commit finds nothing waiting").
     True if it took a batch (SHARD.ahead); False when nothing queued (or the next message is
     another task's, which keeps its turn), when the chain has run `BACK_TO_BACK_S`, or when Redis
     failed the take: then Celery's consumer delivers the next message, and the next take finds
