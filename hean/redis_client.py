@@ -27,6 +27,7 @@ from redis.exceptions import (
 )
 
 from hean.config import get_settings
+from hean.process_wide import ProcessWide
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -305,9 +306,8 @@ class OwnConnection:
         self._lock.release()
 
 
-_hot: list[OwnConnection] = []  # this process's, once made
-_hot_lock = threading.Lock()
-os.register_at_fork(after_in_child=_hot.clear)  # the parent's socket is not the child's to use
+_hot: ProcessWide[OwnConnection] = ProcessWide(lambda: OwnConnection(sync_client().connection_pool))
+os.register_at_fork(after_in_child=lambda: _hot.set(None))  # the parent's socket is not the child's
 
 
 def hot_connection() -> OwnConnection:
@@ -316,11 +316,7 @@ def hot_connection() -> OwnConnection:
     of the socket for unread data, the blocking pool's queue and lock) were a tenth of the engine
     worker's CPU at 1,000 single orders/s. Threads share it, one at a time; a forked child makes
     its own."""
-    if not _hot:
-        with _hot_lock:
-            if not _hot:
-                _hot.append(OwnConnection(sync_client().connection_pool))
-    return _hot[0]
+    return _hot.get()
 
 
 @functools.cache
