@@ -32,6 +32,9 @@ struct Bound {
 namespace bounds {
 inline constexpr i64 kHundredPct = 100 * kScale;
 inline constexpr i64 kMaxIdBytes = 64;
+// A kill switch's reason: the command's 200 characters (hean/commands/params.py), at most 4
+// bytes each in UTF-8, so the core keeps every reason the edge accepts whole.
+inline constexpr i64 kMaxReasonBytes = 800;
 
 inline constexpr Bound kMinNotional{"min_notional", BoundKind::FixedPoint, 0, false, kMaxCash};
 inline constexpr Bound kMaxNotional{"max_notional", BoundKind::FixedPoint, 0, true, kMaxCash};

@@ -21,6 +21,7 @@ using detail::SymbolState;
 constexpr i64 kNsPerSecond = 1'000'000'000;
 using bounds::kHundredPct;
 constexpr std::size_t kMaxIdLength = static_cast<std::size_t>(bounds::kMaxIdBytes);
+constexpr std::size_t kMaxReasonLength = static_cast<std::size_t>(bounds::kMaxReasonBytes);
 
 i64 abs64(i64 v) noexcept { return v < 0 ? -v : v; }
 
@@ -403,9 +404,9 @@ class Reader {
     return v;
   }
   i64 i64v() { return static_cast<i64>(u64v()); }
-  std::string str() {
+  std::string str(std::size_t max = kMaxIdLength) {
     const u64 n = u64v();
-    require(n <= kMaxIdLength, "snapshot: string too long (corrupt)");
+    require(n <= max, "snapshot: string too long (corrupt)");
     need(static_cast<std::size_t>(n));
     std::string s(data_.substr(pos_, static_cast<std::size_t>(n)));
     pos_ += static_cast<std::size_t>(n);
@@ -655,7 +656,7 @@ bool Engine::kill_switch(const std::string& reason) {
   std::lock_guard<std::mutex> lock(mutex_);
   ++core_.command_count;
   if (core_.state == EngineState::Halted) return false;
-  halt(core_, reason.empty() ? std::string("command") : utf8_prefix(reason, kMaxIdLength));
+  halt(core_, reason.empty() ? std::string("command") : utf8_prefix(reason, kMaxReasonLength));
   return true;
 }
 
@@ -892,7 +893,7 @@ void Engine::restore(std::string_view data) {
   const auto state = r.u8();
   require(state <= static_cast<std::uint8_t>(EngineState::Halted), "snapshot: bad state");
   c.state = static_cast<EngineState>(state);
-  c.halt_reason = r.str();
+  c.halt_reason = r.str(kMaxReasonLength);
   c.command_count = r.u64v();
   c.next_order_id = r.u64v();
   c.next_seq = r.u64v();

@@ -278,7 +278,9 @@ class Engine {
   // Control commands; each increments command_count and returns true when the state changed.
   bool start();                 // STOPPED -> RUNNING (not from HALTED)
   bool stop();                  // RUNNING -> STOPPED
-  bool kill_switch(const std::string& reason);  // -> HALTED, cancels every resting order
+  // -> HALTED, cancels every resting order; keeps the first bounds::kMaxReasonBytes of `reason`
+  // (whole characters)
+  bool kill_switch(const std::string& reason);
   bool reset_kill_switch();     // HALTED -> STOPPED; peak equity := current equity
   void set_risk_limits(const RiskLimits& limits);  // validates, then replaces
   void reset_daily();           // day-start equity := current equity

@@ -10,8 +10,10 @@ import threading
 from decimal import Decimal
 
 import pytest
+from pydantic import ValidationError
 
 from hean import _core
+from hean.commands.params import KillSwitchParams
 from hean.engine import (
     SCALE,
     EngineState,
@@ -324,16 +326,30 @@ def test_snapshot_round_trips_exactly_and_rejects_corruption() -> None:
     assert clone.snapshot() == engine.snapshot()  # failed restores change nothing
 
 
-def test_a_long_kill_switch_reason_is_cut_between_characters() -> None:
-    """The core keeps 64 bytes of a reason; cut inside a character, the engine's status could
-    not be read at all (UnicodeDecodeError) until it was reset."""
+def test_every_kill_switch_reason_the_command_accepts_is_kept_whole() -> None:
+    """The kill_switch command takes up to 200 characters (KillSwitchParams); the core keeps
+    every one of them, through a snapshot too (it kept 64 bytes once, and cut the rest)."""
+    longest = "\U0001f6d1" * 200  # 4 bytes each in UTF-8: the most bytes the command lets through
+    assert KillSwitchParams(reason=longest).reason == longest
+    with pytest.raises(ValidationError):
+        KillSwitchParams(reason=longest + "x")
     engine = running()
-    assert engine.kill_switch("a" + "é" * 40)  # the 64th byte is the first half of an é
-    assert engine.status().halt_reason == "a" + "é" * 31
-    assert TradingEngine.from_snapshot(engine.snapshot()).status().halt_reason == "a" + "é" * 31
+    assert engine.kill_switch(longest)
+    assert engine.status().halt_reason == longest
+    assert TradingEngine.from_snapshot(engine.snapshot()).status().halt_reason == longest
+
+
+def test_a_reason_longer_than_the_core_keeps_is_cut_between_characters() -> None:
+    """Past bounds::kMaxReasonBytes (800; only a caller of the engine itself can go past the
+    command's 200 characters) the core keeps the first 800 bytes; cut inside a character, the
+    engine's status could not be read at all (UnicodeDecodeError) until it was reset."""
+    engine = running()
+    assert engine.kill_switch("a" + "é" * 500)  # the 800th byte is the first half of an é
+    assert engine.status().halt_reason == "a" + "é" * 399
+    assert TradingEngine.from_snapshot(engine.snapshot()).status().halt_reason == "a" + "é" * 399
     other = running()
-    assert other.kill_switch("x" * 100)
-    assert other.status().halt_reason == "x" * 64
+    assert other.kill_switch("x" * 1000)
+    assert other.status().halt_reason == "x" * 800
 
 
 def _fnv1a(data: bytes) -> int:

@@ -60,8 +60,7 @@ log = logging.getLogger(__name__)
 SNAPSHOT_KEY = ENGINE_SNAPSHOT_KEY
 #: Where an engine worker sets aside a snapshot it cannot read, for inspection.
 CORRUPT_SNAPSHOT_KEY = SNAPSHOT_KEY + ":corrupt"
-#: The kill switch's reason while the engine runs without the snapshot it could not read (the
-#: core keeps 64 bytes of a reason).
+#: The kill switch's reason while the engine runs without the snapshot it could not read.
 SNAPSHOT_LOST_REASON = "snapshot unreadable, set aside: rebuilt from the log after it"
 LOG_KEY = ENGINE_LOG_KEY
 SNAPSHOT_EVERY = 5_000

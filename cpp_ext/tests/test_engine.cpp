@@ -120,8 +120,10 @@ void test_rejects_and_kill_switch() {
   CHECK(e.submit(market(id3, "ETH", Side::Buy, S / 10)).reason == RejectReason::MinNotional);
   const std::string id4 = "w";
   CHECK(e.submit(limit(id4, "ETH", Side::Buy, S, 5 * S)).status == OrderStatus::Resting);
-  CHECK(e.kill_switch("test"));
+  const std::string reason(bounds::kMaxReasonBytes, 'r');  // the longest kept whole
+  CHECK(e.kill_switch(reason + "cut"));
   CHECK(e.state() == EngineState::Halted);
+  CHECK(e.halt_reason() == reason);
   CHECK(e.open_orders().empty());
   const std::string id5 = "v";
   CHECK(e.submit(market(id5, "ETH", Side::Buy, S)).reason == RejectReason::EngineHalted);
