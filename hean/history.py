@@ -42,11 +42,11 @@ log = logging.getLogger(__name__)
 #: Stream entries per read (each holds one batch: up to hundreds of commands).
 READ_ENTRIES = 500
 #: After a batch smaller than READ_ENTRIES the writer waits this long, so that the next one is
-#: bigger: one database commit per LINGER_S at most while orders trickle in. Each commit costs
-#: the writer about 3 ms whatever its size (SQLite writes every page it changed, and the indexes
-#: of random ids change pages all over), so fewer, bigger ones cost less per order: with 0.25 s
-#: and 500 entries instead of 0.1 s and 200, at 1,000 single orders/s (about 1,500 entries a
-#: second) the writer used 0.81x the CPU per order, and 0.7x in 100-order commands at the same
+#: bigger: one database commit per LINGER_S at most while orders trickle in. Each read and
+#: commit costs the writer about 3 ms on top of its rows (SQLite writes each page a transaction
+#: changed once, however many rows changed it), so fewer, bigger ones cost less per order: with
+#: 0.25 s and 500 entries instead of 0.1 s and 200, at 1,000 single orders/s (about 1,500 entries
+#: a second) the writer used 0.81x the CPU per order, and 0.7x in 100-order commands at the same
 #: rate (README, "The history writer's batches"); the database lags by up to this much more.
 LINGER_S = 0.25
 #: Most ids one SQL `IN (...)` takes.
