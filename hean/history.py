@@ -42,10 +42,10 @@ log = logging.getLogger(__name__)
 #: Most stream entries per read (each holds one batch: up to hundreds of commands).
 READ_ENTRIES = 500
 #: About how much entry text one read takes: the next read asks for as many entries as fit at the
-#: last read's size per entry (READ_ENTRIES at most, MIN_READ_ENTRIES at least), so that a read
-#: of big entries (100-order commands and their results, about 12 KB an entry) stays the size
-#: 200 entries made it (the writer's peak RSS at 60,000 orders/s: 209 MB; 303 MB at 500 entries
-#: of them) while small ones (single orders, about 400 bytes) come 500 at a time.
+#: last read's size per entry (READ_ENTRIES at most, MIN_READ_ENTRIES at least). In 100-order
+#: commands an entry is 9-49 KB (bigger as the rate grows), and 500 of them at once raised the
+#: writer's peak RSS at 60,000 orders/s from 209 MB (200 entries) to 303 MB; bounded by size,
+#: 164 MB. Single orders' entries (a few hundred bytes) still come 500 at a time.
 READ_BYTES = 2_500_000
 MIN_READ_ENTRIES = 20
 #: After a read that did not fill its count the writer waits this long, so that the next one is
