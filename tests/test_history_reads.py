@@ -1,7 +1,7 @@
 """The history writer's reads are bounded by size as well as by count (hean.history:
 READ_BYTES): small entries (single orders) come READ_ENTRIES at a time, so that the writer
-commits less often; big ones (100-order commands) come fewer at a time, so that one read, parsed,
-stays about as big as before. Real Redis, real SQLite."""
+commits less often; big ones (100-order commands) come fewer at a time, so that what one read
+holds, parsed, stays bounded. Real Redis, real SQLite."""
 
 from __future__ import annotations
 
