@@ -690,7 +690,7 @@ def next_read_count(entries: Sequence[tuple[str, dict[str, str]]]) -> int:
     """How many entries the read after `entries` asks for: as many as fit in READ_BYTES at their
     size per entry, within MIN_READ_ENTRIES..READ_ENTRIES."""
     size = sum(len(value) for _, fields in entries for value in fields.values())
-    if not entries or not size:
+    if not size:  # nothing read, or nothing in it: nothing known of the size
         return READ_ENTRIES
     return max(MIN_READ_ENTRIES, min(READ_ENTRIES, READ_BYTES * len(entries) // size))
 
