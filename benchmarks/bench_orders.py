@@ -66,6 +66,7 @@ from _harness import (
     REPO_ROOT,
     RawSocketIO,
     Stack,
+    open_for_orders,
     percentile,
     print_table,
     wait_http,
@@ -276,14 +277,7 @@ def start_system(design: Design) -> tuple[Stack, str, str]:
     if design.system == "hean":
         # the history writer too: it copies every order into the database, as under `hean up`
         system = Stack(["worker-engine", "web", "history"], HEAN_COMMAND_RATE="1000000")
-        from hean.client import Client
-
-        with Client(system.url, system.token) as admin:
-            admin.command("risk_adjust", {"fee_rate": "0", "max_orders_per_second": 0,
-                                          "max_open_orders": 100_000}).wait(60)
-            admin.command("update_market", {"symbol": SYMBOL, "bid": "50000", "ask": "50001",
-                                            "last": "50000.5"}).wait(60)
-            admin.command("start").wait(60)
+        open_for_orders(system, SYMBOL)
         return system, system.url, system.token
     system = Stack([])
     port = free_port()
