@@ -28,6 +28,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from hean.gradual_free import GradualFree
 from hean.page_cache import CacheTrimmer
 
 log = logging.getLogger(__name__)
@@ -160,6 +161,8 @@ class PrivateRedis:
             drop_written_pages = get_settings().drop_written_pages
         # the AOF's pages, dropped from the page cache once on disk (hean.page_cache)
         self._trimmer = CacheTrimmer("aof", self._aof_files) if drop_written_pages else None
+        # the append-only files a rewrite deletes, freed a step at a time (hean.gradual_free)
+        self._freer = GradualFree("aof", self._aof_files)
         self.data_dir = Path(data_dir).resolve()
         self.host = host
         self.cpus = cpus  # pin the server to these CPUs (HEAN_CPU_AFFINITY "redis=...")
@@ -286,6 +289,7 @@ class PrivateRedis:
                 self._process, self.port = process, port
                 if self._trimmer is not None:
                     self._trimmer.start()
+                self._freer.start()
                 log.info("event=redis_started pid=%s url=%s", process.pid, redact_url(url))
                 return True
             time.sleep(0.02)
@@ -304,6 +308,7 @@ class PrivateRedis:
         """SIGTERM (Redis flushes the AOF and exits), SIGKILL if it does not within `timeout`."""
         if self._trimmer is not None:
             self._trimmer.stop()
+        self._freer.stop()
         process, self._process = self._process, None
         if process is None:
             return
