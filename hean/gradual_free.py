@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from hean.daemon_loop import DaemonLoop
+
 log = logging.getLogger(__name__)
 
 #: 16 MB every 25 ms: a gigabyte freed in about 1.6 s, no step long enough to show in an fsync.
@@ -55,7 +57,7 @@ class Freed:
     seconds: float
 
 
-class GradualFree:
+class GradualFree(DaemonLoop):
     """Holds each file `paths()` names and frees those deleted a step at a time (see module)."""
 
     def __init__(
@@ -68,6 +70,7 @@ class GradualFree:
     ) -> None:
         if step_bytes < 1:
             raise ValueError("step_bytes must be at least 1")
+        super().__init__(f"gradual-free-{name}")
         self.name, self.paths = name, paths
         self.step_bytes, self.pause_s, self.interval_s = step_bytes, pause_s, interval_s
         self._held: dict[tuple[int, int], _Held] = {}  # by (device, inode)
@@ -75,22 +78,14 @@ class GradualFree:
         #: the files freed so far, oldest first (the last 100)
         self.freed: list[Freed] = []
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def start(self) -> GradualFree:
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name=f"gradual-free-{self.name}", daemon=True)
-            self._thread.start()
+        self._start_loop()
         return self
 
     def stop(self) -> None:
         """Stop the thread and close every descriptor."""
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            self._stop.set()
-            thread.join(timeout=5.0)
+        self._stop_loop()
         with self._lock:
             for held in [*self._held.values(), *self._freeing]:
                 os.close(held.fd)

@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Final
+
+from hean.daemon_loop import DaemonLoop
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def _advise(fd: int) -> bool:
         return False
 
 
-class CacheTrimmer:
+class CacheTrimmer(DaemonLoop):
     """Drops the cached pages of the files `paths()` names every `interval_s`, in a daemon thread,
     until `stop()`. With `hold`, each file is opened once and its descriptor kept until `stop()`
     (for a file this process also uses under POSIX locks: see the module)."""
@@ -74,27 +75,21 @@ class CacheTrimmer:
         interval_s: float = TRIM_INTERVAL_S,
         hold: bool = False,
     ) -> None:
+        super().__init__(f"page-cache-{name}")
         self.name, self.paths, self.interval_s, self.hold = name, paths, interval_s, hold
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         # held descriptors by path, with the (device, inode) each was opened on; a file replaced
         # under its path gets a new one, and the old one stays open too (closing it is the hazard)
         self._held: dict[Path, tuple[int, tuple[int, int]]] = {}
         self._retired: list[int] = []
 
     def start(self) -> CacheTrimmer:
-        if SUPPORTED and self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name=f"page-cache-{self.name}", daemon=True)
-            self._thread.start()
+        if SUPPORTED:
+            self._start_loop()
         return self
 
     def stop(self) -> None:
         """Stop the thread; held descriptors are closed (call it once the file's locks are let go)."""
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            self._stop.set()
-            thread.join(timeout=5.0)
+        self._stop_loop()
         held, self._held, retired, self._retired = self._held, {}, self._retired, []
         for fd in [fd for fd, _ in held.values()] + retired:
             os.close(fd)
