@@ -179,14 +179,21 @@ class CpuMeter:
         (t0, before, m0), (t1, after, m1) = self._start, self._sample()
         wall = t1 - t0
         parts = [f"{name} {100 * (after[name] - before[name]) / wall:.0f}%" for name in self.pids]
-        total = sum(m1) - sum(m0)
-        idle = (m1.idle + getattr(m1, "iowait", 0.0)) - (m0.idle + getattr(m0, "iowait", 0.0))
-        steal = getattr(m1, "steal", 0.0) - getattr(m0, "steal", 0.0)
+        busy, steal = busy_and_steal(m0, m1)
         cpus = psutil.cpu_count() or 1
         return (
-            f"CPU (% of one CPU): {', '.join(parts)}; machine busy {100 * (total - idle) / total:.0f}% "
-            f"of {cpus} CPUs, steal {100 * steal / total:.1f}%"
+            f"CPU (% of one CPU): {', '.join(parts)}; machine busy {busy:.0f}% of {cpus} CPUs, "
+            f"steal {steal:.1f}%"
         )
+
+
+def busy_and_steal(before: Any, after: Any) -> tuple[float, float]:
+    """The machine's busy and steal time between two `psutil.cpu_times()`, in % of all its CPUs
+    (a stall while the host took the CPUs, steal, is the machine's, not the system's)."""
+    total = sum(after) - sum(before)
+    idle = (after.idle + getattr(after, "iowait", 0.0)) - (before.idle + getattr(before, "iowait", 0.0))
+    steal = getattr(after, "steal", 0.0) - getattr(before, "steal", 0.0)
+    return 100 * (total - idle) / total, 100 * steal / total
 
 
 class RedisStalls:

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import psutil
 import redis
-from _harness import RawSocketIO, Stack, open_for_orders, percentile, print_table
+from _harness import RawSocketIO, Stack, busy_and_steal, open_for_orders, percentile, print_table
 from bench_orders import SYMBOL, command
 
 from hean.gc_policy import freeze_startup_objects
@@ -118,7 +118,8 @@ def loader(
         if due > now:
             time.sleep(due - now)
         elif now - due > GIVE_UP_BEHIND_S or error:
-            error.append(error[0] if error else f"fell {GIVE_UP_BEHIND_S:.0f} s behind its schedule")
+            if not error:
+                error.append(f"fell {GIVE_UP_BEHIND_S:.0f} s behind its schedule")
             break
         sent_at[i] = time.perf_counter()
         client.ws.send(f"42{i + 1}{frames(prefix, i, per_event)}")
@@ -150,13 +151,8 @@ class Sample:
     machine: Any  # psutil.cpu_times(): the machine's busy and steal time
 
     def machine_since(self, earlier: Sample) -> str:
-        """The machine's busy and steal time since `earlier`, in % of all its CPUs: a stall with
-        the host taking the CPUs (steal) is the machine's, not the system's."""
-        a, b = earlier.machine, self.machine
-        total = sum(b) - sum(a)
-        idle = (b.idle + getattr(b, "iowait", 0.0)) - (a.idle + getattr(a, "iowait", 0.0))
-        steal = getattr(b, "steal", 0.0) - getattr(a, "steal", 0.0)
-        return f"machine busy {100 * (total - idle) / total:.0f}% steal {100 * steal / total:.1f}%"
+        busy, steal = busy_and_steal(earlier.machine, self.machine)
+        return f"machine busy {busy:.0f}% steal {steal:.1f}%"
 
 
 def sizes(system: Stack) -> dict[str, int]:
