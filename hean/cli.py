@@ -1,5 +1,6 @@
 """The `hean` command line: `hean up` runs the whole system; `hean token` prints the token;
-`hean reconcile` checks that every acked command ran exactly once."""
+`hean reconcile` checks that every acked command ran exactly once; `hean prune-history` deletes
+the history older than a retention (hean/retention.py)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ def _settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         first = exc.errors()[0]
-        names = ", ".join(str(p) for p in first["loc"])
-        raise SystemExit(f"hean: invalid configuration: {names}: {first['msg']}") from None
+        names = ", ".join(str(p) for p in first["loc"])  # none for a check across settings
+        message = first["msg"].removeprefix("Value error, ")
+        raise SystemExit(f"hean: invalid configuration: {f'{names}: ' if names else ''}{message}") from None
 
 
 def _redis_trouble(settings: Settings, exc: Exception) -> str:
@@ -164,6 +166,55 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_prune_history(args: argparse.Namespace) -> int:
+    import time
+
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from hean.config import history_keep_problem
+    from hean.db import open_database
+    from hean.retention import CHUNK, Pruned, count_old, prune
+
+    settings = _settings()
+    keep_days = args.keep_days if args.keep_days is not None else settings.history_keep_days
+    if not keep_days:
+        print("hean: say how many days to keep: --keep-days, or HEAN_HISTORY_KEEP_DAYS", file=sys.stderr)
+        return 2
+    problem = history_keep_problem(keep_days * 86400.0, settings.dedup_window_s)
+    if problem:
+        print(f"hean: --keep-days: {problem}", file=sys.stderr)
+        return 2
+    before = time.time() - keep_days * 86400.0
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(before))
+    url = settings.effective_database_url()
+    try:
+        db = open_database(url)
+    except SQLAlchemyError as exc:
+        print(f"hean: cannot open the database: {type(exc).__name__}", file=sys.stderr)
+        return 1
+    try:
+        old = count_old(db, before)
+        where = make_url(url).render_as_string(hide_password=True)
+        print(f"{where}: older than {when} ({keep_days:g} days): {old}")
+        if args.dry_run or not old.total:
+            return 0
+        done, started = Pruned(), time.monotonic()
+        for chunks, chunk in enumerate(prune(db, before, CHUNK), 1):
+            done += chunk
+            if chunks % 10 == 0:
+                share = 100.0 * done.total / max(1, old.total)
+                print(f"  deleted {done} ({share:.0f}%, {time.monotonic() - started:.0f} s)", flush=True)
+        print(f"deleted {done} in {time.monotonic() - started:.1f} s")
+    except SQLAlchemyError as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else ""  # the driver's words, not the statement
+        print(f"hean: the history was not pruned: {type(exc).__name__}: {reason}", file=sys.stderr)
+        return 1
+    finally:
+        db.dispose()
+    return 0
+
+
 def cmd_downgrade_snapshot(_: argparse.Namespace) -> int:
     import redis as redis_py
 
@@ -211,6 +262,15 @@ def main(argv: list[str] | None = None) -> int:
     rec.add_argument("--to", dest="until", help="received before (epoch s or ISO 8601)")
     rec.add_argument("--settle", type=float, default=0.0, help="seconds to wait for in-flight commands")
     rec.add_argument("--json", action="store_true", help="print JSON instead of text")
+    prune_history = sub.add_parser(
+        "prune-history",
+        help="delete the history's orders, fills and answered commands older than --keep-days "
+        "(what HEAN_HISTORY_KEEP_DAYS makes the history writer do every minute)",
+    )
+    prune_history.add_argument(
+        "--keep-days", type=float, help="days to keep (default HEAN_HISTORY_KEEP_DAYS; at least one hour)"
+    )
+    prune_history.add_argument("--dry-run", action="store_true", help="count what would go, delete nothing")
     sub.add_parser(
         "downgrade-snapshot",
         help="rewrite the stored engine snapshot for versions before snapshot format 2 (to roll back)",
@@ -222,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         "processes": cmd_processes,
         "analyses": cmd_analyses,
         "reconcile": cmd_reconcile,
+        "prune-history": cmd_prune_history,
         "downgrade-snapshot": cmd_downgrade_snapshot,
     }[args.command]
     return handler(args)

@@ -7,13 +7,16 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hean.affinity import DEFAULT_NICE, Niceness
 
 #: Default Redis used when neither REDIS_URL nor a private server started by `hean up` exists.
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+#: The shortest history retention (HEAN_HISTORY_KEEP_DAYS) accepted, in seconds; it must also be
+#: longer than HEAN_DEDUP_WINDOW_S (hean/retention.py says why).
+MIN_HISTORY_KEEP_S = 3600.0
 
 
 def _env(*names: str) -> AliasChoices:
@@ -102,6 +105,13 @@ class Settings(BaseSettings):
         ge=1,
         validation_alias=_env("HEAN_DEDUP_WINDOW_S"),
         description="Seconds a request id stays in Redis after its result reached the database.",
+    )
+    history_keep_days: float = Field(
+        default=0.0,
+        ge=0,
+        validation_alias=_env("HEAN_HISTORY_KEEP_DAYS"),
+        description="Days the history database keeps orders, fills and answered commands; 0 keeps "
+        "everything. Also how long a resent request id is answered with its first result.",
     )
     visibility_timeout: int = Field(default=3600, ge=10, validation_alias=_env("HEAN_VISIBILITY_TIMEOUT"))
     result_expires: int = Field(default=3600, ge=10, validation_alias=_env("HEAN_RESULT_EXPIRES"))
@@ -199,6 +209,19 @@ class Settings(BaseSettings):
                 raise ValueError("HEAN_LLM_PRICE must be 'input,output' USD per million tokens")
         return value.strip()
 
+    @model_validator(mode="after")
+    def _history_keep(self) -> Settings:
+        if self.history_keep_days:
+            problem = history_keep_problem(self.history_keep_days * 86400.0, self.dedup_window_s)
+            if problem:
+                raise ValueError(f"HEAN_HISTORY_KEEP_DAYS: {problem}")
+        return self
+
+    @property
+    def history_keep_s(self) -> float | None:
+        """The history's retention in seconds, None when it keeps everything."""
+        return self.history_keep_days * 86400.0 or None
+
     @property
     def llm_price_pair(self) -> tuple[float, float] | None:
         if not self.llm_price:
@@ -283,6 +306,19 @@ class Settings(BaseSettings):
             return self.token_file.read_text().strip() or None
         except OSError:
             return None
+
+
+def history_keep_problem(keep_s: float, dedup_window_s: int) -> str | None:
+    """Why a history retention of `keep_s` seconds cannot be, or None when it can."""
+    if keep_s < MIN_HISTORY_KEEP_S:
+        shortest = MIN_HISTORY_KEEP_S / 86400
+        return f"{keep_s / 86400:g} days is less than the shortest, one hour ({shortest:.4f} days)"
+    if keep_s <= dedup_window_s:
+        return (
+            f"{keep_s / 86400:g} days is not longer than HEAN_DEDUP_WINDOW_S ({dedup_window_s} s): "
+            "request ids that left Redis would not be found in the database either"
+        )
+    return None
 
 
 @functools.cache

@@ -35,6 +35,7 @@ from hean.command_journal import CommandJournal, rebuild_ack
 from hean.db import commands, fills, history_cursor, orders, sqlite_file
 from hean.page_cache import CacheTrimmer
 from hean.redis_client import next_stream_id, text
+from hean.retention import Retention
 from hean.topology import HISTORY_STREAM_KEY
 
 log = logging.getLogger(__name__)
@@ -705,6 +706,8 @@ class HistoryWriter:
         self.last_id: str | None = None
         self.reset_database: Callable[[], None] | None = None
         self.priority: CatchUpPriority | None = None  # set by `main` (its own process)
+        #: HEAN_HISTORY_KEEP_DAYS's passes, a chunk between batches (set by `main` when it is on)
+        self.retention: Retention | None = None
         #: Entries the next read asks for (`next_read_count`); whether the last read filled its count.
         self.read_count = MIN_READ_ENTRIES
         self.read_full = False
@@ -763,6 +766,8 @@ class HistoryWriter:
         while not stop.is_set():
             try:
                 self.run_once(block_ms=500)
+                if self.retention is not None:
+                    self.retention.step(self.store.db)
                 if not self.read_full:
                     stop.wait(LINGER_S)
                 delay = 0.0
@@ -791,7 +796,14 @@ def main() -> int:
     writer = HistoryWriter(CommandJournal(sync_client()), HistoryStore(database), settings.dedup_window_s)
     writer.reset_database = reset
     writer.priority = CatchUpPriority()
-    log.info("event=history_writer_started window_s=%d", settings.dedup_window_s)
+    keep_s = settings.history_keep_s
+    if keep_s is not None:
+        writer.retention = Retention(keep_s)
+    log.info(
+        "event=history_writer_started window_s=%d keep_days=%s",
+        settings.dedup_window_s,
+        f"{settings.history_keep_days:g}" if keep_s else "all",
+    )
     trimmer = _database_trimmer(database()) if settings.drop_written_pages else None
     freeze_startup_objects("history")
     try:

@@ -19,7 +19,7 @@ import os
 import socket
 import time
 from collections import Counter as Tally
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
@@ -94,6 +94,11 @@ UNJOURNALED_ACKS = Gauge(
 HISTORY_ROWS = Counter(
     "hean_history_rows", "Rows the history writer wrote to the database, by table.", ["table"]
 )
+HISTORY_PRUNED = Counter(
+    "hean_history_pruned_rows",
+    "Rows the history's retention (HEAN_HISTORY_KEEP_DAYS) deleted from the database, by table.",
+    ["table"],
+)
 LLM_CALLS = Counter(
     "hean_llm_calls",
     "Calls to the LLM provider, by provider, model and outcome.",
@@ -131,6 +136,13 @@ def history_written(commands: int, orders: int, fills: int) -> None:
     for table, count in (("commands", commands), ("orders", orders), ("fills", fills)):
         if count:
             HISTORY_ROWS.labels(table).inc(count)
+
+
+def history_pruned(counts: Mapping[str, int]) -> None:
+    """The history's retention deleted rows: their number per table."""
+    for table, count in counts.items():
+        if count:
+            HISTORY_PRUNED.labels(table).inc(count)
 
 
 def batch_ran(queue: str, received_at_ms: Iterable[float], results: Sequence[dict[str, Any]]) -> None:
