@@ -33,6 +33,7 @@ from dataclasses import dataclass, fields
 import sqlalchemy
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine as Database
+from sqlalchemy.exc import SQLAlchemyError
 
 from hean import metrics
 from hean.db import commands, fills, orders
@@ -145,7 +146,12 @@ class Retention:
             if now < self.next_pass:
                 return Pruned()
             self.before, self.pass_done, self.chunks = now - self.keep_s, Pruned(), 0
-        done = prune_chunk(db, self.before, self.chunk)
+        try:
+            done = prune_chunk(db, self.before, self.chunk)
+        except SQLAlchemyError as exc:  # the next pass tries again; the writer's batches go on
+            log.warning("event=history_prune_failed before=%.0f error=%s", self.before, type(exc).__name__)
+            self.before, self.next_pass = None, now + self.every_s
+            return Pruned()
         metrics.history_pruned(done.as_dict())
         self.pass_done += done
         self.chunks += 1

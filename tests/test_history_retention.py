@@ -6,6 +6,7 @@ does one pass by hand. On real SQLite and PostgreSQL databases and a real Redis.
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import sqlite3
 import subprocess
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import redis
+import sqlalchemy
 from prometheus_client import REGISTRY
 from pydantic import ValidationError
 from sqlalchemy import func, select
@@ -215,6 +217,27 @@ def test_a_pass_every_so_often_with_its_cutoff_fixed_as_it_starts(make_db: Calla
     while retention.before is not None:
         retention.step(db)
     assert rows(db) == Pruned()
+
+
+def test_a_pass_that_fails_is_logged_and_tried_again_at_the_next(
+    make_db: Callable[[str], Database], caplog: pytest.LogCaptureFixture
+) -> None:
+    db = make_db("sqlite")
+    clock = [1_800_000_000.0]
+    retention = Retention(keep_s=DAY, every_s=60.0, chunk=10, clock=lambda: clock[0])
+    history = History()
+    history.command(clock[0] - 2 * DAY)
+    HistoryStore(db).write(history.take())
+    with db.begin() as connection:  # what the pass needs is not there: the database's own error
+        connection.execute(sqlalchemy.text("ALTER TABLE fills RENAME TO fills_away"))
+    with caplog.at_level(logging.WARNING, logger="hean.retention"):
+        assert retention.step(db) == Pruned()
+    assert "event=history_prune_failed" in caplog.text and "OperationalError" in caplog.text
+    assert retention.before is None and retention.next_pass == clock[0] + 60.0
+    with db.begin() as connection:
+        connection.execute(sqlalchemy.text("ALTER TABLE fills_away RENAME TO fills"))
+    clock[0] += 60.0
+    assert retention.step(db) == Pruned(commands=1, orders=5, fills=5)
 
 
 def test_the_history_writer_prunes_between_its_batches(
