@@ -40,11 +40,10 @@ from hean.db import commands, fills, orders
 
 log = logging.getLogger(__name__)
 
-#: Most rows of each table one chunk deletes. Measured on SQLite here: 2,000 single-order
-#: commands with their orders and fills took 23 ms a chunk (median; at most 100), 2,000 orders of
-#: 100-order commands 11 ms (at most 234, a checkpoint). A pass costs the writer about a fifth
-#: of what writing the rows did: 10 us per single order (writing it, 50), 7 per order of a
-#: 100-order command (18).
+#: Most rows of each table one chunk deletes. benchmarks/bench_retention.py on SQLite here: a
+#: chunk of single-order commands (2,000 commands, orders and fills) took 21 ms (median; at most
+#: 100), of 100-order commands 9 ms (at most 111, a checkpoint); a pass cost the writer 0.23x
+#: (single orders) and 0.47x (100-order commands) the CPU of writing the same rows.
 CHUNK = 2000
 #: How often the writer starts a pass once the last one has finished.
 EVERY_S = 60.0
