@@ -46,14 +46,17 @@ def wait_http(url: str, timeout: float = 60.0) -> None:
 class Stack:
     """Redis (REDIS_URL if it answers, else private) plus the named HEAN processes."""
 
-    def __init__(self, names: list[str], **env: str) -> None:
+    def __init__(self, names: list[str], redis_options: dict[str, Any] | None = None, **env: str) -> None:
+        """`redis_options`: PrivateRedis's keyword arguments, for the private server."""
         self.home = Path(tempfile.mkdtemp(prefix="hean-bench-"))
         self._redis: PrivateRedis | None = None
         self.cpus = parse_affinity(env.get(AFFINITY_ENV, os.environ.get(AFFINITY_ENV, "")))
         self.nice = parse_nice(env.get(NICE_ENV, os.environ.get(NICE_ENV, DEFAULT_NICE)))
         url = os.environ.get("REDIS_URL", "")
         if not (url and redis_answers(url)):
-            self._redis = PrivateRedis(self.home / "redis", cpus=for_process(REDIS, self.cpus))
+            self._redis = PrivateRedis(
+                self.home / "redis", cpus=for_process(REDIS, self.cpus), **(redis_options or {})
+            )
             url = self._redis.start()
         self.redis_url = url
         self.port = free_port()

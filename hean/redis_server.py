@@ -145,6 +145,7 @@ class PrivateRedis:
         password: str | None = None,
         appendfsync: str | None = None,
         drop_written_pages: bool | None = None,
+        free_gradually: bool = True,
     ) -> None:
         if password is not None and not _PASSWORD.fullmatch(password):
             raise ValueError("a private Redis password is 16-256 characters of [A-Za-z0-9_-]")
@@ -161,8 +162,9 @@ class PrivateRedis:
             drop_written_pages = get_settings().drop_written_pages
         # the AOF's pages, dropped from the page cache once on disk (hean.page_cache)
         self._trimmer = CacheTrimmer("aof", self._aof_files) if drop_written_pages else None
-        # the append-only files a rewrite deletes, freed a step at a time (hean.gradual_free)
-        self._freer = GradualFree("aof", self._aof_files)
+        # the append-only files a rewrite deletes, freed a step at a time (hean.gradual_free);
+        # without, at once as the server closes them (benchmarks/bench_rewrite.py compares both)
+        self._freer = GradualFree("aof", self._aof_files) if free_gradually else None
         self.data_dir = Path(data_dir).resolve()
         self.host = host
         self.cpus = cpus  # pin the server to these CPUs (HEAN_CPU_AFFINITY "redis=...")
@@ -289,7 +291,8 @@ class PrivateRedis:
                 self._process, self.port = process, port
                 if self._trimmer is not None:
                     self._trimmer.start()
-                self._freer.start()
+                if self._freer is not None:
+                    self._freer.start()
                 log.info("event=redis_started pid=%s url=%s", process.pid, redact_url(url))
                 return True
             time.sleep(0.02)
@@ -306,9 +309,9 @@ class PrivateRedis:
 
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM (Redis flushes the AOF and exits), SIGKILL if it does not within `timeout`."""
-        if self._trimmer is not None:
-            self._trimmer.stop()
-        self._freer.stop()
+        for thread in (self._trimmer, self._freer):
+            if thread is not None:
+                thread.stop()
         process, self._process = self._process, None
         if process is None:
             return
