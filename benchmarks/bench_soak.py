@@ -39,6 +39,7 @@ import psutil
 import redis
 from _harness import RawSocketIO, Stack, busy_and_steal, open_for_orders, percentile, print_table
 from bench_orders import SYMBOL, command
+from sqlalchemy.engine import make_url
 
 from hean.gc_policy import freeze_startup_objects
 from hean.processes import process_names
@@ -167,8 +168,22 @@ def sizes(system: Stack) -> dict[str, int]:
         pass
     aof = system.home / "redis"
     found["aof"] = sum(p.stat().st_size for p in aof.rglob("*.aof*") if p.is_file()) if aof.exists() else 0
-    found["database"] = sum(p.stat().st_size for p in system.home.glob("hean.db*"))
+    found["database"] = sum(p.stat().st_size for p in database_files(system))
     return found
+
+
+def database_files(system: Stack) -> list[Path]:
+    """The SQLite database the processes use (DATABASE_URL's, or the default under the stack's
+    home) with its log; none for another database."""
+    url = system.env.get("DATABASE_URL")
+    if url:
+        parsed = make_url(url)
+        if not parsed.drivername.startswith("sqlite") or not parsed.database:
+            return []
+        path = Path(parsed.database)
+    else:
+        path = system.home / "hean.db"
+    return [p for p in (path, Path(f"{path}-wal")) if p.exists()]
 
 
 def sample(system: Stack, pids: dict[str, int], started: float) -> Sample:
