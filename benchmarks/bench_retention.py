@@ -9,9 +9,14 @@ fresh SQLite file (or DATABASE_URL): for single-order commands and 100-order com
 
 Prints CPU microseconds per order of each step, the pass against the first write, the chunks'
 wall time (each a transaction the writer's batches wait for), and the file's size after each
-step: the second write should fill the freed pages, not grow the file. Never fails on speed.
+step: the second write should fill the freed pages, not grow the file.
 
-    .venv/bin/python benchmarks/bench_retention.py [--orders N] [--shapes 1,100]
+Then the history writer itself (`python -m hean.history` with HEAN_HISTORY_KEEP_DAYS=1, a private
+Redis, nothing arriving) on a fresh SQLite file holding `--writer-orders` (300,000) single-order
+commands three days old: how many orders (with their fills and commands) its first pass deletes
+a second. Never fails on speed.
+
+    .venv/bin/python benchmarks/bench_retention.py [--orders N] [--shapes 1,100] [--writer-orders N]
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from history_entries import History  # noqa: E402 (the tests' builder of stream 
 
 from hean.db import open_database, sqlite_file  # noqa: E402
 from hean.history import READ_ENTRIES, HistoryStore  # noqa: E402
-from hean.retention import CHUNK, Pruned, prune  # noqa: E402
+from hean.retention import CHUNK, Pruned, count_old, prune  # noqa: E402
 
 DAY = 86400.0
 
@@ -103,16 +108,52 @@ def run(url: str, per_command: int, orders: int) -> None:
     )
 
 
+def writer_pass(orders: int, directory: str, seconds: float = 15.0) -> None:
+    """The history writer's first pass over `orders` old single orders, nothing else arriving."""
+    from _harness import Stack
+
+    url = f"sqlite:///{directory}/writer.db"
+    db = open_database(url)
+    write(HistoryStore(db), 1, orders, time.time() - 3 * DAY)
+    cutoff = time.time() - DAY
+
+    def old() -> int:
+        return count_old(db, cutoff).orders
+
+    print(f"\nthe history writer's first pass over {orders:,} single orders, nothing arriving", flush=True)
+    system = Stack(["history"], DATABASE_URL=url, HEAN_HISTORY_KEEP_DAYS="1")
+    try:
+        started, before = time.monotonic(), old()
+        deadline = started + seconds
+        while time.monotonic() < deadline and old():
+            time.sleep(0.5)
+        elapsed, left = time.monotonic() - started, old()
+    finally:
+        system.close()
+        db.dispose()
+    rate = (before - left) / elapsed
+    print(
+        f"  {before - left:,} orders with their fills and commands deleted in {elapsed:.1f} s:"
+        f" {rate:,.0f} a second"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--orders", type=int, default=100_000, help="orders per write (default 100,000)")
     parser.add_argument("--shapes", default="1,100", help="orders per command, comma-separated")
+    parser.add_argument(
+        "--writer-orders", type=int, default=300_000, help="old orders for the writer's pass (0: skip it)"
+    )
     args = parser.parse_args()
-    for shape in (int(s) for s in args.shapes.split(",")):
+    for shape in (int(s) for s in args.shapes.split(",") if s.strip()):
         with tempfile.TemporaryDirectory(prefix="bench-retention-") as directory:
             run(os.environ.get("DATABASE_URL") or f"sqlite:///{directory}/history.db", shape, args.orders)
+    if args.writer_orders:
+        with tempfile.TemporaryDirectory(prefix="bench-retention-") as directory:
+            writer_pass(args.writer_orders, directory)
 
 
 if __name__ == "__main__":

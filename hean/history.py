@@ -57,6 +57,9 @@ MIN_READ_ENTRIES = 20
 #: a second) the writer used 0.81x the CPU per order, and 0.7x in 100-order commands at the same
 #: rate (README, "The history writer's batches"); the database lags by up to this much more.
 LINGER_S = 0.25
+#: How long a read waits for entries while a retention pass (hean.retention) is under way: when
+#: none arrive, the pass's next chunk follows this soon, not after LINGER_S and a 500 ms read.
+PRUNING_BLOCK_MS = 50
 #: Most ids one SQL `IN (...)` takes.
 CHUNK = 500
 #: Most keys one compaction script takes: Redis runs nothing else meanwhile, so a script stays
@@ -765,10 +768,13 @@ class HistoryWriter:
         delay = 0.0
         while not stop.is_set():
             try:
-                self.run_once(block_ms=500)
+                # while a retention pass is under way and nothing arrives, its chunks go back to
+                # back (each after a short wait for entries); while entries arrive, one a batch
+                pruning = self.retention is not None and self.retention.before is not None
+                written = self.run_once(block_ms=PRUNING_BLOCK_MS if pruning else 500)
                 if self.retention is not None:
                     self.retention.step(self.store.db)
-                if not self.read_full:
+                if not self.read_full and (written or not pruning):
                     stop.wait(LINGER_S)
                 delay = 0.0
             except (RedisError, SQLAlchemyError, HistoryUnavailable) as exc:
