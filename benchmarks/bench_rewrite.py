@@ -31,7 +31,7 @@ import argparse
 import multiprocessing as mp
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -56,7 +56,6 @@ class Round:
     slowest_fsync_ms: int = 0
     unanswered: int = 0
     stalls: str = ""
-    lines: list[str] = field(default_factory=list)
 
 
 def fill(client: redis.Redis, keys: int, aof_mb: int) -> None:
