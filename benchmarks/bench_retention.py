@@ -17,6 +17,10 @@ commands three days old: how many orders (with their fills and commands) its fir
 a second. Never fails on speed.
 
     .venv/bin/python benchmarks/bench_retention.py [--orders N] [--shapes 1,100] [--writer-orders N]
+
+`--make-history PATH` only writes `--orders` single-order commands three days old into the SQLite
+file PATH and stops: a history to turn the retention on over under load, e.g.
+`DATABASE_URL=sqlite:///PATH HEAN_HISTORY_KEEP_DAYS=1 benchmarks/bench_soak.py --minutes 3`.
 """
 
 from __future__ import annotations
@@ -147,7 +151,17 @@ def main() -> None:
     parser.add_argument(
         "--writer-orders", type=int, default=300_000, help="old orders for the writer's pass (0: skip it)"
     )
+    parser.add_argument("--make-history", metavar="PATH", help="only write --orders old orders into PATH")
     args = parser.parse_args()
+    if args.make_history:
+        db = open_database(f"sqlite:///{Path(args.make_history).resolve()}")
+        used = write(HistoryStore(db), 1, args.orders, time.time() - 3 * DAY)
+        db.dispose()
+        print(
+            f"{args.orders:,} single orders three days old written to {args.make_history}"
+            f" ({used:.0f} s of CPU)"
+        )
+        return
     for shape in (int(s) for s in args.shapes.split(",") if s.strip()):
         with tempfile.TemporaryDirectory(prefix="bench-retention-") as directory:
             run(os.environ.get("DATABASE_URL") or f"sqlite:///{directory}/history.db", shape, args.orders)
