@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -188,14 +189,18 @@ def cmd_prune_history(args: argparse.Namespace) -> int:
     before = time.time() - keep_days * 86400.0
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(before))
     url = settings.effective_database_url()
+    where = make_url(url).render_as_string(hide_password=True)
+    sqlite_path = make_url(url).database if url.startswith("sqlite") else None
+    if sqlite_path and not Path(sqlite_path).exists():  # opening it would create it
+        print(f"hean: no database at {sqlite_path}: nothing to prune (DATABASE_URL?)", file=sys.stderr)
+        return 1
     try:
         db = open_database(url)
     except SQLAlchemyError as exc:
-        print(f"hean: cannot open the database: {type(exc).__name__}", file=sys.stderr)
+        print(f"hean: cannot open the database {where}: {_first_line(exc)}", file=sys.stderr)
         return 1
     try:
         old = count_old(db, before)
-        where = make_url(url).render_as_string(hide_password=True)
         print(f"{where}: older than {when} ({keep_days:g} days): {old}")
         if args.dry_run or not old.total:
             return 0
@@ -207,12 +212,18 @@ def cmd_prune_history(args: argparse.Namespace) -> int:
                 print(f"  deleted {done} ({share:.0f}%, {time.monotonic() - started:.0f} s)", flush=True)
         print(f"deleted {done} in {time.monotonic() - started:.1f} s")
     except SQLAlchemyError as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else ""  # the driver's words, not the statement
-        print(f"hean: the history was not pruned: {type(exc).__name__}: {reason}", file=sys.stderr)
+        print(f"hean: the history was not pruned: {_first_line(exc)}", file=sys.stderr)
         return 1
     finally:
         db.dispose()
     return 0
+
+
+def _first_line(exc: Exception) -> str:
+    """A database error's type and the driver's first line (never the statement or its values;
+    the URL's password is not in it either)."""
+    words = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {words[0]}" if words else type(exc).__name__
 
 
 def cmd_downgrade_snapshot(_: argparse.Namespace) -> int:

@@ -30,6 +30,7 @@ from hean.command_journal import CommandJournal
 from hean.config import Settings
 from hean.db import commands, fills, open_database, orders
 from hean.history import HistoryStore, HistoryWriter
+from hean.redis_server import free_port
 from hean.retention import Pruned, Retention, count_old, prune, prune_chunk
 from postgres_server import PostgresServer
 
@@ -270,6 +271,17 @@ def test_hean_prune_history_counts_then_deletes_with_its_progress(
     assert "say how many days to keep" in capsys.readouterr().err
     assert cli.main(["prune-history", "--keep-days", "0.001"]) == 2
     assert "less than the shortest, one hour" in capsys.readouterr().err
+
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path}/elsewhere/none.db")  # a wrong path
+    assert cli.main(["prune-history", "--keep-days", "7"]) == 1
+    assert f"no database at {tmp_path}/elsewhere/none.db: nothing to prune" in capsys.readouterr().err
+    assert not (tmp_path / "elsewhere").exists()  # not created by looking
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://hean:not-to-be-seen@127.0.0.1:{free_port()}/hean")
+    assert cli.main(["prune-history", "--keep-days", "7"]) == 1
+    err = capsys.readouterr().err
+    assert "hean: cannot open the database postgresql://hean:***@" in err and "OperationalError" in err
+    assert "not-to-be-seen" not in err
+    monkeypatch.setenv("DATABASE_URL", url)
 
     assert cli.main(["prune-history", "--keep-days", "7", "--dry-run"]) == 0
     out = capsys.readouterr().out
