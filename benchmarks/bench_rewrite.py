@@ -95,8 +95,9 @@ def run_round(variant: str, args: argparse.Namespace) -> Round:
             f"\n[{variant}] AOF {aof_mb:,.0f} MB, data {client.info('memory')['used_memory'] / 2**20:.0f} MB"
         )
         stalls = RedisStalls(system.redis_url)
-        out: Any = mp.get_context("spawn").Queue()
-        load = mp.get_context("spawn").Process(
+        spawn = mp.get_context("spawn")
+        out: Any = spawn.Queue()
+        load = spawn.Process(
             target=loader, args=(system.url, system.token, 1000.0, 1, args.seconds, INTERVAL_S, out)
         )
         load.start()

@@ -189,8 +189,9 @@ def cmd_prune_history(args: argparse.Namespace) -> int:
     before = time.time() - keep_days * 86400.0
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(before))
     url = settings.effective_database_url()
-    where = make_url(url).render_as_string(hide_password=True)
-    sqlite_path = make_url(url).database if url.startswith("sqlite") else None
+    parsed = make_url(url)
+    where = parsed.render_as_string(hide_password=True)
+    sqlite_path = parsed.database if parsed.drivername.startswith("sqlite") else None
     if sqlite_path and not Path(sqlite_path).exists():  # opening it would create it
         print(f"hean: no database at {sqlite_path}: nothing to prune (DATABASE_URL?)", file=sys.stderr)
         return 1

@@ -770,7 +770,7 @@ class HistoryWriter:
             try:
                 # while a retention pass is under way and nothing arrives, its chunks go back to
                 # back (each after a short wait for entries); while entries arrive, one a batch
-                pruning = self.retention is not None and self.retention.before is not None
+                pruning = self.retention is not None and self.retention.under_way
                 written = self.run_once(block_ms=PRUNING_BLOCK_MS if pruning else 500)
                 if self.retention is not None:
                     self.retention.step(self.store.db)

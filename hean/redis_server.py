@@ -289,10 +289,9 @@ class PrivateRedis:
         while time.monotonic() < deadline and process.poll() is None:
             if _served_by(url, process.pid):
                 self._process, self.port = process, port
-                if self._trimmer is not None:
-                    self._trimmer.start()
-                if self._freer is not None:
-                    self._freer.start()
+                for thread in (self._trimmer, self._freer):
+                    if thread is not None:
+                        thread.start()
                 log.info("event=redis_started pid=%s url=%s", process.pid, redact_url(url))
                 return True
             time.sleep(0.02)

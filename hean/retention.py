@@ -73,31 +73,32 @@ class Pruned:
     def __str__(self) -> str:
         return f"commands={self.commands} orders={self.orders} fills={self.fills}"
 
-
-def _old(table: sqlalchemy.Table, before: float) -> list[sqlalchemy.ColumnElement[bool]]:
-    """The conditions a row of `table` meets once it may go."""
-    if table is commands:
-        return [commands.c.received_at < before, commands.c.result.is_not(None)]
-    return [table.c.executed_at < before]
+    def filled(self, chunk: int) -> bool:
+        """Whether a table gave a whole `chunk`: more of it may be left."""
+        return max(self.as_dict().values()) >= chunk
 
 
-def _time(table: sqlalchemy.Table) -> sqlalchemy.Column[float]:
-    return commands.c.received_at if table is commands else table.c.executed_at
-
-
-_TABLES = {"commands": commands, "orders": orders, "fills": fills}
+#: What a row must also meet to go, besides its age.
+_Also = list[sqlalchemy.ColumnElement[bool]]
+#: Each table by name, with the time its rows are aged by and its `_Also`.
+_TABLES: dict[str, tuple[sqlalchemy.Table, sqlalchemy.Column[float], _Also]] = {
+    "commands": (commands, commands.c.received_at, [commands.c.result.is_not(None)]),
+    "orders": (orders, orders.c.executed_at, []),
+    "fills": (fills, fills.c.executed_at, []),
+}
 
 
 def prune_chunk(db: Database, before: float, chunk: int = CHUNK) -> Pruned:
     """Delete, in one transaction, at most `chunk` rows of each table older than `before` (epoch
-    seconds), oldest first; returns how many went from each."""
+    seconds), oldest first; returns how many went from each (also counted in the metrics)."""
     done = Pruned()
     with db.begin() as connection:
-        for name, table in _TABLES.items():
+        for name, (table, at, also) in _TABLES.items():
             key = next(iter(table.primary_key.columns))
-            oldest = select(key).where(*_old(table, before)).order_by(_time(table)).limit(chunk)
+            oldest = select(key).where(at < before, *also).order_by(at).limit(chunk)
             deleted = connection.execute(table.delete().where(key.in_(oldest))).rowcount
             setattr(done, name, max(0, deleted or 0))
+    metrics.history_pruned(done.as_dict())
     return done
 
 
@@ -105,8 +106,8 @@ def count_old(db: Database, before: float) -> Pruned:
     """How many rows of each table are older than `before`: what a pass would delete."""
     counted = Pruned()
     with db.connect() as connection:
-        for name, table in _TABLES.items():
-            query = select(func.count()).select_from(table).where(*_old(table, before))
+        for name, (table, at, also) in _TABLES.items():
+            query = select(func.count()).select_from(table).where(at < before, *also)
             setattr(counted, name, int(connection.execute(query).scalar() or 0))
     return counted
 
@@ -115,9 +116,8 @@ def prune(db: Database, before: float, chunk: int = CHUNK) -> Iterator[Pruned]:
     """Every row older than `before`, deleted a chunk at a time: yields each chunk's counts."""
     while True:
         done = prune_chunk(db, before, chunk)
-        metrics.history_pruned(done.as_dict())
         yield done
-        if max(done.as_dict().values()) < chunk:
+        if not done.filled(chunk):
             return
 
 
@@ -138,6 +138,11 @@ class Retention:
         self.pass_done = Pruned()
         self.chunks = 0
 
+    @property
+    def under_way(self) -> bool:
+        """Whether a pass has started and not finished."""
+        return self.before is not None
+
     def step(self, db: Database) -> Pruned:
         """One chunk of the pass under way or due; nothing when none is."""
         now = self.clock()
@@ -151,10 +156,9 @@ class Retention:
             log.warning("event=history_prune_failed before=%.0f error=%s", self.before, type(exc).__name__)
             self.before, self.next_pass = None, now + self.every_s
             return Pruned()
-        metrics.history_pruned(done.as_dict())
         self.pass_done += done
         self.chunks += 1
-        if max(done.as_dict().values()) >= self.chunk:  # more left
+        if done.filled(self.chunk):  # more left
             if self.chunks % LOG_EVERY_CHUNKS == 0:
                 log.info("event=history_pruning before=%.0f %s", self.before, self.pass_done)
             return done
