@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 from flask import Flask
 from flask_socketio import SocketIO
 
 from hean import fastjson
 from hean.config import Settings, get_settings
+from web import packets
 from web.bus import FanOutRedisManager
 
 #: Largest Socket.IO message the transport accepts; a bigger one closes the connection.
@@ -32,6 +35,12 @@ def create_app(settings: Settings | None = None, async_mode: str = "eventlet") -
         json=fastjson,
     )
     origins = settings.cors_origin_list
+    # python-socketio and python-engineio give their loggers a handler of their own when the
+    # level is unset, so each of their errors was written twice (once bare, once in HEAN's
+    # format through the root logger); a level set here keeps theirs out, at their own default.
+    for name in ("socketio.server", "engineio.server"):
+        if logging.getLogger(name).level == logging.NOTSET:
+            logging.getLogger(name).setLevel(logging.ERROR)
     sio = SocketIO(
         app,
         async_mode=async_mode,
@@ -43,7 +52,9 @@ def create_app(settings: Settings | None = None, async_mode: str = "eventlet") -
         # web/socket_handlers.py), so a flooding client cannot starve the others.
         async_handlers=False,
         json=fastjson,  # every packet out is encoded by orjson (hean/fastjson.py)
+        serializer=packets.CheckedPacket,  # a malformed packet closes its connection, quietly
     )
+    packets.install(sio.server)
     if origins:
         from flask_cors import CORS
 
