@@ -113,16 +113,9 @@ def cmd_analyses(args: argparse.Namespace) -> int:
 
 def _when(raw: str | None) -> float | None:
     """Epoch seconds or an ISO 8601 time (UTC unless it says otherwise)."""
-    if raw is None:
-        return None
-    from datetime import UTC, datetime
+    from hean.history import parse_time
 
-    try:
-        return float(raw)
-    except ValueError:
-        pass
-    parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+    return None if raw is None else parse_time(raw)
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:

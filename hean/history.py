@@ -15,6 +15,7 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import operator
 import os
 import signal
@@ -22,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -403,6 +405,24 @@ class HistoryStore:
         more = len(rows) > filters.limit
         rows = rows[: filters.limit]
         return rows, (int(rows[-1]["id"]) if more and rows else None)
+
+
+def parse_time(raw: str) -> float:
+    """Epoch seconds from epoch seconds or an ISO 8601 time (UTC unless it says otherwise), as
+    the history's filters take them; ValueError says what is wrong (NaN would match no row)."""
+    try:
+        seconds = float(raw)
+    except ValueError:
+        pass
+    else:
+        if not math.isfinite(seconds):
+            raise ValueError(f"must be a finite time, got {raw!r}")
+        return seconds
+    try:
+        parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"must be epoch seconds or an ISO 8601 time, got {raw!r}") from None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
 
 
 @dataclass(frozen=True)

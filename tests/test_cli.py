@@ -37,3 +37,18 @@ def test_without_a_running_hean_up_the_commands_say_to_start_it(
     assert cli.main(["downgrade-snapshot"]) == 2
     err = capsys.readouterr().err
     assert "ConnectionError" in err and "hean up" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["--from", "yesterday"], "--from/--to: must be epoch seconds or an ISO 8601 time, got 'yesterday'"),
+        (["--to", "nan"], "--from/--to: must be a finite time, got 'nan'"),
+        (["--from", "inf"], "--from/--to: must be a finite time, got 'inf'"),
+    ],
+)
+def test_reconcile_refuses_a_time_it_cannot_read_before_it_connects(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["reconcile", *argv]) == 2
+    assert f"hean: {said}" in capsys.readouterr().err

@@ -317,6 +317,8 @@ def test_orders_and_fills_listings_filter_page_and_refuse_bad_filters(history: d
         ("/api/orders?limit=x", "limit"),
         ("/api/orders?cursor=-1", "cursor"),
         ("/api/orders?from=yesterday", "from"),
+        ("/api/orders?from=nan", "from"),
+        ("/api/fills?to=inf", "to"),
         ("/api/orders?from=20&to=10", "from"),
         ("/api/orders?symbl=BTC", "symbl"),
         ("/api/fills?status=FILLED", "status"),

@@ -5,14 +5,13 @@ the REST twin of `hean reconcile` (hean/reconcile.py)."""
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from hean.db import database
-from hean.history import HistoryFilter, HistoryStore, HistoryUnavailable
+from hean.history import HistoryFilter, HistoryStore, HistoryUnavailable, parse_time
 from hean.messages import REQUEST_ID_PATTERN
 from web.commands_api import error_response, require_token
 
@@ -37,16 +36,9 @@ def _time(name: str) -> float | None:
     if raw is None or raw == "":
         return None
     try:
-        return float(raw)
-    except ValueError:
-        pass
-    try:
-        parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        raise BadFilter(name, f"{name} must be epoch seconds or an ISO 8601 time, got {raw!r}") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
+        return parse_time(raw)
+    except ValueError as exc:
+        raise BadFilter(name, f"{name} {exc}") from None
 
 
 def _int(name: str, default: int | None, low: int, high: int) -> int | None:

@@ -23,7 +23,9 @@ def validation_error(exc: ValidationError, code: str, prefix: str = "") -> Error
     """The first validation error as an ErrorInfo naming the offending field (`prefix` + its path)."""
     first = exc.errors()[0]
     field = (prefix + ".".join(str(part) for part in first["loc"])).rstrip(".")
-    return ErrorInfo(code=code, message=f"{field or 'payload'}: {first['msg']}", field=field or None)
+    # a model's own check (a ValueError in a validator) reads as its text, not "Value error, ..."
+    message = first["msg"].removeprefix("Value error, ")
+    return ErrorInfo(code=code, message=f"{field or 'payload'}: {message}", field=field or None)
 
 
 def error_from(exc: Exception) -> ErrorInfo:
