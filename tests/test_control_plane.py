@@ -259,6 +259,18 @@ def test_rest_commands_share_the_schemas_and_codes(system: dict[str, Any]) -> No
     status, body, _ = http_json(commands + "/never-seen", token=token)
     assert status == 404 and body["error"]["code"] == "not_found"
 
+    # what no view answers comes back as the API's JSON error too
+    deep = b'{"command":"echo","params":{"text":' + b"[" * 5000 + b"]" * 5000 + b"}}"
+    huge = b'{"command":"echo","x":"' + b"a" * 2_100_000 + b'"}'  # over the 2 MB a body may be
+    for method, path, raw, expected_status, code in (
+        ("POST", "/api/commands", deep, 400, "invalid_payload"),  # a RecursionError in the reader
+        ("POST", "/api/commands", huge, 413, "payload_too_large"),
+        ("GET", "/api/no-such-thing", None, 404, "not_found"),
+        ("DELETE", "/api/orders", None, 405, "method_not_allowed"),
+    ):
+        status, body, _ = http_json(system["url"] + path, method, raw=raw, token=token)
+        assert (status, body["error"]["code"]) == (expected_status, code), (method, path, status, body)
+
 
 @pytest.mark.parametrize("token", [None, "wrong", ""])
 def test_rest_control_needs_the_bearer_token(system: dict[str, Any], token: str | None) -> None:

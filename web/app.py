@@ -25,6 +25,7 @@ def create_app(settings: Settings | None = None, async_mode: str = "eventlet") -
     settings = settings or get_settings()
     app = Flask(__name__, static_folder="static", static_url_path="/static")
     app.config["HEAN_SETTINGS"] = settings
+    app.config["MAX_CONTENT_LENGTH"] = MAX_MESSAGE_BYTES  # a REST body, as a Socket.IO message
 
     # Built by hand: redis-py 8's default 5 s socket timeout makes the listener drop messages
     # on an idle channel; the channel name must match the workers' emitter (workers/emit.py).
@@ -90,6 +91,7 @@ def create_app(settings: Settings | None = None, async_mode: str = "eventlet") -
     app.register_blueprint(analyses_api.blueprint)
     app.register_blueprint(history_api.blueprint)
     error_reports.install(app)
+    commands_api.install_json_errors(app)
     app.extensions["hean_connected_clients"] = socket_handlers.register(
         sio, settings, intake, manager.routes
     )

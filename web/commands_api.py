@@ -7,9 +7,10 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 from redis.exceptions import RedisError
+from werkzeug.exceptions import HTTPException, InternalServerError
 
 from hean.auth import ensure_token, token_matches
 from hean.command_journal import CommandJournal
@@ -26,6 +27,33 @@ F = TypeVar("F", bound=Callable[..., ResponseReturnValue])
 
 def error_response(status: int, code: str, message: str, field: str | None = None) -> tuple[Response, int]:
     return jsonify({"error": {"code": code, "message": message, "field": field}}), status
+
+
+#: The error code of an HTTP error that no view answered itself, by status.
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+def _api_http_error(exc: HTTPException) -> ResponseReturnValue:
+    """An HTTP error under /api/ as the API's JSON error (Flask's HTML page elsewhere)."""
+    if not request.path.startswith("/api/"):
+        return exc
+    status = exc.code or 500
+    return error_response(status, _HTTP_CODES.get(status, "http_error"), exc.description or exc.name)
+
+
+def _api_internal_error(exc: InternalServerError) -> ResponseReturnValue:
+    """An exception no view caught (Flask has logged it, and the analyzer got it), under /api/
+    as a JSON error without its details."""
+    if not request.path.startswith("/api/"):
+        return exc
+    return error_response(500, "internal_error", "the web process failed on this request; it is logged")
+
+
+def install_json_errors(app: Flask) -> None:
+    """JSON errors under /api/ for what no view answers: unknown paths and methods, a body over
+    the app's MAX_CONTENT_LENGTH, and exceptions."""
+    app.register_error_handler(InternalServerError, _api_internal_error)
+    app.register_error_handler(HTTPException, _api_http_error)
 
 
 def _settings() -> Settings:
@@ -71,7 +99,10 @@ def _rate_limited() -> bool:
 def post_command() -> ResponseReturnValue:
     if _rate_limited():
         return error_response(429, "rate_limited", "too many commands from this client; slow down")
-    data = request.get_json(silent=True)
+    try:
+        data = request.get_json(silent=True)
+    except RecursionError:  # nested deeper than the JSON reader goes: not a command either
+        data = None
     if data is None:
         return error_response(400, "invalid_payload", "body must be JSON: {command, params, request_id}")
     outcome = current_app.extensions["hean_intake"].accept(data, reply_to=None)
