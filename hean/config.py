@@ -14,6 +14,8 @@ from hean.affinity import DEFAULT_NICE, Niceness
 
 #: Default Redis used when neither REDIS_URL nor a private server started by `hean up` exists.
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+#: The database URL schemes HEAN runs on (hean/db.py; `postgresql` and `postgres` use psycopg).
+DATABASE_SCHEMES = ("sqlite", "sqlite+pysqlite", "postgresql", "postgres", "postgresql+psycopg")
 #: The shortest history retention (HEAN_HISTORY_KEEP_DAYS) accepted, in seconds; it must also be
 #: longer than HEAN_DEDUP_WINDOW_S (hean/retention.py says why).
 MIN_HISTORY_KEEP_S = 3600.0
@@ -23,11 +25,18 @@ def _env(*names: str) -> AliasChoices:
     return AliasChoices(*names)
 
 
+def _scheme_of(url: str) -> str:
+    """What a refused URL is, in words, without the URL itself: it may hold a password."""
+    scheme = url.partition("://")[0] if "://" in url else ""
+    return f"a URL with scheme {scheme!r}" if scheme else "a URL with no scheme"
+
+
 class Settings(BaseSettings):
     """Environment-driven configuration; see the README's table for every variable."""
 
     # No populate_by_name: field names like `home` or `port` must never read HOME or PORT.
-    model_config = SettingsConfigDict(extra="ignore")
+    # a refused value is not repeated in the error: URLs, keys and tokens are secrets
+    model_config = SettingsConfigDict(extra="ignore", hide_input_in_errors=True)
 
     home: Path = Field(
         default=Path(".hean"),
@@ -245,7 +254,19 @@ class Settings(BaseSettings):
             return None
         # Flask-SocketIO hands any other scheme to kombu, which has no valkey:// transport.
         if not value.startswith(("redis://", "rediss://")):
-            raise ValueError(f"REDIS_URL must start with redis:// or rediss://, got {value!r}")
+            raise ValueError(f"must start with redis:// or rediss://; got {_scheme_of(value)}")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_scheme(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if value.partition("://")[0] not in DATABASE_SCHEMES or "://" not in value:
+            raise ValueError(
+                f"must be sqlite:///<file> or postgresql://user:password@host/db "
+                f"(schemes: {', '.join(DATABASE_SCHEMES)}); got {_scheme_of(value)}"
+            )
         return value
 
     @property

@@ -16,6 +16,7 @@ holds), with the same password, from its AOF; the clients reconnect on their own
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import socket
@@ -58,14 +59,16 @@ class LaunchError(RuntimeError):
     """`hean up` cannot start (port taken, Redis did not start, ...)."""
 
 
-def port_is_free(host: str, port: int) -> bool:
+def listen_problem(host: str, port: int) -> OSError | None:
+    """Why nothing could listen on `host`:`port` now (taken, or an address this machine does
+    not have or cannot resolve), or None when something could."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
-        except OSError:
-            return False
-    return True
+        except OSError as exc:
+            return exc
+    return None
 
 
 def supervisord_config(settings: Settings, python: str, workdir: Path) -> str:
@@ -171,12 +174,17 @@ class Launcher:
 
     def _start(self) -> None:
         settings = self.settings
-        for what, host, port, variable in (
-            ("web", settings.host, settings.port, "HEAN_PORT"),
-            ("Flower", "127.0.0.1", settings.flower_port, "HEAN_FLOWER_PORT"),
+        for what, host, port, variables in (
+            ("web", settings.host, settings.port, ("HEAN_PORT", "HEAN_HOST")),
+            ("Flower", "127.0.0.1", settings.flower_port, ("HEAN_FLOWER_PORT", "HEAN_FLOWER_PORT")),
         ):
-            if not port_is_free(host, port):
-                raise LaunchError(f"{what} port {host}:{port} is in use; free it or set {variable}")
+            problem = listen_problem(host, port)
+            if problem is None:
+                continue
+            if problem.errno == errno.EADDRINUSE:
+                raise LaunchError(f"{what} port {host}:{port} is in use; free it or set {variables[0]}")
+            reason = problem.strerror or problem  # e.g. an address this machine does not have
+            raise LaunchError(f"{what} cannot listen on {host}:{port}: {reason}; check {variables[1]}")
         try:
             cpus = settings.cpu_table
             settings.nice_table  # noqa: B018 - validated here, applied per process

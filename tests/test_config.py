@@ -43,6 +43,9 @@ def test_redis_url_falls_back_to_the_server_hean_up_recorded(tmp_path: Path) -> 
     ("env", "value"),
     [
         ("REDIS_URL", "valkey://127.0.0.1:6379"),
+        ("DATABASE_URL", "mysql://u:p@h/db"),
+        ("DATABASE_URL", "postgresql+psycopg2://u:p@h/db"),  # a driver HEAN does not install
+        ("DATABASE_URL", "hean.db"),
         ("HEAN_PORT", "0"),
         ("HEAN_PORT", "eighty"),
         ("LLM_PROVIDER", "gpt"),
@@ -52,6 +55,28 @@ def test_redis_url_falls_back_to_the_server_hean_up_recorded(tmp_path: Path) -> 
 def test_invalid_settings_are_rejected_with_the_variable_named(env: str, value: str) -> None:
     with pytest.raises(ValidationError, match=env):
         Settings(**{env: value})
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "said"),
+    [
+        ("REDIS_URL", "valkey://:pw-secret@h:1/0", "got a URL with scheme 'valkey'"),
+        ("REDIS_URL", "pw-secret@h:1/0", "got a URL with no scheme"),
+        ("DATABASE_URL", "mysql://u:pw-secret@h/db", "got a URL with scheme 'mysql'"),
+    ],
+)
+def test_a_refused_url_is_described_without_its_password(env: str, value: str, said: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        Settings(**{env: value})
+    # what `hean` prints (the message), and the whole error a process that fails to start logs
+    assert said in refused.value.errors()[0]["msg"] and "pw-secret" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite:////tmp/h.db", "sqlite+pysqlite:///h.db", "postgresql://u:p@h/db", "postgresql+psycopg://h/db"]
+)
+def test_the_database_urls_hean_runs_on_are_accepted(url: str) -> None:
+    assert Settings(DATABASE_URL=url).effective_database_url() == url
 
 
 def test_secrets_do_not_show_in_repr() -> None:

@@ -284,6 +284,18 @@ def test_hean_up_refuses_a_taken_port(up_env: dict[str, str], tmp_path: Path) ->
             up.finish()
 
 
+def test_hean_up_names_a_host_it_cannot_listen_on(up_env: dict[str, str], tmp_path: Path) -> None:
+    """Not "in use": an address this machine does not have is a wrong HEAN_HOST."""
+    up_env["HEAN_HOST"] = "203.0.113.254"  # no interface of a test machine holds it
+    up = UpProcess(up_env, tmp_path / "up.log")
+    try:
+        assert up.process.wait(timeout=30) == 2
+        assert f"web cannot listen on 203.0.113.254:{up_env['HEAN_PORT']}: " in up.output()
+        assert "check HEAN_HOST" in up.output() and "in use" not in up.output()
+    finally:
+        up.finish()
+
+
 def test_hean_up_refuses_a_redis_url_with_wrong_credentials(
     up_env: dict[str, str], tmp_path: Path, redis_server: PrivateRedis
 ) -> None:
