@@ -337,6 +337,27 @@ def test_subscribe_state_streams_every_version_until_unsubscribed(
         client.states.get(timeout=1.0)
 
 
+def test_a_connection_holds_at_most_max_subscriptions(client: Client, system: dict[str, Any]) -> None:
+    from web.socket_handlers import MAX_SUBSCRIPTIONS
+
+    namespace = "cap" + uuid.uuid4().hex[:8]
+    for i in range(MAX_SUBSCRIPTIONS):  # keys nobody set: each answers with its empty state
+        client.sio.emit("subscribe_state", {"key": f"k{i}", "namespace": namespace})
+    newest = {"key": f"k{MAX_SUBSCRIPTIONS - 1}", "namespace": namespace}
+    last = client.sio.call("subscribe_state", newest, timeout=30)  # after every one before it
+    assert last == {"subscribed": True, **newest, "already": True}
+    refused = client.sio.call("subscribe_state", {"key": "one-more", "namespace": namespace}, timeout=5)
+    assert refused["subscribed"] is False and refused["error"]["code"] == "too_many_subscriptions", refused
+    # one freed, one more taken; another connection has its own count
+    freed = client.sio.call("unsubscribe_state", {"key": "k0", "namespace": namespace}, timeout=5)
+    assert freed["was_subscribed"] is True
+    again = client.sio.call("subscribe_state", {"key": "one-more", "namespace": namespace}, timeout=5)
+    assert again["subscribed"] is True, again
+    with Client(str(system["url"]), str(system["token"])) as other:
+        reply = other.sio.call("subscribe_state", {"key": "one-more", "namespace": namespace}, timeout=5)
+        assert reply["subscribed"] is True, reply
+
+
 @pytest.mark.parametrize(
     ("payload", "field"),
     [
