@@ -303,6 +303,23 @@ def test_rest_state_reads_the_state_bus(system: dict[str, Any], system_redis_url
     assert status == 400 and body["error"]["code"] == "invalid_params"
 
 
+def test_every_answer_carries_the_security_headers(system: dict[str, Any]) -> None:
+    import urllib.error
+    import urllib.request
+
+    from web.rest import SECURITY_HEADERS
+
+    for path in ("/", "/static/js/console.js", "/api/system/health", "/api/no-such-thing", "/metrics"):
+        try:
+            with urllib.request.urlopen(system["url"] + path, timeout=10) as response:
+                headers = response.headers
+        except urllib.error.HTTPError as exc:  # the 404: an error answer carries them too
+            headers = exc.headers
+        for name, value in SECURITY_HEADERS.items():
+            assert headers.get(name) == value, (path, name, headers.get(name))
+    assert "frame-ancestors 'none'" in SECURITY_HEADERS["Content-Security-Policy"]
+
+
 def test_cors_is_closed_by_default(system: dict[str, Any]) -> None:
     status, _, headers = http_json(
         system["url"] + "/api/system/health", token=system["token"], headers={"Origin": "https://evil.example"}

@@ -92,6 +92,7 @@ def create_app(settings: Settings | None = None, async_mode: str = "eventlet") -
     app.register_blueprint(history_api.blueprint)
     error_reports.install(app)
     commands_api.install_json_errors(app)
+    rest.install_security_headers(app)
     app.extensions["hean_connected_clients"] = socket_handlers.register(
         sio, settings, intake, manager.routes
     )
