@@ -17,7 +17,7 @@ import websocket
 from socketio import packet
 
 from support import REPO_ROOT, wait_for
-from web.packets import MAX_ATTACHMENTS, BadPacket, CheckedPacket
+from web.packets import MAX_ATTACHMENTS, SIGN_IN_S, BadPacket, CheckedPacket
 
 WELL_FORMED = [
     "0",
@@ -74,15 +74,17 @@ def _session(system: dict[str, Any], token: str | None) -> Iterator[websocket.We
         ws.shutdown()  # the socket itself, also when the server closed the session
 
 
-def _closed_by_server(ws: websocket.WebSocket) -> list[str]:
+def _closed_by_server(ws: websocket.WebSocket, within: float = 10.0) -> list[str]:
     """Frames up to the close: the server ends the session (Engine.IO CLOSE, "1")."""
     frames: list[str] = []
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         try:
             frame = ws.recv()
         except (websocket.WebSocketConnectionClosedException, ConnectionError):
             return frames
+        except (websocket.WebSocketTimeoutException, TimeoutError):
+            continue  # nothing yet: until the deadline
         if frame == "2":  # Engine.IO ping
             ws.send("3")
             continue
@@ -159,3 +161,30 @@ for name in ("socketio.server", "engineio.server"):
         [sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=120
     )
     assert out.stdout.split("\n")[:2] == ["socketio.server 0 ERROR", "engineio.server 0 ERROR"], out.stdout
+
+
+def test_a_session_that_does_not_sign_in_is_closed(system: dict[str, Any]) -> None:
+    """Never signed in, or refused: closed SIGN_IN_S after it opened, though it answers pings;
+    a signed-in session opened with them stays."""
+    before = _web_log(system)
+    started = time.monotonic()
+    with (
+        _session(system, None) as silent,
+        _session(system, None) as refused,
+        _session(system, str(system["token"])) as signed_in,
+    ):
+        refused.send('40{"token":"not-the-token"}')
+        assert refused.recv().startswith("44{")  # CONNECT_ERROR: refused, the session still open
+        for ws in (silent, refused):
+            assert _closed_by_server(ws, within=SIGN_IN_S + 10) == ["1"]  # answering every ping
+        waited = time.monotonic() - started
+        assert SIGN_IN_S - 1 <= waited <= SIGN_IN_S + 10, waited
+        body = {"command": "list_commands", "params": {}, "request_id": "signed-" + uuid.uuid4().hex}
+        signed_in.send("421" + json.dumps(["command", body]))
+        frame = signed_in.recv()
+        while frame == "2":
+            signed_in.send("3")
+            frame = signed_in.recv()
+        assert frame.startswith("431[") and json.loads(frame[3:])[0]["accepted"] is True
+    wait_for(lambda: _web_log(system)[len(before) :].count("event=sign_in_timeout") >= 2, 10, "two log lines")
+    assert _web_log(system)[len(before) :].count("event=sign_in_timeout") == 2

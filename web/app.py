@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None, async_mode: str = "eventlet") -
         serializer=packets.CheckedPacket,  # a malformed packet closes its connection, quietly
     )
     packets.install(sio.server)
+    packets.close_unsigned(sio.server)
     if origins:
         from flask_cors import CORS
 

@@ -1,4 +1,5 @@
-"""Socket.IO packets from clients, checked before python-socketio acts on them.
+"""Socket.IO traffic from clients, checked before python-socketio acts on it: malformed packets
+(`install`), and sessions that never sign in (`close_unsigned`).
 
 Why: python-socketio lets a malformed packet raise out of its message handler (a JSON error, a
 nesting deeper than the decoder's recursion, an event without a name, a client's
@@ -9,6 +10,11 @@ signed in or not: it costs the web process a traceback's formatting and the log 
 connection whose packet it cannot parse; a well-formed packet is decoded exactly as before
 (the checks add about 0.4 us to a 4 us decode of a `submit_order` event, timed with timeit).
 `tests/test_bad_packets.py` sends them to a running web process.
+
+An Engine.IO session is open before its client signs in to Socket.IO, and python-socketio
+keeps one that never does (or was refused) for as long as its client answers the pings: about
+a file descriptor, a green thread and its queue each, for anyone who can reach the port. Such a
+session is closed `SIGN_IN_S` seconds after it opened.
 """
 
 from __future__ import annotations
@@ -24,6 +30,10 @@ log = logging.getLogger(__name__)
 #: Binary attachments one packet may announce: HEAN's events carry none, and python-socketio
 #: keeps every later message of the connection as an attachment until the count is reached.
 MAX_ATTACHMENTS = 16
+
+#: Seconds a client has, from opening its Engine.IO session, to sign in to Socket.IO (its
+#: CONNECT with the token, which clients send at once); then the session is closed.
+SIGN_IN_S = 10.0
 
 _DECODE_ERRORS = (ValueError, TypeError, RecursionError, UnicodeError)
 #: What a client may send: never CONNECT_ERROR, which only a server sends.
@@ -84,3 +94,24 @@ def install(server: socketio.Server) -> None:
             eio.disconnect(eio_sid)
 
     eio.on("message", on_message)
+
+
+def close_unsigned(server: socketio.Server, seconds: float = SIGN_IN_S) -> None:
+    """Close every Engine.IO session of `server` not signed in to Socket.IO `seconds` after it
+    opened (one line each: `event=sign_in_timeout`)."""
+    eio = server.eio
+    handle = eio.handlers["connect"]  # python-socketio's _handle_eio_connect
+
+    def on_connect(eio_sid: str, environ: dict[str, Any], *args: Any) -> Any:
+        opened = handle(eio_sid, environ, *args)
+        if opened is not False:
+            server.start_background_task(expire, eio_sid, environ.get("REMOTE_ADDR", "?"))
+        return opened
+
+    def expire(eio_sid: str, remote: str) -> None:
+        server.sleep(seconds)
+        if eio_sid in eio.sockets and server.manager.sid_from_eio_sid(eio_sid, "/") is None:
+            log.info("event=sign_in_timeout remote=%s seconds=%g action=disconnect", remote, seconds)
+            eio.disconnect(eio_sid)
+
+    eio.on("connect", on_connect)
