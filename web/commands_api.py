@@ -33,11 +33,31 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
+#: A body over MAX_CONTENT_LENGTH up to this size is read (and dropped) before its 413 answer:
+#: a client that sends its whole body before reading (urllib, one request per connection)
+#: would otherwise find the connection reset under it and never see the answer.
+DRAIN_BYTES = 64 << 20
+
+
+def _drain_body() -> None:
+    length = request.content_length or 0
+    if length > DRAIN_BYTES:
+        return
+    body = request.environ["wsgi.input"]
+    while length > 0:
+        chunk = body.read(min(length, 64 << 10))
+        if not chunk:
+            return
+        length -= len(chunk)
+
+
 def _api_http_error(exc: HTTPException) -> ResponseReturnValue:
     """An HTTP error under /api/ as the API's JSON error (Flask's HTML page elsewhere)."""
     if not request.path.startswith("/api/"):
         return exc
     status = exc.code or 500
+    if status == 413:
+        _drain_body()
     return error_response(status, _HTTP_CODES.get(status, "http_error"), exc.description or exc.name)
 
 
