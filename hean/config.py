@@ -25,9 +25,14 @@ def _env(*names: str) -> AliasChoices:
     return AliasChoices(*names)
 
 
+def _scheme(url: str) -> str:
+    """The scheme of `url` ("" without one)."""
+    return url.partition("://")[0] if "://" in url else ""
+
+
 def _scheme_of(url: str) -> str:
     """What a refused URL is, in words, without the URL itself: it may hold a password."""
-    scheme = url.partition("://")[0] if "://" in url else ""
+    scheme = _scheme(url)
     return f"a URL with scheme {scheme!r}" if scheme else "a URL with no scheme"
 
 
@@ -262,7 +267,7 @@ class Settings(BaseSettings):
     def _database_scheme(cls, value: str | None) -> str | None:
         if value is None or value == "":
             return None
-        if value.partition("://")[0] not in DATABASE_SCHEMES or "://" not in value:
+        if _scheme(value) not in DATABASE_SCHEMES:
             raise ValueError(
                 f"must be sqlite:///<file> or postgresql://user:password@host/db "
                 f"(schemes: {', '.join(DATABASE_SCHEMES)}); got {_scheme_of(value)}"

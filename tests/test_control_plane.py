@@ -528,3 +528,24 @@ def test_a_flooding_connection_is_rate_limited_and_others_are_not(
     finally:
         flooder.close()
         neighbour.close()
+
+
+def test_an_exception_no_view_caught_is_a_json_500_under_api_without_its_details() -> None:
+    from flask import Flask
+
+    from web.commands_api import install_json_errors
+
+    app = Flask(__name__)
+    install_json_errors(app)
+
+    @app.get("/api/boom")
+    @app.get("/boom")
+    def boom() -> str:
+        raise RuntimeError("secret detail")
+
+    client = app.test_client()
+    api = client.get("/api/boom")
+    assert api.status_code == 500 and api.json is not None
+    assert api.json["error"]["code"] == "internal_error" and "secret detail" not in api.get_data(as_text=True)
+    page = client.get("/boom")  # elsewhere Flask's own page
+    assert page.status_code == 500 and page.json is None

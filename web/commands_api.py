@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 from redis.exceptions import RedisError
-from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.exceptions import HTTPException
 
 from hean.auth import ensure_token, token_matches
 from hean.command_journal import CommandJournal
@@ -29,8 +29,10 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
     return jsonify({"error": {"code": code, "message": message, "field": field}}), status
 
 
-#: The error code of an HTTP error that no view answered itself, by status.
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+#: The error code of an HTTP error that no view answered itself, by status. A 500 is an
+#: exception no view caught: Flask has logged it (and the analyzer got it); its answer says only
+#: werkzeug's generic description, never the exception.
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 500: "internal_error"}
 
 
 #: A body over MAX_CONTENT_LENGTH up to this size is read (and dropped) before its 413 answer:
@@ -61,18 +63,10 @@ def _api_http_error(exc: HTTPException) -> ResponseReturnValue:
     return error_response(status, _HTTP_CODES.get(status, "http_error"), exc.description or exc.name)
 
 
-def _api_internal_error(exc: InternalServerError) -> ResponseReturnValue:
-    """An exception no view caught (Flask has logged it, and the analyzer got it), under /api/
-    as a JSON error without its details."""
-    if not request.path.startswith("/api/"):
-        return exc
-    return error_response(500, "internal_error", "the web process failed on this request; it is logged")
-
-
 def install_json_errors(app: Flask) -> None:
     """JSON errors under /api/ for what no view answers: unknown paths and methods, a body over
-    the app's MAX_CONTENT_LENGTH, and exceptions."""
-    app.register_error_handler(InternalServerError, _api_internal_error)
+    the app's MAX_CONTENT_LENGTH, and exceptions (Flask hands those over as InternalServerError,
+    an HTTPException)."""
     app.register_error_handler(HTTPException, _api_http_error)
 
 

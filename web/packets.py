@@ -75,8 +75,8 @@ def install(server: socketio.Server) -> None:
     The server must have been built with ``serializer=CheckedPacket``."""
     if server.packet_class is not CheckedPacket:
         raise TypeError("the Socket.IO server must be built with serializer=CheckedPacket")
-    handle = server.eio.handlers["message"]  # python-socketio's _handle_eio_message
     eio = server.eio
+    handle = eio.handlers["message"]  # python-socketio's _handle_eio_message
 
     def on_message(eio_sid: str, data: Any) -> None:
         # A closed session's reader still hands over the frames it had read; python-socketio
