@@ -167,7 +167,7 @@ def cmd_prune_history(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
     from hean.config import history_keep_problem
-    from hean.db import open_database
+    from hean.db import describe_error, open_database
     from hean.retention import CHUNK, Pruned, count_old, prune
 
     settings = _settings()
@@ -191,7 +191,7 @@ def cmd_prune_history(args: argparse.Namespace) -> int:
     try:
         db = open_database(url)
     except SQLAlchemyError as exc:
-        print(f"hean: cannot open the database {where}: {_first_line(exc)}", file=sys.stderr)
+        print(f"hean: cannot open the database {where}: {describe_error(exc)}", file=sys.stderr)
         return 1
     try:
         old = count_old(db, before)
@@ -206,18 +206,11 @@ def cmd_prune_history(args: argparse.Namespace) -> int:
                 print(f"  deleted {done} ({share:.0f}%, {time.monotonic() - started:.0f} s)", flush=True)
         print(f"deleted {done} in {time.monotonic() - started:.1f} s")
     except SQLAlchemyError as exc:
-        print(f"hean: the history was not pruned: {_first_line(exc)}", file=sys.stderr)
+        print(f"hean: the history was not pruned: {describe_error(exc)}", file=sys.stderr)
         return 1
     finally:
         db.dispose()
     return 0
-
-
-def _first_line(exc: Exception) -> str:
-    """A database error's type and the driver's first line (never the statement or its values;
-    the URL's password is not in it either)."""
-    words = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {words[0]}" if words else type(exc).__name__
 
 
 def cmd_downgrade_snapshot(_: argparse.Namespace) -> int:

@@ -207,11 +207,22 @@ def open_database(url: str) -> Database:
         url = parsed.render_as_string(hide_password=False)
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         Path(str(parsed.database)).parent.mkdir(parents=True, exist_ok=True)
-    db = sqlalchemy.create_engine(url, pool_pre_ping=True)
+    # hide_parameters: an error's text (logged by the history writer) names the statement but
+    # not the rows' values
+    db = sqlalchemy.create_engine(url, pool_pre_ping=True, hide_parameters=True)
     if db.dialect.name == "sqlite":
         event.listen(db, "connect", _sqlite_pragmas)
     create_schema(db)
     return db
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for a log or a message: the error's type and its text's first line; for a
+    database error, the driver's own (never the statement or its values)."""
+    if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.orig is not None:
+        exc = exc.orig
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def create_schema(db: Database) -> None:

@@ -34,7 +34,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from hean import fastjson, metrics
 from hean.command_journal import CommandJournal, rebuild_ack
-from hean.db import commands, fills, history_cursor, orders, sqlite_file
+from hean.db import commands, describe_error, fills, history_cursor, orders, sqlite_file
 from hean.page_cache import CacheTrimmer
 from hean.redis_client import next_stream_id, text
 from hean.retention import Retention
@@ -799,7 +799,7 @@ class HistoryWriter:
                 delay = 0.0
             except (RedisError, SQLAlchemyError, HistoryUnavailable) as exc:
                 delay = min(5.0, delay * 2 or 0.2)
-                log.error("event=history_write_failed error=%s retry_in_s=%.1f", exc, delay)
+                log.error("event=history_write_failed error=%s retry_in_s=%.1f", describe_error(exc), delay)
                 self.last_id = None  # read the position from the database again
                 if not isinstance(exc, RedisError) and self.reset_database is not None:
                     self.reset_database()  # fresh connections: a pooled one may hold a bad state
