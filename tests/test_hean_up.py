@@ -20,6 +20,7 @@ import pytest
 import redis
 import socketio
 
+from hean.launcher import listen_problem
 from hean.processes import process_names
 from hean.redis_server import PrivateRedis, redis_answers
 from hean.topology import ENGINE_QUEUE
@@ -266,6 +267,40 @@ def test_a_killed_hean_up_leaves_no_process_running(up_env: dict[str, str], tmp_
             return not any(running(pid) for pid in left)
 
         wait_for(gone, 60, "supervisord, its programs and Redis to stop after hean up was killed")
+    finally:
+        up.finish()
+
+
+def test_hean_up_stops_what_a_killed_supervisord_left_running(up_env: dict[str, str], tmp_path: Path) -> None:
+    """supervisord SIGKILLed (or killed by the OOM killer) cannot stop its programs: they were
+    left running, orphaned, the web process still acking orders while `hean up` stopped Redis
+    under it, and holding the ports. `hean up` adopts them (PR_SET_CHILD_SUBREAPER), says so and
+    stops them before Redis, then exits with an error."""
+    up = UpProcess(up_env, tmp_path / "up.log")
+    try:
+        wait_for(lambda: "ready: dashboard" in up.output(), 120, "hean up to be ready")
+        wait_for(lambda: set(up.pids()) == set(process_names()), 60, "every process RUNNING")
+        supervisor = re.search(r"supervisor: pid=(\d+)", up.output())
+        assert supervisor is not None
+        programs = up.pids()
+        os.kill(int(supervisor.group(1)), signal.SIGKILL)
+        assert up.process.wait(30) == 2
+        output = up.output()
+        assert "error: supervisord exited with code -9" in output
+        left = re.search(r"stopping: (\d+) processes supervisord left running \(([^)]*)\)", output)
+        assert left is not None, output
+        assert set(left.group(2).split()) == set(process_names())
+        assert output.index("left running") < output.index("stopping: redis") < output.index("stopped")
+
+        def running(pid: int) -> bool:
+            try:
+                return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                return False
+
+        assert not [name for name, pid in programs.items() if running(pid)]
+        assert not running(up.redis_pid() or 0)
+        assert listen_problem("127.0.0.1", int(up_env["HEAN_PORT"])) is None  # free for the next `hean up`
     finally:
         up.finish()
 
