@@ -1,17 +1,33 @@
-"""Serve the web app on eventlet with TCP_NODELAY (the ack budget cannot afford Nagle)."""
+"""Serve the web app on eventlet with TCP_NODELAY (the ack budget cannot afford Nagle), on a
+listener whose accept outlasts running out of file descriptors."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import ipaddress
 import logging
+import resource
 import socket
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 from hean.config import get_settings
 from hean.logs import configure_logging
 
 log = logging.getLogger("hean.web")
+
+#: accept() errors that say "not now" (no descriptor or memory left, or a connection that went
+#: away before it was taken) rather than "no more": eventlet.wsgi.server ends on them (the
+#: process exits), so PatientListener waits ACCEPT_PAUSE_S and takes the next one instead.
+ACCEPT_RETRY = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
+)
+ACCEPT_PAUSE_S = 0.1
+#: At most one accept_failed line this often while accepts keep failing.
+ACCEPT_LOG_EVERY_S = 10.0
 
 
 def is_loopback(host: str) -> bool:
@@ -45,6 +61,66 @@ def main() -> None:
     serve(app, settings.host, settings.port)
 
 
+def raise_open_files_limit() -> int:
+    """Lift this process's soft limit on open files to its hard limit (often 1,024 against
+    hundreds of thousands: each client holds one) and return the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+class PatientListener:
+    """The listening socket as eventlet.wsgi.server sees it, except that an accept that fails
+    for want of descriptors or memory (ACCEPT_RETRY) is retried after a pause instead of ending
+    the server: the connected clients go on, and new ones are taken as soon as descriptors free
+    up. Before this, about a thousand idle TCP connections (the default limit) ended the web
+    process. Failures are logged at most every ACCEPT_LOG_EVERY_S, and the recovery once."""
+
+    def __init__(self, sock: Any, sleep: Callable[[float], Any] = time.sleep) -> None:
+        self._sock, self._sleep = sock, sleep
+        self.failures = 0
+        self._logged_at = float("-inf")
+
+    def accept(self) -> tuple[Any, Any]:
+        while True:
+            try:
+                accepted = self._sock.accept()
+            except OSError as exc:
+                if exc.errno not in ACCEPT_RETRY:
+                    raise
+                self._failed(exc)
+                self._sleep(ACCEPT_PAUSE_S)
+                continue
+            if self.failures:
+                log.warning("event=accept_recovered failures=%d", self.failures)
+                self.failures = 0
+            return accepted
+
+    def _failed(self, exc: OSError) -> None:
+        self.failures += 1
+        now = time.monotonic()
+        if now - self._logged_at < ACCEPT_LOG_EVERY_S:
+            return
+        self._logged_at = now
+        code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+        hint = ""
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            hint = f" open_files_limit={limit} note=raise the hard limit (ulimit -Hn, systemd LimitNOFILE)"
+        log.error(
+            "event=accept_failed error=%s failures=%d retry_in_s=%.1f%s",
+            code,
+            self.failures,
+            ACCEPT_PAUSE_S,
+            hint,
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
 def serve(app: Any, host: str, port: int) -> None:
     """Serve a WSGI app on eventlet (monkey-patched by the caller) with TCP_NODELAY."""
     import eventlet
@@ -57,5 +133,7 @@ def serve(app: Any, host: str, port: int) -> None:
     # Accepted sockets inherit TCP_NODELAY: an ack event followed by the ack value would
     # otherwise wait ~40 ms for the client's delayed ACK.
     listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    log.info("event=web_listening host=%s port=%d", host, port)
-    eventlet.wsgi.server(listener, app, log_output=False, log=logging.getLogger("hean.web.wsgi"))
+    limit = raise_open_files_limit()
+    log.info("event=web_listening host=%s port=%d open_files_limit=%d", host, port, limit)
+    patient = PatientListener(listener, sleep=eventlet.sleep)
+    eventlet.wsgi.server(patient, app, log_output=False, log=logging.getLogger("hean.web.wsgi"))

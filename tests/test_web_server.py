@@ -1,0 +1,119 @@
+"""The web process outlasts running out of file descriptors: eventlet.wsgi.server's accept loop
+ended the server (and the process) on EMFILE, so about a thousand idle TCP connections, from
+anyone who could reach the port, took every client's connection down with it. Now the accept
+waits and goes on (web.server.PatientListener), and the process lifts its soft limit to the
+hard one. A real `python -m web` under a low limit, real connections."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import resource
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hean.redis_server import free_port
+from support import ManagedProcess, http_ok, wait_for
+from web.server import ACCEPT_PAUSE_S, PatientListener, raise_open_files_limit
+
+#: The web process's limit on open files in the test: soft and hard alike, so it cannot lift it.
+LIMIT = 128
+
+_RUN_WEB_UNDER_LIMIT = (
+    "import resource, runpy; "
+    f"resource.setrlimit(resource.RLIMIT_NOFILE, ({LIMIT}, {LIMIT})); "
+    "runpy.run_module('web', run_name='__main__')"
+)
+
+
+def _connect_many(port: int, count: int) -> list[socket.socket]:
+    """`count` connections that send nothing (non-blocking connects: those past the listener's
+    backlog wait in the kernel without holding this test up)."""
+    held = []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            sock.connect(("127.0.0.1", port))
+        held.append(sock)
+    return held
+
+
+def test_the_web_process_outlasts_running_out_of_descriptors(
+    base_env: dict[str, str], api_token: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = dict(base_env, HEAN_API_TOKEN=api_token, HEAN_PORT=str(port))
+    web = ManagedProcess("web-few-fds", [sys.executable, "-c", _RUN_WEB_UNDER_LIMIT], env, tmp_path)
+    base = f"http://127.0.0.1:{port}"
+    held: list[socket.socket] = []
+    try:
+        wait_for(lambda: http_ok(base + "/api/system/health"), 60, "the web process")
+        assert f"open_files_limit={LIMIT}" in web.log_text()
+        held = _connect_many(port, 2 * LIMIT)
+        wait_for(
+            lambda: "event=accept_failed error=EMFILE" in web.log_text(),
+            30,
+            "accept to run out of descriptors",
+        )
+        time.sleep(1.0)
+        assert web.alive(), web.log_text()[-3000:]
+        assert f"open_files_limit={LIMIT} note=raise the hard limit" in web.log_text()
+        assert web.log_text().count("event=accept_failed") == 1  # at most one line every 10 s
+        for sock in held:
+            sock.close()
+        held = []
+        wait_for(lambda: http_ok(base + "/api/system/health"), 30, "the web process to answer again")
+        wait_for(lambda: "event=accept_recovered failures=" in web.log_text(), 10, "the recovery's line")
+        assert web.alive() and "Traceback" not in web.log_text()
+    finally:
+        for sock in held:
+            sock.close()
+        web.stop()
+
+
+class _Failing:
+    """A listening socket whose accept fails with the given errors, then returns "accepted"."""
+
+    def __init__(self, *errors: int) -> None:
+        self.errors = list(errors)
+        self.closed = False
+
+    def accept(self) -> tuple[str, str]:
+        if self.errors:
+            code = self.errors.pop(0)
+            raise OSError(code, "failed on purpose")
+        return "accepted", "address"
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_the_listener_retries_only_what_says_not_now() -> None:
+    pauses: list[float] = []
+    failing = _Failing(errno.EMFILE, errno.ECONNABORTED, errno.ENOBUFS)
+    listener = PatientListener(failing, sleep=pauses.append)
+    assert listener.accept() == ("accepted", "address")
+    assert pauses == [ACCEPT_PAUSE_S] * 3 and listener.failures == 0
+    listener.close()  # everything else is the socket's own
+    assert failing.closed
+
+    closed = PatientListener(_Failing(errno.EBADF), sleep=pauses.append)
+    with pytest.raises(OSError) as raised:
+        closed.accept()  # a closed listener ends the server's loop, as before
+    assert raised.value.errno == errno.EBADF
+
+
+def test_the_soft_limit_is_lifted_to_the_hard_one() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        if hard == resource.RLIM_INFINITY or hard < 64:
+            pytest.fail(f"this machine's hard limit on open files is {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+        assert raise_open_files_limit() == hard == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
