@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import os
 import signal
 import socket
@@ -35,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, cast
+from typing import IO, Any, cast
 
 import psutil
 
@@ -63,6 +64,8 @@ REDIS_CHECK_S, STATE_POLL_S = 0.25, 1.0
 ORPHAN_TERM_S = 5.0
 
 _PR_SET_CHILD_SUBREAPER = 36
+#: In HEAN_HOME: locked by the `hean up` that runs on it (and holds its pid).
+LOCK_FILE = "up.lock"
 
 
 def adopt_orphans(on: bool = True) -> None:
@@ -74,6 +77,30 @@ def adopt_orphans(on: bool = True) -> None:
 
 class LaunchError(RuntimeError):
     """`hean up` cannot start (port taken, Redis did not start, ...)."""
+
+
+def lock_home(home: Path) -> IO[str]:
+    """Lock `home` for this `hean up` (released when the returned file is closed, or when this
+    process dies however it dies). A second `hean up` on the same HEAN_HOME would start a second
+    Redis on the same append-only files, talk to the first one's supervisord through the same
+    socket, wipe its metrics and, stopping, delete its `redis.url`: it is refused instead."""
+    home.mkdir(parents=True, exist_ok=True)
+    handle = open(home / LOCK_FILE, "a+")  # noqa: SIM115 - held until `hean up` ends
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "?"
+        handle.close()
+        raise LaunchError(
+            f"another `hean up` (pid {holder}) runs on HEAN_HOME={home}; stop it first, "
+            "or give this one a HEAN_HOME of its own"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
 
 
 def listen_problem(host: str, port: int) -> OSError | None:
@@ -168,6 +195,7 @@ class Launcher:
     _redis_failures: int = 0
     _redis_restart_at: float | None = None
     _redis_start_failed: bool = False
+    _home_lock: IO[str] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
     def run(self) -> int:
@@ -185,6 +213,9 @@ class Launcher:
         finally:
             self._shutdown()
             adopt_orphans(False)
+            if self._home_lock is not None:
+                self._home_lock.close()
+                self._home_lock = None
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
@@ -193,6 +224,7 @@ class Launcher:
 
     def _start(self) -> None:
         settings = self.settings
+        self._home_lock = lock_home(settings.home.resolve())
         for what, host, port, variables in (
             ("web", settings.host, settings.port, ("HEAN_PORT", "HEAN_HOST")),
             ("Flower", "127.0.0.1", settings.flower_port, ("HEAN_FLOWER_PORT", "HEAN_FLOWER_PORT")),

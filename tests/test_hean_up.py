@@ -305,6 +305,48 @@ def test_hean_up_stops_what_a_killed_supervisord_left_running(up_env: dict[str, 
         up.finish()
 
 
+def test_a_second_hean_up_on_the_same_home_is_refused(up_env: dict[str, str], tmp_path: Path) -> None:
+    """Two `hean up`s on one HEAN_HOME: the second started a second Redis on the first one's
+    append-only files, reported the first one's processes as its own (one supervisord socket),
+    wiped its metrics and, stopping, deleted its `redis.url`. It is refused now, and the first
+    one runs on untouched."""
+    up = UpProcess(up_env, tmp_path / "up.log")
+    try:
+        wait_for(lambda: "ready: dashboard" in up.output(), 120, "hean up to be ready")
+        home = Path(up_env["HEAN_HOME"])
+        wait_for(lambda: list((home / "metrics").iterdir()), 30, "the processes' metrics files")
+        metrics = sorted((home / "metrics").iterdir())
+        redis_url = (home / "redis.url").read_text()
+        servers = {p.pid for p in psutil.process_iter(["name"]) if "valkey" in (p.info["name"] or "")}
+        second_env = hean_up_env(home)  # other ports, the same home
+        second = subprocess.run(
+            [str(Path(sys.executable).parent / "hean"), "up"],
+            env=second_env,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 2, second.stdout + second.stderr
+        refusal = f"error: another `hean up` (pid {up.process.pid}) runs on HEAN_HOME={home.resolve()}"
+        assert refusal in second.stdout
+        assert "redis: private server" not in second.stdout and "supervisor:" not in second.stdout
+        assert {p.pid for p in psutil.process_iter(["name"]) if "valkey" in (p.info["name"] or "")} == servers
+        assert (home / "redis.url").read_text() == redis_url
+        assert set(metrics) <= set((home / "metrics").iterdir())
+        dashboard = re.search(r"ready: dashboard (http://\S+)/#", up.output())
+        assert dashboard is not None and http_ok(dashboard.group(1) + "/api/system/health")
+        up.stop()
+        # the lock ends with the `hean up` that held it: the next one starts
+        again = UpProcess(up_env, tmp_path / "again.log")
+        try:
+            wait_for(lambda: "ready: dashboard" in again.output(), 120, "the next hean up to be ready")
+        finally:
+            again.stop()
+    finally:
+        up.finish()
+
+
 def test_hean_up_refuses_a_taken_port(up_env: dict[str, str], tmp_path: Path) -> None:
 
     with socket.socket() as blocker:
