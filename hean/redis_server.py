@@ -60,6 +60,31 @@ def _ping(url: str, timeout: float) -> None:
         client.close()
 
 
+def eviction_problem(url: str, timeout: float = 1.0) -> str | None:
+    """What is wrong with the eviction of the server at `url`, or None. With a memory limit and
+    an `allkeys-*` policy, Redis drops any key when full: queued orders, the command journal
+    (a request id would run twice), the engine's log. `volatile-*` policies drop only keys that
+    expire anyway (a command's key once its result is in the database, pings, Celery results),
+    and without `maxmemory` nothing is evicted. A server that does not say (INFO refused) is
+    taken as it is."""
+    client = redis.Redis.from_url(
+        url, socket_connect_timeout=timeout, socket_timeout=timeout, retry=Retry(NoBackoff(), 0)
+    )
+    try:
+        memory = client.info("memory")
+    except redis.ResponseError:
+        return None
+    finally:
+        client.close()
+    policy, limit = str(memory.get("maxmemory_policy", "noeviction")), int(memory.get("maxmemory", 0) or 0)
+    if limit and policy.startswith("allkeys-"):
+        return (
+            f"evicts any key when full (maxmemory {limit} bytes, maxmemory-policy {policy}): queued "
+            "orders and the command journal could vanish; set maxmemory-policy noeviction"
+        )
+    return None
+
+
 def redis_answers(url: str, timeout: float = 0.5) -> bool:
     """True when a server at `url` answers PING within `timeout` seconds (with its credentials)."""
     try:
@@ -347,12 +372,13 @@ def ensure_redis(
     requiring the password `password()` gives (called only then; a generated one if None).
 
     Returns the URL to use and the server to stop on shutdown (None when it is not ours).
-    Raises RedisStartError when `redis_url` answers but refuses its credentials.
+    Raises RedisStartError when `redis_url` answers but refuses its credentials, or would evict
+    any key when full (`eviction_problem`).
     """
     if redis_url:
         try:
             _ping(redis_url, timeout=1.0)
-            return redis_url, None
+            problem = eviction_problem(redis_url)
         except redis.AuthenticationError as exc:
             # It is there but refuses: running on a private server instead would hide the mistake.
             raise RedisStartError(
@@ -361,6 +387,9 @@ def ensure_redis(
             ) from None
         except (redis.RedisError, OSError):
             log.warning("event=redis_unreachable url=%s action=start_private", redact_url(redis_url))
+        else:
+            if problem:
+                raise RedisStartError(f"REDIS_URL {redact_url(redis_url)} {problem}")
+            return redis_url, None
     server = PrivateRedis(data_dir, cpus=cpus, password=password() if password else None)
     return server.start(), server
-

@@ -387,6 +387,37 @@ def test_hean_up_refuses_a_redis_url_with_wrong_credentials(
         up.finish()
 
 
+def test_hean_up_refuses_a_redis_url_that_evicts_any_key(up_env: dict[str, str], tmp_path: Path) -> None:
+    """A REDIS_URL server with a memory limit and an allkeys-* policy would drop queued orders
+    and the command journal when full: refused, before anything starts. volatile-* (only keys
+    that expire anyway) and no limit at all are used as they are (eviction_problem)."""
+    from hean.redis_server import eviction_problem
+
+    with PrivateRedis(tmp_path / "evicting") as server:
+        client = redis.Redis.from_url(server.url)
+        try:
+            assert eviction_problem(server.url) is None  # no limit: nothing is evicted
+            client.config_set("maxmemory", "64mb")
+            for policy in ("noeviction", "volatile-lru", "volatile-ttl"):
+                client.config_set("maxmemory-policy", policy)
+                assert eviction_problem(server.url) is None, policy
+            client.config_set("maxmemory-policy", "allkeys-lru")
+            up_env["REDIS_URL"] = server.url
+            up = UpProcess(up_env, tmp_path / "up.log")
+            try:
+                assert up.process.wait(timeout=30) == 2
+                output = up.output()
+                assert f"error: REDIS_URL {server.redacted_url} evicts any key when full" in output
+                assert "maxmemory-policy allkeys-lru" in output
+                assert "set maxmemory-policy noeviction" in output
+                assert "redis: private server" not in output and "supervisor:" not in output
+                assert server.password not in output
+            finally:
+                up.finish()
+        finally:
+            client.close()
+
+
 @pytest.mark.parametrize(
     ("variable", "spec", "message"),
     [
