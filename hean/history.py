@@ -176,6 +176,9 @@ class HistoryStore:
             except Exception as exc:  # the driver's own errors: start over with a new connection
                 self._drop_reader()
                 raise HistoryUnavailable(f"history unreadable: {type(exc).__name__}") from exc
+            except BaseException:  # interrupted mid-query (a deadline, an exit): its state is unknown
+                self._drop_reader()
+                raise
         names = ("request_id", "command", "params", "reply_to", "received_at", "ack_ms", "result")
         return {row[0]: _record(dict(zip(names, row, strict=True))) for row in rows}
 

@@ -17,7 +17,10 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import psutil
 
 INSTALL_HINT = (
     "the PostgreSQL tests need Debian's `postgresql` package (initdb and postgres under "
@@ -124,6 +127,22 @@ class PostgresServer:
         ) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """The server and its backends stopped (SIGSTOP) inside the block: connections stay open,
+        nothing answers, as when a database hangs; continued (SIGCONT) after it."""
+        assert self.process is not None
+        processes = [psutil.Process(self.process.pid)]
+        processes += processes[0].children(recursive=True)
+        for process in processes:
+            process.suspend()
+        try:
+            yield
+        finally:
+            for process in processes:
+                with contextlib.suppress(psutil.Error):
+                    process.resume()
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -386,6 +386,31 @@ def test_reconcile_finds_nothing_missing_then_a_lost_and_a_doubled_command(histo
         journal.history.db.dispose()
 
 
+@pytest.mark.parametrize("history", ["postgresql"], indirect=True)
+def test_a_hung_database_refuses_commands_in_time_and_the_web_serves_on(
+    history: dict[str, Any], postgres_server: PostgresServer
+) -> None:
+    """PostgreSQL that hangs (stopped, connections open, not refusing): psycopg's wait in C
+    froze the whole web process, health checks and every connection included, for as long as
+    the database hung. Now only the command waits, for at most the lookup's deadline
+    (web.intake.HISTORY_LOOKUP_TIMEOUT_S), and is refused `unavailable`, not enqueued: once the
+    database answers, the same request id runs, once."""
+    request_id = uuid.uuid4().hex
+    command = {"command": "start", "params": {}, "request_id": request_id}
+    with Client(history["url"], history["token"]) as client:
+        ok(client, "start")
+        with postgres_server.frozen():
+            ack = client.command(command)
+            assert ack["accepted"] is False and ack["error"]["code"] == "unavailable", ack
+            assert ack["error"]["message"] == "command history unreachable; retry"
+            assert http_ok(history["url"] + "/api/system/health")  # the process serves on meanwhile
+        ack = wait_for(lambda: (a := client.command(command))["accepted"] and a, 30, "the command accepted")
+        assert ack["duplicate"] is False  # refused before: never reserved, so it runs now
+        result = client.result_for(request_id)
+        assert result["success"] is True, result
+        assert client.command(command)["duplicate"] is True  # and once only
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_the_bulk_insert_writes_what_sqlalchemys_insert_writes(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest

@@ -8,11 +8,13 @@ knows the recent ones, the database (hean/history.py) the ones that left it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -51,6 +53,10 @@ ENQUEUE_TIMEOUT_S = 5.0
 LINGER_WINDOW_S = 0.005
 #: How long sent acks wait for the next batch to journal them before being journaled alone.
 ACK_JOURNAL_DELAY_S = 0.02
+#: Longest the writer waits for the database's answer on a batch's earlier request ids (a
+#: query of well under a millisecond), before refusing the batch `unavailable`: a database that
+#: hangs (not one that refuses: that fails at once) would otherwise hold every command.
+HISTORY_LOOKUP_TIMEOUT_S = 2.0
 #: What `CommandIntake.warm_up` validates (and looks up in the database): never enqueued.
 WARM_UP_REQUEST_ID: Final = "hean-warm-up"
 WARM_UP_COMMAND: Final = {
@@ -337,8 +343,9 @@ class CommandWriter:
         if history is None:
             return batch
         try:
-            answered = history.answered([p.request_id for p in batch])
-        except HistoryUnavailable as exc:
+            with _deadline(HISTORY_LOOKUP_TIMEOUT_S):
+                answered = history.answered([p.request_id for p in batch])
+        except (HistoryUnavailable, LookupTimeout) as exc:
             log.error("event=enqueue_failed reason=history_unreadable size=%d error=%s", len(batch), exc)
             for pending in batch:
                 pending.fail(ErrorInfo(code="unavailable", message="command history unreachable; retry"), 503)
@@ -434,6 +441,34 @@ class CommandWriter:
                 pending.duplicate(reservation)
         metrics.enqueued(queue_name, len(items), items[0].started)
         return acks
+
+
+class LookupTimeout(Exception):
+    """The database did not answer within HISTORY_LOOKUP_TIMEOUT_S."""
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float) -> Iterator[None]:
+    """Raise LookupTimeout in the block after `seconds`, in the web process (eventlet, whose
+    green waits can be interrupted: psycopg's included, web/__main__.py). A blocking call that
+    never yields (SQLite's, well under a millisecond) runs to its end. Elsewhere (tests on
+    threads) the block runs without one."""
+    if not eventlet_patched():
+        yield
+        return
+    import eventlet
+
+    timeout = eventlet.Timeout(seconds, LookupTimeout(f"history lookup took over {seconds:g} s"))
+    try:
+        yield
+    finally:
+        timeout.cancel()
+
+
+def eventlet_patched() -> bool:
+    """True in a process that eventlet monkey-patched (the web process)."""
+    patcher = sys.modules.get("eventlet.patcher")
+    return patcher is not None and bool(patcher.is_monkey_patched("thread"))
 
 
 class PendingCommand:
