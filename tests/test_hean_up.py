@@ -242,29 +242,35 @@ def test_hean_up_locks_its_redis_and_restarts_it_when_killed(up_env: dict[str, s
         up.finish()
 
 
+def _supervisord_when_all_run(up: UpProcess) -> int:
+    """supervisord's pid, once `up` is ready and every process RUNNING."""
+    wait_for(lambda: "ready: dashboard" in up.output(), 120, "hean up to be ready")
+    wait_for(lambda: set(up.pids()) == set(process_names()), 60, "every process RUNNING")
+    supervisor = re.search(r"supervisor: pid=(\d+)", up.output())
+    assert supervisor is not None
+    return int(supervisor.group(1))
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def test_a_killed_hean_up_leaves_no_process_running(up_env: dict[str, str], tmp_path: Path) -> None:
     """`hean up` SIGKILLed (or killed by the OOM killer) cannot stop its children in order; the
     kernel tells them (PR_SET_PDEATHSIG): supervisord stops its programs and Redis stops, instead
     of running on unsupervised and holding the ports a new `hean up` needs."""
     up = UpProcess(up_env, tmp_path / "up.log")
     try:
-        wait_for(lambda: "ready: dashboard" in up.output(), 120, "hean up to be ready")
-        wait_for(lambda: set(up.pids()) == set(process_names()), 60, "every process RUNNING")
-        supervisor = re.search(r"supervisor: pid=(\d+)", up.output())
-        assert supervisor is not None
-        left = [int(supervisor.group(1)), *up.pids().values(), up.redis_pid() or 0]
+        left = [_supervisord_when_all_run(up), *up.pids().values(), up.redis_pid() or 0]
         assert all(psutil.pid_exists(pid) for pid in left), left
         up.process.kill()
         up.process.wait(10)
 
-        def running(pid: int) -> bool:
-            try:
-                return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-            except psutil.NoSuchProcess:
-                return False
-
         def gone() -> bool:
-            return not any(running(pid) for pid in left)
+            return not any(_running(pid) for pid in left)
 
         wait_for(gone, 60, "supervisord, its programs and Redis to stop after hean up was killed")
     finally:
@@ -278,12 +284,9 @@ def test_hean_up_stops_what_a_killed_supervisord_left_running(up_env: dict[str, 
     stops them before Redis, then exits with an error."""
     up = UpProcess(up_env, tmp_path / "up.log")
     try:
-        wait_for(lambda: "ready: dashboard" in up.output(), 120, "hean up to be ready")
-        wait_for(lambda: set(up.pids()) == set(process_names()), 60, "every process RUNNING")
-        supervisor = re.search(r"supervisor: pid=(\d+)", up.output())
-        assert supervisor is not None
+        supervisord = _supervisord_when_all_run(up)
         programs = up.pids()
-        os.kill(int(supervisor.group(1)), signal.SIGKILL)
+        os.kill(supervisord, signal.SIGKILL)
         assert up.process.wait(30) == 2
         output = up.output()
         assert "error: supervisord exited with code -9" in output
@@ -291,15 +294,8 @@ def test_hean_up_stops_what_a_killed_supervisord_left_running(up_env: dict[str, 
         assert left is not None, output
         assert set(left.group(2).split()) == set(process_names())
         assert output.index("left running") < output.index("stopping: redis") < output.index("stopped")
-
-        def running(pid: int) -> bool:
-            try:
-                return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-            except psutil.NoSuchProcess:
-                return False
-
-        assert not [name for name, pid in programs.items() if running(pid)]
-        assert not running(up.redis_pid() or 0)
+        assert not [name for name, pid in programs.items() if _running(pid)]
+        assert not _running(up.redis_pid() or 0)
         assert listen_problem("127.0.0.1", int(up_env["HEAN_PORT"])) is None  # free for the next `hean up`
     finally:
         up.finish()
