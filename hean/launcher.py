@@ -437,6 +437,7 @@ class Launcher:
     # -- shutdown -------------------------------------------------------------------------------
     def _shutdown(self) -> None:
         deadline = time.monotonic() + SHUTDOWN_BUDGET_S
+        started = self._supervisord is not None or self._redis is not None
         supervisord, self._supervisord = self._supervisord, None
         if supervisord is not None:
             self.out("stopping: supervised processes")
@@ -460,7 +461,8 @@ class Launcher:
             self._redis = None
             with contextlib.suppress(OSError):
                 self.settings.redis_url_file.unlink()
-        self.out("stopped")
+        if started:  # not after a refusal to start ("error: ..." is the last word then)
+            self.out("stopped")
 
 
 def _descendants(pid: int) -> list[psutil.Process]:

@@ -327,6 +327,7 @@ def test_a_second_hean_up_on_the_same_home_is_refused(up_env: dict[str, str], tm
         refusal = f"error: another `hean up` (pid {up.process.pid}) runs on HEAN_HOME={home.resolve()}"
         assert refusal in second.stdout
         assert "redis: private server" not in second.stdout and "supervisor:" not in second.stdout
+        assert second.stdout.splitlines()[-1].startswith("error: another `hean up`")  # the last word
         assert {p.pid for p in psutil.process_iter(["name"]) if "valkey" in (p.info["name"] or "")} == servers
         assert (home / "redis.url").read_text() == redis_url
         assert set(metrics) <= set((home / "metrics").iterdir())
