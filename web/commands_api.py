@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -18,7 +17,7 @@ from hean.config import Settings
 from hean.db import database
 from hean.history import HistoryStore, HistoryUnavailable
 from hean.redis_client import sync_client
-from web.socket_handlers import TokenBucket
+from web.socket_handlers import AddressBuckets
 
 blueprint = Blueprint("commands_api", __name__)
 
@@ -91,21 +90,14 @@ def require_token(view: F) -> F:
     return wrapper  # type: ignore[return-value]  # the wrapper keeps the view's signature
 
 
-_buckets: dict[str, TokenBucket] = {}
-_buckets_lock = threading.Lock()
-
-
 def _rate_limited() -> bool:
     """Per-client-address rate limit, the REST counterpart of the per-connection one."""
-    settings = _settings()
-    address = request.remote_addr or "?"
-    with _buckets_lock:
-        bucket = _buckets.get(address)
-        if bucket is None:
-            if len(_buckets) > 10_000:
-                _buckets.clear()
-            bucket = _buckets[address] = TokenBucket(settings.command_rate, settings.command_burst)
-        return not bucket.take()
+    buckets = current_app.extensions.get("hean_rest_buckets")
+    if buckets is None:
+        settings = _settings()
+        buckets = AddressBuckets(settings.command_rate, settings.command_burst)
+        buckets = current_app.extensions.setdefault("hean_rest_buckets", buckets)
+    return not buckets.take(request.remote_addr or "?")
 
 
 @blueprint.post("/api/commands")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -58,6 +59,37 @@ class TokenBucket:
             self.tokens -= 1.0
             return True
         return False
+
+    def full(self, now: float) -> bool:
+        """Refilled to its burst by `now`: the same as a new bucket."""
+        return self.tokens + (now - self.updated) * self.rate >= self.burst
+
+
+class AddressBuckets:
+    """A TokenBucket per client address (REST), at most about `most` of them: past that, the
+    refilled ones are dropped (a new bucket is the same), and only if every one is in use are
+    all dropped. Clearing all at once let a client that spoke from `most` addresses reset every
+    other client's limit."""
+
+    def __init__(self, rate: float, burst: int, most: int = 10_000) -> None:
+        self.rate, self.burst, self.most = rate, burst, most
+        self._buckets: dict[str, TokenBucket] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def take(self, address: str) -> bool:
+        with self._lock:
+            bucket = self._buckets.get(address)
+            if bucket is None:
+                if len(self._buckets) >= self.most:
+                    now = time.monotonic()
+                    self._buckets = {a: b for a, b in self._buckets.items() if not b.full(now)}
+                    if len(self._buckets) >= self.most:
+                        self._buckets.clear()
+                bucket = self._buckets[address] = TokenBucket(self.rate, self.burst)
+            return bucket.take()
 
 
 def _sid() -> str:
