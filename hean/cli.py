@@ -283,7 +283,12 @@ def main(argv: list[str] | None = None) -> int:
         "prune-history": cmd_prune_history,
         "downgrade-snapshot": cmd_downgrade_snapshot,
     }[args.command]
-    return handler(args)
+    try:
+        return handler(args)
+    except OSError as exc:  # HEAN_HOME or a file in it unusable: say which, not a traceback
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"hean: {args.command}:{where}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

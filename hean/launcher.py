@@ -84,8 +84,11 @@ def lock_home(home: Path) -> IO[str]:
     process dies however it dies). A second `hean up` on the same HEAN_HOME would start a second
     Redis on the same append-only files, talk to the first one's supervisord through the same
     socket, wipe its metrics and, stopping, delete its `redis.url`: it is refused instead."""
-    home.mkdir(parents=True, exist_ok=True)
-    handle = open(home / LOCK_FILE, "a+")  # noqa: SIM115 - held until `hean up` ends
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        handle = open(home / LOCK_FILE, "a+")  # noqa: SIM115 - held until `hean up` ends
+    except OSError as exc:
+        raise LaunchError(f"cannot use HEAN_HOME={home}: {exc.strerror or exc}") from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

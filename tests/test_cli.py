@@ -52,3 +52,16 @@ def test_reconcile_refuses_a_time_it_cannot_read_before_it_connects(
 ) -> None:
     assert cli.main(["reconcile", *argv]) == 2
     assert f"hean: {said}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["token", "analyses", "reconcile"])
+def test_a_home_under_a_file_is_named_in_one_line(
+    command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "a-file").write_text("")
+    home = tmp_path / "a-file" / "hean"
+    for name in ("REDIS_URL", "DATABASE_URL", "HEAN_API_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HEAN_HOME", str(home))
+    assert cli.main([command]) == 1
+    assert capsys.readouterr().err == f"hean: {command}: {home}: Not a directory\n"

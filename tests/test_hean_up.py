@@ -344,6 +344,19 @@ def test_a_second_hean_up_on_the_same_home_is_refused(up_env: dict[str, str], tm
         up.finish()
 
 
+def test_hean_up_names_a_home_it_cannot_use(up_env: dict[str, str], tmp_path: Path) -> None:
+    """HEAN_HOME under a file (or on a read-only disk): one line naming it, not a traceback."""
+    (tmp_path / "a-file").write_text("")
+    up_env["HEAN_HOME"] = str(tmp_path / "a-file" / "hean")
+    up = UpProcess(up_env, tmp_path / "up.log")
+    try:
+        assert up.process.wait(timeout=30) == 2
+        home = tmp_path / "a-file" / "hean"
+        assert up.output().splitlines() == [f"error: cannot use HEAN_HOME={home}: Not a directory"]
+    finally:
+        up.finish()
+
+
 def test_hean_up_refuses_a_taken_port(up_env: dict[str, str], tmp_path: Path) -> None:
 
     with socket.socket() as blocker:
