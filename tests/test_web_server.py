@@ -18,7 +18,8 @@ import pytest
 
 from hean.redis_server import free_port
 from support import ManagedProcess, http_ok, wait_for
-from web.server import ACCEPT_PAUSE_S, PatientListener, raise_open_files_limit
+from web.app import PING_INTERVAL_S, PING_TIMEOUT_S
+from web.server import ACCEPT_PAUSE_S, IDLE_TIMEOUT_S, PatientListener, raise_open_files_limit
 
 #: The web process's limit on open files in the test: soft and hard alike, so it cannot lift it.
 LIMIT = 128
@@ -74,6 +75,54 @@ def test_the_web_process_outlasts_running_out_of_descriptors(
         for sock in held:
             sock.close()
         web.stop()
+
+
+#: `python -m web` with the idle timeout cut to 2 s (the module's constant, set before it serves).
+_RUN_WEB_WITH_SHORT_IDLE = (
+    "import eventlet; eventlet.monkey_patch(); import runpy, web.server; "
+    "web.server.IDLE_TIMEOUT_S = 2.0; runpy.run_module('web', run_name='__main__')"
+)
+
+
+def _closed_by_server(sock: socket.socket, within: float) -> bool:
+    """True when the server closes `sock` (EOF, or a reset) within `within` seconds."""
+    sock.settimeout(within)
+    try:
+        while sock.recv(4096):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+    return True
+
+
+def test_a_connection_that_sends_nothing_is_closed(
+    base_env: dict[str, str], api_token: str, tmp_path: Path
+) -> None:
+    """A connection that never sends its request, or stops halfway, held one of eventlet's
+    1,024 connection slots until the client closed it: that many kept every new client waiting.
+    The web process closes it after IDLE_TIMEOUT_S of silence (2 s here)."""
+    port = free_port()
+    env = dict(base_env, HEAN_API_TOKEN=api_token, HEAN_PORT=str(port))
+    web = ManagedProcess("web-short-idle", [sys.executable, "-c", _RUN_WEB_WITH_SHORT_IDLE], env, tmp_path)
+    try:
+        wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/api/system/health"), 60, "the web process")
+        with (
+            socket.create_connection(("127.0.0.1", port)) as silent,
+            socket.create_connection(("127.0.0.1", port)) as halfway,
+        ):
+            halfway.sendall(b"GET /api/system/health HTTP/1.1\r\nHost: hean\r\n")  # never ends
+            assert _closed_by_server(silent, within=15.0)
+            assert _closed_by_server(halfway, within=15.0)
+        assert http_ok(f"http://127.0.0.1:{port}/api/system/health") and web.alive()
+    finally:
+        web.stop()
+
+
+def test_the_idle_timeout_outlasts_a_live_clients_silence() -> None:
+    # a live Engine.IO client answers each ping; between two answers it may send nothing
+    assert IDLE_TIMEOUT_S > PING_INTERVAL_S + PING_TIMEOUT_S
 
 
 class _Failing:

@@ -15,6 +15,10 @@ from web.bus import FanOutRedisManager
 #: Largest Socket.IO message the transport accepts; a bigger one closes the connection.
 #: Below it, an oversized command gets a `payload_too_large` error (see web/intake.py).
 MAX_MESSAGE_BYTES = 2_000_000
+#: Engine.IO's ping (python-engineio's defaults, named here): the server pings every
+#: PING_INTERVAL_S and drops a client that has not answered PING_TIMEOUT_S later, so a live
+#: client sends something at least that often (web.server.IDLE_TIMEOUT_S relies on it).
+PING_INTERVAL_S, PING_TIMEOUT_S = 25, 20
 
 
 def create_app(settings: Settings | None = None, async_mode: str = "eventlet") -> Flask:
@@ -49,6 +53,8 @@ def create_app(settings: Settings | None = None, async_mode: str = "eventlet") -
         # None: same origin only (python-engineio reads [] as "no checks at all").
         cors_allowed_origins=origins or None,
         max_http_buffer_size=MAX_MESSAGE_BYTES,
+        ping_interval=PING_INTERVAL_S,
+        ping_timeout=PING_TIMEOUT_S,
         # Each connection's events run in order in its own reader; handlers yield first (see
         # web/socket_handlers.py), so a flooding client cannot starve the others.
         async_handlers=False,

@@ -28,6 +28,11 @@ ACCEPT_RETRY = frozenset(
 ACCEPT_PAUSE_S = 0.1
 #: At most one accept_failed line this often while accepts keep failing.
 ACCEPT_LOG_EVERY_S = 10.0
+#: A connection that sends nothing for this long is closed (eventlet's socket_timeout): one that
+#: never finishes its request, or an idle keep-alive, would otherwise hold one of eventlet's 1,024
+#: connection slots for good. Longer than a live Engine.IO client's silence (its answer to each
+#: ping: web.app.PING_INTERVAL_S + PING_TIMEOUT_S).
+IDLE_TIMEOUT_S = 60.0
 
 
 def is_loopback(host: str) -> bool:
@@ -136,4 +141,6 @@ def serve(app: Any, host: str, port: int) -> None:
     limit = raise_open_files_limit()
     log.info("event=web_listening host=%s port=%d open_files_limit=%d", host, port, limit)
     patient = PatientListener(listener, sleep=eventlet.sleep)
-    eventlet.wsgi.server(patient, app, log_output=False, log=logging.getLogger("hean.web.wsgi"))
+    eventlet.wsgi.server(
+        patient, app, log_output=False, log=logging.getLogger("hean.web.wsgi"), socket_timeout=IDLE_TIMEOUT_S
+    )
