@@ -95,7 +95,7 @@ def _closed_by_server(ws: websocket.WebSocket, within: float = 10.0) -> list[str
 
 
 def _web_log(system: dict[str, Any]) -> str:
-    (web,) = [p for p in system["processes"] if p.name == "web"]
+    (web,) = [p for p in system["processes"] if p.name.startswith("web")]  # restart_web names it web-*
     return str(web.log_text())
 
 
