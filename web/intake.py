@@ -29,6 +29,7 @@ from hean.commands import command_names, get_command, validation_error
 from hean.commands.fast_params import params_json
 from hean.group_commit import GroupCommit
 from hean.history import HistoryUnavailable
+from hean.logs import FailureLog
 from hean.messages import (
     CommandRequest,
     ErrorInfo,
@@ -243,6 +244,9 @@ class CommandWriter:
         self._acks_waiting = threading.Event()
         self._acks_lock = threading.Lock()
         self._journal_lock = threading.Lock()  # held while a script journals acks (see _flush)
+        # refused batches while the database or Redis is away: a line every 10 s, not one each
+        self._history_failures = FailureLog(log)
+        self._redis_failures = FailureLog(log)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
@@ -346,10 +350,11 @@ class CommandWriter:
             with _deadline(HISTORY_LOOKUP_TIMEOUT_S):
                 answered = history.answered([p.request_id for p in batch])
         except (HistoryUnavailable, LookupTimeout) as exc:
-            log.error("event=enqueue_failed reason=history_unreadable size=%d error=%s", len(batch), exc)
+            self._history_failures.failed("event=enqueue_failed reason=history_unreadable error=%s", exc)
             for pending in batch:
                 pending.fail(ErrorInfo(code="unavailable", message="command history unreachable; retry"), 503)
             return None
+        self._history_failures.recovered("event=enqueue_recovered reason=history_readable")
         if not answered:
             return batch
         remaining = []
@@ -402,6 +407,7 @@ class CommandWriter:
                 durable,
             )
             journaled = True
+            self._redis_failures.recovered("event=enqueue_recovered reason=redis")
         except NotDurable as exc:  # reserved and queued, but not on disk (or replicas) in time
             journaled = True
             log.error("event=enqueue_not_durable queue=%s size=%d error=%s", queue_name, len(items), exc)
@@ -416,7 +422,7 @@ class CommandWriter:
                 )
             return acks
         except RedisError as exc:  # atomic: nothing was reserved, nothing enqueued
-            log.error("event=enqueue_failed queue=%s size=%d error=%s", queue_name, len(items), exc)
+            self._redis_failures.failed("event=enqueue_failed reason=redis error=%s", exc)
             message = f"{unavailable_reason(exc)}: nothing was enqueued; retry with the same request_id"
             for pending in items:
                 pending.fail(ErrorInfo(code="unavailable", message=message), 503)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hean.config import get_settings
-from hean.logs import configure_logging
+from hean.logs import FailureLog, configure_logging
 
 log = logging.getLogger("hean.web")
 
@@ -85,8 +85,11 @@ class PatientListener:
 
     def __init__(self, sock: Any, sleep: Callable[[float], Any] = time.sleep) -> None:
         self._sock, self._sleep = sock, sleep
-        self.failures = 0
-        self._logged_at = float("-inf")
+        self.log = FailureLog(log, every_s=ACCEPT_LOG_EVERY_S)
+
+    @property
+    def failures(self) -> int:
+        return self.log.failures
 
     def accept(self) -> tuple[Any, Any]:
         while True:
@@ -95,35 +98,23 @@ class PatientListener:
             except OSError as exc:
                 if exc.errno not in ACCEPT_RETRY:
                     raise
-                self._failed(exc)
-                self._sleep(ACCEPT_PAUSE_S)
+                code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+                pause = ACCEPT_PAUSE_S
+                self.log.failed("event=accept_failed error=%s retry_in_s=%.1f%s", code, pause, _hint(exc))
+                self._sleep(pause)
                 continue
-            if self.failures:
-                log.warning("event=accept_recovered failures=%d", self.failures)
-                self.failures = 0
+            self.log.recovered("event=accept_recovered")
             return accepted
-
-    def _failed(self, exc: OSError) -> None:
-        self.failures += 1
-        now = time.monotonic()
-        if now - self._logged_at < ACCEPT_LOG_EVERY_S:
-            return
-        self._logged_at = now
-        code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
-        hint = ""
-        if exc.errno in (errno.EMFILE, errno.ENFILE):
-            limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-            hint = f" open_files_limit={limit} note=raise the hard limit (ulimit -Hn, systemd LimitNOFILE)"
-        log.error(
-            "event=accept_failed error=%s failures=%d retry_in_s=%.1f%s",
-            code,
-            self.failures,
-            ACCEPT_PAUSE_S,
-            hint,
-        )
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
+
+
+def _hint(exc: OSError) -> str:
+    if exc.errno not in (errno.EMFILE, errno.ENFILE):
+        return ""
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return f" open_files_limit={limit} note=raise the hard limit (ulimit -Hn, systemd LimitNOFILE)"
 
 
 def serve(app: Any, host: str, port: int) -> None:
