@@ -227,7 +227,8 @@ class Launcher:
 
     def _start(self) -> None:
         settings = self.settings
-        self._home_lock = lock_home(settings.home.resolve())
+        home = settings.home.resolve()
+        self._home_lock = lock_home(home)
         for what, host, port, variables in (
             ("web", settings.host, settings.port, ("HEAN_PORT", "HEAN_HOST")),
             ("Flower", "127.0.0.1", settings.flower_port, ("HEAN_FLOWER_PORT", "HEAN_FLOWER_PORT")),
@@ -244,7 +245,6 @@ class Launcher:
             settings.nice_table  # noqa: B018 - validated here, applied per process
         except AffinityError as exc:
             raise LaunchError(str(exc)) from exc
-        home = settings.home.resolve()
         (home / "logs").mkdir(parents=True, exist_ok=True)
         token = ensure_token(settings)
 
@@ -410,9 +410,10 @@ class Launcher:
 
     def _own(self) -> set[int]:
         """The children this process started itself (and reaps through their Popen)."""
-        own = {self._redis.pid if self._redis is not None else None}
-        own.add(self._supervisord.pid if self._supervisord is not None else None)
-        return {pid for pid in own if pid is not None}
+        own = {self._supervisord.pid} if self._supervisord is not None else set()
+        if self._redis is not None and self._redis.pid is not None:
+            own.add(self._redis.pid)
+        return own
 
     def _adopted(self) -> list[psutil.Process]:
         """Processes reparented to this one (see the module docstring), with their descendants."""
@@ -420,7 +421,8 @@ class Launcher:
             children = psutil.Process().children()
         except psutil.Error:
             return []
-        adopted = [child for child in children if child.pid not in self._own()]
+        own = self._own()
+        adopted = [child for child in children if child.pid not in own]
         return adopted + [grandchild for child in adopted for grandchild in _descendants(child.pid)]
 
     def _reap_adopted(self) -> None:

@@ -61,12 +61,13 @@ def _ping(url: str, timeout: float) -> None:
 
 
 def eviction_problem(url: str, timeout: float = 1.0) -> str | None:
-    """What is wrong with the eviction of the server at `url`, or None. With a memory limit and
-    an `allkeys-*` policy, Redis drops any key when full: queued orders, the command journal
-    (a request id would run twice), the engine's log. `volatile-*` policies drop only keys that
-    expire anyway (a command's key once its result is in the database, pings, Celery results),
-    and without `maxmemory` nothing is evicted. A server that does not say (INFO refused) is
-    taken as it is."""
+    """What is wrong with the eviction of the server at `url`, or None. Its INFO is also the
+    check that the server answers: Redis's errors (unreachable, credentials refused) are raised.
+    With a memory limit and an `allkeys-*` policy, Redis drops any key when full: queued orders,
+    the command journal (a request id would run twice), the engine's log. `volatile-*` policies
+    drop only keys that expire anyway (a command's key once its result is in the database, pings,
+    Celery results), and without `maxmemory` nothing is evicted. A server that answers but
+    refuses INFO is taken as it is."""
     client = redis.Redis.from_url(
         url, socket_connect_timeout=timeout, socket_timeout=timeout, retry=Retry(NoBackoff(), 0)
     )
@@ -377,7 +378,6 @@ def ensure_redis(
     """
     if redis_url:
         try:
-            _ping(redis_url, timeout=1.0)
             problem = eviction_problem(redis_url)
         except redis.AuthenticationError as exc:
             # It is there but refuses: running on a private server instead would hide the mistake.

@@ -313,7 +313,11 @@ def test_a_second_hean_up_on_the_same_home_is_refused(up_env: dict[str, str], tm
         wait_for(lambda: list((home / "metrics").iterdir()), 30, "the processes' metrics files")
         metrics = sorted((home / "metrics").iterdir())
         redis_url = (home / "redis.url").read_text()
-        servers = {p.pid for p in psutil.process_iter(["name"]) if "valkey" in (p.info["name"] or "")}
+
+        def valkey_servers() -> set[int]:
+            return {p.pid for p in psutil.process_iter(["name"]) if "valkey" in (p.info["name"] or "")}
+
+        servers = valkey_servers()
         second_env = hean_up_env(home)  # other ports, the same home
         second = subprocess.run(
             [str(Path(sys.executable).parent / "hean"), "up"],
@@ -328,7 +332,7 @@ def test_a_second_hean_up_on_the_same_home_is_refused(up_env: dict[str, str], tm
         assert refusal in second.stdout
         assert "redis: private server" not in second.stdout and "supervisor:" not in second.stdout
         assert second.stdout.splitlines()[-1].startswith("error: another `hean up`")  # the last word
-        assert {p.pid for p in psutil.process_iter(["name"]) if "valkey" in (p.info["name"] or "")} == servers
+        assert valkey_servers() == servers
         assert (home / "redis.url").read_text() == redis_url
         assert set(metrics) <= set((home / "metrics").iterdir())
         dashboard = re.search(r"ready: dashboard (http://\S+)/#", up.output())

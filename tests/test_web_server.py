@@ -12,6 +12,7 @@ import resource
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,21 @@ _RUN_WEB_UNDER_LIMIT = (
 )
 
 
+@contextlib.contextmanager
+def _web(
+    code: str, name: str, base_env: dict[str, str], api_token: str, logs: Path
+) -> Iterator[tuple[ManagedProcess, int]]:
+    """`python -c code` (a web process set up its way) on a free port, once it answers; stopped after."""
+    port = free_port()
+    env = dict(base_env, HEAN_API_TOKEN=api_token, HEAN_PORT=str(port))
+    web = ManagedProcess(name, [sys.executable, "-c", code], env, logs)
+    try:
+        wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/api/system/health"), 60, "the web process")
+        yield web, port
+    finally:
+        web.stop()
+
+
 def _connect_many(port: int, count: int) -> list[socket.socket]:
     """`count` connections that send nothing (non-blocking connects: those past the listener's
     backlog wait in the kernel without holding this test up)."""
@@ -47,34 +63,30 @@ def _connect_many(port: int, count: int) -> list[socket.socket]:
 def test_the_web_process_outlasts_running_out_of_descriptors(
     base_env: dict[str, str], api_token: str, tmp_path: Path
 ) -> None:
-    port = free_port()
-    env = dict(base_env, HEAN_API_TOKEN=api_token, HEAN_PORT=str(port))
-    web = ManagedProcess("web-few-fds", [sys.executable, "-c", _RUN_WEB_UNDER_LIMIT], env, tmp_path)
-    base = f"http://127.0.0.1:{port}"
     held: list[socket.socket] = []
-    try:
-        wait_for(lambda: http_ok(base + "/api/system/health"), 60, "the web process")
-        assert f"open_files_limit={LIMIT}" in web.log_text()
-        held = _connect_many(port, 2 * LIMIT)
-        wait_for(
-            lambda: "event=accept_failed error=EMFILE" in web.log_text(),
-            30,
-            "accept to run out of descriptors",
-        )
-        time.sleep(1.0)
-        assert web.alive(), web.log_text()[-3000:]
-        assert f"open_files_limit={LIMIT} note=raise the hard limit" in web.log_text()
-        assert web.log_text().count("event=accept_failed") == 1  # at most one line every 10 s
-        for sock in held:
-            sock.close()
-        held = []
-        wait_for(lambda: http_ok(base + "/api/system/health"), 30, "the web process to answer again")
-        wait_for(lambda: "event=accept_recovered failures=" in web.log_text(), 10, "the recovery's line")
-        assert web.alive() and "Traceback" not in web.log_text()
-    finally:
-        for sock in held:
-            sock.close()
-        web.stop()
+    with _web(_RUN_WEB_UNDER_LIMIT, "web-few-fds", base_env, api_token, tmp_path) as (web, port):
+        try:
+            assert f"open_files_limit={LIMIT}" in web.log_text()
+            held = _connect_many(port, 2 * LIMIT)
+            wait_for(
+                lambda: "event=accept_failed error=EMFILE" in web.log_text(),
+                30,
+                "accept to run out of descriptors",
+            )
+            time.sleep(1.0)
+            assert web.alive(), web.log_text()[-3000:]
+            assert f"open_files_limit={LIMIT} note=raise the hard limit" in web.log_text()
+            assert web.log_text().count("event=accept_failed") == 1  # at most one line every 10 s
+            for sock in held:
+                sock.close()
+            held = []
+            health = f"http://127.0.0.1:{port}/api/system/health"
+            wait_for(lambda: http_ok(health), 30, "the web process to answer again")
+            wait_for(lambda: "event=accept_recovered failures=" in web.log_text(), 10, "the recovery's line")
+            assert web.alive() and "Traceback" not in web.log_text()
+        finally:
+            for sock in held:
+                sock.close()
 
 
 #: `python -m web` with the idle timeout cut to 2 s (the module's constant, set before it serves).
@@ -103,11 +115,7 @@ def test_a_connection_that_sends_nothing_is_closed(
     """A connection that never sends its request, or stops halfway, held one of eventlet's
     1,024 connection slots until the client closed it: that many kept every new client waiting.
     The web process closes it after IDLE_TIMEOUT_S of silence (2 s here)."""
-    port = free_port()
-    env = dict(base_env, HEAN_API_TOKEN=api_token, HEAN_PORT=str(port))
-    web = ManagedProcess("web-short-idle", [sys.executable, "-c", _RUN_WEB_WITH_SHORT_IDLE], env, tmp_path)
-    try:
-        wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/api/system/health"), 60, "the web process")
+    with _web(_RUN_WEB_WITH_SHORT_IDLE, "web-short-idle", base_env, api_token, tmp_path) as (web, port):
         with (
             socket.create_connection(("127.0.0.1", port)) as silent,
             socket.create_connection(("127.0.0.1", port)) as halfway,
@@ -116,8 +124,6 @@ def test_a_connection_that_sends_nothing_is_closed(
             assert _closed_by_server(silent, within=15.0)
             assert _closed_by_server(halfway, within=15.0)
         assert http_ok(f"http://127.0.0.1:{port}/api/system/health") and web.alive()
-    finally:
-        web.stop()
 
 
 def test_the_idle_timeout_outlasts_a_live_clients_silence() -> None:
