@@ -35,10 +35,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from hean import fastjson, metrics
 from hean.command_journal import CommandJournal, rebuild_ack
 from hean.db import commands, describe_error, fills, history_cursor, orders, sqlite_file
+from hean.logs import FailureLog
 from hean.page_cache import CacheTrimmer
 from hean.redis_client import next_stream_id, text
 from hean.retention import Retention
-from hean.topology import HISTORY_STREAM_KEY
+from hean.topology import HISTORY_FAILURE_KEY, HISTORY_FAILURE_TTL_S, HISTORY_STREAM_KEY
 
 log = logging.getLogger(__name__)
 
@@ -737,6 +738,10 @@ class HistoryWriter:
         #: Entries the next read asks for (`next_read_count`); whether the last read filled its count.
         self.read_count = MIN_READ_ENTRIES
         self.read_full = False
+        #: The failures of the current run of them (logged once, then every 10 s), and when the
+        #: first one happened (published for the health pulse: `_publish_failure`).
+        self.failures = FailureLog(log)
+        self.failing_since: float | None = None
 
     def _entries(self, raw: Any) -> list[tuple[str, dict[str, str]]]:
         return [(text(entry_id), {text(k): text(v) for k, v in fields.items()}) for entry_id, fields in raw]
@@ -751,7 +756,8 @@ class HistoryWriter:
         written = self._entries(client.xrange(self.stream, min="-", max=self.last_id))
         if written:
             self._settle(Batch.parse(written).answered)
-            log.info("event=history_recovered entries=%d last_id=%s", len(written), self.last_id)
+            if self.failing_since is None:  # not again at every retry of a failure
+                log.info("event=history_recovered entries=%d last_id=%s", len(written), self.last_id)
 
     def _settle(self, answered: list[str]) -> None:
         for start in range(0, len(answered), COMPACT_CHUNK):
@@ -783,6 +789,30 @@ class HistoryWriter:
         self._settle(batch.answered)
         return len(entries)
 
+    def _publish_failure(self, error: str) -> None:
+        """Tell the health pulse (HISTORY_FAILURE_KEY) that writes fail, and why: a database that
+        takes no writes (a full disk) still answers the db module's reads. Best effort: when Redis
+        is what failed, the redis module says so."""
+        from redis.exceptions import RedisError
+
+        now = time.time()
+        if self.failing_since is None:
+            self.failing_since = now
+        failure = {"error": error, "since": self.failing_since, "failures": self.failures.failures}
+        with contextlib.suppress(RedisError):
+            self.journal.client.set(HISTORY_FAILURE_KEY, json.dumps(failure), ex=HISTORY_FAILURE_TTL_S)
+
+    def _recovered(self) -> None:
+        from redis.exceptions import RedisError
+
+        assert self.failing_since is not None
+        self.failures.recovered(
+            "event=history_write_recovered failing_s=%.1f", time.time() - self.failing_since
+        )
+        self.failing_since = None
+        with contextlib.suppress(RedisError):  # else it expires on its own
+            self.journal.client.delete(HISTORY_FAILURE_KEY)
+
     def run(self, stop: threading.Event) -> None:
         """Write until `stop` is set; Redis or database trouble is retried (nothing is lost: the
         entries wait in the stream)."""
@@ -797,12 +827,16 @@ class HistoryWriter:
                 written = self.run_once(block_ms=PRUNING_BLOCK_MS if pruning else 500)
                 if self.retention is not None:
                     self.retention.step(self.store.db)
+                if self.failing_since is not None:
+                    self._recovered()
                 if not self.read_full and (written or not pruning):
                     stop.wait(LINGER_S)
                 delay = 0.0
             except (RedisError, SQLAlchemyError, HistoryUnavailable) as exc:
                 delay = min(5.0, delay * 2 or 0.2)
-                log.error("event=history_write_failed error=%s retry_in_s=%.1f", describe_error(exc), delay)
+                error = describe_error(exc)
+                self.failures.failed("event=history_write_failed error=%s retry_in_s=%.1f", error, delay)
+                self._publish_failure(error)
                 self.last_id = None  # read the position from the database again
                 if not isinstance(exc, RedisError) and self.reset_database is not None:
                     self.reset_database()  # fresh connections: a pooled one may hold a bad state

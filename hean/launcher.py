@@ -25,6 +25,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -354,6 +355,8 @@ class Launcher:
             self._redis_restart_at = now + delay
             what = "restart failed" if self._redis_start_failed else "exited"
             what += f" pid={server.pid} code={server.returncode}"
+            if not self._redis_start_failed:  # a failed start already said why
+                what += _exit_reason(server)
             self.out(f"redis: {what}; restarting in {delay:.0f} s on the same port from its AOF")
         if now < self._redis_restart_at:
             return
@@ -468,6 +471,17 @@ class Launcher:
                 self.settings.redis_url_file.unlink()
         if started:  # not after a refusal to start ("error: ..." is the last word then)
             self.out("stopped")
+
+
+def _exit_reason(server: PrivateRedis) -> str:
+    """What a private Redis that exited said last, and its disk's free space (a full disk stops
+    it: under `appendfsync always` an append it cannot write is fatal), for `hean up`'s line."""
+    said = server.exit_reason()
+    try:
+        free = f"{shutil.disk_usage(server.data_dir).free / 2**20:,.0f} MiB free on its disk"
+    except OSError:
+        free = "its disk's free space unknown"
+    return f" ({said}; {free})" if said else f" ({free})"
 
 
 def _descendants(pid: int) -> list[psutil.Process]:

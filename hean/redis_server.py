@@ -38,6 +38,13 @@ _PR_SET_PDEATHSIG = 1
 _PASSWORD = re.compile(r"[A-Za-z0-9_-]{16,256}")
 
 
+#: A line of Valkey's log: "PID:ROLE DD Mon YYYY HH:MM:SS.mmm LEVEL message", LEVEL one of
+#: ". - * #" (debug, verbose, notice, warning).
+_LOG_LINE = re.compile(r"(?P<pid>\d+):\w \d+ \w+ \d+ [\d:.]+ (?P<level>[.*#-]) (?P<message>.*)")
+#: How much of the end of its log `PrivateRedis.exit_reason` reads.
+_LOG_TAIL_BYTES = 65_536
+
+
 class RedisStartError(RuntimeError):
     """The private Redis server did not come up."""
 
@@ -325,6 +332,33 @@ class PrivateRedis:
             process.kill()
         process.wait()
         return False
+
+    def exit_reason(self, most: int = 2) -> str:
+        """Why the last server process exited, in its own words: the warnings it logged after it
+        was ready (Valkey logs what made it quit, such as an append to its AOF that failed on a
+        full disk, as a warning just before it exits), the last `most` of them; empty when it
+        said nothing (a kill)."""
+        pid = self.pid
+        if pid is None:
+            return ""
+        try:
+            with self.log_file.open("rb") as file:
+                file.seek(max(0, file.seek(0, os.SEEK_END) - _LOG_TAIL_BYTES))
+                tail = file.read().decode(errors="replace").splitlines()
+        except OSError:
+            return ""
+        # None until its "ready" line: what it logged while starting is not why it stopped (and
+        # a log without that line, on a full disk, holds nothing more of it)
+        said: list[str] | None = None
+        for line in tail:
+            found = _LOG_LINE.match(line)
+            if found is None or found["pid"] != str(pid):
+                continue
+            if found["message"].startswith("Ready to accept connections"):
+                said = []
+            elif found["level"] == "#" and said is not None:
+                said.append(found["message"].strip())
+        return " | ".join((said or [])[-most:])
 
     def _log_tail(self, lines: int = 5) -> str:
         try:

@@ -57,3 +57,8 @@ ENGINE_SNAPSHOT_KEY: Final = "hean:engine:snapshot"
 # -- the history (hean/command_journal.py, hean/history.py) -----------------------------------
 #: Every command, ack and result on its way to the database (a stream the history writer trims).
 HISTORY_STREAM_KEY: Final = "hean:history"
+#: While the history writer's writes fail: {"error", "since", "failures"} (JSON), refreshed at
+#: every failed attempt, gone once a write succeeds or HISTORY_FAILURE_TTL_S after the last
+#: attempt (a writer that stopped trying). The health pulse's db module reads it.
+HISTORY_FAILURE_KEY: Final = "hean:history:failure"
+HISTORY_FAILURE_TTL_S: Final = 30

@@ -5,6 +5,7 @@ database file damaged) that the status must show and recover from."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import queue
 import signal
@@ -34,7 +35,16 @@ from hean.core.system.health_monitor import (
 from hean.core.system.probes import WORKER_HEARTBEATS_KEY
 from hean.core.system.redis_state import get_sync_state_manager
 from hean.processes import PROCESSES
-from support import Client, ManagedProcess, http_json, start_engine_worker, stop_engine_worker, wait_for
+from support import (
+    Client,
+    ManagedProcess,
+    http_json,
+    recorded,
+    start_engine_worker,
+    stop_engine_worker,
+    system_journal,
+    wait_for,
+)
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +191,37 @@ def test_a_damaged_database_is_flagged_reconnected_and_recovers(pulse: dict[str,
         for damaged, original in saved.items():
             damaged.write_bytes(original)
     wait_for(lambda: module_status(pulse, "db") == "HEALTHY", 30, "db HEALTHY again")
+
+
+def test_a_database_that_refuses_the_history_writer_is_flagged_and_recovers(pulse: dict[str, Any]) -> None:
+    """Reads still work (the db module's own probe passes), but the history writer's inserts
+    fail, as on a full disk: the db module says so, with the writer's error, until it writes."""
+    import sqlite3
+
+    db_file = Path(pulse["env"]["HEAN_HOME"]) / "hean.db"
+    wait_for(lambda: db_file.exists(), 10, "the database file")
+    with contextlib.closing(sqlite3.connect(db_file, timeout=10)) as database:
+        database.execute(
+            "CREATE TRIGGER refuse_history BEFORE INSERT ON commands "
+            "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+        )
+        database.commit()
+        request_id = "refused-" + os.urandom(6).hex()
+        try:
+            with Client(str(pulse["url"]), str(pulse["token"])) as client:
+                ack = client.command({"command": "list_commands", "params": {}, "request_id": request_id})
+                assert ack["accepted"] is True, ack
+                assert client.result_for(request_id)["success"] is True  # results do not wait for it
+            wait_for(lambda: module_status(pulse, "db") == "UNHEALTHY", 20, "db UNHEALTHY")
+            found = modules(pulse)["db"]
+            assert "history writer failing" in found["last_error"], found
+            assert "IntegrityError: database or disk is full" in found["last_error"], found
+            assert found["detail"]["history_lag_s"] >= 0, found
+        finally:
+            database.execute("DROP TRIGGER refuse_history")
+            database.commit()
+    wait_for(lambda: module_status(pulse, "db") == "HEALTHY", 30, "db HEALTHY again")
+    assert recorded(system_journal(pulse), request_id)["result"]["success"] is True
 
 
 # -- the monitor itself, on real probes that are slow or fail on purpose ----------------------

@@ -14,10 +14,12 @@ import pytest
 import redis
 
 from hean.command_journal import CommandJournal
+from hean.core.system.health_monitor import ModuleFault
+from hean.core.system.probes import HistoryCheck
 from hean.db import describe_error, open_database
 from hean.history import HistoryStore, HistoryWriter
 from hean.redis_server import PrivateRedis
-from hean.topology import HISTORY_STREAM_KEY
+from hean.topology import HISTORY_FAILURE_KEY, HISTORY_FAILURE_TTL_S, HISTORY_STREAM_KEY
 
 SECRET_LOOKING = "reason-text-that-must-stay-out-of-logs"
 
@@ -60,6 +62,14 @@ def test_a_refused_batch_is_logged_in_one_line_without_its_rows_and_written_late
             for message in failed:
                 assert "\n" not in message and SECRET_LOOKING not in message and "INSERT" not in message
             assert client.xlen(HISTORY_STREAM_KEY) == 1  # it waits in the stream
+            # ... and the health pulse learns why (HISTORY_FAILURE_KEY), for as long as it lasts
+            published = json.loads(client.get(HISTORY_FAILURE_KEY))
+            assert published["error"] == "IntegrityError: disk says no" and published["failures"] >= 1
+            assert 0 < client.ttl(HISTORY_FAILURE_KEY) <= HISTORY_FAILURE_TTL_S
+            check = HistoryCheck(client, every_s=0.0)
+            check.read()
+            with pytest.raises(ModuleFault, match=r"history writer failing for .*: IntegrityError"):
+                check.verdict({})
 
             with database.begin() as connection:
                 connection.exec_driver_sql("DROP TRIGGER refuse")
@@ -68,8 +78,14 @@ def test_a_refused_batch_is_logged_in_one_line_without_its_rows_and_written_late
                 with database.connect() as connection:
                     return connection.exec_driver_sql("SELECT count(*) FROM commands").scalar() == 1
 
-            _wait(written)
-            _wait(lambda: client.xlen(HISTORY_STREAM_KEY) == 0)
+            with caplog.at_level(logging.WARNING, logger="hean.history"):
+                _wait(written)
+                _wait(lambda: client.xlen(HISTORY_STREAM_KEY) == 0)
+                _wait(lambda: client.get(HISTORY_FAILURE_KEY) is None)
+            recovered = [m for r in caplog.records if "history_write_recovered" in (m := r.getMessage())]
+            assert len(recovered) == 1 and "failures=" in recovered[0], recovered
+            check.read()
+            assert check.verdict({}) == {"history_lag_s": 0.0}
         finally:
             stop.set()
             thread.join(10)
@@ -88,3 +104,36 @@ def test_describe_error_gives_the_drivers_first_line_or_the_errors_own() -> None
         database.dispose()
     assert describe_error(ValueError("first\nsecond")) == "ValueError: first"
     assert describe_error(KeyError()) == "KeyError"
+
+
+def test_a_history_far_behind_its_results_is_a_fault_and_a_current_one_is_not(tmp_path: Path) -> None:
+    """The lag is the age of the oldest entry the writer has not written (its stream id's time),
+    whether or not the writer says anything: it may not be running at all."""
+    with PrivateRedis(tmp_path / "redis") as server:
+        client = redis.Redis.from_url(server.url)
+        try:
+            check = HistoryCheck(client, every_s=0.0, lag_fault_s=60.0)
+            check.read()
+            assert check.verdict({"url": "u"}) == {"url": "u", "history_lag_s": 0.0}  # nothing waits
+
+            client.xadd(HISTORY_STREAM_KEY, {"c": "{}"}, id=f"{int((time.time() - 30) * 1000)}-0")
+            check.read()
+            assert 29.0 <= check.verdict({})["history_lag_s"] <= 40.0  # behind, within the limit
+
+            client.delete(HISTORY_STREAM_KEY)
+            client.xadd(HISTORY_STREAM_KEY, {"c": "{}"}, id=f"{int((time.time() - 120) * 1000)}-0")
+            check.read()
+            with pytest.raises(ModuleFault, match=r"history 1[12][0-9] s behind the results") as caught:
+                check.verdict({"url": "u"})
+            assert caught.value.detail is not None and caught.value.detail["history_lag_s"] >= 119.0
+
+            # read at most every `every_s`: until then the last verdict stands
+            slow = HistoryCheck(client, every_s=3600.0)
+            assert slow.due
+            slow.read()
+            client.delete(HISTORY_STREAM_KEY)
+            assert not slow.due
+            with pytest.raises(ModuleFault):
+                slow.verdict({})
+        finally:
+            client.close()

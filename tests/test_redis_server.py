@@ -140,6 +140,29 @@ def test_a_killed_server_is_reaped_and_restarted_on_its_url_with_its_data(tmp_pa
         server.stop()
 
 
+def test_a_server_that_exits_is_asked_why_in_its_own_words(tmp_path: Path) -> None:
+    """`exit_reason`: the warnings the dead server logged after it was ready (on a full disk,
+    Valkey's "Short write while writing to the AOF file" and "Can't recover from AOF write
+    error"), not those of its start (memory overcommit) nor those of an earlier server."""
+    server = PrivateRedis(tmp_path / "redis")
+    server.start()
+    try:
+        assert server.exit_reason() == ""  # alive, and nothing said since it was ready
+        client = redis.Redis.from_url(server.url)
+        client.shutdown()  # redis-py takes the closed connection as the answer
+        client.close()
+        wait_for(lambda: not server.running(), 10, "the server to exit")
+        assert server.returncode == 0
+        assert server.exit_reason() == "Valkey is now ready to exit, bye bye..."
+        assert "Memory overcommit" in server.log_file.read_text()  # logged at its start, as a warning
+        server.restart()
+        os.kill(server.pid or 0, signal.SIGKILL)
+        wait_for(lambda: not server.running(), 10, "the server to die")
+        assert server.exit_reason() == ""  # killed: it said nothing (the last server's words are not its)
+    finally:
+        server.stop()
+
+
 def test_data_survives_a_restart_on_the_same_port(tmp_path: Path) -> None:
     port = free_port()
     server = PrivateRedis(tmp_path / "redis", port=port)

@@ -136,8 +136,9 @@ def monitor() -> HealthMonitor:
     # the pulse runs the Redis reads itself (it writes the pulse to Redis right after: a Redis
     # that hangs holds the pulse up anyway) and the engine ping in two steps; with an unchanged
     # SQLite file and the paper exchange, no thread takes part in a pulse
-    redis_reads = redis_probes(sync_client(), inline=True)
-    return HealthMonitor([cpp_core_probe(), *redis_reads, db_probe(), exchange_probe()])
+    client = sync_client()
+    redis_reads = redis_probes(client, inline=True)
+    return HealthMonitor([cpp_core_probe(), *redis_reads, db_probe(client), exchange_probe()])
 
 
 #: This process's pulse node name (once it consumes the pulse queue) and when it last reported

@@ -14,6 +14,7 @@ import redis
 
 from hean.core.system.health_monitor import HealthStatus, ModuleFault, Probe, Unreachable
 from hean.redis_client import text
+from hean.topology import HISTORY_FAILURE_KEY, HISTORY_STREAM_KEY
 
 #: Written by the web process every 100 ms: {ts, clients, pid, host} (web/heartbeat.py).
 WEB_HEARTBEAT_KEY = "hean:web:heartbeat"
@@ -29,6 +30,11 @@ WEB_STALE_S = 0.3  # three heartbeat periods (a dead process on this host is see
 WORKER_STALE_S = 3.0
 #: A worker silent this long is forgotten (its field is removed by the probe).
 WORKER_RETENTION_S = 600.0
+#: The db module reads the history writer's state (HistoryCheck) this often, and calls the
+#: history this far behind the results a fault: twice the lag at which the writer leaves idle
+#: priority to catch up (hean.history.CATCH_UP_LAG_S).
+HISTORY_CHECK_EVERY_S = 1.0
+HISTORY_LAG_FAULT_S = 60.0
 
 # Remove a worker's field only if it still holds the beat judged too old: a worker that came
 # back under the same name in between keeps its fresh beat.
@@ -185,20 +191,87 @@ def workers_probe(
     return Probe("workers", check, group=REDIS_GROUP)
 
 
-def db_probe() -> Probe:
+class HistoryCheck:
+    """Whether the history writer gets the results into the database, read from Redis at most
+    every `every_s`: a database that takes no writes (its disk full, a read-only replica) still
+    answers the db module's reads. Its verdict: the writer's published failure
+    (HISTORY_FAILURE_KEY), or the history more than `lag_fault_s` behind the results (the age of
+    the oldest entry the writer has not written: a writer that is not keeping up, or not running)."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        every_s: float = HISTORY_CHECK_EVERY_S,
+        lag_fault_s: float = HISTORY_LAG_FAULT_S,
+    ) -> None:
+        self.client, self.every_s, self.lag_fault_s = client, every_s, lag_fault_s
+        self._due = 0.0
+        self._fault: str | None = None
+        self._lag_s: float | None = None
+
+    @property
+    def due(self) -> bool:
+        return time.monotonic() >= self._due
+
+    def read(self) -> None:
+        """Read the writer's state now; a Redis that does not answer leaves the last verdict
+        (the redis module reports Redis)."""
+        self._due = time.monotonic() + self.every_s
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(HISTORY_FAILURE_KEY)
+        pipe.xrange(HISTORY_STREAM_KEY, count=1)
+        try:
+            failure, oldest = pipe.execute()
+        except (redis.RedisError, OSError):
+            return
+        now = time.time()
+        self._lag_s = (
+            round(max(0.0, now - int(text(oldest[0][0]).split("-")[0]) / 1000.0), 1) if oldest else 0.0
+        )
+        self._fault = None
+        if failure is not None:
+            failed = json.loads(failure)
+            self._fault = (
+                f"history writer failing for {now - float(failed['since']):.0f} s "
+                f"({failed['failures']} attempts): {failed['error']}"
+            )
+        elif self._lag_s > self.lag_fault_s:
+            self._fault = (
+                f"history {self._lag_s:.0f} s behind the results: its writer is not keeping up or not running"
+            )
+
+    def verdict(self, detail: dict[str, Any]) -> dict[str, Any]:
+        """`detail` with the history's lag; raises ModuleFault while the writer fails or lags."""
+        if self._lag_s is not None:
+            detail = dict(detail, history_lag_s=self._lag_s)
+        if self._fault is not None:
+            raise ModuleFault(self._fault, detail)
+        return detail
+
+
+def db_probe(client: redis.Redis | None = None) -> Probe:
+    """The database: a read (`hean.db.ping`), and with `client` the history writer's writes
+    (HistoryCheck)."""
     from hean import db
 
     url: list[str] = []  # redacted once (rendering it was 5% of the idle pulse's CPU)
+    history = HistoryCheck(client) if client is not None else None
 
     def check() -> dict[str, Any]:
         db.ping()
         if not url:
             url.append(db.redacted_url())
-        return {"url": url[0]}
+        if history is None:
+            return {"url": url[0]}
+        if history.due:
+            history.read()
+        return history.verdict({"url": url[0]})
 
     def quick() -> dict[str, Any] | None:
         # an SQLite file unchanged since its last good read: answered without the probe's thread
-        return {"url": url[0]} if url and db.unchanged_since_verified() else None
+        if not url or not db.unchanged_since_verified() or (history is not None and history.due):
+            return None
+        return {"url": url[0]} if history is None else history.verdict({"url": url[0]})
 
     def reconnect() -> None:
         url.clear()
