@@ -43,6 +43,11 @@ task_routes = {
 broker_url = _settings.effective_redis_url()
 result_backend = broker_url
 broker_connection_retry_on_startup = True
+# a worker waits for a lost broker for as long as it is away (Celery gives up after 100
+# attempts and stops the worker, which supervisord then gives up on too), trying again on the
+# schedule of workers.app.Consumer
+broker_connection_max_retries = None
+worker_consumer = "workers.app:Consumer"
 # kombu's Redis transport, made to reconnect instead of dying when Redis goes away while a task
 # is unacknowledged (see workers/transport.py). Other schemes (rediss, sentinel) keep kombu's own.
 if broker_url.startswith("redis://"):

@@ -27,6 +27,7 @@ from redis.exceptions import (
 )
 
 from hean.config import get_settings
+from hean.logs import FailureLog
 from hean.process_wide import ProcessWide
 
 if TYPE_CHECKING:
@@ -528,6 +529,9 @@ class SendAhead:
         self._connection: Any = None
         self._owed = 0
         self._owed_list = False
+        # ten calls a second while Redis is away: one line, then one every 10 s, then one when
+        # a call goes through again
+        self._reconnects = FailureLog(log)
 
     def send(self, *args: Any) -> Any:
         return self._send([args], as_list=False)
@@ -537,10 +541,12 @@ class SendAhead:
 
     def _send(self, commands: Sequence[Sequence[Any]], as_list: bool) -> Any:
         try:
-            return self._send_once(commands, as_list)
+            reply = self._send_once(commands, as_list)
         except (RedisConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-            log.warning("event=send_ahead_reconnect error=%s", exc)
-            return self._send_once(commands, as_list)  # on a new connection: nothing owed
+            self._reconnects.failed("event=send_ahead_reconnect error=%s", exc, level=logging.WARNING)
+            reply = self._send_once(commands, as_list)  # on a new connection: nothing owed
+        self._reconnects.recovered("event=send_ahead_reconnected")
+        return reply
 
     def _send_once(self, commands: Sequence[Sequence[Any]], as_list: bool) -> Any:
         if self._connection is None:

@@ -9,6 +9,7 @@ workers.transport it is a lost connection like any other. Real processes, our ow
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 import uuid
@@ -20,9 +21,10 @@ import pytest
 import redis
 
 from hean.command_journal import CommandJournal
+from hean.config import get_settings
 from hean.processes import PROCESSES
 from hean.redis_server import PrivateRedis, free_port
-from support import ManagedProcess, http_json, http_ok, own_system_env, wait_for
+from support import Client, ManagedProcess, http_json, http_ok, own_system_env, wait_for
 
 WORKERS = ("worker-engine", "worker-llm")
 PLUGINS_DIR = Path(__file__).resolve().parent / "plugins"
@@ -104,3 +106,41 @@ def test_workers_reconnect_when_redis_goes_away_mid_task(outage: dict[str, Any])
         assert "Unrecoverable error" not in process.log_text(), process.log_text()[-3000:]
         # running tasks are not cancelled on purpose (celeryconfig.py): no warning each time
         assert "CPendingDeprecationWarning" not in process.log_text(), process.log_text()[-3000:]
+
+
+def test_after_an_outage_workers_reconnect_soon_and_the_web_listens_before_they_publish(
+    outage: dict[str, Any],
+) -> None:
+    """Celery's own schedule (2 s, then 2 s longer each time, up to 30 s) tried a broker lost for
+    10 s three times (at 0, 2 and 6 s) and found it back at 12 s; workers.app.Consumer's (1 s,
+    0.5 s longer each time, up to 2 s) tries it at least five times in those 10 s. The web
+    process's result listener (python-socketio's: 1 s, then twice as long, up to 60 s) tries
+    every 0.25 s. Each logs the outage in a line when it starts, one per 10 s and one when it
+    ends; and a result goes live to the client that sent the command, which does not resend."""
+    server: PrivateRedis = outage["server"]
+    channel = get_settings().socketio_channel
+    with Client(outage["url"], outage["token"]) as client:
+        assert result(outage, send(outage, "start", {}))["success"] is True
+        server.stop()
+        time.sleep(10.0)
+        server.start()  # same port, same data (AOF)
+        back = time.monotonic()
+        watcher = redis.Redis.from_url(server.url)
+        wait_for(lambda: dict(watcher.pubsub_numsub(channel)).get(channel.encode()), 30, "the web to listen")
+        watcher.close()
+        request_id = uuid.uuid4().hex
+        ack = client.command({"command": "stop", "params": {}, "request_id": request_id})
+        assert ack["accepted"] is True, ack
+        assert client.result_for(request_id)["result"]["state"] == "STOPPED"
+        print(f"a live result {time.monotonic() - back:.2f} s after Redis was back")
+    web = outage["processes"]["web"].log_text()
+    listened = [int(n) for n in re.findall(r"event=result_listener_subscribed \S+ failures=(\d+)", web)]
+    assert len(listened) == 1 and listened[0] >= 10, (listened, web[-3000:])
+    assert "Cannot receive from redis" not in web, web[-3000:]  # python-socketio's line, each attempt
+    for name in WORKERS:
+        log = outage["processes"][name].log_text()
+        reconnected = [int(n) for n in re.findall(r"event=broker_reconnected failures=(\d+)", log)]
+        assert len(reconnected) == 1 and reconnected[0] >= 5, (name, reconnected, log[-3000:])
+        unreachable = re.findall(r"event=broker_unreachable .*retry_in_s=([\d.]+)", log)
+        assert 1 <= len(unreachable) <= 3 and all(float(s) <= 2.0 for s in unreachable), (name, unreachable)
+        assert "Cannot connect to" not in log, log[-3000:]  # Celery's own line for every attempt

@@ -5,6 +5,11 @@ so the tests of what they share run for both."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import os
+import re
+import signal
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -30,7 +35,7 @@ from hean.redis_client import (
     run_script_async,
 )
 from hean.redis_server import PrivateRedis
-from support import kill_own_connection
+from support import kill_own_connection, wait_for
 
 SOURCE = (
     "if ARGV[1] == 'fail' then return redis.error_reply('ERR asked to fail') end "
@@ -317,6 +322,38 @@ def test_send_ahead_drops_a_connection_the_server_closed_and_sends_again_on_a_ne
     assert int(client.get("ahead:n") or 0) in (3, 4)
     sender.close()
     assert sender.send("GET", "ahead:n") is None  # fresh again after close
+
+
+def test_send_ahead_logs_an_outage_once_then_its_end_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ten calls a second while Redis is away (the pulse's sender, the web heartbeat) wrote two
+    lines each, callers' included: now the sender's line comes once per 10 s, then one when a
+    call goes through again."""
+    with PrivateRedis(tmp_path / "redis") as server:
+        client = redis.Redis.from_url(server.url, socket_connect_timeout=1)
+        sender = SendAhead(client)
+        sender.send("SET", "ahead:k", "1")
+        pid = server.pid
+        assert pid is not None
+        with caplog.at_level(logging.WARNING, logger="hean.redis_client"):
+            os.kill(pid, signal.SIGKILL)
+            wait_for(lambda: not server.running(), 10, "the server to die")
+            with contextlib.suppress(redis.ConnectionError):  # may go into the dead socket unseen
+                sender.send("SET", "ahead:k", "2")
+            for _ in range(30):
+                with pytest.raises(redis.ConnectionError):
+                    sender.send("SET", "ahead:k", "2")
+            server.restart()
+            sender.send("SET", "ahead:k", "3")
+            sender.send("GET", "ahead:k")
+        lines = [record.getMessage() for record in caplog.records]
+        assert len(lines) == 2, lines
+        assert lines[0].startswith("event=send_ahead_reconnect error=") and lines[0].endswith("failures=1")
+        assert re.fullmatch(r"event=send_ahead_reconnected failures=3[01]", lines[1]), lines
+        assert sender.send("GET", "ahead:k") == b"3"
+        sender.close()
+        client.close()
 
 
 def test_send_ahead_sends_several_commands_in_one_write_and_returns_their_replies(

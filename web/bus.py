@@ -3,7 +3,9 @@ result goes when its sender reconnected and sent it again."""
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -12,11 +14,20 @@ import orjson
 import socketio
 from engineio import packet as eio_packet
 
+from hean.db import describe_error
+from hean.logs import FailureLog
 from hean.messages import BULK_METHOD, PACKET_METHOD
+
+log = logging.getLogger(__name__)
 
 #: Most request ids `ResultRoutes` remembers (oldest forgotten first): a client that resent more
 #: commands than this, all still queued, gets the oldest ones' results by asking once more.
 MAX_ROUTES = 100_000
+#: How soon the web process subscribes again to the Socket.IO message queue after losing it
+#: (FanOutRedisManager._redis_listen_with_retries): sooner than a worker reconnects to the
+#: broker (workers.app.BROKER_RETRY_START_S), so that the results of the commands it takes after
+#: a Redis restart find the web process listening. An attempt is one refused connect.
+LISTEN_RETRY_S = 0.25
 
 
 class ResultRoutes:
@@ -147,6 +158,26 @@ class FanOutRedisManager(socketio.RedisManager):
         # upstream after 8.1.0): in 100-order commands, str() of the results was a tenth of the
         # web process's CPU. This one hands each message on as it is.
         self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True, push_handler_func=_as_is)
+
+    def _redis_listen_with_retries(self) -> Iterator[Any]:
+        """python-socketio's listener, subscribing again every LISTEN_RETRY_S while Redis is
+        away. Its own waited 1 s, then twice as long each time up to 60 s: after a 20 s outage
+        it subscribed again 11 s after Redis was back, and every result published meanwhile was
+        lost to the clients waiting for it (they have it only by sending the command again)."""
+        failures = FailureLog(log)
+        subscribed = False
+        while True:
+            try:
+                if not subscribed:
+                    self._redis_connect()
+                    self.pubsub.subscribe(self.channel)
+                    subscribed = True
+                    failures.recovered("event=result_listener_subscribed channel=%s", self.channel)
+                yield from self.pubsub.listen()
+            except Exception as exc:  # whatever the connection raised: subscribe afresh
+                failures.failed("event=result_listener_failed error=%s", describe_error(exc))
+                subscribed = False
+                time.sleep(LISTEN_RETRY_S)
 
     def _listen(self) -> Iterator[Any]:
         for raw in super()._listen():

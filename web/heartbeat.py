@@ -12,6 +12,7 @@ from typing import Any
 from flask import Flask
 
 from hean.core.system.probes import WEB_HEARTBEAT_KEY
+from hean.logs import FailureLog
 from hean.redis_client import SendAhead, sync_client
 from hean.topology import PULSE_PERIOD_S
 
@@ -27,12 +28,17 @@ def start_heartbeat(app: Flask) -> None:
     def beat() -> None:
         # the SET's reply is read at the next beat, not waited for (one wake-up a beat, not two)
         sender = SendAhead(sync_client())
+        failures = FailureLog(log)  # ten beats a second: one line, then one every 10 s
         while True:
             body = json.dumps({"ts": time.time(), "clients": clients(), "pid": pid, "host": host})
             try:
                 sender.send("SET", WEB_HEARTBEAT_KEY, body, "PX", 2000)
             except Exception as exc:  # Redis away: the pulse notices; keep beating
-                log.warning("event=web_heartbeat_failed error=%s", type(exc).__name__)
+                failures.failed(
+                    "event=web_heartbeat_failed error=%s", type(exc).__name__, level=logging.WARNING
+                )
+            else:
+                failures.recovered("event=web_heartbeat_recovered")
             sio.sleep(PULSE_PERIOD_S)
 
     sio.start_background_task(beat)

@@ -13,10 +13,12 @@ from typing import Any, cast
 from celery import Celery, Task, signals
 from celery.exceptions import CPendingDeprecationWarning
 from celery.signals import celeryd_after_setup, worker_ready, worker_shutdown
+from celery.worker.consumer import Consumer as CeleryConsumer
 from redis.exceptions import RedisError
 
 from hean.commands import load_command_modules
 from hean.config import get_settings
+from hean.logs import FailureLog
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,43 @@ def redeliveries_exhausted(task: Any, task_id: str | None, delivery_info: dict[s
         redeliveries,
     )
     return True
+
+
+#: How a worker's consumer tries a broker it lost again: after BROKER_RETRY_START_S, each wait
+#: BROKER_RETRY_STEP_S longer, at most BROKER_RETRY_MAX_S. Celery's own schedule (kombu's: 2 s,
+#: 2 s more each time, up to 30 s) kept the engine's results and the pulse stopped for up to
+#: 30 s after Redis was back (10 s after a 20 s outage), while the web took commands again at
+#: once. An attempt is one refused connect. The first comes later than the web process
+#: subscribes again to the results' channel (web.bus.LISTEN_RETRY_S): after a restart of the
+#: private Redis (back in well under a second) the web listens before a worker publishes.
+BROKER_RETRY_START_S, BROKER_RETRY_STEP_S, BROKER_RETRY_MAX_S = 1.0, 0.5, 2.0
+
+
+class Consumer(CeleryConsumer):
+    """Celery's consumer (`worker_consumer` in celeryconfig.py), reconnecting to the broker on
+    the BROKER_RETRY_* schedule, for as long as it takes, and logging an outage as FailureLog
+    does (Celery logged every attempt in two lines)."""
+
+    def ensure_connected(self, conn: Any) -> Any:
+        ensure, failures = conn.ensure_connection, FailureLog(log)
+
+        def failed(exc: Exception, interval: float) -> None:
+            failures.failed("event=broker_unreachable error=%s retry_in_s=%.1f", exc, interval)
+
+        def ensure_connection(errback: Any = None, max_retries: int | None = None, **options: Any) -> Any:
+            connected = ensure(
+                failed,
+                max_retries,
+                interval_start=BROKER_RETRY_START_S,
+                interval_step=BROKER_RETRY_STEP_S,
+                interval_max=BROKER_RETRY_MAX_S,
+                **options,
+            )
+            failures.recovered("event=broker_reconnected")
+            return connected
+
+        conn.ensure_connection = ensure_connection
+        return super().ensure_connected(conn)
 
 
 class HeanTask(Task):
@@ -210,11 +249,16 @@ def _start_heartbeat(sender: Any = None, **_: Any) -> None:
     node = str(getattr(sender, "hostname", "worker"))
 
     def beat() -> None:
+        failures = FailureLog(log)
         while not _heartbeat_stop.is_set():
             try:
                 sync_client().hset(WORKER_HEARTBEATS_KEY, node, repr(time.time()))
             except Exception as exc:  # Redis away: the pulse will notice; keep trying
-                log.warning("event=worker_heartbeat_failed error=%s", type(exc).__name__)
+                failures.failed(
+                    "event=worker_heartbeat_failed error=%s", type(exc).__name__, level=logging.WARNING
+                )
+            else:
+                failures.recovered("event=worker_heartbeat_recovered")
             _heartbeat_stop.wait(WORKER_HEARTBEAT_S)
 
     thread = threading.Thread(target=beat, name="hean-worker-heartbeat", daemon=True)

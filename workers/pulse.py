@@ -47,6 +47,7 @@ from hean.core.system.health_monitor import (
 )
 from hean.core.system.probes import db_probe, exchange_probe, redis_probes
 from hean.core.system.redis_state import StateError, get_sync_state_manager
+from hean.logs import FailureLog
 from hean.messages import OPERATORS_ROOM
 from hean.redis_client import sync_client, text
 from hean.topology import (
@@ -153,6 +154,7 @@ def _report_node(node: str) -> None:
     """Report this node whenever it stored no pulse (with its report) for a period and a half,
     which also drops long-silent nodes from health/nodes."""
     manager = get_sync_state_manager()
+    failures = FailureLog(log)
     while True:
         due = _last_report[0] + 1.5 * PULSE_PERIOD_S
         now = time.monotonic()
@@ -164,8 +166,10 @@ def _report_node(node: str) -> None:
             report_node(manager, node, seen)
             _last_report[0] = time.monotonic()
         except (StateError, RedisError, OSError) as exc:
-            log.warning("event=node_report_failed node=%s error=%s", node, exc)
+            failures.failed("event=node_report_failed node=%s error=%s", node, exc, level=logging.WARNING)
             time.sleep(PULSE_PERIOD_S)
+        else:
+            failures.recovered("event=node_report_recovered node=%s", node)
 
 
 @beat_init.connect
