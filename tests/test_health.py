@@ -209,7 +209,12 @@ def test_a_database_that_refuses_the_history_writer_is_flagged_and_recovers(puls
         request_id = "refused-" + os.urandom(6).hex()
         try:
             with Client(str(pulse["url"]), str(pulse["token"])) as client:
-                ack = client.command({"command": "list_commands", "params": {}, "request_id": request_id})
+                command = {"command": "list_commands", "params": {}, "request_id": request_id}
+                ack = client.command(command)
+                if not ack["accepted"] and (ack.get("error") or {}).get("code") == "unavailable":
+                    # the web's reader may still hold the file an earlier test damaged: it drops
+                    # it on that error and the client resends, as the README tells clients to
+                    ack = client.command(command)
                 assert ack["accepted"] is True, ack
                 assert client.result_for(request_id)["success"] is True  # results do not wait for it
             wait_for(lambda: module_status(pulse, "db") == "UNHEALTHY", 20, "db UNHEALTHY")
