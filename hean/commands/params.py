@@ -5,17 +5,35 @@ never refuses what passed here for a reason the schema could have named."""
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
 
 from hean.limits import limit
 
 #: Most orders one `submit_orders` command may carry.
 MAX_ORDERS_PER_COMMAND = 1000
 
-Quantity = Annotated[Decimal, limit("quantity")]
-Price = Annotated[Decimal, limit("price")]
+
+def _amount_text(value: Any) -> Any:
+    """Refuse amount text that Python's Decimal reads but a person did not mean as a number:
+    "0_1" (Decimal reads 1: an order typed for 0.1 would buy ten times as much), digits of other
+    scripts (Arabic-Indic, full-width: Decimal reads them as 0-9), and spaces around it. Other
+    text goes on to Decimal and the bounds, with their own messages; numbers are read as before."""
+    if isinstance(value, str) and ("_" in value or not value.isascii() or value != value.strip()):
+        raise ValueError(
+            f"an amount is written with ASCII digits only, such as '0.01' or '1e-3' "
+            f"(no '_', spaces or other digits): {value[:40]!r}"
+        )
+    return value
+
+
+#: Checks an amount's text (`_amount_text`) before Decimal reads it; after the core's bounds in
+#: `Annotated` (`limit`), which pydantic then keeps in the decimal schema itself (its messages
+#: and the JSON schema `list_commands` shows stay as they were).
+AMOUNT_TEXT = BeforeValidator(_amount_text)
+Quantity = Annotated[Decimal, limit("quantity"), AMOUNT_TEXT]
+Price = Annotated[Decimal, limit("price"), AMOUNT_TEXT]
 ClientOrderId = Annotated[str, limit("client_order_id")]
 Symbol = Annotated[str, limit("symbol")]
 Side = Literal["BUY", "SELL"]
@@ -34,17 +52,17 @@ class RiskAdjustParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    min_notional: Annotated[Decimal | None, limit("min_notional")] = None
-    max_notional: Annotated[Decimal | None, limit("max_notional")] = None
+    min_notional: Annotated[Decimal | None, limit("min_notional"), AMOUNT_TEXT] = None
+    max_notional: Annotated[Decimal | None, limit("max_notional"), AMOUNT_TEXT] = None
     max_open_orders: Annotated[int | None, limit("max_open_orders")] = None
     max_open_positions: Annotated[int | None, limit("max_open_positions")] = None
-    max_leverage: Annotated[Decimal | None, limit("max_leverage")] = None
-    max_trade_risk_pct: Annotated[Decimal | None, limit("max_trade_risk_pct")] = None
-    stop_distance_pct: Annotated[Decimal | None, limit("stop_distance_pct")] = None
-    max_daily_drawdown_pct: Annotated[Decimal | None, limit("max_daily_drawdown_pct")] = None
-    kill_switch_drawdown_pct: Annotated[Decimal | None, limit("kill_switch_drawdown_pct")] = None
+    max_leverage: Annotated[Decimal | None, limit("max_leverage"), AMOUNT_TEXT] = None
+    max_trade_risk_pct: Annotated[Decimal | None, limit("max_trade_risk_pct"), AMOUNT_TEXT] = None
+    stop_distance_pct: Annotated[Decimal | None, limit("stop_distance_pct"), AMOUNT_TEXT] = None
+    max_daily_drawdown_pct: Annotated[Decimal | None, limit("max_daily_drawdown_pct"), AMOUNT_TEXT] = None
+    kill_switch_drawdown_pct: Annotated[Decimal | None, limit("kill_switch_drawdown_pct"), AMOUNT_TEXT] = None
     max_orders_per_second: Annotated[int | None, limit("max_orders_per_second")] = None
-    fee_rate: Annotated[Decimal | None, limit("fee_rate")] = None
+    fee_rate: Annotated[Decimal | None, limit("fee_rate"), AMOUNT_TEXT] = None
 
     @model_validator(mode="after")
     def _not_empty(self) -> RiskAdjustParams:
