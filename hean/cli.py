@@ -60,6 +60,22 @@ def cmd_processes(_: argparse.Namespace) -> int:
     return 0
 
 
+def _no_database(url: str) -> str | None:
+    """The path of an SQLite file `url` names that does not exist (opening it would create an
+    empty one: the sign of a wrong HEAN_HOME or DATABASE_URL), else None."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    path = parsed.database if parsed.drivername.startswith("sqlite") else None
+    if not path or path == ":memory:":
+        return None
+    try:
+        Path(path).parent.stat()  # raises for a directory it cannot be in (a home under a file)
+    except FileNotFoundError:
+        return path
+    return None if Path(path).exists() else path
+
+
 def cmd_analyses(args: argparse.Namespace) -> int:
     import json
     import time
@@ -73,10 +89,15 @@ def cmd_analyses(args: argparse.Namespace) -> int:
         print("hean: --limit must be at least 1", file=sys.stderr)
         return 2
     settings = _settings()
-    try:
-        history = AnalysisHistory(
-            open_database(settings.effective_database_url()), settings.logs_dir / "fix_suggestions.log"
+    url = settings.effective_database_url()
+    if missing := _no_database(url):
+        print(
+            f"hean: no database at {missing}: nothing analysed there (HEAN_HOME? DATABASE_URL?)",
+            file=sys.stderr,
         )
+        return 1
+    try:
+        history = AnalysisHistory(open_database(url), settings.logs_dir / "fix_suggestions.log")
         rows = history.recent(limit=args.limit, status=args.status)
         counts = history.counts()
     except SQLAlchemyError as exc:
@@ -133,16 +154,27 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         print(f"hean: --from/--to: {exc}", file=sys.stderr)
         return 2
     settings = _settings()
+    url = settings.effective_database_url()
+    missing = _no_database(url)
     client = redis_py.Redis.from_url(settings.effective_redis_url(), socket_timeout=10)
-    db = open_database(settings.effective_database_url())
+    db = None
     try:
+        client.ping()  # Redis first: why it does not answer says more than a database not found
+        if missing:
+            print(
+                f"hean: cannot reconcile: no database at {missing} (HEAN_HOME? DATABASE_URL?)",
+                file=sys.stderr,
+            )
+            return 2
+        db = open_database(url)
         report = reconcile(client, HistoryStore(db), since, until, settle_s=args.settle)
     except (HistoryUnavailable, redis_py.RedisError) as exc:
         print(f"hean: cannot reconcile: {_redis_trouble(settings, exc)}", file=sys.stderr)
         return 2
     finally:
         client.close()
-        db.dispose()
+        if db is not None:
+            db.dispose()
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -182,11 +214,9 @@ def cmd_prune_history(args: argparse.Namespace) -> int:
     before = time.time() - keep_days * 86400.0
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(before))
     url = settings.effective_database_url()
-    parsed = make_url(url)
-    where = parsed.render_as_string(hide_password=True)
-    sqlite_path = parsed.database if parsed.drivername.startswith("sqlite") else None
-    if sqlite_path and not Path(sqlite_path).exists():  # opening it would create it
-        print(f"hean: no database at {sqlite_path}: nothing to prune (DATABASE_URL?)", file=sys.stderr)
+    where = make_url(url).render_as_string(hide_password=True)
+    if missing := _no_database(url):
+        print(f"hean: no database at {missing}: nothing to prune (HEAN_HOME? DATABASE_URL?)", file=sys.stderr)
         return 1
     try:
         db = open_database(url)

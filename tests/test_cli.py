@@ -65,3 +65,19 @@ def test_a_home_under_a_file_is_named_in_one_line(
     monkeypatch.setenv("HEAN_HOME", str(home))
     assert cli.main([command]) == 1
     assert capsys.readouterr().err == f"hean: {command}: {home}: Not a directory\n"
+
+
+def test_read_only_commands_create_no_database_where_there_is_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], redis_url: str
+) -> None:
+    """A missing SQLite file is a wrong HEAN_HOME or DATABASE_URL: said so, not created empty."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("HEAN_HOME", str(home))
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    assert cli.main(["analyses"]) == 1
+    assert f"hean: no database at {home / 'hean.db'}: nothing analysed there" in capsys.readouterr().err
+    assert cli.main(["reconcile"]) == 2
+    assert f"hean: cannot reconcile: no database at {home / 'hean.db'}" in capsys.readouterr().err
+    assert not (home / "hean.db").exists()
