@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -71,12 +72,14 @@ class Consumer(CeleryConsumer):
     does (Celery logged every attempt in two lines)."""
 
     def ensure_connected(self, conn: Any) -> Any:
-        ensure, failures = conn.ensure_connection, FailureLog(log)
+        # the class's own method (never a wrapper of an earlier call on the same connection)
+        ensure, failures = functools.partial(type(conn).ensure_connection, conn), FailureLog(log)
 
         def failed(exc: Exception, interval: float) -> None:
             failures.failed("event=broker_unreachable error=%s retry_in_s=%.1f", exc, interval)
 
         def ensure_connection(errback: Any = None, max_retries: int | None = None, **options: Any) -> Any:
+            # Celery's errback logs each attempt in two lines: `failed` logs as FailureLog does
             connected = ensure(
                 failed,
                 max_retries,
