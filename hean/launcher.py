@@ -203,9 +203,11 @@ class Launcher:
 
     # -- lifecycle ----------------------------------------------------------------------------
     def run(self) -> int:
-        previous = {
-            sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)
-        }
+        # a closed terminal (SIGHUP) stops it in order too, unless it runs under nohup (ignored)
+        stops = [signal.SIGINT, signal.SIGTERM]
+        if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+            stops.append(signal.SIGHUP)
+        previous = {sig: signal.signal(sig, self._request_stop) for sig in stops}
         adopt_orphans()
         try:
             self._start()

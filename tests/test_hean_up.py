@@ -466,8 +466,9 @@ def test_hean_up_uses_redis_url_when_it_answers(
         wait_for(lambda: "ready: dashboard" in up.output(), 120, "hean up to be ready")
         assert f"redis: using REDIS_URL ({redis_server.redacted_url})" in up.output()
         assert "private server" not in up.output()
-        up.process.send_signal(signal.SIGTERM)
+        up.process.send_signal(signal.SIGHUP)  # its terminal closed: it stops in order, as on SIGTERM
         assert up.process.wait(timeout=15) == 0
+        assert up.output().rstrip().endswith("stopped"), up.output()[-2000:]
         home = Path(up_env["HEAN_HOME"])
         assert not (home / "redis.password").exists()  # no private server, no password of ours
         for log in [up.log_path, *(home / "logs").iterdir()]:
