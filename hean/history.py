@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import sqlalchemy
+from redis.exceptions import RedisError
 from sqlalchemy import and_, func, select
 from sqlalchemy.engine import Engine as Database
 from sqlalchemy.exc import SQLAlchemyError
@@ -37,7 +38,7 @@ from hean.command_journal import CommandJournal, rebuild_ack
 from hean.db import commands, describe_error, fills, history_cursor, orders, sqlite_file
 from hean.logs import FailureLog
 from hean.page_cache import CacheTrimmer
-from hean.redis_client import next_stream_id, text
+from hean.redis_client import entry_time, next_stream_id, text
 from hean.retention import Retention
 from hean.topology import HISTORY_FAILURE_KEY, HISTORY_FAILURE_TTL_S, HISTORY_STREAM_KEY
 
@@ -105,10 +106,6 @@ class CommandRecord:
     envelope: dict[str, Any] | None
     ack: dict[str, Any] | None
     result: dict[str, Any] | None
-
-
-def _entry_time(entry_id: str) -> float:
-    return int(entry_id.split("-", 1)[0]) / 1000.0
 
 
 class HistoryStore:
@@ -524,7 +521,7 @@ class Batch:
     def parse(cls, entries: Iterable[tuple[str, dict[str, str]]]) -> Batch:
         batch = cls()
         for entry_id, fields in entries:
-            at = _entry_time(entry_id)
+            at = entry_time(entry_id)
             if "c" in fields:
                 for line in fields["c"].split("\n"):
                     envelope = fastjson.loads(line)
@@ -782,7 +779,7 @@ class HistoryWriter:
         self.read_full = len(entries) >= count
         self.read_count = next_read_count(entries)
         if self.priority is not None:
-            self.priority.read(time.time() - _entry_time(entries[0][0]), full=self.read_full)
+            self.priority.read(time.time() - entry_time(entries[0][0]), full=self.read_full)
         batch = self.store.write(entries, self.stream)
         self.last_id = entries[-1][0]
         metrics.history_written(len(batch.commands), batch.order_rows, batch.fill_rows)
@@ -793,8 +790,6 @@ class HistoryWriter:
         """Tell the health pulse (HISTORY_FAILURE_KEY) that writes fail, and why: a database that
         takes no writes (a full disk) still answers the db module's reads. Best effort: when Redis
         is what failed, the redis module says so."""
-        from redis.exceptions import RedisError
-
         now = time.time()
         if self.failing_since is None:
             self.failing_since = now
@@ -803,8 +798,6 @@ class HistoryWriter:
             self.journal.client.set(HISTORY_FAILURE_KEY, json.dumps(failure), ex=HISTORY_FAILURE_TTL_S)
 
     def _recovered(self) -> None:
-        from redis.exceptions import RedisError
-
         assert self.failing_since is not None
         self.failures.recovered(
             "event=history_write_recovered failing_s=%.1f", time.time() - self.failing_since
@@ -816,8 +809,6 @@ class HistoryWriter:
     def run(self, stop: threading.Event) -> None:
         """Write until `stop` is set; Redis or database trouble is retried (nothing is lost: the
         entries wait in the stream)."""
-        from redis.exceptions import RedisError
-
         delay = 0.0
         while not stop.is_set():
             try:

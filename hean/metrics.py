@@ -26,6 +26,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from hean.redis_client import oldest_entry_age_s
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
@@ -274,12 +276,7 @@ class SystemCollector(Collector):
                 pipe.xrange(self.history, count=1)
             values = pipe.execute()
             if self.history:
-                oldest = values.pop()
-                entry_id = oldest[0][0] if oldest else None
-                if isinstance(entry_id, bytes):
-                    entry_id = entry_id.decode()
-                since = int(entry_id.split("-")[0]) / 1000.0 if entry_id else None
-                lag.add_metric([], max(0.0, time.time() - since) if since else 0.0)
+                lag.add_metric([], oldest_entry_age_s(values.pop(), time.time()))
         except Exception:  # Redis away: say so, never fail the scrape
             up.add_metric([], 0)
             yield up

@@ -239,6 +239,17 @@ def next_stream_id(entry_id: str) -> str:
     return f"{ms}-{int(seq) + 1}"
 
 
+def entry_time(entry_id: bytes | str) -> float:
+    """When a stream entry was added: its id's milliseconds, in epoch seconds."""
+    return int(text(entry_id).split("-", 1)[0]) / 1000.0
+
+
+def oldest_entry_age_s(xrange_reply: Sequence[Any], now: float) -> float:
+    """How long ago the first entry of an `XRANGE key - + COUNT 1` reply was added (0 for an
+    empty stream): for the history stream, how far the database lags behind."""
+    return max(0.0, now - entry_time(xrange_reply[0][0])) if xrange_reply else 0.0
+
+
 def text(value: bytes | str) -> str:
     """A reply value as text: HEAN's clients do not decode replies (they carry bytes)."""
     return value.decode() if isinstance(value, bytes) else value

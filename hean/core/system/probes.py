@@ -13,7 +13,7 @@ from typing import Any
 import redis
 
 from hean.core.system.health_monitor import HealthStatus, ModuleFault, Probe, Unreachable
-from hean.redis_client import text
+from hean.redis_client import oldest_entry_age_s, text
 from hean.topology import HISTORY_FAILURE_KEY, HISTORY_STREAM_KEY
 
 #: Written by the web process every 100 ms: {ts, clients, pid, host} (web/heartbeat.py).
@@ -225,9 +225,7 @@ class HistoryCheck:
         except (redis.RedisError, OSError):
             return
         now = time.time()
-        self._lag_s = (
-            round(max(0.0, now - int(text(oldest[0][0]).split("-")[0]) / 1000.0), 1) if oldest else 0.0
-        )
+        self._lag_s = round(oldest_entry_age_s(oldest, now), 1)
         self._fault = None
         if failure is not None:
             failed = json.loads(failure)
