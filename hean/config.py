@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    ByteSize,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hean.affinity import DEFAULT_NICE, Niceness
@@ -75,6 +85,13 @@ class Settings(BaseSettings):
         description="The private Redis's appendfsync: always (every write on disk before its reply, "
         "so an ack survives a power loss) or everysec (faster; a crash of the machine can lose the "
         "last second, acked commands included).",
+    )
+    redis_maxmemory: str = Field(
+        default="50%",
+        validation_alias=_env("HEAN_REDIS_MAXMEMORY"),
+        description="The private Redis's memory limit (maxmemory, noeviction: full, it refuses new "
+        "commands rather than be killed): a share of the machine's memory ('50%'), a size ('4GB', "
+        "'512MiB', bytes), or 0 for none.",
     )
     drop_written_pages: bool = Field(
         default=True,
@@ -214,6 +231,12 @@ class Settings(BaseSettings):
         description="Project tree auto-dev patches (default: the tree this package is in).",
     )
 
+    @field_validator("redis_maxmemory")
+    @classmethod
+    def _maxmemory(cls, value: str) -> str:
+        memory_limit(value, 1 << 60)  # its form (a share's size is known where Redis starts)
+        return value.strip()
+
     @field_validator("llm_price")
     @classmethod
     def _price_pair(cls, value: str) -> str:
@@ -332,6 +355,43 @@ class Settings(BaseSettings):
             return self.token_file.read_text().strip() or None
         except OSError:
             return None
+
+
+#: The least memory limit accepted for the private Redis: below it an idle `hean up` is full.
+MIN_REDIS_MAXMEMORY = 32 * 1024 * 1024
+_SHARE = re.compile(r"(\d+(?:\.\d+)?)\s*%")
+
+
+def memory_limit(spec: str, machine_bytes: int) -> int:
+    """HEAN_REDIS_MAXMEMORY in bytes on a machine with `machine_bytes` of memory (0: none):
+    "50%" is a share of it, "4GB" / "512MiB" / "1073741824" a size (pydantic's ByteSize: KB
+    is 1,000 bytes, KiB 1,024)."""
+    text = spec.strip()
+    share = _SHARE.fullmatch(text)
+    if share:
+        percent = float(share.group(1))
+        if not 0 < percent <= 100:
+            raise ValueError(
+                "HEAN_REDIS_MAXMEMORY: a share of the machine's memory is above 0% and at most "
+                f"100%, not {text!r}"
+            )
+        limit = int(machine_bytes * percent / 100)
+    else:
+        try:
+            limit = int(TypeAdapter(ByteSize).validate_python(text))
+        except ValidationError:
+            raise ValueError(
+                f"HEAN_REDIS_MAXMEMORY: {text!r} is neither a share of the machine's memory ('50%'), "
+                "a size ('4GB', '512MiB', bytes) nor 0 (no limit)"
+            ) from None
+        if limit == 0:
+            return 0
+    if limit < MIN_REDIS_MAXMEMORY:
+        raise ValueError(
+            f"HEAN_REDIS_MAXMEMORY: {text!r} is {limit:,} bytes, less than the "
+            f"{MIN_REDIS_MAXMEMORY // 2**20} MiB an idle system needs (0: no limit)"
+        )
+    return limit
 
 
 def history_keep_problem(keep_s: float, dedup_window_s: int) -> str | None:

@@ -46,7 +46,14 @@ from hean.auth import ensure_redis_password, ensure_token, write_secret
 from hean.config import Settings, env_for_children
 from hean.metrics import reset_directory
 from hean.processes import PROCESSES, ProcessSpec
-from hean.redis_server import PrivateRedis, RedisStartError, die_with_parent, ensure_redis, redact_url
+from hean.redis_server import (
+    PrivateRedis,
+    RedisStartError,
+    die_with_parent,
+    ensure_redis,
+    memory_text,
+    redact_url,
+)
 
 GROUP = "hean"
 #: Total budget for a clean shutdown; the issue promises exit within 10 s.
@@ -268,7 +275,8 @@ class Launcher:
             write_secret(settings.redis_url_file, url + "\n")
             self.out(
                 f"redis: private server pid={self._redis.pid} url={redact_url(url)} "
-                f"data={home / 'redis'} password_file={settings.redis_password_file.resolve()}"
+                f"data={home / 'redis'} password_file={settings.redis_password_file.resolve()} "
+                f"maxmemory={memory_text(self._redis.maxmemory) if self._redis.maxmemory else 'none'}"
             )
         else:
             self.out(f"redis: using REDIS_URL ({redact_url(url)})")

@@ -45,6 +45,25 @@ _LOG_LINE = re.compile(r"(?P<pid>\d+):\w \d+ \w+ \d+ [\d:.]+ (?P<level>[.*#-]) (
 _LOG_TAIL_BYTES = 65_536
 
 
+def memory_text(size: int) -> str:
+    """`size` bytes for people: "11.8GiB", "512MiB"."""
+    if size >= 1 << 30:
+        return f"{size / (1 << 30):.1f}GiB"
+    return f"{size / (1 << 20):.0f}MiB"
+
+
+def machine_memory() -> int:
+    """The memory this process may use, in bytes: the machine's, or its cgroup's limit if lower
+    (a container's)."""
+    import psutil
+
+    total = int(psutil.virtual_memory().total)
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        with contextlib.suppress(OSError, ValueError):  # absent, or "max" (no limit)
+            total = min(total, int(Path(limit_file).read_text().strip()))
+    return total
+
+
 class RedisStartError(RuntimeError):
     """The private Redis server did not come up."""
 
@@ -179,6 +198,7 @@ class PrivateRedis:
         appendfsync: str | None = None,
         drop_written_pages: bool | None = None,
         free_gradually: bool = True,
+        maxmemory: str | None = None,
     ) -> None:
         if password is not None and not _PASSWORD.fullmatch(password):
             raise ValueError("a private Redis password is 16-256 characters of [A-Za-z0-9_-]")
@@ -189,6 +209,17 @@ class PrivateRedis:
         if appendfsync not in ("always", "everysec"):
             raise ValueError(f"appendfsync must be 'always' or 'everysec', not {appendfsync!r}")
         self.appendfsync = appendfsync
+        if maxmemory is None:
+            from hean.config import get_settings
+
+            maxmemory = get_settings().redis_maxmemory
+        from hean.config import memory_limit
+
+        #: maxmemory in bytes (0: none), from HEAN_REDIS_MAXMEMORY: full, the server refuses
+        #: every write that adds memory (noeviction) and the web refuses new commands, rather than
+        #: grow until the kernel's OOM killer stops it (or another process) and the restart
+        #: reloads as much again (README: "When its memory fills").
+        self.maxmemory = memory_limit(maxmemory, machine_memory())
         if drop_written_pages is None:
             from hean.config import get_settings
 
@@ -255,6 +286,7 @@ class PrivateRedis:
             f'appenddirname "{self.aof_dir.name}"',
             f"appendfsync {self.appendfsync}",
             'save ""',
+            f"maxmemory {self.maxmemory}",
             "maxmemory-policy noeviction",
             # Rewrite the AOF once it passes 1 GB, not 64 MB: at 25,000 orders/s it grows ~18 MB/s
             # and each rewrite (a fork, copy-on-write, the child's disk writes beside an fsync
@@ -425,5 +457,8 @@ def ensure_redis(
             if problem:
                 raise RedisStartError(f"REDIS_URL {redact_url(redis_url)} {problem}")
             return redis_url, None
-    server = PrivateRedis(data_dir, cpus=cpus, password=password() if password else None)
+    try:
+        server = PrivateRedis(data_dir, cpus=cpus, password=password() if password else None)
+    except ValueError as exc:  # a setting it cannot run with (HEAN_REDIS_MAXMEMORY too small here)
+        raise RedisStartError(str(exc)) from None
     return server.start(), server

@@ -44,6 +44,8 @@ def test_redis_service_is_persistent_and_health_checked(compose: dict[str, Any])
     # every write on disk before its reply, as the private server (hean.redis_client.Durability)
     assert command[command.index("--appendfsync") + 1] == "always"
     assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+    # a limit of its own (Redis's default is none): full, it refuses rather than be killed
+    assert command[command.index("--maxmemory") + 1] == "${REDIS_MAXMEMORY:-4gb}"
     volume = redis["volumes"][0].split(":")
     assert volume[1] == "/data" and volume[0] in compose["volumes"]
     assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]

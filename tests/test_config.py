@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from hean.auth import ensure_redis_password, ensure_token, token_matches, write_secret
-from hean.config import DEFAULT_REDIS_URL, Settings
+from hean.config import DEFAULT_REDIS_URL, Settings, memory_limit
 from workers import app
 
 
@@ -55,6 +56,43 @@ def test_redis_url_falls_back_to_the_server_hean_up_recorded(tmp_path: Path) -> 
 def test_invalid_settings_are_rejected_with_the_variable_named(env: str, value: str) -> None:
     with pytest.raises(ValidationError, match=env):
         Settings(**{env: value})
+
+
+@pytest.mark.parametrize(
+    ("spec", "size"),
+    [
+        ("50%", 12 * 2**30),
+        (" 12.5 % ", 3 * 2**30),
+        ("100%", 24 * 2**30),
+        ("4GB", 4_000_000_000),
+        ("512MiB", 512 * 2**20),
+        ("1073741824", 2**30),
+        ("0", 0),
+    ],
+)
+def test_the_private_redis_memory_limit_is_a_share_or_a_size(spec: str, size: int) -> None:
+    assert memory_limit(spec, 24 * 2**30) == size
+    assert Settings(HEAN_REDIS_MAXMEMORY=spec).redis_maxmemory == spec.strip()
+
+
+@pytest.mark.parametrize(
+    ("spec", "said"),
+    [
+        ("lots", "neither a share of the machine's memory ('50%'), a size"),
+        ("-1", "neither a share"),
+        ("0%", "above 0% and at most 100%"),
+        ("150%", "above 0% and at most 100%"),
+        ("1MB", "1,000,000 bytes, less than the 32 MiB an idle system needs"),
+    ],
+)
+def test_a_memory_limit_redis_cannot_run_with_is_refused_by_name(spec: str, said: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(said)):
+        memory_limit(spec, 24 * 2**30)
+    with pytest.raises(ValidationError, match="HEAN_REDIS_MAXMEMORY"):
+        Settings(HEAN_REDIS_MAXMEMORY=spec)
+    # a share is judged against the machine it runs on: 1% of 1 GiB is too little
+    with pytest.raises(ValueError, match="less than the 32 MiB"):
+        memory_limit("1%", 2**30)
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ import os
 import random
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -39,6 +40,7 @@ from support import (
     UpProcess,
     assert_reconciled,
     hean_up_env,
+    http_json,
     http_ok,
     wait_for,
 )
@@ -311,22 +313,77 @@ def test_web_process_sigkill_under_load(up_system: UpSystem) -> None:
     run_under_load(up_system, kill)
 
 
-def test_redis_out_of_memory_under_load(up_system: UpSystem) -> None:
+def redis_module(system: UpSystem) -> dict[str, Any]:
+    """The redis module in the latest pulse."""
+    status, body, _ = http_json(system.url + "/api/system/health/pulse")
+    return dict(body["modules"].get("redis", {})) if status == 200 else {}
+
+
+def test_redis_fills_while_the_history_cannot_be_written_and_recovers_within_its_limit(
+    up_system: UpSystem,
+) -> None:
+    """The database refuses the history writer (as a full disk does) under load: what it has not
+    written stays in Redis, which fills up to its maxmemory (noeviction). The redis module says
+    so, new commands are refused `unavailable` ("out of memory") with nothing enqueued, and once
+    the database takes writes again the writer frees Redis: commands are accepted again within
+    the same limit, and nothing acked is lost."""
+    assert up_system.database_url.startswith("sqlite:///")
+    database_file = up_system.database_url.removeprefix("sqlite:///")
+
     def fill_up(load: Load) -> None:
         store = up_system.redis()
         probe = Client(up_system.url, up_system.token)
-        try:
-            store.config_set("maxmemory", 1)  # below what it holds: every write that adds memory fails
-            # a client is told plainly, and nothing was enqueued for it
+        database = sqlite3.connect(database_file, timeout=10)
+        refused: list[dict[str, Any]] = []
+        accepted: list[str] = []
+
+        own = symbol()  # the probe's orders are not the load's, which the end reconciles
+        market = {"symbol": own, "bid": PRICE, "ask": PRICE, "last": PRICE}
+        ack = probe.command({"command": "update_market", "params": market, "request_id": uuid.uuid4().hex})
+        assert ack["accepted"] and probe.result_for(ack["request_id"])["success"], ack
+
+        def probe_order() -> dict[str, Any]:
             request_id = uuid.uuid4().hex
-            order = {"client_order_id": request_id, "symbol": load.symbol, "side": "BUY", "quantity": "1"}
+            order = {"client_order_id": request_id, "symbol": own, "side": "BUY", "quantity": "1"}
             ack = probe.command({"command": "submit_order", "params": order, "request_id": request_id})
-            assert ack["accepted"] is False and ack["error"]["code"] == "unavailable", ack
-            assert "out of memory" in ack["error"]["message"], ack
-            assert store.exists(f"hean:cmd:{request_id}") == 0
+            if ack["accepted"]:
+                accepted.append(request_id)  # its result may wait for room in Redis
+            else:
+                refused.append(ack)
+                assert store.exists(f"hean:cmd:{request_id}") == 0  # nothing enqueued for it
+            return ack
+
+        try:
+            database.execute(
+                "CREATE TRIGGER refuse_history BEFORE INSERT ON commands "
+                "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+            )
+            database.commit()
+            # room for a few seconds of the load's unwritten history
+            limit = int(store.info("memory")["used_memory"]) + 4 * 2**20
+            store.config_set("maxmemory", limit)
+            wait_for(lambda: not probe_order()["accepted"], 60, "a command refused: Redis full")
+            ack = refused[-1]
+            assert ack["error"]["code"] == "unavailable" and "out of memory" in ack["error"]["message"], ack
+            full = re.compile(r"memory at \d+% of its maxmemory")
+            said = lambda: full.search(redis_module(up_system).get("last_error") or "")  # noqa: E731
+            wait_for(said, 30, "the redis module to say Redis is full")
+            assert redis_module(up_system)["status"] == "UNHEALTHY"
             time.sleep(1.5)  # the loaders are refused meanwhile, and resend
+            database.execute("DROP TRIGGER refuse_history")
+            database.commit()
+            # the writer writes what waited, and frees it from Redis: room again, same limit
+            wait_for(lambda: probe_order()["accepted"], 60, "a command accepted again")
+            assert int(store.config_get("maxmemory")["maxmemory"]) == limit
+            for request_id in accepted:  # every one acked, before the limit and after
+                assert probe.result_for(request_id)["success"] is True
+            healthy = lambda: redis_module(up_system).get("status") == "HEALTHY"  # noqa: E731
+            wait_for(healthy, 30, "the redis module HEALTHY")
         finally:
-            store.config_set("maxmemory", 0)  # memory again: everything waiting goes through
+            database.execute("DROP TRIGGER IF EXISTS refuse_history")
+            database.commit()
+            database.close()
+            store.config_set("maxmemory", 0)
             store.close()
             probe.close()
 

@@ -22,7 +22,7 @@ import socketio
 
 from hean.launcher import listen_problem
 from hean.processes import process_names
-from hean.redis_server import PrivateRedis, redis_answers
+from hean.redis_server import PrivateRedis, machine_memory, memory_text, redis_answers
 from hean.topology import ENGINE_QUEUE
 from support import REPO_ROOT, Client, UpProcess, hean_up_env, http_ok, unauthenticated_client, wait_for
 
@@ -56,6 +56,8 @@ def test_hean_up_runs_the_system_and_stops_cleanly(up_env: dict[str, str], tmp_p
         assert token_file.stat().st_mode & 0o777 == 0o600
         # a private Redis was started with its data under .hean/redis (AOF on)
         assert "redis: private server" in up.output()
+        # with its memory limit, half the machine's by default (HEAN_REDIS_MAXMEMORY)
+        assert f"maxmemory={memory_text(machine_memory() // 2)}\n" in up.output()
         wait_for(lambda: (home / "redis" / "appendonlydir").is_dir(), 10, "the AOF directory")
 
         wait_for(lambda: set(up.pids()) == set(process_names()), 60, "every process RUNNING")

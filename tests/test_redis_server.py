@@ -4,6 +4,7 @@ with a password, restarted on its URL with its data after a crash, never orphane
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -16,11 +17,15 @@ import psutil
 import pytest
 import redis
 
+from hean.config import reload_settings
+from hean.core.system.health_monitor import ModuleFault
+from hean.core.system.probes import MemoryCheck
 from hean.redis_server import (
     PrivateRedis,
     RedisStartError,
     ensure_redis,
     free_port,
+    machine_memory,
     redact_url,
     redis_answers,
 )
@@ -45,6 +50,55 @@ def test_private_redis_is_configured_for_durability(tmp_path: Path) -> None:
         pid, url = server.pid, server.url
     assert pid is not None and not psutil.pid_exists(pid)
     assert not redis_answers(url)
+
+
+def test_private_redis_keeps_to_a_memory_limit(tmp_path: Path) -> None:
+    """By default half the machine's memory (HEAN_REDIS_MAXMEMORY); full, a write that adds
+    memory is refused, and the pulse's redis module says so before it is (MemoryCheck)."""
+    with PrivateRedis(tmp_path / "default") as server:
+        client = redis.Redis.from_url(server.url)
+        assert int(client.config_get("maxmemory")["maxmemory"]) == machine_memory() // 2 == server.maxmemory
+        client.close()
+    with PrivateRedis(tmp_path / "sized", maxmemory="64MiB") as server:
+        client = redis.Redis.from_url(server.url)
+        assert int(client.config_get("maxmemory")["maxmemory"]) == 64 * 2**20
+        check = MemoryCheck(client, every_s=0.0)
+        check.read()
+        detail = check.verdict({})
+        assert detail["maxmemory_mb"] == 64.0 and 0 < detail["used_memory_mb"] < 57.6, detail
+        for part in range(29):  # past 90% of the limit (58 MiB), not yet full
+            client.set(f"ballast:{part}", b"x" * 2**21)
+        check.read()
+        with pytest.raises(ModuleFault, match=r"memory at 9\d% of its maxmemory \(\d+\.\d of 64\.0 MiB\)"):
+            check.verdict({})
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            client.set("more", b"x" * (8 * 2**20))
+        client.delete(*(f"ballast:{part}" for part in range(29)))
+        check.read()
+        assert check.verdict({})["used_memory_mb"] < 10
+        client.close()
+    with PrivateRedis(tmp_path / "unlimited", maxmemory="0") as server:
+        client = redis.Redis.from_url(server.url)
+        assert client.config_get("maxmemory")["maxmemory"] == "0"
+        check = MemoryCheck(client, every_s=0.0)
+        check.read()
+        assert set(check.verdict({})) == {"used_memory_mb"}
+        client.close()
+
+
+def test_a_memory_limit_too_small_for_this_machine_stops_the_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    share = f"{100 * 16 * 2**20 / machine_memory():.4f}%"  # 16 MiB of this machine
+    monkeypatch.setenv("HEAN_REDIS_MAXMEMORY", share)
+    reload_settings()
+    try:
+        with pytest.raises(RedisStartError, match=f"HEAN_REDIS_MAXMEMORY: '{re.escape(share)}' is 1[67],"):
+            ensure_redis(None, tmp_path / "redis")
+    finally:
+        monkeypatch.delenv("HEAN_REDIS_MAXMEMORY")
+        reload_settings()
+    assert not (tmp_path / "redis").exists()  # refused before anything started
 
 
 def _raw_command(port: int, *args: str) -> bytes:

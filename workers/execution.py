@@ -16,6 +16,7 @@ from hean.celery_wire import loaded_params
 from hean.command_journal import CommandJournal, resolve_started
 from hean.commands import RunRefused, error_from, get_command
 from hean.history import HistoryStore
+from hean.logs import FailureLog
 from hean.messages import OPERATORS_ROOM, CommandResult, ErrorInfo, QueuedEnvelope, read_envelope
 from hean.redis_client import (
     TRANSIENT_ERRORS,
@@ -175,22 +176,24 @@ def until_committed(
     Celery rejects the delivered one without requeueing it, and its acked commands are lost.
     The journal runs each command once, however many tries it takes.
     """
-    delay, failures = RETRY_FIRST_S, 0
+    delay, failures = RETRY_FIRST_S, FailureLog(log)
     while True:
         try:
-            return attempt()
+            ran = attempt()
         except retry_on as exc:
             reset()
-            failures += 1
-            log.error(
-                "event=batch_not_committed queue=%s attempt=%d error=%s action=retry delay_s=%.1f",
+            # the first at once, then one line per 10 s (Redis full for minutes: not 1 a second)
+            failures.failed(
+                "event=batch_not_committed queue=%s error=%s action=retry delay_s=%.1f",
                 what,
-                failures,
                 f"{type(exc).__name__}: {exc}"[:200],
                 delay,
             )
             time.sleep(delay)
             delay = min(RETRY_MAX_S, delay * 2)
+        else:
+            failures.recovered("event=batch_committed_after_retries queue=%s", what)
+            return ran
 
 
 def execute_batch(

@@ -35,6 +35,10 @@ WORKER_RETENTION_S = 600.0
 #: priority to catch up (hean.history.CATCH_UP_LAG_S).
 HISTORY_CHECK_EVERY_S = 1.0
 HISTORY_LAG_FAULT_S = 60.0
+#: The redis module reads Redis's memory this often (MemoryCheck), and calls it a fault from
+#: this share of its maxmemory on: full, Redis refuses new commands (maxmemory-policy noeviction).
+REDIS_MEMORY_CHECK_EVERY_S = 1.0
+REDIS_MEMORY_FAULT_SHARE = 0.9
 
 # Remove a worker's field only if it still holds the beat judged too old: a worker that came
 # back under the same name in between keeps its fresh beat.
@@ -102,16 +106,67 @@ def redis_probes(client: redis.Redis, inline: bool = False) -> list[Probe]:
     return probes
 
 
+class MemoryCheck:
+    """Redis's memory against its `maxmemory`, read (INFO memory) at most every `every_s`. Full,
+    Redis refuses every write that adds memory (noeviction): new commands are refused, results
+    wait. Its verdict is a fault from `fault_share` of the limit on, while there is still room."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        every_s: float = REDIS_MEMORY_CHECK_EVERY_S,
+        fault_share: float = REDIS_MEMORY_FAULT_SHARE,
+    ) -> None:
+        self.client, self.every_s, self.fault_share = client, every_s, fault_share
+        self._due = 0.0
+        self._used = self._limit = 0
+
+    @property
+    def due(self) -> bool:
+        return time.monotonic() >= self._due
+
+    def read(self) -> None:
+        """Read it now; an answer without the figures (a server that hides INFO) leaves none."""
+        self._due = time.monotonic() + self.every_s
+        try:
+            memory = self.client.info("memory")
+        except redis.ResponseError:  # INFO renamed or refused (some managed servers)
+            memory = {}
+        self._used, self._limit = int(memory.get("used_memory", 0)), int(memory.get("maxmemory", 0))
+
+    def verdict(self, detail: dict[str, Any]) -> dict[str, Any]:
+        """`detail` with the memory used (and the limit); raises ModuleFault near the limit."""
+        if not self._used:
+            return detail
+        detail = dict(detail, used_memory_mb=round(self._used / 2**20, 1))
+        if self._limit:
+            detail["maxmemory_mb"] = round(self._limit / 2**20, 1)
+            if self._used >= self.fault_share * self._limit:
+                raise ModuleFault(
+                    f"memory at {100 * self._used / self._limit:.0f}% of its maxmemory "
+                    f"({detail['used_memory_mb']:,} of {detail['maxmemory_mb']:,} MiB): full, it refuses "
+                    "new commands until memory is freed (the history writer frees what it has "
+                    "written: see the db module) or maxmemory is raised",
+                    detail,
+                )
+        return detail
+
+
 def redis_probe(client: redis.Redis, reads: RedisReads | None = None) -> Probe:
+    """PING (with the other Redis probes' reads), and Redis's memory once a second (MemoryCheck)."""
+    memory = MemoryCheck(client)
+
     def check() -> dict[str, Any]:
         try:
             if reads is None:
                 client.ping()
             else:
                 reads.fetch()
+            if memory.due:
+                memory.read()
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             raise Unreachable(f"redis: {exc}") from exc
-        return {}
+        return memory.verdict({})
 
     return Probe("redis", check, reconnect=client.connection_pool.disconnect, group=REDIS_GROUP)
 
