@@ -24,6 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
+import psutil
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -55,8 +56,6 @@ def memory_text(size: int) -> str:
 def machine_memory() -> int:
     """The memory this process may use, in bytes: the machine's, or its cgroup's limit if lower
     (a container's)."""
-    import psutil
-
     total = int(psutil.virtual_memory().total)
     for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
         with contextlib.suppress(OSError, ValueError):  # absent, or "max" (no limit)
