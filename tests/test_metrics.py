@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -233,3 +235,43 @@ def test_the_grafana_dashboard_charts_every_hean_series_and_only_real_ones() -> 
     assert used <= defined | flower_series, used - defined - flower_series
     # every series HEAN writes has a panel (hean_redis_up is the scrape's own health)
     assert defined - {"hean_redis_up", "hean_pulses"} <= used, defined - used
+
+
+def test_each_process_writes_its_own_files_named_by_host_and_pid_and_a_fork_its_own(tmp_path: Path) -> None:
+    """Multiprocess mode: a process's series go to files named by host and pid (containers
+    sharing one metrics volume reuse pids), and a forked child starts files of its own rather
+    than write into its parent's."""
+    script = """
+import os, socket, sys
+from hean import metrics
+metrics.engine_batch("delivered")
+child = os.fork()
+if child == 0:
+    metrics.engine_batch("taken_along")
+    os._exit(0)
+os.waitpid(child, 0)
+metrics.engine_batch("delivered")
+print(socket.gethostname().replace("_", "-"), os.getpid(), child)
+"""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    host, parent, child = done.stdout.split()
+    assert sorted(path.name for path in tmp_path.glob("counter_*")) == sorted(
+        [f"counter_{host}-{parent}.db", f"counter_{host}-{child}.db"]
+    )
+    assert {path.name.rsplit("_", 1)[1] for path in tmp_path.iterdir()} == {
+        f"{host}-{parent}.db",
+        f"{host}-{child}.db",
+    }
+    from prometheus_client import CollectorRegistry, multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(tmp_path))
+    found = {
+        sample.labels["source"]: sample.value
+        for family in registry.collect()
+        if family.name == "hean_engine_batches"
+        for sample in family.samples
+        if sample.name == "hean_engine_batches_total"
+    }
+    assert found == {"delivered": 2.0, "taken_along": 1.0}, found
