@@ -181,6 +181,9 @@ sqlite3.register_adapter(type(None), _same)
 sqlite3.register_adapter(bool, int)
 
 
+SQLITE_CACHE_PRAGMA = "PRAGMA cache_size=-65536"
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -191,7 +194,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
     # a page cache of up to 64 MiB (SQLite's default is 2 MiB), filled only as pages are read:
     # inserts into the indexes of random ids (request and client order ids) missed the small
     # one more and more as the tables grew (150,000 orders: 78 -> 58 us per order and fill)
-    cursor.execute("PRAGMA cache_size=-65536")
+    cursor.execute(SQLITE_CACHE_PRAGMA)
     # statement journals in memory: the history writer's copy of a command's fills from its
     # orders (one INSERT ... SELECT: hean.history.HistoryStore._copy_fills) keeps the pages it
     # changes there until it ends, and SQLite spilled them to a temporary file past 64 KiB

@@ -19,6 +19,7 @@ import math
 import operator
 import os
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -35,7 +36,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from hean import fastjson, metrics
 from hean.command_journal import CommandJournal, rebuild_ack
-from hean.db import commands, describe_error, fills, history_cursor, orders, sqlite_file
+from hean.db import SQLITE_CACHE_PRAGMA, commands, describe_error, fills, history_cursor, orders, sqlite_file
 from hean.logs import FailureLog
 from hean.page_cache import CacheTrimmer
 from hean.redis_client import entry_time, next_stream_id, text
@@ -66,6 +67,10 @@ LINGER_S = 0.25
 PRUNING_BLOCK_MS = 50
 #: Most ids one SQL `IN (...)` takes.
 CHUNK = 500
+#: How long the web's lookups (`HistoryStore.answered`) wait on a locked SQLite file before the
+#: command is refused "unavailable; retry": the whole web process waits meanwhile. In WAL mode a
+#: reader waits only while a connection recovers the log or holds the file exclusively.
+READER_BUSY_TIMEOUT_MS = 250
 #: Most keys one compaction script takes: Redis runs nothing else meanwhile, so a script stays
 #: short (about 10 us a key; 500 keys held it for 5 ms, in the tail of every command in flight).
 COMPACT_CHUNK = 100
@@ -163,7 +168,7 @@ class HistoryStore:
         with self._reader_lock:
             try:
                 if self._reader is None:
-                    self._reader = self.db.raw_connection()
+                    self._reader = self._open_reader()
                 cursor = self._reader.cursor()
                 try:
                     cursor.execute(self._answered_sql(len(ids)), ids)
@@ -190,11 +195,25 @@ class HistoryStore:
             )
         return query
 
+    def _open_reader(self) -> Any:
+        """The `answered` lookups' own DB-API connection. On SQLite it is opened with a busy
+        timeout of READER_BUSY_TIMEOUT_MS (the pool's connections wait 5 s to connect, then
+        10 s): SQLite waits in C, which the web process's deadline (eventlet) cannot interrupt,
+        and every client of that process waited with it."""
+        if self.db.dialect.name != "sqlite":
+            return self.db.raw_connection()
+        args, kwargs = self.db.dialect.create_connect_args(self.db.url)
+        kwargs.update(timeout=READER_BUSY_TIMEOUT_MS / 1000.0, check_same_thread=False)
+        reader = sqlite3.connect(*args, **kwargs)  # type: ignore[call-overload]
+        reader.execute(SQLITE_CACHE_PRAGMA)  # the file is in WAL mode already: its writers set it
+        return reader
+
     def _drop_reader(self) -> None:
         reader, self._reader = self._reader, None
         if reader is not None:
             with contextlib.suppress(Exception):
-                reader.invalidate()
+                # a pooled connection is discarded by its pool; the SQLite reader is ours
+                reader.invalidate() if hasattr(reader, "invalidate") else reader.close()
 
     # -- the writer's side ------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from hean.command_journal import CommandJournal
 from hean.core.system.health_monitor import ModuleFault
 from hean.core.system.probes import HistoryCheck
 from hean.db import describe_error, open_database
-from hean.history import HistoryStore, HistoryWriter
+from hean.history import HistoryStore, HistoryUnavailable, HistoryWriter
 from hean.redis_server import PrivateRedis
 from hean.topology import HISTORY_FAILURE_KEY, HISTORY_FAILURE_TTL_S, HISTORY_STREAM_KEY
 
@@ -137,3 +138,30 @@ def test_a_history_far_behind_its_results_is_a_fault_and_a_current_one_is_not(tm
                 slow.verdict({})
         finally:
             client.close()
+
+
+def test_a_locked_sqlite_file_refuses_a_lookup_at_once_instead_of_holding_the_web(tmp_path: Path) -> None:
+    """The web's lookups (HistoryStore.answered) wait on a locked SQLite file at most
+    READER_BUSY_TIMEOUT_MS, then the command is refused "unavailable; retry". SQLite waits in
+    C, and the web process (eventlet) waited with it, every client included: its lookups went
+    through the pool, whose connections waited 5 s to connect and 10 s per statement."""
+    path = tmp_path / "history.db"
+    database = open_database(f"sqlite:///{path}")
+    database.dispose()  # the pool's connections closed: another may take the file alone
+    store = HistoryStore(database)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")  # held until it says otherwise
+    holder.execute("BEGIN EXCLUSIVE")
+    holder.execute("SELECT count(*) FROM commands").fetchall()  # the file's lock taken, and held
+    try:
+        started = time.monotonic()
+        with pytest.raises(HistoryUnavailable, match="history unreadable: OperationalError"):
+            store.answered(["locked-1"])
+        assert time.monotonic() - started < 2.0  # a guard, not a target: 5 s and more before
+    finally:
+        holder.execute("COMMIT")
+        holder.execute("PRAGMA locking_mode=NORMAL")
+        holder.execute("SELECT 1 FROM commands LIMIT 1").fetchall()  # the lock goes at the next read
+        holder.close()
+    assert store.answered(["locked-1"]) == {}  # a new reader, once the file is free
+    database.dispose()
