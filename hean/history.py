@@ -204,7 +204,7 @@ class HistoryStore:
             return self.db.raw_connection()
         args, kwargs = self.db.dialect.create_connect_args(self.db.url)
         kwargs.update(timeout=READER_BUSY_TIMEOUT_MS / 1000.0, check_same_thread=False)
-        reader = sqlite3.connect(*args, **kwargs)  # type: ignore[call-overload]
+        reader = sqlite3.connect(*args, **kwargs)  # type: ignore[call-overload]  # SQLAlchemy gives them as a plain dict
         reader.execute(SQLITE_CACHE_PRAGMA)  # the file is in WAL mode already: its writers set it
         return reader
 
