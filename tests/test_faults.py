@@ -32,6 +32,7 @@ import redis
 from hean.client import Client as HeanClient
 from hean.client import CommandHandle, OrderHandle, OrderRejected
 from hean.command_journal import CommandJournal
+from hean.core.system.probes import REDIS_MEMORY_FAULT_SHARE
 from hean.processes import process_names
 from support import (
     REPO_ROOT,
@@ -359,8 +360,10 @@ def test_redis_fills_while_the_history_cannot_be_written_and_recovers_within_its
                 "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
             )
             database.commit()
-            # room for a few seconds of the load's unwritten history
-            limit = int(store.info("memory")["used_memory"]) + 4 * 2**20
+            # room for a few seconds of the load's unwritten history above the redis module's
+            # 90% (REDIS_MEMORY_FAULT_SHARE), so that what Redis holds now is below it again
+            used = int(store.info("memory")["used_memory"])
+            limit = int(used / REDIS_MEMORY_FAULT_SHARE) + 4 * 2**20
             store.config_set("maxmemory", limit)
             wait_for(lambda: not probe_order()["accepted"], 60, "a command refused: Redis full")
             ack = refused[-1]
