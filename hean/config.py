@@ -93,6 +93,13 @@ class Settings(BaseSettings):
         "commands rather than be killed): a share of the machine's memory ('50%'), a size ('4GB', "
         "'512MiB', bytes), or 0 for none.",
     )
+    disk_min_free_mb: int = Field(
+        default=1024,
+        ge=0,
+        validation_alias=_env("HEAN_DISK_MIN_FREE_MB"),
+        description="The redis and db health modules are UNHEALTHY while the disk under the private "
+        "Redis's data or the SQLite database has less free space than this (0: never).",
+    )
     drop_written_pages: bool = Field(
         default=True,
         validation_alias=_env("HEAN_DROP_WRITTEN_PAGES"),

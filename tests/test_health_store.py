@@ -6,8 +6,11 @@ against real processes)."""
 from __future__ import annotations
 
 import random
+import re
+import shutil
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +21,7 @@ from hean.core.system.health_monitor import (
     NODES_KEY,
     SUMMARY_KEY,
     HealthMonitor,
+    ModuleFault,
     StoredPulse,
     nodes_view,
     report_node,
@@ -361,3 +365,46 @@ def test_a_module_key_is_rewritten_when_its_status_changes_else_once_a_second(
     assert manager.get_state("redis", HEALTH_NAMESPACE)["latency_ms"] == 0.3
     assert store_pulse(manager, pulse(now + 0.4, "DEGRADED"), node="a")  # no memory: every key
     assert module_version() == first + 3
+
+
+def test_the_disk_under_the_data_is_a_fault_when_short_of_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The redis and db modules read the free space under their data every few seconds: a fault
+    below HEAN_DISK_MIN_FREE_MB (Redis stops when it cannot append, the history writer fails),
+    while there is still room to act. A real disk: this one, with the bar set above what it has."""
+    from hean import db
+    from hean.config import reload_settings
+    from hean.core.system.probes import DiskCheck, db_probe
+
+    roomy = DiskCheck(tmp_path, "it stops", min_free_bytes=0, every_s=0.0)
+    roomy.read()
+    detail = roomy.verdict({"url": "u"})
+    assert detail["url"] == "u" and detail["disk_free_mb"] > 0, detail
+    free = shutil.disk_usage(tmp_path).free
+    short = DiskCheck(tmp_path, "it stops", min_free_bytes=free + 2**30, every_s=0.0)
+    short.read()
+    said = rf"[\d,]+ MiB free on the disk under {re.escape(str(tmp_path))} \(less than [\d,]+, "
+    with pytest.raises(ModuleFault, match=said + r"HEAN_DISK_MIN_FREE_MB\): it stops when it is full"):
+        short.verdict({})
+    elsewhere = DiskCheck(tmp_path / "on-another-host", "it stops", every_s=0.0)
+    elsewhere.read()
+    assert elsewhere.verdict({}) == {}  # nothing to say about a disk it cannot see
+
+    # the db module on an SQLite file, its bar above what the disk has
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'history.db'}")
+    monkeypatch.setenv("HEAN_DISK_MIN_FREE_MB", str(free // 2**20 + 1024))
+    reload_settings()
+    db.reset()
+    try:
+        with pytest.raises(ModuleFault, match="the history writer's writes fail") as fault:
+            db_probe().check()
+        assert fault.value.detail["disk_free_mb"] > 0 and "url" in fault.value.detail
+        monkeypatch.setenv("HEAN_DISK_MIN_FREE_MB", "0")
+        reload_settings()
+        assert db_probe().check()["disk_free_mb"] > 0
+    finally:
+        monkeypatch.delenv("DATABASE_URL")
+        monkeypatch.delenv("HEAN_DISK_MIN_FREE_MB")
+        reload_settings()
+        db.reset()

@@ -24,7 +24,16 @@ from hean.launcher import listen_problem
 from hean.processes import process_names
 from hean.redis_server import PrivateRedis, machine_memory, memory_text, redis_answers
 from hean.topology import ENGINE_QUEUE
-from support import REPO_ROOT, Client, UpProcess, hean_up_env, http_ok, unauthenticated_client, wait_for
+from support import (
+    REPO_ROOT,
+    Client,
+    UpProcess,
+    hean_up_env,
+    http_json,
+    http_ok,
+    unauthenticated_client,
+    wait_for,
+)
 
 
 @pytest.fixture
@@ -92,6 +101,18 @@ def test_hean_up_runs_the_system_and_stops_cleanly(up_env: dict[str, str], tmp_p
         assert results[0]["request_id"] == request_id and results[0]["success"] is True
         assert results[0]["result"]["state"] == "RUNNING"  # type: ignore[index]
         client.disconnect()
+
+        # the pulse reads the room on the disk under the private Redis and the SQLite file
+        def disk_free() -> dict[str, object] | None:
+            status, body, _ = http_json(url + "/api/system/health/pulse")
+            found = body.get("modules", {}) if status == 200 else {}
+            free = {
+                name: (found.get(name) or {}).get("detail", {}).get("disk_free_mb")
+                for name in ("redis", "db")
+            }
+            return free if all(isinstance(mb, int) and mb > 0 for mb in free.values()) else None
+
+        wait_for(disk_free, 30, "disk_free_mb in the redis and db modules")
 
         # every process writes its Prometheus series to $HEAN_HOME/metrics; the web merges them
         assert not stale.exists()

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -39,6 +41,8 @@ HISTORY_LAG_FAULT_S = 60.0
 #: this share of its maxmemory on: full, Redis refuses new commands (maxmemory-policy noeviction).
 REDIS_MEMORY_CHECK_EVERY_S = 1.0
 REDIS_MEMORY_FAULT_SHARE = 0.9
+#: The redis and db modules read the free space of the disk under their data this often.
+DISK_CHECK_EVERY_S = 5.0
 
 # Remove a worker's field only if it still holds the beat judged too old: a worker that came
 # back under the same name in between keeps its fresh beat.
@@ -152,9 +156,62 @@ class MemoryCheck:
         return detail
 
 
+class DiskCheck:
+    """The free space of the disk under `path` (read at most every `every_s`; nothing while the
+    path does not exist on this host): a fault below `min_free_bytes`, naming what stops when it
+    is full (`stops`)."""
+
+    def __init__(
+        self, path: Path, stops: str, min_free_bytes: int | None = None, every_s: float = DISK_CHECK_EVERY_S
+    ) -> None:
+        if min_free_bytes is None:
+            from hean.config import get_settings
+
+            min_free_bytes = get_settings().disk_min_free_mb * 2**20
+        self.path, self.stops, self.min_free_bytes, self.every_s = path, stops, min_free_bytes, every_s
+        self._due = 0.0
+        self._free: int | None = None
+
+    @property
+    def due(self) -> bool:
+        return time.monotonic() >= self._due
+
+    def read(self) -> None:
+        self._due = time.monotonic() + self.every_s
+        try:
+            self._free = shutil.disk_usage(self.path).free
+        except OSError:  # not on this host (another container's disk), or gone
+            self._free = None
+
+    def verdict(self, detail: dict[str, Any]) -> dict[str, Any]:
+        """`detail` with the disk's free MiB; raises ModuleFault when it is short of room."""
+        if self._free is None:
+            return detail
+        detail = dict(detail, disk_free_mb=round(self._free / 2**20))
+        if self._free < self.min_free_bytes:
+            raise ModuleFault(
+                f"{detail['disk_free_mb']:,} MiB free on the disk under {self.path} (less than "
+                f"{self.min_free_bytes // 2**20:,}, HEAN_DISK_MIN_FREE_MB): {self.stops} when it is full",
+                detail,
+            )
+        return detail
+
+
+def private_redis_disk() -> DiskCheck | None:
+    """The disk under the private Redis of `hean up` on this host (its data directory, while
+    `hean up` records its URL), else None: an external server's disk is not ours to see."""
+    from hean.config import get_settings
+
+    settings = get_settings()
+    if not settings.redis_url_file.exists():
+        return None
+    return DiskCheck(settings.home / "redis", "Redis stops (it cannot append to its AOF)")
+
+
 def redis_probe(client: redis.Redis, reads: RedisReads | None = None) -> Probe:
-    """PING (with the other Redis probes' reads), and Redis's memory once a second (MemoryCheck)."""
-    memory = MemoryCheck(client)
+    """PING (with the other Redis probes' reads), Redis's memory once a second (MemoryCheck),
+    and the disk under a private Redis on this host every few seconds (DiskCheck)."""
+    memory, disk = MemoryCheck(client), private_redis_disk()
 
     def check() -> dict[str, Any]:
         try:
@@ -166,7 +223,11 @@ def redis_probe(client: redis.Redis, reads: RedisReads | None = None) -> Probe:
                 memory.read()
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             raise Unreachable(f"redis: {exc}") from exc
-        return memory.verdict({})
+        if disk is None:
+            return memory.verdict({})
+        if disk.due:
+            disk.read()
+        return disk.verdict(memory.verdict({}))
 
     return Probe("redis", check, reconnect=client.connection_pool.disconnect, group=REDIS_GROUP)
 
@@ -303,28 +364,41 @@ class HistoryCheck:
 
 
 def db_probe(client: redis.Redis | None = None) -> Probe:
-    """The database: a read (`hean.db.ping`), and with `client` the history writer's writes
-    (HistoryCheck)."""
+    """The database: a read (`hean.db.ping`), with `client` the history writer's writes
+    (HistoryCheck), and for an SQLite file the disk under it (DiskCheck)."""
     from hean import db
 
     url: list[str] = []  # redacted once (rendering it was 5% of the idle pulse's CPU)
     history = HistoryCheck(client) if client is not None else None
+    disk: list[DiskCheck | None] = []  # found at the first good read
+
+    def verdict() -> dict[str, Any]:
+        detail: dict[str, Any] = {"url": url[0]}
+        if disk[0] is not None:
+            detail = disk[0].verdict(detail)
+        return detail if history is None else history.verdict(detail)
 
     def check() -> dict[str, Any]:
         db.ping()
         if not url:
             url.append(db.redacted_url())
-        if history is None:
-            return {"url": url[0]}
-        if history.due:
+        if not disk:
+            path = db.sqlite_file(db.database())
+            stops = "the history writer's writes fail (and what they would free waits in Redis)"
+            disk.append(DiskCheck(Path(path).resolve().parent, stops) if path else None)
+        if disk[0] is not None and disk[0].due:
+            disk[0].read()
+        if history is not None and history.due:
             history.read()
-        return history.verdict({"url": url[0]})
+        return verdict()
 
     def quick() -> dict[str, Any] | None:
         # an SQLite file unchanged since its last good read: answered without the probe's thread
-        if not url or not db.unchanged_since_verified() or (history is not None and history.due):
+        if not url or not disk or not db.unchanged_since_verified():
             return None
-        return {"url": url[0]} if history is None else history.verdict({"url": url[0]})
+        if (history is not None and history.due) or (disk[0] is not None and disk[0].due):
+            return None
+        return verdict()
 
     def reconnect() -> None:
         url.clear()
