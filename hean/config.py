@@ -241,7 +241,10 @@ class Settings(BaseSettings):
     @field_validator("redis_maxmemory")
     @classmethod
     def _maxmemory(cls, value: str) -> str:
-        memory_limit(value, 1 << 60)  # its form (a share's size is known where Redis starts)
+        try:
+            memory_limit(value, 1 << 60)  # its form (a share's size is known where Redis starts)
+        except ValueError as exc:  # pydantic's error names the variable already
+            raise ValueError(str(exc).removeprefix("HEAN_REDIS_MAXMEMORY: ")) from None
         return value.strip()
 
     @field_validator("llm_price")
