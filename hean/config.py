@@ -252,8 +252,13 @@ class Settings(BaseSettings):
     def _price_pair(cls, value: str) -> str:
         if value.strip():
             parts = value.split(",")
-            if len(parts) != 2 or any(float(p) < 0 for p in parts):
-                raise ValueError("HEAN_LLM_PRICE must be 'input,output' USD per million tokens")
+            try:
+                prices = [float(part) for part in parts]
+            except ValueError:
+                prices = []
+            # pydantic's error names the variable already
+            if len(prices) != 2 or not all(0 <= price < float("inf") for price in prices):
+                raise ValueError("must be 'input,output': USD per million tokens of each, such as '0.15,0.6'")
         return value.strip()
 
     @model_validator(mode="after")

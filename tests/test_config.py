@@ -51,11 +51,16 @@ def test_redis_url_falls_back_to_the_server_hean_up_recorded(tmp_path: Path) -> 
         ("HEAN_PORT", "eighty"),
         ("LLM_PROVIDER", "gpt"),
         ("HEAN_LOG_LEVEL", "loud"),
+        ("HEAN_LLM_PRICE", "1,abc"),  # a ValueError from float() before
+        ("HEAN_LLM_PRICE", "nan,1"),  # taken before: every analysis would have cost NaN
+        ("HEAN_LLM_PRICE", "1,-2"),
     ],
 )
 def test_invalid_settings_are_rejected_with_the_variable_named(env: str, value: str) -> None:
-    with pytest.raises(ValidationError, match=env):
+    with pytest.raises(ValidationError, match=env) as refused:
         Settings(**{env: value})
+    # `hean` prints "invalid configuration: <variable>: <the message>": named once
+    assert env not in refused.value.errors()[0]["msg"]
 
 
 @pytest.mark.parametrize(
