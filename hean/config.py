@@ -241,10 +241,7 @@ class Settings(BaseSettings):
     @field_validator("redis_maxmemory")
     @classmethod
     def _maxmemory(cls, value: str) -> str:
-        try:
-            memory_limit(value, 1 << 60)  # its form (a share's size is known where Redis starts)
-        except ValueError as exc:  # pydantic's error names the variable already
-            raise ValueError(str(exc).removeprefix("HEAN_REDIS_MAXMEMORY: ")) from None
+        memory_limit(value, 1 << 60)  # its form (a share's size is known where Redis starts)
         return value.strip()
 
     @field_validator("llm_price")
@@ -380,30 +377,28 @@ _SHARE = re.compile(r"(\d+(?:\.\d+)?)\s*%")
 def memory_limit(spec: str, machine_bytes: int) -> int:
     """HEAN_REDIS_MAXMEMORY in bytes on a machine with `machine_bytes` of memory (0: none):
     "50%" is a share of it, "4GB" / "512MiB" / "1073741824" a size (pydantic's ByteSize: KB
-    is 1,000 bytes, KiB 1,024)."""
+    is 1,000 bytes, KiB 1,024). A ValueError says what is wrong without the variable's name,
+    which pydantic's error and `ensure_redis` give."""
     text = spec.strip()
     share = _SHARE.fullmatch(text)
     if share:
         percent = float(share.group(1))
         if not 0 < percent <= 100:
-            raise ValueError(
-                "HEAN_REDIS_MAXMEMORY: a share of the machine's memory is above 0% and at most "
-                f"100%, not {text!r}"
-            )
+            raise ValueError(f"a share of the machine's memory is above 0% and at most 100%, not {text!r}")
         limit = int(machine_bytes * percent / 100)
     else:
         try:
             limit = int(TypeAdapter(ByteSize).validate_python(text))
         except ValidationError:
             raise ValueError(
-                f"HEAN_REDIS_MAXMEMORY: {text!r} is neither a share of the machine's memory ('50%'), "
+                f"{text!r} is neither a share of the machine's memory ('50%'), "
                 "a size ('4GB', '512MiB', bytes) nor 0 (no limit)"
             ) from None
         if limit == 0:
             return 0
     if limit < MIN_REDIS_MAXMEMORY:
         raise ValueError(
-            f"HEAN_REDIS_MAXMEMORY: {text!r} is {limit:,} bytes, less than the "
+            f"{text!r} is {limit:,} bytes, less than the "
             f"{MIN_REDIS_MAXMEMORY // 2**20} MiB an idle system needs (0: no limit)"
         )
     return limit

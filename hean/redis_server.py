@@ -199,29 +199,24 @@ class PrivateRedis:
         free_gradually: bool = True,
         maxmemory: str | None = None,
     ) -> None:
+        from hean.config import get_settings, memory_limit
+
         if password is not None and not _PASSWORD.fullmatch(password):
             raise ValueError("a private Redis password is 16-256 characters of [A-Za-z0-9_-]")
         if appendfsync is None:
-            from hean.config import get_settings
-
             appendfsync = get_settings().redis_appendfsync
         if appendfsync not in ("always", "everysec"):
             raise ValueError(f"appendfsync must be 'always' or 'everysec', not {appendfsync!r}")
         self.appendfsync = appendfsync
-        if maxmemory is None:
-            from hean.config import get_settings
-
-            maxmemory = get_settings().redis_maxmemory
-        from hean.config import memory_limit
-
         #: maxmemory in bytes (0: none), from HEAN_REDIS_MAXMEMORY: full, the server refuses
         #: every write that adds memory (noeviction) and the web refuses new commands, rather than
         #: grow until the kernel's OOM killer stops it (or another process) and the restart
         #: reloads as much again (README: "When its memory fills").
-        self.maxmemory = memory_limit(maxmemory, machine_memory())
+        try:
+            self.maxmemory = memory_limit(maxmemory or get_settings().redis_maxmemory, machine_memory())
+        except ValueError as exc:  # one this machine cannot run with: named as it was given
+            raise ValueError(f"{'maxmemory' if maxmemory else 'HEAN_REDIS_MAXMEMORY'}: {exc}") from None
         if drop_written_pages is None:
-            from hean.config import get_settings
-
             drop_written_pages = get_settings().drop_written_pages
         # the AOF's pages, dropped from the page cache once on disk (hean.page_cache)
         self._trimmer = CacheTrimmer("aof", self._aof_files) if drop_written_pages else None

@@ -176,13 +176,14 @@ def until_committed(
     Celery rejects the delivered one without requeueing it, and its acked commands are lost.
     The journal runs each command once, however many tries it takes.
     """
-    delay, failures = RETRY_FIRST_S, FailureLog(log)
+    delay, failures = RETRY_FIRST_S, None  # a FailureLog from the first failure on (not per batch)
     while True:
         try:
             ran = attempt()
         except retry_on as exc:
             reset()
             # the first at once, then one line per 10 s (Redis full for minutes: not 1 a second)
+            failures = failures or FailureLog(log)
             failures.failed(
                 "event=batch_not_committed queue=%s error=%s action=retry delay_s=%.1f",
                 what,
@@ -192,7 +193,8 @@ def until_committed(
             time.sleep(delay)
             delay = min(RETRY_MAX_S, delay * 2)
         else:
-            failures.recovered("event=batch_committed_after_retries queue=%s", what)
+            if failures is not None:
+                failures.recovered("event=batch_committed_after_retries queue=%s", what)
             return ran
 
 

@@ -110,7 +110,23 @@ def redis_probes(client: redis.Redis, inline: bool = False) -> list[Probe]:
     return probes
 
 
-class MemoryCheck:
+class PeriodicCheck:
+    """A check a probe reads at most every `every_s` (`due`; each `read` calls `_scheduled` to
+    set the next time) and judges at every pulse from what it read last (`verdict`)."""
+
+    def __init__(self, every_s: float) -> None:
+        self.every_s = every_s
+        self._due = 0.0
+
+    @property
+    def due(self) -> bool:
+        return time.monotonic() >= self._due
+
+    def _scheduled(self) -> None:
+        self._due = time.monotonic() + self.every_s
+
+
+class MemoryCheck(PeriodicCheck):
     """Redis's memory against its `maxmemory`, read (INFO memory) at most every `every_s`. Full,
     Redis refuses every write that adds memory (noeviction): new commands are refused, results
     wait. Its verdict is a fault from `fault_share` of the limit on, while there is still room."""
@@ -121,17 +137,13 @@ class MemoryCheck:
         every_s: float = REDIS_MEMORY_CHECK_EVERY_S,
         fault_share: float = REDIS_MEMORY_FAULT_SHARE,
     ) -> None:
-        self.client, self.every_s, self.fault_share = client, every_s, fault_share
-        self._due = 0.0
+        super().__init__(every_s)
+        self.client, self.fault_share = client, fault_share
         self._used = self._limit = 0
-
-    @property
-    def due(self) -> bool:
-        return time.monotonic() >= self._due
 
     def read(self) -> None:
         """Read it now; an answer without the figures (a server that hides INFO) leaves none."""
-        self._due = time.monotonic() + self.every_s
+        self._scheduled()
         try:
             memory = self.client.info("memory")
         except redis.ResponseError:  # INFO renamed or refused (some managed servers)
@@ -156,7 +168,7 @@ class MemoryCheck:
         return detail
 
 
-class DiskCheck:
+class DiskCheck(PeriodicCheck):
     """The free space of the disk under `path` (read at most every `every_s`; nothing while the
     path does not exist on this host): a fault below `min_free_bytes`, naming what stops when it
     is full (`stops`)."""
@@ -168,16 +180,12 @@ class DiskCheck:
             from hean.config import get_settings
 
             min_free_bytes = get_settings().disk_min_free_mb * 2**20
-        self.path, self.stops, self.min_free_bytes, self.every_s = path, stops, min_free_bytes, every_s
-        self._due = 0.0
+        super().__init__(every_s)
+        self.path, self.stops, self.min_free_bytes = path, stops, min_free_bytes
         self._free: int | None = None
 
-    @property
-    def due(self) -> bool:
-        return time.monotonic() >= self._due
-
     def read(self) -> None:
-        self._due = time.monotonic() + self.every_s
+        self._scheduled()
         try:
             self._free = shutil.disk_usage(self.path).free
         except OSError:  # not on this host (another container's disk), or gone
@@ -307,7 +315,7 @@ def workers_probe(
     return Probe("workers", check, group=REDIS_GROUP)
 
 
-class HistoryCheck:
+class HistoryCheck(PeriodicCheck):
     """Whether the history writer gets the results into the database, read from Redis at most
     every `every_s`: a database that takes no writes (its disk full, a read-only replica) still
     answers the db module's reads. Its verdict: the writer's published failure
@@ -320,19 +328,15 @@ class HistoryCheck:
         every_s: float = HISTORY_CHECK_EVERY_S,
         lag_fault_s: float = HISTORY_LAG_FAULT_S,
     ) -> None:
-        self.client, self.every_s, self.lag_fault_s = client, every_s, lag_fault_s
-        self._due = 0.0
+        super().__init__(every_s)
+        self.client, self.lag_fault_s = client, lag_fault_s
         self._fault: str | None = None
         self._lag_s: float | None = None
-
-    @property
-    def due(self) -> bool:
-        return time.monotonic() >= self._due
 
     def read(self) -> None:
         """Read the writer's state now; a Redis that does not answer leaves the last verdict
         (the redis module reports Redis)."""
-        self._due = time.monotonic() + self.every_s
+        self._scheduled()
         pipe = self.client.pipeline(transaction=False)
         pipe.get(HISTORY_FAILURE_KEY)
         pipe.xrange(HISTORY_STREAM_KEY, count=1)
