@@ -219,6 +219,7 @@ def test_the_intake_warms_up_before_its_first_command(redis_client: redis.Redis,
 
     assert history._reader is not None
     assert intake._writer._durability._known is not None
+    assert not intake._writer._memory.due  # read: the first batch does not ask again
     assert redis_client.script_exists(script_sha(_RESERVE), script_sha(_RECORD_ACKS)) == [True, True]
     assert redis_client.dbsize() == 0  # nothing reserved, queued or journaled
     assert intake._writer.journal.state(WARM_UP_REQUEST_ID) is None
@@ -234,7 +235,7 @@ def test_a_warm_up_without_redis_says_what_failed_and_leaves_it_to_the_first_com
     history = HistoryStore(open_database(f"sqlite:///{tmp_path}/history.db"))
     intake = CommandIntake(app, CommandJournal(gone, history=history), DurabilityRule("auto"))
 
-    assert intake.warm_up() == ["durability", "scripts"]  # the database and the frames need no Redis
+    assert intake.warm_up() == ["durability", "memory", "scripts"]  # the database and frames need no Redis
 
     assert history._reader is not None
     assert "event=warm_up_failed step=durability" in caplog.text

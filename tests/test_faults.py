@@ -32,7 +32,7 @@ import redis
 from hean.client import Client as HeanClient
 from hean.client import CommandHandle, OrderHandle, OrderRejected
 from hean.command_journal import CommandJournal
-from hean.core.system.probes import REDIS_MEMORY_FAULT_SHARE
+from hean.core.system.probes import REDIS_MEMORY_FAULT_SHARE, REDIS_MEMORY_ORDERS_SHARE
 from hean.processes import process_names
 from support import (
     REPO_ROOT,
@@ -314,6 +314,77 @@ def test_web_process_sigkill_under_load(up_system: UpSystem) -> None:
     run_under_load(up_system, kill)
 
 
+def test_a_kill_switch_is_taken_while_redis_is_nearly_full(up_system: UpSystem) -> None:
+    """From 95% of Redis's maxmemory on, orders are refused `unavailable` with nothing enqueued,
+    and the commands that stop trading are still taken and run (the room left is theirs): a
+    kill switch, and the reset and start after it. Full, every command is refused, and once
+    there is room again orders are taken within about a second (the web reads the memory once
+    a second)."""
+    store = up_system.redis()
+    probe = Client(up_system.url, up_system.token)
+    own = symbol()
+
+    def send(name: str, params: dict[str, Any]) -> dict[str, Any]:
+        return probe.command({"command": name, "params": params, "request_id": uuid.uuid4().hex})
+
+    def order() -> dict[str, Any]:
+        return send(
+            "submit_order",
+            {
+                "client_order_id": uuid.uuid4().hex,
+                "symbol": own,
+                "side": "BUY",
+                "quantity": "2",
+                "order_type": "LIMIT",
+                "price": "9",
+            },
+        )
+
+    def refused_order() -> dict[str, Any] | None:
+        ack = order()
+        return None if ack["accepted"] else ack
+
+    try:
+        market = send("update_market", {"symbol": own, "bid": PRICE, "ask": PRICE, "last": PRICE})
+        assert market["accepted"] and probe.result_for(market["request_id"])["success"], market
+        resting = order()  # a resting order, which the kill switch cancels
+        placed = probe.result_for(resting["request_id"])
+        assert resting["accepted"] and placed["success"], placed["error"]
+        assert placed["result"]["order"]["status"] == "RESTING", placed
+        used = int(store.info("memory")["used_memory"])
+        store.config_set("maxmemory", int(used / (REDIS_MEMORY_ORDERS_SHARE + 0.02)))
+        refused = wait_for(refused_order, 10, "an order refused")
+        assert refused["error"]["code"] == "unavailable", refused
+        assert re.search(
+            r"Redis memory at 9\d% of its maxmemory: from 95% on only control commands "
+            r"and cancels are taken",
+            refused["error"]["message"],
+        ), refused
+        assert store.exists(f"hean:cmd:{refused['request_id']}") == 0  # nothing enqueued for it
+        states = []
+        for name, params in (
+            ("kill_switch", {"reason": "Redis nearly full"}),
+            ("reset_kill_switch", {}),
+            ("start", {}),
+        ):
+            ack = send(name, params)
+            assert ack["accepted"], ack
+            result = probe.result_for(ack["request_id"])
+            assert result["success"], result
+            states.append(result["result"]["state"])
+        assert states == ["HALTED", "STOPPED", "RUNNING"], states
+        # full: every command refused, control commands too
+        store.config_set("maxmemory", max(int(store.info("memory")["used_memory"]) - 2**20, 2**20))
+        ack = send("risk_adjust", {"max_orders_per_second": 0})
+        assert not ack["accepted"] and "out of memory" in ack["error"]["message"], ack
+        store.config_set("maxmemory", 0)
+        wait_for(lambda: order()["accepted"], 10, "orders taken again")
+    finally:
+        store.config_set("maxmemory", 0)
+        store.close()
+        probe.close()
+
+
 def redis_module(system: UpSystem) -> dict[str, Any]:
     """The redis module in the latest pulse."""
     status, body, _ = http_json(system.url + "/api/system/health/pulse")
@@ -365,9 +436,13 @@ def test_redis_fills_while_the_history_cannot_be_written_and_recovers_within_its
             used = int(store.info("memory")["used_memory"])
             limit = int(used / REDIS_MEMORY_FAULT_SHARE) + 4 * 2**20
             store.config_set("maxmemory", limit)
-            wait_for(lambda: not probe_order()["accepted"], 60, "a command refused: Redis full")
+            wait_for(lambda: not probe_order()["accepted"], 60, "an order refused: Redis nearly full")
             ack = refused[-1]
-            assert ack["error"]["code"] == "unavailable" and "out of memory" in ack["error"]["message"], ack
+            # from 95% of the limit on, orders are refused; full, everything is (the order may
+            # find either, as the web reads the memory once a second)
+            message = ack["error"]["message"]
+            assert ack["error"]["code"] == "unavailable", ack
+            assert "only control commands and cancels" in message or "out of memory" in message, ack
             full = re.compile(r"memory at \d+% of its maxmemory")
             said = lambda: full.search(redis_module(up_system).get("last_error") or "")  # noqa: E731
             wait_for(said, 30, "the redis module to say Redis is full")

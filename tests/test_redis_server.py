@@ -71,6 +71,8 @@ def test_private_redis_keeps_to_a_memory_limit(tmp_path: Path) -> None:
         check.read()
         with pytest.raises(ModuleFault, match=r"memory at 9\d% of its maxmemory \(\d+\.\d of 64\.0 MiB\)"):
             check.verdict({})
+        share = check.share
+        assert share is not None and 0.9 <= share < 1.0, share  # what the web's intake reads
         with pytest.raises(redis.exceptions.OutOfMemoryError):
             client.set("more", b"x" * (8 * 2**20))
         client.delete(*(f"ballast:{part}" for part in range(29)))
@@ -83,6 +85,7 @@ def test_private_redis_keeps_to_a_memory_limit(tmp_path: Path) -> None:
         check = MemoryCheck(client, every_s=0.0)
         check.read()
         assert set(check.verdict({})) == {"used_memory_mb"}
+        assert check.share is None  # no limit: the intake never refuses for memory
         client.close()
 
 

@@ -25,8 +25,9 @@ from redis.exceptions import RedisError
 from hean import metrics
 from hean.celery_wire import batch_frame
 from hean.command_journal import CommandJournal, Reservation
-from hean.commands import command_names, get_command, validation_error
+from hean.commands import CONTROL_COMMANDS, command_names, get_command, validation_error
 from hean.commands.fast_params import params_json
+from hean.core.system.probes import REDIS_MEMORY_ORDERS_SHARE, MemoryCheck
 from hean.group_commit import GroupCommit
 from hean.history import HistoryUnavailable
 from hean.logs import FailureLog
@@ -58,6 +59,11 @@ ACK_JOURNAL_DELAY_S = 0.02
 #: query of well under a millisecond), before refusing the batch `unavailable`: a database that
 #: hangs (not one that refuses: that fails at once) would otherwise hold every command.
 HISTORY_LOOKUP_TIMEOUT_S = 2.0
+#: The commands still taken while Redis is nearly full (REDIS_MEMORY_ORDERS_SHARE of its
+#: maxmemory, read once a second): those that stop or shrink trading and the control commands
+#: around them. Orders wait (refused `unavailable`), so the room left is kept for these and for
+#: the commits of commands already acked.
+TAKEN_NEARLY_FULL = CONTROL_COMMANDS | {"cancel_order"}
 #: What `CommandIntake.warm_up` validates (and looks up in the database): never enqueued.
 WARM_UP_REQUEST_ID: Final = "hean-warm-up"
 WARM_UP_COMMAND: Final = {
@@ -247,6 +253,8 @@ class CommandWriter:
         # refused batches while the database or Redis is away: a line every 10 s, not one each
         self._history_failures = FailureLog(log)
         self._redis_failures = FailureLog(log)
+        self._memory = MemoryCheck(self._journal.client)  # read by the writer, once a second
+        self._memory_refusals = FailureLog(log)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
@@ -266,12 +274,13 @@ class CommandWriter:
 
     def warm_up_steps(self) -> list[WarmUpStep]:
         """What the first batch would otherwise do first (see `CommandIntake.warm_up`): open the
-        database reader, ask Redis how it keeps writes, load the scripts and build each queue's
-        message frame."""
+        database reader, ask Redis how it keeps writes and how much memory it has left, load the
+        scripts and build each queue's message frame."""
         history = self._journal.history
         return [
             ("history", lambda: history.answered([WARM_UP_REQUEST_ID]) if history else None),
             ("durability", self._durability.get),
+            ("memory", self._memory.read),
             ("scripts", self._journal.load_intake_scripts),
             ("frames", lambda: [batch_frame(self._celery, task, queue_name, "warm-up", "")
                                 for queue_name, task in BATCH_TASKS.items()]),
@@ -369,8 +378,35 @@ class CommandWriter:
                 pending.duplicate(Reservation(new=False, ack=ack, result=record.result))
         return remaining
 
+    def _room_for(self, batch: list[PendingCommand]) -> list[PendingCommand]:
+        """The commands Redis has room for: from REDIS_MEMORY_ORDERS_SHARE of its maxmemory on,
+        only those of TAKEN_NEARLY_FULL; the others are refused `unavailable`, nothing enqueued."""
+        if self._memory.due:
+            with contextlib.suppress(RedisError):  # the reservation says what is wrong with Redis
+                self._memory.read()
+        share = self._memory.share
+        if share is None or share < REDIS_MEMORY_ORDERS_SHARE:
+            self._memory_refusals.recovered("event=enqueue_recovered reason=redis_memory")
+            return batch
+        kept = [pending for pending in batch if pending.command in TAKEN_NEARLY_FULL]
+        if len(kept) == len(batch):
+            return batch
+        message = (
+            f"Redis memory at {share:.0%} of its maxmemory: from {REDIS_MEMORY_ORDERS_SHARE:.0%} on "
+            "only control commands and cancels are taken (a kill_switch always is); nothing was "
+            "enqueued; retry with the same request_id once memory is freed (the history writer "
+            "frees it when the database takes writes: see the db module) or maxmemory is raised"
+        )
+        for pending in batch:
+            if pending.command not in TAKEN_NEARLY_FULL:
+                pending.fail(ErrorInfo(code="unavailable", message=message), 503)
+        self._memory_refusals.failed(
+            "event=enqueue_failed reason=redis_memory share=%.2f", share, level=logging.WARNING
+        )
+        return kept
+
     def _flush(self, batch: list[PendingCommand]) -> None:
-        remaining = self._answered_before(batch)
+        remaining = self._room_for(self._answered_before(batch) or [])
         if not remaining:
             return
         by_queue: dict[str, list[PendingCommand]] = {}

@@ -41,6 +41,10 @@ HISTORY_LAG_FAULT_S = 60.0
 #: this share of its maxmemory on: full, Redis refuses new commands (maxmemory-policy noeviction).
 REDIS_MEMORY_CHECK_EVERY_S = 1.0
 REDIS_MEMORY_FAULT_SHARE = 0.9
+#: From this share of maxmemory on, the web refuses every command but those that stop or shrink
+#: trading (web/intake.py: TAKEN_NEARLY_FULL), so the room left is theirs and the commits of
+#: commands already acked: a kill switch is taken until Redis is full.
+REDIS_MEMORY_ORDERS_SHARE = 0.95
 #: The redis and db modules read the free space of the disk under their data this often.
 DISK_CHECK_EVERY_S = 5.0
 
@@ -150,6 +154,11 @@ class MemoryCheck(PeriodicCheck):
             memory = {}
         self._used, self._limit = int(memory.get("used_memory", 0)), int(memory.get("maxmemory", 0))
 
+    @property
+    def share(self) -> float | None:
+        """The memory used as a share of maxmemory, as last read (None: no limit, or no figures)."""
+        return self._used / self._limit if self._used and self._limit else None
+
     def verdict(self, detail: dict[str, Any]) -> dict[str, Any]:
         """`detail` with the memory used (and the limit); raises ModuleFault near the limit."""
         if not self._used:
@@ -160,9 +169,11 @@ class MemoryCheck(PeriodicCheck):
             if self._used >= self.fault_share * self._limit:
                 raise ModuleFault(
                     f"memory at {100 * self._used / self._limit:.0f}% of its maxmemory "
-                    f"({detail['used_memory_mb']:,} of {detail['maxmemory_mb']:,} MiB): full, it refuses "
-                    "new commands until memory is freed (the history writer frees what it has "
-                    "written: see the db module) or maxmemory is raised",
+                    f"({detail['used_memory_mb']:,} of {detail['maxmemory_mb']:,} MiB): from "
+                    f"{REDIS_MEMORY_ORDERS_SHARE:.0%} on the web takes only control commands and "
+                    "cancels, and full, it refuses every new command, until memory is freed (the "
+                    "history writer frees what it has written: see the db module) or maxmemory is "
+                    "raised",
                     detail,
                 )
         return detail
