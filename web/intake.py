@@ -393,7 +393,7 @@ class CommandWriter:
             return batch
         message = (
             f"Redis memory at {share:.0%} of its maxmemory: from {REDIS_MEMORY_ORDERS_SHARE:.0%} on "
-            "only control commands and cancels are taken (a kill_switch always is); nothing was "
+            "only control commands and cancels are taken (a kill_switch still is); nothing was "
             "enqueued; retry with the same request_id once memory is freed (the history writer "
             "frees it when the database takes writes: see the db module) or maxmemory is raised"
         )
