@@ -79,6 +79,13 @@ ENGINE_BATCHES = Counter(
     ["source"],
 )
 ENQUEUED = Counter("hean_commands_enqueued", "Commands the web process enqueued, by queue.", ["queue"])
+REFUSED = Counter(
+    "hean_commands_refused",
+    "Commands the web process refused (acked with accepted: false), by reason: the error code of "
+    "a command refused at the edge, or for `unavailable` what was wanting (redis, redis_memory, "
+    "history, not_durable, enqueue_timeout, internal).",
+    ["reason"],
+)
 ACK = Histogram(
     "hean_ack_seconds",
     "Receive-to-ack time in the web process; one observation per enqueue batch (its oldest command).",
@@ -149,6 +156,11 @@ def enqueued(queue: str, count: int, oldest_started: float) -> None:
     `oldest_started` (time.perf_counter())."""
     ENQUEUED.labels(queue).inc(count)
     ACK.observe(time.perf_counter() - oldest_started)
+
+
+def refused(reason: str) -> None:
+    """The web process refused a command (see REFUSED for the reasons)."""
+    REFUSED.labels(reason).inc()
 
 
 def unjournaled(count: int) -> None:

@@ -177,9 +177,14 @@ TRANSIENT_ERRORS: tuple[type[RedisError], ...] = (
 )
 
 
+def is_out_of_memory(exc: RedisError) -> bool:
+    """Redis refused the write for want of memory (maxmemory reached)."""
+    return isinstance(exc, OutOfMemoryError) or str(exc).startswith("OOM")
+
+
 def unavailable_reason(exc: RedisError) -> str:
     """Why Redis refused a write, in words for a client's `unavailable` error."""
-    if isinstance(exc, OutOfMemoryError) or str(exc).startswith("OOM"):
+    if is_out_of_memory(exc):
         return "Redis is out of memory (maxmemory reached)"
     if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
         return "Redis is unreachable"

@@ -43,6 +43,8 @@ from support import (
     hean_up_env,
     http_json,
     http_ok,
+    scrape,
+    total,
     wait_for,
 )
 
@@ -368,6 +370,9 @@ def test_a_kill_switch_is_taken_while_redis_is_nearly_full(up_system: UpSystem) 
             refused["error"]["message"],
         ), refused
         assert store.exists(f"hean:cmd:{refused['request_id']}") == 0  # nothing enqueued for it
+        # what an operator's alert would watch
+        found = scrape(f"{up_system.url}/metrics")
+        assert total(found, "hean_commands_refused_total", reason="redis_memory") >= 1
         states = []
         for name, params in (
             ("kill_switch", {"reason": "Redis nearly full"}),

@@ -116,6 +116,12 @@ def test_metrics_merge_every_process_and_move_when_orders_flow(
     metrics_url = str(system["url"]) + "/metrics"
     wait_for(lambda: total(scrape(metrics_url), "hean_pulses_total") > 0, 30, "a pulse in /metrics")
     before = scrape(metrics_url)
+    client = Client(str(system["url"]), str(system["token"]))
+    try:  # a command the web refuses, counted by its reason
+        ack = client.command({"command": "no_such_command", "params": {}, "request_id": uuid.uuid4().hex})
+        assert not ack["accepted"] and ack["error"]["code"] == "unknown_command", ack
+    finally:
+        client.close()
     flow_orders(system)
 
     def moved() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
@@ -142,6 +148,7 @@ def test_metrics_merge_every_process_and_move_when_orders_flow(
     assert grew("hean_submit_to_result_seconds_count", queue="engine") >= 1
     # the web process: commands enqueued and the ack histogram
     assert grew("hean_commands_enqueued_total", queue="engine") >= 6
+    assert grew("hean_commands_refused_total", reason="unknown_command") >= 1
     assert grew("hean_ack_seconds_count") >= 1
     assert total(after, "hean_ack_seconds_bucket", le="+Inf") == total(after, "hean_ack_seconds_count")
     # the state bus, the pulse (per module), the queues and the engine log, read at scrape time

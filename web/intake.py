@@ -39,7 +39,13 @@ from hean.messages import (
     new_request_id,
     now_ms,
 )
-from hean.redis_client import DurabilityRule, DurabilityWatch, NotDurable, unavailable_reason
+from hean.redis_client import (
+    DurabilityRule,
+    DurabilityWatch,
+    NotDurable,
+    is_out_of_memory,
+    unavailable_reason,
+)
 from hean.topology import BATCH_TASKS
 
 log = logging.getLogger(__name__)
@@ -121,6 +127,7 @@ class CommandIntake:
         self._writer.submit(pending)
         if not done.wait(ENQUEUE_TIMEOUT_S):
             # The writer may still enqueue it: the client must not assume either way.
+            metrics.refused("enqueue_timeout")
             return Outcome(
                 pending.ack(
                     False,
@@ -179,6 +186,7 @@ class CommandIntake:
         name = raw_name if isinstance(raw_name, str) else None
 
         def reject(error: ErrorInfo, status: int = 400) -> Outcome:
+            metrics.refused(error.code)
             ack_time_ms = round((time.perf_counter() - started) * 1000.0, 3)
             return Outcome(ack_message(request_id, name, False, ack_time_ms, error), http_status=status)
 
@@ -282,8 +290,13 @@ class CommandWriter:
             ("durability", self._durability.get),
             ("memory", self._memory.read),
             ("scripts", self._journal.load_intake_scripts),
-            ("frames", lambda: [batch_frame(self._celery, task, queue_name, "warm-up", "")
-                                for queue_name, task in BATCH_TASKS.items()]),
+            (
+                "frames",
+                lambda: [
+                    batch_frame(self._celery, task, queue_name, "warm-up", "")
+                    for queue_name, task in BATCH_TASKS.items()
+                ],
+            ),
         ]
 
     def unjournaled_ack(self, request_id: str) -> dict[str, Any] | None:
@@ -345,7 +358,7 @@ class CommandWriter:
                 log.exception("event=writer_failed size=%d", len(batch))
                 for pending in batch:
                     if pending.outcome is None:
-                        pending.fail(ErrorInfo(code="unavailable", message="internal error; retry"), 503)
+                        pending.unavailable("internal error; retry", "internal")
             self._group_commit.done()
 
     def _answered_before(self, batch: list[PendingCommand]) -> list[PendingCommand] | None:
@@ -361,7 +374,7 @@ class CommandWriter:
         except (HistoryUnavailable, LookupTimeout) as exc:
             self._history_failures.failed("event=enqueue_failed reason=history_unreadable error=%s", exc)
             for pending in batch:
-                pending.fail(ErrorInfo(code="unavailable", message="command history unreachable; retry"), 503)
+                pending.unavailable("command history unreachable; retry", "history")
             return None
         self._history_failures.recovered("event=enqueue_recovered reason=history_readable")
         if not answered:
@@ -399,7 +412,7 @@ class CommandWriter:
         )
         for pending in batch:
             if pending.command not in TAKEN_NEARLY_FULL:
-                pending.fail(ErrorInfo(code="unavailable", message=message), 503)
+                pending.unavailable(message, "redis_memory")
         self._memory_refusals.failed(
             "event=enqueue_failed reason=redis_memory share=%.2f", share, level=logging.WARNING
         )
@@ -448,20 +461,18 @@ class CommandWriter:
             journaled = True
             log.error("event=enqueue_not_durable queue=%s size=%d error=%s", queue_name, len(items), exc)
             for pending in items:
-                pending.fail(
-                    ErrorInfo(
-                        code="unavailable",
-                        message=f"queued but not confirmed durable ({exc}); it may still run: resend "
-                        "the same request_id to learn its outcome",
-                    ),
-                    503,
+                pending.unavailable(
+                    f"queued but not confirmed durable ({exc}); it may still run: resend the same "
+                    "request_id to learn its outcome",
+                    "not_durable",
                 )
             return acks
         except RedisError as exc:  # atomic: nothing was reserved, nothing enqueued
             self._redis_failures.failed("event=enqueue_failed reason=redis error=%s", exc)
             message = f"{unavailable_reason(exc)}: nothing was enqueued; retry with the same request_id"
+            reason = "redis_memory" if is_out_of_memory(exc) else "redis"
             for pending in items:
-                pending.fail(ErrorInfo(code="unavailable", message=message), 503)
+                pending.unavailable(message, reason)
             return acks
         finally:
             self._settle_acks(earlier, journaled)
@@ -552,8 +563,11 @@ class PendingCommand:
         self._finish(Outcome(ack))
         return ack
 
-    def fail(self, error: ErrorInfo, status: int) -> None:
-        self._finish(Outcome(self.ack(False, error), http_status=status))
+    def unavailable(self, message: str, reason: str) -> None:
+        """Refuse it `unavailable` (HTTP 503), counted by `reason` (hean_commands_refused)."""
+        metrics.refused(reason)
+        error = ErrorInfo(code="unavailable", message=message)
+        self._finish(Outcome(self.ack(False, error), http_status=503))
 
     def duplicate(self, reservation: Reservation) -> dict[str, Any]:
         """Answer a repeated request id: the original ack if it was journaled, else a new one
