@@ -61,8 +61,7 @@ def main() -> None:
     parser.add_argument("--writes", type=int, default=20_000)
     args = parser.parse_args()
 
-    import hean.metrics  # noqa: F401  (sets hean's identifier at import)
-    from hean.metrics import _process_identifier
+    from hean.metrics import _process_identifier  # set at import
 
     host = socket.gethostname().replace("_", "-")
     with tempfile.TemporaryDirectory() as old_dir, tempfile.TemporaryDirectory() as new_dir:

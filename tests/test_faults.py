@@ -384,6 +384,8 @@ def test_a_kill_switch_is_taken_while_redis_is_nearly_full(up_system: UpSystem) 
             result = probe.result_for(ack["request_id"])
             assert result["success"], result
             states.append(result["result"]["state"])
+            if name == "kill_switch":  # the resting order cancelled
+                assert result["result"]["account"]["open_orders"] == 0, result
         assert states == ["HALTED", "STOPPED", "RUNNING"], states
         # full: every command refused, control commands too
         store.config_set("maxmemory", max(int(store.info("memory")["used_memory"]) - 2**20, 2**20))
