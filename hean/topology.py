@@ -62,3 +62,9 @@ HISTORY_STREAM_KEY: Final = "hean:history"
 #: attempt (a writer that stopped trying). The health pulse's db module reads it.
 HISTORY_FAILURE_KEY: Final = "hean:history:failure"
 HISTORY_FAILURE_TTL_S: Final = 30
+
+# -- Redis's memory (hean/core/system/probes.py: MemoryCheck) -----------------------------------
+#: Room the web keeps for a command that stops trading and meets a full Redis: a string of zero
+#: bytes it deletes when such a command is refused "out of memory", and makes again once there
+#: is room (a string, so that Redis frees it at once).
+MEMORY_RESERVE_KEY: Final = "hean:memory-reserve"

@@ -206,9 +206,12 @@ def test_a_request_id_that_would_break_the_message_is_refused_before_anything_is
 def test_the_intake_warms_up_before_its_first_command(redis_client: redis.Redis, tmp_path: Path) -> None:
     """web.server runs `warm_up` as it starts serving: the database reader open, the server's
     durability known, the intake's scripts loaded (the first command found none of them and
-    waited 36-47 ms for its ack, the next ones 3), and nothing enqueued or reserved."""
+    waited 36-47 ms for its ack, the next ones 3), Redis's memory read and the reserve for a kill
+    switch made (this server has a maxmemory), and nothing enqueued or reserved."""
     from hean.command_journal import _RECORD_ACKS, _RESERVE
+    from hean.core.system.probes import memory_reserve_size
     from hean.redis_client import script_sha
+    from hean.topology import MEMORY_RESERVE_KEY
     from web.intake import WARM_UP_REQUEST_ID, CommandIntake
 
     history = HistoryStore(open_database(f"sqlite:///{tmp_path}/history.db"))
@@ -221,7 +224,10 @@ def test_the_intake_warms_up_before_its_first_command(redis_client: redis.Redis,
     assert intake._writer._durability._known is not None
     assert not intake._writer._memory.due  # read: the first batch does not ask again
     assert redis_client.script_exists(script_sha(_RESERVE), script_sha(_RECORD_ACKS)) == [True, True]
-    assert redis_client.dbsize() == 0  # nothing reserved, queued or journaled
+    # nothing reserved, queued or journaled: only the memory reserve
+    assert redis_client.keys() == [MEMORY_RESERVE_KEY.encode()]
+    limit = int(redis_client.config_get("maxmemory")["maxmemory"])
+    assert redis_client.strlen(MEMORY_RESERVE_KEY) == memory_reserve_size(limit) > 0
     assert intake._writer.journal.state(WARM_UP_REQUEST_ID) is None
 
 

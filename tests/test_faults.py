@@ -32,8 +32,9 @@ import redis
 from hean.client import Client as HeanClient
 from hean.client import CommandHandle, OrderHandle, OrderRejected
 from hean.command_journal import CommandJournal
-from hean.core.system.probes import REDIS_MEMORY_FAULT_SHARE, REDIS_MEMORY_ORDERS_SHARE
+from hean.core.system.probes import REDIS_MEMORY_FAULT_SHARE, REDIS_MEMORY_ORDERS_SHARE, memory_reserve_size
 from hean.processes import process_names
+from hean.topology import MEMORY_RESERVE_KEY
 from support import (
     REPO_ROOT,
     SHARED_RISK_LIMITS,
@@ -322,12 +323,25 @@ def test_web_process_sigkill_under_load(up_system: UpSystem) -> None:
 def test_a_kill_switch_is_taken_while_redis_is_nearly_full(up_system: UpSystem) -> None:
     """From 95% of Redis's maxmemory on, orders are refused `unavailable` with nothing enqueued,
     and the commands that stop trading are still taken and run (the room left is theirs): a
-    kill switch, and the reset and start after it. Full, every command is refused, and once
-    there is room again orders are taken within about a second (the web reads the memory once
-    a second)."""
+    kill switch, and the reset and start after it. Full anyway (a limit lowered by hand), a kill
+    switch frees the web's memory reserve and is taken; with the reserve gone, every command is
+    refused. Once there is room again orders are taken within about a second (the web reads the
+    memory once a second), and the reserve is made again."""
     store = up_system.redis()
     probe = Client(up_system.url, up_system.token)
     own = symbol()
+    limit = int(store.config_get("maxmemory")["maxmemory"])
+    web_log = Path(up_system.env["HEAN_HOME"]) / "logs" / "web.log"
+
+    def fill_up() -> None:  # a limit 1 MiB under what Redis holds: every write refused
+        store.config_set("maxmemory", max(int(store.info("memory")["used_memory"]) - 2**20, 2**20))
+
+    def run(name: str, params: dict[str, Any]) -> str:
+        ack = send(name, params)
+        assert ack["accepted"], ack
+        result = probe.result_for(ack["request_id"])
+        assert result["success"], result
+        return str(result["result"]["state"])
 
     def send(name: str, params: dict[str, Any]) -> dict[str, Any]:
         return probe.command({"command": name, "params": params, "request_id": uuid.uuid4().hex})
@@ -350,6 +364,8 @@ def test_a_kill_switch_is_taken_while_redis_is_nearly_full(up_system: UpSystem) 
         return None if ack["accepted"] else ack
 
     try:
+        # made by the web as it started, under hean up's limit (half of this machine's memory)
+        assert store.strlen(MEMORY_RESERVE_KEY) == memory_reserve_size(limit) > 0
         market = send("update_market", {"symbol": own, "bid": PRICE, "ask": PRICE, "last": PRICE})
         assert market["accepted"] and probe.result_for(market["request_id"])["success"], market
         resting = order()  # a resting order, which the kill switch cancels
@@ -387,14 +403,22 @@ def test_a_kill_switch_is_taken_while_redis_is_nearly_full(up_system: UpSystem) 
             if name == "kill_switch":  # the resting order cancelled
                 assert result["result"]["account"]["open_orders"] == 0, result
         assert states == ["HALTED", "STOPPED", "RUNNING"], states
-        # full: every command refused, control commands too
-        store.config_set("maxmemory", max(int(store.info("memory")["used_memory"]) - 2**20, 2**20))
-        ack = send("risk_adjust", {"max_orders_per_second": 0})
+        # full: the kill switch frees the reserve (16 MiB) and is taken, and run
+        fill_up()
+        assert run("kill_switch", {"reason": "Redis full"}) == "HALTED"
+        assert store.exists(MEMORY_RESERVE_KEY) == 0
+        assert re.search(r"event=memory_reserve_released bytes=\d+ commands=kill_switch", web_log.read_text())
+        # full again, no reserve left: every command refused, control commands too
+        fill_up()
+        ack = send("reset_kill_switch", {})
         assert not ack["accepted"] and "out of memory" in ack["error"]["message"], ack
-        store.config_set("maxmemory", 0)
+        store.config_set("maxmemory", limit)
+        store.delete(*(f"ballast:{part}" for part in range(BALLAST_PARTS)))
+        assert [run("reset_kill_switch", {}), run("start", {})] == ["STOPPED", "RUNNING"]
         wait_for(lambda: order()["accepted"], 10, "orders taken again")
+        wait_for(lambda: order() and store.strlen(MEMORY_RESERVE_KEY) > 0, 10, "the reserve made again")
     finally:
-        store.config_set("maxmemory", 0)
+        store.config_set("maxmemory", limit)
         store.delete(*(f"ballast:{part}" for part in range(BALLAST_PARTS)))
         store.close()
         probe.close()

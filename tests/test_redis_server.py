@@ -19,7 +19,7 @@ import redis
 
 from hean.config import reload_settings
 from hean.core.system.health_monitor import ModuleFault
-from hean.core.system.probes import MemoryCheck
+from hean.core.system.probes import MemoryCheck, memory_reserve_size
 from hean.redis_server import (
     PrivateRedis,
     RedisStartError,
@@ -30,7 +30,7 @@ from hean.redis_server import (
     redis_answers,
 )
 from hean.testing.disk import disk_flushes
-from hean.topology import ENGINE_QUEUE
+from hean.topology import ENGINE_QUEUE, MEMORY_RESERVE_KEY
 from support import unauthenticated_client, wait_for
 
 
@@ -79,6 +79,43 @@ def test_private_redis_keeps_to_a_memory_limit(tmp_path: Path) -> None:
         check.read()
         assert check.verdict({})["used_memory_mb"] < 10
         client.close()
+
+
+def test_the_memory_reserve_is_made_with_room_and_freed_when_redis_is_full(tmp_path: Path) -> None:
+    """The web's reserve for a kill switch that meets a full Redis (MemoryCheck.keep_reserve and
+    release_reserve, as web/intake.py calls them): made only while there is room for it, freed
+    by a full Redis (which then takes a write again), made again once there is room."""
+    with PrivateRedis(tmp_path, maxmemory="64MiB") as server:
+        client = redis.Redis.from_url(server.url)
+        size = memory_reserve_size(64 * 2**20)
+        assert size == int(64 * 2**20 * 0.02)  # 2% of the limit, under the 16 MiB cap
+        assert memory_reserve_size(0) == 0 and memory_reserve_size(2**40) == 16 * 2**20
+        check = MemoryCheck(client, every_s=0.0)
+        check.read()
+        assert check.verdict({})["memory_reserve_mb"] == 0.0
+        assert check.keep_reserve() == size
+        assert client.strlen(MEMORY_RESERVE_KEY) == size
+        assert client.getrange(MEMORY_RESERVE_KEY, 0, 7) == bytes(8)  # zero bytes
+        check.read()
+        assert check.verdict({})["memory_reserve_mb"] == round(size / 2**20, 1)
+        assert check.keep_reserve() == 0  # there already
+        # full: every write refused, until the reserve is freed (DEL is taken by a full Redis)
+        for part in range(20):
+            client.set(f"ballast:{part}", b"x" * 2**21)
+        client.config_set("maxmemory", int(client.info("memory")["used_memory"]) - 2**19)
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            client.set("after", b"x")
+        assert check.release_reserve() == size
+        assert client.exists(MEMORY_RESERVE_KEY) == 0 and check.release_reserve() == 0  # once
+        assert client.set("after", b"x")
+        check.read()
+        assert check.keep_reserve() == 0  # no room for it: not made
+        assert client.exists(MEMORY_RESERVE_KEY) == 0
+        client.config_set("maxmemory", 64 * 2**20)
+        client.delete(*(f"ballast:{part}" for part in range(20)))
+        check.read()
+        assert check.keep_reserve() == size and client.strlen(MEMORY_RESERVE_KEY) == size
+        client.close()
     with PrivateRedis(tmp_path / "unlimited", maxmemory="0") as server:
         client = redis.Redis.from_url(server.url)
         assert client.config_get("maxmemory")["maxmemory"] == "0"
@@ -106,9 +143,7 @@ def test_a_memory_limit_too_small_for_this_machine_stops_the_start(
 
 def _raw_command(port: int, *args: str) -> bytes:
     """Send one command as raw RESP on a fresh connection (no client library, no AUTH)."""
-    frame = f"*{len(args)}\r\n".encode() + b"".join(
-        f"${len(a.encode())}\r\n{a}\r\n".encode() for a in args
-    )
+    frame = f"*{len(args)}\r\n".encode() + b"".join(f"${len(a.encode())}\r\n{a}\r\n".encode() for a in args)
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(frame)
         return sock.recv(4096)
@@ -291,8 +326,7 @@ def test_redis_dies_with_its_owner_even_on_sigkill(tmp_path: Path) -> None:
         owner.wait()
         wait_for(
             lambda: (
-                not psutil.pid_exists(redis_pid)
-                or psutil.Process(redis_pid).status() == psutil.STATUS_ZOMBIE
+                not psutil.pid_exists(redis_pid) or psutil.Process(redis_pid).status() == psutil.STATUS_ZOMBIE
             ),
             10,
             "the orphaned Redis to exit",

@@ -46,7 +46,7 @@ from hean.redis_client import (
     is_out_of_memory,
     unavailable_reason,
 )
-from hean.topology import BATCH_TASKS
+from hean.topology import BATCH_TASKS, MEMORY_RESERVE_KEY
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +288,7 @@ class CommandWriter:
         return [
             ("history", lambda: history.answered([WARM_UP_REQUEST_ID]) if history else None),
             ("durability", self._durability.get),
-            ("memory", self._memory.read),
+            ("memory", self._read_memory),
             ("scripts", self._journal.load_intake_scripts),
             (
                 "frames",
@@ -391,12 +391,34 @@ class CommandWriter:
                 pending.duplicate(Reservation(new=False, ack=ack, result=record.result))
         return remaining
 
+    def _read_memory(self) -> None:
+        """Read Redis's memory, and make the reserve for TAKEN_NEARLY_FULL if there is none and
+        there is room for it (MemoryCheck.keep_reserve)."""
+        self._memory.read()
+        if made := self._memory.keep_reserve():
+            log.info("event=memory_reserve_made bytes=%d key=%s", made, MEMORY_RESERVE_KEY)
+
+    def _release_reserve(self, items: list[PendingCommand]) -> bool:
+        """Free the memory reserve for `items` (commands of TAKEN_NEARLY_FULL that a full Redis
+        refused); True if it freed any."""
+        try:
+            freed = self._memory.release_reserve()
+        except RedisError as exc:
+            log.error("event=memory_reserve_not_released error=%s", exc)
+            return False
+        if freed:
+            commands = ",".join(sorted({p.command for p in items}))
+            log.warning(
+                "event=memory_reserve_released bytes=%d commands=%s reason=redis_full", freed, commands
+            )
+        return bool(freed)
+
     def _room_for(self, batch: list[PendingCommand]) -> list[PendingCommand]:
         """The commands Redis has room for: from REDIS_MEMORY_ORDERS_SHARE of its maxmemory on,
         only those of TAKEN_NEARLY_FULL; the others are refused `unavailable`, nothing enqueued."""
         if self._memory.due:
             with contextlib.suppress(RedisError):  # the reservation says what is wrong with Redis
-                self._memory.read()
+                self._read_memory()
         share = self._memory.share
         if share is None or share < REDIS_MEMORY_ORDERS_SHARE:
             self._memory_refusals.recovered("event=enqueue_recovered reason=redis_memory")
@@ -446,6 +468,7 @@ class CommandWriter:
         frame = batch_frame(self._celery, BATCH_TASKS[queue_name], queue_name, task_id, commands)
         earlier = self._take_acks()
         journaled = False
+        stopping: list[PendingCommand] = []  # tried again once a full Redis freed the reserve
         try:
             durable = self._durability.get()
             reservations = self._journal.reserve_and_enqueue(
@@ -471,11 +494,20 @@ class CommandWriter:
             self._redis_failures.failed("event=enqueue_failed reason=redis error=%s", exc)
             message = f"{unavailable_reason(exc)}: nothing was enqueued; retry with the same request_id"
             reason = "redis_memory" if is_out_of_memory(exc) else "redis"
+            if is_out_of_memory(exc):
+                stopping = [pending for pending in items if pending.command in TAKEN_NEARLY_FULL]
+                if not (stopping and self._release_reserve(stopping)):
+                    stopping = []
+            tried_again = set(map(id, stopping))
             for pending in items:
-                pending.unavailable(message, reason)
-            return acks
+                if id(pending) not in tried_again:
+                    pending.unavailable(message, reason)
+            if not stopping:
+                return acks
         finally:
             self._settle_acks(earlier, journaled)
+        if stopping:  # once: the reserve is gone now
+            return self._enqueue(queue_name, stopping)
         for pending, reservation in zip(items, reservations, strict=True):
             if reservation.new:
                 acks.append(pending.accept())

@@ -16,7 +16,7 @@ import redis
 
 from hean.core.system.health_monitor import HealthStatus, ModuleFault, Probe, Unreachable
 from hean.redis_client import oldest_entry_age_s, text
-from hean.topology import HISTORY_FAILURE_KEY, HISTORY_STREAM_KEY
+from hean.topology import HISTORY_FAILURE_KEY, HISTORY_STREAM_KEY, MEMORY_RESERVE_KEY
 
 #: Written by the web process every 100 ms: {ts, clients, pid, host} (web/heartbeat.py).
 WEB_HEARTBEAT_KEY = "hean:web:heartbeat"
@@ -45,6 +45,12 @@ REDIS_MEMORY_FAULT_SHARE = 0.9
 #: trading (web/intake.py: TAKEN_NEARLY_FULL), so the room left is theirs and the commits of
 #: commands already acked: a kill switch is taken until Redis is full.
 REDIS_MEMORY_ORDERS_SHARE = 0.95
+#: The room the web keeps for such commands beyond that (MEMORY_RESERVE_KEY): a share of
+#: maxmemory, at most so many bytes. Redis can still fill (a small limit, another application on
+#: a shared server, a limit lowered by hand); a command of TAKEN_NEARLY_FULL refused "out of
+#: memory" then frees the reserve and is tried again, and the web makes it again once memory is
+#: below REDIS_MEMORY_FAULT_SHARE with it.
+MEMORY_RESERVE_SHARE, MEMORY_RESERVE_MAX = 0.02, 16 * 2**20
 #: The redis and db modules read the free space of the disk under their data this often.
 DISK_CHECK_EVERY_S = 5.0
 
@@ -130,10 +136,16 @@ class PeriodicCheck:
         self._due = time.monotonic() + self.every_s
 
 
+def memory_reserve_size(limit: int) -> int:
+    """The bytes of MEMORY_RESERVE_KEY under a maxmemory of `limit` (0, none: no reserve)."""
+    return min(MEMORY_RESERVE_MAX, int(limit * MEMORY_RESERVE_SHARE))
+
+
 class MemoryCheck(PeriodicCheck):
-    """Redis's memory against its `maxmemory`, read (INFO memory) at most every `every_s`. Full,
-    Redis refuses every write that adds memory (noeviction): new commands are refused, results
-    wait. Its verdict is a fault from `fault_share` of the limit on, while there is still room."""
+    """Redis's memory against its `maxmemory`, read (INFO memory, and the size of the web's
+    reserve) at most every `every_s`. Full, Redis refuses every write that adds memory
+    (noeviction): new commands are refused, results wait. Its verdict is a fault from
+    `fault_share` of the limit on, while there is still room."""
 
     def __init__(
         self,
@@ -143,16 +155,41 @@ class MemoryCheck(PeriodicCheck):
     ) -> None:
         super().__init__(every_s)
         self.client, self.fault_share = client, fault_share
-        self._used = self._limit = 0
+        self._used = self._limit = self._reserve = 0
 
     def read(self) -> None:
-        """Read it now; an answer without the figures (a server that hides INFO) leaves none."""
+        """Read it now (one round trip); an answer without the figures (a server that hides INFO)
+        leaves none."""
         self._scheduled()
-        try:
-            memory = self.client.info("memory")
-        except redis.ResponseError:  # INFO renamed or refused (some managed servers)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.info("memory")
+        pipe.strlen(MEMORY_RESERVE_KEY)
+        memory, reserve = pipe.execute(raise_on_error=False)
+        if isinstance(memory, redis.ResponseError):  # INFO renamed or refused (some managed servers)
             memory = {}
         self._used, self._limit = int(memory.get("used_memory", 0)), int(memory.get("maxmemory", 0))
+        self._reserve = reserve if isinstance(reserve, int) else 0
+
+    def keep_reserve(self) -> int:
+        """Make the web's reserve (MEMORY_RESERVE_KEY) if the last read found none and memory with
+        it stays below `fault_share` of the limit; the bytes it made (0: none made)."""
+        size = memory_reserve_size(self._limit)
+        if self._reserve or not size or not self._used or self._used + size >= self.fault_share * self._limit:
+            return 0
+        # zero bytes up to the size: a short command in the AOF, 190 KB of a rewrite for 16 MiB
+        self.client.setrange(MEMORY_RESERVE_KEY, size - 1, b"\0")
+        self._reserve, self._used = size, self._used + size
+        return size
+
+    def release_reserve(self) -> int:
+        """Delete the reserve (DEL is taken by a full Redis); the bytes it freed (0: none was there,
+        or another process freed it first)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.strlen(MEMORY_RESERVE_KEY)
+        pipe.delete(MEMORY_RESERVE_KEY)
+        size, deleted = pipe.execute()
+        self._reserve = 0
+        return int(size) if deleted else 0
 
     @property
     def share(self) -> float | None:
@@ -166,14 +203,15 @@ class MemoryCheck(PeriodicCheck):
         detail = dict(detail, used_memory_mb=round(self._used / 2**20, 1))
         if self._limit:
             detail["maxmemory_mb"] = round(self._limit / 2**20, 1)
+            detail["memory_reserve_mb"] = round(self._reserve / 2**20, 1)
             if self._used >= self.fault_share * self._limit:
                 raise ModuleFault(
                     f"memory at {100 * self._used / self._limit:.0f}% of its maxmemory "
                     f"({detail['used_memory_mb']:,} of {detail['maxmemory_mb']:,} MiB): from "
                     f"{REDIS_MEMORY_ORDERS_SHARE:.0%} on the web takes only control commands and "
-                    "cancels, and full, it refuses every new command, until memory is freed (the "
-                    "history writer frees what it has written: see the db module) or maxmemory is "
-                    "raised",
+                    "cancels, and full, Redis refuses every new command (the web frees its reserve, "
+                    "memory_reserve_mb, for one of those), until memory is freed (the history "
+                    "writer frees what it has written: see the db module) or maxmemory is raised",
                     detail,
                 )
         return detail
