@@ -326,15 +326,21 @@ def test_a_kill_switch_is_taken_while_redis_is_nearly_full(up_system: UpSystem) 
     kill switch, and the reset and start after it. Full anyway (a limit lowered by hand), a kill
     switch frees the web's memory reserve and is taken; with the reserve gone, every command is
     refused. Once there is room again orders are taken within about a second (the web reads the
-    memory once a second), and the reserve is made again."""
+    memory once a second), and the reserve is made again. Full while the engine worker holds a
+    batch it cannot commit, the kill switch's room lets that batch and the order behind it
+    commit, and the kill switch runs after them."""
     store = up_system.redis()
     probe = Client(up_system.url, up_system.token)
     own = symbol()
     limit = int(store.config_get("maxmemory")["maxmemory"])
     web_log = Path(up_system.env["HEAN_HOME"]) / "logs" / "web.log"
 
-    def fill_up() -> None:  # a limit 1 MiB under what Redis holds: every write refused
-        store.config_set("maxmemory", max(int(store.info("memory")["used_memory"]) - 2**20, 2**20))
+    def fill_up() -> None:
+        # a limit 1 MiB under what Redis holds, not counting its clients' buffers (MBs for a
+        # moment, then gone): every write refused, and still after a few seconds
+        memory = store.info("memory")
+        held = int(memory["used_memory"]) - int(memory.get("mem_clients_normal", 0))
+        store.config_set("maxmemory", max(held - 2**20, 2**20))
 
     def run(name: str, params: dict[str, Any]) -> str:
         ack = send(name, params)
@@ -417,6 +423,22 @@ def test_a_kill_switch_is_taken_while_redis_is_nearly_full(up_system: UpSystem) 
         assert [run("reset_kill_switch", {}), run("start", {})] == ["STOPPED", "RUNNING"]
         wait_for(lambda: order()["accepted"], 10, "orders taken again")
         wait_for(lambda: order() and store.strlen(MEMORY_RESERVE_KEY) > 0, 10, "the reserve made again")
+        # full while acked commands wait: the engine worker, mid-batch (a nap), finds Redis full
+        # at its commit and holds the batch, an order acked behind it; the kill switch's room
+        # lets them commit too, and then it runs
+        nap = send("engine_nap", {"seconds": 2})
+        wait_for(lambda: CommandJournal(store).state(nap["request_id"]) == "started", 30, "the nap")
+        behind = order()
+        assert nap["accepted"] and behind["accepted"], (nap, behind)
+        fill_up()
+        time.sleep(2.5)  # the nap over: its commit refused, the batch held
+        assert CommandJournal(store).state(nap["request_id"]) == "started"
+        assert run("kill_switch", {"reason": "Redis full, orders held"}) == "HALTED"
+        for ack in (nap, behind):
+            assert probe.result_for(ack["request_id"])["success"], ack
+        assert len(re.findall("event=memory_reserve_released", web_log.read_text())) == 2
+        store.config_set("maxmemory", limit)
+        assert [run("reset_kill_switch", {}), run("start", {})] == ["STOPPED", "RUNNING"]
     finally:
         store.config_set("maxmemory", limit)
         store.delete(*(f"ballast:{part}" for part in range(BALLAST_PARTS)))
