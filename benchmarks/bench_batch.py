@@ -20,7 +20,7 @@ order; a straight line through the sizes gives each side's fixed cost per batch 
 per order, and from them the orders a batch needs for 50 us per order. Prints tables; never
 fails on speed.
 
-    .venv/bin/python benchmarks/bench_batch.py [--rounds 7] [--batches 40]
+    .venv/bin/python benchmarks/bench_batch.py [--rounds 7] [--batches 40] [--gap-ms 4]
 """
 
 from __future__ import annotations
@@ -50,8 +50,12 @@ SYMBOL = "BTC/USDT"
 
 
 def order(tag: str, i: int) -> dict[str, Any]:
-    return {"client_order_id": f"{tag}-{i}", "symbol": SYMBOL, "side": "BUY" if i % 2 else "SELL",
-            "quantity": "0.001"}
+    return {
+        "client_order_id": f"{tag}-{i}",
+        "symbol": SYMBOL,
+        "side": "BUY" if i % 2 else "SELL",
+        "quantity": "0.001",
+    }
 
 
 class Bench:
@@ -156,10 +160,11 @@ def fit(points: list[tuple[int, float]]) -> tuple[float, float]:
 Commands = Callable[[str], list[tuple[str, dict[str, Any]]]]
 
 
-def measure(bench: Bench, commands: Commands, rounds: int, batches: int) -> list[float]:
+def measure(bench: Bench, commands: Commands, rounds: int, batches: int, gap_s: float = 0.0) -> list[float]:
     """HEAN's and the two floors' CPU per batch (us) for batches of `commands(tag)`, on fresh
     request ids and client order ids for every batch: the median over `rounds`, each side's
-    rounds taken in turns (this machine's speed drifts within a run)."""
+    rounds taken in turns (this machine's speed drifts within a run). With `gap_s`, each batch
+    runs after that long asleep, as under `hean up` (not counted: CPU time)."""
     runs = (bench.run_batch, bench.floor_batch, bench.floor_one_hash)
     prepared = [
         [bench.reserved(commands(f"{side}{bench.seq}-{b}")) for b in range(rounds * batches + 5)]
@@ -174,6 +179,8 @@ def measure(bench: Bench, commands: Commands, rounds: int, batches: int) -> list
             chunk = prepared[side][5 + r * batches : 5 + (r + 1) * batches]
             start = time.process_time()
             for batch in chunk:
+                if gap_s:
+                    time.sleep(gap_s)
                 run(batch)
             samples[side].append((time.process_time() - start) / len(chunk) * 1e6)
     return [statistics.median(side) for side in samples]
@@ -185,9 +192,18 @@ def main() -> int:
     )
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--batches", type=int, default=40, help="batches per round and size")
+    parser.add_argument(
+        "--gap-ms",
+        type=float,
+        default=0.0,
+        help="sleep this long before each batch, as the engine worker lingers between batches "
+        "under `hean up` (4 ms by default; 0: back to back)",
+    )
     args = parser.parse_args()
     if args.rounds < 1 or args.batches < 1:
         parser.error("--rounds and --batches take 1 or more")
+    if not 0 <= args.gap_ms <= 1000:
+        parser.error("--gap-ms takes 0 to 1000")
     home = tempfile.mkdtemp(prefix="hean-bench-batch-")
     server = PrivateRedis(Path(home) / "redis")  # appendfsync always, as `hean up` runs it
     url = server.start()
@@ -206,7 +222,7 @@ def main() -> int:
         for k in SIZES:
             print(f"  {k} single-order command(s) per batch ...", flush=True)
             singles: Commands = lambda tag, k=k: [("submit_order", order(tag, i)) for i in range(k)]  # noqa: E731
-            cpu = measure(bench, singles, args.rounds, args.batches)
+            cpu = measure(bench, singles, args.rounds, args.batches, args.gap_ms / 1e3)
             for name, us in zip(names, cpu, strict=True):
                 points[name].append((k, us))
             rows.append(row(f"{k} x submit_order", k, cpu))
@@ -216,6 +232,7 @@ def main() -> int:
             lambda tag: [("submit_orders", {"orders": [order(tag, i) for i in range(100)]})],
             args.rounds,
             args.batches,
+            args.gap_ms / 1e3,
         )
         rows.append(row("1 x submit_orders (100)", 100, cpu))
     finally:
@@ -228,9 +245,19 @@ def main() -> int:
     from _harness import print_table
 
     print_table(
-        "the engine worker's batch path, CPU per batch (this process, every thread; median of rounds)",
-        ["batch", "HEAN us/batch", "/order", "floor (keys) us/batch", "/order", "floor (one hash) us/batch",
-         "/order", "HEAN / keys", "HEAN / one hash"],
+        "the engine worker's batch path, CPU per batch (this process, every thread; median of rounds"
+        + (f"; {args.gap_ms:g} ms asleep before each)" if args.gap_ms else "; back to back)"),
+        [
+            "batch",
+            "HEAN us/batch",
+            "/order",
+            "floor (keys) us/batch",
+            "/order",
+            "floor (one hash) us/batch",
+            "/order",
+            "HEAN / keys",
+            "HEAN / one hash",
+        ],
         rows,
     )
     print()
@@ -238,9 +265,11 @@ def main() -> int:
         fixed, per_order = fit(measured)
         spare = TARGET_US_PER_ORDER - per_order
         needed = f"{fixed / spare:,.0f}" if spare > 0 else "no number of"
-        print(f"  {name}: {fixed:,.0f} us per batch + {per_order:,.1f} us per single-order command; "
-              f"{TARGET_US_PER_ORDER:.0f} us per order needs {needed} orders per batch "
-              "(at 1,000 orders/s, one batch every that many ms)")
+        print(
+            f"  {name}: {fixed:,.0f} us per batch + {per_order:,.1f} us per single-order command; "
+            f"{TARGET_US_PER_ORDER:.0f} us per order needs {needed} orders per batch "
+            "(at 1,000 orders/s, one batch every that many ms)"
+        )
     print("  (under `hean up`, Celery's delivery, the state publisher and snapshots come on top)")
     return 0
 
