@@ -414,7 +414,9 @@ def test_a_kill_switch_is_taken_while_redis_is_nearly_full(up_system: UpSystem) 
         fill_up()
         assert run("kill_switch", {"reason": "Redis full"}) == "HALTED"
         assert store.exists(MEMORY_RESERVE_KEY) == 0
-        assert re.search(r"event=memory_reserve_released bytes=\d+ commands=kill_switch", web_log.read_text())
+        logged = web_log.read_text()
+        assert re.search(r"event=memory_reserve_released bytes=\d+ commands=kill_switch", logged)
+        assert "event=enqueue_failed reason=redis_memory error=" in logged  # its first try
         # full again, no reserve left: every command refused, control commands too
         fill_up()
         ack = send("reset_kill_switch", {})
