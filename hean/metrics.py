@@ -272,6 +272,8 @@ class SystemCollector(Collector):
     `lists` and `streams` name other Redis lists and streams to report by length; `history`
     is the stream the history writer drains: the age of its oldest entry is how far the
     database lags behind (0 when it has everything), read here so a dead writer shows.
+    With `memory_reserve` (the web's reserve key), Redis's memory too: used, its maxmemory
+    (0: none) and the reserve's bytes, what an alert on a filling Redis watches.
     """
 
     def __init__(
@@ -281,10 +283,11 @@ class SystemCollector(Collector):
         lists: dict[str, str] | None = None,
         streams: dict[str, str] | None = None,
         history: str | None = None,
+        memory_reserve: str | None = None,
     ) -> None:
         self.client, self.queues = client, list(queues)
         self.lists, self.streams = lists or {}, streams or {}
-        self.history = history
+        self.history, self.memory_reserve = history, memory_reserve
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         depth = GaugeMetricFamily(
@@ -298,6 +301,12 @@ class SystemCollector(Collector):
             "hean_history_lag_seconds",
             "Age of the oldest command, ack or result not yet in the database (0: all written).",
         )
+        memory = GaugeMetricFamily(
+            "hean_redis_memory_bytes",
+            "Redis's memory: used, its maxmemory (0: no limit), and the web's reserve for a kill "
+            "switch that meets a full Redis.",
+            labels=["kind"],
+        )
         try:
             pipe = self.client.pipeline(transaction=False)
             for queue in self.queues:
@@ -308,7 +317,18 @@ class SystemCollector(Collector):
                 pipe.xlen(key)
             if self.history:
                 pipe.xrange(self.history, count=1)
-            values = pipe.execute()
+            if self.memory_reserve:
+                pipe.info("memory")
+                pipe.strlen(self.memory_reserve)
+            values = pipe.execute(raise_on_error=False)
+            if self.memory_reserve:
+                reserve, info = values.pop(), values.pop()
+                if isinstance(info, dict) and isinstance(reserve, int):  # INFO may be refused
+                    memory.add_metric(["used"], int(info.get("used_memory", 0)))
+                    memory.add_metric(["maxmemory"], int(info.get("maxmemory", 0)))
+                    memory.add_metric(["reserve"], reserve)
+            if error := next((v for v in values if isinstance(v, Exception)), None):
+                raise error
             if self.history:
                 lag.add_metric([], oldest_entry_age_s(values.pop(), time.time()))
         except Exception:  # Redis away: say so, never fail the scrape
@@ -316,6 +336,8 @@ class SystemCollector(Collector):
             yield up
             return
         up.add_metric([], 1)
+        if memory.samples:
+            yield memory
         for queue, value in zip(self.queues, values, strict=False):
             depth.add_metric([queue], value)
         for name, value in zip([*self.lists, *self.streams], values[len(self.queues) :], strict=True):

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from hean.core.system.probes import memory_reserve_size
 from hean.processes import PROCESSES
 from hean.redis_server import free_port
 from hean.topology import ANALYZE_TASK, PULSE_TASK, QUIET_PULSE_TASK
@@ -160,6 +161,13 @@ def test_metrics_merge_every_process_and_move_when_orders_flow(
     for queue in ("engine", "pulse", "llm", "default"):
         assert ("hean_queue_depth", (("queue", queue),)) in after
     assert ("hean_redis_length", (("key", "engine_log"),)) in after
+    # Redis's memory: this server has a limit, and the web made its reserve at warm-up
+    used, limit = (
+        total(after, "hean_redis_memory_bytes", kind="used"),
+        total(after, "hean_redis_memory_bytes", kind="maxmemory"),
+    )
+    assert 0 < used < limit, (used, limit)
+    assert total(after, "hean_redis_memory_bytes", kind="reserve") == memory_reserve_size(int(limit)) > 0
     # Flower's series stay in Flower's /metrics
     assert not any(name.startswith("flower_") for name, _ in after)
 
@@ -230,7 +238,13 @@ def test_the_grafana_dashboard_charts_every_hean_series_and_only_real_ones() -> 
 
     defined = {m._name for m in vars(metrics).values() if isinstance(m, MetricWrapperBase)}
     # SystemCollector's
-    defined |= {"hean_queue_depth", "hean_redis_length", "hean_redis_up", "hean_history_lag_seconds"}
+    defined |= {
+        "hean_queue_depth",
+        "hean_redis_length",
+        "hean_redis_up",
+        "hean_history_lag_seconds",
+        "hean_redis_memory_bytes",
+    }
     flower_series = {"flower_events", "flower_worker_online"}
     dashboard = json.loads(GRAFANA.read_text())
     used = set()

@@ -1,6 +1,6 @@
 """`GET /metrics`: every HEAN process's Prometheus series (hean/metrics.py), plus queue depths,
-the engine log's length and the history's lag read from Redis at scrape time. Open, like the
-health GETs."""
+the engine log's length, the history's lag and Redis's memory read from Redis at scrape time.
+Open, like the health GETs."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from hean.topology import (
     ENGINE_QUEUE,
     HISTORY_STREAM_KEY,
     LLM_QUEUE,
+    MEMORY_RESERVE_KEY,
     PULSE_QUEUE,
 )
 
@@ -32,5 +33,6 @@ def scrape() -> Response:
         lists={"engine_inflight": ENGINE_INFLIGHT_KEY},
         streams={"engine_log": ENGINE_LOG_KEY, "history": HISTORY_STREAM_KEY},
         history=HISTORY_STREAM_KEY,
+        memory_reserve=MEMORY_RESERVE_KEY,
     )
     return Response(metrics.render(collector), mimetype=CONTENT_TYPE_LATEST)
