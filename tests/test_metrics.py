@@ -16,8 +16,10 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+import redis
 
 from hean.core.system.probes import memory_reserve_size
 from hean.processes import PROCESSES
@@ -296,3 +298,35 @@ print(socket.gethostname().replace("_", "-"), os.getpid(), child)
         if sample.name == "hean_engine_batches_total"
     }
     assert found == {"delivered": 2.0, "taken_along": 1.0}, found
+
+
+def test_the_scrape_reads_redis_memory_and_goes_on_without_it_when_info_is_refused(
+    redis_client: redis.Redis, own_db_url: str
+) -> None:
+    """SystemCollector's Redis memory series: used, maxmemory and the reserve's bytes; a server
+    that refuses INFO (an ACL, some managed servers) gives the other series without them."""
+    from hean import metrics
+    from hean.topology import MEMORY_RESERVE_KEY
+
+    def families(client: redis.Redis) -> dict[str, Any]:
+        collector = metrics.SystemCollector(client, queues=["q"], memory_reserve=MEMORY_RESERVE_KEY)
+        return {family.name: family for family in collector.collect()}
+
+    redis_client.rpush("q", "a", "b")
+    redis_client.setrange(MEMORY_RESERVE_KEY, 1023, b"\0")
+    found = families(redis_client)
+    assert [s.value for s in found["hean_redis_up"].samples] == [1]
+    memory = {s.labels["kind"]: s.value for s in found["hean_redis_memory_bytes"].samples}
+    assert memory["reserve"] == 1024 and 0 < memory["used"] < memory["maxmemory"], memory
+    user = f"no-info-{uuid.uuid4().hex[:8]}"
+    redis_client.acl_setuser(user, enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-info"])
+    try:
+        parts = urlsplit(own_db_url)
+        limited = redis.Redis(host=parts.hostname, port=parts.port, db=1, username=user, password="pw")
+        found = families(limited)
+        limited.close()
+    finally:
+        redis_client.acl_deluser(user)
+    assert [s.value for s in found["hean_redis_up"].samples] == [1]
+    assert [s.value for s in found["hean_queue_depth"].samples] == [2]
+    assert "hean_redis_memory_bytes" not in found
