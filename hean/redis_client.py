@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import hiredis
 import redis
@@ -365,6 +365,17 @@ def pack_commands(connection: Any, commands: Sequence[Sequence[Any]]) -> list[by
     return [b"".join(parts)]
 
 
+#: Queued first in every transaction `execute_transaction` runs: a SET of a key nobody writes,
+#: with XX, so it writes nothing (nor anything to the AOF). It is there for its DENYOOM flag. A
+#: full Redis (maxmemory, noeviction) refuses to queue it and then discards the whole
+#: transaction. Without it, a transaction of commands Redis does not count as adding memory
+#: (scripts, LREM, PUBLISH) was queued and run one by one: the scripts refused for want of memory
+#: and the rest run. An engine worker's commit of a batch that wrote no log entry then
+#: acknowledged its message and published its results, whose journal writes had been refused
+#: (the batch was held and tried again, without the command whose message was gone).
+OOM_GUARD: Final = ("SET", "hean:oom-guard", "", "XX")
+
+
 def execute_transaction(source: ConnectionSource, pipe: Any) -> list[Any]:
     """Run the commands queued on `pipe` (a `pipeline(transaction=True)`, never executed) as one
     MULTI/EXEC on a connection of `source` (a pool, or an OwnConnection), and return EXEC's
@@ -374,14 +385,15 @@ def execute_transaction(source: ConnectionSource, pipe: Any) -> list[Any]:
     transaction after a connection error, when it may already have run; here the error is
     raised (the callers retry with their own idempotency) and the connection dropped. A command
     Redis refused, queued or run, raises its error as `execute()` does (the first one), after
-    the transaction was read to its end. `pipe` is reset."""
+    the transaction was read to its end. A full Redis runs none of it (OOM_GUARD): its
+    OutOfMemoryError is raised. `pipe` is reset."""
     commands = [args for args, _options in pipe.command_stack]
     pipe.reset()
     conn = source.get_connection()
-    replies: list[Any] = []  # MULTI's, each command's (QUEUED), EXEC's
+    replies: list[Any] = []  # MULTI's, the guard's and each command's (QUEUED), EXEC's
     try:
-        conn.send_packed_command(pack_commands(conn, [("MULTI",), *commands, ("EXEC",)]))
-        for _ in range(len(commands) + 2):  # all of them, refusals too: the connection stays clean
+        conn.send_packed_command(pack_commands(conn, [("MULTI",), OOM_GUARD, *commands, ("EXEC",)]))
+        for _ in range(len(commands) + 3):  # all of them, refusals too: the connection stays clean
             try:
                 replies.append(conn.read_response())
             except ResponseError as exc:
@@ -391,14 +403,17 @@ def execute_transaction(source: ConnectionSource, pipe: Any) -> list[Any]:
         raise
     finally:
         source.release(conn)
-    multi, *queued, executed = replies
+    multi, guard, *queued, executed = replies
     if isinstance(multi, ResponseError):
         raise multi
+    if isinstance(guard, ResponseError):  # out of memory: the transaction was discarded
+        raise guard
     refused = next(((i, exc) for i, exc in enumerate(queued) if isinstance(exc, ResponseError)), None)
     if isinstance(executed, ResponseError):  # EXECABORT: a command was refused as it was queued
         raise executed if refused is None else _annotated(*refused, commands)
     if executed is None:
         raise WatchError("Watched variable changed.")
+    executed = executed[1:]  # the guard's reply (nil: nothing set)
     for i, reply in enumerate(executed):
         if isinstance(reply, ResponseError):
             raise _annotated(i, reply, commands)

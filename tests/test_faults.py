@@ -439,6 +439,9 @@ def test_a_kill_switch_is_taken_while_redis_is_nearly_full(up_system: UpSystem) 
         assert run("kill_switch", {"reason": "Redis full, orders held"}) == "HALTED"
         for ack in (nap, behind):
             assert probe.result_for(ack["request_id"])["success"], ack
+            # and journaled: the refused commit ran none of its writes (it once acknowledged the
+            # nap's message and published its result, but its journal write was refused)
+            assert CommandJournal(store).state(ack["request_id"]) == "done", ack
         assert len(re.findall("event=memory_reserve_released", web_log.read_text())) == 2
         store.config_set("maxmemory", limit)
         assert [run("reset_kill_switch", {}), run("start", {})] == ["STOPPED", "RUNNING"]

@@ -447,6 +447,40 @@ def test_a_transaction_raises_the_error_of_a_command_that_failed_as_execute_does
     assert execute_transaction(source, pipe) == [3]
 
 
+def test_a_full_redis_runs_none_of_a_transaction(tmp_path: Path) -> None:
+    """Redis at its maxmemory: a transaction of commands it does not count as adding memory (a
+    script that writes, LREM, PUBLISH: an engine worker's commit of a batch without a log entry)
+    ran in part before, the script refused and the others run, so the message was acknowledged
+    and the result published but not journaled. Now none of it runs, and the out-of-memory error
+    is raised (OOM_GUARD); with room again it runs whole, with its own commands' replies."""
+    with PrivateRedis(tmp_path) as server:
+        client = redis.Redis.from_url(server.url)
+        listener = client.pubsub()
+        listener.subscribe("tx:results")
+
+        def commit() -> Any:
+            pipe = client.pipeline(transaction=True)
+            pipe.lrem("tx:delivering", 1, "message")
+            script = "return redis.call('HSET', KEYS[1], 'r', ARGV[1])"
+            pipe.execute_command("EVAL", script, 1, "tx:cmd", "ok")
+            pipe.publish("tx:results", "ok")
+            return execute_transaction(client.connection_pool, pipe)
+
+        client.rpush("tx:delivering", "message")
+        client.config_set("maxmemory", int(client.info("memory")["used_memory"]) // 2)
+        with pytest.raises(redis.exceptions.OutOfMemoryError, match="maxmemory"):
+            commit()
+        client.config_set("maxmemory", 0)
+        assert client.lrange("tx:delivering", 0, -1) == [b"message"] and not client.exists("tx:cmd")
+        assert listener.get_message(timeout=1.0)["type"] == "subscribe"
+        assert listener.get_message(timeout=0.2) is None  # nothing published
+        assert commit() == [1, 1, 1]
+        assert client.hget("tx:cmd", "r") == b"ok" and client.llen("tx:delivering") == 0
+        assert client.exists("hean:oom-guard") == 0  # the guard writes nothing
+        listener.close()
+        client.close()
+
+
 @pytest.mark.parametrize("own", [False, True])
 def test_a_transaction_whose_reply_timed_out_raises_and_its_connection_is_never_reused(
     own_db_url: str, redis_client: redis.Redis, own: bool
