@@ -491,10 +491,11 @@ class CommandWriter:
                 )
             return acks
         except RedisError as exc:  # atomic: nothing was reserved, nothing enqueued
-            reason = "redis_memory" if is_out_of_memory(exc) else "redis"
+            full = is_out_of_memory(exc)
+            reason = "redis_memory" if full else "redis"
             self._redis_failures.failed("event=enqueue_failed reason=%s error=%s", reason, exc)
             message = f"{unavailable_reason(exc)}: nothing was enqueued; retry with the same request_id"
-            if is_out_of_memory(exc):
+            if full:
                 stopping = [pending for pending in items if pending.command in TAKEN_NEARLY_FULL]
                 if not (stopping and self._release_reserve(stopping)):
                     stopping = []
