@@ -5,9 +5,12 @@ the envelopes as they were sent. A repeated request id gets the ack that was sen
 from __future__ import annotations
 
 import json
+import logging
+import time
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -246,3 +249,57 @@ def test_a_warm_up_without_redis_says_what_failed_and_leaves_it_to_the_first_com
     assert history._reader is not None
     assert "event=warm_up_failed step=durability" in caplog.text
     assert "event=warm_up_failed step=scripts" in caplog.text
+
+
+def test_a_redis_that_refuses_the_memory_reserve_is_told_once_and_asked_again_later(
+    redis_client: redis.Redis, own_db_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An account without SETRANGE (an external server's ACL): the intake says once that it has
+    no reserve for a kill switch, does not ask at every memory read, and makes the reserve once
+    the account may (MemoryCheck.reserve_retry_s later), without a restart."""
+    from hean.core.system.probes import memory_reserve_size
+    from hean.topology import MEMORY_RESERVE_KEY
+    from web.intake import CommandIntake
+
+    def refused_setranges() -> int:
+        stats = redis_client.info("commandstats").get("cmdstat_setrange", {})
+        return int(stats.get("rejected_calls", 0))
+
+    user = f"no-setrange-{uuid.uuid4().hex[:8]}"
+    redis_client.acl_setuser(
+        user, enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-setrange"]
+    )
+    parts = urlsplit(own_db_url)
+    limited = redis.Redis(host=parts.hostname, port=parts.port, db=1, username=user, password="pw")
+    try:
+        history = HistoryStore(open_database(f"sqlite:///{tmp_path}/history.db"))
+        intake = CommandIntake(app, CommandJournal(limited, history=history), DurabilityRule("auto"))
+        memory = intake._writer._memory
+        memory.reserve_retry_s = 0.5
+        caplog.set_level(logging.INFO, logger="web.intake")
+        refused_before = refused_setranges()
+
+        assert intake.warm_up() == []  # said by its own line, not as a failed step
+        for _ in range(3):  # the memory reads of the next seconds: not asked again
+            intake._writer._read_memory()
+        lines = [r.getMessage() for r in caplog.records if "memory_reserve" in r.getMessage()]
+        assert len(lines) == 1 and lines[0].startswith("event=memory_reserve_refused"), lines
+        assert "no permissions to run the 'setrange' command" in lines[0] and "retry_in_s=0" in lines[0]
+        assert refused_setranges() - refused_before == 1
+        assert not redis_client.exists(MEMORY_RESERVE_KEY)
+
+        time.sleep(0.6)  # asked again, refused again for the same reason: not said again
+        intake._writer._read_memory()
+        assert refused_setranges() - refused_before == 2
+        assert len([r for r in caplog.records if "memory_reserve" in r.getMessage()]) == 1
+
+        redis_client.acl_setuser(user, commands=["+setrange"])
+        time.sleep(0.6)
+        intake._writer._read_memory()
+        limit = int(redis_client.config_get("maxmemory")["maxmemory"])
+        assert redis_client.strlen(MEMORY_RESERVE_KEY) == memory_reserve_size(limit) > 0
+        assert memory.reserve_refused is None
+        assert "event=memory_reserve_made" in caplog.records[-1].getMessage()
+    finally:
+        limited.close()
+        redis_client.acl_deluser(user)

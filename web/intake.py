@@ -20,7 +20,7 @@ from typing import Any, Final
 
 from celery import Celery
 from pydantic import ValidationError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from hean import metrics
 from hean.celery_wire import batch_frame
@@ -395,7 +395,20 @@ class CommandWriter:
         """Read Redis's memory, and make the reserve for TAKEN_NEARLY_FULL if there is none and
         there is room for it (MemoryCheck.keep_reserve)."""
         self._memory.read()
-        if made := self._memory.keep_reserve():
+        try:
+            made = self._memory.keep_reserve()
+        except ResponseError as exc:
+            # filled since the read: the next read decides again; refused otherwise (an ACL, a
+            # renamed command): said once per reason, asked again every MEMORY_RESERVE_RETRY_S
+            if not is_out_of_memory(exc):
+                log.error(
+                    "event=memory_reserve_refused key=%s error=%s retry_in_s=%.0f",
+                    MEMORY_RESERVE_KEY,
+                    exc,
+                    self._memory.reserve_retry_s,
+                )
+            return
+        if made:
             log.info("event=memory_reserve_made bytes=%d key=%s", made, MEMORY_RESERVE_KEY)
 
     def _release_reserve(self, items: list[PendingCommand]) -> bool:

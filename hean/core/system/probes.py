@@ -15,7 +15,7 @@ from typing import Any
 import redis
 
 from hean.core.system.health_monitor import HealthStatus, ModuleFault, Probe, Unreachable
-from hean.redis_client import oldest_entry_age_s, text
+from hean.redis_client import is_out_of_memory, oldest_entry_age_s, text
 from hean.topology import HISTORY_FAILURE_KEY, HISTORY_STREAM_KEY, MEMORY_RESERVE_KEY
 
 #: Written by the web process every 100 ms: {ts, clients, pid, host} (web/heartbeat.py).
@@ -51,6 +51,9 @@ REDIS_MEMORY_ORDERS_SHARE = 0.95
 #: memory" then frees the reserve and is tried again, and the web makes it again once memory is
 #: below REDIS_MEMORY_FAULT_SHARE with it.
 MEMORY_RESERVE_SHARE, MEMORY_RESERVE_MAX = 0.02, 16 * 2**20
+#: A Redis that refuses to make the reserve (an ACL without SETRANGE on it, a renamed command)
+#: is asked again this much later, not at every read.
+MEMORY_RESERVE_RETRY_S = 60.0
 #: The redis and db modules read the free space of the disk under their data this often.
 DISK_CHECK_EVERY_S = 5.0
 
@@ -152,10 +155,14 @@ class MemoryCheck(PeriodicCheck):
         client: redis.Redis,
         every_s: float = REDIS_MEMORY_CHECK_EVERY_S,
         fault_share: float = REDIS_MEMORY_FAULT_SHARE,
+        reserve_retry_s: float = MEMORY_RESERVE_RETRY_S,
     ) -> None:
         super().__init__(every_s)
-        self.client, self.fault_share = client, fault_share
+        self.client, self.fault_share, self.reserve_retry_s = client, fault_share, reserve_retry_s
         self._used = self._limit = self._reserve = 0
+        #: why Redis refused to make the reserve, until it makes it (None: never refused)
+        self.reserve_refused: str | None = None
+        self._reserve_retry_at = 0.0
 
     def read(self) -> None:
         """Read it now (one round trip); an answer without the figures (a server that hides INFO)
@@ -172,13 +179,28 @@ class MemoryCheck(PeriodicCheck):
 
     def keep_reserve(self) -> int:
         """Make the web's reserve (MEMORY_RESERVE_KEY) if the last read found none and memory with
-        it stays below `fault_share` of the limit; the bytes it made (0: none made)."""
+        it stays below `fault_share` of the limit; the bytes it made (0: none made).
+
+        A Redis that refuses the write for a reason other than memory (an ACL, a renamed command)
+        is asked again `reserve_retry_s` later; the first refusal with a new reason raises its
+        ResponseError (for the caller to say so once), the ones after it return 0."""
         size = memory_reserve_size(self._limit)
         if self._reserve or not size or not self._used or self._used + size >= self.fault_share * self._limit:
             return 0
-        # zero bytes up to the size: a short command in the AOF, 190 KB of a rewrite for 16 MiB
-        self.client.setrange(MEMORY_RESERVE_KEY, size - 1, b"\0")
-        self._reserve, self._used = size, self._used + size
+        if self.reserve_refused is not None and time.monotonic() < self._reserve_retry_at:
+            return 0
+        try:
+            # zero bytes up to the size: a short command in the AOF, 190 KB of a rewrite for 16 MiB
+            self.client.setrange(MEMORY_RESERVE_KEY, size - 1, b"\0")
+        except redis.ResponseError as exc:
+            if is_out_of_memory(exc):
+                raise  # memory changed since the read: the next read decides again
+            known, self.reserve_refused = self.reserve_refused == str(exc), str(exc)
+            self._reserve_retry_at = time.monotonic() + self.reserve_retry_s
+            if known:
+                return 0
+            raise
+        self._reserve, self._used, self.reserve_refused = size, self._used + size, None
         return size
 
     def release_reserve(self) -> int:
