@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -275,7 +274,7 @@ def test_a_redis_that_refuses_the_memory_reserve_is_told_once_and_asked_again_la
         history = HistoryStore(open_database(f"sqlite:///{tmp_path}/history.db"))
         intake = CommandIntake(app, CommandJournal(limited, history=history), DurabilityRule("auto"))
         memory = intake._writer._memory
-        memory.reserve_retry_s = 0.5
+        memory.reserve_retry_s = 30.0
         caplog.set_level(logging.INFO, logger="web.intake")
         refused_before = refused_setranges()
 
@@ -284,17 +283,19 @@ def test_a_redis_that_refuses_the_memory_reserve_is_told_once_and_asked_again_la
             intake._writer._read_memory()
         lines = [r.getMessage() for r in caplog.records if "memory_reserve" in r.getMessage()]
         assert len(lines) == 1 and lines[0].startswith("event=memory_reserve_refused"), lines
-        assert "no permissions to run the 'setrange' command" in lines[0] and "retry_in_s=0" in lines[0]
+        assert "no permissions to run the 'setrange' command" in lines[0] and "retry_in_s=30" in lines[0]
         assert refused_setranges() - refused_before == 1
         assert not redis_client.exists(MEMORY_RESERVE_KEY)
 
-        time.sleep(0.6)  # asked again, refused again for the same reason: not said again
+        memory._reserve_retry_at = 0.0  # due: asked again, refused for the same reason, not said again
         intake._writer._read_memory()
         assert refused_setranges() - refused_before == 2
         assert len([r for r in caplog.records if "memory_reserve" in r.getMessage()]) == 1
 
         redis_client.acl_setuser(user, commands=["+setrange"])
-        time.sleep(0.6)
+        intake._writer._read_memory()  # not due yet
+        assert not redis_client.exists(MEMORY_RESERVE_KEY)
+        memory._reserve_retry_at = 0.0
         intake._writer._read_memory()
         limit = int(redis_client.config_get("maxmemory")["maxmemory"])
         assert redis_client.strlen(MEMORY_RESERVE_KEY) == memory_reserve_size(limit) > 0
