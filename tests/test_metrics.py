@@ -220,6 +220,14 @@ def test_flower_sees_every_worker_and_the_tasks_of_each_queue(
 
     by_worker = wait_for(seen, 60, "Flower to list the tasks of each queue", interval=1)
     assert QUIET_PULSE_TASK not in by_worker["pulse"]  # the other pulses stay out of Flower
+    # a shown pulse runs as it arrives and sends its events after it ran, stamped with the times
+    # it arrived and started (workers.app.inline_strategy): Flower has them in that order
+    pulses = [
+        t for t in (flower_get(url, "/api/tasks?limit=2000", token) or {}).values() if t["name"] == PULSE_TASK
+    ]
+    assert pulses and all(t["state"] == "SUCCESS" for t in pulses), pulses
+    for task in pulses:
+        assert task["received"] <= task["started"] <= task["succeeded"], task
 
     def workers() -> set[str] | None:  # from the workers' heartbeats (every 2 s)
         names = {name.split("@")[0] for name in flower_get(url, "/api/workers?refresh=true", token) or {}}

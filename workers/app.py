@@ -131,7 +131,9 @@ def inline_strategy(
 
     - `events_every_s`: send the task events Flower reads (received, started, succeeded or
       failed) for one message in that many seconds, when the worker sends events at all (the
-      first message is always shown); None sends none.
+      first message is always shown; 0: every one); None sends none. They are sent once the
+      task has run, stamped with the times it arrived and started: each is a round trip to
+      Redis, which, sent before, delayed the shown pulse's start by 4-5 ms (the pulse's jitter).
     - `failures_reported`: a task that raises sends Celery's `task_failure` signal, as a traced
       task does (the error analyzer listens to it); otherwise it is only logged.
     - `capped`: count redeliveries like `HeanTask` and drop a message past the cap.
@@ -159,7 +161,25 @@ def inline_strategy(
         def handle(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **__: Any) -> None:
             headers = message.headers
             task_id = headers.get("id")
-            shown, began = False, time.monotonic()
+            shown, began, arrived = False, time.monotonic(), time.time()
+            started = arrived
+
+            def received_and_started() -> None:  # after the run, at the times they happened
+                send(
+                    "task-received",
+                    uuid=task_id,
+                    name=task.name,
+                    args=headers.get("argsrepr", ""),
+                    kwargs=headers.get("kwargsrepr", ""),
+                    root_id=headers.get("root_id"),
+                    parent_id=headers.get("parent_id"),
+                    retries=headers.get("retries", 0),
+                    eta=None,
+                    expires=headers.get("expires"),
+                    timestamp=arrived,
+                )
+                send("task-started", uuid=task_id, timestamp=started)
+
             try:
                 expires = headers.get("expires")
                 if expires and datetime.fromisoformat(expires).timestamp() < time.time():
@@ -171,26 +191,16 @@ def inline_strategy(
                 args, _kwargs, _embed = body
                 if sampled and began - last_shown[0] >= cast(float, events_every_s):
                     shown, last_shown[0] = True, began
-                    send(
-                        "task-received",
-                        uuid=task_id,
-                        name=task.name,
-                        args=headers.get("argsrepr", ""),
-                        kwargs=headers.get("kwargsrepr", ""),
-                        root_id=headers.get("root_id"),
-                        parent_id=headers.get("parent_id"),
-                        retries=headers.get("retries", 0),
-                        eta=None,
-                        expires=expires,
-                    )
-                    send("task-started", uuid=task_id)
+                started = time.time()
                 outcome = run(headers, list(args), message) if with_message else run(headers, list(args))
                 if shown:
                     runtime = time.monotonic() - began
+                    received_and_started()
                     send("task-succeeded", uuid=task_id, result=repr(outcome), runtime=runtime)
             except Exception as exc:  # a task's failure is logged; the consumer goes on
                 log.exception("event=inline_task_failed task=%s id=%s", task.name, task_id)
                 if shown:
+                    received_and_started()
                     send("task-failed", uuid=task_id, exception=repr(exc), traceback="")
                 if failures_reported:
                     signals.task_failure.send(

@@ -15,8 +15,8 @@ What a pulse costs, idle, ten times a second (benchmarks/bench_idle.py): the eng
 ping is one pipelined round trip (LPUSH of a message pre-built by hean.celery_wire, then BLPOP
 of the answer; Celery's `send_task` took about a millisecond of CPU); the pulse and the node
 report are one script call, with no read first while the stored pulse is this node's last;
-the probes that only read Redis share one thread; the quiet pulses run in the consumer as they
-arrive (workers.app.inline_strategy); and task events are sent for one pulse in
+the probes that only read Redis share one thread; the pulses run in the consumer as they
+arrive (workers.app.inline_strategy); and task events are sent, after it ran, for one pulse in
 PULSE_SHOWN_EVERY only: beat (workers/beat.py) sends that one as PULSE_TASK and the others as
 QUIET_PULSE_TASK, the same body without events.
 """
@@ -242,24 +242,32 @@ def run_pulse(expires: Any) -> None:
             log.error("event=pulse_not_emitted error=%s", exc)
 
 
-@app.task(name=PULSE_TASK, ignore_result=True, bind=True)
-def pulse(self: Any) -> None:
-    """One pulse, with task events (Flower shows it): one in PULSE_SHOWN_EVERY is sent so."""
-    run_pulse(self.request.expires)
-
-
-def _quiet_pulse_inline(headers: dict[str, Any], args: list[Any]) -> None:
+def _pulse_inline(headers: dict[str, Any], args: list[Any]) -> None:
     run_pulse(headers.get("expires"))
 
 
+# Every pulse runs in the consumer as it arrives, without Celery's per-task machinery
+# (workers/app.py: inline_strategy). One in PULSE_SHOWN_EVERY is sent as this task, with task
+# events (Flower shows it), sent after it ran: through Celery's pool, with its events sent
+# first, that pulse began 4-5 ms late, and once every 10 s was enough to double the period's
+# jitter p99 (benchmarks/bench_pulse.py).
+@app.task(
+    name=PULSE_TASK,
+    ignore_result=True,
+    Strategy=staticmethod(inline_strategy(_pulse_inline, events_every_s=0.0)),
+)
+def pulse() -> None:
+    """One pulse, with task events (this body runs only when called directly)."""
+    run_pulse(None)
+
+
 # The other pulses: no task events (ten pulses a second would be thirty, and as many for
-# Flower to process, saying nothing the pulse itself does not), and run in the consumer as
-# they arrive, without Celery's per-task machinery (workers/app.py: inline_strategy).
+# Flower to process, saying nothing the pulse itself does not).
 @app.task(
     name=QUIET_PULSE_TASK,
     ignore_result=True,
     send_events=False,
-    Strategy=staticmethod(inline_strategy(_quiet_pulse_inline)),
+    Strategy=staticmethod(inline_strategy(_pulse_inline)),
 )
 def quiet_pulse() -> None:
     """One pulse without task events (this body runs only when called directly)."""
