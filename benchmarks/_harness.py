@@ -200,15 +200,16 @@ def busy_and_steal(before: Any, after: Any) -> tuple[float, float]:
 
 
 class RedisStalls:
-    """Redis's own latency monitor: events of 1 ms or more (slow commands, AOF writes) since
-    creation. Says "not available" when the server refuses CONFIG (a shared REDIS_URL)."""
+    """Redis's own latency monitor: events of `threshold_ms` or more (slow commands, AOF writes)
+    since creation. Says "not available" when the server refuses CONFIG (a shared REDIS_URL)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, threshold_ms: int = 1) -> None:
         import redis
 
         self._client = redis.Redis.from_url(url)
+        self.threshold_ms = threshold_ms
         try:
-            self._client.config_set("latency-monitor-threshold", 1)
+            self._client.config_set("latency-monitor-threshold", threshold_ms)
             self._client.execute_command("LATENCY", "RESET")
             self.available = True
         except redis.RedisError:
@@ -224,7 +225,7 @@ class RedisStalls:
             name = row[0].decode() if isinstance(row[0], bytes) else str(row[0])
             count = f"{row[5]} x, " if len(row) > 5 else ""
             events.append(f"{name} ({count}max {row[3]} ms)")
-        return "Redis stalls >= 1 ms: " + (", ".join(events) if events else "none")
+        return f"Redis stalls >= {self.threshold_ms} ms: " + (", ".join(events) if events else "none")
 
 
 def print_table(title: str, header: list[str], rows: list[list[object]]) -> None:

@@ -29,7 +29,7 @@ import time
 from typing import Any
 
 import redis
-from _harness import Stack, percentile, print_table, stack
+from _harness import RedisStalls, Stack, percentile, print_table, stack
 from bench_ack import load
 
 from hean.core.system.health_monitor import HEALTH_NAMESPACE, SUMMARY_KEY
@@ -41,6 +41,8 @@ PERIOD_MS = PULSE_PERIOD_S * 1000.0
 JITTER_TARGET_MS = 10.0
 FLOOR_RATIO_TARGET = 1.2
 FLAG_TARGET_MS = 300.0
+#: Redis stalls (its latency monitor) printed per phase from this long on.
+STALL_SHOWN_MS = 3
 #: The Redis list where the floor's no-op tasks note their start times.
 FLOOR_TIMES_KEY = "bench:bare-beat:starts"
 
@@ -192,16 +194,21 @@ def main() -> None:
         for module in ("cpp_core", "frontend_socket", "redis", "db", "exchange_api"):
             wait_healthy(manager, module)
         expected = int(args.seconds / PULSE_PERIOD_S)
+        # a stall of Redis's fsync delays whichever of HEAN's pulses and the floor's tasks crosses
+        # Redis then (this VM's disk holds one every 10 s: README, "The pulse Flower sees")
+        stalls = RedisStalls(system.redis_url, threshold_ms=STALL_SHOWN_MS)
         seen, began, ended = pulses(manager, args.seconds)
         phase_rows, ratio = jitter_rows("idle", seen, floor_starts(client, began, ended), expected)
         rows += phase_rows
         ratios = [("idle", ratio)]
-        loads = []
+        loads = [f"idle: {stalls.report()}"]
         for label, per_event in (("1,000 single orders/s", 1), ("1,000 orders/s in batches of 100", 100)):
+            stalls = RedisStalls(system.redis_url, threshold_ms=STALL_SHOWN_MS)
             (seen, began, ended), stats = under_load(system, manager, args.seconds, per_event)
             phase_rows, ratio = jitter_rows(label, seen, floor_starts(client, began, ended), expected)
             rows += phase_rows
             ratios.append((label, ratio))
+            loads.append(f"{label}: {stalls.report()}")
             loads.append(
                 f"{label}: sent {stats['sent'] / stats['send_s']:.0f} orders/s, {dict(stats['counts'])}"
             )
