@@ -397,16 +397,13 @@ class CommandWriter:
         self._memory.read()
         try:
             made = self._memory.keep_reserve()
-        except ResponseError as exc:
-            # filled since the read: the next read decides again; refused otherwise (an ACL, a
-            # renamed command): said once per reason, asked again every MEMORY_RESERVE_RETRY_S
-            if not is_out_of_memory(exc):
-                log.error(
-                    "event=memory_reserve_refused key=%s error=%s retry_in_s=%.0f",
-                    MEMORY_RESERVE_KEY,
-                    exc,
-                    self._memory.reserve_retry_s,
-                )
+        except ResponseError as exc:  # refused (an ACL, a renamed command): once per reason
+            log.error(
+                "event=memory_reserve_refused key=%s error=%s retry_in_s=%.0f",
+                MEMORY_RESERVE_KEY,
+                exc,
+                self._memory.reserve_retry_s,
+            )
             return
         if made:
             log.info("event=memory_reserve_made bytes=%d key=%s", made, MEMORY_RESERVE_KEY)

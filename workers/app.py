@@ -133,7 +133,7 @@ def inline_strategy(
       failed) for one message in that many seconds, when the worker sends events at all (the
       first message is always shown; 0: every one); None sends none. They are sent once the
       task has run, stamped with the times it arrived and started: each is a round trip to
-      Redis, which, sent before, delayed the shown pulse's start by 4-5 ms (the pulse's jitter).
+      Redis, and sent before, they started the shown pulse about 0.9 ms late at the median.
     - `failures_reported`: a task that raises sends Celery's `task_failure` signal, as a traced
       task does (the error analyzer listens to it); otherwise it is only logged.
     - `capped`: count redeliveries like `HeanTask` and drop a message past the cap.

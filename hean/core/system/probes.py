@@ -181,9 +181,10 @@ class MemoryCheck(PeriodicCheck):
         """Make the web's reserve (MEMORY_RESERVE_KEY) if the last read found none and memory with
         it stays below `fault_share` of the limit; the bytes it made (0: none made).
 
-        A Redis that refuses the write for a reason other than memory (an ACL, a renamed command)
-        is asked again `reserve_retry_s` later; the first refusal with a new reason raises its
-        ResponseError (for the caller to say so once), the ones after it return 0."""
+        A Redis that filled since the read makes none (the next read decides again). One that
+        refuses the write for another reason (an ACL, a renamed command) is asked again
+        `reserve_retry_s` later; the first refusal with a new reason raises its ResponseError
+        (for the caller to say so once), the ones after it return 0."""
         size = memory_reserve_size(self._limit)
         if self._reserve or not size or not self._used or self._used + size >= self.fault_share * self._limit:
             return 0
@@ -194,7 +195,7 @@ class MemoryCheck(PeriodicCheck):
             self.client.setrange(MEMORY_RESERVE_KEY, size - 1, b"\0")
         except redis.ResponseError as exc:
             if is_out_of_memory(exc):
-                raise  # memory changed since the read: the next read decides again
+                return 0
             known, self.reserve_refused = self.reserve_refused == str(exc), str(exc)
             self._reserve_retry_at = time.monotonic() + self.reserve_retry_s
             if known:
