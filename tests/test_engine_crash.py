@@ -6,6 +6,7 @@ timeout (one hour here)."""
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 import uuid
@@ -168,6 +169,47 @@ def test_a_batch_popped_by_a_worker_killed_right_after_the_pop_is_applied_once_a
             30,
             f"the {sym} position to hold the one order, applied once",
         )
+    finally:
+        client.close()
+        store.close()
+
+
+def test_a_batch_cut_short_by_a_hard_shutdown_is_applied_once_after_the_restart(
+    system: dict[str, Any], system_redis_url: str, logs_dir: Any
+) -> None:
+    """Ctrl+C pressed again and again (or SIGQUIT three times) makes Celery's third signal
+    handler raise WorkerTerminate wherever the worker's main thread is: in the engine worker,
+    most often inside a batch. The batch's message must stay held, to run after the restart,
+    not be acknowledged on the way out with nothing committed (the acked command was lost)."""
+    url, token = str(system["url"]), str(system["token"])
+    store = redis.Redis.from_url(system_redis_url)
+    client = Client(url, token)
+    try:
+        command_ok(client, "reset_kill_switch")
+        nap_id = uuid.uuid4().hex
+        ack = client.command({"command": "engine_nap", "params": {"seconds": 5}, "request_id": nap_id})
+        assert ack["accepted"], ack
+        wait_for(lambda: CommandJournal(store).state(nap_id) == "started", 30, "the nap to start")
+        worker = next(p for p in system["processes"] if p.name.startswith("worker-engine"))
+        for _ in range(3):  # cold shutdown, then its soft part, then the hard one: it raises
+            worker.process.send_signal(signal.SIGQUIT)
+            time.sleep(0.3)
+        wait_for(lambda: not worker.alive(), 30, "the worker to stop on the third signal")
+        stopped_after_s = time.monotonic()
+        worker.stop()
+        system["processes"].remove(worker)
+        try:
+            held, nap_state = engine_held(store), CommandJournal(store).state(nap_id)
+            waiting = store.llen(ENGINE_QUEUE)
+        finally:
+            start_engine_worker(system, logs_dir)
+        assert nap_state == "started"  # cut short: no result
+        assert held + waiting == 1, "the cut-short batch's message was acknowledged and is gone"
+        result = client.result_for(nap_id)
+        assert result["success"] and result["result"] == {"slept": 5}, result
+        assert time.monotonic() - stopped_after_s < 60  # not the visibility timeout's hour
+        assert engine_held(store) == 0
+        assert CommandJournal(store).state(nap_id) == "done"
     finally:
         client.close()
         store.close()

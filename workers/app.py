@@ -143,7 +143,8 @@ def inline_strategy(
       `message.decode()`.
 
     A task that raises is logged and acknowledged, as Celery acknowledges a failed acks_late
-    task.
+    task; a run cut short by the worker stopping (a BaseException that is no Exception) is not
+    acknowledged.
     """
 
     def strategy(task: Any, app: Any, consumer: Any, **_: Any) -> Callable[..., None]:
@@ -162,7 +163,7 @@ def inline_strategy(
             headers = message.headers
             task_id = headers.get("id")
             shown, began, arrived = False, time.monotonic(), time.time()
-            started = arrived
+            started, finished = arrived, True
 
             def received_and_started() -> None:  # after the run, at the times they happened
                 send(
@@ -212,8 +213,15 @@ def inline_strategy(
                         traceback=exc.__traceback__,
                         einfo=None,
                     )
+            except BaseException:
+                # not the task's failure: the worker stops mid-run (Celery's hard shutdown raises
+                # WorkerTerminate wherever the main thread is). Unacknowledged, the message is
+                # delivered again (the engine's batch, maybe half run, runs once by its journal)
+                finished = False
+                raise
             finally:
-                ack(log, errors)
+                if finished:
+                    ack(log, errors)
 
         return handle
 
