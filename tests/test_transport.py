@@ -54,8 +54,12 @@ def test_fast_reading_gives_kombus_values(own_db_url: str, redis_client: redis.R
     bodies: list[object] = [
         {"envelopes": [{"request_id": "r", "params": {"orders": [{"quantity": "0.1"}] * 3}}]},
         [[{"a": 1}], {}, {"callbacks": None, "chain": None}],
-        {"when": datetime.datetime(2026, 12, 2, 8, 0, tzinfo=datetime.UTC), "d": decimal.Decimal("1.5"),
-         "u": uuid.UUID(int=7), "big": 2**70},
+        {
+            "when": datetime.datetime(2026, 12, 2, 8, 0, tzinfo=datetime.UTC),
+            "d": decimal.Decimal("1.5"),
+            "u": uuid.UUID(int=7),
+            "big": 2**70,
+        },
         "text ✓",
     ]
     for body in bodies:
@@ -71,3 +75,49 @@ def test_fast_reading_gives_kombus_values(own_db_url: str, redis_client: redis.R
             message = simple.get(timeout=5)
             assert message.payload == bodies[2]
             message.ack()
+
+
+def test_a_delivery_cut_short_by_a_stopping_worker_keeps_its_message(own_db_url: str) -> None:
+    """The atomic pop moved the message into its delivering list; the worker stops (Celery's
+    hard shutdown raises WorkerTerminate, a SystemExit, wherever the consumer is) before the
+    delivery recorded it: the message must stay there and come back to the next consumer, not
+    be removed as a delivery without a record."""
+    from hean.celery_wire import delivering_key
+
+    name = "atomic-stop-test"
+    options = {"hean_atomic_queues": [name]}
+    client = redis.Redis.from_url(own_db_url)
+    try:
+        with Connection(own_db_url, transport=Transport, transport_options=options) as connection:
+            queue = Queue(name, routing_key=name)
+            with connection.Producer() as producer:
+                producer.publish({"order": 1}, routing_key=name, declare=[queue])
+            channel = connection.default_channel
+
+            def stop(*_: object, **__: object) -> None:
+                raise SystemExit(1)
+
+            channel.Message = stop  # raised before the delivery is recorded
+            with connection.Consumer(queue, callbacks=[lambda body, message: message.ack()]):
+                try:
+                    connection.drain_events(timeout=5)
+                    raise AssertionError("the delivery was not interrupted")
+                except SystemExit:
+                    pass
+        assert client.llen(name) == 0
+        assert client.llen(delivering_key(name)) == 1  # held, not dropped
+
+        received: list[object] = []
+        with Connection(own_db_url, transport=Transport, transport_options=options) as connection:
+            queue = Queue(name, routing_key=name)
+
+            def take(body: object, message: object) -> None:
+                received.append(body)
+                message.ack()  # type: ignore[attr-defined]
+
+            with connection.Consumer(queue, callbacks=[take]):
+                connection.drain_events(timeout=5)
+        assert received == [{"order": 1}]
+        assert client.llen(delivering_key(name)) == 0
+    finally:
+        client.close()

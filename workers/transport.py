@@ -271,13 +271,20 @@ class Channel(kombu_redis.Channel):
                 raise Empty()
             transport = self.connection
             transport.moved = (queue, item)
+            stopping = False
             try:
                 transport._deliver(loads(item), queue)
+            except BaseException as exc:
+                # the worker stops (Celery's hard shutdown raises wherever the consumer is): what
+                # was not yet recorded stays in the delivering list, restored at the next start
+                stopping = not isinstance(exc, Exception)
+                raise
             finally:
                 if transport.moved is not None:  # delivered without a record (a no_ack consumer)
                     transport.moved = None
-                    with self.conn_or_acquire() as client:
-                        client.lrem(delivering_key(queue), 1, item)
+                    if not stopping:
+                        with self.conn_or_acquire() as client:
+                            client.lrem(delivering_key(queue), 1, item)
             return True
         finally:
             self._in_poll = None  # type: ignore[assignment]  # as kombu resets it
