@@ -62,6 +62,9 @@ broker_transport_options = {
     "visibility_timeout": _settings.visibility_timeout,
     "hean_atomic_queues": [ENGINE_QUEUE],
     "priority_steps": [0],
+    # how often each consumer checks for messages whose holder died (workers/transport.py:
+    # QoS.restore_visible; kombu's own visibility-timeout restore runs every 10th check)
+    "unacked_restore_interval": 5,
 }
 result_backend_transport_options = {"visibility_timeout": _settings.visibility_timeout}
 result_expires = _settings.result_expires

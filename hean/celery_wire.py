@@ -31,6 +31,8 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import os
+import socket
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -342,6 +344,35 @@ def reclaim_unacked(client: redis.Redis, queue: str) -> int:
     picked.sort(key=lambda entry: entry[0], reverse=True)  # the newest pushed first
     args = [part for _, tag, message in picked for part in (tag, message)]
     return int(run_script(client.connection_pool, _RECLAIM, [UNACKED_KEY, UNACKED_INDEX_KEY, queue], args))
+
+
+# -- who holds a delivered message (workers/transport.py) ------------------------------------
+
+#: For a queue with several consumers (the llm and default queues), who holds each message in
+#: the unacked hash: delivery tag -> the holding process's id (`holder_id`). Each holder keeps
+#: a lease (`lease_key`, LEASE_S long), renewed at each delivery it records and every second by
+#: its worker's heartbeat; a message whose holder's lease lapsed (the process was killed) goes
+#: back to its queue at the next check of any consumer, instead of after the visibility timeout.
+#: The price: a worker cut off from Redis (or frozen) for longer than a lease while it runs a
+#: command may see that command run again elsewhere, as the visibility timeout allowed after an
+#: hour; a Redis that restarted lets no lease lapse for that (workers/transport.py).
+HOLDERS_KEY = "hean:unacked:holders"
+LEASE_S = 20
+_holder: list[tuple[int, str]] = []  # (pid, id) of this process, made again after a fork
+
+
+def holder_id() -> str:
+    """This process's id as a holder of delivered messages: host, pid and a random part (a
+    restarted worker, with the same node name, and a recycled pid are someone else)."""
+    pid = os.getpid()
+    if not _holder or _holder[0][0] != pid:
+        _holder[:] = [(pid, f"{socket.gethostname()}:{pid}:{uuid.uuid4().hex[:8]}")]
+    return _holder[0][1]
+
+
+def lease_key(holder: str) -> str:
+    """The key that exists while `holder` lives (see HOLDERS_KEY)."""
+    return f"hean:consumer:{holder}"
 
 
 # -- atomic delivery (workers/transport.py) ---------------------------------------------------

@@ -17,6 +17,7 @@ from celery.signals import celeryd_after_setup, worker_ready, worker_shutdown
 from celery.worker.consumer import Consumer as CeleryConsumer
 from redis.exceptions import RedisError
 
+from hean.celery_wire import LEASE_S, holder_id, lease_key
 from hean.commands import load_command_modules
 from hean.config import get_settings
 from hean.logs import FailureLog
@@ -273,7 +274,11 @@ def _start_heartbeat(sender: Any = None, **_: Any) -> None:
         failures = FailureLog(log)
         while not _heartbeat_stop.is_set():
             try:
-                sync_client().hset(WORKER_HEARTBEATS_KEY, node, repr(time.time()))
+                # and the lease of the messages this process holds (hean.celery_wire.HOLDERS_KEY)
+                with sync_client().pipeline(transaction=False) as pipe:
+                    pipe.hset(WORKER_HEARTBEATS_KEY, node, repr(time.time()))
+                    pipe.set(lease_key(holder_id()), "1", ex=LEASE_S)
+                    pipe.execute()
             except Exception as exc:  # Redis away: the pulse will notice; keep trying
                 failures.failed(
                     "event=worker_heartbeat_failed error=%s", type(exc).__name__, level=logging.WARNING

@@ -75,10 +75,19 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils import json as kombu_json
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ExecAbortError, OutOfMemoryError
+from redis.exceptions import ExecAbortError, OutOfMemoryError, RedisError
 
 from hean import fastjson
-from hean.celery_wire import delivering_key, restore_delivering, restore_held
+from hean.celery_wire import (
+    HOLDERS_KEY,
+    LEASE_S,
+    delivering_key,
+    holder_id,
+    lease_key,
+    restore_delivering,
+    restore_held,
+)
+from hean.redis_client import text
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +102,9 @@ def _out_of_memory(exc: BaseException) -> bool:
 
 
 class QoS(kombu_redis.QoS):
+    #: Messages of holders without a lease are restored only once Redis has been up this long.
+    restore_after_uptime_s: float = LEASE_S
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         #: Delivery tag -> (queue, message) of atomically popped messages held in their
@@ -127,14 +139,61 @@ class QoS(kombu_redis.QoS):
                 delay = min(FULL_RETRY_MAX_S, delay * 2)
 
     def _record(self, message: Any, delivery_tag: Any) -> None:
-        """kombu's QoS.append: the unacked hash and its index, in one MULTI."""
+        """kombu's QoS.append: the unacked hash and its index, and who holds the message (with
+        the holder's lease renewed), in one MULTI."""
         delivery = message.delivery_info
         entry = kombu_json.dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
+        holder = holder_id()
         with self.pipe_or_acquire() as pipe:
             pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
             pipe.hset(self.unacked_key, delivery_tag, entry)
+            pipe.hset(HOLDERS_KEY, delivery_tag, holder)
+            pipe.set(lease_key(holder), "1", ex=LEASE_S)
             pipe.execute()
         virtual.QoS.append(self, message, delivery_tag)
+
+    def _remove_from_indices(self, delivery_tag: Any, pipe: Any = None) -> Any:
+        # every way out of the unacked hash (ack, reject, a restore) forgets the holder too
+        return super()._remove_from_indices(delivery_tag, pipe).hdel(HOLDERS_KEY, delivery_tag)
+
+    def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
+        """kombu's restore of messages older than the visibility timeout (every `interval`-th
+        call), and first, at every call (each unacked_restore_interval, celeryconfig.py), the
+        messages whose holder's lease lapsed: a killed worker's go back to their queue seconds
+        after, not an hour."""
+        try:
+            restored = self.restore_orphans()
+        except RedisError as exc:  # Redis away: the next call tries again
+            log.warning("event=orphans_not_restored error=%s", type(exc).__name__)
+        else:
+            if restored:
+                log.warning("event=orphans_restored messages=%d", restored)
+        super().restore_visible(start=start, num=num, interval=interval)
+
+    def restore_orphans(self) -> int:
+        """Put back on their queues the unacknowledged messages whose holder's lease lapsed (see
+        hean.celery_wire.HOLDERS_KEY); returns how many. Any consumer may call it: each
+        restore is a transaction on the unacked hash, so a message comes back once."""
+        with self.channel.conn_or_acquire() as client:
+            holders = {tag: text(holder) for tag, holder in client.hgetall(HOLDERS_KEY).items()}
+            if not holders:
+                return 0
+            me = holder_id()
+            others = sorted({holder for holder in holders.values() if holder != me})
+            with client.pipeline(transaction=False) as pipe:
+                for holder in others:
+                    pipe.exists(lease_key(holder))
+                alive = {holder for holder, lives in zip(others, pipe.execute(), strict=True) if lives}
+            orphans = [tag for tag, holder in holders.items() if holder != me and holder not in alive]
+            # a Redis that restarted (or came back) less than a lease ago may have let the leases
+            # of live holders lapse meanwhile: they renew theirs within a second of reconnecting
+            if not orphans or int(client.info("server")["uptime_in_seconds"]) < self.restore_after_uptime_s:
+                return 0
+            restored = 0
+            for tag in orphans:
+                restored += int(client.hexists(self.unacked_key, tag))
+                self.restore_by_tag(tag, client)  # also forgets a holder whose message is gone
+            return restored
 
     def ack_within(self, pipe: Any, delivery_tag: Any) -> bool:
         """Queue the acknowledgement of a held message on `pipe` (the caller's commit, a MULTI):
