@@ -57,6 +57,12 @@ restart gives a message back, and the queue's one consumer is the only one who c
 Such a queue takes no priorities: celeryconfig.py maps every priority onto the queue's one list
 (``priority_steps=[0]``), as an ordered queue needs.
 
+Queues with several consumers (llm, default) keep kombu's record of a delivery, plus who holds
+it (hean.celery_wire.HOLDERS_KEY, in the same MULTI) under a lease its worker renews: every
+consumer's periodic restore (`QoS.restore_visible`) first puts back the messages whose holder's
+lease lapsed, so a killed worker's commands run again within seconds, not after the visibility
+timeout.
+
 celeryconfig.py selects this transport for redis:// broker URLs; rediss:// and sentinel keep
 kombu's own (where the pulse queue's no_ack still spares the bookkeeping at delivery).
 """
@@ -87,6 +93,7 @@ from hean.celery_wire import (
     restore_delivering,
     restore_held,
 )
+from hean.logs import FailureLog
 from hean.redis_client import text
 
 log = logging.getLogger(__name__)
@@ -112,6 +119,7 @@ class QoS(kombu_redis.QoS):
         self._held: dict[Any, tuple[str, bytes]] = {}
         #: Held messages whose removal rode in the caller's own commit (`ack_within`).
         self._acked_within: set[Any] = set()
+        self._restore_failures = FailureLog(log)
 
     def append(self, message: Any, delivery_tag: Any) -> None:
         # the message an atomic pop moved to its delivering list, if this is it (Transport.moved)
@@ -163,9 +171,12 @@ class QoS(kombu_redis.QoS):
         after, not an hour."""
         try:
             restored = self.restore_orphans()
-        except RedisError as exc:  # Redis away: the next call tries again
-            log.warning("event=orphans_not_restored error=%s", type(exc).__name__)
+        except RedisError as exc:  # Redis away (or INFO refused): the next call tries again
+            self._restore_failures.failed(
+                "event=orphans_not_restored error=%s", type(exc).__name__, level=logging.WARNING
+            )
         else:
+            self._restore_failures.recovered("event=orphans_restore_recovered")
             if restored:
                 log.warning("event=orphans_restored messages=%d", restored)
         super().restore_visible(start=start, num=num, interval=interval)
