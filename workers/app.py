@@ -106,7 +106,8 @@ class HeanTask(Task):
         return super().__call__(*args, **kwargs)
 
     def on_redelivery_exhausted(self, *args: Any, **kwargs: Any) -> Any:
-        """Called instead of the task body once the delivery cap is reached."""
+        """Called instead of the task body once the delivery cap is reached (a batch task
+        answers its commands `dropped`: workers.default)."""
         return None
 
 
@@ -117,6 +118,7 @@ def inline_strategy(
     events_every_s: float | None = None,
     failures_reported: bool = False,
     capped: bool = False,
+    on_dropped: Callable[[list[Any]], object] | None = None,
     decode: Callable[[Any], Any] | None = None,
 ) -> Callable[..., Any]:
     """A Celery task strategy (`Task.Strategy`) that runs `run(headers, args)` in the consumer
@@ -137,7 +139,8 @@ def inline_strategy(
       Redis, and sent before, they started the shown pulse about 0.9 ms late at the median.
     - `failures_reported`: a task that raises sends Celery's `task_failure` signal, as a traced
       task does (the error analyzer listens to it); otherwise it is only logged.
-    - `capped`: count redeliveries like `HeanTask` and drop a message past the cap.
+    - `capped`: count redeliveries like `HeanTask` and drop a message past the cap, after
+      `on_dropped(args)` (a batch answers its commands `dropped`).
     - `with_message`: call `run(headers, args, message)`, with kombu's message (its channel's
       QoS can acknowledge it within the task's own commit: workers/transport.py, `ack_within`).
     - `decode`: read the body as `decode(message)` (args, kwargs, embed) instead of kombu's
@@ -186,11 +189,13 @@ def inline_strategy(
                 expires = headers.get("expires")
                 if expires and datetime.fromisoformat(expires).timestamp() < time.time():
                     return
-                if capped and redeliveries_exhausted(task, task_id, message.delivery_info):
-                    return
                 if body is None:
                     body = decode(message) if decode is not None else message.decode()
                 args, _kwargs, _embed = body
+                if capped and redeliveries_exhausted(task, task_id, message.delivery_info):
+                    if on_dropped is not None:
+                        on_dropped(list(args))
+                    return
                 if sampled and began - last_shown[0] >= cast(float, events_every_s):
                     shown, last_shown[0] = True, began
                 started = time.time()

@@ -5,11 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from hean.topology import BATCH_TASKS, DEFAULT_QUEUE
-from workers.app import app
-from workers.execution import execute_batch, until_committed
+from workers.app import HeanTask, app
+from workers.execution import answer_dropped_message, execute_batch, until_committed
 
 
-@app.task(name=BATCH_TASKS[DEFAULT_QUEUE], ignore_result=True)
+class BatchTask(HeanTask):
+    def on_redelivery_exhausted(self, *args: Any, **kwargs: Any) -> Any:
+        """Past the redelivery cap (the worker died running it each time): answer `dropped`."""
+        answer_dropped_message(list(args), DEFAULT_QUEUE)
+
+
+@app.task(name=BATCH_TASKS[DEFAULT_QUEUE], base=BatchTask, ignore_result=True)
 def run_batch(envelopes: list[dict[str, Any]]) -> int:
     # Redis away or full: held here until it commits (see until_committed), never dropped
     return until_committed(lambda: execute_batch(envelopes, DEFAULT_QUEUE), lambda: None, DEFAULT_QUEUE)

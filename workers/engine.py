@@ -39,8 +39,8 @@ from hean.process_wide import ProcessWide
 from hean.redis_client import SendAhead, sync_client
 from hean.topology import BATCH_TASKS, ENGINE_PING_TASK, ENGINE_QUEUE
 from workers.app import app, inline_strategy
-from workers.execution import execute_batch, until_committed
-from workers.shard import EngineShard
+from workers.execution import answer_dropped, answer_dropped_message, execute_batch, until_committed
+from workers.shard import INFLIGHT_KEY, EngineShard
 from workers.transport import has_typed_values
 
 log = logging.getLogger(__name__)
@@ -318,6 +318,7 @@ BATCH_SHOWN_EVERY_S: Final = 1.0
             events_every_s=BATCH_SHOWN_EVERY_S,
             failures_reported=True,
             capped=True,
+            on_dropped=functools.partial(answer_dropped_message, queue=ENGINE_QUEUE),
             decode=_delivered_body,
         )
     ),
@@ -407,17 +408,38 @@ def _reclaim_from_a_dead_predecessor(sender: Any = None, **_: Any) -> None:
         )
 
 
+#: How many starts of the engine worker began finishing the in-flight list it found (deleted
+#: once one finished): a command that kills the worker must not make it die at every start.
+LEFTOVER_TRIES_KEY: Final = "hean:engine:inflight-tries"
+
+
 @worker_ready.connect
 def _announce_engine(sender: Any = None, **_: Any) -> None:
     queues = {q.name for q in getattr(getattr(sender, "task_consumer", None), "queues", [])}
     if ENGINE_QUEUE not in queues:
         return
 
+    import celeryconfig
+
     def finish_leftover() -> int:
         leftover, _ = SHARD.take([], drain=0)
-        if leftover:  # drained before a crash: finish them first (each runs at most once)
-            execute_batch(leftover, ENGINE_QUEUE, hooks=SHARD.hooks)  # its commit empties the in-flight list
-            log.warning("event=inflight_recovered commands=%d", len(leftover))
+        if not leftover:
+            return 0
+        # drained before a crash: finish them first (each runs at most once), unless the worker
+        # died finishing them MAX_REDELIVERIES times already: then one of them kills it, and all
+        # are answered `dropped` instead of looping for ever
+        client = sync_client()
+        tries = int(client.incr(LEFTOVER_TRIES_KEY))
+        if tries > celeryconfig.MAX_REDELIVERIES:
+            answered = answer_dropped(leftover, ENGINE_QUEUE, tries)
+            client.delete(INFLIGHT_KEY, LEFTOVER_TRIES_KEY)
+            log.error(
+                "event=inflight_dropped commands=%d answered=%d tries=%d", len(leftover), answered, tries
+            )
+            return len(leftover)
+        execute_batch(leftover, ENGINE_QUEUE, hooks=SHARD.hooks)  # its commit empties the in-flight list
+        client.delete(LEFTOVER_TRIES_KEY)
+        log.warning("event=inflight_recovered commands=%d", len(leftover))
         return len(leftover)
 
     until_committed(finish_leftover, SHARD.forget, ENGINE_QUEUE)

@@ -85,6 +85,50 @@ def _run_one(envelope: QueuedEnvelope, queue: str, started: float) -> dict[str, 
     ).model_dump(mode="json")
 
 
+def _refused(envelope: QueuedEnvelope, error: ErrorInfo) -> dict[str, Any]:
+    return CommandResult(
+        request_id=envelope.request_id,
+        command=envelope.command,
+        success=False,
+        error=error,
+        execution_time_ms=0.0,
+    ).model_dump(mode="json")
+
+
+#: The error of the commands of a message dropped after it was delivered more than
+#: MAX_REDELIVERIES times again (celeryconfig.py): each time, the worker died running it.
+DROPPED = "dropped"
+
+
+def answer_dropped_message(args: list[Any], queue: str) -> None:
+    """A batch message of `queue` dropped past the redelivery cap: answer each of its commands
+    that has no result `dropped` (answer_dropped), so that no sender waits for ever and the
+    journal holds no command started for good."""
+    import celeryconfig
+
+    if not args or not isinstance(args[0], list):
+        return
+    answered = answer_dropped(args[0], queue, celeryconfig.MAX_REDELIVERIES + 1)
+    log.error("event=dropped_commands_answered queue=%s commands=%d", queue, answered)
+
+
+def answer_dropped(envelopes_data: list[dict[str, Any]], queue: str, deliveries: int) -> int:
+    """Answer every command of a dropped batch that has no result yet with a `dropped` error,
+    without running it: its sender learns the command did not run, and may send it again under
+    a new request id (the same one gets this answer). Held until Redis takes the commit."""
+    error = ErrorInfo(
+        code=DROPPED,
+        message=(
+            f"not run: the {queue} worker stopped {deliveries} times while running the batch "
+            "that carried this command (one of its commands may kill the worker); send it "
+            "again with a new request_id"
+        ),
+    )
+    return until_committed(
+        functools.partial(execute_batch, envelopes_data, queue, refuse=error), lambda: None, queue
+    )
+
+
 def _run_of(
     envelopes: list[QueuedEnvelope], start: int, queue: str, outcome: dict[str, dict[str, Any] | None]
 ) -> list[QueuedEnvelope]:
@@ -203,6 +247,7 @@ def execute_batch(
     queue: str,
     started: dict[str, dict[str, Any] | str | None] | None = None,
     hooks: BatchHooks = NO_HOOKS,
+    refuse: ErrorInfo | None = None,
 ) -> int:
     """Run a batch of enqueued commands in order, each at most once per request id.
 
@@ -216,6 +261,8 @@ def execute_batch(
     (hean.command_journal.start_many); the others are marked here. A request id the window
     no longer holds is looked up in the database (raises HistoryUnavailable if it cannot be
     read: the caller retries).
+    With `refuse`, no command runs: each one without an earlier result is answered with that
+    error (`answer_dropped`).
     """
     from workers.emit import publish_on
 
@@ -241,8 +288,10 @@ def execute_batch(
             messages.append((previous, envelope.reply_to))
             i += 1
             continue
-        run = _run_of(envelopes, i, queue, outcome)
-        if run:  # one or several in a row for a many-handler: at once
+        run = [] if refuse is not None else _run_of(envelopes, i, queue, outcome)
+        if refuse is not None:
+            run, ran = [envelope], [_refused(envelope, refuse)]
+        elif run:  # one or several in a row for a many-handler: at once
             ran = _run_many(run, queue)
         else:
             run, ran = [envelope], [_run_one(envelope, queue, time.perf_counter())]

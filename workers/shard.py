@@ -148,10 +148,7 @@ class EngineLog:
             self.last_id = self.pending[-1][0]
             self.since_snapshot += len(self.pending)
             self.pending.clear()
-        due = (
-            self.since_snapshot >= SNAPSHOT_EVERY
-            or time.monotonic() - self.snapshot_at >= self.interval_s
-        )
+        due = self.since_snapshot >= SNAPSHOT_EVERY or time.monotonic() - self.snapshot_at >= self.interval_s
         snapshot = self.control_seen or bool(self.since_snapshot and due)
         self.control_seen_last, self.control_seen = self.control_seen, False
         return snapshot
@@ -325,8 +322,9 @@ class StatePublisher:
 # the commands taken; and per command taken, its earlier result or false. (A message without
 # the ids, from a version before them, is taken all the same: its commands are started later.)
 _TAKE = (
-    START_LUA
-    + """
+    (
+        START_LUA
+        + """
 local taken = {}
 for _ = 1, tonumber(ARGV[1]) do
   local message = redis.call('LINDEX', KEYS[1], -1)
@@ -341,7 +339,10 @@ local keys = {}
 for i, id in ipairs(taken) do keys[i] = KEY_PREFIX .. id end
 return {redis.call('LRANGE', KEYS[2], 0, -1), start_commands(3, ARGV[3]), taken, start_keys(keys, ARGV[3])}
 """
-).replace("IDS_PATTERN", json.dumps(IDS_LUA_PATTERN)).replace("KEY_PREFIX", json.dumps(KEY_PREFIX))
+    )
+    .replace("IDS_PATTERN", json.dumps(IDS_LUA_PATTERN))
+    .replace("KEY_PREFIX", json.dumps(KEY_PREFIX))
+)
 _BATCH_MARKER = task_marker(BATCH_TASKS[ENGINE_QUEUE])
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -64,3 +65,10 @@ def crash(params: NoCrashParams) -> None:
     """Raise something a command should not (test command): the command fails as
     `command_failed` and the exception goes to the error analyzer's llm queue."""
     raise RuntimeError("crashed on purpose")
+
+
+@command("engine_exit", params=NoCrashParams, queue=ENGINE_QUEUE)
+def engine_exit(params: NoCrashParams) -> None:
+    """End the engine worker's process as it runs, as a command that keeps killing its worker
+    would (a native crash, the OOM killer) (test command)."""
+    os._exit(70)
