@@ -411,6 +411,8 @@ def _reclaim_from_a_dead_predecessor(sender: Any = None, **_: Any) -> None:
 #: How many starts of the engine worker began finishing the in-flight list it found (deleted
 #: once one finished): a command that kills the worker must not make it die at every start.
 LEFTOVER_TRIES_KEY: Final = "hean:engine:inflight-tries"
+#: A count left behind (Redis failed its deletion) is forgotten after this long.
+LEFTOVER_TRIES_TTL_S: Final = 3600
 
 
 @worker_ready.connect
@@ -421,20 +423,29 @@ def _announce_engine(sender: Any = None, **_: Any) -> None:
 
     import celeryconfig
 
+    tries: list[int] = []  # this start's count, taken once (not again at each retry below)
+
     def finish_leftover() -> int:
         leftover, _ = SHARD.take([], drain=0)
+        client = sync_client()
         if not leftover:
+            if not tries:  # nothing left over: no count carries over to a later crash
+                client.delete(LEFTOVER_TRIES_KEY)
+                tries.append(0)
             return 0
         # drained before a crash: finish them first (each runs at most once), unless the worker
         # died finishing them MAX_REDELIVERIES times already: then one of them kills it, and all
         # are answered `dropped` instead of looping for ever
-        client = sync_client()
-        tries = int(client.incr(LEFTOVER_TRIES_KEY))
-        if tries > celeryconfig.MAX_REDELIVERIES:
-            answered = answer_dropped(leftover, ENGINE_QUEUE, tries)
+        if not tries:
+            with client.pipeline(transaction=False) as pipe:
+                pipe.incr(LEFTOVER_TRIES_KEY)
+                pipe.expire(LEFTOVER_TRIES_KEY, LEFTOVER_TRIES_TTL_S)
+                tries.append(int(pipe.execute()[0]))
+        if tries[0] > celeryconfig.MAX_REDELIVERIES:
+            answered = answer_dropped(leftover, ENGINE_QUEUE, tries[0])
             client.delete(INFLIGHT_KEY, LEFTOVER_TRIES_KEY)
             log.error(
-                "event=inflight_dropped commands=%d answered=%d tries=%d", len(leftover), answered, tries
+                "event=inflight_dropped commands=%d answered=%d tries=%d", len(leftover), answered, tries[0]
             )
             return len(leftover)
         execute_batch(leftover, ENGINE_QUEUE, hooks=SHARD.hooks)  # its commit empties the in-flight list
