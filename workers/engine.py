@@ -428,10 +428,8 @@ def _announce_engine(sender: Any = None, **_: Any) -> None:
     def finish_leftover() -> int:
         leftover, _ = SHARD.take([], drain=0)
         client = sync_client()
-        if not leftover:
-            if not tries:  # nothing left over: no count carries over to a later crash
-                client.delete(LEFTOVER_TRIES_KEY)
-                tries.append(0)
+        if not leftover:  # nothing left over: no count carries over to a later crash
+            client.delete(LEFTOVER_TRIES_KEY)
             return 0
         # drained before a crash: finish them first (each runs at most once), unless the worker
         # died finishing them MAX_REDELIVERIES times already: then one of them kills it, and all

@@ -288,10 +288,9 @@ def execute_batch(
             messages.append((previous, envelope.reply_to))
             i += 1
             continue
-        run = [] if refuse is not None else _run_of(envelopes, i, queue, outcome)
         if refuse is not None:
             run, ran = [envelope], [_refused(envelope, refuse)]
-        elif run:  # one or several in a row for a many-handler: at once
+        elif run := _run_of(envelopes, i, queue, outcome):  # one or more for a many-handler: at once
             ran = _run_many(run, queue)
         else:
             run, ran = [envelope], [_run_one(envelope, queue, time.perf_counter())]
