@@ -278,6 +278,69 @@ def test_a_command_that_kills_the_engine_worker_each_time_is_answered_dropped_an
         store.close()
 
 
+@pytest.mark.parametrize("arrives", ["delivered", "taken along", "left in flight by a crash"])
+def test_a_batch_that_raises_is_undone_and_answered_and_the_engine_goes_on(
+    system: dict[str, Any], system_redis_url: str, logs_dir: Any, arrives: str
+) -> None:
+    """An exception out of a whole engine batch (a bug in its path, a MemoryError in the core:
+    `engine_raise`, run with the commands beside it), after the batch applied an order in
+    memory: the engine forgets what did not commit, every acked command of the batch is
+    answered (the order `not run`, so that sending it again under a new request id fills it, not
+    a duplicate of an order that never committed), and later batches run. Before, the batch's
+    commands stayed without a result, its order stayed applied in memory, and a batch taken
+    along stayed in flight, where every later batch ran it again: every later order went
+    unanswered. The third way in: the batch was in flight when its worker was killed, and the
+    next worker's start finishes it."""
+    url, token = str(system["url"]), str(system["token"])
+    store = redis.Redis.from_url(system_redis_url)
+    client, napper = Client(url, token), Client(url, token)
+    journal = CommandJournal(store)
+    try:
+        command_ok(client, "reset_kill_switch")
+        command_ok(client, "start")
+        sym = f"RAISE{uuid.uuid4().hex[:6].upper()}"
+        command_ok(client, "update_market", symbol=sym, bid="10", ask="10", last="10")
+        if arrives == "delivered":
+            time.sleep(1.0)  # the engine worker idle: the next message is delivered by Celery
+        else:  # queued while a batch runs: its commit takes them along, into one batch
+            nap_id = uuid.uuid4().hex
+            napper.command({"command": "engine_nap", "params": {"seconds": 1}, "request_id": nap_id})
+            wait_for(lambda: journal.state(nap_id) == "started", 30, "the nap to start")
+        cid, order_id, bug_id, held_id = (uuid.uuid4().hex for _ in range(4))
+        order = {"client_order_id": cid, "symbol": sym, "side": "BUY", "quantity": "1"}
+        sends = [(order_id, "submit_order", order), (bug_id, "engine_raise", {})]
+        if arrives == "left in flight by a crash":  # ahead of them, a nap to kill the worker in
+            sends.insert(0, (held_id, "engine_nap", {"seconds": 3}))
+        for request_id, command, params in sends:
+            ack = client.command({"command": command, "params": params, "request_id": request_id})
+            assert ack["accepted"], ack
+        if arrives == "left in flight by a crash":
+            wait_for(lambda: journal.state(held_id) == "started", 30, "the batch to be taken along")
+            time.sleep(0.5)  # into the second nap, the batch in the in-flight list
+            stop_engine_worker(system, crash=True)
+            assert int(store.llen(INFLIGHT_KEY)) > 0
+            start_engine_worker(system, logs_dir)
+        bug = client.result_for(bug_id)
+        assert not bug["success"] and bug["error"]["code"] == "command_failed", bug
+        assert "not run" in bug["error"]["message"] and "RuntimeError" in bug["error"]["message"], bug
+        first = client.result_for(order_id)
+        if arrives != "delivered":  # in the batch that raised, after its order was applied
+            assert not first["success"] and "not run" in first["error"]["message"], first
+        # sent again under a new request id: filled now if it did not run, a duplicate if it did
+        again = command_ok(client, "submit_order", **order)["result"]["order"]
+        assert again["status"] == "FILLED", again
+        assert again["duplicate"] is first["success"], (first, again)
+        fresh = {**order, "client_order_id": uuid.uuid4().hex}
+        assert command_ok(client, "submit_order", **fresh)["result"]["order"]["duplicate"] is False
+        assert engine_held(store) == 0
+        worker = next(p for p in system["processes"] if p.name.startswith("worker-engine"))
+        assert "event=failed_batch_answered" in worker.log_text()
+    finally:
+        client.close()
+        napper.close()
+        store.close()
+
+
 def test_restore_delivering_puts_leftovers_back_oldest_first(redis_client: redis.Redis) -> None:
     delivering = delivering_key(ENGINE_QUEUE)
     redis_client.lpush(ENGINE_QUEUE, "waiting")

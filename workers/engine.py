@@ -36,10 +36,16 @@ from hean.config import get_settings
 from hean.engine import BatchResult, EngineState, OrderBatch, OrderResult, orders_from_params
 from hean.history import HistoryUnavailable
 from hean.process_wide import ProcessWide
-from hean.redis_client import SendAhead, sync_client
+from hean.redis_client import TRANSIENT_ERRORS, SendAhead, sync_client
 from hean.topology import BATCH_TASKS, ENGINE_PING_TASK, ENGINE_QUEUE
 from workers.app import app, inline_strategy
-from workers.execution import answer_dropped, answer_dropped_message, execute_batch, until_committed
+from workers.execution import (
+    answer_dropped,
+    answer_dropped_message,
+    execute_batch,
+    failed_batch_error,
+    until_committed,
+)
 from workers.shard import INFLIGHT_KEY, EngineShard
 from workers.transport import has_typed_values
 
@@ -203,6 +209,9 @@ def update_market(params: MarketParams) -> dict[str, Any]:
 # -- tasks --------------------------------------------------------------------------------------
 
 
+#: What a batch waits out, holding its message: Redis away, restarting or full, or the database
+#: unreadable when a command left the window.
+BATCH_RETRIED_ON: Final = (RedisError, HistoryUnavailable)
 #: How long the engine worker runs the batches that keep queuing up before it hands control back
 #: to Celery's consumer (which answers `celery inspect`, heartbeats and shutdown in between).
 BACK_TO_BACK_S: Final = 0.25
@@ -243,17 +252,46 @@ def _run_batch(envelopes: list[dict[str, Any]], message: Any = None) -> int:
                 functools.partial(attempt, delivered),
                 SHARD.forget,
                 ENGINE_QUEUE,
-                retry_on=(RedisError, HistoryUnavailable),
+                retry_on=BATCH_RETRIED_ON,
             )
             SHARD.delivery, delivered = None, []  # acknowledged within the first commit
             if SHARD.ahead is not None:
                 metrics.engine_batch("taken_along")
             elif not (back_to_back and _take_after_linger(until)):
                 break
+    except Exception as exc:  # a bug in the batch's path, or a MemoryError: undo and answer it
+        _answer_failed_batch(delivered, exc)
+        raise  # logged, reported to the error analyzer and acknowledged (workers.app.inline_strategy)
     finally:
         SHARD.delivery, SHARD.take_ahead, SHARD.ahead = None, False, None
     SHARD.group_commit.done()
     return ran
+
+
+def _answer_failed_batch(delivered: list[dict[str, Any]], exc: Exception) -> None:
+    """After an exception ended a batch before its commit: forget the in-memory engine (the
+    batch may have applied orders that never committed; the next use rebuilds it from what
+    did), then answer every command of the batch without a result `not run`
+    (`failed_batch_error`): those of the delivered message if it has not committed
+    (`delivered`), and those taken along, which are in the in-flight list. The same commit
+    empties that list and acknowledges the message. Otherwise the batch's acked commands would
+    have no result for ever, and a batch left in flight would run, and raise, again within
+    every later batch. Commands whose results did commit get them again."""
+    SHARD.forget()
+    SHARD.take_ahead = False
+    error = failed_batch_error(ENGINE_QUEUE, exc)
+
+    def answer() -> int:
+        in_flight, _ = SHARD.take([], drain=0)
+        return execute_batch(delivered + in_flight, ENGINE_QUEUE, hooks=SHARD.hooks, refuse=error)
+
+    try:
+        answered = until_committed(answer, SHARD.forget, ENGINE_QUEUE, retry_on=BATCH_RETRIED_ON)
+    except Exception:  # the answer's own path failed too: its commands stay as they are
+        log.exception("event=failed_batch_not_answered queue=%s", ENGINE_QUEUE)
+        return
+    name = type(exc).__name__
+    log.error("event=failed_batch_answered queue=%s commands=%d error=%s", ENGINE_QUEUE, answered, name)
 
 
 def _take_after_linger(until: float) -> bool:
@@ -446,7 +484,13 @@ def _announce_engine(sender: Any = None, **_: Any) -> None:
                 "event=inflight_dropped commands=%d answered=%d tries=%d", len(leftover), answered, tries[0]
             )
             return len(leftover)
-        execute_batch(leftover, ENGINE_QUEUE, hooks=SHARD.hooks)  # its commit empties the in-flight list
+        try:
+            execute_batch(leftover, ENGINE_QUEUE, hooks=SHARD.hooks)  # its commit empties the in-flight list
+        except TRANSIENT_ERRORS:
+            raise  # tried again
+        except Exception as exc:  # as in a running worker (_run_batch): answered, and the engine goes on
+            log.exception("event=inflight_failed commands=%d", len(leftover))
+            _answer_failed_batch([], exc)
         client.delete(LEFTOVER_TRIES_KEY)
         log.warning("event=inflight_recovered commands=%d", len(leftover))
         return len(leftover)

@@ -112,6 +112,19 @@ def answer_dropped_message(args: list[Any], queue: str) -> None:
     log.error("event=dropped_commands_answered queue=%s commands=%d", queue, answered)
 
 
+def failed_batch_error(queue: str, exc: Exception) -> ErrorInfo:
+    """The error of the commands of a batch that an exception ended before it committed (a bug in
+    the batch's path, not in one command's handler, whose exceptions fail that command only)."""
+    cause = f"{type(exc).__name__}: {exc}"[:200]
+    return ErrorInfo(
+        code="command_failed",
+        message=(
+            f"not run: the {queue} worker failed running the batch that carried this command "
+            f"({cause}); send it again with a new request_id"
+        ),
+    )
+
+
 def answer_dropped(envelopes_data: list[dict[str, Any]], queue: str, deliveries: int) -> int:
     """Answer every command of a dropped batch that has no result yet with a `dropped` error,
     without running it: its sender learns the command did not run, and may send it again under

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from hean.commands import CommandError, command
+from hean.commands import CommandError, command, implements_many
 from hean.topology import DEFAULT_QUEUE, ENGINE_QUEUE
 
 
@@ -72,3 +72,18 @@ def engine_exit(params: NoCrashParams) -> None:
     """End the engine worker's process as it runs, as a command that keeps killing its worker
     would (a native crash, the OOM killer) (test command)."""
     os._exit(70)
+
+
+@command("engine_raise", params=NoCrashParams, queue=ENGINE_QUEUE)
+def engine_raise(params: NoCrashParams) -> None:
+    """Raise something a command should not (test command); run one by one it fails as
+    `command_failed`, as any handler's bug does."""
+    raise RuntimeError("raised on purpose")
+
+
+@implements_many("engine_raise")
+def engine_raise_run(params: list[dict[str, Any]]) -> list[Any]:
+    """Run with the commands beside it, raise past the handlers' own error handling, as a bug in
+    the engine's batch path (or a MemoryError in the core) would: out of the whole batch, which
+    may have applied other commands' orders already (test command)."""
+    raise RuntimeError("the batch path raised on purpose")
