@@ -1,7 +1,8 @@
 """A killed worker of the llm and default queues (several consumers may share them, so its
 successor cannot simply take back everything unacknowledged, as the engine worker does) does
 not strand what it held for the visibility timeout (an hour): each delivered message names its
-holder, whose lease lapses LEASE_S after it died, and any consumer then puts it back."""
+holder, whose lease lapses LEASE_S after it died, and any consumer then puts it back. And a
+batch that an exception ends before its results are recorded answers each of its commands."""
 
 from __future__ import annotations
 
@@ -69,6 +70,36 @@ def test_a_command_held_by_a_killed_default_worker_runs_again_within_seconds(
             "the message to be acknowledged",
         )
         assert not any(f":{worker.pid}:" in v.decode() for v in store.hvals(HOLDERS_KEY))
+    finally:
+        client.close()
+        store.close()
+
+
+def test_a_default_batch_that_raises_answers_each_of_its_commands(
+    system: dict[str, Any], system_redis_url: str
+) -> None:
+    """An exception out of a whole batch of the default queue (`default_raise`, run with the
+    commands beside it) answers every command of the batch that has no result, `no result ...
+    it may have run`; before, they stayed without a result for good. The worker goes on."""
+    url, token = str(system["url"]), str(system["token"])
+    store = redis.Redis.from_url(system_redis_url)
+    client = Client(url, token)
+    try:
+        echo_id, bug_id = uuid.uuid4().hex, uuid.uuid4().hex
+        for request_id, command, params in ((echo_id, "echo", {"text": "x"}), (bug_id, "default_raise", {})):
+            ack = client.command({"command": command, "params": params, "request_id": request_id})
+            assert ack["accepted"], ack
+        bug = client.result_for(bug_id)
+        assert not bug["success"] and bug["error"]["code"] == "command_failed", bug
+        message = bug["error"]["message"]
+        assert message.startswith("no result: the default worker failed") and "RuntimeError" in message, bug
+        echo = client.result_for(echo_id)  # its own batch's result, or the same answer
+        assert echo["success"] or echo["error"]["message"] == message, echo
+        assert CommandJournal(store).state(echo_id) == CommandJournal(store).state(bug_id) == "done"
+        again = client.command({"command": "echo", "params": {"text": "y"}})
+        assert client.result_for(again["request_id"])["result"] == {"echo": "y"}
+        worker = next(p for p in system["processes"] if p.name.startswith("worker-llm"))
+        assert "event=failed_batch_answered queue=default" in worker.log_text()
     finally:
         client.close()
         store.close()

@@ -37,6 +37,15 @@ def command_ok(client: Client, command: str, **params: Any) -> dict[str, Any]:
     return result
 
 
+def open_market(client: Client, prefix: str) -> str:
+    """The engine running (whatever earlier tests left) and a new symbol quoted at 10: its name."""
+    command_ok(client, "reset_kill_switch")
+    command_ok(client, "start")
+    sym = f"{prefix}{uuid.uuid4().hex[:6].upper()}"
+    command_ok(client, "update_market", symbol=sym, bid="10", ask="10", last="10")
+    return sym
+
+
 def engine_held(client: redis.Redis) -> int:
     """Engine queue messages taken off the queue and not done: delivered and held in the
     delivering list (the atomic pop's record) or, from an older worker, in kombu's unacked hash;
@@ -54,10 +63,7 @@ def test_orders_a_killed_engine_worker_held_are_applied_once_after_the_restart(
     acked: dict[str, dict[str, Any]] = {}
     results: dict[str, list[dict[str, Any]]] = {}
     stop_sending = threading.Event()
-    command_ok(client, "reset_kill_switch")  # whatever earlier tests left: running now
-    command_ok(client, "start")
-    sym = f"CRASH{uuid.uuid4().hex[:6].upper()}"
-    command_ok(client, "update_market", symbol=sym, bid="10", ask="10", last="10")
+    sym = open_market(client, "CRASH")
 
     client.sio.on("command_result", lambda r: results.setdefault(r["request_id"], []).append(r))
 
@@ -133,10 +139,7 @@ def test_a_batch_popped_by_a_worker_killed_right_after_the_pop_is_applied_once_a
     client = Client(url, token)
     delivering = delivering_key(ENGINE_QUEUE)
     try:
-        command_ok(client, "reset_kill_switch")
-        command_ok(client, "start")
-        sym = f"POP{uuid.uuid4().hex[:6].upper()}"
-        command_ok(client, "update_market", symbol=sym, bid="10", ask="10", last="10")
+        sym = open_market(client, "POP")
         stop_engine_worker(system, crash=False)
         spec_env = dict(system["env"])
         spec_env["HEAN_COMMAND_MODULES"] = spec_env.get("HEAN_COMMAND_MODULES", "") + ",die_after_pop"
@@ -296,10 +299,7 @@ def test_a_batch_that_raises_is_undone_and_answered_and_the_engine_goes_on(
     client, napper = Client(url, token), Client(url, token)
     journal = CommandJournal(store)
     try:
-        command_ok(client, "reset_kill_switch")
-        command_ok(client, "start")
-        sym = f"RAISE{uuid.uuid4().hex[:6].upper()}"
-        command_ok(client, "update_market", symbol=sym, bid="10", ask="10", last="10")
+        sym = open_market(client, "RAISE")
         if arrives == "delivered":
             time.sleep(1.0)  # the engine worker idle: the next message is delivered by Celery
         else:  # queued while a batch runs: its commit takes them along, into one batch

@@ -42,8 +42,8 @@ from workers.app import app, inline_strategy
 from workers.execution import (
     answer_dropped,
     answer_dropped_message,
+    answer_failed_batch,
     execute_batch,
-    failed_batch_error,
     until_committed,
 )
 from workers.shard import INFLIGHT_KEY, EngineShard
@@ -272,26 +272,21 @@ def _answer_failed_batch(delivered: list[dict[str, Any]], exc: Exception) -> Non
     """After an exception ended a batch before its commit: forget the in-memory engine (the
     batch may have applied orders that never committed; the next use rebuilds it from what
     did), then answer every command of the batch without a result `not run`
-    (`failed_batch_error`): those of the delivered message if it has not committed
+    (`answer_failed_batch`): those of the delivered message if it has not committed
     (`delivered`), and those taken along, which are in the in-flight list. The same commit
-    empties that list and acknowledges the message. Otherwise the batch's acked commands would
-    have no result for ever, and a batch left in flight would run, and raise, again within
-    every later batch. Commands whose results did commit get them again."""
+    empties that list and acknowledges the message. Otherwise a batch left in flight would run,
+    and raise, again within every later batch."""
     SHARD.forget()
     SHARD.take_ahead = False
-    error = failed_batch_error(ENGINE_QUEUE, exc)
-
-    def answer() -> int:
-        in_flight, _ = SHARD.take([], drain=0)
-        return execute_batch(delivered + in_flight, ENGINE_QUEUE, hooks=SHARD.hooks, refuse=error)
-
-    try:
-        answered = until_committed(answer, SHARD.forget, ENGINE_QUEUE, retry_on=BATCH_RETRIED_ON)
-    except Exception:  # the answer's own path failed too: its commands stay as they are
-        log.exception("event=failed_batch_not_answered queue=%s", ENGINE_QUEUE)
-        return
-    name = type(exc).__name__
-    log.error("event=failed_batch_answered queue=%s commands=%d error=%s", ENGINE_QUEUE, answered, name)
+    answer_failed_batch(
+        lambda: delivered + SHARD.take([], drain=0)[0],
+        ENGINE_QUEUE,
+        exc,
+        undone=True,
+        hooks=SHARD.hooks,
+        reset=SHARD.forget,
+        retry_on=BATCH_RETRIED_ON,
+    )
 
 
 def _take_after_linger(until: float) -> bool:

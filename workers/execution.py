@@ -112,16 +112,47 @@ def answer_dropped_message(args: list[Any], queue: str) -> None:
     log.error("event=dropped_commands_answered queue=%s commands=%d", queue, answered)
 
 
-def failed_batch_error(queue: str, exc: Exception) -> ErrorInfo:
-    """The error of the commands of a batch that an exception ended before it committed (a bug in
-    the batch's path, not in one command's handler, whose exceptions fail that command only)."""
+def failed_batch_error(queue: str, exc: Exception, undone: bool) -> ErrorInfo:
+    """The error of the commands of a batch that an exception ended before its results were
+    recorded (a bug in the batch's path, not in one command's handler, whose exceptions fail
+    that command only). `undone`: the worker dropped whatever the batch changed in memory (the
+    engine's), so none of it ran; otherwise a command's handler may have run."""
     cause = f"{type(exc).__name__}: {exc}"[:200]
-    return ErrorInfo(
-        code="command_failed",
-        message=(
-            f"not run: the {queue} worker failed running the batch that carried this command "
-            f"({cause}); send it again with a new request_id"
-        ),
+    what = f"the {queue} worker failed running the batch that carried this command ({cause})"
+    if undone:
+        message = f"not run: {what}; send it again with a new request_id"
+    else:
+        message = (
+            f"no result: {what} before its result was recorded, so it may have run; "
+            "send it again with a new request_id"
+        )
+    return ErrorInfo(code="command_failed", message=message)
+
+
+def answer_failed_batch(
+    envelopes: Callable[[], list[dict[str, Any]]],
+    queue: str,
+    exc: Exception,
+    undone: bool,
+    hooks: BatchHooks = NO_HOOKS,
+    reset: Callable[[], None] = lambda: None,
+    retry_on: tuple[type[BaseException], ...] = TRANSIENT_ERRORS,
+) -> None:
+    """After an exception ended a batch before its results were recorded: answer each command
+    of `envelopes()` that has no result with `failed_batch_error` (those whose results did
+    commit get them again), in one commit with `hooks`' writes, held while Redis fails it
+    (`retry_on`, `reset` as for `until_committed`). Otherwise the batch's acked commands would
+    stay without a result for good. Never raises: when the answer fails too, it is logged."""
+    error = failed_batch_error(queue, exc, undone)
+    try:
+        answered = until_committed(
+            lambda: execute_batch(envelopes(), queue, hooks=hooks, refuse=error), reset, queue, retry_on
+        )
+    except Exception:  # the answer's own path failed too: its commands stay as they are
+        log.exception("event=failed_batch_not_answered queue=%s", queue)
+        return
+    log.error(
+        "event=failed_batch_answered queue=%s commands=%d error=%s", queue, answered, type(exc).__name__
     )
 
 

@@ -74,16 +74,22 @@ def engine_exit(params: NoCrashParams) -> None:
     os._exit(70)
 
 
-@command("engine_raise", params=NoCrashParams, queue=ENGINE_QUEUE)
-def engine_raise(params: NoCrashParams) -> None:
-    """Raise something a command should not (test command); run one by one it fails as
-    `command_failed`, as any handler's bug does."""
-    raise RuntimeError("raised on purpose")
+def _raising(name: str, queue: str) -> None:
+    """Declare command `name` on `queue`: run one by one it fails as `command_failed`, as any
+    handler's bug does; run with the commands beside it (a many-handler), it raises past the
+    handlers' own error handling, out of the whole batch, as a bug in the batch's path (or a
+    MemoryError in the engine's core) would, after the batch may have run other commands."""
+
+    def one(params: NoCrashParams) -> None:
+        raise RuntimeError("raised on purpose")
+
+    def many(params: list[dict[str, Any]]) -> list[Any]:
+        raise RuntimeError("the batch path raised on purpose")
+
+    described = "Raise out of its batch (test command)."
+    command(name, params=NoCrashParams, queue=queue, description=described)(one)
+    implements_many(name)(many)
 
 
-@implements_many("engine_raise")
-def engine_raise_run(params: list[dict[str, Any]]) -> list[Any]:
-    """Run with the commands beside it, raise past the handlers' own error handling, as a bug in
-    the engine's batch path (or a MemoryError in the core) would: out of the whole batch, which
-    may have applied other commands' orders already (test command)."""
-    raise RuntimeError("the batch path raised on purpose")
+_raising("engine_raise", ENGINE_QUEUE)
+_raising("default_raise", DEFAULT_QUEUE)
