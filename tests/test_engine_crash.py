@@ -282,14 +282,14 @@ def test_a_command_that_kills_the_engine_worker_each_time_is_answered_dropped_an
 
 
 @pytest.mark.parametrize("arrives", ["delivered", "taken along", "left in flight by a crash"])
-def test_a_batch_that_raises_is_undone_and_answered_and_the_engine_goes_on(
+def test_a_batch_that_raises_is_undone_and_run_again_one_command_at_a_time(
     system: dict[str, Any], system_redis_url: str, logs_dir: Any, arrives: str
 ) -> None:
     """An exception out of a whole engine batch (a bug in its path, a MemoryError in the core:
     `engine_raise`, run with the commands beside it), after the batch applied an order in
-    memory: the engine forgets what did not commit, every acked command of the batch is
-    answered (the order `not run`, so that sending it again under a new request id fills it, not
-    a duplicate of an order that never committed), and later batches run. Before, the batch's
+    memory: the engine forgets what did not commit and runs the batch's commands again one at a
+    time. The order fills once (not a duplicate of the order that never committed), the command
+    that raises again alone is answered `not run`, and later batches run. Before, the batch's
     commands stayed without a result, its order stayed applied in memory, and a batch taken
     along stayed in flight, where every later batch ran it again: every later order went
     unanswered. The third way in: the batch was in flight when its worker was killed, and the
@@ -320,21 +320,22 @@ def test_a_batch_that_raises_is_undone_and_answered_and_the_engine_goes_on(
             stop_engine_worker(system, crash=True)
             assert int(store.llen(INFLIGHT_KEY)) > 0
             start_engine_worker(system, logs_dir)
+            assert client.result_for(held_id)["result"] == {"slept": 3}
         bug = client.result_for(bug_id)
         assert not bug["success"] and bug["error"]["code"] == "command_failed", bug
         assert "not run" in bug["error"]["message"] and "RuntimeError" in bug["error"]["message"], bug
-        first = client.result_for(order_id)
-        if arrives != "delivered":  # in the batch that raised, after its order was applied
-            assert not first["success"] and "not run" in first["error"]["message"], first
-        # sent again under a new request id: filled now if it did not run, a duplicate if it did
-        again = command_ok(client, "submit_order", **order)["result"]["order"]
-        assert again["status"] == "FILLED", again
-        assert again["duplicate"] is first["success"], (first, again)
+        filled = client.result_for(order_id)
+        assert filled["success"], filled
+        assert filled["result"]["order"]["status"] == "FILLED", filled
+        assert filled["result"]["order"]["duplicate"] is False, filled  # the first one was undone
+        again = command_ok(client, "submit_order", **order)["result"]["order"]  # a new request id
+        assert again["duplicate"] is True, again
         fresh = {**order, "client_order_id": uuid.uuid4().hex}
         assert command_ok(client, "submit_order", **fresh)["result"]["order"]["duplicate"] is False
         assert engine_held(store) == 0
-        worker = next(p for p in system["processes"] if p.name.startswith("worker-engine"))
-        assert "event=failed_batch_answered" in worker.log_text()
+        worker = next(p for p in system["processes"] if p.name.startswith("worker-engine")).log_text()
+        assert "event=batch_run_alone" in worker and "raised_alone=1" in worker, worker[-3000:]
+        assert "event=failed_batch_answered" in worker
     finally:
         client.close()
         napper.close()

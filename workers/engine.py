@@ -259,8 +259,8 @@ def _run_batch(envelopes: list[dict[str, Any]], message: Any = None) -> int:
                 metrics.engine_batch("taken_along")
             elif not (back_to_back and _take_after_linger(until)):
                 break
-    except Exception as exc:  # a bug in the batch's path, or a MemoryError: undo and answer it
-        _answer_failed_batch(delivered, exc)
+    except Exception as exc:  # a bug in the batch's path, or a MemoryError: undone, run again
+        _run_alone(delivered, exc)
         raise  # logged, reported to the error analyzer and acknowledged (workers.app.inline_strategy)
     finally:
         SHARD.delivery, SHARD.take_ahead, SHARD.ahead = None, False, None
@@ -268,24 +268,55 @@ def _run_batch(envelopes: list[dict[str, Any]], message: Any = None) -> int:
     return ran
 
 
-def _answer_failed_batch(delivered: list[dict[str, Any]], exc: Exception) -> None:
-    """After an exception ended a batch before its commit: forget the in-memory engine (the
-    batch may have applied orders that never committed; the next use rebuilds it from what
-    did), then answer every command of the batch without a result `not run`
-    (`answer_failed_batch`): those of the delivered message if it has not committed
-    (`delivered`), and those taken along, which are in the in-flight list. The same commit
-    empties that list and acknowledges the message. Otherwise a batch left in flight would run,
-    and raise, again within every later batch."""
+def _run_alone(delivered: list[dict[str, Any]], exc: Exception) -> None:
+    """After an exception ended a batch before its commit (a bug in the batch's path, a
+    MemoryError in the core): forget the in-memory engine (the batch may have applied orders
+    that never committed; the next use rebuilds it from what did), then run the batch's commands
+    again one at a time, each in a commit of its own: those of the delivered message if it has
+    not committed (`delivered`), then those taken along, which are in the in-flight list. One
+    that raises again alone is answered `not run` (answer_failed_batch); the others run as they
+    would have. The last commit empties the in-flight list and acknowledges the message, so a
+    worker that dies meanwhile leaves both, and its successor runs what has no result, once.
+    Otherwise the batch's acked commands had no result for good, and a batch left in flight ran,
+    and raised, again within every later batch."""
     SHARD.forget()
     SHARD.take_ahead = False
-    answer_failed_batch(
-        lambda: delivered + SHARD.take([], drain=0)[0],
+    in_flight: list[dict[str, Any]] = []
+
+    def read_in_flight() -> int:  # held while Redis fails it, as a batch is
+        in_flight[:] = SHARD.take([], drain=0)[0]
+        return len(in_flight)
+
+    until_committed(read_in_flight, lambda: None, ENGINE_QUEUE, retry_on=BATCH_RETRIED_ON)
+    envelopes, failed_alone = delivered + in_flight, 0
+    try:
+        for i, envelope in enumerate(envelopes):
+            SHARD.keep_in_flight = i < len(envelopes) - 1
+            alone = functools.partial(execute_batch, [envelope], ENGINE_QUEUE, hooks=SHARD.hooks)
+            try:
+                until_committed(alone, SHARD.forget, ENGINE_QUEUE, retry_on=BATCH_RETRIED_ON)
+            except Exception as raised:
+                log.exception("event=command_raised_alone request_id=%s", envelope.get("request_id"))
+                failed_alone += 1
+                SHARD.forget()
+                if not answer_failed_batch(
+                    functools.partial(list, (envelope,)),
+                    ENGINE_QUEUE,
+                    raised,
+                    undone=True,
+                    hooks=SHARD.hooks,
+                    reset=SHARD.forget,
+                    retry_on=BATCH_RETRIED_ON,
+                ):
+                    return  # not even its answer commits: the batch's path itself is broken
+    finally:
+        SHARD.keep_in_flight = False
+    log.error(
+        "event=batch_run_alone queue=%s commands=%d raised_alone=%d error=%s",
         ENGINE_QUEUE,
-        exc,
-        undone=True,
-        hooks=SHARD.hooks,
-        reset=SHARD.forget,
-        retry_on=BATCH_RETRIED_ON,
+        len(envelopes),
+        failed_alone,
+        type(exc).__name__,
     )
 
 
@@ -483,9 +514,9 @@ def _announce_engine(sender: Any = None, **_: Any) -> None:
             execute_batch(leftover, ENGINE_QUEUE, hooks=SHARD.hooks)  # its commit empties the in-flight list
         except TRANSIENT_ERRORS:
             raise  # tried again
-        except Exception as exc:  # as in a running worker (_run_batch): answered, and the engine goes on
+        except Exception as exc:  # as in a running worker (_run_batch): run one at a time, and on
             log.exception("event=inflight_failed commands=%d", len(leftover))
-            _answer_failed_batch([], exc)
+            _run_alone([], exc)
         client.delete(LEFTOVER_TRIES_KEY)
         log.warning("event=inflight_recovered commands=%d", len(leftover))
         return len(leftover)

@@ -137,12 +137,12 @@ def answer_failed_batch(
     hooks: BatchHooks = NO_HOOKS,
     reset: Callable[[], None] = lambda: None,
     retry_on: tuple[type[BaseException], ...] = TRANSIENT_ERRORS,
-) -> None:
+) -> bool:
     """After an exception ended a batch before its results were recorded: answer each command
     of `envelopes()` that has no result with `failed_batch_error` (those whose results did
     commit get them again), in one commit with `hooks`' writes, held while Redis fails it
     (`retry_on`, `reset` as for `until_committed`). Otherwise the batch's acked commands would
-    stay without a result for good. Never raises: when the answer fails too, it is logged."""
+    stay without a result for good. Never raises: False when the answer failed too (logged)."""
     error = failed_batch_error(queue, exc, undone)
     try:
         answered = until_committed(
@@ -150,10 +150,11 @@ def answer_failed_batch(
         )
     except Exception:  # the answer's own path failed too: its commands stay as they are
         log.exception("event=failed_batch_not_answered queue=%s", queue)
-        return
+        return False
     log.error(
         "event=failed_batch_answered queue=%s commands=%d error=%s", queue, answered, type(exc).__name__
     )
+    return True
 
 
 def answer_dropped(envelopes_data: list[dict[str, Any]], queue: str, deliveries: int) -> int:

@@ -375,6 +375,10 @@ class EngineShard:
         #: taken, what the journal said (as `take` returns them); None if it took nothing along.
         self.ahead: tuple[list[dict[str, Any]], dict[str, dict[str, Any] | str | None]] | None = None
         self._ahead_at: int | None = None  # the take's place among the commit's replies
+        #: Set while the commands of a batch that raised run again one at a time
+        #: (workers.engine._run_alone): their commits leave the in-flight list and the delivered
+        #: message to the last one.
+        self.keep_in_flight = False
 
     @property
     def loaded(self) -> bool:
@@ -499,12 +503,14 @@ class EngineShard:
         taken along are done exactly when their results are) and the delivered message's
         acknowledgement (workers/transport.py: QoS.ack_within)."""
         self.log.write(pipe)
+        self._ahead_at = None
+        if self.keep_in_flight:
+            return
         pipe.delete(INFLIGHT_KEY)
         if self.delivery is not None:  # the delivered message is done exactly when its batch is
             ack_within = getattr(getattr(self.delivery.channel, "qos", None), "ack_within", None)
             if ack_within is not None:
                 ack_within(pipe, self.delivery.delivery_tag)
-        self._ahead_at = None
         if self.take_ahead:  # after the DEL: the in-flight list then holds exactly what it takes
             keys = (ENGINE_QUEUE, INFLIGHT_KEY)
             args = (DRAIN_MAX_MESSAGES, _BATCH_MARKER, time.time())
