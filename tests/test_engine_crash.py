@@ -19,7 +19,7 @@ import redis
 from hean.celery_wire import UNACKED_KEY, delivering_key, reclaim_unacked, restore_delivering, restore_held
 from hean.command_journal import CommandJournal
 from hean.core.system.redis_state import get_sync_state_manager
-from hean.topology import ENGINE_QUEUE, POSITIONS_KEY, SYSTEM_NAMESPACE
+from hean.topology import BATCH_TASKS, ENGINE_QUEUE, POSITIONS_KEY, SYSTEM_NAMESPACE
 from support import Client, start_engine_worker, stop_engine_worker, wait_for
 from workers.shard import INFLIGHT_KEY
 
@@ -337,6 +337,40 @@ def test_a_batch_that_raises_is_undone_and_run_again_one_command_at_a_time(
         assert "event=batch_run_alone" in worker and "raised_alone=1" in worker, worker[-3000:]
         assert "event=failed_batch_answered" in worker
     finally:
+        client.close()
+        napper.close()
+        store.close()
+
+
+def test_an_unreadable_message_taken_along_is_set_aside_and_the_batch_runs(
+    system: dict[str, Any], system_redis_url: str
+) -> None:
+    """A message on the engine queue that looks like a batch and cannot be read (here nested
+    deeper than any JSON parser goes: a RecursionError, not a ValueError), taken along into the
+    in-flight list, is moved aside to `<in-flight>:unreadable` for people to read, and the
+    commands taken with it run. Before, it stayed in flight and every later batch failed on it:
+    no order was answered after it."""
+    url, token = str(system["url"]), str(system["token"])
+    store = redis.Redis.from_url(system_redis_url)
+    client, napper = Client(url, token), Client(url, token)
+    unreadable = INFLIGHT_KEY + ":unreadable"
+    try:
+        sym = open_market(client, "DEEP")
+        nap_id = uuid.uuid4().hex
+        napper.command({"command": "engine_nap", "params": {"seconds": 1}, "request_id": nap_id})
+        wait_for(lambda: CommandJournal(store).state(nap_id) == "started", 30, "the nap to start")
+        deep = "[" * 100_000 + "]" * 100_000
+        raw = json.dumps({"body": deep, "headers": {"task": BATCH_TASKS[ENGINE_QUEUE]}, "properties": {}})
+        store.lpush(ENGINE_QUEUE, raw)  # behind the nap: its commit takes it along
+        order = {"client_order_id": uuid.uuid4().hex, "symbol": sym, "side": "BUY", "quantity": "1"}
+        filled = command_ok(client, "submit_order", **order)["result"]["order"]
+        assert filled["status"] == "FILLED" and filled["duplicate"] is False, filled
+        assert [item.decode() for item in store.lrange(unreadable, 0, -1)] == [raw]
+        assert engine_held(store) == 0
+        again = {**order, "client_order_id": uuid.uuid4().hex}
+        assert command_ok(client, "submit_order", **again)["result"]["order"]["status"] == "FILLED"
+    finally:
+        store.delete(unreadable)
         client.close()
         napper.close()
         store.close()

@@ -561,7 +561,9 @@ class EngineShard:
         for raw in reversed(newest_first):  # oldest first
             try:
                 envelopes += batch_envelopes(raw, cut_orders=True)
-            except (ValueError, KeyError, IndexError, TypeError) as exc:  # not ours: keep it for people
+            except MemoryError:
+                raise
+            except Exception as exc:  # not ours (or nested past a parser's depth): keep it for people
                 client.lpush(INFLIGHT_KEY + ":unreadable", raw)
                 log.error("event=unreadable_batch_message error=%s kept=%s:unreadable", exc, INFLIGHT_KEY)
         return envelopes
