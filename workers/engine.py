@@ -4,6 +4,7 @@ publisher in the `EngineShard`, workers/shard.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -35,11 +36,13 @@ from hean.commands.params import (
 from hean.config import get_settings
 from hean.engine import BatchResult, EngineState, OrderBatch, OrderResult, orders_from_params
 from hean.history import HistoryUnavailable
+from hean.messages import ErrorInfo
 from hean.process_wide import ProcessWide
-from hean.redis_client import TRANSIENT_ERRORS, SendAhead, sync_client
+from hean.redis_client import SendAhead, sync_client, text
 from hean.topology import BATCH_TASKS, ENGINE_PING_TASK, ENGINE_QUEUE
 from workers.app import app, inline_strategy
 from workers.execution import (
+    DROPPED,
     answer_dropped,
     answer_dropped_message,
     answer_failed_batch,
@@ -239,6 +242,13 @@ def _run_batch(envelopes: list[dict[str, Any]], message: Any = None) -> int:
     back_to_back = SHARD.group_commit.wait() > 0
     metrics.engine_batch("delivered")
     SHARD.delivery = message
+    if message is not None and (message.delivery_info or {}).get("redelivered"):
+        # a worker died holding it (or lost its connection): one command at a time (_run_alone)
+        try:
+            return _run_alone(envelopes)
+        finally:
+            SHARD.delivery, SHARD.take_ahead, SHARD.ahead = None, False, None
+            SHARD.group_commit.done()
     until = time.monotonic() + BACK_TO_BACK_S
     delivered, ran = envelopes, 0
     # Redis away, restarting or full, or the database unreadable when a command left the
@@ -268,36 +278,73 @@ def _run_batch(envelopes: list[dict[str, Any]], message: Any = None) -> int:
     return ran
 
 
-def _run_alone(delivered: list[dict[str, Any]], exc: Exception) -> None:
-    """After an exception ended a batch before its commit (a bug in the batch's path, a
-    MemoryError in the core): forget the in-memory engine (the batch may have applied orders
-    that never committed; the next use rebuilds it from what did), then run the batch's commands
-    again one at a time, each in a commit of its own: those of the delivered message if it has
-    not committed (`delivered`), then those taken along, which are in the in-flight list. One
-    that raises again alone is answered `not run` (answer_failed_batch); the others run as they
-    would have. The last commit empties the in-flight list and acknowledges the message, so a
-    worker that dies meanwhile leaves both, and its successor runs what has no result, once.
-    Otherwise the batch's acked commands had no result for good, and a batch left in flight ran,
-    and raised, again within every later batch."""
-    SHARD.forget()
-    SHARD.take_ahead = False
-    in_flight: list[dict[str, Any]] = []
+#: The command an engine worker runs alone while it finishes what a worker that died left
+#: (`_run_alone`), and how many workers died running it alone before ("<request id> <deaths>"),
+#: set before it runs: a worker that dies there too names it to the next.
+ALONE_KEY: Final = "hean:engine:alone"
+ALONE_TTL_S: Final = 3600
+#: A command that this many workers died running alone is answered `dropped` instead of run
+#: again. Not one: an operator's or the OOM killer's SIGKILL may fall on any command once.
+ALONE_DEATHS_DROPPED: Final = 2
 
-    def read_in_flight() -> int:  # held while Redis fails it, as a batch is
+
+def _run_alone(delivered: list[dict[str, Any]], exc: Exception | None = None) -> int:
+    """Run a batch's commands one at a time, each in a commit of its own: those of the delivered
+    message if it has not committed (`delivered`), then those taken along, which are in the
+    in-flight list. The last commit empties the in-flight list and acknowledges the message,
+    so a worker that dies meanwhile leaves both, and its successor runs what has no result,
+    once. Returns how many commands there were.
+
+    - After an exception ended the batch before its commit (`exc`: a bug in the batch's path, a
+      MemoryError in the core): the in-memory engine is forgotten first (the batch may have
+      applied orders that never committed; the next use rebuilds it from what did). A command
+      that raises again alone is answered `not run` (answer_failed_batch); the others run as
+      they would have. Otherwise the batch's acked commands had no result for good, and a batch
+      left in flight ran, and raised, again within every later batch.
+    - After a worker died running the batch (`exc` None: a start that finds it in flight, or a
+      redelivered message): each command is named in ALONE_KEY before it runs, with the deaths
+      of the workers that ran it alone before; one that ALONE_DEATHS_DROPPED workers died
+      running alone is answered `dropped` without running. So a command that kills its worker
+      whenever it runs costs three deaths (its batch's, then two alone), and the commands that
+      shared its batch run (MAX_REDELIVERIES and the in-flight tries stay, for a worker that
+      dies elsewhere than in a command)."""
+    if exc is not None:
+        SHARD.forget()
+    SHARD.take_ahead = False
+    client = sync_client()
+    in_flight: list[dict[str, Any]] = []
+    named: list[str] = []  # [request id, deaths before] of the command a worker died running alone
+
+    def read() -> int:  # held while Redis fails it, as a batch is
         in_flight[:] = SHARD.take([], drain=0)[0]
+        parts = [] if exc is not None else text(client.get(ALONE_KEY) or b"").split()
+        named[:] = parts if len(parts) == 2 and parts[1].isdigit() else []
         return len(in_flight)
 
-    until_committed(read_in_flight, lambda: None, ENGINE_QUEUE, retry_on=BATCH_RETRIED_ON)
-    envelopes, failed_alone = delivered + in_flight, 0
+    until_committed(read, lambda: None, ENGINE_QUEUE, retry_on=BATCH_RETRIED_ON)
+    envelopes, raised_alone, dropped = delivered + in_flight, 0, 0
     try:
         for i, envelope in enumerate(envelopes):
             SHARD.keep_in_flight = i < len(envelopes) - 1
+            request_id = envelope.get("request_id")
+            if exc is None and isinstance(request_id, str):
+                deaths = int(named[1]) + 1 if named[:1] == [request_id] else 0
+                if deaths >= ALONE_DEATHS_DROPPED:  # (or its result again, if it had one)
+                    log.error("event=command_dropped_alone queue=%s request_id=%s", ENGINE_QUEUE, request_id)
+                    dropped += 1
+                    refused = functools.partial(
+                        execute_batch, [envelope], ENGINE_QUEUE, hooks=SHARD.hooks, refuse=_DIED_ALONE
+                    )
+                    until_committed(refused, SHARD.forget, ENGINE_QUEUE, retry_on=BATCH_RETRIED_ON)
+                    continue
+                name = functools.partial(_name_alone, client, f"{request_id} {deaths}")
+                until_committed(name, lambda: None, ENGINE_QUEUE, retry_on=BATCH_RETRIED_ON)
             alone = functools.partial(execute_batch, [envelope], ENGINE_QUEUE, hooks=SHARD.hooks)
             try:
                 until_committed(alone, SHARD.forget, ENGINE_QUEUE, retry_on=BATCH_RETRIED_ON)
             except Exception as raised:
-                log.exception("event=command_raised_alone request_id=%s", envelope.get("request_id"))
-                failed_alone += 1
+                log.exception("event=command_raised_alone request_id=%s", request_id)
+                raised_alone += 1
                 SHARD.forget()
                 if not answer_failed_batch(
                     functools.partial(list, (envelope,)),
@@ -308,16 +355,38 @@ def _run_alone(delivered: list[dict[str, Any]], exc: Exception) -> None:
                     reset=SHARD.forget,
                     retry_on=BATCH_RETRIED_ON,
                 ):
-                    return  # not even its answer commits: the batch's path itself is broken
+                    return len(envelopes)  # not even its answer commits: the batch's path is broken
     finally:
         SHARD.keep_in_flight = False
+    if exc is None:
+        with contextlib.suppress(RedisError):  # if left, it names a command with a result: harmless
+            client.delete(ALONE_KEY)
     log.error(
-        "event=batch_run_alone queue=%s commands=%d raised_alone=%d error=%s",
+        "event=batch_run_alone queue=%s commands=%d raised_alone=%d dropped=%d cause=%s",
         ENGINE_QUEUE,
         len(envelopes),
-        failed_alone,
-        type(exc).__name__,
+        raised_alone,
+        dropped,
+        type(exc).__name__ if exc is not None else "worker_died",
     )
+    return len(envelopes)
+
+
+def _name_alone(client: Any, named: str) -> int:
+    """Name the command about to run alone in ALONE_KEY (durably, before it runs)."""
+    client.set(ALONE_KEY, named, ex=ALONE_TTL_S)
+    return 1
+
+
+#: The error of a command named in ALONE_KEY when a worker starts on its batch again.
+_DIED_ALONE = ErrorInfo(
+    code=DROPPED,
+    message=(
+        f"not run: the engine worker stopped {ALONE_DEATHS_DROPPED} times while running this "
+        "command alone, after a worker had stopped while running the batch that carried it (it "
+        "may kill the worker); send it again with a new request_id"
+    ),
+)
 
 
 def _take_after_linger(until: float) -> bool:
@@ -510,13 +579,7 @@ def _announce_engine(sender: Any = None, **_: Any) -> None:
                 "event=inflight_dropped commands=%d answered=%d tries=%d", len(leftover), answered, tries[0]
             )
             return len(leftover)
-        try:
-            execute_batch(leftover, ENGINE_QUEUE, hooks=SHARD.hooks)  # its commit empties the in-flight list
-        except TRANSIENT_ERRORS:
-            raise  # tried again
-        except Exception as exc:  # as in a running worker (_run_batch): run one at a time, and on
-            log.exception("event=inflight_failed commands=%d", len(leftover))
-            _run_alone([], exc)
+        _run_alone([])  # one at a time; the last commit empties the in-flight list
         client.delete(LEFTOVER_TRIES_KEY)
         log.warning("event=inflight_recovered commands=%d", len(leftover))
         return len(leftover)
