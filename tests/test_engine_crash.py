@@ -16,11 +16,21 @@ from typing import Any
 import pytest
 import redis
 
-from hean.celery_wire import UNACKED_KEY, delivering_key, reclaim_unacked, restore_delivering, restore_held
+from hean.celery_wire import (
+    UNACKED_KEY,
+    batch_frame,
+    delivering_key,
+    reclaim_unacked,
+    redelivered,
+    restore_delivering,
+    restore_held,
+)
 from hean.command_journal import CommandJournal
 from hean.core.system.redis_state import get_sync_state_manager
+from hean.messages import envelope_json
 from hean.topology import BATCH_TASKS, ENGINE_QUEUE, POSITIONS_KEY, SYSTEM_NAMESPACE
 from support import Client, start_engine_worker, stop_engine_worker, wait_for
+from workers.app import app
 from workers.shard import INFLIGHT_KEY
 
 #: Generous: results come within seconds of the restart; without the reclaim they would wait
@@ -279,6 +289,45 @@ def test_a_command_that_kills_the_engine_worker_each_time_is_answered_dropped_an
     finally:
         client.close()
         napper.close()
+        store.close()
+
+
+@pytest.mark.parametrize("held", ["a redelivered message", "an in-flight list"])
+def test_past_the_caps_behind_it_every_command_held_is_answered_dropped(
+    system: dict[str, Any], system_redis_url: str, logs_dir: Any, held: str
+) -> None:
+    """The caps behind the one-command-at-a-time runs, for a worker that dies elsewhere than in
+    a command: a message delivered more than MAX_REDELIVERIES times again, or an in-flight list
+    that more than MAX_REDELIVERIES starts died finishing, has each command without a result
+    answered `dropped`, without running, and is gone."""
+    import celeryconfig
+
+    store = redis.Redis.from_url(system_redis_url)
+    journal = CommandJournal(store)
+    cap = celeryconfig.MAX_REDELIVERIES
+    request_id, scratch = uuid.uuid4().hex, f"held-{uuid.uuid4().hex[:8]}"
+    params = {"client_order_id": request_id, "symbol": "CAPPED", "side": "BUY", "quantity": "1"}
+    envelope = envelope_json(request_id, "submit_order", json.dumps(params), "sid-1", 1.5)
+    frame = batch_frame(app, BATCH_TASKS[ENGINE_QUEUE], scratch, "batch-1", "submit_order")
+    journal.reserve_and_enqueue([(request_id, "submit_order", envelope)], scratch, frame)
+    try:
+        if held == "a redelivered message":  # delivered cap + 1 times already: counted so
+            raw = store.rpop(scratch)
+            assert isinstance(raw, bytes)
+            store.set(f"hean:redeliveries:{json.loads(raw)['headers']['id']}", cap)
+            store.rpush(ENGINE_QUEUE, redelivered(raw))  # next at the consuming end
+        else:  # left in flight, and cap starts died finishing it already
+            stop_engine_worker(system, crash=False)
+            store.lmove(scratch, INFLIGHT_KEY, "RIGHT", "LEFT")
+            store.set("hean:engine:inflight-tries", cap)
+            start_engine_worker(system, logs_dir)
+        wait_for(lambda: journal.state(request_id) == "done", 60, "the held command's answer")
+        result = (journal.get(request_id) or {})["result"]
+        assert not result["success"] and result["error"]["code"] == "dropped", result
+        assert f"stopped {cap + 1} times" in result["error"]["message"], result
+        assert engine_held(store) == 0 and not store.exists("hean:engine:inflight-tries")
+    finally:
+        store.delete(scratch)
         store.close()
 
 
