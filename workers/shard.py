@@ -375,7 +375,7 @@ class EngineShard:
         #: taken, what the journal said (as `take` returns them); None if it took nothing along.
         self.ahead: tuple[list[dict[str, Any]], dict[str, dict[str, Any] | str | None]] | None = None
         self._ahead_at: int | None = None  # the take's place among the commit's replies
-        #: Set while the commands of a batch that raised run again one at a time
+        #: Set while a batch's commands run one at a time, after it raised or its worker died
         #: (workers.engine._run_alone): their commits leave the in-flight list and the delivered
         #: message to the last one.
         self.keep_in_flight = False
