@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,6 +28,8 @@ from hean.celery_wire import (
 )
 from hean.command_journal import CommandJournal
 from hean.core.system.redis_state import get_sync_state_manager
+from hean.db import open_database
+from hean.history import HistoryStore
 from hean.messages import envelope_json
 from hean.topology import BATCH_TASKS, ENGINE_QUEUE, POSITIONS_KEY, SYSTEM_NAMESPACE
 from support import Client, start_engine_worker, stop_engine_worker, wait_for
@@ -303,7 +306,10 @@ def test_past_the_caps_behind_it_every_command_held_is_answered_dropped(
     import celeryconfig
 
     store = redis.Redis.from_url(system_redis_url)
-    journal = CommandJournal(store)
+    # the result may have left the window for the database by the time it is read
+    env = system["env"]
+    database = open_database(env.get("DATABASE_URL") or f"sqlite:///{Path(env['HEAN_HOME']) / 'hean.db'}")
+    journal = CommandJournal(store, history=HistoryStore(database))
     cap = celeryconfig.MAX_REDELIVERIES
     request_id, scratch = uuid.uuid4().hex, f"held-{uuid.uuid4().hex[:8]}"
     params = {"client_order_id": request_id, "symbol": "CAPPED", "side": "BUY", "quantity": "1"}
@@ -329,6 +335,7 @@ def test_past_the_caps_behind_it_every_command_held_is_answered_dropped(
     finally:
         store.delete(scratch)
         store.close()
+        database.dispose()
 
 
 @pytest.mark.parametrize("arrives", ["delivered", "taken along", "left in flight by a crash"])
