@@ -59,6 +59,18 @@ def open_market(client: Client, prefix: str) -> str:
     return sym
 
 
+def make_way(arrives: str, napper: Client, store: redis.Redis) -> None:
+    """Get the engine worker ready for what is sent next to arrive as asked: "delivered" by
+    Celery (the worker idle), or, any other way, taken along by the commit of a batch running
+    meanwhile (a 1 s `engine_nap`, started when this returns), into one batch."""
+    if arrives == "delivered":
+        time.sleep(1.0)
+        return
+    nap_id = uuid.uuid4().hex
+    napper.command({"command": "engine_nap", "params": {"seconds": 1}, "request_id": nap_id})
+    wait_for(lambda: CommandJournal(store).state(nap_id) == "started", 30, "the nap to start")
+
+
 def engine_held(client: redis.Redis) -> int:
     """Engine queue messages taken off the queue and not done: delivered and held in the
     delivering list (the atomic pop's record) or, from an older worker, in kombu's unacked hash;
@@ -252,12 +264,7 @@ def test_a_command_that_kills_the_engine_worker_each_time_is_answered_dropped_an
     try:
         sym = open_market(client, "POISON")
         poison, order_id = uuid.uuid4().hex, uuid.uuid4().hex
-        if arrives == "delivered":
-            time.sleep(1.0)  # the engine worker idle: the next message is delivered by Celery
-        else:  # queued while a batch runs: its commit takes it along
-            nap_id = uuid.uuid4().hex
-            napper.command({"command": "engine_nap", "params": {"seconds": 1}, "request_id": nap_id})
-            wait_for(lambda: CommandJournal(store).state(nap_id) == "started", 30, "the nap to start")
+        make_way(arrives, napper, store)
         order = {"client_order_id": uuid.uuid4().hex, "symbol": sym, "side": "BUY", "quantity": "1"}
         for request_id, command, params in ((poison, "engine_exit", {}), (order_id, "submit_order", order)):
             ack = client.command({"command": command, "params": params, "request_id": request_id})
@@ -357,12 +364,7 @@ def test_a_batch_that_raises_is_undone_and_run_again_one_command_at_a_time(
     journal = CommandJournal(store)
     try:
         sym = open_market(client, "RAISE")
-        if arrives == "delivered":
-            time.sleep(1.0)  # the engine worker idle: the next message is delivered by Celery
-        else:  # queued while a batch runs: its commit takes them along, into one batch
-            nap_id = uuid.uuid4().hex
-            napper.command({"command": "engine_nap", "params": {"seconds": 1}, "request_id": nap_id})
-            wait_for(lambda: journal.state(nap_id) == "started", 30, "the nap to start")
+        make_way(arrives, napper, store)
         cid, order_id, bug_id, held_id = (uuid.uuid4().hex for _ in range(4))
         order = {"client_order_id": cid, "symbol": sym, "side": "BUY", "quantity": "1"}
         sends = [(order_id, "submit_order", order), (bug_id, "engine_raise", {})]
