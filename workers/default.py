@@ -21,5 +21,5 @@ def run_batch(envelopes: list[dict[str, Any]]) -> int:
     try:
         return until_committed(lambda: execute_batch(envelopes, DEFAULT_QUEUE), lambda: None, DEFAULT_QUEUE)
     except Exception as exc:  # a bug in the batch's path: each command gets an answer
-        answer_failed_batch(lambda: envelopes, DEFAULT_QUEUE, exc, undone=False)
+        answer_failed_batch(envelopes, DEFAULT_QUEUE, exc, undone=False)
         raise  # logged and reported, as a failed task is

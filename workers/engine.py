@@ -46,6 +46,7 @@ from workers.execution import (
     answer_dropped,
     answer_dropped_message,
     answer_failed_batch,
+    answer_unrun,
     execute_batch,
     until_committed,
 )
@@ -332,10 +333,9 @@ def _run_alone(delivered: list[dict[str, Any]], exc: Exception | None = None) ->
                 if deaths >= ALONE_DEATHS_DROPPED:  # (or its result again, if it had one)
                     log.error("event=command_dropped_alone queue=%s request_id=%s", ENGINE_QUEUE, request_id)
                     dropped += 1
-                    refused = functools.partial(
-                        execute_batch, [envelope], ENGINE_QUEUE, hooks=SHARD.hooks, refuse=_DIED_ALONE
+                    answer_unrun(
+                        [envelope], ENGINE_QUEUE, _DIED_ALONE, SHARD.hooks, SHARD.forget, BATCH_RETRIED_ON
                     )
-                    until_committed(refused, SHARD.forget, ENGINE_QUEUE, retry_on=BATCH_RETRIED_ON)
                     continue
                 name = functools.partial(_name_alone, client, f"{request_id} {deaths}")
                 until_committed(name, lambda: None, ENGINE_QUEUE, retry_on=BATCH_RETRIED_ON)
@@ -347,7 +347,7 @@ def _run_alone(delivered: list[dict[str, Any]], exc: Exception | None = None) ->
                 raised_alone += 1
                 SHARD.forget()
                 if not answer_failed_batch(
-                    functools.partial(list, (envelope,)),
+                    [envelope],
                     ENGINE_QUEUE,
                     raised,
                     undone=True,

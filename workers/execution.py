@@ -112,7 +112,7 @@ def answer_dropped_message(args: list[Any], queue: str) -> None:
     log.error("event=dropped_commands_answered queue=%s commands=%d", queue, answered)
 
 
-def failed_batch_error(queue: str, exc: Exception, undone: bool) -> ErrorInfo:
+def _failed_batch_error(queue: str, exc: Exception, undone: bool) -> ErrorInfo:
     """The error of the commands of a batch that an exception ended before its results were
     recorded (a bug in the batch's path, not in one command's handler, whose exceptions fail
     that command only). `undone`: the worker dropped whatever the batch changed in memory (the
@@ -129,8 +129,23 @@ def failed_batch_error(queue: str, exc: Exception, undone: bool) -> ErrorInfo:
     return ErrorInfo(code="command_failed", message=message)
 
 
+def answer_unrun(
+    envelopes_data: list[dict[str, Any]],
+    queue: str,
+    error: ErrorInfo,
+    hooks: BatchHooks = NO_HOOKS,
+    reset: Callable[[], None] = lambda: None,
+    retry_on: tuple[type[BaseException], ...] = TRANSIENT_ERRORS,
+) -> int:
+    """Answer every command of `envelopes_data` that has no result yet with `error`, without
+    running any (those with a result get it again), in one commit with `hooks`' writes, held
+    while Redis fails it (`retry_on`, `reset` as for `until_committed`). Returns how many."""
+    answer = functools.partial(execute_batch, envelopes_data, queue, hooks=hooks, refuse=error)
+    return until_committed(answer, reset, queue, retry_on)
+
+
 def answer_failed_batch(
-    envelopes: Callable[[], list[dict[str, Any]]],
+    envelopes_data: list[dict[str, Any]],
     queue: str,
     exc: Exception,
     undone: bool,
@@ -139,15 +154,12 @@ def answer_failed_batch(
     retry_on: tuple[type[BaseException], ...] = TRANSIENT_ERRORS,
 ) -> bool:
     """After an exception ended a batch before its results were recorded: answer each command
-    of `envelopes()` that has no result with `failed_batch_error` (those whose results did
-    commit get them again), in one commit with `hooks`' writes, held while Redis fails it
-    (`retry_on`, `reset` as for `until_committed`). Otherwise the batch's acked commands would
-    stay without a result for good. Never raises: False when the answer failed too (logged)."""
-    error = failed_batch_error(queue, exc, undone)
+    of `envelopes_data` that has no result with `_failed_batch_error` (`answer_unrun`).
+    Otherwise the batch's acked commands would stay without a result for good. Never raises:
+    False when the answer failed too (logged)."""
+    error = _failed_batch_error(queue, exc, undone)
     try:
-        answered = until_committed(
-            lambda: execute_batch(envelopes(), queue, hooks=hooks, refuse=error), reset, queue, retry_on
-        )
+        answered = answer_unrun(envelopes_data, queue, error, hooks, reset, retry_on)
     except Exception:  # the answer's own path failed too: its commands stay as they are
         log.exception("event=failed_batch_not_answered queue=%s", queue)
         return False
@@ -169,9 +181,7 @@ def answer_dropped(envelopes_data: list[dict[str, Any]], queue: str, deliveries:
             "again with a new request_id"
         ),
     )
-    return until_committed(
-        functools.partial(execute_batch, envelopes_data, queue, refuse=error), lambda: None, queue
-    )
+    return answer_unrun(envelopes_data, queue, error)
 
 
 def _run_of(
@@ -307,7 +317,7 @@ def execute_batch(
     no longer holds is looked up in the database (raises HistoryUnavailable if it cannot be
     read: the caller retries).
     With `refuse`, no command runs: each one without an earlier result is answered with that
-    error (`answer_dropped`).
+    error (`answer_unrun`).
     """
     from workers.emit import publish_on
 
