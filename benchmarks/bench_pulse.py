@@ -5,16 +5,24 @@ and within 1.2x the floor's, idle and under load (issue 14); a dead module flagg
 The floor runs beside HEAN through every phase: a bare celery beat sending a no-op task every
 100 ms to a solo worker (benchmarks/bare_beat.py), timed the same way (the start times of its
 tasks in the worker), over the same window and under the same load. Each phase lasts long
-enough for at least 600 pulses (--seconds 65), so that p99 is not simply the maximum.
+enough for at least 600 pulses (--seconds 65), so that p99 is not simply the maximum, and runs
+--rounds times (default 3; the phases in turns, idle, single orders, batches, then again): the
+verdict is on the rounds' pulses together, and each round's own ratio is printed beside it. One
+window's p99 falls among its few slowest gaps, and on this VM those are the pulses (HEAN's or
+the floor's) that met one of Redis's fsync stalls, so one window's ratio swung between 0.2x and
+2x from run to run with the same code (README, "The pulse Flower sees").
 
-Jitter is |gap - 100 ms| between the start times of consecutive published pulses; "beat ->
-worker" is how long each pulse took from celery beat's send to the pulse worker starting it
-(so the table tells beat's own timing from delivery delay). Flag times are measured from the
-kill to the moment a subscriber of the state bus receives the pulse that shows it: flagged is
-the first pulse that no longer says HEALTHY; DISCONNECTED comes later for the engine, whose
-ping may wait 250 ms so that a slow engine can still show UNHEALTHY.
+Jitter is |gap - 100 ms| between the start times of consecutive published pulses. Beat sends
+each pulse PULSE_LEAD_S before its slot and the pulse worker begins it at the slot: "beat ->
+worker" is how long a pulse took from the moment beat was due to send it (beat's own lateness
+included) to the worker receiving it, and "begun after its slot" how late it began, so the
+table tells beat's and the delivery's delays from the worker's own.
 
-Usage: python benchmarks/bench_pulse.py [--seconds S] [--kills N] [--affinity SPEC]
+Flag times are measured from the kill to the moment a subscriber of the state bus receives the
+pulse that shows it: flagged is the first pulse that no longer says HEALTHY; DISCONNECTED comes
+later for the engine, whose ping may wait 250 ms so that a slow engine can still show UNHEALTHY.
+
+Usage: python benchmarks/bench_pulse.py [--seconds S] [--rounds N] [--kills N] [--affinity SPEC]
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ from bench_ack import load
 from hean.core.system.health_monitor import HEALTH_NAMESPACE, SUMMARY_KEY
 from hean.core.system.redis_state import SyncRedisStateManager
 from hean.processes import PROCESSES
-from hean.topology import PULSE_PERIOD_S
+from hean.topology import PULSE_LEAD_S, PULSE_PERIOD_S
 
 PERIOD_MS = PULSE_PERIOD_S * 1000.0
 JITTER_TARGET_MS = 10.0
@@ -78,17 +86,35 @@ def jitter(starts: list[float]) -> tuple[list[float], list[float]]:
 
 
 def jitter_rows(
-    name: str, seen: list[dict[str, Any]], floor: list[float], expected: int
+    name: str, seen: list[list[dict[str, Any]]], floor: list[list[float]], expected: int
 ) -> tuple[list[list[object]], float]:
-    """The phase's rows, HEAN beside the floor, and HEAN's p99 over the floor's."""
-    gaps, hean = jitter([p["at"] for p in seen])
-    floor_gaps, bare = jitter(floor)
-    delivery = [p["delivery_ms"] for p in seen if p.get("delivery_ms") is not None]
-    took = [p["took_ms"] for p in seen if p.get("took_ms") is not None]
+    """The phase's rows over all its windows (one list per window: a gap never spans two),
+    HEAN beside the floor, and HEAN's p99 over the floor's."""
+    gaps: list[float] = []
+    hean: list[float] = []
+    floor_gaps: list[float] = []
+    bare: list[float] = []
+    for window in seen:
+        window_gaps, window_jitter = jitter([p["at"] for p in window])
+        gaps += window_gaps
+        hean += window_jitter
+    for starts in floor:
+        window_gaps, window_jitter = jitter(starts)
+        floor_gaps += window_gaps
+        bare += window_jitter
+    pulsed = [p for window in seen for p in window]
+    delivery = [p["delivery_ms"] for p in pulsed if p.get("delivery_ms") is not None]
+    late = [p["late_ms"] for p in pulsed if p.get("late_ms") is not None]
+    took = [p["took_ms"] for p in pulsed if p.get("took_ms") is not None]
     p99, floor_p99 = percentile(hean, 99), percentile(bare, 99)
     ratio = p99 / floor_p99 if floor_p99 > 0 else float("nan")
     rows: list[list[object]] = [
-        [f"{name}: pulses (floor: no-op tasks)", len(seen), f"{len(floor)}", f"{expected} expected"],
+        [
+            f"{name}: pulses (floor: no-op tasks)",
+            len(pulsed),
+            f"{sum(map(len, floor))}",
+            f"{expected * len(seen)} expected ({len(seen)} x {expected})",
+        ],
         [
             f"{name}: period p50 (ms)",
             f"{percentile(gaps, 50):.1f}",
@@ -115,6 +141,12 @@ def jitter_rows(
             "",
         ],
         [
+            f"{name}: begun after its slot p50/p99 (ms)",
+            f"{percentile(late, 50):.1f} / {percentile(late, 99):.1f}",
+            "",
+            f"sent {PULSE_LEAD_S * 1000:.0f} ms ahead",
+        ],
+        [
             f"{name}: pulse took p50/max (ms)",
             f"{percentile(took, 50):.1f} / {max(took, default=float('nan')):.1f}",
             "",
@@ -122,6 +154,12 @@ def jitter_rows(
         ],
     ]
     return rows, ratio
+
+
+def window_ratio(seen: list[dict[str, Any]], floor: list[float]) -> float:
+    """One window's jitter p99, HEAN's over the floor's."""
+    floor_p99 = percentile(jitter(floor)[1], 99)
+    return percentile(jitter([p["at"] for p in seen])[1], 99) / floor_p99 if floor_p99 > 0 else float("nan")
 
 
 def under_load(
@@ -178,7 +216,8 @@ def fmt(ms: float | None) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=65.0, help="per phase (600+ pulses: 65)")
+    parser.add_argument("--seconds", type=float, default=65.0, help="per window (600+ pulses: 65)")
+    parser.add_argument("--rounds", type=int, default=3, help="windows per phase, the phases in turns")
     parser.add_argument("--kills", type=int, default=3, help="engine worker kills to time")
     parser.add_argument("--affinity", default="", help="HEAN_CPU_AFFINITY for the processes ('' = unpinned)")
     args = parser.parse_args()
@@ -196,22 +235,39 @@ def main() -> None:
         expected = int(args.seconds / PULSE_PERIOD_S)
         # a stall of Redis's fsync delays whichever of HEAN's pulses and the floor's tasks crosses
         # Redis then (this VM's disk holds one every 10 s: README, "The pulse Flower sees")
-        stalls = RedisStalls(system.redis_url, threshold_ms=STALL_SHOWN_MS)
-        seen, began, ended = pulses(manager, args.seconds)
-        phase_rows, ratio = jitter_rows("idle", seen, floor_starts(client, began, ended), expected)
-        rows += phase_rows
-        ratios = [("idle", ratio)]
-        loads = [f"idle: {stalls.report()}"]
-        for label, per_event in (("1,000 single orders/s", 1), ("1,000 orders/s in batches of 100", 100)):
-            stalls = RedisStalls(system.redis_url, threshold_ms=STALL_SHOWN_MS)
-            (seen, began, ended), stats = under_load(system, manager, args.seconds, per_event)
-            phase_rows, ratio = jitter_rows(label, seen, floor_starts(client, began, ended), expected)
+        phases = (("idle", 0), ("1,000 single orders/s", 1), ("1,000 orders/s in batches of 100", 100))
+        windows: dict[str, tuple[list[list[dict[str, Any]]], list[list[float]]]] = {
+            label: ([], []) for label, _ in phases
+        }
+        loads: list[str] = []
+        round_ratios: dict[str, list[float]] = {label: [] for label, _ in phases}
+        for round_no in range(1, args.rounds + 1):
+            for label, per_event in phases:
+                stalls = RedisStalls(system.redis_url, threshold_ms=STALL_SHOWN_MS)
+                if per_event:
+                    (seen, began, ended), stats = under_load(system, manager, args.seconds, per_event)
+                else:
+                    seen, began, ended = pulses(manager, args.seconds)
+                floor = floor_starts(client, began, ended)
+                windows[label][0].append(seen)
+                windows[label][1].append(floor)
+                round_ratios[label].append(window_ratio(seen, floor))
+                loads.append(f"round {round_no}, {label}: {stalls.report()}")
+                if per_event:
+                    loads.append(
+                        f"round {round_no}, {label}: sent {stats['sent'] / stats['send_s']:.0f} orders/s, "
+                        f"{dict(stats['counts'])}"
+                    )
+                print(
+                    f"round {round_no}/{args.rounds}, {label}: {len(seen)} pulses, jitter p99 "
+                    f"{round_ratios[label][-1]:.2f}x the floor's",
+                    flush=True,
+                )
+        ratios: list[tuple[str, float]] = []
+        for label, _ in phases:
+            phase_rows, ratio = jitter_rows(label, *windows[label], expected)
             rows += phase_rows
             ratios.append((label, ratio))
-            loads.append(f"{label}: {stalls.report()}")
-            loads.append(
-                f"{label}: sent {stats['sent'] / stats['send_s']:.0f} orders/s, {dict(stats['counts'])}"
-            )
 
         flags: list[tuple[str, float | None, float | None]] = []
         for trial in range(args.kills):
@@ -254,7 +310,11 @@ def main() -> None:
         print(line)
     for label, ratio in ratios:
         verdict = "within" if ratio <= FLOOR_RATIO_TARGET else "OVER"
-        print(f"{label}: jitter p99 {ratio:.2f}x the floor's ({verdict} {FLOOR_RATIO_TARGET}x)")
+        each = ", ".join(f"{r:.2f}" for r in round_ratios[label])
+        print(
+            f"{label}: jitter p99 {ratio:.2f}x the floor's over {args.rounds} rounds "
+            f"({verdict} {FLOOR_RATIO_TARGET}x; each round alone: {each})"
+        )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import queue
 import signal
@@ -140,6 +141,30 @@ def test_pulses_reach_operators(pulse: dict[str, Any]) -> None:
         assert second["at"] != first["at"]
     finally:
         operator.close()
+
+
+def test_each_pulse_is_sent_ahead_of_its_slot_and_begins_at_it(pulse: dict[str, Any]) -> None:
+    """Beat sends each pulse PULSE_LEAD_S before its slot on its fixed-rate clock (so slots are
+    whole periods apart), and the pulse worker begins it at that slot, never before: a delivery
+    quicker than the lead does not move the pulse (workers/beat.py, workers/pulse.py)."""
+    from hean.topology import PULSE_LEAD_S, PULSE_PERIOD_S
+
+    operator = Client(str(pulse["url"]), str(pulse["token"]), operator=True)
+    beats: queue.Queue[dict[str, Any]] = queue.Queue()
+    operator.sio.on("health_pulse", beats.put)
+    try:
+        seen = [beats.get(timeout=10) for _ in range(30)]
+    finally:
+        operator.close()
+    assert all(p["slot"] is not None for p in seen), seen[0]
+    for p in seen:
+        assert p["at"] >= p["slot"] and p["late_ms"] >= 0, p  # never begun before its slot
+    slots = sorted({p["slot"] for p in seen})
+    periods = [(b - a) / PULSE_PERIOD_S for a, b in itertools.pairwise(slots)]
+    assert all(abs(n - round(n)) < 0.01 and round(n) >= 1 for n in periods), periods
+    # the message came before its slot (beat -> worker quicker than the lead), most times
+    ahead = [p for p in seen if p["delivery_ms"] < PULSE_LEAD_S * 1000.0]
+    assert len(ahead) >= len(seen) // 2, [p["delivery_ms"] for p in seen]
 
 
 def test_engine_pings_are_acknowledged_with_their_answers(pulse: dict[str, Any]) -> None:

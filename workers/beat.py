@@ -14,6 +14,10 @@ only the pulse entries' send path:
 - sends follow a fixed-rate clock (time.monotonic: start + n * period), where stock beat
   schedules the next run from the last send and so drifts later by the send's own time; a
   send more than a period late is skipped (the pulse would have expired), not caught up;
+- each pulse is sent PULSE_LEAD_S before its slot on that clock, and its `expires` is the slot
+  plus the entry's expiry (one period): the pulse worker begins it at the slot
+  (workers/pulse.py), so that Redis's fsync stalls and the worker's wake-up, when shorter than
+  the lead, no longer move the pulse's start;
 - it wakes once per pulse, exactly when one is due; any other entry still goes through Celery's
   own path (`PersistentScheduler.tick`), asked only when that path said it would be due;
 - the LPUSH's reply is read just before the next send, not waited for (hean.redis_client.
@@ -39,7 +43,7 @@ from redis.exceptions import RedisError
 
 from hean.celery_wire import TaskMessage, task_message
 from hean.redis_client import SendAhead, sync_client
-from hean.topology import PULSE_SHOWN_EVERY, PULSE_TASK, QUIET_PULSE_TASK
+from hean.topology import PULSE_LEAD_S, PULSE_SHOWN_EVERY, PULSE_TASK, QUIET_PULSE_TASK
 
 log = logging.getLogger(__name__)
 
@@ -56,17 +60,18 @@ class FixedRateEntry:
     expires: float | None
     quiet: TaskMessage
     shown: TaskMessage
-    next_at: float
+    next_at: float  # the next pulse's slot (time.monotonic); it is sent PULSE_LEAD_S before
     sender: SendAhead
     sent: int = 0
 
     def send(self, now: float) -> None:
-        """Push one pulse (every PULSE_SHOWN_EVERY-th as the task Flower shows); raises what
-        the previous push's reply raised."""
+        """Push the pulse of the slot `next_at` (every PULSE_SHOWN_EVERY-th as the task Flower
+        shows), expiring the entry's expiry after that slot; raises what the previous push's
+        reply raised."""
         message = self.shown if self.sent % PULSE_SHOWN_EVERY == 0 else self.quiet
         self.sent += 1
-        wall = time.time()
-        expires = None if self.expires is None else wall + self.expires
+        slot = time.time() + (self.next_at - now)  # the slot on the wall clock the worker reads
+        expires = None if self.expires is None else slot + self.expires
         self.sender.send("LPUSH", message.queue, message.render(str(uuid.uuid4()), expires))
 
 
@@ -92,7 +97,7 @@ class PulseScheduler(PersistentScheduler):
                     expires=None if expires is None else float(expires),
                     quiet=task_message(self.app, QUIET_PULSE_TASK, queue, celery_beat_task=True),
                     shown=task_message(self.app, PULSE_TASK, queue, celery_beat_task=True),
-                    next_at=now,
+                    next_at=now + PULSE_LEAD_S,
                     sender=SendAhead(sync_client()),
                 )
             )
@@ -118,13 +123,13 @@ class PulseScheduler(PersistentScheduler):
             self._others_at = now + wait
         wait = max(0.0, min(wait, self._others_at - now))
         for entry in self._fixed:
-            if now >= entry.next_at:
+            if now >= entry.next_at - PULSE_LEAD_S:
                 self._send(entry, now)
                 # the next slot of the fixed-rate clock; a slot already past is skipped
                 entry.next_at += entry.period
                 if entry.next_at <= now:
                     entry.next_at = now + entry.period - (now - entry.next_at) % entry.period
-            wait = min(wait, entry.next_at - now)
+            wait = min(wait, entry.next_at - PULSE_LEAD_S - now)
         return max(wait, 0.0)
 
     def close(self) -> None:

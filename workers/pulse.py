@@ -53,6 +53,7 @@ from hean.redis_client import sync_client, text
 from hean.topology import (
     ENGINE_PING_TASK,
     ENGINE_QUEUE,
+    PULSE_LEAD_S,
     PULSE_PERIOD_S,
     PULSE_QUEUE,
     PULSE_TASK,
@@ -192,13 +193,20 @@ def _start_node_reports(sender: Any = None, **_: Any) -> None:
 _publish_lock = threading.Lock()
 
 
-def _sent_at(expires: Any) -> float | None:
-    """When beat sent this pulse: it expires one period after it was sent."""
+def _slot(expires: Any) -> float | None:
+    """The pulse's slot (workers/beat.py): it expires one period after it."""
     if isinstance(expires, datetime):
         return expires.timestamp() - PULSE_PERIOD_S
     if isinstance(expires, str):
         return datetime.fromisoformat(expires).timestamp() - PULSE_PERIOD_S
     return None
+
+
+def _wait_for_slot(slot: float | None, arrived: float) -> None:
+    """Sleep until the pulse's slot, never longer than the lead beat sends it with (a worker
+    whose clock runs behind beat's waits no more than that); a pulse that came late runs now."""
+    if slot is not None and slot > arrived:
+        time.sleep(min(slot - arrived, PULSE_LEAD_S))
 
 
 def _nobody_listens(status: dict[str, Any]) -> bool:
@@ -208,17 +216,22 @@ def _nobody_listens(status: dict[str, Any]) -> bool:
 
 
 def run_pulse(expires: Any) -> None:
-    """One pulse: probe every module, store the result, tell the operators."""
+    """One pulse, begun at its slot: probe every module, store the result, tell the operators."""
+    arrived = time.time()
+    slot = _slot(expires)
+    _wait_for_slot(slot, arrived)
     started = time.time()
-    sent_at = _sent_at(expires)
     status = monitor().check_all()
     if status is None:  # the previous pulse is still running: never pile up
         return
     status["at"] = started  # when the pulse began (its period is measured between these)
     status["took_ms"] = round((time.time() - started) * 1000.0, 2)
     status["period_s"] = PULSE_PERIOD_S
-    # beat -> worker delivery delay (a diagnostic for the pulse period's jitter)
-    status["delivery_ms"] = None if sent_at is None else round((started - sent_at) * 1000.0, 2)
+    # diagnostics for the period's jitter: the slot, how late the pulse began after it, and how
+    # long the message took from beat's send (PULSE_LEAD_S before the slot) to this worker
+    status["slot"] = slot
+    status["late_ms"] = None if slot is None else round((started - slot) * 1000.0, 2)
+    status["delivery_ms"] = None if slot is None else round((arrived - slot + PULSE_LEAD_S) * 1000.0, 2)
     from workers.emit import emit
 
     node = _node[0] if _node else None

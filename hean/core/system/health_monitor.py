@@ -25,7 +25,7 @@ thread hand-off costs a few hundred microseconds of CPU on a small VM, ten times
 thread: benchmarks/bench_idle.py.)
 
 Where it lives in Redis: the state bus (hean.core.system.redis_state), namespace ``health``:
-``pulse`` (the summary: overall, modules, at, took_ms, delivery_ms, period_s; every pulse),
+``pulse`` (the summary: overall, modules, at, took_ms, slot, late_ms, delivery_ms, period_s; every pulse),
 one key per module (``cpp_core``, ``redis``, ...: when its status changes, else once a second,
 MODULE_REFRESH_S) and ``nodes`` ({node: {at, overall}}, one entry per
 pulse worker). Raw keys the probes read: ``hean:web:heartbeat`` (web/heartbeat.py), the hash
