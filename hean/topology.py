@@ -27,9 +27,9 @@ ENGINE_PING_TASK: Final = "workers.engine.ping"
 PULSE_TASK: Final = "workers.pulse.pulse"
 QUIET_PULSE_TASK: Final = "workers.pulse.quiet_pulse"
 PULSE_PERIOD_S: Final = 0.1
-#: Beat sends each pulse this long before its slot, and the pulse worker begins it at the slot
-#: (the message's `expires` less one period): a delivery late by less than this no longer
-#: moves the pulse (workers/beat.py, workers/pulse.py; README, "The pulse on its slot").
+#: Beat sends each pulse this long before its slot (the task's argument), and the pulse worker
+#: begins it at the slot: a delivery late by less than this no longer moves the pulse
+#: (workers/beat.py, workers/pulse.py; README, "The pulse on its slot").
 PULSE_LEAD_S: Final = 0.01
 #: One pulse in this many is shown to Flower: one every 10 s, so that pulses alone would take
 #: about 28 hours to fill Flower's memory of 10,000 tasks (every pulse would in 17 minutes).

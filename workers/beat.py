@@ -14,10 +14,10 @@ only the pulse entries' send path:
 - sends follow a fixed-rate clock (time.monotonic: start + n * period), where stock beat
   schedules the next run from the last send and so drifts later by the send's own time; a
   send more than a period late is skipped (the pulse would have expired), not caught up;
-- each pulse is sent PULSE_LEAD_S before its slot on that clock, and its `expires` is the slot
-  plus the entry's expiry (one period): the pulse worker begins it at the slot
-  (workers/pulse.py), so that Redis's fsync stalls and the worker's wake-up, when shorter than
-  the lead, no longer move the pulse's start;
+- each pulse is sent PULSE_LEAD_S before its slot on that clock, with the slot as its argument
+  and `expires` the entry's expiry (one period) after it (after the send, when beat itself was
+  late): the pulse worker begins it at the slot (workers/pulse.py), so that Redis's fsync
+  stalls and the worker's wake-up, when shorter than the lead, no longer move the pulse's start;
 - it wakes once per pulse, exactly when one is due; any other entry still goes through Celery's
   own path (`PersistentScheduler.tick`), asked only when that path said it would be due;
 - the LPUSH's reply is read just before the next send, not waited for (hean.redis_client.
@@ -66,13 +66,15 @@ class FixedRateEntry:
 
     def send(self, now: float) -> None:
         """Push the pulse of the slot `next_at` (every PULSE_SHOWN_EVERY-th as the task Flower
-        shows), expiring the entry's expiry after that slot; raises what the previous push's
-        reply raised."""
+        shows), its slot as its argument; raises what the previous push's reply raised."""
         message = self.shown if self.sent % PULSE_SHOWN_EVERY == 0 else self.quiet
         self.sent += 1
-        slot = time.time() + (self.next_at - now)  # the slot on the wall clock the worker reads
-        expires = None if self.expires is None else slot + self.expires
-        self.sender.send("LPUSH", message.queue, message.render(str(uuid.uuid4()), expires))
+        wall = time.time()
+        slot = wall + (self.next_at - now)  # the slot on the wall clock the worker reads
+        # sent late (beat itself held up past the slot), it still has its whole expiry to arrive
+        expires = None if self.expires is None else max(slot, wall) + self.expires
+        task_id = str(uuid.uuid4())
+        self.sender.send("LPUSH", message.queue, message.render(task_id, expires, (round(slot, 6),)))
 
 
 class PulseScheduler(PersistentScheduler):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import threading
 import time
 import uuid
@@ -193,13 +194,17 @@ def _start_node_reports(sender: Any = None, **_: Any) -> None:
 _publish_lock = threading.Lock()
 
 
-def _slot(expires: Any) -> float | None:
-    """The pulse's slot (workers/beat.py): it expires one period after it."""
+def _slot(slot: Any, expires: Any) -> tuple[float | None, float]:
+    """The pulse's slot, and how long before it it was sent: its argument, PULSE_LEAD_S ahead
+    (workers/beat.py); else (a pulse sent some other way, `expires` one period after its send,
+    as `beat_schedule` asks) the send itself."""
+    if isinstance(slot, int | float) and not isinstance(slot, bool) and math.isfinite(slot):
+        return float(slot), PULSE_LEAD_S
     if isinstance(expires, datetime):
-        return expires.timestamp() - PULSE_PERIOD_S
+        return expires.timestamp() - PULSE_PERIOD_S, 0.0
     if isinstance(expires, str):
-        return datetime.fromisoformat(expires).timestamp() - PULSE_PERIOD_S
-    return None
+        return datetime.fromisoformat(expires).timestamp() - PULSE_PERIOD_S, 0.0
+    return None, 0.0
 
 
 def _wait_for_slot(slot: float | None, arrived: float) -> None:
@@ -215,10 +220,10 @@ def _nobody_listens(status: dict[str, Any]) -> bool:
     return web.get("status") == "HEALTHY" and web.get("detail", {}).get("clients") == 0
 
 
-def run_pulse(expires: Any) -> None:
+def run_pulse(expires: Any, slot: Any = None) -> None:
     """One pulse, begun at its slot: probe every module, store the result, tell the operators."""
     arrived = time.time()
-    slot = _slot(expires)
+    slot, lead = _slot(slot, expires)
     _wait_for_slot(slot, arrived)
     started = time.time()
     status = monitor().check_all()
@@ -231,7 +236,7 @@ def run_pulse(expires: Any) -> None:
     # long the message took from beat's send (PULSE_LEAD_S before the slot) to this worker
     status["slot"] = slot
     status["late_ms"] = None if slot is None else round((started - slot) * 1000.0, 2)
-    status["delivery_ms"] = None if slot is None else round((arrived - slot + PULSE_LEAD_S) * 1000.0, 2)
+    status["delivery_ms"] = None if slot is None else round((arrived - slot + lead) * 1000.0, 2)
     from workers.emit import emit
 
     node = _node[0] if _node else None
@@ -256,7 +261,7 @@ def run_pulse(expires: Any) -> None:
 
 
 def _pulse_inline(headers: dict[str, Any], args: list[Any]) -> None:
-    run_pulse(headers.get("expires"))
+    run_pulse(headers.get("expires"), args[0] if args else None)
 
 
 # Every pulse runs in the consumer as it arrives, without Celery's per-task machinery
@@ -269,9 +274,9 @@ def _pulse_inline(headers: dict[str, Any], args: list[Any]) -> None:
     ignore_result=True,
     Strategy=staticmethod(inline_strategy(_pulse_inline, events_every_s=0.0)),
 )
-def pulse() -> None:
+def pulse(slot: float | None = None) -> None:
     """One pulse, with task events (this body runs only when called directly)."""
-    run_pulse(None)
+    run_pulse(None, slot)
 
 
 # The other pulses: no task events (ten pulses a second would be thirty, and as many for
@@ -282,6 +287,6 @@ def pulse() -> None:
     send_events=False,
     Strategy=staticmethod(inline_strategy(_pulse_inline)),
 )
-def quiet_pulse() -> None:
+def quiet_pulse(slot: float | None = None) -> None:
     """One pulse without task events (this body runs only when called directly)."""
-    run_pulse(None)
+    run_pulse(None, slot)
