@@ -85,29 +85,36 @@ def jitter(starts: list[float]) -> tuple[list[float], list[float]]:
     return gaps, [abs(g - PERIOD_MS) for g in gaps]
 
 
+def pooled(windows: list[list[float]]) -> tuple[list[float], list[float]]:
+    """`jitter` over several windows of start times: a gap never spans two windows."""
+    gaps: list[float] = []
+    jitters: list[float] = []
+    for starts in windows:
+        window_gaps, window_jitter = jitter(starts)
+        gaps += window_gaps
+        jitters += window_jitter
+    return gaps, jitters
+
+
+def p99_ratio(hean: list[float], bare: list[float]) -> float:
+    """HEAN's jitter p99 over the floor's."""
+    floor_p99 = percentile(bare, 99)
+    return percentile(hean, 99) / floor_p99 if floor_p99 > 0 else float("nan")
+
+
 def jitter_rows(
     name: str, seen: list[list[dict[str, Any]]], floor: list[list[float]], expected: int
 ) -> tuple[list[list[object]], float]:
-    """The phase's rows over all its windows (one list per window: a gap never spans two),
-    HEAN beside the floor, and HEAN's p99 over the floor's."""
-    gaps: list[float] = []
-    hean: list[float] = []
-    floor_gaps: list[float] = []
-    bare: list[float] = []
-    for window in seen:
-        window_gaps, window_jitter = jitter([p["at"] for p in window])
-        gaps += window_gaps
-        hean += window_jitter
-    for starts in floor:
-        window_gaps, window_jitter = jitter(starts)
-        floor_gaps += window_gaps
-        bare += window_jitter
+    """The phase's rows over all its windows (one list per window), HEAN beside the floor, and
+    HEAN's p99 over the floor's."""
+    gaps, hean = pooled([[p["at"] for p in window] for window in seen])
+    floor_gaps, bare = pooled(floor)
     pulsed = [p for window in seen for p in window]
     delivery = [p["delivery_ms"] for p in pulsed if p.get("delivery_ms") is not None]
     late = [p["late_ms"] for p in pulsed if p.get("late_ms") is not None]
     took = [p["took_ms"] for p in pulsed if p.get("took_ms") is not None]
     p99, floor_p99 = percentile(hean, 99), percentile(bare, 99)
-    ratio = p99 / floor_p99 if floor_p99 > 0 else float("nan")
+    ratio = p99_ratio(hean, bare)
     rows: list[list[object]] = [
         [
             f"{name}: pulses (floor: no-op tasks)",
@@ -154,12 +161,6 @@ def jitter_rows(
         ],
     ]
     return rows, ratio
-
-
-def window_ratio(seen: list[dict[str, Any]], floor: list[float]) -> float:
-    """One window's jitter p99, HEAN's over the floor's."""
-    floor_p99 = percentile(jitter(floor)[1], 99)
-    return percentile(jitter([p["at"] for p in seen])[1], 99) / floor_p99 if floor_p99 > 0 else float("nan")
 
 
 def under_load(
@@ -251,7 +252,7 @@ def main() -> None:
                 floor = floor_starts(client, began, ended)
                 windows[label][0].append(seen)
                 windows[label][1].append(floor)
-                round_ratios[label].append(window_ratio(seen, floor))
+                round_ratios[label].append(p99_ratio(jitter([p["at"] for p in seen])[1], jitter(floor)[1]))
                 loads.append(f"round {round_no}, {label}: {stalls.report()}")
                 if per_event:
                     loads.append(

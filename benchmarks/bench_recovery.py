@@ -33,9 +33,7 @@ from _harness import print_table, stack
 from bench_ack import load
 
 from hean.processes import PROCESSES
-from hean.topology import ENGINE_INFLIGHT_KEY, ENGINE_QUEUE
-
-ALONE_KEY = "hean:engine:alone"  # workers.engine.ALONE_KEY (not imported: it loads the worker)
+from hean.topology import ENGINE_ALONE_KEY, ENGINE_INFLIGHT_KEY, ENGINE_QUEUE
 
 
 def caught_up(
@@ -46,7 +44,7 @@ def caught_up(
     first = last = None
     deadline = time.time() + timeout
     while time.time() < deadline:
-        alone = client.exists(ALONE_KEY)
+        alone = client.exists(ENGINE_ALONE_KEY)
         now = time.time() - since
         if alone:
             first = now if first is None else first

@@ -57,6 +57,9 @@ ENGINE_LOG_KEY: Final = "hean:engine:log"
 ENGINE_INFLIGHT_KEY: Final = "hean:engine:inflight"
 #: The engine's latest snapshot (a hash: data, encoding, log_id, paused; hean/snapshot_store.py).
 ENGINE_SNAPSHOT_KEY: Final = "hean:engine:snapshot"
+#: The command an engine worker runs alone while it finishes what a worker that died left
+#: (workers.engine._run_alone), and how many workers died running it alone before.
+ENGINE_ALONE_KEY: Final = "hean:engine:alone"
 
 # -- the history (hean/command_journal.py, hean/history.py) -----------------------------------
 #: Every command, ack and result on its way to the database (a stream the history writer trims).

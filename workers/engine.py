@@ -39,7 +39,7 @@ from hean.history import HistoryUnavailable
 from hean.messages import ErrorInfo
 from hean.process_wide import ProcessWide
 from hean.redis_client import SendAhead, sync_client, text
-from hean.topology import BATCH_TASKS, ENGINE_PING_TASK, ENGINE_QUEUE
+from hean.topology import BATCH_TASKS, ENGINE_ALONE_KEY, ENGINE_PING_TASK, ENGINE_QUEUE
 from workers.app import app, inline_strategy
 from workers.execution import (
     DROPPED,
@@ -282,7 +282,7 @@ def _run_batch(envelopes: list[dict[str, Any]], message: Any = None) -> int:
 #: The command an engine worker runs alone while it finishes what a worker that died left
 #: (`_run_alone`), and how many workers died running it alone before ("<request id> <deaths>"),
 #: set before it runs: a worker that dies there too names it to the next.
-ALONE_KEY: Final = "hean:engine:alone"
+ALONE_KEY: Final = ENGINE_ALONE_KEY
 ALONE_TTL_S: Final = 3600
 #: A command that this many workers died running alone is answered `dropped` instead of run
 #: again. Not one: an operator's or the OOM killer's SIGKILL may fall on any command once.
