@@ -6,12 +6,13 @@ A loader sends orders at --rate (single orders, or --per-event orders per comman
 backlog builds, let go (SIGCONT), and --hold s later, while it runs the first take of that backlog
 (up to 200 batch messages in its in-flight list), either killed (SIGKILL) and started again, as
 the OOM killer or an operator would, or left to run (the baseline, in a system of its own, the
-same way). A worker that dies holding a batch has its successor run what it held one command
-at a time, each named in Redis before it runs (README, "What an ack promises, and after which
-faults": a command that kills its worker whenever it runs); the other orders wait behind that.
+same way). A worker that dies holding a batch has its successor run what it held in groups of
+at most `workers.engine.RECOVERY_GROUP` commands, each group named in Redis before it runs
+(README, "What an ack promises, and after which faults": a command that kills its worker
+whenever it runs); the other orders wait behind that.
 
 Printed per case: the commands in flight at the kill, when the successor began and ended running
-them alone (`hean:engine:alone` seen), and the time from the kill (or the let-go) until the
+them in recovery (`hean:engine:alone` seen), and the time from the kill (or the let-go) until the
 queue was caught up again (the engine queue and the in-flight list empty), with every order
 answered.
 
@@ -40,7 +41,7 @@ def caught_up(
     client: redis.Redis, since: float, timeout: float = 120.0
 ) -> tuple[float | None, float | None, float]:
     """Poll until the engine queue and the in-flight list are empty; return when the successor's
-    run alone was first and last seen (s after `since`, or None) and when it caught up."""
+    recovery run was first and last seen (s after `since`, or None) and when it caught up."""
     first = last = None
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -142,8 +143,8 @@ def main() -> None:
             "case",
             "messages queued",
             "messages in flight",
-            "run alone from (s)",
-            "run alone for (s)",
+            "recovery from (s)",
+            "recovery for (s)",
             "caught up after (s)",
             "all answered",
         ],

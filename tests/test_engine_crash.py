@@ -282,7 +282,10 @@ def test_a_command_that_kills_the_engine_worker_each_time_is_answered_dropped_an
             time.sleep(0.05)
         result = client.result_for(poison)
         assert not result["success"] and result["error"]["code"] == "dropped", result
-        assert "stopped 2 times while running this command alone" in result["error"]["message"], result
+        assert (
+            "stopped 2 times while running this command again (in a small group, then alone)"
+            in result["error"]["message"]
+        ), result
         assert deaths == 3
         filled = client.result_for(order_id)
         assert filled["success"] and filled["result"]["order"]["status"] == "FILLED", filled
@@ -296,6 +299,76 @@ def test_a_command_that_kills_the_engine_worker_each_time_is_answered_dropped_an
         assert client.result_for(poison)["error"]["code"] == "dropped"
         fresh = {**order, "client_order_id": uuid.uuid4().hex}
         assert command_ok(client, "submit_order", **fresh)["result"]["order"]["status"] == "FILLED"
+    finally:
+        client.close()
+        napper.close()
+        store.close()
+
+
+def test_held_commands_run_again_in_groups_and_only_a_dead_group_one_at_a_time(
+    system: dict[str, Any], system_redis_url: str, logs_dir: Any
+) -> None:
+    """What a dead worker held runs in groups (workers.engine.RECOVERY_GROUP), each named before
+    it runs; only the commands of the group a worker died in run one at a time. A poison command
+    with 20 orders before it and 20 after, all taken along: it costs three deaths (its batch's,
+    its group's, then alone), each of the 40 orders fills once, and the worker that answers the
+    poison `dropped` runs the rest in groups, not one at a time (before: 41 commits of one)."""
+    from workers.engine import RECOVERY_GROUP
+
+    url, token = str(system["url"]), str(system["token"])
+    store = redis.Redis.from_url(system_redis_url)
+    client, napper = Client(url, token), Client(url, token)
+    try:
+        sym = open_market(client, "GROUPS")
+        poison = uuid.uuid4().hex
+        orders = [uuid.uuid4().hex for _ in range(40)]
+        make_way("taken along", napper, store)
+        for k, request_id in enumerate([*orders[:20], poison, *orders[20:]]):
+            command, params = (
+                ("engine_exit", {})
+                if request_id == poison
+                else (
+                    "submit_order",
+                    {"client_order_id": request_id, "symbol": sym, "side": "BUY", "quantity": "1"},
+                )
+            )
+            ack = client.command({"command": command, "params": params, "request_id": request_id})
+            assert ack["accepted"], (k, ack)
+        deaths, deadline = 0, time.monotonic() + 180
+        while CommandJournal(store).state(poison) != "done":
+            assert time.monotonic() < deadline, f"no answer after {deaths} deaths"
+            worker = next(p for p in system["processes"] if p.name.startswith("worker-engine"))
+            if not worker.alive():
+                deaths += 1
+                worker.stop()
+                system["processes"].remove(worker)
+                start_engine_worker(system, logs_dir)
+            time.sleep(0.05)
+        assert deaths == 3
+        assert client.result_for(poison)["error"]["code"] == "dropped"
+        for request_id in orders:
+            filled = client.result_for(request_id)
+            assert filled["success"] and filled["result"]["order"]["status"] == "FILLED", filled
+        wait_for(lambda: engine_held(store) == 0, 30, "nothing held")
+        log_text = next(p for p in system["processes"] if p.name.startswith("worker-engine")).log_text()
+        line = next(x for x in log_text.splitlines() if "event=batch_run_alone" in x and "dropped=1" in x)
+        fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
+        commands, groups, alone = int(fields["commands"]), int(fields["groups"]), int(fields["alone"])
+        assert commands >= 41, line  # the 41 (and whatever else the nap's commit took along)
+        # the poison answered without running, the rest in groups around it, none alone
+        assert alone == 0, line
+        assert -(-(commands - 1) // RECOVERY_GROUP) <= groups <= -(-(commands - 1) // RECOVERY_GROUP) + 1, (
+            line
+        )
+        manager = get_sync_state_manager(system_redis_url)
+        wait_for(
+            lambda: any(
+                p["symbol"] == sym and Decimal(p["quantity"]) == len(orders)
+                for p in manager.get_state(POSITIONS_KEY, namespace=SYSTEM_NAMESPACE) or []
+            ),
+            30,
+            f"the {sym} position to equal the {len(orders)} orders",
+        )
     finally:
         client.close()
         napper.close()
