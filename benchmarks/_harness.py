@@ -252,8 +252,10 @@ def open_for_orders(system: Stack, symbol: str = "BTCUSDT") -> None:
     from hean.client import Client
 
     with Client(system.url, system.token) as admin:
-        admin.command("risk_adjust", {"fee_rate": "0", "max_orders_per_second": 0,
-                                      "max_open_orders": 100_000}).wait(60)
-        admin.command("update_market", {"symbol": symbol, "bid": "50000", "ask": "50001",
-                                        "last": "50000.5"}).wait(60)
+        admin.command(
+            "risk_adjust", {"fee_rate": "0", "max_orders_per_second": 0, "max_open_orders": 100_000}
+        ).wait(60)
+        admin.command(
+            "update_market", {"symbol": symbol, "bid": "50000", "ask": "50001", "last": "50000.5"}
+        ).wait(60)
         admin.command("start").wait(60)

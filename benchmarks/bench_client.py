@@ -144,8 +144,14 @@ def run_socketio_client(url: str, token: str, rate: float, seconds: float) -> di
     pacing = phase(int(rate * seconds), "m")
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     sio.disconnect()
-    return {**outcome, "cpu_s": cpu, "pacing_cpu_s": pacing, "wall_s": wall, "lat": list(latencies),
-            "events": int(rate * seconds)}
+    return {
+        **outcome,
+        "cpu_s": cpu,
+        "pacing_cpu_s": pacing,
+        "wall_s": wall,
+        "lat": list(latencies),
+        "events": int(rate * seconds),
+    }
 
 
 def child(kind: str, url: str, token: str, rate: float, seconds: float, out: Any) -> None:

@@ -137,8 +137,12 @@ def command_orders(tag: str, n: int = 100) -> list[dict[str, Any]]:
     orders, a resting limit, an IOC limit that expires and one under the minimum notional."""
     orders: list[dict[str, Any]] = []
     for i in range(n):
-        order: dict[str, Any] = {"client_order_id": f"{tag}-{i}", "symbol": "BTCUSDT",
-                                 "side": "BUY" if i % 2 else "SELL", "quantity": "0.001"}
+        order: dict[str, Any] = {
+            "client_order_id": f"{tag}-{i}",
+            "symbol": "BTCUSDT",
+            "side": "BUY" if i % 2 else "SELL",
+            "quantity": "0.001",
+        }
         if i % 10 == 7:
             order.update(order_type="LIMIT", price="49000.5", time_in_force="GTC")
         elif i % 10 == 8:
@@ -150,8 +154,14 @@ def command_orders(tag: str, n: int = 100) -> list[dict[str, Any]]:
 
 
 def worker_engine() -> TradingEngine:
-    engine = TradingEngine(risk_limits={"max_orders_per_second": 0, "max_open_orders": 1_000_000,
-                                        "max_trade_risk_pct": 100, "max_leverage": 1000})
+    engine = TradingEngine(
+        risk_limits={
+            "max_orders_per_second": 0,
+            "max_open_orders": 1_000_000,
+            "max_trade_risk_pct": 100,
+            "max_leverage": 1000,
+        }
+    )
     engine.update_market("BTCUSDT", "50000", "50001", "50000.5")
     engine.start()
     return engine
@@ -215,15 +225,22 @@ def worker_rows() -> list[tuple[str, float, float]]:
     frame = batch_frame(app, BATCH_TASKS[ENGINE_QUEUE], ENGINE_QUEUE, "batch-1", "x")
     applied = engine.submit_batch(python_read(command_orders("warm")))
     return [
-        ("the queued message into columns",
-         min_cpu_us(message_cut, queued), min_cpu_us(message_parsed, queued)),
+        (
+            "the queued message into columns",
+            min_cpu_us(message_cut, queued),
+            min_cpu_us(message_parsed, queued),
+        ),
         ("read the params into columns", min_cpu_us(orders_from_params), min_cpu_us(python_read)),
-        ("the orders for the engine log",
-         min_cpu_us(lambda columns: columns.to_bytes(), core_read),
-         min_cpu_us(lambda orders: fastjson.dumpb({"orders": orders}))),
-        ("results of an applied batch as JSON",
-         min_cpu_us(lambda _: applied.results_json()),
-         min_cpu_us(lambda _: fastjson.dumps(applied.to_dict()["results"]))),
+        (
+            "the orders for the engine log",
+            min_cpu_us(lambda columns: columns.to_bytes(), core_read),
+            min_cpu_us(lambda orders: fastjson.dumpb({"orders": orders})),
+        ),
+        (
+            "results of an applied batch as JSON",
+            min_cpu_us(lambda _: applied.results_json()),
+            min_cpu_us(lambda _: fastjson.dumps(applied.to_dict()["results"])),
+        ),
         ("read, apply, log and result encoded", min_cpu_us(core_all), min_cpu_us(python_all)),
     ]
 
@@ -235,8 +252,14 @@ def full_window_engine(client_ids: Callable[[int], str]) -> TradingEngine:
     for k in range(1_000):
         batch = OrderBatch()
         for i in range(100):
-            batch.append_params({"client_order_id": client_ids(k * 100 + i), "symbol": "BTCUSDT",
-                                 "side": "BUY" if i % 2 else "SELL", "quantity": "0.001"})
+            batch.append_params(
+                {
+                    "client_order_id": client_ids(k * 100 + i),
+                    "symbol": "BTCUSDT",
+                    "side": "BUY" if i % 2 else "SELL",
+                    "quantity": "0.001",
+                }
+            )
         engine.submit_batch(batch)
     return engine
 
@@ -252,9 +275,15 @@ def snapshot_rows() -> list[tuple[str, int, int, float, float]]:
         rows.append((name, 0, len(data), taken, 0.0))
         for level in (1, 3, 6):
             packed = zlib.compress(data, level)
-            rows.append((name, level, len(packed),
-                         min_cpu_ms(lambda data=data, level=level: zlib.compress(data, level)),
-                         min_cpu_ms(lambda packed=packed: zlib.decompress(packed))))
+            rows.append(
+                (
+                    name,
+                    level,
+                    len(packed),
+                    min_cpu_ms(lambda data=data, level=level: zlib.compress(data, level)),
+                    min_cpu_ms(lambda packed=packed: zlib.decompress(packed)),
+                )
+            )
     return rows
 
 
@@ -267,10 +296,16 @@ def checksum_rows() -> list[tuple[str, float, float]]:
     old = snapshot_as_format_1(data)
     summed, body = data[:-8], old[:-8]
     return [
-        ("checksum", min_cpu_ms(lambda: _core.snapshot_checksum(summed, 2)),
-         min_cpu_ms(lambda: _core.snapshot_checksum(body, 1))),
-        ("restore (checks it)", min_cpu_ms(lambda: engine.restore(data)),
-         min_cpu_ms(lambda: engine.restore(old))),
+        (
+            "checksum",
+            min_cpu_ms(lambda: _core.snapshot_checksum(summed, 2)),
+            min_cpu_ms(lambda: _core.snapshot_checksum(body, 1)),
+        ),
+        (
+            "restore (checks it)",
+            min_cpu_ms(lambda: engine.restore(data)),
+            min_cpu_ms(lambda: engine.restore(old)),
+        ),
     ]
 
 
@@ -305,8 +340,10 @@ def main() -> int:
         "HEAN order engine: mixed market/IOC/limit flow, one symbol, one core\n"
         "baseline: pure-Python reference model (hean/testing/reference_engine.py), same orders",
         f"{'figure':38} {'orders/s':>12} {'ns/order':>9} {'baseline/s':>11} {'ratio':>7}",
-        [f"{name:38} {rate:12,.0f} {1e9 / rate:9,.0f} {base:11,.0f} {rate / base:6,.1f}x"
-         for name, rate, base in rows],
+        [
+            f"{name:38} {rate:12,.0f} {1e9 / rate:9,.0f} {base:11,.0f} {rate / base:6,.1f}x"
+            for name, rate, base in rows
+        ],
     )
     table(
         "Engine worker, one 100-order submit_orders command (min of 300, process CPU)\n"
@@ -330,8 +367,10 @@ def main() -> int:
         "Snapshot checksum: format 2 (XXH3) against format 1 (FNV-1a), the same 7.8 MB snapshot\n"
         "(100,000 UUID client order ids), CPU ms, min of 5",
         f"{'step':22} {'XXH3':>7} {'FNV-1a':>7} {'ratio':>7}",
-        [f"{step:22} {new_ms:7.2f} {old_ms:7.2f} {old_ms / new_ms:6.1f}x"
-         for step, new_ms, old_ms in checksum_rows()],
+        [
+            f"{step:22} {new_ms:7.2f} {old_ms:7.2f} {old_ms / new_ms:6.1f}x"
+            for step, new_ms, old_ms in checksum_rows()
+        ],
     )
     return 0
 

@@ -62,8 +62,15 @@ def main() -> None:
     for start in range(1, args.starts + 1):
         times = first_acks(args.commands)
         later = statistics.median(times[1:])
-        rows.append([str(start), f"{times[0]:.2f}", f"{later:.2f}", f"{times[0] / later:.1f}x",
-                     " ".join(f"{t:.1f}" for t in times)])
+        rows.append(
+            [
+                str(start),
+                f"{times[0]:.2f}",
+                f"{later:.2f}",
+                f"{times[0] / later:.1f}x",
+                " ".join(f"{t:.1f}" for t in times),
+            ]
+        )
         print(f"  start {start}: first ack {times[0]:.2f} ms, later ones (median) {later:.2f} ms", flush=True)
     print_table(
         "the first command's ack after the web process started, beside its later ones (ms)",

@@ -63,8 +63,10 @@ def healthy(url: str) -> bool:
     with contextlib.suppress(OSError, ValueError), urllib.request.urlopen(url, timeout=1) as answer:
         body = json.loads(answer.read())
         modules = body.get("modules") or {}
-        return not body.get("stale") and bool(modules) and all(
-            m.get("status") == "HEALTHY" for m in modules.values()
+        return (
+            not body.get("stale")
+            and bool(modules)
+            and all(m.get("status") == "HEALTHY" for m in modules.values())
         )
     return False
 

@@ -109,8 +109,12 @@ DESIGNS = (
 
 
 def order_params(prefix: str, i: int) -> dict[str, Any]:
-    return {"client_order_id": f"{prefix}-{i}", "symbol": SYMBOL, "side": "BUY" if i % 2 else "SELL",
-            "quantity": "0.001"}
+    return {
+        "client_order_id": f"{prefix}-{i}",
+        "symbol": SYMBOL,
+        "side": "BUY" if i % 2 else "SELL",
+        "quantity": "0.001",
+    }
 
 
 def command(prefix: str, i: int, per_event: int) -> dict[str, Any]:
@@ -199,9 +203,14 @@ def _run_raw(url: str, token: str, echo: bool, per_event: int, rate: float, seco
     cpu = time.process_time() - cpu0
     client.close()
     return {
-        "offered": events * per_event, "sent": sent * per_event, "answered": state["answered"],
-        "refused": state["refused"], "send_s": send_done - started,
-        "lag_s": max(0.0, state["last"] - send_done), "lat": latencies, "cpu_s": cpu,
+        "offered": events * per_event,
+        "sent": sent * per_event,
+        "answered": state["answered"],
+        "refused": state["refused"],
+        "send_s": send_done - started,
+        "lag_s": max(0.0, state["last"] - send_done),
+        "lat": latencies,
+        "cpu_s": cpu,
         "error": state.get("error"),
     }
 
@@ -245,9 +254,15 @@ def _run_client(url: str, token: str, rate: float, seconds: float) -> dict[str, 
         all_in.wait(DRAIN_TIMEOUT_S)
         cpu = time.process_time() - cpu0
     return {
-        "offered": count, "sent": sent, "answered": state["answered"], "refused": state["refused"],
-        "send_s": send_done - started, "lag_s": max(0.0, state["last"] - send_done), "lat": latencies,
-        "cpu_s": cpu, "error": None,
+        "offered": count,
+        "sent": sent,
+        "answered": state["answered"],
+        "refused": state["refused"],
+        "send_s": send_done - started,
+        "lag_s": max(0.0, state["last"] - send_done),
+        "lat": latencies,
+        "cpu_s": cpu,
+        "error": None,
     }
 
 
@@ -286,13 +301,35 @@ def start_system(design: Design) -> tuple[Stack, str, str]:
     if design.system.startswith("echo"):
         # the echo that writes first uses the stack's private Redis (REDIS_URL in its environment)
         write = ["--redis"] if design.system == "echo-redis" else []
-        system.spawn("echo", [sys.executable, str(REPO_ROOT / "benchmarks" / "echo_server.py"), str(port),
-                              *write], pin_as="web")
+        system.spawn(
+            "echo",
+            [sys.executable, str(REPO_ROOT / "benchmarks" / "echo_server.py"), str(port), *write],
+            pin_as="web",
+        )
     else:
-        system.spawn("naive-web", [sys.executable, str(REPO_ROOT / "benchmarks" / "naive_orders.py"), "web",
-                                   str(port)], pin_as="web")
-        system.spawn("naive-worker", [sys.executable, "-m", "celery", "-A", "naive_orders", "worker", "-P",
-                                      "solo", "-Q", "naive", "-l", "warning"], pin_as="worker-engine")
+        system.spawn(
+            "naive-web",
+            [sys.executable, str(REPO_ROOT / "benchmarks" / "naive_orders.py"), "web", str(port)],
+            pin_as="web",
+        )
+        system.spawn(
+            "naive-worker",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "naive_orders",
+                "worker",
+                "-P",
+                "solo",
+                "-Q",
+                "naive",
+                "-l",
+                "warning",
+            ],
+            pin_as="worker-engine",
+        )
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/socket.io/?EIO=4&transport=polling")
     return system, url, ""
@@ -310,8 +347,12 @@ class Step:
     @property
     def sustained(self) -> bool:
         r = self.result
-        return (not r.get("error") and r["sent"] >= SENT_FRACTION * r["offered"]
-                and r["answered"] >= r["sent"] and r["lag_s"] <= KEEP_UP_S)
+        return (
+            not r.get("error")
+            and r["sent"] >= SENT_FRACTION * r["offered"]
+            and r["answered"] >= r["sent"]
+            and r["lag_s"] <= KEEP_UP_S
+        )
 
     def cpu_ms_per_order(self) -> dict[str, float]:
         answered = max(1, self.result.get("answered", 0))
@@ -387,10 +428,12 @@ class RedisUse:
                 loop = client.info("stats")
         except (psutil.Error, redis.RedisError):
             return None
-        commands = {name.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"]))
-                    for name, v in stats.items()}
-        turns = [int(loop.get(f"eventloop_{name}", 0))
-                 for name in ("cycles", "duration_sum", "duration_cmd_sum")]
+        commands = {
+            name.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"])) for name, v in stats.items()
+        }
+        turns = [
+            int(loop.get(f"eventloop_{name}", 0)) for name in ("cycles", "duration_sum", "duration_cmd_sum")
+        ]
         return RedisUse(times.user, times.system, disk_flushes(system.home), commands, *turns)
 
     def __sub__(self, earlier: RedisUse) -> RedisUse:
@@ -399,11 +442,16 @@ class RedisUse:
             calls0, usec0 = earlier.commands.get(name, (0, 0))
             if calls > calls0:
                 commands[name] = (calls - calls0, usec - usec0)
-        flushes = (None if self.flushes is None or earlier.flushes is None
-                   else self.flushes - earlier.flushes)
-        return RedisUse(self.user_s - earlier.user_s, self.system_s - earlier.system_s, flushes, commands,
-                        self.turns - earlier.turns, self.turn_us - earlier.turn_us,
-                        self.turn_command_us - earlier.turn_command_us)
+        flushes = None if self.flushes is None or earlier.flushes is None else self.flushes - earlier.flushes
+        return RedisUse(
+            self.user_s - earlier.user_s,
+            self.system_s - earlier.system_s,
+            flushes,
+            commands,
+            self.turns - earlier.turns,
+            self.turn_us - earlier.turn_us,
+            self.turn_command_us - earlier.turn_command_us,
+        )
 
 
 def wait_history_written(system: Stack) -> float:
@@ -450,17 +498,25 @@ def run_design(design: Design, rates: list[float], args: argparse.Namespace) -> 
             redis1 = RedisUse.sample(system)
             if steal is not None:
                 print_timeline(result.get("lat") or [], seconds, steal.stop())
-            done = Step(rate, result, {n: after[n] - before[n] for n in pids},
-                        {n: (rss0[n], rss1[n]) for n in pids},
-                        None if redis0 is None or redis1 is None else redis1 - redis0, behind_s)
+            done = Step(
+                rate,
+                result,
+                {n: after[n] - before[n] for n in pids},
+                {n: (rss0[n], rss1[n]) for n in pids},
+                None if redis0 is None or redis1 is None else redis1 - redis0,
+                behind_s,
+            )
             lat = result.get("lat") or [float("nan")]
-            print(f"  {design.key:8} {rate:>8,.0f}/s: sent {result.get('sent', 0):,} answered "
-                  f"{result.get('answered', 0):,} last result +{result.get('lag_s', float('nan')):.2f} s, "
-                  f"p50 {percentile(lat, 50):.1f} ms p99 {percentile(lat, 99):.1f} ms, CPU ms/order "
-                  + " ".join(f"{n} {v:.3f}" for n, v in done.cpu_ms_per_order().items())
-                  + ("" if done.sustained else "  <- not sustained")
-                  + (f" (history written {behind_s:.1f} s after the last result)" if behind_s >= 0.5 else "")
-                  + (f" ({result['error']})" if result.get("error") else ""), flush=True)
+            print(
+                f"  {design.key:8} {rate:>8,.0f}/s: sent {result.get('sent', 0):,} answered "
+                f"{result.get('answered', 0):,} last result +{result.get('lag_s', float('nan')):.2f} s, "
+                f"p50 {percentile(lat, 50):.1f} ms p99 {percentile(lat, 99):.1f} ms, CPU ms/order "
+                + " ".join(f"{n} {v:.3f}" for n, v in done.cpu_ms_per_order().items())
+                + ("" if done.sustained else "  <- not sustained")
+                + (f" (history written {behind_s:.1f} s after the last result)" if behind_s >= 0.5 else "")
+                + (f" ({result['error']})" if result.get("error") else ""),
+                flush=True,
+            )
             return done
 
         reference = step(REFERENCE_RATE, args.memory_seconds)
@@ -482,8 +538,11 @@ def run_design(design: Design, rates: list[float], args: argparse.Namespace) -> 
     best = max((s for s in steps if s.sustained), key=lambda s: s.rate, default=None)
     # the history too: written within KEEP_UP_S of the last result
     written = [s for s in steps if s.sustained and s.history_behind_s <= KEEP_UP_S]
-    return {"reference": reference, "best": best,
-            "history_best": max(written, key=lambda s: s.rate, default=None) if has_history else None}
+    return {
+        "reference": reference,
+        "best": best,
+        "history_best": max(written, key=lambda s: s.rate, default=None) if has_history else None,
+    }
 
 
 def main() -> None:
@@ -491,14 +550,20 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--step-seconds", type=float, default=5.0)
-    parser.add_argument("--memory-seconds", type=float, default=60.0,
-                        help="length of the 1,000/s step, over which memory growth is measured")
+    parser.add_argument(
+        "--memory-seconds",
+        type=float,
+        default=60.0,
+        help="length of the 1,000/s step, over which memory growth is measured",
+    )
     parser.add_argument("--rates-single", default="500,1000,2000,3000,4000,6000,8000")
     parser.add_argument("--rates-batched", default="1000,5000,10000,20000,25000,30000,40000,60000")
     parser.add_argument("--designs", default=",".join(d.key for d in DESIGNS))
-    parser.add_argument("--timeline", action="store_true",
-                        help="per step, each second's worst submit-to-result beside the machine's "
-                             "steal time in that second")
+    parser.add_argument(
+        "--timeline",
+        action="store_true",
+        help="per step, each second's worst submit-to-result beside the machine's steal time in that second",
+    )
     args = parser.parse_args()
     chosen = [d for d in DESIGNS if d.key in args.designs.split(",")]
     runs: dict[str, dict[str, Any]] = {}
@@ -533,8 +598,14 @@ def target_rows(runs: dict[str, dict[str, Any]]) -> list[list[str]]:
     rows: list[list[str]] = []
 
     def row(what: str, value: float, bar: float, unit: str, scale: float) -> None:
-        rows.append([what, f"{value * scale:.3f} {unit}", f"<= {bar * scale:.3f} {unit}",
-                     "met" if value <= bar else "NOT met"])
+        rows.append(
+            [
+                what,
+                f"{value * scale:.3f} {unit}",
+                f"<= {bar * scale:.3f} {unit}",
+                "met" if value <= bar else "NOT met",
+            ]
+        )
 
     single, echo1 = runs.get("hean1"), runs.get("echo1")
     if single is not None:
@@ -569,8 +640,11 @@ def report_targets(runs: dict[str, dict[str, Any]]) -> None:
     """Issue 14 item 3: CPU per order against its bars, met or not, from this run alone."""
     rows = target_rows(runs)
     if rows:
-        print_table("issue 14 item 3: CPU per order (server processes; the loader not counted)",
-                    ["what", "this run", "bar", ""], rows)
+        print_table(
+            "issue 14 item 3: CPU per order (server processes; the loader not counted)",
+            ["what", "this run", "bar", ""],
+            rows,
+        )
 
 
 def report_redis(chosen: list[Design], runs: dict[str, dict[str, Any]], fsyncs: list[FsyncCost]) -> None:
@@ -586,24 +660,35 @@ def report_redis(chosen: list[Design], runs: dict[str, dict[str, Any]], fsyncs: 
         if use is None or design.system == "echo":  # the bare echo floors do not use their Redis
             continue
         answered = max(1, ref.result.get("answered", 0))
-        line = (f"  {design.title:34} CPU user {1000 * use.user_s / answered:.3f} + system "
-                f"{1000 * use.system_s / answered:.3f} ms")
+        line = (
+            f"  {design.title:34} CPU user {1000 * use.user_s / answered:.3f} + system "
+            f"{1000 * use.system_s / answered:.3f} ms"
+        )
         if use.flushes is not None:
             flushes = use.flushes / answered
             low, high = (flushes * us / 1000.0 for us in (cpu_us[0], cpu_us[-1]))
-            line += (f"; the disk's cache flushes {flushes:.2f}, at {cpu_us[0]:.0f}-{cpu_us[-1]:.0f} us "
-                     f"of CPU per fsync {low:.3f}-{high:.3f} ms")
+            line += (
+                f"; the disk's cache flushes {flushes:.2f}, at {cpu_us[0]:.0f}-{cpu_us[-1]:.0f} us "
+                f"of CPU per fsync {low:.3f}-{high:.3f} ms"
+            )
         print(line)
         if use.turns > 0:
             per_order, turn_cpu_us = use.turns / answered, 1e6 * (use.user_s + use.system_s) / use.turns
             wall_us, command_us = use.turn_us / use.turns, use.turn_command_us / use.turns
-            print(f"    event-loop turns {per_order:.2f} per order, each {wall_us:.0f} us of wall "
-                  f"time ({command_us:.0f} in commands; the rest reads, replies and, in "
-                  f"a turn that wrote, the AOF write and fsync) and {turn_cpu_us:.0f} us of Redis's CPU")
+            print(
+                f"    event-loop turns {per_order:.2f} per order, each {wall_us:.0f} us of wall "
+                f"time ({command_us:.0f} in commands; the rest reads, replies and, in "
+                f"a turn that wrote, the AOF write and fsync) and {turn_cpu_us:.0f} us of Redis's CPU"
+            )
         busiest = sorted(use.commands.items(), key=lambda item: -item[1][1])[:REDIS_COMMANDS_SHOWN]
-        print("    " + ", ".join(f"{name} {calls / answered:.2f} x {usec / max(1, calls):.1f} us"
-                                  for name, (calls, usec) in busiest)
-              + " (calls per order x Redis's time per call; a script's time includes its commands')")
+        print(
+            "    "
+            + ", ".join(
+                f"{name} {calls / answered:.2f} x {usec / max(1, calls):.1f} us"
+                for name, (calls, usec) in busiest
+            )
+            + " (calls per order x Redis's time per call; a script's time includes its commands')"
+        )
 
 
 def report(chosen: list[Design], runs: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
@@ -618,28 +703,40 @@ def report(chosen: list[Design], runs: dict[str, dict[str, Any]], args: argparse
         best_lat = (best.result.get("lat") if best else None) or [float("nan")]
         total_cpu = sum(ref.cpu_ms_per_order().values())
         growth = sum(after - before for before, after in ref.rss.values()) / 2**20
-        rows.append([
-            design.title,
-            f"{best.rate:,.0f}" if best else "< first step",
-            f"{percentile(ref_lat, 50):.1f} / {percentile(ref_lat, 99):.1f}",
-            f"{percentile(best_lat, 50):.1f} / {percentile(best_lat, 99):.1f}",
-            f"{total_cpu:.3f}",
-            f"{growth:+.1f}",
-            f"{best.rate / naive_best:.1f}x" if best and naive_best else "-",
-            f"{naive_cpu / total_cpu:.1f}x" if naive_cpu and total_cpu else "-",
-        ])
+        rows.append(
+            [
+                design.title,
+                f"{best.rate:,.0f}" if best else "< first step",
+                f"{percentile(ref_lat, 50):.1f} / {percentile(ref_lat, 99):.1f}",
+                f"{percentile(best_lat, 50):.1f} / {percentile(best_lat, 99):.1f}",
+                f"{total_cpu:.3f}",
+                f"{growth:+.1f}",
+                f"{best.rate / naive_best:.1f}x" if best and naive_best else "-",
+                f"{naive_cpu / total_cpu:.1f}x" if naive_cpu and total_cpu else "-",
+            ]
+        )
     print_table(
         f"orders through the system (steps {args.step_seconds:g} s; "
         f"the 1,000/s step {args.memory_seconds:g} s)",
-        ["design", "highest sustained /s", "p50/p99 ms @1k/s", "p50/p99 ms @highest", "CPU ms/order @1k/s",
-         "RSS growth MB @1k/s", "rate vs naive", "CPU vs naive"],
+        [
+            "design",
+            "highest sustained /s",
+            "p50/p99 ms @1k/s",
+            "p50/p99 ms @highest",
+            "CPU ms/order @1k/s",
+            "RSS growth MB @1k/s",
+            "rate vs naive",
+            "CPU vs naive",
+        ],
         rows,
     )
     for design in chosen:
         if design.system == "hean":
             kept = runs[design.key]["history_best"]
-            print(f"  {design.title}: the history writer kept up (the step written within {KEEP_UP_S:g} s of "
-                  f"its last result) to {f'{kept.rate:,.0f}/s' if kept else 'no step'}")
+            print(
+                f"  {design.title}: the history writer kept up (the step written within {KEEP_UP_S:g} s of "
+                f"its last result) to {f'{kept.rate:,.0f}/s' if kept else 'no step'}"
+            )
     print("\nCPU ms per order at 1,000 orders/s, per process (loader included):")
     for design in chosen:
         ref = runs[design.key]["reference"]
@@ -656,8 +753,10 @@ def report(chosen: list[Design], runs: dict[str, dict[str, Any]], args: argparse
         if best is not None:
             parts = ", ".join(f"{n} {v:.4f}" for n, v in best.cpu_ms_per_order().items())
             print(f"  {design.title:34} {best.rate:>8,.0f}/s: {parts}")
-    lost = {d.key: r["reference"].result.get("sent", 0) - r["reference"].result.get("answered", 0)
-            for d, r in zip(chosen, runs.values(), strict=True)}
+    lost = {
+        d.key: r["reference"].result.get("sent", 0) - r["reference"].result.get("answered", 0)
+        for d, r in zip(chosen, runs.values(), strict=True)
+    }
     print(f"\nunanswered orders in the 1,000/s steps: {lost}")
 
 

@@ -111,7 +111,7 @@ def run(url: str, seconds: float, cpus: frozenset[int] | None, layout: str) -> l
     results = []
     try:
         for writers in WRITER_COUNTS:
-            for mode in (("ping", *MODES) if writers == 1 else MODES):
+            for mode in ("ping", *MODES) if writers == 1 else MODES:
                 key = f"counter-{mode}-{writers}-{os.getpid()}-{time.time_ns()}"
                 start_at = time.time() + 0.5
                 for pipe in pipes[:writers]:

@@ -56,6 +56,7 @@ class History(Protocol):
 
     def answered(self, request_ids: Sequence[str]) -> Mapping[str, Any]: ...
 
+
 KEY_PREFIX = "hean:cmd:"
 _REQUEST_ID = re.compile(REQUEST_ID_PATTERN).match
 
@@ -91,8 +92,9 @@ end
 # hean.celery_wire.IDS_FIELD), then m and m ack times. Returns, per
 # key, 1 when new, else its window fields {c, a, r, d}.
 _RESERVE = (
-    _ACKS_LUA
-    + """
+    (
+        _ACKS_LUA
+        + """
 local n = tonumber(ARGV[1])
 local f = 1 + 3 * n
 local hist = KEYS[n + 2]
@@ -119,7 +121,10 @@ if #fresh > 0 then
 end
 return out
 """
-).replace("PREFIX_LEN", str(len(KEY_PREFIX))).replace("IDS_FIELD", IDS_FIELD)
+    )
+    .replace("PREFIX_LEN", str(len(KEY_PREFIX)))
+    .replace("IDS_FIELD", IDS_FIELD)
+)
 
 _RECORD_ACKS = _ACKS_LUA + "journal_acks(KEYS[1], 2, 1, #KEYS - 1)\n"
 
@@ -254,8 +259,11 @@ def resolve_started(
                     "command": record.command if record else None,
                     "success": False,
                     "result": None,
-                    "error": {"code": "unavailable", "message": "ran; its result is not readable now",
-                              "field": None},
+                    "error": {
+                        "code": "unavailable",
+                        "message": "ran; its result is not readable now",
+                        "field": None,
+                    },
                     "execution_time_ms": 0.0,
                 }
             else:

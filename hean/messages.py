@@ -110,7 +110,7 @@ def envelope_json(
     document as the model's ``model_dump_json``; tests/test_messages.py checks it."""
     head = fastjson.dumps({"request_id": request_id, "command": command})
     tail = fastjson.dumps({"reply_to": reply_to, "received_at_ms": received_at_ms})
-    return f"{head[:-1]},\"params\":{params_json},{tail[1:]}"
+    return f'{head[:-1]},"params":{params_json},{tail[1:]}'
 
 
 class QueuedEnvelope(NamedTuple):

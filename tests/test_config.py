@@ -118,7 +118,8 @@ def test_a_refused_url_is_described_without_its_password(env: str, value: str, s
 
 
 @pytest.mark.parametrize(
-    "url", ["sqlite:////tmp/h.db", "sqlite+pysqlite:///h.db", "postgresql://u:p@h/db", "postgresql+psycopg://h/db"]
+    "url",
+    ["sqlite:////tmp/h.db", "sqlite+pysqlite:///h.db", "postgresql://u:p@h/db", "postgresql+psycopg://h/db"],
 )
 def test_the_database_urls_hean_runs_on_are_accepted(url: str) -> None:
     assert Settings(DATABASE_URL=url).effective_database_url() == url

@@ -68,14 +68,27 @@ def test_a_bulk_message_from_the_workers_is_fanned_out_in_order(
             result = {"request_id": f"bulk-{i}", "success": True, "result": {"i": i}}
             if i % 2:  # as the engine worker sends them: encoded, to the sender and the operators
                 return packet_message("command_result", result, ["no-such-sid", "operators"])
-            return {"method": "emit", "event": "command_result", "data": result, "namespace": "/",
-                    "room": "operators", "skip_sid": None, "callback": None, "host_id": "test"}
+            return {
+                "method": "emit",
+                "event": "command_result",
+                "data": result,
+                "namespace": "/",
+                "room": "operators",
+                "skip_sid": None,
+                "callback": None,
+                "host_id": "test",
+            }
 
         messages: list[Any] = [emit(i) for i in range(300)]
-        messages[5:5] = [7, "not an emit", None, {"method": "nonsense"},
-                         {"method": PACKET_METHOD, "packet": 5},
-                         {"method": PACKET_METHOD, "packet": '2["command_result",{}]', "room": 7},
-                         {"method": PACKET_METHOD, "packet": '0{"sid":"x"}', "room": "operators"}]
+        messages[5:5] = [
+            7,
+            "not an emit",
+            None,
+            {"method": "nonsense"},
+            {"method": PACKET_METHOD, "packet": 5},
+            {"method": PACKET_METHOD, "packet": '2["command_result",{}]', "room": 7},
+            {"method": PACKET_METHOD, "packet": '0{"sid":"x"}', "room": "operators"},
+        ]
         channel = str(system["env"].get("HEAN_SOCKETIO_CHANNEL", "hean-socketio"))
         client = redis.Redis.from_url(system_redis_url)
         client.publish(channel, json.dumps({"method": BULK_METHOD, "messages": messages}))
@@ -322,7 +335,9 @@ def test_every_answer_carries_the_security_headers(system: dict[str, Any]) -> No
 
 def test_cors_is_closed_by_default(system: dict[str, Any]) -> None:
     status, _, headers = http_json(
-        system["url"] + "/api/system/health", token=system["token"], headers={"Origin": "https://evil.example"}
+        system["url"] + "/api/system/health",
+        token=system["token"],
+        headers={"Origin": "https://evil.example"},
     )
     assert status == 200  # an answer, without the header
     assert "Access-Control-Allow-Origin" not in headers

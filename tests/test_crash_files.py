@@ -78,7 +78,11 @@ print(json.dumps({"sent": sent, "files": sorted(p.name for p in directory.iterdi
 def test_a_dead_workers_unfinished_crash_file_is_removed_and_a_live_ones_kept(tmp_path: Path) -> None:
     env = {"HEAN_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"}
     done = subprocess.run(
-        [sys.executable, "-c", STALE_SCRIPT], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+        [sys.executable, "-c", STALE_SCRIPT],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=60,
     )
     assert done.returncode == 0, done.stderr

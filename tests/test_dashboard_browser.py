@@ -847,8 +847,14 @@ def test_the_order_history_filters_pages_and_shows_the_apis_errors(
     orders = [
         {"symbol": mine, "side": "BUY", "quantity": "2", "order_type": "MARKET"},  # FILLED
         # below the market, IOC: EXPIRED at once
-        {"symbol": mine, "side": "BUY", "quantity": "1", "order_type": "LIMIT", "price": "50",
-         "time_in_force": "IOC"},
+        {
+            "symbol": mine,
+            "side": "BUY",
+            "quantity": "1",
+            "order_type": "LIMIT",
+            "price": "50",
+            "time_in_force": "IOC",
+        },
         {"symbol": other, "side": "BUY", "quantity": "3", "order_type": "MARKET"},  # FILLED
     ]
     statuses = {}
@@ -857,6 +863,7 @@ def test_the_order_history_filters_pages_and_shows_the_apis_errors(
         result = run(client, "submit_order", order)
         statuses[order["client_order_id"]] = result["result"]["order"]["status"]
     assert sorted(statuses.values()) == ["EXPIRED", "FILLED", "FILLED"], statuses
+
     # in the database once the history writer has copied them (poll the REST API)
     def stored(symbol: str, count: int) -> bool:
         return len(api_get(system, f"/api/orders?symbol={symbol}")[1]["orders"]) == count

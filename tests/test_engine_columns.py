@@ -18,13 +18,49 @@ _ABSENT = object()
 
 PLAIN_AMOUNTS = ["0.001", "1", "2", "0.5", "100", "99.5", "101", "50000", "0.00000001", "7.25"]
 ODD_AMOUNTS: list[Any] = [
-    "0", "0.000000001", "1e3", "1E+3", " 1", "1 ", "-1", "-0.5", ".5", "1.", "1.2.3", "abc", "",
-    "\u0661\u0662", "99999999999999999999", "92233720368.54775807", "92233720368.54775808",
-    "9223372036854775807", "1000000001", "NaN", "Infinity", 1, 0, -3, 1.5, float("nan"), True,
-    None, [], {"v": 1},
+    "0",
+    "0.000000001",
+    "1e3",
+    "1E+3",
+    " 1",
+    "1 ",
+    "-1",
+    "-0.5",
+    ".5",
+    "1.",
+    "1.2.3",
+    "abc",
+    "",
+    "\u0661\u0662",
+    "99999999999999999999",
+    "92233720368.54775807",
+    "92233720368.54775808",
+    "9223372036854775807",
+    "1000000001",
+    "NaN",
+    "Infinity",
+    1,
+    0,
+    -3,
+    1.5,
+    float("nan"),
+    True,
+    None,
+    [],
+    {"v": 1},
 ]
-IDS: list[Any] = ["c-1", "a\"b", "back\\slash", "tab\there", "nl\n", "\x01ctl", "\u00e9t\u00e9",
-                  "\U0001f600", "/slash", "x" * 64]
+IDS: list[Any] = [
+    "c-1",
+    'a"b',
+    "back\\slash",
+    "tab\there",
+    "nl\n",
+    "\x01ctl",
+    "\u00e9t\u00e9",
+    "\U0001f600",
+    "/slash",
+    "x" * 64,
+]
 ODD_IDS: list[Any] = ["", "x" * 65, "\u00e9" * 33, "\ud800", 5, None, ["c"], b"c"]
 
 
@@ -154,10 +190,17 @@ def test_results_json_is_the_json_of_to_dict() -> None:
 def test_results_json_of_the_typed_paths() -> None:
     """The same bytes whichever way the batch came in (columns from Python or the core)."""
     orders = [
-        {"client_order_id": "q\"1\u00e9", "symbol": "BTCUSDT", "side": "BUY", "quantity": "0.5"},
+        {"client_order_id": 'q"1\u00e9', "symbol": "BTCUSDT", "side": "BUY", "quantity": "0.5"},
         {"client_order_id": "r", "symbol": "NOPE", "side": "SELL", "quantity": "1"},
-        {"client_order_id": "s", "symbol": "BTCUSDT", "side": "SELL", "quantity": "1",
-         "order_type": "LIMIT", "price": "101", "time_in_force": "GTC"},
+        {
+            "client_order_id": "s",
+            "symbol": "BTCUSDT",
+            "side": "SELL",
+            "quantity": "1",
+            "order_type": "LIMIT",
+            "price": "101",
+            "time_in_force": "GTC",
+        },
     ]
     results = []
     for columns in (orders, OrderBatch.from_orders(orders), orders_from_params(orders)):
@@ -171,7 +214,7 @@ def test_results_json_of_the_typed_paths() -> None:
     assert [r["status"] for r in orjson.loads(results[0].results_json())] == ["FILLED", "REJECTED", "RESTING"]
     with pytest.raises(IndexError):
         results[0].result_json(3)
-    assert results[0].client_order_id(-3) == "q\"1\u00e9"
+    assert results[0].client_order_id(-3) == 'q"1\u00e9'
 
 
 def test_a_fragment_is_written_as_it_is() -> None:

@@ -11,8 +11,23 @@ import pytest
 from hean import fastjson
 
 VALUES: list[Any] = [
-    None, True, 0, -1, 2**63 - 1, 2**64 + 5, -(2**70), 0.1, 1e300, -2.5e-310, "", "müde ✓ \u2028 \x00 \"q\"",
-    [], {}, {"a": [1, {"b": None}], "c": "d"}, {1: "int key", "s": 2}, [1.5, "x", [True, False]],
+    None,
+    True,
+    0,
+    -1,
+    2**63 - 1,
+    2**64 + 5,
+    -(2**70),
+    0.1,
+    1e300,
+    -2.5e-310,
+    "",
+    'müde ✓ \u2028 \x00 "q"',
+    [],
+    {},
+    {"a": [1, {"b": None}], "c": "d"},
+    {1: "int key", "s": 2},
+    [1.5, "x", [True, False]],
     {"nested": {"deep": [{"k": "v"} for _ in range(50)]}},
 ]
 
@@ -39,8 +54,17 @@ def test_loads_reads_what_the_standard_library_reads(value: Any) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["[9223372036854775807, 9223372036854775808]", '{"id": 12345678901234567890123}', "NaN",
-     "[Infinity, -Infinity]", '"\\ud800"', '"\ud800"', "1e400", '{"a": 1, "a": 2}', '"1234567890123456789"'],
+    [
+        "[9223372036854775807, 9223372036854775808]",
+        '{"id": 12345678901234567890123}',
+        "NaN",
+        "[Infinity, -Infinity]",
+        '"\\ud800"',
+        '"\ud800"',
+        "1e400",
+        '{"a": 1, "a": 2}',
+        '"1234567890123456789"',
+    ],
 )
 def test_loads_agrees_with_the_standard_library_at_the_edges(text: str) -> None:
     got, expected = fastjson.loads(text), json.loads(text)

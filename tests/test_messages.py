@@ -32,7 +32,11 @@ def test_an_ack_message_is_the_command_ack_document(
     command: str | None, accepted: bool, error: ErrorInfo | None, duplicate: bool
 ) -> None:
     expected = CommandAck(
-        request_id="r-1", command=command, accepted=accepted, ack_time_ms=0.125, error=error,
+        request_id="r-1",
+        command=command,
+        accepted=accepted,
+        ack_time_ms=0.125,
+        error=error,
         duplicate=duplicate,
     ).model_dump(mode="json")
     assert ack_message("r-1", command, accepted, 0.125, error, duplicate) == expected
@@ -45,7 +49,10 @@ def test_an_ack_message_is_the_command_ack_document(
 @pytest.mark.parametrize("reply_to", [None, "sid-1"])
 def test_an_envelope_json_is_the_task_envelope_document(params: dict[str, Any], reply_to: str | None) -> None:
     model = TaskEnvelope(
-        request_id="r-1", command="submit_order", params=params, reply_to=reply_to,
+        request_id="r-1",
+        command="submit_order",
+        params=params,
+        reply_to=reply_to,
         received_at_ms=1733130000123.25,
     )
     params_json = json.dumps(params, separators=(",", ":"), ensure_ascii=False)
@@ -85,10 +92,22 @@ def test_validated_order_params_encode_as_the_envelope_carried_them_before() -> 
 
     for name, raw in [
         ("submit_order", {"client_order_id": "c-1", "symbol": "BTCUSDT", "side": "BUY", "quantity": "0.5"}),
-        ("submit_order", {"client_order_id": "c-2", "symbol": "BTCUSDT", "side": "SELL", "quantity": "1",
-                          "order_type": "LIMIT", "price": "50000.5", "time_in_force": "IOC"}),
-        ("submit_orders", {"orders": [{"client_order_id": "c-3", "symbol": "ETHUSDT", "side": "BUY",
-                                       "quantity": "2"}]}),
+        (
+            "submit_order",
+            {
+                "client_order_id": "c-2",
+                "symbol": "BTCUSDT",
+                "side": "SELL",
+                "quantity": "1",
+                "order_type": "LIMIT",
+                "price": "50000.5",
+                "time_in_force": "IOC",
+            },
+        ),
+        (
+            "submit_orders",
+            {"orders": [{"client_order_id": "c-3", "symbol": "ETHUSDT", "side": "BUY", "quantity": "2"}]},
+        ),
         ("risk_adjust", {"max_leverage": "10", "max_open_orders": 5}),
     ]:
         spec = get_command(name)

@@ -45,12 +45,14 @@ def encodings(value: Any, rng: random.Random) -> str:
         except TypeError:
             return json.dumps(value, separators=(",", ":"))
 
-    return rng.choice([
-        compact,
-        lambda: json.dumps(value),
-        lambda: json.dumps(value, indent=rng.choice([1, 2, "\t"])),
-        lambda: json.dumps(value, separators=(" ,", " : "), ensure_ascii=False),
-    ])()
+    return rng.choice(
+        [
+            compact,
+            lambda: json.dumps(value),
+            lambda: json.dumps(value, indent=rng.choice([1, 2, "\t"])),
+            lambda: json.dumps(value, separators=(" ,", " : "), ensure_ascii=False),
+        ]
+    )()
 
 
 def plain_order(rng: random.Random, n: int) -> dict[str, Any]:
@@ -61,8 +63,9 @@ def plain_order(rng: random.Random, n: int) -> dict[str, Any]:
         "quantity": rng.choice(["0.001", "2", "7.25"]),
     }
     if rng.random() < 0.3:
-        order.update(order_type="LIMIT", price=rng.choice(["90", "100.5"]),
-                     time_in_force=rng.choice(["GTC", "IOC"]))
+        order.update(
+            order_type="LIMIT", price=rng.choice(["90", "100.5"]), time_in_force=rng.choice(["GTC", "IOC"])
+        )
     elif rng.random() < 0.3:
         order.update(order_type="MARKET", price=None)
     return order
@@ -104,21 +107,24 @@ def test_any_order_list_is_read_the_same_or_left_to_the_general_way() -> None:
     assert read > 200  # the ids and symbols beyond ASCII or with escapes take the general way
 
 
-@pytest.mark.parametrize("text", [
-    b'[{"client_order_id":"c","symbol":"S","side":"BUY","quantity":1}]',  # a number: the general way
-    b'[{"client_order_id":"c","symbol":"S","side":"BU\\u0059","quantity":"1"}]',  # an escape
-    b'[{"client_order_id":"\xc3\xa9","symbol":"S","side":"BUY","quantity":"1"}]',  # beyond ASCII
-    b'[{"client_order_id":"c","symbol":"S","side":"BUY","quantity":"1","extra":[1]}]',
-    b'[{"client_order_id":"c","symbol":"S","side":"BUY","quantity":"1"},]',  # not JSON
-    b'[{"client_order_id":"c","symbol":"S","side":"BUY","quantity":"1"}] x',
-    b'[{"client_order_id":"c","symbol":"S","side":"BUY","quantity":"1"}',
-    b'{"client_order_id":"c","symbol":"S","side":"BUY","quantity":"1"}',
-    b'[{"client_order_id":"c","symbol":"S","side":"BUY","quantity":"0.000000001"}]',  # not plain
-    b'[{"client_order_id":"c","symbol":"S","side":"BUY","quantity":"1","price":"5"}]',  # priced market
-    b'[{"client_order_id":"c","symbol":"S","side":"BUY","quantity":"1","side":null}]',  # the last one counts
-    b"[null]",
-    b"",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        b'[{"client_order_id":"c","symbol":"S","side":"BUY","quantity":1}]',  # a number: the general way
+        b'[{"client_order_id":"c","symbol":"S","side":"BU\\u0059","quantity":"1"}]',  # an escape
+        b'[{"client_order_id":"\xc3\xa9","symbol":"S","side":"BUY","quantity":"1"}]',  # beyond ASCII
+        b'[{"client_order_id":"c","symbol":"S","side":"BUY","quantity":"1","extra":[1]}]',
+        b'[{"client_order_id":"c","symbol":"S","side":"BUY","quantity":"1"},]',  # not JSON
+        b'[{"client_order_id":"c","symbol":"S","side":"BUY","quantity":"1"}] x',
+        b'[{"client_order_id":"c","symbol":"S","side":"BUY","quantity":"1"}',
+        b'{"client_order_id":"c","symbol":"S","side":"BUY","quantity":"1"}',
+        b'[{"client_order_id":"c","symbol":"S","side":"BUY","quantity":"0.000000001"}]',  # not plain
+        b'[{"client_order_id":"c","symbol":"S","side":"BUY","quantity":"1","price":"5"}]',  # priced market
+        b'[{"client_order_id":"c","symbol":"S","side":"BUY","quantity":"1","side":null}]',  # the last counts
+        b"[null]",
+        b"",
+    ],
+)
 def test_what_is_not_plain_is_left_to_the_general_way(text: bytes) -> None:
     assert _core.read_order_json(text) is None
 
@@ -175,8 +181,13 @@ def web_envelope(rng: random.Random, n: int) -> dict[str, Any]:
         params = {"orders": [plain_order(rng, k) for k in range(rng.choice([1, 5]))]}
     elif command == "submit_order":
         params = plain_order(rng, n)
-    return {"request_id": f"r-{n}", "command": command, "params": params,
-            "reply_to": rng.choice([None, "sid-1"]), "received_at_ms": 1764659000123.25}
+    return {
+        "request_id": f"r-{n}",
+        "command": command,
+        "params": params,
+        "reply_to": rng.choice([None, "sid-1"]),
+        "received_at_ms": 1764659000123.25,
+    }
 
 
 def body_of(envelopes: list[Any], rng: random.Random) -> str:
@@ -219,9 +230,17 @@ def test_any_body_is_cut_into_what_parsing_it_gives_or_left_whole(data: st.DataO
             members = data.draw(st.lists(st.sampled_from(["command", "params", "orders", "x"]), max_size=4))
             envelope = {}
             for name in members:
-                envelope[name] = data.draw(st.sampled_from([
-                    "submit_orders", {"orders": [plain_order(rng, n)]}, {"orders": "no list"}, [1], None,
-                ]))
+                envelope[name] = data.draw(
+                    st.sampled_from(
+                        [
+                            "submit_orders",
+                            {"orders": [plain_order(rng, n)]},
+                            {"orders": "no list"},
+                            [1],
+                            None,
+                        ]
+                    )
+                )
             envelopes.append(envelope)
         else:
             envelopes.append(data.draw(json_values))
@@ -259,35 +278,40 @@ def test_a_damaged_body_is_never_cut(data: st.DataObject) -> None:
         assert value is None or value == expected, body
 
 
-@pytest.mark.parametrize("body", [
-    # "command", "params" or "orders" twice, or a name spelled with an escape: parsed whole
-    '[[[{"command":"submit_orders","params":{"orders":[]},"command":"stop"}]],{},{}]',
-    '[[[{"command":"submit_orders","params":{"orders":[]},"params":{}}]],{},{}]',
-    '[[[{"command":"submit_orders","params":{"orders":[],"orders":[1]}}]],{},{}]',
-    '[[[{"command":"submit_orders","params":{"ord\\u0065rs":[]}}]],{},{}]',
-    '[[[{"comm\\u0061nd":"x","command":"submit_orders","params":{"orders":[]}}]],{},{}]',
-    # the command after its params, or not "submit_orders" exactly
-    '[[[{"params":{"orders":[]},"command":"submit_orders"}]],{},{}]',
-    '[[[{"command":"submit_order\\u0073","params":{"orders":[]}}]],{},{}]',
-    '[[[{"command":"submit_order","params":{"orders":[]}}]],{},{}]',
-    # not a batch body, not JSON, or JSON that orjson refuses
-    '[[{"command":"submit_orders","params":{"orders":[]}}],{},{}]',
-    '{"command":"submit_orders","params":{"orders":[]}}',
-    '[[[{"command":"submit_orders","params":{"orders":[NaN]}}]],{},{}]',
-    '[[[{"command":"submit_orders","params":{"orders":[]}}]],{},{}] []',
-    '[[[{"command":"submit_orders","params":{"orders":["\x01"]}}]],{},{}]',
-    '[[[{"command":"submit_orders","params":{"orders":[01]}}]],{},{}]',
-    '[[[{"command":"submit_orders","params":{"orders":[' + "[" * 70 + "]" * 70 + "]}}]],{},{}]",
-    '[[[{"command":"submit_orders","params":{"orders":["\ud800"]}}]],{},{}]',
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        # "command", "params" or "orders" twice, or a name spelled with an escape: parsed whole
+        '[[[{"command":"submit_orders","params":{"orders":[]},"command":"stop"}]],{},{}]',
+        '[[[{"command":"submit_orders","params":{"orders":[]},"params":{}}]],{},{}]',
+        '[[[{"command":"submit_orders","params":{"orders":[],"orders":[1]}}]],{},{}]',
+        '[[[{"command":"submit_orders","params":{"ord\\u0065rs":[]}}]],{},{}]',
+        '[[[{"comm\\u0061nd":"x","command":"submit_orders","params":{"orders":[]}}]],{},{}]',
+        # the command after its params, or not "submit_orders" exactly
+        '[[[{"params":{"orders":[]},"command":"submit_orders"}]],{},{}]',
+        '[[[{"command":"submit_order\\u0073","params":{"orders":[]}}]],{},{}]',
+        '[[[{"command":"submit_order","params":{"orders":[]}}]],{},{}]',
+        # not a batch body, not JSON, or JSON that orjson refuses
+        '[[{"command":"submit_orders","params":{"orders":[]}}],{},{}]',
+        '{"command":"submit_orders","params":{"orders":[]}}',
+        '[[[{"command":"submit_orders","params":{"orders":[NaN]}}]],{},{}]',
+        '[[[{"command":"submit_orders","params":{"orders":[]}}]],{},{}] []',
+        '[[[{"command":"submit_orders","params":{"orders":["\x01"]}}]],{},{}]',
+        '[[[{"command":"submit_orders","params":{"orders":[01]}}]],{},{}]',
+        '[[[{"command":"submit_orders","params":{"orders":[' + "[" * 70 + "]" * 70 + "]}}]],{},{}]",
+        '[[[{"command":"submit_orders","params":{"orders":["\ud800"]}}]],{},{}]',
+    ],
+)
 def test_what_cannot_be_cut_for_sure_is_parsed_whole(body: str) -> None:
     assert _core.cut_order_lists(body) is None
     assert _core.cut_order_lists(body.encode("utf-8", "surrogatepass")) is None  # bytes: never
 
 
 def test_the_lists_cut_are_where_the_envelopes_are() -> None:
-    body = ('[[[{"command":"stop","params":{"orders":[1]}}, 7, {"command":"submit_orders","params":'
-            '{"x":1,"orders":[{"a":"b"}]}}, {"command":"submit_orders","params":{"orders":"no"}}]], {}, {}]')
+    body = (
+        '[[[{"command":"stop","params":{"orders":[1]}}, 7, {"command":"submit_orders","params":'
+        '{"x":1,"orders":[{"a":"b"}]}}, {"command":"submit_orders","params":{"orders":"no"}}]], {}, {}]'
+    )
     stripped, lists = _core.cut_order_lists(body)
     assert lists == [(2, b'[{"a":"b"}]')]
     assert json.loads(stripped)[0][0][2] == {"command": "submit_orders", "params": {"x": 1, "orders": None}}
@@ -299,8 +323,13 @@ def test_the_lists_cut_are_where_the_envelopes_are() -> None:
 def queued(frame: MessageFrame, envelopes: list[dict[str, Any]]) -> str:
     """The message the web's reservation script builds for `envelopes`."""
     encoded = [
-        envelope_json(e["request_id"], e["command"], orjson.dumps(e["params"]).decode(), e["reply_to"],
-                      e["received_at_ms"])
+        envelope_json(
+            e["request_id"],
+            e["command"],
+            orjson.dumps(e["params"]).decode(),
+            e["reply_to"],
+            e["received_at_ms"],
+        )
         for e in envelopes
     ]
     return frame.message([escape_envelope(text) for text in encoded], [e["request_id"] for e in envelopes])
@@ -344,8 +373,9 @@ def test_a_delivered_batch_reads_as_kombu_decodes_it_with_its_order_lists_left_a
     rng = random.Random(11)
 
     def message(body: str) -> Message:
-        return Message(body=body, content_type="application/json", content_encoding="utf-8",
-                       accept={"application/json"})
+        return Message(
+            body=body, content_type="application/json", content_encoding="utf-8", accept={"application/json"}
+        )
 
     for _ in range(200):
         envelopes = [web_envelope(rng, n) for n in range(rng.choice([1, 3]))]
@@ -356,6 +386,7 @@ def test_a_delivered_batch_reads_as_kombu_decodes_it_with_its_order_lists_left_a
         read[0][0] = [{**e, "params": loaded_params(e["params"])} for e in read[0][0]]
         assert read == message(body).decode()
     # kombu's typed values, or another content type: kombu decodes it
-    typed = body_of([{**web_envelope(rng, 0), "command": "submit_orders",
-                      "params": {"orders": [{"__type__": "x"}]}}], rng)
+    typed = body_of(
+        [{**web_envelope(rng, 0), "command": "submit_orders", "params": {"orders": [{"__type__": "x"}]}}], rng
+    )
     assert _delivered_body(message(typed)) == message(typed).decode()

@@ -193,8 +193,7 @@ def test_update_state_atomic_gives_up_with_a_clear_conflict_error(
 def test_increment_merge_append_keep_json_exact(sync_manager: SyncRedisStateManager) -> None:
     sync_manager.set_state("o", {"empty": [], "obj": {}, "f": 0.1, "i": 7, "s": 'q"}],\\'})
     item = sync_manager.increment_state("o", {"f": 0.2, "i": 3, "new": 2, "g": 1.5})
-    assert item.value == {"empty": [], "obj": {}, "f": 0.1 + 0.2, "i": 10, "s": 'q"}],\\',
-                          "new": 2, "g": 1.5}
+    assert item.value == {"empty": [], "obj": {}, "f": 0.1 + 0.2, "i": 10, "s": 'q"}],\\', "new": 2, "g": 1.5}
     assert isinstance(item.value["i"], int) and isinstance(item.value["g"], float)
     assert sync_manager.increment_state("o", {"g": 0.5}).value["g"] == 2.0
     assert isinstance(sync_manager.get_state("o")["g"], float)
@@ -227,34 +226,39 @@ def test_lua_operations_reject_values_they_do_not_fit(sync_manager: SyncRedisSta
     assert sync_manager.get_state_versioned("text").version == 1
 
 
-def test_batch_update_is_all_or_nothing(
-    sync_manager: SyncRedisStateManager, own_db_url: str
-) -> None:
+def test_batch_update_is_all_or_nothing(sync_manager: SyncRedisStateManager, own_db_url: str) -> None:
     sync_manager.set_state("a", {"n": 1})
     sync_manager.set_state("b", "text", "other-ns")
     with pytest.raises(VersionMismatchError):
-        sync_manager.batch_update([
-            StateOp.increment("a", {"n": 1}),
-            StateOp.set("b", "x", "other-ns", expected_version=0),
-        ])
-    with pytest.raises(StateOperationError):
         sync_manager.batch_update(
-            [StateOp.set("a", 5), StateOp.increment("b", {"n": 1}, "other-ns")]
+            [
+                StateOp.increment("a", {"n": 1}),
+                StateOp.set("b", "x", "other-ns", expected_version=0),
+            ]
         )
+    with pytest.raises(StateOperationError):
+        sync_manager.batch_update([StateOp.set("a", 5), StateOp.increment("b", {"n": 1}, "other-ns")])
     assert sync_manager.get_state_versioned("a")[:2] == ({"n": 1}, 1)
     assert sync_manager.get_state_versioned("b", "other-ns")[:2] == ("text", 1)
 
     queue = sync_manager.subscribe_state("c")
     assert queue.get(timeout=GET_TIMEOUT) == (None, 0, 0.0)
-    items = sync_manager.batch_update([
-        StateOp.increment("a", {"n": 1}),
-        StateOp.set("b", {"ready": True}, "other-ns", expected_version=1),
-        StateOp.set("c", [1]),
-        StateOp.append("c", [2]),
-        StateOp.delete("a"),
-    ])
+    items = sync_manager.batch_update(
+        [
+            StateOp.increment("a", {"n": 1}),
+            StateOp.set("b", {"ready": True}, "other-ns", expected_version=1),
+            StateOp.set("c", [1]),
+            StateOp.append("c", [2]),
+            StateOp.delete("a"),
+        ]
+    )
     assert [(i.value, i.version) for i in items] == [
-        ({"n": 2}, 2), ({"ready": True}, 2), ([1], 1), ([1, 2], 2), (None, 3)]
+        ({"n": 2}, 2),
+        ({"ready": True}, 2),
+        ([1], 1),
+        ([1, 2], 2),
+        (None, 3),
+    ]
     assert len({i.timestamp for i in items}) == 1
     assert [i[:2] for i in _drain_until(queue, 2)] == [([1], 1), ([1, 2], 2)]
 
@@ -262,19 +266,24 @@ def test_batch_update_is_all_or_nothing(
 # --------------------------------------------------------------------------- validation
 
 _json = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**60), 2**60)
-    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
-                                                                 max_size=4),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**60), 2**60)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
     max_leaves=12,
 )
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(start=st.dictionaries(st.text(max_size=6), _json, max_size=5),
-       patch=st.dictionaries(st.text(max_size=6), _json, max_size=4))
-def test_merge_matches_python_for_any_json(redis_url: str, start: dict[str, Any],
-                                           patch: dict[str, Any]) -> None:
+@given(
+    start=st.dictionaries(st.text(max_size=6), _json, max_size=5),
+    patch=st.dictionaries(st.text(max_size=6), _json, max_size=4),
+)
+def test_merge_matches_python_for_any_json(
+    redis_url: str, start: dict[str, Any], patch: dict[str, Any]
+) -> None:
     manager = get_sync_state_manager(redis_url)
     key = _key()
     assert manager.set_state(key, start).value == start
@@ -302,10 +311,19 @@ class _Opaque:
     pass
 
 
-@pytest.mark.parametrize("bad_value", [
-    {1, 2}, _Opaque(), float("nan"), {"x": float("inf")}, {1: "int key"}, b"bytes",
-    {"deep": "\ud800"}, "x" * MAX_VALUE_BYTES,
-])
+@pytest.mark.parametrize(
+    "bad_value",
+    [
+        {1, 2},
+        _Opaque(),
+        float("nan"),
+        {"x": float("inf")},
+        {1: "int key"},
+        b"bytes",
+        {"deep": "\ud800"},
+        "x" * MAX_VALUE_BYTES,
+    ],
+)
 def test_unencodable_and_oversized_values_write_nothing(
     sync_manager: SyncRedisStateManager, redis_client: redis.Redis, bad_value: Any
 ) -> None:
@@ -318,9 +336,7 @@ def test_unencodable_and_oversized_values_write_nothing(
     assert redis_client.keys("hean:state:*") == []
 
 
-def test_size_limit_is_exact_and_enforced_server_side(
-    sync_manager: SyncRedisStateManager
-) -> None:
+def test_size_limit_is_exact_and_enforced_server_side(sync_manager: SyncRedisStateManager) -> None:
     fits = "x" * (MAX_VALUE_BYTES - 2)  # two bytes of JSON quotes
     assert sync_manager.set_state("big", fits).version == 1
     with pytest.raises(StateValidationError, match="limit"):
@@ -340,9 +356,7 @@ def test_size_limit_is_exact_and_enforced_server_side(
 # --------------------------------------------------------------------------- faces & subscriptions
 
 
-def test_async_and_sync_faces_interoperate(
-    sync_manager: SyncRedisStateManager, own_db_url: str
-) -> None:
+def test_async_and_sync_faces_interoperate(sync_manager: SyncRedisStateManager, own_db_url: str) -> None:
     sync_queue = sync_manager.subscribe_state("shared", "mixed")
     seen_by_callback: list[StateUpdate] = []
     watch = sync_manager.watch_state("shared", seen_by_callback.append, "mixed")
@@ -369,8 +383,14 @@ def test_async_and_sync_faces_interoperate(
 
     async_items = asyncio.run(run())
     sync_items = _drain_until(sync_queue, 6)
-    expected = [({"n": 1}, 1), ({"n": 11}, 2), ({"n": 11, "who": "async"}, 3),
-                ({"n": 12, "who": "async"}, 4), (None, 5), ("back", 6)]
+    expected = [
+        ({"n": 1}, 1),
+        ({"n": 11}, 2),
+        ({"n": 11, "who": "async"}, 3),
+        ({"n": 12, "who": "async"}, 4),
+        (None, 5),
+        ("back", 6),
+    ]
     assert [i[:2] for i in async_items] == expected
     assert [i[:2] for i in sync_items] == [(None, 0), *expected]
     watch.cancel()
@@ -402,6 +422,7 @@ def test_subscriber_resyncs_after_its_connection_is_killed(
         reconnects = subscriber.stats.reconnects
         subscriber.close()
     else:
+
         async def run() -> tuple[list[StateItem], int]:
             async with RedisStateManager(own_db_url) as subscriber:
                 queue = await subscriber.subscribe_state("gap")
@@ -418,9 +439,7 @@ def test_subscriber_resyncs_after_its_connection_is_killed(
     assert reconnects >= 1
 
 
-def test_unsubscribe_stops_delivery_and_resubscribe_works(
-    sync_manager: SyncRedisStateManager
-) -> None:
+def test_unsubscribe_stops_delivery_and_resubscribe_works(sync_manager: SyncRedisStateManager) -> None:
     first = sync_manager.subscribe_state("u")
     second = sync_manager.subscribe_state("u")
     sync_manager.unsubscribe_state(first)
@@ -464,6 +483,7 @@ def test_cancelling_a_watch_wakes_the_listener_in_both_faces(
             left_channel()
             manager.set_state(key, 1)
     else:
+
         async def run() -> None:
             async with RedisStateManager(own_db_url) as manager:
                 watch = await manager.watch_state(key, seen.append)
@@ -510,6 +530,7 @@ def test_ending_a_subscription_ends_its_queue_in_both_faces(own_db_url: str, fac
         manager.close()
         assert [item[:2] for item in second] == [("last", 1)]  # what it held, then the end
     else:
+
         async def run() -> None:
             manager = RedisStateManager(own_db_url)
             queue = await manager.subscribe_state(key)
@@ -549,6 +570,7 @@ def test_both_faces_reload_the_apply_script_when_the_server_lost_it(
             redis_client.script_flush()
             assert manager.update_state_atomic(key, lambda n: n + 1) == (2, 2)
     else:
+
         async def run() -> None:
             async with RedisStateManager(own_db_url) as manager:
                 redis_client.script_flush()
@@ -603,8 +625,11 @@ def test_sync_face_under_eventlet_survives_idle_and_does_not_block_the_hub(
     own_db_url: str, redis_client: redis.Redis, repo_root: Path
 ) -> None:
     result = subprocess.run(
-        [sys.executable, "-c", EVENTLET_SCRIPT, own_db_url], cwd=repo_root,
-        capture_output=True, text=True, timeout=60,
+        [sys.executable, "-c", EVENTLET_SCRIPT, own_db_url],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])

@@ -38,7 +38,9 @@ def _increment_worker(url: str, key: str, mode: str, count: int, start: Any, out
                 # Eight writers on two cores can starve one of them for longer than the
                 # default give-up limit; this test is about exact totals, not that limit.
                 _, version = manager.update_state_atomic(
-                    key, lambda current: {"n": (current or {}).get("n", 0) + 1}, "load",
+                    key,
+                    lambda current: {"n": (current or {}).get("n", 0) + 1},
+                    "load",
                     max_retries=WATCH_PATIENCE,
                 )
             else:
@@ -73,6 +75,7 @@ def _subscriber_worker(url: str, key: str, face: str, target: Any, ready: Any, o
         reconnects = manager.stats.reconnects
         manager.close()
     else:
+
         async def run() -> int:
             async with RedisStateManager(url) as manager:
                 queue = await manager.subscribe_state(key, "bus")
@@ -91,9 +94,10 @@ def _subscriber_worker(url: str, key: str, face: str, target: Any, ready: Any, o
 
 def _run_writers(url: str, key: str, mode: str) -> tuple[list[list[int]], int]:
     start, out = CTX.Event(), CTX.Queue()
-    procs = [CTX.Process(target=_increment_worker,
-                         args=(url, key, mode, UPDATES_PER_WRITER, start, out))
-             for _ in range(WRITERS)]
+    procs = [
+        CTX.Process(target=_increment_worker, args=(url, key, mode, UPDATES_PER_WRITER, start, out))
+        for _ in range(WRITERS)
+    ]
     for proc in procs:
         proc.start()
     start.set()
@@ -215,6 +219,6 @@ def test_subscribers_resync_after_redis_restarts_mid_stream(
     for items, reconnects in _collect(procs, out):
         versions = [version for _, version in items]
         assert versions == sorted(set(versions))  # strictly increasing
-        assert versions[: 201] == list(range(0, 201))  # everything before the restart
+        assert versions[:201] == list(range(0, 201))  # everything before the restart
         assert items[-1] == ({"n": 400}, 400)  # and the newest version at the end
         assert reconnects >= 1

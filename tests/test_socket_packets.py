@@ -19,7 +19,7 @@ ACKS: list[dict[str, Any]] = [
 
 def _parts(packet: str) -> tuple[str, Any]:
     head = packet[: len(packet) - len(packet.lstrip("0123456789"))]
-    return head, json.loads(packet[len(head):])
+    return head, json.loads(packet[len(head) :])
 
 
 @pytest.mark.parametrize("ack", ACKS)

@@ -100,7 +100,5 @@ def create_app(settings: Settings | None = None, async_mode: str = "eventlet") -
     error_reports.install(app)
     commands_api.install_json_errors(app)
     rest.install_security_headers(app)
-    app.extensions["hean_connected_clients"] = socket_handlers.register(
-        sio, settings, intake, manager.routes
-    )
+    app.extensions["hean_connected_clients"] = socket_handlers.register(sio, settings, intake, manager.routes)
     return app

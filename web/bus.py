@@ -114,9 +114,7 @@ def _packets_of_text(data: Any) -> bool:
 
 def _packet_of_text(message: Any) -> bool:
     return (
-        type(message) is dict
-        and message.get("method") == PACKET_METHOD
-        and all(map(_text, message.values()))
+        type(message) is dict and message.get("method") == PACKET_METHOD and all(map(_text, message.values()))
     )
 
 
@@ -209,9 +207,11 @@ class FanOutRedisManager(socketio.RedisManager):
         packet, room = message.get("packet"), message.get("room")
         if not (isinstance(packet, str) and packet.startswith("2")):
             return
-        if not (room is None or isinstance(room, str) or (
-            isinstance(room, list) and all(isinstance(r, str) for r in room)
-        )):
+        if not (
+            room is None
+            or isinstance(room, str)
+            or (isinstance(room, list) and all(isinstance(r, str) for r in room))
+        ):
             return
         eio_pkt = eio_packet.Packet(eio_packet.MESSAGE, packet)
         for _, eio_sid in self.get_participants("/", room):

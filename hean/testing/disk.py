@@ -50,8 +50,10 @@ class FsyncCost:
 
     def __str__(self) -> str:
         flushes = "" if self.flushes_each is None else f", {self.flushes_each:.2f} disk flushes each"
-        return (f"{self.cpu_us:.0f} us of CPU per append + fdatasync (wall p50 {self.wall_p50_us:.0f} "
-                f"/ p99 {self.wall_p99_us:.0f} us{flushes}; {self.count} of them)")
+        return (
+            f"{self.cpu_us:.0f} us of CPU per append + fdatasync (wall p50 {self.wall_p50_us:.0f} "
+            f"/ p99 {self.wall_p99_us:.0f} us{flushes}; {self.count} of them)"
+        )
 
 
 def fsync_cost(directory: Path, count: int = 500, size: int = 256) -> FsyncCost:

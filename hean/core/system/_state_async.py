@@ -85,9 +85,7 @@ class RedisStateManager(core.StateManagerCore[aioredis.BlockingConnectionPool, a
         """Value, version and timestamp of `key` (``(None, 0, 0.0)`` if never written)."""
         return (await self._read(namespace, key)).item
 
-    async def get_state(
-        self, key: str, namespace: str = DEFAULT_NAMESPACE, default: Any = None
-    ) -> Any:
+    async def get_state(self, key: str, namespace: str = DEFAULT_NAMESPACE, default: Any = None) -> Any:
         """Current value of `key`, or `default` if it does not exist."""
         update = await self._read(namespace, key)
         return default if update.value is None else update.value
@@ -107,12 +105,17 @@ class RedisStateManager(core.StateManagerCore[aioredis.BlockingConnectionPool, a
     # ---- Lua writes
 
     async def set_state(
-        self, key: str, value: Any, namespace: str = DEFAULT_NAMESPACE, *,
+        self,
+        key: str,
+        value: Any,
+        namespace: str = DEFAULT_NAMESPACE,
+        *,
         expected_version: int | None = None,
     ) -> StateItem:
         """Store `value`; with `expected_version`, only if the key is at that version (CAS)."""
-        return (await self.batch_update([StateOp.set(key, value, namespace,
-                                                      expected_version=expected_version)]))[0]
+        return (
+            await self.batch_update([StateOp.set(key, value, namespace, expected_version=expected_version)])
+        )[0]
 
     async def compare_and_set(
         self, key: str, value: Any, expected_version: int, namespace: str = DEFAULT_NAMESPACE
@@ -130,30 +133,58 @@ class RedisStateManager(core.StateManagerCore[aioredis.BlockingConnectionPool, a
         return core.deleted_flags(reply)[0]
 
     async def increment_state(
-        self, key: str, increments: Mapping[str, int | float], namespace: str = DEFAULT_NAMESPACE,
-        *, expected_version: int | None = None,
+        self,
+        key: str,
+        increments: Mapping[str, int | float],
+        namespace: str = DEFAULT_NAMESPACE,
+        *,
+        expected_version: int | None = None,
     ) -> StateItem:
         """Add numbers to top-level fields of a dict value, server-side (missing fields: 0)."""
-        return (await self.batch_update([StateOp.increment(
-            key, increments, namespace, expected_version=expected_version)]))[0]
+        return (
+            await self.batch_update(
+                [StateOp.increment(key, increments, namespace, expected_version=expected_version)]
+            )
+        )[0]
 
     async def merge_state(
-        self, key: str, patch: Mapping[str, Any], namespace: str = DEFAULT_NAMESPACE, *,
+        self,
+        key: str,
+        patch: Mapping[str, Any],
+        namespace: str = DEFAULT_NAMESPACE,
+        *,
         expected_version: int | None = None,
     ) -> StateItem:
         """Set top-level fields of a dict value from `patch` (shallow merge), server-side."""
-        return (await self.batch_update([StateOp.merge(
-            key, patch, namespace, expected_version=expected_version)]))[0]
+        return (
+            await self.batch_update([StateOp.merge(key, patch, namespace, expected_version=expected_version)])
+        )[0]
 
     async def append_state(
-        self, key: str, items: Sequence[Any], namespace: str = DEFAULT_NAMESPACE, *,
-        field: str | None = None, max_length: int | None = None,
+        self,
+        key: str,
+        items: Sequence[Any],
+        namespace: str = DEFAULT_NAMESPACE,
+        *,
+        field: str | None = None,
+        max_length: int | None = None,
         expected_version: int | None = None,
     ) -> StateItem:
         """Append to a list value (or to list `field` of a dict), keeping the last `max_length`."""
-        return (await self.batch_update([StateOp.append(
-            key, items, namespace, field=field, max_length=max_length,
-            expected_version=expected_version)]))[0]
+        return (
+            await self.batch_update(
+                [
+                    StateOp.append(
+                        key,
+                        items,
+                        namespace,
+                        field=field,
+                        max_length=max_length,
+                        expected_version=expected_version,
+                    )
+                ]
+            )
+        )[0]
 
     async def batch_update(self, ops: Sequence[StateOp]) -> list[StateItem]:
         """Apply `ops` atomically in one round trip: all of them, or none (raises)."""
@@ -170,8 +201,12 @@ class RedisStateManager(core.StateManagerCore[aioredis.BlockingConnectionPool, a
     # ---- WATCH/MULTI/EXEC
 
     async def update_state_atomic(
-        self, key: str, update_fn: Callable[[Any], Any | Awaitable[Any]],
-        namespace: str = DEFAULT_NAMESPACE, *, max_retries: int | None = None,
+        self,
+        key: str,
+        update_fn: Callable[[Any], Any | Awaitable[Any]],
+        namespace: str = DEFAULT_NAMESPACE,
+        *,
+        max_retries: int | None = None,
     ) -> tuple[Any, int]:
         """Apply ``update_fn(current_value)`` atomically; returns ``(new_value, version)``.
 
@@ -189,8 +224,9 @@ class RedisStateManager(core.StateManagerCore[aioredis.BlockingConnectionPool, a
                     new_value = update_fn(core.decode_value(raw_value))
                     if inspect.isawaitable(new_value):
                         new_value = await new_value
-                    call = core.prepare([StateOp.set(key, new_value, namespace,
-                                                expected_version=int(raw_version or 0))])
+                    call = core.prepare(
+                        [StateOp.set(key, new_value, namespace, expected_version=int(raw_version or 0))]
+                    )
                     pipe.multi()
                     pipe.evalsha(core.APPLY_SCRIPT.sha, 1, *call.keys, *call.args)
                     reply = (await pipe.execute())[0]
@@ -210,8 +246,12 @@ class RedisStateManager(core.StateManagerCore[aioredis.BlockingConnectionPool, a
     # ---- subscriptions
 
     async def subscribe_state(
-        self, key: str, namespace: str = DEFAULT_NAMESPACE, *,
-        maxsize: int = core.DEFAULT_QUEUE_SIZE, timeout: float = 10.0,
+        self,
+        key: str,
+        namespace: str = DEFAULT_NAMESPACE,
+        *,
+        maxsize: int = core.DEFAULT_QUEUE_SIZE,
+        timeout: float = 10.0,
     ) -> StateQueue:
         """Queue of ``(value, version, timestamp)``; the first item is the current value."""
         queue = StateQueue(namespace, key, maxsize)
@@ -220,8 +260,12 @@ class RedisStateManager(core.StateManagerCore[aioredis.BlockingConnectionPool, a
         return queue
 
     async def watch_state(
-        self, key: str, callback: Callable[[StateUpdate], None],
-        namespace: str = DEFAULT_NAMESPACE, *, timeout: float = 10.0,
+        self,
+        key: str,
+        callback: Callable[[StateUpdate], None],
+        namespace: str = DEFAULT_NAMESPACE,
+        *,
+        timeout: float = 10.0,
     ) -> StateWatch:
         """Call `callback(update)` (in the listener task) now and on every change of `key`."""
         ready = asyncio.Event()
@@ -244,7 +288,8 @@ class RedisStateManager(core.StateManagerCore[aioredis.BlockingConnectionPool, a
         self._requests.push("add", sink)
         if self._listener is None or self._listener.done():
             self._listener = asyncio.get_running_loop().create_task(
-                self._listen(), name="hean-state-listener")
+                self._listen(), name="hean-state-listener"
+            )
         await self._wake()
         try:
             await asyncio.wait_for(ready.wait(), timeout)
@@ -307,7 +352,8 @@ class RedisStateManager(core.StateManagerCore[aioredis.BlockingConnectionPool, a
                 pipe.hmget(core.state_key(namespace, key), *core.HASH_FIELDS)
             raws = await pipe.execute()
         self._deliver_snapshots(
-            sinks, [core.parse_hash(ns, k, raw) for (ns, k), raw in zip(targets, raws, strict=True)])
+            sinks, [core.parse_hash(ns, k, raw) for (ns, k), raw in zip(targets, raws, strict=True)]
+        )
 
     # ---- lifecycle
 

@@ -100,8 +100,7 @@ class VersionMismatchError(StateError):
 
     def __init__(self, namespace: str, key: str, expected: int, actual: int) -> None:
         super().__init__(
-            f"state {namespace}:{key}: expected version {expected}, found {actual}; "
-            "nothing was written"
+            f"state {namespace}:{key}: expected version {expected}, found {actual}; nothing was written"
         )
         self.namespace, self.key, self.expected, self.actual = namespace, key, expected, actual
 
@@ -182,7 +181,11 @@ class StateOp:
 
     @classmethod
     def set(
-        cls, key: str, value: Any, namespace: str = DEFAULT_NAMESPACE, *,
+        cls,
+        key: str,
+        value: Any,
+        namespace: str = DEFAULT_NAMESPACE,
+        *,
         expected_version: int | None = None,
     ) -> StateOp:
         return cls("set", key, namespace, value, expected_version)
@@ -195,22 +198,35 @@ class StateOp:
 
     @classmethod
     def increment(
-        cls, key: str, increments: Mapping[str, int | float], namespace: str = DEFAULT_NAMESPACE,
-        *, expected_version: int | None = None,
+        cls,
+        key: str,
+        increments: Mapping[str, int | float],
+        namespace: str = DEFAULT_NAMESPACE,
+        *,
+        expected_version: int | None = None,
     ) -> StateOp:
         return cls("incr", key, namespace, dict(increments), expected_version)
 
     @classmethod
     def merge(
-        cls, key: str, patch: Mapping[str, Any], namespace: str = DEFAULT_NAMESPACE, *,
+        cls,
+        key: str,
+        patch: Mapping[str, Any],
+        namespace: str = DEFAULT_NAMESPACE,
+        *,
         expected_version: int | None = None,
     ) -> StateOp:
         return cls("merge", key, namespace, dict(patch), expected_version)
 
     @classmethod
     def append(
-        cls, key: str, items: Sequence[Any], namespace: str = DEFAULT_NAMESPACE, *,
-        field: str | None = None, max_length: int | None = None,
+        cls,
+        key: str,
+        items: Sequence[Any],
+        namespace: str = DEFAULT_NAMESPACE,
+        *,
+        field: str | None = None,
+        max_length: int | None = None,
         expected_version: int | None = None,
     ) -> StateOp:
         return cls("append", key, namespace, list(items), expected_version, field, max_length)
@@ -221,9 +237,7 @@ class StateOp:
 
 def validate_namespace(namespace: str) -> str:
     if not isinstance(namespace, str) or not NAMESPACE_RE.match(namespace):
-        raise StateValidationError(
-            f"invalid namespace {namespace!r}: must match {NAMESPACE_RE.pattern}"
-        )
+        raise StateValidationError(f"invalid namespace {namespace!r}: must match {NAMESPACE_RE.pattern}")
     return namespace
 
 
@@ -278,9 +292,7 @@ def encode_value(value: Any) -> bytes:
     """Compact UTF-8 JSON of `value`; StateValidationError if it cannot be stored as is."""
     _check_json(value)
     try:
-        data = json.dumps(
-            value, allow_nan=False, separators=(",", ":"), ensure_ascii=False
-        ).encode("utf-8")
+        data = json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     except (TypeError, ValueError, UnicodeEncodeError, RecursionError) as exc:
         raise StateValidationError(f"value cannot be encoded as JSON: {exc}") from None
     if len(data) > MAX_VALUE_BYTES:
@@ -353,9 +365,7 @@ def prepare(ops: Sequence[StateOp]) -> PreparedCall:
         expected: str | int = ""
         if op.expected_version is not None:
             if isinstance(op.expected_version, bool) or not isinstance(op.expected_version, int):
-                raise StateValidationError(
-                    f"expected_version must be an int, got {op.expected_version!r}"
-                )
+                raise StateValidationError(f"expected_version must be an int, got {op.expected_version!r}")
             expected = op.expected_version
         x: str | bytes = ""
         y: str | bytes = ""
@@ -369,8 +379,7 @@ def prepare(ops: Sequence[StateOp]) -> PreparedCall:
             if not op.value:
                 raise StateValidationError("increment needs at least one field")
             _check_field_names(op.value)
-            parts = [f"{json.dumps(k, ensure_ascii=False)}:{_encode_number(v)}"
-                     for k, v in op.value.items()]
+            parts = [f"{json.dumps(k, ensure_ascii=False)}:{_encode_number(v)}" for k, v in op.value.items()]
             x = "{" + ",".join(parts) + "}"
         elif op.kind == "merge":
             if not isinstance(op.value, dict):
@@ -385,14 +394,19 @@ def prepare(ops: Sequence[StateOp]) -> PreparedCall:
             if op.max_length is not None:
                 bad = isinstance(op.max_length, bool) or not isinstance(op.max_length, int)
                 if bad or op.max_length < 1:
-                    raise StateValidationError(
-                        f"max_length must be an int >= 1, got {op.max_length!r}"
-                    )
+                    raise StateValidationError(f"max_length must be an int >= 1, got {op.max_length!r}")
                 z = op.max_length
         else:
             raise StateValidationError(f"unknown operation kind {op.kind!r}")
-        args += [op.kind, state_channel(op.namespace, op.key),
-                 _message_header(op.namespace, op.key), expected, x, y, z]
+        args += [
+            op.kind,
+            state_channel(op.namespace, op.key),
+            _message_header(op.namespace, op.key),
+            expected,
+            x,
+            y,
+            z,
+        ]
         values.append(written)
     return PreparedCall(keys, args, list(ops), values)
 
@@ -417,9 +431,7 @@ def parse_reply(call: PreparedCall, reply: Sequence[Any]) -> list[StateItem]:
     status = _text(reply[0])
     if status == "mismatch":
         op = call.ops[int(reply[1]) - 1]
-        raise VersionMismatchError(
-            op.namespace, op.key, int(op.expected_version or 0), int(reply[2])
-        )
+        raise VersionMismatchError(op.namespace, op.key, int(op.expected_version or 0), int(reply[2]))
     if status == "error":
         op = call.ops[int(reply[1]) - 1]
         raise StateOperationError(op.namespace, op.key, _text(reply[2]))
@@ -458,8 +470,12 @@ HASH_FIELDS = ("value", "version", "ts")
 def parse_message(data: bytes | str) -> StateUpdate:
     body = json.loads(data)
     return StateUpdate(
-        body["namespace"], body["key"], body["value"], int(body["version"]),
-        float(body["timestamp"]), bool(body.get("deleted", False)),
+        body["namespace"],
+        body["key"],
+        body["value"],
+        int(body["version"]),
+        float(body["timestamp"]),
+        bool(body.get("deleted", False)),
     )
 
 
@@ -607,8 +623,13 @@ class StateManagerCore(Generic[PoolT, ClientT]):
     """
 
     def __init__(
-        self, url: str, retry_policy: RetryPolicy | None, max_connections: int,
-        pool_class: Any, client_class: Callable[..., ClientT], retry_class: Any,
+        self,
+        url: str,
+        retry_policy: RetryPolicy | None,
+        max_connections: int,
+        pool_class: Any,
+        client_class: Callable[..., ClientT],
+        retry_class: Any,
     ) -> None:
         self.url = url
         self.retry_policy = retry_policy or RetryPolicy()
@@ -620,8 +641,13 @@ class StateManagerCore(Generic[PoolT, ClientT]):
         self._redis = client_class(connection_pool=self._pool)
         # Pub/sub must never time out on an idle channel (redis-py 8 defaults to 5 s).
         self._sub_pool: PoolT = pool_class.from_url(
-            url, max_connections=2, timeout=20, socket_timeout=None, socket_keepalive=True,
-            health_check_interval=30, retry=retry_class(NoBackoff(), 0),
+            url,
+            max_connections=2,
+            timeout=20,
+            socket_timeout=None,
+            socket_keepalive=True,
+            health_check_interval=30,
+            retry=retry_class(NoBackoff(), 0),
         )
         self._sub_redis = client_class(connection_pool=self._sub_pool)
         self._hub = SubscriptionHub()
@@ -718,14 +744,14 @@ class StateManagerCore(Generic[PoolT, ClientT]):
     def _log_listener_error(exc: BaseException, attempt: int, delay: float) -> None:
         log.warning(
             "event=state_listener_reconnect attempt=%d delay_s=%.3f error=%s",
-            attempt, delay, type(exc).__name__,
+            attempt,
+            delay,
+            type(exc).__name__,
         )
 
     @staticmethod
     def _unavailable(exc: BaseException, what: str) -> StateUnavailableError:
-        return StateUnavailableError(
-            f"Redis unavailable during {what}: {type(exc).__name__}: {exc}"
-        )
+        return StateUnavailableError(f"Redis unavailable during {what}: {type(exc).__name__}: {exc}")
 
     def _lost_race(self, namespace: str, key: str, conflicts: int, limit: int) -> float:
         """Count a lost WATCH race: the pause before the next attempt, or StateConflictError."""
@@ -750,20 +776,28 @@ class StateManagerCore(Generic[PoolT, ClientT]):
 
     def _queue_sink(self, queue: SubscriptionStream, on_first: Callable[[], None]) -> Sink:
         """The sink that fills `queue` (an item per version) and ends its stream when removed."""
-        sink = Sink(queue.namespace, queue.key, state_channel(queue.namespace, queue.key),
-                    deliver=lambda update: queue._put_latest(update.item), on_first=on_first,
-                    on_end=queue._end)
+        sink = Sink(
+            queue.namespace,
+            queue.key,
+            state_channel(queue.namespace, queue.key),
+            deliver=lambda update: queue._put_latest(update.item),
+            on_first=on_first,
+            on_end=queue._end,
+        )
         queue._sink = sink
         return sink
 
     @staticmethod
     def _watch_sink(
-        namespace: str, key: str, callback: Callable[[StateUpdate], None],
+        namespace: str,
+        key: str,
+        callback: Callable[[StateUpdate], None],
         on_first: Callable[[], None],
     ) -> Sink:
         """The sink that calls `callback` (its exceptions logged, never raised) per version."""
-        return Sink(namespace, key, state_channel(namespace, key), deliver=_guarded(callback),
-                    on_first=on_first)
+        return Sink(
+            namespace, key, state_channel(namespace, key), deliver=_guarded(callback), on_first=on_first
+        )
 
     def _targets(self, target: str | SubscriptionStream | StateWatch, namespace: str) -> list[Sink]:
         """The sinks `unsubscribe_state(target, namespace)` stops."""
@@ -844,9 +878,7 @@ class _NowaitQueue(Protocol):
     def get_nowait(self) -> StateItem: ...
 
 
-def put_latest(
-    queue: _NowaitQueue, item: StateItem, full: type[Exception], empty: type[Exception]
-) -> int:
+def put_latest(queue: _NowaitQueue, item: StateItem, full: type[Exception], empty: type[Exception]) -> int:
     """Put `item`, first dropping the oldest items while `queue` is full; returns how many."""
     dropped = 0
     while True:
@@ -868,7 +900,9 @@ def _guarded(callback: Callable[[StateUpdate], None]) -> Callable[[StateUpdate],
         except Exception:
             log.exception(
                 "event=state_callback_error namespace=%s key=%s version=%d",
-                update.namespace, update.key, update.version,
+                update.namespace,
+                update.key,
+                update.version,
             )
 
     return call

@@ -105,12 +105,15 @@ class SyncRedisStateManager(core.StateManagerCore[redis.BlockingConnectionPool, 
     # ---- Lua writes
 
     def set_state(
-        self, key: str, value: Any, namespace: str = DEFAULT_NAMESPACE, *,
+        self,
+        key: str,
+        value: Any,
+        namespace: str = DEFAULT_NAMESPACE,
+        *,
         expected_version: int | None = None,
     ) -> StateItem:
         """Store `value`; with `expected_version`, only if the key is at that version (CAS)."""
-        return self.batch_update([StateOp.set(key, value, namespace,
-                                              expected_version=expected_version)])[0]
+        return self.batch_update([StateOp.set(key, value, namespace, expected_version=expected_version)])[0]
 
     def compare_and_set(
         self, key: str, value: Any, expected_version: int, namespace: str = DEFAULT_NAMESPACE
@@ -128,30 +131,52 @@ class SyncRedisStateManager(core.StateManagerCore[redis.BlockingConnectionPool, 
         return core.deleted_flags(reply)[0]
 
     def increment_state(
-        self, key: str, increments: Mapping[str, int | float], namespace: str = DEFAULT_NAMESPACE,
-        *, expected_version: int | None = None,
+        self,
+        key: str,
+        increments: Mapping[str, int | float],
+        namespace: str = DEFAULT_NAMESPACE,
+        *,
+        expected_version: int | None = None,
     ) -> StateItem:
         """Add numbers to top-level fields of a dict value, server-side (missing fields: 0)."""
-        return self.batch_update([StateOp.increment(
-            key, increments, namespace, expected_version=expected_version)])[0]
+        return self.batch_update(
+            [StateOp.increment(key, increments, namespace, expected_version=expected_version)]
+        )[0]
 
     def merge_state(
-        self, key: str, patch: Mapping[str, Any], namespace: str = DEFAULT_NAMESPACE, *,
+        self,
+        key: str,
+        patch: Mapping[str, Any],
+        namespace: str = DEFAULT_NAMESPACE,
+        *,
         expected_version: int | None = None,
     ) -> StateItem:
         """Set top-level fields of a dict value from `patch` (shallow merge), server-side."""
-        return self.batch_update([StateOp.merge(
-            key, patch, namespace, expected_version=expected_version)])[0]
+        return self.batch_update([StateOp.merge(key, patch, namespace, expected_version=expected_version)])[0]
 
     def append_state(
-        self, key: str, items: Sequence[Any], namespace: str = DEFAULT_NAMESPACE, *,
-        field: str | None = None, max_length: int | None = None,
+        self,
+        key: str,
+        items: Sequence[Any],
+        namespace: str = DEFAULT_NAMESPACE,
+        *,
+        field: str | None = None,
+        max_length: int | None = None,
         expected_version: int | None = None,
     ) -> StateItem:
         """Append to a list value (or to list `field` of a dict), keeping the last `max_length`."""
-        return self.batch_update([StateOp.append(
-            key, items, namespace, field=field, max_length=max_length,
-            expected_version=expected_version)])[0]
+        return self.batch_update(
+            [
+                StateOp.append(
+                    key,
+                    items,
+                    namespace,
+                    field=field,
+                    max_length=max_length,
+                    expected_version=expected_version,
+                )
+            ]
+        )[0]
 
     def batch_update(self, ops: Sequence[StateOp]) -> list[StateItem]:
         """Apply `ops` atomically in one round trip: all of them, or none (raises)."""
@@ -168,7 +193,11 @@ class SyncRedisStateManager(core.StateManagerCore[redis.BlockingConnectionPool, 
     # ---- WATCH/MULTI/EXEC
 
     def update_state_atomic(
-        self, key: str, update_fn: Callable[[Any], Any], namespace: str = DEFAULT_NAMESPACE, *,
+        self,
+        key: str,
+        update_fn: Callable[[Any], Any],
+        namespace: str = DEFAULT_NAMESPACE,
+        *,
         max_retries: int | None = None,
     ) -> tuple[Any, int]:
         """Apply ``update_fn(current_value)`` atomically; returns ``(new_value, version)``.
@@ -185,8 +214,9 @@ class SyncRedisStateManager(core.StateManagerCore[redis.BlockingConnectionPool, 
                     pipe.watch(name)
                     raw_value, raw_version = pipe.hmget(name, "value", "version")
                     new_value = update_fn(core.decode_value(raw_value))
-                    call = core.prepare([StateOp.set(key, new_value, namespace,
-                                                expected_version=int(raw_version or 0))])
+                    call = core.prepare(
+                        [StateOp.set(key, new_value, namespace, expected_version=int(raw_version or 0))]
+                    )
                     pipe.multi()
                     pipe.evalsha(core.APPLY_SCRIPT.sha, 1, *call.keys, *call.args)
                     reply = pipe.execute()[0]
@@ -206,8 +236,12 @@ class SyncRedisStateManager(core.StateManagerCore[redis.BlockingConnectionPool, 
     # ---- subscriptions
 
     def subscribe_state(
-        self, key: str, namespace: str = DEFAULT_NAMESPACE, *,
-        maxsize: int = core.DEFAULT_QUEUE_SIZE, timeout: float = 10.0,
+        self,
+        key: str,
+        namespace: str = DEFAULT_NAMESPACE,
+        *,
+        maxsize: int = core.DEFAULT_QUEUE_SIZE,
+        timeout: float = 10.0,
     ) -> SyncStateQueue:
         """Blocking queue of ``(value, version, timestamp)``; first item: the current value."""
         queue = SyncStateQueue(namespace, key, maxsize)
@@ -216,8 +250,12 @@ class SyncRedisStateManager(core.StateManagerCore[redis.BlockingConnectionPool, 
         return queue
 
     def watch_state(
-        self, key: str, callback: Callable[[StateUpdate], None],
-        namespace: str = DEFAULT_NAMESPACE, *, timeout: float = 10.0,
+        self,
+        key: str,
+        callback: Callable[[StateUpdate], None],
+        namespace: str = DEFAULT_NAMESPACE,
+        *,
+        timeout: float = 10.0,
     ) -> StateWatch:
         """Call `callback(update)` in the listener thread now and on every change of `key`.
 
@@ -245,13 +283,15 @@ class SyncRedisStateManager(core.StateManagerCore[redis.BlockingConnectionPool, 
             self._requests.push("add", sink)
             if self._listener is None or not self._listener.is_alive():
                 self._listener = threading.Thread(
-                    target=self._listen, name="hean-state-listener", daemon=True)
+                    target=self._listen, name="hean-state-listener", daemon=True
+                )
                 self._listener.start()
         self._wake()
         if not ready.wait(timeout):
             self._remove_sink(sink)
             raise core.StateUnavailableError(
-                f"subscription to {sink.namespace}:{sink.key} not ready within {timeout} s")
+                f"subscription to {sink.namespace}:{sink.key} not ready within {timeout} s"
+            )
 
     def _remove_sink(self, sink: core.Sink) -> None:
         with self._lock:
