@@ -57,8 +57,9 @@ ENGINE_LOG_KEY: Final = "hean:engine:log"
 ENGINE_INFLIGHT_KEY: Final = "hean:engine:inflight"
 #: The engine's latest snapshot (a hash: data, encoding, log_id, paused; hean/snapshot_store.py).
 ENGINE_SNAPSHOT_KEY: Final = "hean:engine:snapshot"
-#: The command an engine worker runs alone while it finishes what a worker that died left
-#: (workers.engine._run_alone), and how many workers died running it alone before.
+#: The commands an engine worker runs while it finishes what a worker that died left (a group,
+#: or one alone; workers.engine._run_alone), a line each: the request id and how many workers
+#: died running it there before.
 ENGINE_ALONE_KEY: Final = "hean:engine:alone"
 
 # -- the history (hean/command_journal.py, hean/history.py) -----------------------------------
