@@ -291,9 +291,10 @@ ALONE_TTL_S: Final = 3600
 ALONE_DEATHS_DROPPED: Final = 2
 #: What a dead worker held runs in groups of at most this many commands, each group in a commit
 #: of its own; only a group that raised or that a worker died running has its commands run one at
-#: a time. One at a time throughout cost 1.7 ms per single order of the backlog
-#: (benchmarks/bench_recovery.py).
-RECOVERY_GROUP: Final = 16
+#: a time. Per held single order (benchmarks/bench_recovery.py): one at a time 1.7 ms, in groups
+#: of 16 0.2-0.4 ms, of 64 0.12-0.13 ms; a group costs about 1.8 ms whatever it holds. A poison
+#: command's group then runs one command at a time, about 2 ms each.
+RECOVERY_GROUP: Final = 64
 
 
 def _named_alone(value: bytes | str | None) -> dict[str, int]:
