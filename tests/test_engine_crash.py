@@ -366,6 +366,28 @@ def test_held_commands_run_again_in_groups_and_only_a_dead_group_one_at_a_time(
         store.close()
 
 
+def test_recovery_groups_hold_at_most_recovery_group_and_stop_before_a_suspect() -> None:
+    """How `_run_alone` cuts what a dead worker held: groups of at most RECOVERY_GROUP, each
+    ending before a command a worker died running in recovery (named in ALONE_KEY), which runs
+    alone; ALONE_KEY's lines read back as named, an older single line included, and anything
+    else in it is ignored."""
+    from workers.engine import RECOVERY_GROUP, _named_alone, _recovery_group
+
+    envelopes: list[dict[str, Any]] = [{"request_id": f"r{i}"} for i in range(2 * RECOVERY_GROUP + 20)]
+    envelopes.append({"request_id": None})  # not named, not a suspect: it runs in a group
+    suspect = RECOVERY_GROUP + 6
+    suspects = {f"r{suspect}": 0}
+    cut, i = [], 0
+    while i < len(envelopes):
+        size = _recovery_group(envelopes, i, suspects)
+        cut.append(size)
+        i += max(size, 1)
+    assert cut == [RECOVERY_GROUP, 6, 0, RECOVERY_GROUP, len(envelopes) - suspect - 1 - RECOVERY_GROUP]
+    assert _named_alone(b"r1 0\nr2 1\nnot a line\nr3 x\n\n") == {"r1": 0, "r2": 1}
+    assert _named_alone(b"abc 1") == {"abc": 1}  # as a worker before groups named one command
+    assert _named_alone(None) == {} and _named_alone(b"") == {}
+
+
 @pytest.mark.parametrize("held", ["a redelivered message", "an in-flight list"])
 def test_past_the_caps_behind_it_every_command_held_is_answered_dropped(
     system: dict[str, Any], system_redis_url: str, logs_dir: Any, held: str
