@@ -359,6 +359,13 @@ def test_held_commands_run_again_in_groups_and_only_a_dead_group_one_at_a_time(
         assert alone == 0, line
         fewest = -(-(commands - 1) // RECOVERY_GROUP)  # the groups the others fill, at the fewest
         assert fewest <= groups <= fewest + 1, line
+        # the orders before the poison (20) ran alone before it (the worker before died on it): their
+        # results are resent, logged in one line for their group, not one line each
+        resent = [x for x in log_text.splitlines() if "already_ran" in x]
+        assert (
+            len(resent) == 1
+            and f"event=commands_already_ran queue=engine count={commands - 21} " in resent[0]
+        ), resent
         wait_for_position(system_redis_url, sym, len(orders))
     finally:
         client.close()

@@ -255,6 +255,8 @@ def _publish(client: Any, emits: list[tuple[str, Any, Any]]) -> None:
     pipe.execute()
 
 
+#: A batch that resends earlier results logs one line naming at most this many of their ids.
+RESENT_IDS_LOGGED = 5
 #: Pauses between attempts at a batch while Redis is away or out of memory: first and most.
 RETRY_FIRST_S, RETRY_MAX_S = 0.1, 1.0
 
@@ -334,12 +336,13 @@ def execute_batch(
     hooks.before()
     fresh: list[dict[str, Any]] = []
     messages: list[tuple[dict[str, Any], str | None]] = []
+    resent: list[str] = []
     i = 0
     while i < len(envelopes):
         envelope = envelopes[i]
         previous = outcome[envelope.request_id]
         if previous is not None:
-            log.warning("event=command_already_ran request_id=%s action=resend_result", envelope.request_id)
+            resent.append(envelope.request_id)
             messages.append((previous, envelope.reply_to))
             i += 1
             continue
@@ -354,6 +357,14 @@ def execute_batch(
             fresh.append(message)
             messages.append((message, done.reply_to))
         i += len(run)
+    if resent:  # one line a batch: a recovery that reads a long in-flight list again had one each
+        log.warning(
+            "event=commands_already_ran queue=%s count=%d request_ids=%s action=resend_result",
+            queue,
+            len(resent),
+            ",".join(resent[:RESENT_IDS_LOGGED])
+            + (f",+{len(resent) - RESENT_IDS_LOGGED}" if len(resent) > RESENT_IDS_LOGGED else ""),
+        )
     emits = [
         ("command_result", message, [reply_to, OPERATORS_ROOM] if reply_to else OPERATORS_ROOM)
         for message, reply_to in messages
