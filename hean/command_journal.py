@@ -47,6 +47,11 @@ from hean.redis_client import (
 from hean.topology import HISTORY_STREAM_KEY
 
 
+class HistoryUnavailable(RuntimeError):
+    """The database could not be read (the caller retries; nothing was decided). Here rather than
+    in hean.history, so that the engine worker names it without importing SQLAlchemy."""
+
+
 class History(Protocol):
     """What the journal and the intake ask the database (hean.history.HistoryStore): the records
     (with `command`, `envelope`, `ack`, `result`) of those request ids it knows (`answered`:

@@ -35,7 +35,7 @@ from sqlalchemy.engine import Engine as Database
 from sqlalchemy.exc import SQLAlchemyError
 
 from hean import fastjson, metrics
-from hean.command_journal import CommandJournal, rebuild_ack
+from hean.command_journal import CommandJournal, HistoryUnavailable, rebuild_ack
 from hean.db import SQLITE_CACHE_PRAGMA, commands, describe_error, fills, history_cursor, orders, sqlite_file
 from hean.logs import FailureLog
 from hean.page_cache import CacheTrimmer
@@ -96,10 +96,6 @@ def _insert_columns(table: sqlalchemy.Table) -> tuple[str, ...]:
 ORDER_COLUMNS, FILL_COLUMNS = _insert_columns(orders), _insert_columns(fills)
 #: 0 written into the SQL (a bound 0 would be a parameter of its own: HistoryStore._execute_many)
 _ZERO: sqlalchemy.ColumnElement[int] = sqlalchemy.literal_column("0", sqlalchemy.Integer)
-
-
-class HistoryUnavailable(RuntimeError):
-    """The database could not be read (the caller retries; nothing was decided)."""
 
 
 @dataclass(frozen=True)

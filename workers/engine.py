@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 
 from hean import _core, fastjson, metrics
 from hean.celery_wire import OrderListJSON, batch_body_cut, reclaim_unacked, restore_delivering
+from hean.command_journal import HistoryUnavailable
 from hean.commands import (
     CommandError,
     NoParams,
@@ -35,7 +36,6 @@ from hean.commands.params import (
 )
 from hean.config import get_settings
 from hean.engine import BatchResult, EngineState, OrderBatch, OrderResult, orders_from_params
-from hean.history import HistoryUnavailable
 from hean.messages import ErrorInfo
 from hean.process_wide import ProcessWide
 from hean.redis_client import SendAhead, sync_client, text

@@ -27,12 +27,11 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hean import metrics
 from hean.analyzer.autodev import AutoDev
 from hean.analyzer.dispatch import Delivery, QueueDelivery, ReportSender
-from hean.analyzer.history import AnalysisHistory
 from hean.analyzer.models import ErrorReport, FixSuggestion
 from hean.analyzer.prompt import build_messages
 from hean.analyzer.providers import (
@@ -48,8 +47,11 @@ from hean.analyzer.providers import (
 from hean.analyzer.redaction import MASK, RedactionError, Redactor
 from hean.analyzer.report import PROJECT_ROOT, recent_logs, report_from_exception
 from hean.config import Settings, get_settings
-from hean.db import Database
 from hean.process_wide import ProcessWide
+
+if TYPE_CHECKING:  # imported where used: SQLAlchemy is no start-up cost of every worker
+    from hean.analyzer.history import AnalysisHistory
+    from hean.db import Database
 
 log = logging.getLogger("hean.analyzer")
 
@@ -159,6 +161,8 @@ class ErrorAnalyzer:
     def history(self) -> AnalysisHistory:
         with self._lock:
             if self._history is None:
+                from hean.analyzer.history import AnalysisHistory
+
                 if self._database is None:
                     from hean.db import database
 
