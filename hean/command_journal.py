@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -237,12 +237,16 @@ def decode_started(reply: Sequence[Any]) -> list[dict[str, Any] | str | None]:
 
 
 def resolve_started(
-    ids: Sequence[str], started: Sequence[dict[str, Any] | str | None], history: History | None
+    ids: Sequence[str],
+    started: Sequence[dict[str, Any] | str | None],
+    history: Callable[[], History | None],
 ) -> dict[str, dict[str, Any] | None]:
     """Per request id, its earlier result or None (run it): the markers are looked up in the
-    database, in one query. Without a database, an unknown id runs (as it did before the
-    window) and a result said to be in the database cannot be resent: it counts as ran, with
-    an `unavailable` result rather than running twice."""
+    database, in one query; `history()` gives it, called only then (the engine worker opens its
+    database, and imports SQLAlchemy, only for a request id that left the window). Without a
+    database, an unknown id runs (as it did before the window) and a result said to be in the
+    database cannot be resent: it counts as ran, with an `unavailable` result rather than
+    running twice."""
     outcome: dict[str, dict[str, Any] | None] = {}
     asked: list[str] = []
     for request_id, value in zip(ids, started, strict=True):
@@ -251,7 +255,8 @@ def resolve_started(
         else:
             outcome[request_id] = value
     if asked:
-        found = history.lookup(asked) if history is not None else {}
+        store = history()
+        found = store.lookup(asked) if store is not None else {}
         for request_id, value in zip(ids, started, strict=True):
             if not isinstance(value, str):
                 continue

@@ -244,10 +244,13 @@ LAZY_HISTORY = """
 import sys
 from workers.app import app
 app.loader.import_default_modules()  # every task module, as each worker imports them
-from workers.execution import _HISTORY
+from hean.command_journal import UNKNOWN, resolve_started
+from workers.execution import _history
 before = "sqlalchemy" in sys.modules
-found = _HISTORY.lookup(["not-a-known-request-id"])
-print(before, "sqlalchemy" in sys.modules, found)
+resolve_started(["in-the-window"], [None], _history)  # in the window: no lookup
+between = "sqlalchemy" in sys.modules
+found = resolve_started(["left-the-window"], [UNKNOWN], _history)  # asks the database
+print(before, between, "sqlalchemy" in sys.modules, found == {"left-the-window": None})
 """
 
 
@@ -265,7 +268,7 @@ def test_the_engine_worker_imports_sqlalchemy_only_when_a_lookup_needs_the_datab
         check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["False", "True", "{}"], done.stdout
+    assert done.stdout.split() == ["False", "False", "True", "True"], done.stdout
 
 
 def test_redis_keeps_a_compact_window_and_the_history_lag_is_a_metric(history: dict[str, Any]) -> None:

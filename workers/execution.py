@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -239,26 +239,15 @@ def _run_many(run: list[QueuedEnvelope], queue: str) -> list[dict[str, Any]]:
     ]
 
 
-class _History:
-    """The database's records (hean.history.HistoryStore), opened at the first lookup: a batch
-    looks up only request ids that left the window, and a worker that never does so never
-    imports SQLAlchemy (about 0.14 s of each engine worker's start)."""
+@functools.cache
+def _history() -> History:
+    """The database's records, opened at the first lookup (resolve_started asks only for request
+    ids that left the window): a worker that never needs it never imports SQLAlchemy, about
+    0.14 s of each engine worker's start."""
+    from hean.db import database
+    from hean.history import HistoryStore
 
-    @functools.cached_property
-    def store(self) -> History:
-        from hean.db import database
-        from hean.history import HistoryStore
-
-        return HistoryStore(database)
-
-    def lookup(self, request_ids: Sequence[str], answered_only: bool = False) -> Mapping[str, Any]:
-        return self.store.lookup(request_ids, answered_only)
-
-    def answered(self, request_ids: Sequence[str]) -> Mapping[str, Any]:
-        return self.store.answered(request_ids)
-
-
-_HISTORY = _History()
+    return HistoryStore(database)
 
 
 def _publish(client: Any, emits: list[tuple[str, Any, Any]]) -> None:
@@ -346,7 +335,7 @@ def execute_batch(
         said.update(zip(missing, journal.start_many(missing), strict=True))
     # per request id, its result so far: from the journal (or the database), then from this
     # very batch (a redelivered message may sit in the batch that already ran it)
-    outcome = resolve_started(list(said), list(said.values()), _HISTORY)
+    outcome = resolve_started(list(said), list(said.values()), _history)
     hooks.before()
     fresh: list[dict[str, Any]] = []
     messages: list[tuple[dict[str, Any], str | None]] = []
