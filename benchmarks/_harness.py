@@ -103,16 +103,20 @@ class Stack:
         """The floor of a 100 ms heartbeat (benchmarks/bare_beat.py) as processes "bare worker"
         and "bare beat", pinned like beat; with `times_key`, its no-op tasks' start times go to
         that Redis list."""
+        for role in ("worker", "beat"):
+            self.spawn_bare(role, times_key)
+
+    def spawn_bare(self, role: str, times_key: str = "") -> subprocess.Popen[bytes]:
+        """One process of that floor, "worker" or "beat", as process "bare <role>"."""
         env = {
             "PYTHONPATH": str(Path(__file__).resolve().parent),
             "BARE_BEAT_HOME": str(self.home),
             "BARE_BEAT_TIMES": times_key,
         }
-        for name, role in (("bare worker", "worker"), ("bare beat", "beat")):
-            argv = [sys.executable, "-m", "celery", "-A", "bare_beat", role, "-l", "warning"]
-            if role == "worker":
-                argv += ["-P", "solo", "-E", "-Q", "bare", "--without-gossip", "--without-mingle"]
-            self.spawn(name, argv, pin_as="beat", env=env)
+        argv = [sys.executable, "-m", "celery", "-A", "bare_beat", role, "-l", "warning"]
+        if role == "worker":
+            argv += ["-P", "solo", "-E", "-Q", "bare", "--without-gossip", "--without-mingle"]
+        return self.spawn(f"bare {role}", argv, pin_as="beat", env=env)
 
     def pids(self) -> dict[str, int]:
         """The processes' ids by name, with the private Redis (if any) as "redis"."""

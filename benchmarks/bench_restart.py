@@ -18,7 +18,6 @@ import signal
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import redis
 from _harness import print_table, stack
@@ -28,11 +27,6 @@ from hean.client import Client
 from hean.processes import PROCESSES
 
 TIMES_KEY = "bench:restart:noop"
-
-
-def bare_argv() -> list[str]:
-    """The bare worker, as `_harness.spawn_bare_heartbeat` starts it."""
-    return [sys.executable, "-m", "celery", "-A", "bare_beat", "worker", "-l", "warning", "-P", "solo", "-E"]
 
 
 def main() -> None:
@@ -46,15 +40,8 @@ def main() -> None:
     bare_s: list[float] = []
     with stack(["worker-engine", "web"]) as system:
         store = redis.Redis.from_url(system.redis_url)
-        bare_env = {
-            "PYTHONPATH": str(Path(__file__).resolve().parent),
-            "BARE_BEAT_HOME": str(system.home),
-            "BARE_BEAT_TIMES": TIMES_KEY,
-        }
         producer = Celery(broker=system.redis_url)
-        system.spawn(
-            "bare worker", [*bare_argv(), "-Q", "bare", "--without-gossip", "--without-mingle"], env=bare_env
-        )
+        system.spawn_bare("worker", TIMES_KEY)
         with Client(system.url, token=system.token) as hean:
             hean.command("start").wait(60)  # both running before the first kill
             producer.send_task("bare_beat.noop", queue="bare")
@@ -74,11 +61,7 @@ def main() -> None:
                 bare.wait()
                 producer.send_task("bare_beat.noop", queue="bare")
                 started = time.monotonic()
-                system.spawn(
-                    "bare worker",
-                    [*bare_argv(), "-Q", "bare", "--without-gossip", "--without-mingle"],
-                    env=bare_env,
-                )
+                system.spawn_bare("worker", TIMES_KEY)
                 if store.blpop([TIMES_KEY], timeout=60) is None:
                     raise RuntimeError("the restarted bare worker ran no task within 60 s")
                 bare_s.append(time.monotonic() - started)
