@@ -438,6 +438,72 @@ def test_past_the_caps_behind_it_every_command_held_is_answered_dropped(
         database.dispose()
 
 
+@pytest.mark.parametrize("held", ["a redelivered message", "an in-flight list"])
+def test_two_commands_that_kill_the_worker_in_one_held_batch_are_dropped_and_the_rest_run(
+    system: dict[str, Any], system_redis_url: str, logs_dir: Any, held: str
+) -> None:
+    """Two commands that end the engine worker whenever they run, in one batch that a worker
+    died running (a redelivered message, or an in-flight list), between 40 orders: its group
+    dies, then the first poison alone; the next worker answers it `dropped` and runs the rest
+    in a group again, which dies on the second; then the second alone, and the worker after
+    that answers it `dropped`. Four deaths after the first, each poison answered after its
+    two in recovery, every order filled once: each command dropped lets the caps for a worker
+    that dies elsewhere count again (workers.engine._count_deaths_again). Before, the start
+    after the third death was past the caps, and all 40 orders were answered `dropped`."""
+    url, token = str(system["url"]), str(system["token"])
+    store = redis.Redis.from_url(system_redis_url)
+    client = Client(url, token)
+    env = system["env"]
+    database = open_database(env.get("DATABASE_URL") or f"sqlite:///{Path(env['HEAN_HOME']) / 'hean.db'}")
+    journal = CommandJournal(store, history=HistoryStore(database))
+    scratch = f"held-{uuid.uuid4().hex[:8]}"
+    try:
+        sym = open_market(client, "TWICE")
+        poisons = [uuid.uuid4().hex, uuid.uuid4().hex]
+        orders = [uuid.uuid4().hex for _ in range(40)]
+        commands = []
+        for request_id in [*orders[:10], poisons[0], *orders[10:30], poisons[1], *orders[30:]]:
+            if request_id in poisons:
+                commands.append(
+                    (request_id, "engine_exit", envelope_json(request_id, "engine_exit", "{}", None, 1.0))
+                )
+                continue
+            params = {"client_order_id": request_id, "symbol": sym, "side": "BUY", "quantity": "1"}
+            envelope = envelope_json(request_id, "submit_order", json.dumps(params), None, 1.0)
+            commands.append((request_id, "submit_order", envelope))
+        frame = batch_frame(app, BATCH_TASKS[ENGINE_QUEUE], scratch, "batch-twice", "submit_order")
+        journal.reserve_and_enqueue(commands, scratch, frame)  # one message, as a web batch
+        stop_engine_worker(system, crash=False)
+        if held == "a redelivered message":  # as when its worker died running it
+            raw = store.rpop(scratch)
+            assert isinstance(raw, bytes)
+            store.rpush(ENGINE_QUEUE, redelivered(raw))
+        else:
+            store.lmove(scratch, INFLIGHT_KEY, "RIGHT", "LEFT")
+        start_engine_worker(system, logs_dir)
+        assert restart_until_answered(system, store, logs_dir, poisons[1]) == 4
+        for request_id in poisons:
+            wait_for(lambda rid=request_id: journal.state(rid) == "done", 60, "the poison's answer")
+            result = (journal.get(request_id) or {})["result"]
+            assert not result["success"] and result["error"]["code"] == "dropped", result
+            assert "stopped 2 times" in result["error"]["message"], result
+        for request_id in orders:
+            wait_for(lambda rid=request_id: journal.state(rid) == "done", 60, "the order's answer")
+            result = (journal.get(request_id) or {})["result"]
+            assert result["success"] and result["result"]["order"]["status"] == "FILLED", result
+            assert result["result"]["order"]["duplicate"] is False, result
+        wait_for(lambda: engine_held(store) == 0, 30, "nothing held")
+        assert not store.exists("hean:engine:inflight-tries")
+        log_text = next(p for p in system["processes"] if p.name.startswith("worker-engine")).log_text()
+        assert f"event=command_dropped_alone queue=engine request_id={poisons[1]}" in log_text
+        wait_for_position(system_redis_url, sym, len(orders))
+    finally:
+        client.close()
+        store.delete(scratch)
+        store.close()
+        database.dispose()
+
+
 @pytest.mark.parametrize("arrives", ["delivered", "taken along", "left in flight by a crash"])
 def test_a_batch_that_raises_is_undone_and_run_again_one_command_at_a_time(
     system: dict[str, Any], system_redis_url: str, logs_dir: Any, arrives: str

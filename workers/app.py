@@ -25,6 +25,11 @@ from hean.logs import FailureLog
 log = logging.getLogger(__name__)
 
 
+def redeliveries_key(task_id: str) -> str:
+    """Where a redelivered message's deliveries are counted (redeliveries_exhausted)."""
+    return f"hean:redeliveries:{task_id}"
+
+
 def redeliveries_exhausted(task: Any, task_id: str | None, delivery_info: dict[str, Any] | None) -> bool:
     """Count a redelivered message's delivery (in Redis); True once it was delivered more than
     MAX_REDELIVERIES times again: a message that keeps killing its worker stops looping.
@@ -33,7 +38,7 @@ def redeliveries_exhausted(task: Any, task_id: str | None, delivery_info: dict[s
 
     if not (task_id and (delivery_info or {}).get("redelivered")):
         return False
-    key = f"hean:redeliveries:{task_id}"
+    key = redeliveries_key(task_id)
     ttl = get_settings().visibility_timeout * (celeryconfig.MAX_REDELIVERIES + 2)
     try:
         with task.app.pool.acquire(block=True) as conn:

@@ -40,7 +40,7 @@ from hean.messages import ErrorInfo
 from hean.process_wide import ProcessWide
 from hean.redis_client import SendAhead, sync_client, text
 from hean.topology import BATCH_TASKS, ENGINE_ALONE_KEY, ENGINE_PING_TASK, ENGINE_QUEUE
-from workers.app import app, inline_strategy
+from workers.app import app, inline_strategy, redeliveries_key
 from workers.execution import (
     DROPPED,
     answer_dropped,
@@ -342,7 +342,9 @@ def _run_alone(delivered: list[dict[str, Any]], exc: Exception | None = None) ->
       workers died running in recovery is answered `dropped` without running. So a command
       that kills its worker whenever it runs costs three deaths (its batch's, its group's, then
       alone), and the commands that shared its batch and its group run (MAX_REDELIVERIES and
-      the in-flight tries stay, for a worker that dies elsewhere than in a command)."""
+      the in-flight tries stay, for a worker that dies elsewhere than in a command; they count
+      again after each command dropped, so a second such command in the batch costs its own
+      deaths, not every held command its answer)."""
     if exc is not None:
         SHARD.forget()
     SHARD.take_ahead = False
@@ -375,6 +377,7 @@ def _run_alone(delivered: list[dict[str, Any]], exc: Exception | None = None) ->
             log.error("event=command_dropped_alone queue=%s request_id=%s", ENGINE_QUEUE, request_id)
             counts["dropped"] += 1
             answer_unrun([envelope], ENGINE_QUEUE, _DIED_ALONE, SHARD.hooks, SHARD.forget, BATCH_RETRIED_ON)
+            _count_deaths_again(client)
             return True
         name([envelope], deaths)
         counts["alone"] += 1
@@ -437,6 +440,25 @@ def _run_alone(delivered: list[dict[str, Any]], exc: Exception | None = None) ->
         type(exc).__name__ if exc is not None else "worker_died",
     )
     return len(envelopes)
+
+
+def _count_deaths_again(client: Any) -> None:
+    """A command was answered `dropped` in recovery (ALONE_DEATHS_DROPPED workers died running
+    it): the deaths counted so far were its doing, so the caps for a worker that dies elsewhere
+    than in a command (the in-flight tries, the delivered message's redeliveries) count again
+    from this start. Each reset answers one more held command, so the deaths stay bounded; a
+    second command that kills the worker in the same batch no longer takes every other held
+    command down with it past the caps."""
+    delivery = SHARD.delivery
+    task_id = (getattr(delivery, "headers", None) or {}).get("id")
+    try:
+        with client.pipeline(transaction=False) as pipe:
+            pipe.set(LEFTOVER_TRIES_KEY, 1, xx=True, keepttl=True)
+            if isinstance(task_id, str):
+                pipe.set(redeliveries_key(task_id), 1, xx=True, keepttl=True)
+            pipe.execute()
+    except RedisError as exc:  # the caps count on: they may drop the rest sooner, never loop
+        log.warning("event=death_count_not_reset error=%s", exc)
 
 
 def _name_alone(client: Any, named: str) -> int:
