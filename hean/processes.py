@@ -26,10 +26,10 @@ class ProcessSpec:
 def _worker(name: str, queues: str, pool: str, concurrency: int, description: str) -> ProcessSpec:
     return ProcessSpec(
         name=f"worker-{name}",
-        module="celery",
+        # `celery -A workers worker ...` without loading the rest of Celery's command line
+        # (workers/__main__.py): about 0.2 s less of every worker's start
+        module="workers",
         args=(
-            "-A",
-            "workers",
             "worker",
             "-Q",
             queues,

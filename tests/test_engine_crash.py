@@ -46,7 +46,7 @@ def command_ok(client: Client, command: str, **params: Any) -> dict[str, Any]:
     ack = client.command({"command": command, "params": params, "request_id": request_id})
     assert ack["accepted"], ack
     result = client.result_for(request_id)
-    assert result["success"], result
+    assert result["success"], (result["error"], result)
     return result
 
 

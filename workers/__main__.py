@@ -1,0 +1,42 @@
+"""`python -m workers worker <options>`: a Celery worker of HEAN's app, exactly as
+`celery -A workers worker <options>` runs it (the same `worker` command, options, defaults and
+`CELERY_WORKER_*` environment), without loading the rest of Celery's command line first.
+
+Celery's umbrella command imports every sub-command before it runs one: `celery amqp` and
+`celery shell` bring click_repl, prompt_toolkit and pygments, and the `celery.commands` entry
+points bring Flower's whole web app. About 0.2 s of each worker's start went there, and a
+killed engine worker's orders wait for its start (benchmarks/bench_restart.py). `hean up` and
+docker-compose start the workers this way; `celery -A workers worker ...` still works.
+"""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = "usage: python -m workers worker [celery worker options]  (celery -A workers worker --help)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] != "worker":
+        print(USAGE, file=sys.stderr)
+        return 2
+    from celery import maybe_patch_concurrency
+
+    maybe_patch_concurrency(["celery", *args])  # the pool's monkey-patching, as `celery` does first
+    from celery.bin.base import CLIContext
+    from celery.bin.worker import worker
+
+    from workers.app import app
+
+    worker.params.extend(app.user_options.get("worker", []))
+    context = CLIContext(app=app, no_color=False, workdir=None)
+    # standalone_mode: click parses, runs and exits with the command's code, as `celery` does
+    worker.main(
+        args=args[1:], prog_name="python -m workers worker", obj=context, auto_envvar_prefix="CELERY_WORKER"
+    )
+    return 0  # not reached: click exits
+
+
+if __name__ == "__main__":
+    sys.exit(main())
