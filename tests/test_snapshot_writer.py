@@ -23,6 +23,7 @@ from workers.shard import (
     EngineShard,
     Snapshot,
     SnapshotWriter,
+    replay_entry,
     restore_engine,
 )
 
@@ -210,3 +211,80 @@ def test_an_unreadable_snapshot_is_set_aside_and_the_engine_rebuilt_halted(
     assert redis_client.hgetall(CORRUPT_SNAPSHOT_KEY) == {b"data": second, b"log_id": b"5-0"}
     [earlier] = redis_client.keys(CORRUPT_SNAPSHOT_KEY + ":*")
     assert redis_client.hgetall(earlier) == {b"data": broken, b"log_id": b"3-0"}
+
+
+class _WrittenAfterTheRead:
+    """`client`, on which `write` runs right after the first read of the stored snapshot, the
+    way the writer's thread can write one while a restore is reading (a rebuild after a batch
+    that did not commit, while a snapshot handed to the thread is on its way)."""
+
+    def __init__(self, client: redis.Redis, write: object) -> None:
+        self._client, self._write = client, write
+
+    def _written(self) -> None:
+        write, self._write = self._write, None
+        if write is not None:
+            write()  # type: ignore[operator]
+
+    def hgetall(self, name: str) -> object:
+        reply = self._client.hgetall(name)
+        if name == SNAPSHOT_KEY:
+            self._written()
+        return reply
+
+    def pipeline(self, transaction: bool = True) -> object:
+        owner, pipe = self, self._client.pipeline(transaction=transaction)
+
+        class Pipe:
+            def __enter__(self) -> Pipe:
+                return self
+
+            def __exit__(self, *_: object) -> None:
+                pipe.reset()
+
+            def execute(self) -> list[object]:
+                replies = pipe.execute()
+                owner._written()
+                return replies
+
+            def __getattr__(self, name: str) -> object:
+                return getattr(pipe, name)
+
+        return Pipe()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._client, name)
+
+
+def test_a_snapshot_written_while_a_restore_reads_loses_it_no_entry(redis_client: redis.Redis) -> None:
+    """The writer's thread writes a snapshot (and trims the log entries it holds) while the
+    engine is rebuilt: the rebuilt engine still holds every logged command. Before, the
+    snapshot and the log were read apart; a write between the two reads trimmed entries that
+    the snapshot read before did not hold, and the engine came back without them (here the
+    market, the start and the first orders: later orders on it were refused)."""
+    full = TradingEngine()
+    commands: list[tuple[str, dict[str, object]]] = [
+        ("risk_adjust", {"max_orders_per_second": 0, "max_leverage": "1000"}),
+        ("update_market", {"symbol": "BTC", "bid": "100", "ask": "100", "last": "100"}),
+        ("start", {}),
+    ]
+    commands += [
+        ("submit_order", {"client_order_id": f"race-{i}", "symbol": "BTC", "side": "BUY", "quantity": "0.1"})
+        for i in range(297)
+    ]
+    held = b""
+    for k, (command, params) in enumerate(commands):
+        fields = {"cmd": command, "params": json.dumps(params), "now_ns": str(1_000_000 + k)}
+        redis_client.xadd(LOG_KEY, fields, id=f"{k + 1}-0")
+        replay_entry(full, {key.encode(): value.encode() for key, value in fields.items()})
+        if k + 1 == 200:
+            held = full.snapshot()
+    writer = SnapshotWriter(lambda: redis_client)
+    client = _WrittenAfterTheRead(redis_client, lambda: writer.write(Snapshot(held, "200-0", paused=False)))
+    restored = TradingEngine()
+    # read before the write: no snapshot yet, all 300 entries replayed
+    assert restore_engine(restored, client) == ("300-0", False, 300)  # type: ignore[arg-type]
+    assert redis_client.xlen(LOG_KEY) < 200  # the write trimmed whole stream nodes meanwhile
+    assert restored.snapshot() == full.snapshot()
+    assert restored.state is EngineState.RUNNING
+    assert restored.submit_order(client_order_id="race-0", symbol="BTC", side="BUY", quantity="0.1").duplicate

@@ -593,8 +593,16 @@ def restore_engine(engine: TradingEngine, client: Any) -> tuple[str, bool | None
     With no snapshot because the last one was set aside unread (CORRUPT_SNAPSHOT_KEY), the
     engine ends halted (SNAPSHOT_LOST_REASON). A restarted engine worker starts from exactly
     this (so can a reconciliation)."""
-    # HEAN's clients do not decode replies: bytes in, bytes out
-    stored = cast(dict[bytes, bytes], client.hgetall(SNAPSHOT_KEY))
+    # One read of the snapshot and the whole log (MULTI): a snapshot that the writer's thread
+    # writes meanwhile, with the trim of the entries it holds, lands before or after it, never
+    # between (read apart, the log read after such a write lacked the entries between the two
+    # snapshots, and the engine rebuilt without them). HEAN's clients do not decode replies.
+    with client.pipeline(transaction=True) as pipe:
+        pipe.hgetall(SNAPSHOT_KEY)
+        pipe.exists(CORRUPT_SNAPSHOT_KEY)
+        pipe.xrange(LOG_KEY, min="-", max="+")
+        stored, corrupt, log_entries = pipe.execute()
+    stored = cast(dict[bytes, bytes], stored)
     last_id, paused = "0-0", None
     if stored.get(b"data"):
         engine.restore(stored_snapshot_data(stored))
@@ -603,8 +611,14 @@ def restore_engine(engine: TradingEngine, client: Any) -> tuple[str, bool | None
     # No snapshot, and the last one could not be read: what it held (positions, resting orders,
     # the client order ids seen) is missing, so the engine starts halted until an operator resets
     # it (that control command writes a snapshot: later restarts restore it as usual)
-    lost = not stored.get(b"data") and bool(client.exists(CORRUPT_SNAPSHOT_KEY))
-    entries = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(LOG_KEY, min=f"({last_id}", max="+"))
+    lost = not stored.get(b"data") and bool(corrupt)
+    # the trim is approximate (whole stream nodes): entries the snapshot holds may remain
+    after = _log_position(last_id)
+    entries = [
+        (entry_id, fields)
+        for entry_id, fields in cast(list[tuple[bytes, dict[bytes, bytes]]], log_entries)
+        if _log_position(text(entry_id)) > after
+    ]
     for entry_id, fields in entries:
         try:
             _, changed = replay_entry(engine, fields)
