@@ -61,6 +61,9 @@ ENGINE_SNAPSHOT_KEY: Final = "hean:engine:snapshot"
 #: or one alone; workers.engine._run_alone), a line each: the request id and how many workers
 #: died running it there before.
 ENGINE_ALONE_KEY: Final = "hean:engine:alone"
+#: Which process owns the engine shard (a string: host:pid:random, with a TTL it renews): the one
+#: engine worker that consumes the engine queue; another waits (workers/shard_owner.py).
+ENGINE_OWNER_KEY: Final = "hean:engine:owner"
 
 # -- the history (hean/command_journal.py, hean/history.py) -----------------------------------
 #: Every command, ack and result on its way to the database (a stream the history writer trims).

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import time
 from typing import Any, Final
 
@@ -51,6 +52,7 @@ from workers.execution import (
     until_committed,
 )
 from workers.shard import INFLIGHT_KEY, EngineShard
+from workers.shard_owner import ShardOwner
 from workers.transport import has_typed_values
 
 log = logging.getLogger(__name__)
@@ -598,21 +600,36 @@ def ping(sent_at: float | None = None, reply_key: str | None = None) -> dict[str
     return _ping(sent_at, reply_key)
 
 
+#: This process's lease on the engine shard (workers/shard_owner.py): taken before it consumes.
+OWNER: Final = ShardOwner(sync_client)
+
+
+def _shard_lost() -> None:
+    """Another engine worker holds the shard now (this one was frozen or cut off for longer than
+    the lease): stop before running one more batch on an engine that is no longer the one."""
+    logging.shutdown()
+    os._exit(3)
+
+
 @worker_shutdown.connect
 def _snapshot_on_shutdown(**_: Any) -> None:
     if SHARD.loaded:
         SHARD.publisher.stop()
         SHARD.snapshot()
         log.info("event=engine_snapshot reason=shutdown log_id=%s", SHARD.log.last_id)
+    if OWNER.held:
+        OWNER.release()  # after the last snapshot: the next engine worker starts from it
 
 
 @worker_init.connect
 def _reclaim_from_a_dead_predecessor(sender: Any = None, **_: Any) -> None:
     """Before consuming: a batch the previous engine worker had been delivered and never
     acknowledged (it died) goes back to the queue now, not after the visibility timeout.
-    Safe because the engine queue has exactly one consumer; the journal runs each command once."""
+    Safe because the engine queue has exactly one consumer (the shard's lease, taken first: any
+    other engine worker waits for it); the journal runs each command once."""
     if ENGINE_QUEUE not in sender.app.amqp.queues.consume_from:  # sender: the WorkController
         return
+    OWNER.acquire(on_lost=_shard_lost)  # the one engine worker: another waits here
     try:
         # popped and never recorded first (the transport would restore those itself, but behind
         # these), then delivered and unacknowledged: the older goes back nearer the consuming end

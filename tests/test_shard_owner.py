@@ -1,0 +1,125 @@
+"""The one engine worker (workers/shard_owner.py): a lease on the engine shard in Redis. A second
+engine worker on the same Redis waits for it instead of consuming beside the first (two engines
+in memory would part); it takes over when the first stops cleanly, at once when the first's
+process on this host is gone, and after the lease's TTL otherwise. Real Redis, real workers."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from typing import Any
+
+import redis
+from test_engine_crash import command_ok, open_market
+
+from hean.topology import ENGINE_OWNER_KEY
+from support import Client, start_engine_worker, wait_for
+from workers import shard_owner
+from workers.shard_owner import ShardOwner, gone
+
+HOST = socket.gethostname()
+
+
+def test_a_holder_is_gone_only_when_that_is_certain() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    while child.poll() is None:
+        time.sleep(0.01)
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    time.sleep(0.5)  # exited, not reaped yet: a zombie
+    try:
+        assert gone(f"{HOST}:{child.pid}:abcd1234")  # its process is gone
+        assert gone(f"{HOST}:{zombie.pid}:abcd1234")
+        assert gone(f"{HOST}:{os.getpid()}:not-me", pid=os.getpid())  # this pid in an earlier life
+        assert not gone(f"{HOST}:{os.getppid()}:abcd1234")  # alive
+        assert not gone(f"elsewhere:{child.pid}:abcd1234")  # another host: only its TTL tells
+        assert not gone("not a holder") and not gone(f"{HOST}:x:abcd")
+    finally:
+        zombie.wait()
+
+
+def test_a_second_owner_waits_then_takes_the_lease_and_a_lost_lease_stops_its_holder(
+    redis_client: redis.Redis,
+) -> None:
+    first = ShardOwner(lambda: redis_client)
+    assert first.acquire(on_lost=lambda: None) is None and first.held
+    assert redis_client.ttl(ENGINE_OWNER_KEY) > 0
+    second = ShardOwner(lambda: redis_client, me=f"elsewhere:1:{uuid.uuid4().hex[:8]}")
+    took: list[str | None] = []
+    waiting = threading.Thread(target=lambda: took.append(second.acquire(on_lost=lambda: None)))
+    waiting.start()
+    time.sleep(1.5)
+    assert not took and redis_client.get(ENGINE_OWNER_KEY) == first.me.encode()  # it waits
+    first.release()
+    waiting.join(timeout=5)
+    assert took == [None] and redis_client.get(ENGINE_OWNER_KEY) == second.me.encode()
+    assert not first.held and second.held
+
+    # a holder on this host whose process is gone: taken over at once
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    dead = f"{HOST}:{child.pid}:{uuid.uuid4().hex[:8]}"
+    second.release()
+    redis_client.set(ENGINE_OWNER_KEY, dead, ex=shard_owner.OWNER_TTL_S)
+    third = ShardOwner(lambda: redis_client)
+    began = time.monotonic()
+    assert third.acquire(on_lost=lambda: None) == dead
+    assert time.monotonic() - began < 2 and redis_client.get(ENGINE_OWNER_KEY) == third.me.encode()
+
+    # its lease taken by another meanwhile (it was frozen past the TTL): it is told, and stops renewing
+    lost = threading.Event()
+    third.release()
+    fourth = ShardOwner(lambda: redis_client)
+    fourth.acquire(on_lost=lost.set)
+    redis_client.set(ENGINE_OWNER_KEY, f"elsewhere:2:{uuid.uuid4().hex[:8]}", ex=60)
+    assert lost.wait(5 * shard_owner.OWNER_RENEW_S)
+    # and a lease that lapsed (Redis away longer than the TTL) is simply taken again
+    fifth = ShardOwner(lambda: redis_client)
+    redis_client.delete(ENGINE_OWNER_KEY)
+    fifth.acquire(on_lost=lambda: None)
+    redis_client.delete(ENGINE_OWNER_KEY)
+    wait_for(lambda: redis_client.get(ENGINE_OWNER_KEY) == fifth.me.encode(), 5, "the lease renewed")
+    fifth.release()
+    assert not redis_client.exists(ENGINE_OWNER_KEY)
+
+
+def test_a_second_engine_worker_waits_and_takes_over_when_the_first_stops(
+    system: dict[str, Any], system_redis_url: str, logs_dir: Any
+) -> None:
+    """Started beside the running engine worker (by hand, a scaled compose service), a second
+    one waits for the shard and consumes nothing; the first stops cleanly (its last snapshot,
+    then the lease given back), and the second takes over at once, from that snapshot: an order
+    sent again with the same client order id is a duplicate, a new one fills."""
+    url, token = str(system["url"]), str(system["token"])
+    store = redis.Redis.from_url(system_redis_url)
+    client = Client(url, token)
+    try:
+        sym = open_market(client, "OWNER")
+        first = next(p for p in system["processes"] if p.name.startswith("worker-engine"))
+        assert (store.get(ENGINE_OWNER_KEY) or b"").decode().split(":")[1] == str(first.pid)
+        start_engine_worker(system, logs_dir)
+        second = system["processes"][0]
+        wait_for(lambda: "event=engine_shard_waiting" in second.log_text(), 60, "the second worker to wait")
+        order = {"client_order_id": uuid.uuid4().hex, "symbol": sym, "side": "BUY", "quantity": "1"}
+        for _ in range(3):  # run by the first, once
+            assert command_ok(client, "submit_order", **order)["result"]["order"]["status"] == "FILLED"
+        assert (store.get(ENGINE_OWNER_KEY) or b"").decode().split(":")[1] == str(first.pid)
+        assert second.alive() and "event=engine_shard_owned" not in second.log_text()
+        first.stop()
+        system["processes"].remove(first)
+        wait_for(
+            lambda: "event=engine_shard_owned" in second.log_text(), 30, "the second worker to take over"
+        )
+        assert (store.get(ENGINE_OWNER_KEY) or b"").decode().split(":")[1] == str(second.pid)
+        again = command_ok(client, "submit_order", **order)["result"]["order"]
+        assert again["duplicate"] is True, again  # the first's last snapshot, restored
+        fresh = {**order, "client_order_id": uuid.uuid4().hex}
+        filled = command_ok(client, "submit_order", **fresh)["result"]["order"]
+        assert filled["status"] == "FILLED" and filled["duplicate"] is False, filled
+    finally:
+        client.close()
+        store.close()
