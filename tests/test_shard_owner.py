@@ -123,3 +123,32 @@ def test_a_second_engine_worker_waits_and_takes_over_when_the_first_stops(
     finally:
         client.close()
         store.close()
+
+
+def test_an_engine_worker_whose_lease_was_taken_stops_and_its_successor_runs_on(
+    system: dict[str, Any], system_redis_url: str, logs_dir: Any
+) -> None:
+    """Another holder in the lease (as after this worker was frozen past its TTL and replaced):
+    the engine worker stops at once (exit code 3) instead of running one more batch; once the
+    lease is free again, a new engine worker takes it and orders fill."""
+    url, token = str(system["url"]), str(system["token"])
+    store = redis.Redis.from_url(system_redis_url)
+    client = Client(url, token)
+    try:
+        sym = open_market(client, "LOST")
+        worker = next(p for p in system["processes"] if p.name.startswith("worker-engine"))
+        store.set(ENGINE_OWNER_KEY, f"elsewhere:1:{uuid.uuid4().hex[:8]}", ex=60)
+        wait_for(lambda: not worker.alive(), 10, "the engine worker to stop")
+        assert worker.process.wait(timeout=10) == 3
+        assert "event=engine_shard_lost" in worker.log_text()
+        worker.stop()  # its log closed
+        system["processes"].remove(worker)
+        store.delete(ENGINE_OWNER_KEY)  # the other holder gone, cleanly
+        start_engine_worker(system, logs_dir)
+        order = {"client_order_id": uuid.uuid4().hex, "symbol": sym, "side": "BUY", "quantity": "1"}
+        assert command_ok(client, "submit_order", **order)["result"]["order"]["status"] == "FILLED"
+        successor = next(p for p in system["processes"] if p.name.startswith("worker-engine"))
+        assert (store.get(ENGINE_OWNER_KEY) or b"").decode().split(":")[1] == str(successor.pid)
+    finally:
+        client.close()
+        store.close()
