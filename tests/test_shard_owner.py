@@ -20,9 +20,15 @@ from test_engine_crash import command_ok, open_market
 from hean.topology import ENGINE_OWNER_KEY
 from support import Client, start_engine_worker, wait_for
 from workers import shard_owner
-from workers.shard_owner import ShardOwner, gone
+from workers.shard_owner import ShardOwner, gone, host_and_pid
 
 HOST = socket.gethostname()
+
+
+def _owner_pid(store: redis.Redis) -> int | None:
+    """The pid of the engine shard's lease holder."""
+    named = host_and_pid((store.get(ENGINE_OWNER_KEY) or b"").decode())
+    return named[1] if named else None
 
 
 def test_a_holder_is_gone_only_when_that_is_certain() -> None:
@@ -100,21 +106,21 @@ def test_a_second_engine_worker_waits_and_takes_over_when_the_first_stops(
     try:
         sym = open_market(client, "OWNER")
         first = next(p for p in system["processes"] if p.name.startswith("worker-engine"))
-        assert (store.get(ENGINE_OWNER_KEY) or b"").decode().split(":")[1] == str(first.pid)
+        assert _owner_pid(store) == first.pid
         start_engine_worker(system, logs_dir)
         second = system["processes"][0]
         wait_for(lambda: "event=engine_shard_waiting" in second.log_text(), 60, "the second worker to wait")
         order = {"client_order_id": uuid.uuid4().hex, "symbol": sym, "side": "BUY", "quantity": "1"}
         for _ in range(3):  # run by the first, once
             assert command_ok(client, "submit_order", **order)["result"]["order"]["status"] == "FILLED"
-        assert (store.get(ENGINE_OWNER_KEY) or b"").decode().split(":")[1] == str(first.pid)
+        assert _owner_pid(store) == first.pid
         assert second.alive() and "event=engine_shard_owned" not in second.log_text()
         first.stop()
         system["processes"].remove(first)
         wait_for(
             lambda: "event=engine_shard_owned" in second.log_text(), 30, "the second worker to take over"
         )
-        assert (store.get(ENGINE_OWNER_KEY) or b"").decode().split(":")[1] == str(second.pid)
+        assert _owner_pid(store) == second.pid
         again = command_ok(client, "submit_order", **order)["result"]["order"]
         assert again["duplicate"] is True, again  # the first's last snapshot, restored
         fresh = {**order, "client_order_id": uuid.uuid4().hex}
@@ -148,7 +154,7 @@ def test_an_engine_worker_whose_lease_was_taken_stops_and_its_successor_runs_on(
         order = {"client_order_id": uuid.uuid4().hex, "symbol": sym, "side": "BUY", "quantity": "1"}
         assert command_ok(client, "submit_order", **order)["result"]["order"]["status"] == "FILLED"
         successor = next(p for p in system["processes"] if p.name.startswith("worker-engine"))
-        assert (store.get(ENGINE_OWNER_KEY) or b"").decode().split(":")[1] == str(successor.pid)
+        assert _owner_pid(store) == successor.pid
     finally:
         client.close()
         store.close()

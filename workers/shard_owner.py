@@ -76,15 +76,23 @@ return 0
 """
 
 
+def host_and_pid(holder: str) -> tuple[str, int] | None:
+    """The host and pid a holder id names (host:pid:random, hean.celery_wire.holder_id)."""
+    parts = holder.rsplit(":", 2)
+    if len(parts) != 3 or not parts[1].isdigit():
+        return None
+    return parts[0], int(parts[1])
+
+
 def gone(holder: str, host: str | None = None, pid: int | None = None) -> bool:
     """True when `holder` (host:pid:random) is provably not running: on this host, its process
     is gone (or a zombie), or it was this process's pid in an earlier life."""
     host = socket.gethostname() if host is None else host
     pid = os.getpid() if pid is None else pid
-    parts = holder.rsplit(":", 2)
-    if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
+    named = host_and_pid(holder)
+    if named is None or named[0] != host:
         return False
-    holder_pid = int(parts[1])
+    holder_pid = named[1]
     if holder_pid == pid:
         return True  # not this process (its random part differs): an earlier life of its pid
     try:
@@ -117,7 +125,7 @@ class ShardOwner:
                 holder = text(client.get(ENGINE_OWNER_KEY) or b"")
                 if (
                     holder
-                    and gone(holder, *self._host_pid())
+                    and gone(holder, *(host_and_pid(self.me) or (None, None)))
                     and client.eval(_TAKE_OVER, 1, ENGINE_OWNER_KEY, holder, self.me, OWNER_TTL_S)
                 ):
                     log.warning(
@@ -144,13 +152,6 @@ class ShardOwner:
             )
         self._start(on_lost)
         return None
-
-    def _host_pid(self) -> tuple[str | None, int | None]:
-        """The host and pid that `me` names (this process's, unless told otherwise)."""
-        parts = self.me.rsplit(":", 2)
-        if len(parts) == 3 and parts[1].isdigit():
-            return parts[0], int(parts[1])
-        return None, None
 
     @property
     def held(self) -> bool:
