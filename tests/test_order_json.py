@@ -365,6 +365,39 @@ def test_a_message_orjson_reads_otherwise_or_refuses_gives_the_same_envelopes(od
     assert [{**e, "params": loaded_params(e["params"])} for e in cut] == envelopes
 
 
+def test_a_batch_delivered_by_the_transport_has_its_order_lists_left_as_text() -> None:
+    """The message as kombu's transports build it from the queued text (their Message encodes
+    the body to UTF-8 bytes): read as the taken-along batches are, with the same values as
+    kombu's decode. Read as a str only, every delivered batch was parsed whole, each order a
+    Python dict read again by hean.engine.orders_from_params."""
+    from kombu import Connection
+
+    from workers.engine import _delivered_body
+
+    rng = random.Random(12)
+    frame = batch_frame(app, BATCH_TASKS[ENGINE_QUEUE], ENGINE_QUEUE, "batch-1", "x")
+    with Connection("memory://") as connection:
+        channel = connection.default_channel
+        for _ in range(50):
+            envelopes = [web_envelope(rng, n) for n in range(rng.choice([1, 3]))]
+            message = channel.message_to_python(orjson.loads(queued(frame, envelopes)))
+            assert isinstance(message.body, bytes)
+            read = _delivered_body(message)
+            as_text = [isinstance(e["params"].get("orders"), OrderListJSON) for e in read[0][0]]
+            assert any(as_text) == any(e["command"] == "submit_orders" for e in envelopes)
+            read[0][0] = [{**e, "params": loaded_params(e["params"])} for e in read[0][0]]
+            assert read == message.decode()
+            assert read[0][0] == envelopes
+        # not UTF-8: kombu's reader and its error, as before
+        broken = channel.message_to_python(orjson.loads(queued(frame, [web_envelope(rng, 0)])))
+        assert b'"request_id"' in broken.body
+        broken.body = broken.body.replace(b'"request_id"', b'"\xffrequest_id"', 1)
+        with pytest.raises(Exception) as kombu_error:
+            broken.decode()
+        with pytest.raises(type(kombu_error.value)):
+            _delivered_body(broken)
+
+
 def test_a_delivered_batch_reads_as_kombu_decodes_it_with_its_order_lists_left_as_text() -> None:
     from kombu.message import Message
 
