@@ -55,11 +55,15 @@ class HistoryUnavailable(RuntimeError):
 class History(Protocol):
     """What the journal and the intake ask the database (hean.history.HistoryStore): the records
     (with `command`, `envelope`, `ack`, `result`) of those request ids it knows (`answered`:
-    those with a result, on the hot path)."""
+    those with a result, on the hot path), and whether its calls wait where a green deadline
+    cannot interrupt them (`waits_in_c`)."""
 
     def lookup(self, request_ids: Sequence[str], answered_only: bool = False) -> Mapping[str, Any]: ...
 
     def answered(self, request_ids: Sequence[str]) -> Mapping[str, Any]: ...
+
+    @property
+    def waits_in_c(self) -> bool: ...
 
 
 KEY_PREFIX = "hean:cmd:"

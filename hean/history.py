@@ -127,6 +127,12 @@ class HistoryStore:
     def db(self) -> Database:
         return self._db() if callable(self._db) else self._db
 
+    @property
+    def waits_in_c(self) -> bool:
+        """Whether this database's calls wait in C, where a green deadline cannot interrupt them
+        (SQLite's: its busy timeout bounds them instead). psycopg waits green under eventlet."""
+        return self.db.dialect.name == "sqlite"
+
     # -- request ids that left the window ---------------------------------------------------------
 
     def lookup(self, request_ids: Sequence[str], answered_only: bool = False) -> dict[str, CommandRecord]:

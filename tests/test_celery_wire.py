@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -19,6 +22,7 @@ from hean.celery_wire import (
     MessageFrame,
     batch_envelopes,
     batch_frame,
+    delivery_tag,
     escape_envelope,
     task_marker,
     task_message,
@@ -108,6 +112,31 @@ def test_each_frame_gets_its_ids_summary_and_a_fresh_delivery_tag() -> None:
     assert second["headers"]["argsrepr"] == "[commands: a, b]"
     assert first["properties"]["delivery_tag"] != second["properties"]["delivery_tag"]
     assert first["properties"]["delivery_info"] == {"exchange": "", "routing_key": ENGINE_QUEUE}
+
+
+def test_delivery_tags_differ_between_messages_processes_and_forked_children() -> None:
+    """kombu keys the unacknowledged messages of every consumer by their tags: a repeated tag
+    would make one message's acknowledgement take away another's."""
+    mine = [delivery_tag() for _ in range(10_000)]
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # a forked web or worker process: a prefix of its own
+        os.write(write, json.dumps([delivery_tag() for _ in range(100)]).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        forked = json.loads(pipe.read())
+    os.waitpid(child, 0)
+    elsewhere = subprocess.run(
+        [sys.executable, "-c", "from hean.celery_wire import delivery_tag; print(delivery_tag())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    tags = [*mine, *forked, elsewhere]
+    assert len(set(tags)) == len(tags)
+    assert len({tag.rsplit("-", 1)[0] for tag in tags}) == 3  # one prefix per process
+    assert delivery_tag() not in tags
 
 
 @pytest.mark.parametrize("raw", ["not json", "{}", '{"body": "[]"}', '{"body": "[1]"}'])

@@ -444,6 +444,26 @@ def test_a_hung_database_refuses_commands_in_time_and_the_web_serves_on(
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_the_web_puts_a_deadline_on_lookups_only_where_it_can_interrupt_them(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """SQLite waits in C (its busy timeout bounds a lookup); psycopg waits green under eventlet,
+    so the web's deadline (test_a_hung_database_refuses_commands_in_time_and_the_web_serves_on)
+    is armed for PostgreSQL only."""
+    if kind == "postgresql":
+        postgres: PostgresServer = request.getfixturevalue("postgres_server")
+        url = postgres.create_database("hean_wait_" + uuid.uuid4().hex[:8])
+    else:
+        url = f"sqlite:///{tmp_path}/wait.db"
+    db = open_database(url)
+    try:
+        assert HistoryStore(db).waits_in_c is (kind == "sqlite")
+        assert HistoryStore(lambda: db).answered(["nobody"]) == {}
+    finally:
+        db.dispose()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_the_bulk_insert_writes_what_sqlalchemys_insert_writes(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:

@@ -369,7 +369,9 @@ class CommandWriter:
         if history is None:
             return batch
         try:
-            with _deadline(HISTORY_LOOKUP_TIMEOUT_S):
+            # no deadline where it could not interrupt the lookup (SQLite): arming and cancelling
+            # an eventlet timer per batch was 1.7% of the web's CPU at 1,000 single orders/s
+            with contextlib.nullcontext() if history.waits_in_c else _deadline(HISTORY_LOOKUP_TIMEOUT_S):
                 answered = history.answered([p.request_id for p in batch])
         except (HistoryUnavailable, LookupTimeout) as exc:
             self._history_failures.failed("event=enqueue_failed reason=history_unreadable error=%s", exc)
