@@ -376,7 +376,24 @@ def pack_commands(connection: Any, commands: Sequence[Sequence[Any]]) -> list[by
 OOM_GUARD: Final = ("SET", "hean:oom-guard", "", "XX")
 
 
-def execute_transaction(source: ConnectionSource, pipe: Any) -> list[Any]:
+class TransactionFence(Protocol):
+    """What `execute_transaction` asks of a fence (workers.shard_owner.Fence): `open` on the
+    connection before the transaction, the commands of `TAIL` sent after its EXEC, their replies
+    to `close`, and `broken` when the connection failed."""
+
+    @property
+    def TAIL(self) -> Sequence[Sequence[Any]]: ...  # a constant of each fence
+
+    def open(self, conn: Any) -> None: ...
+
+    def close(self, conn: Any, replies: list[Any]) -> None: ...
+
+    def broken(self) -> None: ...
+
+
+def execute_transaction(
+    source: ConnectionSource, pipe: Any, fence: TransactionFence | None = None
+) -> list[Any]:
     """Run the commands queued on `pipe` (a `pipeline(transaction=True)`, never executed) as one
     MULTI/EXEC on a connection of `source` (a pool, or an OwnConnection), and return EXEC's
     replies as Redis gave them (bytes, ints, lists: no response callbacks), for hot paths whose
@@ -386,20 +403,31 @@ def execute_transaction(source: ConnectionSource, pipe: Any) -> list[Any]:
     raised (the callers retry with their own idempotency) and the connection dropped. A command
     Redis refused, queued or run, raises its error as `execute()` does (the first one), after
     the transaction was read to its end. A full Redis runs none of it (OOM_GUARD): its
-    OutOfMemoryError is raised. `pipe` is reset."""
+    OutOfMemoryError is raised. `pipe` is reset.
+
+    With `fence`, the transaction runs only while the fence holds (its `open` before, its TAIL's
+    replies to `close` after, which raise if it no longer does)."""
     commands = [args for args, _options in pipe.command_stack]
     pipe.reset()
+    tail = fence.TAIL if fence is not None else ()
     conn = source.get_connection()
-    replies: list[Any] = []  # MULTI's, the guard's and each command's (QUEUED), EXEC's
+    replies: list[Any] = []  # MULTI's, the guard's and each command's (QUEUED), EXEC's; the tail's
     try:
-        conn.send_packed_command(pack_commands(conn, [("MULTI",), OOM_GUARD, *commands, ("EXEC",)]))
-        for _ in range(len(commands) + 3):  # all of them, refusals too: the connection stays clean
+        if fence is not None:
+            fence.open(conn)
+        conn.send_packed_command(pack_commands(conn, [("MULTI",), OOM_GUARD, *commands, ("EXEC",), *tail]))
+        for _ in range(len(commands) + 3 + len(tail)):  # all, refusals too: the connection stays clean
             try:
                 replies.append(conn.read_response())
             except ResponseError as exc:
                 replies.append(exc)
+        if fence is not None:
+            fence.close(conn, replies[len(replies) - len(tail) :])
+            del replies[len(replies) - len(tail) :]
     except BaseException:
         conn.disconnect()  # replies may still be on their way: the next use reconnects it
+        if fence is not None:
+            fence.broken()
         raise
     finally:
         source.release(conn)

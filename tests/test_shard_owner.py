@@ -14,13 +14,17 @@ import time
 import uuid
 from typing import Any
 
+import pytest
 import redis
+from redis.exceptions import WatchError
 from test_engine_crash import command_ok, open_market
 
+from hean.command_journal import CommandJournal
+from hean.redis_client import OwnConnection, execute_transaction
 from hean.topology import ENGINE_OWNER_KEY
 from support import Client, start_engine_worker, wait_for
 from workers import shard_owner
-from workers.shard_owner import ShardOwner, gone, host_and_pid
+from workers.shard_owner import OWNER_ALIVE_KEY, Fence, ShardLost, ShardOwner, gone, host_and_pid
 
 HOST = socket.gethostname()
 
@@ -53,7 +57,8 @@ def test_a_second_owner_waits_then_takes_the_lease_and_a_lost_lease_stops_its_ho
 ) -> None:
     first = ShardOwner(lambda: redis_client)
     assert first.acquire(on_lost=lambda: None) is None and first.held
-    assert redis_client.ttl(ENGINE_OWNER_KEY) > 0
+    # the lease's TTL is on a key of its own: the holder's key changes on a takeover or a release only
+    assert redis_client.ttl(OWNER_ALIVE_KEY) > 0 and redis_client.ttl(ENGINE_OWNER_KEY) == -1
     second = ShardOwner(lambda: redis_client, me=f"elsewhere:1:{uuid.uuid4().hex[:8]}")
     took: list[str | None] = []
     waiting = threading.Thread(target=lambda: took.append(second.acquire(on_lost=lambda: None)))
@@ -70,7 +75,9 @@ def test_a_second_owner_waits_then_takes_the_lease_and_a_lost_lease_stops_its_ho
     child.wait()
     dead = f"{HOST}:{child.pid}:{uuid.uuid4().hex[:8]}"
     second.release()
-    redis_client.set(ENGINE_OWNER_KEY, dead, ex=shard_owner.OWNER_TTL_S)
+    assert not redis_client.exists(ENGINE_OWNER_KEY, OWNER_ALIVE_KEY)
+    redis_client.set(ENGINE_OWNER_KEY, dead)
+    redis_client.set(OWNER_ALIVE_KEY, dead, ex=shard_owner.OWNER_TTL_S)
     third = ShardOwner(lambda: redis_client)
     began = time.monotonic()
     assert third.acquire(on_lost=lambda: None) == dead
@@ -81,16 +88,92 @@ def test_a_second_owner_waits_then_takes_the_lease_and_a_lost_lease_stops_its_ho
     third.release()
     fourth = ShardOwner(lambda: redis_client)
     fourth.acquire(on_lost=lost.set)
-    redis_client.set(ENGINE_OWNER_KEY, f"elsewhere:2:{uuid.uuid4().hex[:8]}", ex=60)
+    redis_client.set(ENGINE_OWNER_KEY, f"elsewhere:2:{uuid.uuid4().hex[:8]}")
     assert lost.wait(5 * shard_owner.OWNER_RENEW_S)
-    # and a lease that lapsed (Redis away longer than the TTL) is simply taken again
+
+    # a holder on another host that stopped renewing: taken over once its lease lapsed
+    elsewhere = f"elsewhere:3:{uuid.uuid4().hex[:8]}"
+    redis_client.set(ENGINE_OWNER_KEY, elsewhere)
+    redis_client.set(OWNER_ALIVE_KEY, elsewhere, px=1500)
     fifth = ShardOwner(lambda: redis_client)
-    redis_client.delete(ENGINE_OWNER_KEY)
-    fifth.acquire(on_lost=lambda: None)
-    redis_client.delete(ENGINE_OWNER_KEY)
-    wait_for(lambda: redis_client.get(ENGINE_OWNER_KEY) == fifth.me.encode(), 5, "the lease renewed")
-    fifth.release()
+    lost.clear()
+    began = time.monotonic()
+    assert fifth.acquire(on_lost=lost.set) == elsewhere
+    assert time.monotonic() - began >= 1.0 and redis_client.get(ENGINE_OWNER_KEY) == fifth.me.encode()
+    # the renewal keeps the lease alive well past its TTL's start
+    assert redis_client.ttl(OWNER_ALIVE_KEY) > shard_owner.OWNER_TTL_S - 3
+    # released by another that had taken it over meanwhile (its engine ran batches this one did
+    # not see): lost too, never taken again
+    redis_client.delete(ENGINE_OWNER_KEY, OWNER_ALIVE_KEY)
+    assert lost.wait(5 * shard_owner.OWNER_RENEW_S)
     assert not redis_client.exists(ENGINE_OWNER_KEY)
+    fifth.release()
+
+
+def test_a_commit_under_the_fence_runs_only_while_its_process_holds_the_shard(
+    redis_client: redis.Redis,
+) -> None:
+    """The engine's commits (chained: each ends with the WATCH for the next) and its snapshots
+    (unchained, on pooled connections) land while this process holds the shard; once another
+    took it over (this one frozen or cut off past the lease), Redis runs none of them, on the
+    connection watched since, on a new one, and on a pooled one, and the owner is told."""
+    lost: list[str] = []
+    owner = ShardOwner(lambda: redis_client)
+    owner.acquire(on_lost=lambda: lost.append("lost"))
+    chained, conn = Fence(owner), OwnConnection(redis_client.connection_pool)
+    unchained = Fence(owner, chained=False)
+
+    def commit(fence: Fence, value: str, source: Any = conn) -> None:
+        pipe = redis_client.pipeline(transaction=True)
+        pipe.set("hean:test:fenced", value)
+        execute_transaction(source, pipe, fence)
+
+    for value in ("1", "2", "3"):
+        commit(chained, value)
+        assert redis_client.get("hean:test:fenced") == value.encode()
+    commit(unchained, "4", redis_client.connection_pool)
+    assert redis_client.get("hean:test:fenced") == b"4"
+    # no WATCH stays on a pooled connection: another holder meanwhile fails nobody else's MULTI
+    redis_client.set(ENGINE_OWNER_KEY, owner.me)
+    assert redis_client.pipeline(transaction=True).set("hean:test:other", "1").execute() == [True]
+
+    redis_client.set(ENGINE_OWNER_KEY, f"elsewhere:7:{uuid.uuid4().hex[:8]}")  # a takeover
+    with pytest.raises(ShardLost):
+        commit(chained, "late")  # on the connection watched since the last commit
+    with pytest.raises(ShardLost):
+        commit(Fence(owner), "late", OwnConnection(redis_client.connection_pool))  # a new one
+    with pytest.raises(ShardLost):
+        commit(unchained, "late", redis_client.connection_pool)
+    redis_client.delete(ENGINE_OWNER_KEY)  # released by the one that took over
+    with pytest.raises(ShardLost):
+        commit(chained, "late")
+    assert redis_client.get("hean:test:fenced") == b"4"
+    assert lost[:4] == ["lost"] * 4
+    owner.release()
+
+
+def test_the_fence_sees_a_takeover_between_the_watch_and_the_commit(redis_client: redis.Redis) -> None:
+    """The holder's key written after the chained WATCH stood and back to this process's id (no
+    one else noticed a thing): Redis still runs none of the commit, which is refused with
+    WatchError, and the next one, watched again, lands."""
+    owner = ShardOwner(lambda: redis_client)
+    owner.acquire(on_lost=lambda: None)
+    fence, conn = Fence(owner), OwnConnection(redis_client.connection_pool)
+
+    def commit(value: str) -> None:
+        pipe = redis_client.pipeline(transaction=True)
+        pipe.set("hean:test:fenced", value)
+        execute_transaction(conn, pipe, fence)
+
+    commit("1")
+    touched = redis_client.pipeline(transaction=True)
+    touched.set(ENGINE_OWNER_KEY, "elsewhere:8:x").set(ENGINE_OWNER_KEY, owner.me).execute()
+    with pytest.raises(WatchError):
+        commit("2")
+    assert redis_client.get("hean:test:fenced") == b"1"
+    commit("3")
+    assert redis_client.get("hean:test:fenced") == b"3"
+    owner.release()
 
 
 def test_a_second_engine_worker_waits_and_takes_over_when_the_first_stops(
@@ -155,6 +238,39 @@ def test_an_engine_worker_whose_lease_was_taken_stops_and_its_successor_runs_on(
         assert command_ok(client, "submit_order", **order)["result"]["order"]["status"] == "FILLED"
         successor = next(p for p in system["processes"] if p.name.startswith("worker-engine"))
         assert _owner_pid(store) == successor.pid
+    finally:
+        client.close()
+        store.close()
+
+
+def test_the_engine_workers_commit_is_fenced_by_its_lease(
+    system: dict[str, Any], system_redis_url: str
+) -> None:
+    """The running engine worker's batch commit is fenced (workers.shard_owner.Fence): the
+    holder's key written while a batch runs, even back to the worker's own id in the same
+    transaction (so that its renewal sees nothing), makes Redis refuse that batch's commit; the
+    worker tries again, watched afresh, and the command runs once."""
+    url, token = str(system["url"]), str(system["token"])
+    store = redis.Redis.from_url(system_redis_url)
+    client = Client(url, token)
+    try:
+        command_ok(client, "reset_kill_switch")
+        worker = next(p for p in system["processes"] if p.name.startswith("worker-engine"))
+        holder = store.get(ENGINE_OWNER_KEY)
+        assert holder and _owner_pid(store) == worker.pid
+        nap_id = uuid.uuid4().hex
+        assert client.command({"command": "engine_nap", "params": {"seconds": 2}, "request_id": nap_id})[
+            "accepted"
+        ]
+        wait_for(lambda: CommandJournal(store).state(nap_id) == "started", 30, "the nap to start", 0.01)
+        touched = store.pipeline(transaction=True)
+        touched.set(ENGINE_OWNER_KEY, "elsewhere:9:x").set(ENGINE_OWNER_KEY, holder).execute()
+        result = client.result_for(nap_id)
+        assert result["success"] and result["result"] == {"slept": 2}, result
+        log = worker.log_text()
+        assert "event=batch_not_committed" in log and "WatchError" in log, log[-2000:]
+        assert worker.alive() and store.get(ENGINE_OWNER_KEY) == holder
+        assert command_ok(client, "engine_nap", seconds=0.1)["result"] == {"slept": 0.1}
     finally:
         client.close()
         store.close()

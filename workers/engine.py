@@ -52,7 +52,7 @@ from workers.execution import (
     until_committed,
 )
 from workers.shard import INFLIGHT_KEY, EngineShard
-from workers.shard_owner import ShardOwner
+from workers.shard_owner import Fence, ShardOwner
 from workers.transport import has_typed_values
 
 log = logging.getLogger(__name__)
@@ -638,6 +638,9 @@ def _reclaim_from_a_dead_predecessor(sender: Any = None, **_: Any) -> None:
     if ENGINE_QUEUE not in sender.app.amqp.queues.consume_from:  # sender: the WorkController
         return
     OWNER.acquire(on_lost=_shard_lost)  # the one engine worker: another waits here
+    # from now on, Redis runs this worker's commits and snapshots only while it holds the shard
+    SHARD.hooks.fence = Fence(OWNER)
+    SHARD.log.writer.fence = Fence(OWNER, chained=False)
     try:
         # popped and never recorded first (the transport would restore those itself, but behind
         # these), then delivered and unacknowledged: the older goes back nearer the consuming end

@@ -19,6 +19,7 @@ from hean.logs import FailureLog
 from hean.messages import OPERATORS_ROOM, CommandResult, ErrorInfo, QueuedEnvelope, read_envelope
 from hean.redis_client import (
     TRANSIENT_ERRORS,
+    TransactionFence,
     commit_client,
     durability,
     execute_transaction,
@@ -43,6 +44,8 @@ class BatchHooks:
     committed: Callable[[list[Any]], None] = lambda replies: None
     published: Callable[[], None] = lambda: None
     state_first: Callable[[], bool] = lambda: False
+    #: What the commit runs under (workers.shard_owner.Fence: the engine's lease), if anything
+    fence: TransactionFence | None = None
 
 
 NO_HOOKS = BatchHooks()
@@ -381,7 +384,9 @@ def execute_batch(
     CommandJournal.record_results(pipe, fresh)
     if publish_in_commit:
         publish_on(pipe, emits)
-    replies = execute_transaction(committer.connection_pool if durable.required else hot_connection(), pipe)
+    replies = execute_transaction(
+        committer.connection_pool if durable.required else hot_connection(), pipe, hooks.fence
+    )
     wait_durable(committer, durable)
     hooks.committed(replies)
     if not publish_in_commit and not state_first:

@@ -37,7 +37,15 @@ from hean.commands import CONTROL_COMMANDS
 from hean.core.system.redis_state import StateError, StateOp, get_sync_state_manager
 from hean.engine import BatchResult, EngineState, OrderBatch, TradingEngine
 from hean.group_commit import GroupCommit
-from hean.redis_client import hot_connection, next_stream_id, run_script, sync_client, text
+from hean.redis_client import (
+    TransactionFence,
+    execute_transaction,
+    hot_connection,
+    next_stream_id,
+    run_script,
+    sync_client,
+    text,
+)
 from hean.snapshot_store import stored_snapshot_data
 from hean.topology import (
     BATCH_TASKS,
@@ -190,6 +198,8 @@ class SnapshotWriter:
 
     def __init__(self, client: Callable[[], Any] = sync_client) -> None:
         self._client = client
+        #: What a write runs under (workers.shard_owner.Fence, unchained: pooled connections)
+        self.fence: TransactionFence | None = None
         self._write_lock = threading.Lock()
         self._written: tuple[int, int] = (-1, -1)
         self._pending: Snapshot | None = None
@@ -214,7 +224,10 @@ class SnapshotWriter:
                 },
             )
             pipe.xtrim(LOG_KEY, minid=next_stream_id(snapshot.log_id))  # what the snapshot holds
-            pipe.execute()
+            if self.fence is None:
+                pipe.execute()
+            else:  # only while this process holds the shard: a replaced owner's would go back in time
+                execute_transaction(pipe.connection_pool, pipe, self.fence)
             self._written = position
             return True
 

@@ -16,6 +16,12 @@ over once the holder is gone:
 
 A worker that finds its lease taken by another (it was frozen or cut off from Redis for longer
 than OWNER_TTL_S and another took over) stops at once rather than run one more batch.
+
+The lease is also a fence (`Fence`): the holder's id is in ENGINE_OWNER_KEY, which only a
+takeover or a release changes (the TTL is on a key of its own, OWNER_ALIVE_KEY, which the renewal
+sets again), and every engine commit runs on a connection that WATCHes it. A commit of a worker
+that was replaced, frozen or cut off, is refused by Redis however late it arrives, and the
+worker stops.
 """
 
 from __future__ import annotations
@@ -46,31 +52,34 @@ OWNER_RENEW_S: Final = 1.0
 WAIT_TRY_S: Final = 0.5
 WAIT_SAID_EVERY_S: Final = 10.0
 
-# Take the lease from KEYS[1]'s holder ARGV[1] (gone), for ARGV[2]: only if it still holds it.
-_TAKE_OVER = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
-  return 1
-end
-return 0
-"""
-# Renew ARGV[1]'s lease; take it again if it lapsed (a Redis outage longer than the TTL) and
-# nobody took it meanwhile. 0: another holds it.
-_RENEW = """
+#: Alive while its holder renews it (ENGINE_OWNER_KEY has no TTL: a WATCH on it must fire on a
+#: takeover or a release only, never on a renewal or an expiry).
+OWNER_ALIVE_KEY: Final = ENGINE_OWNER_KEY + ":alive"
+
+# Take the shard (KEYS[1] the holder, KEYS[2] its lease) for ARGV[1] with a lease of ARGV[2] s:
+# when nobody holds it, the holder's lease lapsed, or the holder is ARGV[3] (known gone). Returns
+# {1 if taken, the holder before (false if none)}.
+_ACQUIRE = """
 local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
-  return 1
+if (not holder) or redis.call('GET', KEYS[2]) ~= holder or holder == ARGV[3] then
+  redis.call('SET', KEYS[1], ARGV[1])
+  redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
+  return {1, holder}
 end
-if not holder then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return {0, holder}
+"""
+# Renew ARGV[1]'s lease; 0 when it no longer holds the shard (taken over, or released by one that
+# took it over: its engine ran batches this one did not see).
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
   return 1
 end
 return 0
 """
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
+  return redis.call('DEL', KEYS[1], KEYS[2])
 end
 return 0
 """
@@ -111,6 +120,7 @@ class ShardOwner:
         self.me = me or holder_id()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._on_lost: Callable[[], None] = lambda: None
 
     def acquire(self, on_lost: Callable[[], None]) -> str | None:
         """Block until this process holds the lease, then renew it every OWNER_RENEW_S in a
@@ -119,17 +129,17 @@ class ShardOwner:
         waiting_since = said_at = None
         while True:
             try:
-                client = self._client()
-                if client.set(ENGINE_OWNER_KEY, self.me, nx=True, ex=OWNER_TTL_S):
+                taken, before = self._take("")
+                if taken and not before:
                     break
-                holder = text(client.get(ENGINE_OWNER_KEY) or b"")
-                if (
-                    holder
-                    and gone(holder, *(host_and_pid(self.me) or (None, None)))
-                    and client.eval(_TAKE_OVER, 1, ENGINE_OWNER_KEY, holder, self.me, OWNER_TTL_S)
-                ):
+                holder = text(before or b"")
+                if taken:
+                    reason = "lease_lapsed"
+                elif gone(holder, *(host_and_pid(self.me) or (None, None))):
+                    taken, reason = self._take(holder)[0], "holder_gone"
+                if taken:
                     log.warning(
-                        "event=engine_shard_taken_over holder=%s from=%s reason=holder_gone", self.me, holder
+                        "event=engine_shard_taken_over holder=%s from=%s reason=%s", self.me, holder, reason
                     )
                     self._start(on_lost)
                     return holder
@@ -153,26 +163,35 @@ class ShardOwner:
         self._start(on_lost)
         return None
 
+    def _take(self, gone_holder: str) -> tuple[bool, bytes | None]:
+        taken, before = self._client().eval(
+            _ACQUIRE, 2, ENGINE_OWNER_KEY, OWNER_ALIVE_KEY, self.me, OWNER_TTL_S, gone_holder
+        )
+        return bool(taken), before or None
+
+    def lost(self) -> None:
+        """Another holds the shard (a fenced commit found it): stop, as the renewal does."""
+        log.critical("event=engine_shard_lost holder=%s action=stop", self.me)
+        self._on_lost()
+
     @property
     def held(self) -> bool:
         """This process took the lease (and has not given it back)."""
         return self._thread is not None and not self._stop.is_set()
 
     def _start(self, on_lost: Callable[[], None]) -> None:
-        self._thread = threading.Thread(
-            target=self._renew, args=(on_lost,), name="hean-shard-owner", daemon=True
-        )
+        self._on_lost = on_lost
+        self._thread = threading.Thread(target=self._renew, name="hean-shard-owner", daemon=True)
         self._thread.start()
 
-    def _renew(self, on_lost: Callable[[], None]) -> None:
+    def _renew(self) -> None:
         while not self._stop.wait(OWNER_RENEW_S):
             try:
-                held = self._client().eval(_RENEW, 1, ENGINE_OWNER_KEY, self.me, OWNER_TTL_S)
+                held = self._client().eval(_RENEW, 2, ENGINE_OWNER_KEY, OWNER_ALIVE_KEY, self.me, OWNER_TTL_S)
             except RedisError:
                 continue  # Redis away: the batches wait for it too; renewed once it is back
             if not held and not self._stop.is_set():
-                log.critical("event=engine_shard_lost holder=%s action=stop", self.me)
-                on_lost()
+                self.lost()
                 return
 
     def release(self) -> None:
@@ -181,6 +200,62 @@ class ShardOwner:
         if self._thread is not None:
             self._thread.join(timeout=2 * OWNER_RENEW_S)
         try:
-            self._client().eval(_RELEASE, 1, ENGINE_OWNER_KEY, self.me)
+            self._client().eval(_RELEASE, 2, ENGINE_OWNER_KEY, OWNER_ALIVE_KEY, self.me)
         except RedisError as exc:  # the next worker waits for the TTL, or sees this pid gone
             log.warning("event=engine_shard_not_released error=%s", type(exc).__name__)
+
+
+class ShardLost(BaseException):
+    """This process no longer holds the shard (raised where `ShardOwner.lost` returns, as in
+    tests; the engine worker's exits). A BaseException: no batch retry or recovery may take it
+    for a failure to run again."""
+
+
+class Fence:
+    """Commits that Redis runs only while this process holds the shard: the connection WATCHes
+    ENGINE_OWNER_KEY from a moment when its GET read this process's id, through the commit's EXEC.
+    A takeover or a release meanwhile (the key's only writers) leaves the EXEC running nothing,
+    however late a frozen or cut-off worker's commit arrives.
+
+    Chained (the engine's batch commits, on a connection of their own): each commit ends with the
+    WATCH and the GET for the next one (`TAIL`, in the same packet: no round trip); a connection
+    not watched yet (the first, a reconnect) is watched first, one round trip. Unchained (pooled
+    connections, which other code uses in between: no WATCH may stay on them): every commit is
+    watched first. The caller holds the connection from `open` to `close`."""
+
+    _WATCH: Final = (("WATCH", ENGINE_OWNER_KEY), ("GET", ENGINE_OWNER_KEY))
+
+    def __init__(self, owner: ShardOwner, chained: bool = True) -> None:
+        self._owner = owner
+        self._chained = chained
+        self.TAIL: tuple[tuple[str, str], ...] = self._WATCH if chained else ()
+        self._watching: Any = None  # the socket on which the chained WATCH stands
+
+    def open(self, conn: Any) -> None:
+        """Before a commit on `conn` (a redis-py connection): the WATCH stands on it, set while
+        this process held the shard. Raises ShardLost (after `ShardOwner.lost`) otherwise."""
+        sock = getattr(conn, "_sock", None)
+        if self._chained and sock is not None and sock is self._watching:
+            return
+        self._watching = None
+        conn.send_packed_command(conn.pack_commands(self._WATCH))
+        self._check(conn, [conn.read_response(), conn.read_response()])
+
+    def close(self, conn: Any, replies: list[Any]) -> None:
+        """After a commit on `conn`: `replies` are its TAIL's. Raises ShardLost (after
+        `ShardOwner.lost`) if another holds the shard."""
+        if self._chained:
+            self._check(conn, replies)
+
+    def _check(self, conn: Any, replies: list[Any]) -> None:
+        holder = replies[1]
+        if not isinstance(holder, bytes | str) or text(holder) != self._owner.me:
+            self._watching = None
+            self._owner.lost()
+            raise ShardLost(f"the engine shard is held by {text(holder) if holder else 'nobody'}")
+        if self._chained:
+            self._watching = getattr(conn, "_sock", None)
+
+    def broken(self) -> None:
+        """The connection failed mid-commit (it is dropped): watch the next one first."""
+        self._watching = None
