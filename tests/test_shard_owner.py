@@ -108,6 +108,13 @@ def test_a_second_owner_waits_then_takes_the_lease_and_a_lost_lease_stops_its_ho
     assert lost.wait(5 * shard_owner.OWNER_RENEW_S)
     assert not redis_client.exists(ENGINE_OWNER_KEY)
     fifth.release()
+    # a lease as the version before kept it (a TTL on the holder's key): alive until it expires
+    redis_client.set(ENGINE_OWNER_KEY, f"elsewhere:4:{uuid.uuid4().hex[:8]}", px=1500)
+    sixth = ShardOwner(lambda: redis_client)
+    began = time.monotonic()
+    assert sixth.acquire(on_lost=lambda: None) is None  # it expired: nobody held it any more
+    assert time.monotonic() - began >= 1.0 and redis_client.ttl(ENGINE_OWNER_KEY) == -1
+    sixth.release()
 
 
 def test_a_commit_under_the_fence_runs_only_while_its_process_holds_the_shard(

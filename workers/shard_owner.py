@@ -57,11 +57,13 @@ WAIT_SAID_EVERY_S: Final = 10.0
 OWNER_ALIVE_KEY: Final = ENGINE_OWNER_KEY + ":alive"
 
 # Take the shard (KEYS[1] the holder, KEYS[2] its lease) for ARGV[1] with a lease of ARGV[2] s:
-# when nobody holds it, the holder's lease lapsed, or the holder is ARGV[3] (known gone). Returns
-# {1 if taken, the holder before (false if none)}.
+# when nobody holds it, the holder's lease lapsed, or the holder is ARGV[3] (known gone). A holder
+# key with a TTL of its own is a lease as an earlier version kept it, alive until it expires.
+# Returns {1 if taken, the holder before (false if none)}.
 _ACQUIRE = """
 local holder = redis.call('GET', KEYS[1])
-if (not holder) or redis.call('GET', KEYS[2]) ~= holder or holder == ARGV[3] then
+local alive = holder and (redis.call('GET', KEYS[2]) == holder or redis.call('PTTL', KEYS[1]) > 0)
+if (not alive) or holder == ARGV[3] then
   redis.call('SET', KEYS[1], ARGV[1])
   redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
   return {1, holder}
