@@ -5,8 +5,10 @@ single-order event is out of reach at the batch sizes 1,000 orders/s gives, in n
 
 HEAN: `workers.engine._run_batch`, exactly what a delivered batch runs (the take that marks the
 commands started and reads what ran before, the handlers, the commit of the log, the results
-and the published packets in one MULTI). Not counted: Celery's delivery, the state publisher
-and snapshots (off here), and the web's reservation (made before timing, as the web does).
+and the published packets in one MULTI, fenced by the shard's lease as the worker's are). Not
+counted: Celery's delivery, the state publisher and snapshots (off here), and the web's
+reservation (made before timing, as the web does). Beside it, in turns, the same without the
+lease's fence (workers.shard_owner.Fence): what the fence costs.
 
 Floor: the least a durable batch of the same commands does on this stack (redis-py + hiredis,
 the core's columns, orjson): one round trip that marks the commands started and reads their
@@ -83,7 +85,18 @@ class Bench:
         self.client = sync_client()
         self.journal = CommandJournal(self.client)
         self.frame = batch_frame(app, BATCH_TASKS[ENGINE_QUEUE], "bench-batch-scratch", "batch-1", "x")
+        engine_tasks.hold_the_shard()  # as the worker does before it consumes: its commits fenced
         self.run_batch: Callable[[list[dict[str, Any]]], int] = engine_tasks._run_batch
+        hooks = engine_tasks.SHARD.hooks
+
+        def unfenced(envelopes: list[dict[str, Any]]) -> int:
+            fence, hooks.fence = hooks.fence, None
+            try:
+                return engine_tasks._run_batch(envelopes)
+            finally:
+                hooks.fence = fence
+
+        self.run_unfenced = unfenced
         self.seq = 0
         setup = [
             ("risk_adjust", {"fee_rate": "0", "max_orders_per_second": 0, "max_open_orders": 1_000_000}),
@@ -165,7 +178,7 @@ def measure(bench: Bench, commands: Commands, rounds: int, batches: int, gap_s: 
     request ids and client order ids for every batch: the median over `rounds`, each side's
     rounds taken in turns (this machine's speed drifts within a run). With `gap_s`, each batch
     runs after that long asleep, as under `hean up` (not counted: CPU time)."""
-    runs = (bench.run_batch, bench.floor_batch, bench.floor_one_hash)
+    runs = (bench.run_batch, bench.floor_batch, bench.floor_one_hash, bench.run_unfenced)
     prepared = [
         [bench.reserved(commands(f"{side}{bench.seq}-{b}")) for b in range(rounds * batches + 5)]
         for side in range(len(runs))
@@ -208,16 +221,17 @@ def main() -> int:
     server = PrivateRedis(Path(home) / "redis")  # appendfsync always, as `hean up` runs it
     url = server.start()
     rows: list[list[object]] = []
-    names = ("HEAN", "floor, a key per command", "floor, one hash")
+    names = ("HEAN", "floor, a key per command", "floor, one hash", "HEAN without the lease's fence")
     points: dict[str, list[tuple[int, float]]] = {name: [] for name in names}
     try:
         bench = Bench(url, home)
 
         def row(label: str, orders: int, cpu: list[float]) -> list[object]:
             cells: list[object] = [label]
-            for us in cpu:
+            for us in cpu[:3]:
                 cells += [f"{us:,.0f}", f"{us / orders:,.1f}"]
-            return [*cells, f"{cpu[0] / cpu[1]:.2f}x", f"{cpu[0] / cpu[2]:.2f}x"]
+            cells.append(f"{cpu[3]:,.0f}")
+            return [*cells, f"{cpu[0] / cpu[1]:.2f}x", f"{cpu[0] / cpu[2]:.2f}x", f"{cpu[0] / cpu[3]:.2f}x"]
 
         for k in SIZES:
             print(f"  {k} single-order command(s) per batch ...", flush=True)
@@ -255,8 +269,10 @@ def main() -> int:
             "/order",
             "floor (one hash) us/batch",
             "/order",
+            "HEAN unfenced us/batch",
             "HEAN / keys",
             "HEAN / one hash",
+            "HEAN / without the fence",
         ],
         rows,
     )

@@ -619,6 +619,14 @@ def _shard_lost() -> None:
     os._exit(3)
 
 
+def hold_the_shard() -> None:
+    """Take the shard's lease (waiting while another holds it); from then on Redis runs this
+    process's batch commits and snapshots only while it holds the shard (its fences)."""
+    OWNER.acquire(on_lost=_shard_lost)
+    SHARD.hooks.fence = Fence(OWNER)
+    SHARD.log.writer.fence = Fence(OWNER, chained=False)
+
+
 @worker_shutdown.connect
 def _snapshot_on_shutdown(**_: Any) -> None:
     if SHARD.loaded:
@@ -637,10 +645,7 @@ def _reclaim_from_a_dead_predecessor(sender: Any = None, **_: Any) -> None:
     other engine worker waits for it); the journal runs each command once."""
     if ENGINE_QUEUE not in sender.app.amqp.queues.consume_from:  # sender: the WorkController
         return
-    OWNER.acquire(on_lost=_shard_lost)  # the one engine worker: another waits here
-    # from now on, Redis runs this worker's commits and snapshots only while it holds the shard
-    SHARD.hooks.fence = Fence(OWNER)
-    SHARD.log.writer.fence = Fence(OWNER, chained=False)
+    hold_the_shard()  # the one engine worker: another waits here
     try:
         # popped and never recorded first (the transport would restore those itself, but behind
         # these), then delivered and unacknowledged: the older goes back nearer the consuming end
