@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -23,6 +26,7 @@ from hean.redis_server import PrivateRedis
 from hean.topology import HISTORY_FAILURE_KEY, HISTORY_FAILURE_TTL_S, HISTORY_STREAM_KEY
 
 SECRET_LOOKING = "reason-text-that-must-stay-out-of-logs"
+PLUGINS_DIR = Path(__file__).resolve().parent / "plugins"  # a project's own commands (conftest.py)
 
 
 def _wait(condition: object, timeout: float = 20.0) -> None:
@@ -165,3 +169,73 @@ def test_a_locked_sqlite_file_refuses_a_lookup_at_once_instead_of_holding_the_we
         holder.close()
     assert store.answered(["locked-1"]) == {}  # a new reader, once the file is free
     database.dispose()
+
+
+_DEFAULT_BATCH_SCRIPT = """
+import json, os, sys, threading, time
+from pathlib import Path
+
+from hean.command_journal import CommandJournal
+from hean.redis_client import sync_client
+from workers.default import run_batch
+
+database, aside = Path(sys.argv[1]), Path(sys.argv[2])
+
+
+def readable_again() -> None:  # the database comes back a second later
+    time.sleep(1.0)
+    database.rmdir()
+    aside.rename(database)
+
+
+threading.Thread(target=readable_again, daemon=True).start()
+envelopes = [
+    {"request_id": rid, "command": "echo", "params": {"text": rid}, "reply_to": None,
+     "received_at_ms": time.time() * 1000}
+    for rid in ("left-window-1", "left-window-2")
+]
+began = time.monotonic()
+ran = run_batch.run(envelopes)
+journal = CommandJournal(sync_client())
+print(json.dumps({
+    "ran": ran,
+    "waited_s": time.monotonic() - began,
+    "results": [journal.get(e["request_id"])["result"] for e in envelopes],
+}))
+"""
+
+
+def test_a_default_batch_waits_for_an_unreadable_history_and_then_runs_its_commands(tmp_path: Path) -> None:
+    """A default-queue batch whose request ids the window no longer knows (redelivered after they
+    left it) must ask the database whether they ran; while it cannot be read, the batch is held
+    and tried again (as the engine's are), then runs each command once. Before, it was answered
+    "failed", which needed the database too: the commands stayed without an answer."""
+    path = tmp_path / "history.db"
+    open_database(f"sqlite:///{path}").dispose()  # the schema, then set aside: unreadable
+    aside = tmp_path / "history-aside.db"
+    path.rename(aside)
+    path.mkdir()  # "unable to open database file"
+    with PrivateRedis(tmp_path / "redis") as server:
+        env = dict(
+            os.environ,
+            REDIS_URL=server.url,
+            DATABASE_URL=f"sqlite:///{path}",
+            HEAN_HOME=str(tmp_path / "home"),
+            HEAN_COMMAND_MODULES="custom_commands",
+            PYTHONPATH=os.pathsep.join(filter(None, [str(PLUGINS_DIR), os.environ.get("PYTHONPATH")])),
+        )
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        done = subprocess.run(
+            [sys.executable, "-c", _DEFAULT_BATCH_SCRIPT, str(path), str(aside)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["ran"] == 2
+    assert [r["success"] for r in report["results"]] == [True, True], report
+    assert [r["result"] for r in report["results"]] == [{"echo": "left-window-1"}, {"echo": "left-window-2"}]
+    assert report["waited_s"] >= 0.9  # it did wait for the database
+    assert "event=batch_not_committed" in done.stderr and "HistoryUnavailable" in done.stderr
