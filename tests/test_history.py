@@ -443,6 +443,14 @@ def test_a_hung_database_refuses_commands_in_time_and_the_web_serves_on(
         assert client.command(command)["duplicate"] is True  # and once only
 
 
+def _database_url(kind: str, tmp_path: Path, request: pytest.FixtureRequest, name: str) -> str:
+    """A new database of `kind` ("sqlite" or "postgresql", on the session's server) for one test."""
+    if kind == "postgresql":
+        postgres: PostgresServer = request.getfixturevalue("postgres_server")
+        return postgres.create_database(f"hean_{name}_{uuid.uuid4().hex[:8]}")
+    return f"sqlite:///{tmp_path}/{name}.db"
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_the_web_puts_a_deadline_on_lookups_only_where_it_can_interrupt_them(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest
@@ -450,12 +458,7 @@ def test_the_web_puts_a_deadline_on_lookups_only_where_it_can_interrupt_them(
     """SQLite waits in C (its busy timeout bounds a lookup); psycopg waits green under eventlet,
     so the web's deadline (test_a_hung_database_refuses_commands_in_time_and_the_web_serves_on)
     is armed for PostgreSQL only."""
-    if kind == "postgresql":
-        postgres: PostgresServer = request.getfixturevalue("postgres_server")
-        url = postgres.create_database("hean_wait_" + uuid.uuid4().hex[:8])
-    else:
-        url = f"sqlite:///{tmp_path}/wait.db"
-    db = open_database(url)
+    db = open_database(_database_url(kind, tmp_path, request, "wait"))
     try:
         assert HistoryStore(db).waits_in_c is (kind == "sqlite")
         assert HistoryStore(lambda: db).answered(["nobody"]) == {}
@@ -471,12 +474,7 @@ def test_the_bulk_insert_writes_what_sqlalchemys_insert_writes(
     SQLAlchemy once, no per-row parameter processing): the orders and fills read back are those
     SQLAlchemy's own execute of the same statement writes, a row already there is left as it is
     (ON CONFLICT DO NOTHING), and the commands' upsert merges, on SQLite and on PostgreSQL."""
-    if kind == "postgresql":
-        postgres: PostgresServer = request.getfixturevalue("postgres_server")
-        url = postgres.create_database("hean_bulk_" + uuid.uuid4().hex[:8])
-    else:
-        url = f"sqlite:///{tmp_path}/bulk.db"
-    db = open_database(url)
+    db = open_database(_database_url(kind, tmp_path, request, "bulk"))
     store = HistoryStore(db)
     at = time.time()
     order_rows = [
