@@ -281,3 +281,31 @@ def test_the_engine_workers_commit_is_fenced_by_its_lease(
     finally:
         client.close()
         store.close()
+
+
+def test_the_fence_holds_on_a_durable_commits_one_connection_pool(redis_client: redis.Redis) -> None:
+    """When acks wait for WAITAOF (`HEAN_ACK_FSYNC`, appendfsync everysec, replicas), the engine
+    commits through `commit_client()`'s pool of one connection, and WAITAOF and the publish follow
+    on it: the WATCH chained by each commit stands through them, and a takeover is still seen."""
+    owner = ShardOwner(lambda: redis_client)
+    owner.acquire(on_lost=lambda: None)
+    kwargs = redis_client.connection_pool.connection_kwargs
+    committer = redis.Redis(connection_pool=redis.ConnectionPool(max_connections=1, **kwargs))
+    fence = Fence(owner)
+    try:
+        for value in ("1", "2"):
+            pipe = committer.pipeline(transaction=True)
+            pipe.set("hean:test:fenced", value)
+            execute_transaction(committer.connection_pool, pipe, fence)
+            committer.execute_command("WAITAOF", 0, 0, 100)  # as wait_durable, on the same connection
+            committer.publish("hean:test:channel", value)
+        assert redis_client.get("hean:test:fenced") == b"2"
+        redis_client.set(ENGINE_OWNER_KEY, f"elsewhere:6:{uuid.uuid4().hex[:8]}")
+        pipe = committer.pipeline(transaction=True)
+        pipe.set("hean:test:fenced", "late")
+        with pytest.raises(ShardLost):
+            execute_transaction(committer.connection_pool, pipe, fence)
+        assert redis_client.get("hean:test:fenced") == b"2"
+    finally:
+        committer.close()
+        owner.release()
