@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, cast
 import orjson
 
 from hean import fastjson
+from hean.process_wide import ProcessWide
 from hean.redis_client import run_script
 
 if TYPE_CHECKING:  # the library imports no Celery at run time; callers hand in their app
@@ -125,17 +126,18 @@ def batch_frame(
     return MessageFrame(prefix=prefix, suffix=suffix, body_head="[[[", body_tail=json.dumps(_BODY_TAIL)[1:-1])
 
 
-_tags: list[tuple[int, str, itertools.count[int]]] = []  # (pid, prefix, count), made again after a fork
+#: This process's delivery tags: a random prefix and a count (a forked child makes its own)
+_tags: ProcessWide[tuple[str, itertools.count[int]]] = ProcessWide(
+    lambda: (uuid.uuid4().hex, itertools.count())
+)
+os.register_at_fork(after_in_child=lambda: _tags.set(None))
 
 
 def delivery_tag() -> str:
     """A delivery tag no other message has (kombu keys the unacknowledged ones by it): a random
-    prefix of this process (a new one after a fork) and a count. A uuid4 per message cost about
-    2.4 us, most of it the system call for its randomness."""
-    pid = os.getpid()
-    if not _tags or _tags[0][0] != pid:
-        _tags[:] = [(pid, uuid.uuid4().hex, itertools.count())]
-    _, prefix, count = _tags[0]
+    prefix of this process and a count. A uuid4 per message cost about 2.4 us, most of it the
+    system call for its randomness."""
+    prefix, count = _tags.get()
     return f"{prefix}-{next(count)}"
 
 
