@@ -117,6 +117,13 @@ def test_a_second_owner_waits_then_takes_the_lease_and_a_lost_lease_stops_its_ho
     sixth.release()
 
 
+def _fenced_set(client: redis.Redis, source: Any, fence: Fence, value: str) -> None:
+    """SET hean:test:fenced to `value` in a transaction under `fence`, on a connection of `source`."""
+    pipe = client.pipeline(transaction=True)
+    pipe.set("hean:test:fenced", value)
+    execute_transaction(source, pipe, fence)
+
+
 def test_a_commit_under_the_fence_runs_only_while_its_process_holds_the_shard(
     redis_client: redis.Redis,
 ) -> None:
@@ -131,9 +138,7 @@ def test_a_commit_under_the_fence_runs_only_while_its_process_holds_the_shard(
     unchained = Fence(owner, chained=False)
 
     def commit(fence: Fence, value: str, source: Any = conn) -> None:
-        pipe = redis_client.pipeline(transaction=True)
-        pipe.set("hean:test:fenced", value)
-        execute_transaction(source, pipe, fence)
+        _fenced_set(redis_client, source, fence, value)
 
     for value in ("1", "2", "3"):
         commit(chained, value)
@@ -168,9 +173,7 @@ def test_the_fence_sees_a_takeover_between_the_watch_and_the_commit(redis_client
     fence, conn = Fence(owner), OwnConnection(redis_client.connection_pool)
 
     def commit(value: str) -> None:
-        pipe = redis_client.pipeline(transaction=True)
-        pipe.set("hean:test:fenced", value)
-        execute_transaction(conn, pipe, fence)
+        _fenced_set(redis_client, conn, fence, value)
 
     commit("1")
     touched = redis_client.pipeline(transaction=True)
@@ -294,17 +297,13 @@ def test_the_fence_holds_on_a_durable_commits_one_connection_pool(redis_client: 
     fence = Fence(owner)
     try:
         for value in ("1", "2"):
-            pipe = committer.pipeline(transaction=True)
-            pipe.set("hean:test:fenced", value)
-            execute_transaction(committer.connection_pool, pipe, fence)
+            _fenced_set(committer, committer.connection_pool, fence, value)
             committer.execute_command("WAITAOF", 0, 0, 100)  # as wait_durable, on the same connection
             committer.publish("hean:test:channel", value)
         assert redis_client.get("hean:test:fenced") == b"2"
         redis_client.set(ENGINE_OWNER_KEY, f"elsewhere:6:{uuid.uuid4().hex[:8]}")
-        pipe = committer.pipeline(transaction=True)
-        pipe.set("hean:test:fenced", "late")
         with pytest.raises(ShardLost):
-            execute_transaction(committer.connection_pool, pipe, fence)
+            _fenced_set(committer, committer.connection_pool, fence, "late")
         assert redis_client.get("hean:test:fenced") == b"2"
     finally:
         committer.close()
