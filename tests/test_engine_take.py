@@ -54,8 +54,8 @@ def test_the_take_marks_the_commands_it_takes_along_started(redis_client: redis.
     # one of the commands taken already ran: its result comes back, and it is not started again
     redis_client.hset(journal_key(second[0]), "r", json.dumps({"request_id": second[0], "success": True}))
 
-    keys = [queue, inflight, journal_key(delivered)]
-    reply = run_script(redis_client.connection_pool, _TAKE, keys, [10, _BATCH_MARKER, 1234.5])
+    keys = [queue, inflight, f"{queue}:owner", journal_key(delivered)]
+    reply = run_script(redis_client.connection_pool, _TAKE, keys, [10, _BATCH_MARKER, 1234.5, ""])
 
     newest_first, delivered_said, taken, taken_said = reply
     assert len(newest_first) == 3 and redis_client.lrange(inflight, 0, -1) == newest_first

@@ -5,6 +5,7 @@ process on this host is gone, and after the lease's TTL otherwise. Real Redis, r
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -19,9 +20,10 @@ import redis
 from redis.exceptions import WatchError
 from test_engine_crash import command_ok, open_market
 
-from hean.command_journal import CommandJournal
+from hean.command_journal import CommandJournal, journal_key
+from hean.core.system.redis_state import StateOp, SyncRedisStateManager
 from hean.redis_client import OwnConnection, execute_transaction
-from hean.topology import ENGINE_OWNER_KEY
+from hean.topology import ENGINE_INFLIGHT_KEY, ENGINE_OWNER_KEY, ENGINE_QUEUE
 from support import Client, start_engine_worker, wait_for
 from workers import shard_owner
 from workers.shard_owner import OWNER_ALIVE_KEY, Fence, ShardLost, ShardOwner, gone, host_and_pid
@@ -308,3 +310,116 @@ def test_the_fence_holds_on_a_durable_commits_one_connection_pool(redis_client: 
     finally:
         committer.close()
         owner.release()
+
+
+def test_the_engines_state_is_published_only_while_its_worker_holds_the_shard(
+    redis_client: redis.Redis, sync_manager: SyncRedisStateManager
+) -> None:
+    """The engine worker publishes its state (positions, status, risk limits) under the lease's
+    fence: a replaced worker, whose engine in memory may hold a batch Redis refused to commit,
+    publishes nothing, however late; its state would stand until the new holder's next batch.
+    No WATCH stays on the pooled connection; other writers' transactions are not refused."""
+    lost: list[str] = []
+    owner = ShardOwner(lambda: redis_client)
+    owner.acquire(on_lost=lambda: lost.append("lost"))
+    fence = Fence(owner, chained=False)
+    try:
+        ops = [StateOp.set("positions", [{"qty": "1"}], "test"), StateOp.set("status", "RUNNING", "test")]
+        first = sync_manager.batch_update(ops, fence)
+        assert [item.version for item in first] == [1, 1]
+        assert sync_manager.set_state("risk", {"max": 1}, "test", fence=fence).version == 1
+        assert sync_manager.get_state("positions", "test") == [{"qty": "1"}]
+        redis_client.set(ENGINE_OWNER_KEY, owner.me)  # no WATCH stays on a pooled connection
+        assert sync_manager.set_state("other", 1, "test").version == 1
+
+        redis_client.set(ENGINE_OWNER_KEY, f"elsewhere:5:{uuid.uuid4().hex[:8]}")  # a takeover
+        with pytest.raises(ShardLost):
+            sync_manager.batch_update([StateOp.set("positions", [{"qty": "2"}], "test")], fence)
+        with pytest.raises(ShardLost):
+            sync_manager.set_state("risk", {"max": 2}, "test", fence=fence)
+        assert sync_manager.get_state_versioned("positions", "test").version == 1
+        assert sync_manager.get_state("positions", "test") == [{"qty": "1"}]
+        assert sync_manager.get_state("risk", "test") == {"max": 1}
+        assert lost == ["lost", "lost"]
+        assert sync_manager.set_state("other", 2, "test").version == 2  # unfenced writes go on
+    finally:
+        owner.release()
+
+
+_REPLACED_TAKE_SCRIPT = """
+import json, sys
+
+from hean.celery_wire import batch_frame, escape_envelope
+from hean.command_journal import journal_key
+from hean.redis_client import sync_client
+from hean.topology import BATCH_TASKS, ENGINE_OWNER_KEY, ENGINE_QUEUE
+from test_engine_take import envelope
+from workers.app import app
+from workers.engine import SHARD
+from workers.shard_owner import Fence, ShardLost, ShardOwner
+
+lost = []
+
+
+class Owner(ShardOwner):  # the lease as held, without the renewal thread (which races the take)
+    def lost(self):
+        lost.append(1)
+
+
+client = sync_client()
+owner = Owner(sync_client, me="here:1:" + sys.argv[1])
+client.set(ENGINE_OWNER_KEY, owner.me)
+SHARD.fence = Fence(owner)
+frame = batch_frame(app, BATCH_TASKS[ENGINE_QUEUE], ENGINE_QUEUE, "batch-1", "submit_order")
+for batch in sys.argv[2:]:
+    rids = batch.split(",")
+    for rid in rids:  # reserved, as the web does: a take marks them started
+        client.hset(journal_key(rid), "c", "submit_order")
+    client.lpush(ENGINE_QUEUE, frame.message([escape_envelope(envelope(rid)) for rid in rids], rids))
+    if len(sys.argv) > 3 and batch == sys.argv[-1]:
+        client.set(ENGINE_OWNER_KEY, "elsewhere:2:y")  # taken over while this worker was frozen
+    try:
+        taken, started = SHARD.take([])
+        print(json.dumps({"taken": sorted(started)}), flush=True)
+    except ShardLost as exc:
+        print(json.dumps({"lost": str(exc), "told": len(lost)}), flush=True)
+"""
+
+
+def test_a_replaced_engine_workers_take_moves_nothing(
+    redis_client: redis.Redis, own_db_url: str, tmp_path: Any
+) -> None:
+    """The engine worker's take outside a commit (the first of a batch, the take after the
+    linger, recovery's read) is fenced too: once another worker holds the shard, Redis takes
+    nothing and starts nothing for a replaced one, however late its take arrives, and the worker
+    is told. Unfenced, its take moved batches into the in-flight list just before the holder's
+    next commit emptied that list: acked commands, never run."""
+    first, second = [f"t-{uuid.uuid4().hex}" for _ in range(2)], [f"u-{uuid.uuid4().hex}"]
+    env = dict(os.environ, REDIS_URL=own_db_url, HEAN_HOME=str(tmp_path / "home"))
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [os.path.dirname(__file__), os.environ.get("PYTHONPATH")])
+    )
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _REPLACED_TAKE_SCRIPT,
+            uuid.uuid4().hex[:8],
+            ",".join(first),
+            ",".join(second),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [json.loads(line) for line in done.stdout.strip().splitlines()]
+    assert lines[0] == {"taken": sorted(first)}  # while it held the shard
+    assert lines[1]["told"] == 1 and "held by another" in lines[1]["lost"], lines
+    assert redis_client.llen(ENGINE_QUEUE) == 1  # the second batch, still queued
+    assert second[0].encode() in (redis_client.lindex(ENGINE_QUEUE, 0) or b"")
+    assert redis_client.llen(ENGINE_INFLIGHT_KEY) == 1  # the first only
+    assert redis_client.hget(journal_key(second[0]), "s") is None  # not started
+    assert all(redis_client.hget(journal_key(rid), "s") for rid in first)

@@ -623,8 +623,8 @@ def hold_the_shard() -> None:
     """Take the shard's lease (waiting while another holds it); from then on Redis runs this
     process's batch commits and snapshots only while it holds the shard (its fences)."""
     OWNER.acquire(on_lost=_shard_lost)
-    SHARD.hooks.fence = Fence(OWNER)
-    SHARD.log.writer.fence = Fence(OWNER, chained=False)
+    SHARD.hooks.fence = SHARD.fence = Fence(OWNER)
+    SHARD.log.writer.fence = SHARD.state_fence = Fence(OWNER, chained=False)
 
 
 @worker_shutdown.connect

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from pydantic import BaseModel
+from redis.exceptions import ResponseError
 
 from hean import _core, fastjson, metrics
 from hean.celery_wire import IDS_LUA_PATTERN, batch_envelopes, task_marker
@@ -52,6 +53,7 @@ from hean.topology import (
     ENGINE_INFLIGHT_KEY,
     ENGINE_KEY,
     ENGINE_LOG_KEY,
+    ENGINE_OWNER_KEY,
     ENGINE_QUEUE,
     ENGINE_SNAPSHOT_KEY,
     OPEN_ORDERS_KEY,
@@ -61,6 +63,7 @@ from hean.topology import (
     SYSTEM_NAMESPACE,
 )
 from workers.execution import BatchHooks
+from workers.shard_owner import SHARD_LOST_ERROR, Fence, fence_lua
 
 log = logging.getLogger(__name__)
 
@@ -328,15 +331,18 @@ class StatePublisher:
 # in-flight list (KEYS[2]) with LMOVE, which the AOF records as the command alone (an RPOP and
 # an LPUSH wrote each message into it once more: 88 bytes per order at 25,000 orders/s); stop
 # at the first message of another task, which keeps its turn.
-# Then mark the delivered batch's commands (journal keys KEYS[3..]) and the commands of the
+# Then mark the delivered batch's commands (journal keys KEYS[4..]) and the commands of the
 # messages taken (their request ids in the message's first field: hean.celery_wire.IDS_FIELD)
 # started, at ARGV[3]. Returns the whole in-flight list (newest first: what an earlier run left
 # plus what it took); per delivered command, its earlier result or false; the request ids of
 # the commands taken; and per command taken, its earlier result or false. (A message without
 # the ids, from a version before them, is taken all the same: its commands are started later.)
+# Fenced first: when ARGV[4] names this worker and another holds the shard (KEYS[3]), it takes and
+# marks nothing (workers.shard_owner.fence_lua); a take inside a commit passes '' (its WATCH fences).
 _TAKE = (
     (
-        START_LUA
+        fence_lua(3, 4)
+        + START_LUA
         + """
 local taken = {}
 for _ = 1, tonumber(ARGV[1]) do
@@ -350,7 +356,7 @@ for _ = 1, tonumber(ARGV[1]) do
 end
 local keys = {}
 for i, id in ipairs(taken) do keys[i] = KEY_PREFIX .. id end
-return {redis.call('LRANGE', KEYS[2], 0, -1), start_commands(3, ARGV[3]), taken, start_keys(keys, ARGV[3])}
+return {redis.call('LRANGE', KEYS[2], 0, -1), start_commands(4, ARGV[3]), taken, start_keys(keys, ARGV[3])}
 """
     )
     .replace("IDS_PATTERN", json.dumps(IDS_LUA_PATTERN))
@@ -392,6 +398,10 @@ class EngineShard:
         #: (workers.engine._run_alone): their commits leave the in-flight list and the delivered
         #: message to the last one.
         self.keep_in_flight = False
+        #: The lease's fences (workers.engine.hold_the_shard): for the takes outside a commit, and
+        #: (unchained: pooled connections) for the engine's state on the state bus
+        self.fence: Fence | None = None
+        self.state_fence: Fence | None = None
 
     @property
     def loaded(self) -> bool:
@@ -486,7 +496,7 @@ class EngineShard:
             )
             ops.append(StateOp.set(OPEN_ORDERS_KEY, self.open_orders(), SYSTEM_NAMESPACE))
         try:
-            get_sync_state_manager().batch_update(ops)
+            get_sync_state_manager().batch_update(ops, self.state_fence)
         except StateError as exc:  # the command ran; only its broadcast failed
             log.error("event=state_publish_failed error=%s", exc)
         return status
@@ -499,7 +509,8 @@ class EngineShard:
     def publish_risk_limits(self) -> dict[str, Any]:
         limits = self.engine.risk_limits().to_dict()
         try:
-            get_sync_state_manager().set_state(RISK_LIMITS_KEY, limits, namespace=SYSTEM_NAMESPACE)
+            manager = get_sync_state_manager()
+            manager.set_state(RISK_LIMITS_KEY, limits, namespace=SYSTEM_NAMESPACE, fence=self.state_fence)
         except StateError as exc:
             log.error("event=state_publish_failed key=%s error=%s", RISK_LIMITS_KEY, exc)
         return limits
@@ -525,8 +536,8 @@ class EngineShard:
             if ack_within is not None:
                 ack_within(pipe, self.delivery.delivery_tag)
         if self.take_ahead:  # after the DEL: the in-flight list then holds exactly what it takes
-            keys = (ENGINE_QUEUE, INFLIGHT_KEY)
-            args = (DRAIN_MAX_MESSAGES, _BATCH_MARKER, time.time())
+            keys = (ENGINE_QUEUE, INFLIGHT_KEY, ENGINE_OWNER_KEY)
+            args = (DRAIN_MAX_MESSAGES, _BATCH_MARKER, time.time(), "")  # the commit's WATCH fences it
             pipe.execute_command("EVAL", _TAKE, len(keys), *keys, *args)
             self._ahead_at = len(pipe.command_stack) - 1
 
@@ -558,12 +569,23 @@ class EngineShard:
         in flight (a crash or a failed commit may have left some), and mark the delivered
         commands and those taken along started. Returns the in-flight envelopes (oldest first)
         and, per request id started, its earlier result, None, or a marker of
-        hean.command_journal."""
+        hean.command_journal.
+
+        Fenced by the lease (`fence`, set once this process holds the shard): a worker that was
+        replaced takes nothing, however late its take reaches Redis, and raises ShardLost. The
+        holder's next commit empties the in-flight list, so a take landing between its take and
+        its commit would lose what it moved there."""
         client = sync_client()
         ids = [rid for envelope in delivered if isinstance(rid := envelope.get("request_id"), str)]
-        keys = [ENGINE_QUEUE, INFLIGHT_KEY, *(journal_key(rid) for rid in ids)]
-        args = [drain, _BATCH_MARKER, time.time()]
-        reply = run_script(hot_connection(), _TAKE, keys, args)
+        keys = [ENGINE_QUEUE, INFLIGHT_KEY, ENGINE_OWNER_KEY, *(journal_key(rid) for rid in ids)]
+        fence = self.fence
+        args = [drain, _BATCH_MARKER, time.time(), fence.me if fence is not None else ""]
+        try:
+            reply = run_script(hot_connection(), _TAKE, keys, args)
+        except ResponseError as exc:
+            if fence is not None and str(exc).startswith(SHARD_LOST_ERROR):
+                fence.refused(str(exc))  # another worker holds the shard: this one took nothing
+            raise
         newest_first, results, taken, taken_results = reply
         return self._in_flight(client, newest_first), _started(ids, results) | _started(taken, taken_results)
 

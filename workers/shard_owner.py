@@ -32,7 +32,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 import psutil
 from redis.exceptions import RedisError
@@ -85,6 +85,19 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+#: The error a script fenced by the lease answers, having written nothing, when ARGV names a holder
+#: that no longer holds the shard (the engine's take: workers.shard.EngineShard.take).
+SHARD_LOST_ERROR: Final = "HEANSHARDLOST"
+
+
+def fence_lua(key: int, arg: int) -> str:
+    """Lua for the top of a script fenced by the lease: KEYS[key] is the holder's key, ARGV[arg]
+    this process's id ('' in a script that a WATCH fences instead, inside a commit)."""
+    return (
+        f"if ARGV[{arg}] ~= '' and redis.call('GET', KEYS[{key}]) ~= ARGV[{arg}] then\n"
+        f"  return redis.error_reply('{SHARD_LOST_ERROR} the engine shard is held by another worker')\n"
+        "end\n"
+    )
 
 
 def host_and_pid(holder: str) -> tuple[str, int] | None:
@@ -249,12 +262,22 @@ class Fence:
         if self._chained:
             self._check(conn, replies)
 
+    @property
+    def me(self) -> str:
+        """This process's holder id, which a script fenced by the lease is given (FENCE_LUA)."""
+        return self._owner.me
+
+    def refused(self, why: str) -> NoReturn:
+        """Redis refused a write of this process: another holds the shard. Raises ShardLost
+        (after `ShardOwner.lost`)."""
+        self._watching = None
+        self._owner.lost()
+        raise ShardLost(why)
+
     def _check(self, conn: Any, replies: list[Any]) -> None:
         holder = replies[1]
         if not isinstance(holder, bytes | str) or text(holder) != self._owner.me:
-            self._watching = None
-            self._owner.lost()
-            raise ShardLost(f"the engine shard is held by {text(holder) if holder else 'nobody'}")
+            self.refused(f"the engine shard is held by {text(holder) if holder else 'nobody'}")
         if self._chained:
             self._watching = getattr(conn, "_sock", None)
 

@@ -15,7 +15,7 @@ from redis.retry import Retry
 
 from hean.core.system import _state_core as core
 from hean.core.system._state_core import DEFAULT_NAMESPACE, StateItem, StateOp, StateUpdate, StateWatch
-from hean.redis_client import run_script
+from hean.redis_client import TransactionFence, execute_transaction, run_script
 
 #: The end-of-stream marker of a SyncStateQueue (never a real item: versions start at 0).
 _END = StateItem(None, -1, 0.0)
@@ -111,9 +111,12 @@ class SyncRedisStateManager(core.StateManagerCore[redis.BlockingConnectionPool, 
         namespace: str = DEFAULT_NAMESPACE,
         *,
         expected_version: int | None = None,
+        fence: TransactionFence | None = None,
     ) -> StateItem:
-        """Store `value`; with `expected_version`, only if the key is at that version (CAS)."""
-        return self.batch_update([StateOp.set(key, value, namespace, expected_version=expected_version)])[0]
+        """Store `value`; with `expected_version`, only if the key is at that version (CAS); with
+        `fence`, only while it holds (`batch_update`)."""
+        ops = [StateOp.set(key, value, namespace, expected_version=expected_version)]
+        return self.batch_update(ops, fence)[0]
 
     def compare_and_set(
         self, key: str, value: Any, expected_version: int, namespace: str = DEFAULT_NAMESPACE
@@ -178,14 +181,23 @@ class SyncRedisStateManager(core.StateManagerCore[redis.BlockingConnectionPool, 
             ]
         )[0]
 
-    def batch_update(self, ops: Sequence[StateOp]) -> list[StateItem]:
-        """Apply `ops` atomically in one round trip: all of them, or none (raises)."""
-        call = core.prepare(ops)
-        return core.parse_reply(call, self._call(call))
+    def batch_update(self, ops: Sequence[StateOp], fence: TransactionFence | None = None) -> list[StateItem]:
+        """Apply `ops` atomically in one round trip: all of them, or none (raises).
 
-    def _call(self, call: core.PreparedCall) -> list[Any]:
+        With `fence` (unchained: hean.redis_client.TransactionFence), only while it holds: in a
+        MULTI/EXEC under it, one round trip more (the engine worker publishes its state under its
+        shard's lease: a replaced worker's would show what never committed)."""
+        call = core.prepare(ops)
+        return core.parse_reply(call, self._call(call, fence))
+
+    def _call(self, call: core.PreparedCall, fence: TransactionFence | None = None) -> list[Any]:
         try:
-            reply = run_script(self._pool, core.APPLY_SCRIPT.source, call.keys, call.args)
+            if fence is None:
+                reply = run_script(self._pool, core.APPLY_SCRIPT.source, call.keys, call.args)
+            else:
+                pipe = self._redis.pipeline(transaction=True)
+                pipe.execute_command("EVAL", core.APPLY_SCRIPT.source, len(call.keys), *call.keys, *call.args)
+                reply = execute_transaction(self._pool, pipe, fence)[0]
         except (ResponseError, *core.NET_ERRORS) as exc:
             raise self._write_error(call, exc) from exc
         return self._written(reply)
