@@ -34,7 +34,7 @@ from sqlalchemy import and_, func, select
 from sqlalchemy.engine import Engine as Database
 from sqlalchemy.exc import SQLAlchemyError
 
-from hean import fastjson, metrics
+from hean import db_reads, fastjson, metrics
 from hean.command_journal import CommandJournal, HistoryUnavailable, rebuild_ack
 from hean.db import SQLITE_CACHE_PRAGMA, commands, describe_error, fills, history_cursor, orders, sqlite_file
 from hean.logs import FailureLog
@@ -127,6 +127,15 @@ class HistoryStore:
     def db(self) -> Database:
         return self._db() if callable(self._db) else self._db
 
+    def read(self, statements: Sequence[sqlalchemy.Select[Any]]) -> list[db_reads.Rows]:
+        """The rows of `statements`, in one transaction (hean.db_reads.read: off the web's hub on
+        SQLite). Raises HistoryUnavailable when the database cannot be opened or read."""
+        try:
+            db = self.db
+        except (SQLAlchemyError, OSError) as exc:  # opened (and its schema made) on first use
+            raise HistoryUnavailable(f"history unreadable: {type(exc).__name__}") from exc
+        return db_reads.read(db, statements)
+
     @property
     def waits_in_c(self) -> bool:
         """Whether this database's calls wait in C, where a green deadline cannot interrupt them
@@ -142,16 +151,15 @@ class HistoryStore:
         ids = list(dict.fromkeys(request_ids))
         if not ids:
             return found
-        try:
-            with self.db.connect() as connection:
-                for start in range(0, len(ids), CHUNK):
-                    query = select(commands).where(commands.c.request_id.in_(ids[start : start + CHUNK]))
-                    if answered_only:
-                        query = query.where(commands.c.result.is_not(None))
-                    for row in connection.execute(query).mappings():
-                        found[row["request_id"]] = _record(row)
-        except (SQLAlchemyError, OSError) as exc:
-            raise HistoryUnavailable(f"history unreadable: {type(exc).__name__}") from exc
+        queries = []
+        for start in range(0, len(ids), CHUNK):
+            query = select(commands).where(commands.c.request_id.in_(ids[start : start + CHUNK]))
+            queries.append(query.where(commands.c.result.is_not(None)) if answered_only else query)
+        names = [column.name for column in commands.columns]
+        for rows in self.read(queries):
+            for row in rows:
+                record = dict(zip(names, row, strict=True))
+                found[record["request_id"]] = _record(record)
         return found
 
     def answered(self, request_ids: Sequence[str]) -> dict[str, CommandRecord]:
@@ -419,11 +427,8 @@ class HistoryStore:
         query = select(table).order_by(table.c.id.desc()).limit(filters.limit + 1)
         if conditions:
             query = query.where(and_(*conditions))
-        try:
-            with self.db.connect() as connection:
-                rows = [dict(row) for row in connection.execute(query).mappings()]
-        except (SQLAlchemyError, OSError) as exc:
-            raise HistoryUnavailable(f"history unreadable: {type(exc).__name__}") from exc
+        names = [column.name for column in table.columns]
+        rows = [dict(zip(names, row, strict=True)) for row in self.read([query])[0]]
         more = len(rows) > filters.limit
         rows = rows[: filters.limit]
         return rows, (int(rows[-1]["id"]) if more and rows else None)

@@ -17,7 +17,7 @@ from sqlalchemy import and_, func, select
 
 from hean.command_journal import KEY_PREFIX
 from hean.db import commands
-from hean.history import HistoryStore, HistoryUnavailable
+from hean.history import HistoryStore
 from hean.redis_client import text
 from hean.topology import ENGINE_KEY, HISTORY_STREAM_KEY, SYSTEM_NAMESPACE
 
@@ -151,25 +151,29 @@ def _once(
 
     unanswered = commands.c.result.is_(None)
     twice = commands.c.runs > 1
-    try:
-        with store.db.connect() as connection:
-            report.acked = int(connection.execute(counted()).scalar() or 0)
-            journaled = counted(commands.c.ack_ms.is_not(None))
-            report.ack_journaled = int(connection.execute(journaled).scalar() or 0)
-            report.applied = int(connection.execute(counted(commands.c.runs >= 1)).scalar() or 0)
-            report.answered = int(connection.execute(counted(commands.c.result.is_not(None))).scalar() or 0)
-            gone = list(connection.execute(listed(unanswered)).scalars())
-            report.duplicated = list(connection.execute(listed(twice)).scalars())
-            report.duplicated_count = int(connection.execute(counted(twice)).scalar() or 0)
-            unanswered_count = int(connection.execute(counted(unanswered)).scalar() or 0)
-            # accepted commands of the window the database does not have yet (no time known:
-            # they are the newest, counted when the range is open-ended)
-            fresh = list(window)
-            known = store.lookup(fresh) if fresh and until is None else {}
-    except HistoryUnavailable:
-        raise
-    except Exception as exc:  # the driver's own errors
-        raise HistoryUnavailable(f"history unreadable: {type(exc).__name__}") from exc
+    statements = [
+        counted(),
+        counted(commands.c.ack_ms.is_not(None)),
+        counted(commands.c.runs >= 1),
+        counted(commands.c.result.is_not(None)),
+        listed(unanswered),
+        listed(twice),
+        counted(twice),
+        counted(unanswered),
+    ]
+    # one read, one snapshot (off the web's hub on SQLite: hean.db_reads)
+    acked, journaled, applied, answered, gone_rows, twice_rows, twice_count, unanswered_count = store.read(
+        statements
+    )
+    report.acked, report.ack_journaled = int(acked[0][0] or 0), int(journaled[0][0] or 0)
+    report.applied, report.answered = int(applied[0][0] or 0), int(answered[0][0] or 0)
+    gone = [row[0] for row in gone_rows]
+    report.duplicated = [row[0] for row in twice_rows]
+    report.duplicated_count = int(twice_count[0][0] or 0)
+    # accepted commands of the window the database does not have yet (no time known: they are
+    # the newest, counted when the range is open-ended)
+    fresh = list(window)
+    known = store.lookup(fresh) if fresh and until is None else {}
     if until is None:
         extra = [rid for rid in fresh if rid not in known]
         report.acked += len(extra)
@@ -178,6 +182,6 @@ def _once(
     in_flight = {rid for rid, fields in window.items() if "r" not in fields}
     report.in_flight = len(in_flight)
     report.missing = [rid for rid in gone if rid not in in_flight and "r" not in window.get(rid, {})]
-    report.missing_count = unanswered_count - (len(gone) - len(report.missing))
+    report.missing_count = int(unanswered_count[0][0] or 0) - (len(gone) - len(report.missing))
     report.engine = _engine(client)
     return report

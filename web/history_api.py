@@ -11,6 +11,7 @@ from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from hean.db import database
+from hean.db_reads import ReadTooLong
 from hean.history import HistoryFilter, HistoryStore, HistoryUnavailable, parse_time
 from hean.messages import REQUEST_ID_PATTERN
 from web.commands_api import error_response, require_token
@@ -101,6 +102,8 @@ def _listing(kind: str) -> ResponseReturnValue:
     store = HistoryStore(database)
     try:
         rows, next_cursor = store.orders(filters) if kind == "orders" else store.fills(filters)
+    except ReadTooLong as exc:  # a search through much of the history: interrupted (hean.db_reads)
+        return error_response(503, "too_long", str(exc))
     except HistoryUnavailable:
         return error_response(503, "unavailable", "history database unreachable; retry")
     body: dict[str, Any] = {kind: rows, "next_cursor": next_cursor, "limit": filters.limit}
@@ -126,6 +129,8 @@ def get_reconcile() -> ResponseReturnValue:
         return error_response(400, "invalid_params", str(exc), exc.name)
     try:
         report = reconcile(sync_client(), HistoryStore(database), since, until, settle_s=settle)
+    except ReadTooLong as exc:
+        return error_response(503, "too_long", str(exc))
     except (HistoryUnavailable, RedisError):
         return error_response(503, "unavailable", "journal or history unreachable; retry")
     return jsonify(report.to_dict())
