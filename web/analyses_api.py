@@ -7,6 +7,7 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy.exc import SQLAlchemyError
 
 from hean.analyzer.models import STATUSES
+from hean.command_journal import HistoryUnavailable
 from web.commands_api import error_response, require_token
 
 blueprint = Blueprint("analyses_api", __name__)
@@ -45,6 +46,6 @@ def list_analyses() -> ResponseReturnValue:
     try:
         rows = history.recent(limit=limit, offset=offset, status=status)
         counts = history.counts()
-    except SQLAlchemyError:
+    except (SQLAlchemyError, HistoryUnavailable):  # (hean.db_reads: too long a read too)
         return error_response(503, "unavailable", "analysis history unreachable; retry")
     return jsonify({"analyses": rows, "counts": counts, "limit": limit, "offset": offset})

@@ -14,12 +14,14 @@ from sqlalchemy.exc import IntegrityError
 
 from hean.analyzer.models import ErrorReport
 from hean.db import Database, analyses, llm_calls
+from hean.db_reads import read
 
 HOUR_S = 3600.0
 
 
 def _row_dict(row: Any) -> dict[str, Any]:
-    data = dict(row._mapping)
+    """A row (SQLAlchemy's, or a dict of one) as the API gives it."""
+    data = dict(getattr(row, "_mapping", row))
     for name in ("suggestion", "autodev"):
         data[name] = json.loads(data[name]) if data.get(name) else None
     return data
@@ -98,29 +100,30 @@ class AnalysisHistory:
         query = select(analyses).order_by(analyses.c.last_seen.desc(), analyses.c.id.desc())
         if status:
             query = query.where(analyses.c.status == status)
-        with self.database.connect() as conn:
-            rows = conn.execute(query.limit(limit).offset(offset)).all()
-        return [_row_dict(r) for r in rows]
+        names = [column.name for column in analyses.columns]
+        rows = read(self.database, [query.limit(limit).offset(offset)])[0]  # off the web's hub on SQLite
+        return [_row_dict(dict(zip(names, row, strict=True))) for row in rows]
 
     def counts(self) -> dict[str, Any]:
         """Totals: groups, occurrences, per status, model calls and cost (all time and last hour)."""
         since = time.time() - HOUR_S
-        with self.database.connect() as conn:
-            by_status: dict[str, int] = dict(
-                conn.execute(select(analyses.c.status, func.count()).group_by(analyses.c.status)).all()
-            )
-            groups, occurrences = conn.execute(
-                select(func.count(), func.coalesce(func.sum(analyses.c.count), 0))
-            ).one()
-            calls, tokens_in, tokens_out, cost = conn.execute(
+        statuses, totals, model_calls, hour = read(  # one read, off the web's hub on SQLite
+            self.database,
+            [
+                select(analyses.c.status, func.count()).group_by(analyses.c.status),
+                select(func.count(), func.coalesce(func.sum(analyses.c.count), 0)),
                 select(
                     func.count(),
                     func.coalesce(func.sum(llm_calls.c.input_tokens), 0),
                     func.coalesce(func.sum(llm_calls.c.output_tokens), 0),
                     func.coalesce(func.sum(llm_calls.c.cost_usd), 0.0),
-                )
-            ).one()
-            last_hour = conn.execute(select(func.count()).where(llm_calls.c.at >= since)).scalar_one()
+                ),
+                select(func.count()).where(llm_calls.c.at >= since),
+            ],
+        )
+        by_status: dict[str, int] = dict(statuses)
+        (groups, occurrences), (calls, tokens_in, tokens_out, cost) = totals[0], model_calls[0]
+        last_hour = hour[0][0]
         return {
             "analyses": int(groups),
             "occurrences": int(occurrences),
