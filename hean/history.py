@@ -30,7 +30,7 @@ from typing import Any, cast
 
 import sqlalchemy
 from redis.exceptions import RedisError
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.engine import Engine as Database
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -422,9 +422,21 @@ class HistoryStore:
             conditions.append(table.c.executed_at >= filters.since)
         if filters.until is not None:
             conditions.append(table.c.executed_at < filters.until)
-        if filters.cursor is not None:
+        # Newest first, in the order of the index the filters use, so that a page reads about
+        # `limit` rows of it: with a symbol or a time range, by execution time then id (the time
+        # indexes' order: their entries end with the row id on SQLite); otherwise by id (the
+        # table's own order). Ordered by id alone, SQLite read and sorted every order of a symbol
+        # for each page (1.1-1.6 s for a symbol of 3 million); ordered by time alone, a status no
+        # order has went through the time index and a lookup of every row (5.5 s against 0.4).
+        by_time = filters.symbol is not None or filters.since is not None or filters.until is not None
+        if filters.cursor is not None and by_time:  # after the row `cursor` (its id) in this order
+            at = select(table.c.executed_at).where(table.c.id == filters.cursor).scalar_subquery()
+            conditions.append(table.c.executed_at <= at)  # a range of the time index
+            conditions.append(or_(table.c.executed_at < at, table.c.id < filters.cursor))
+        elif filters.cursor is not None:
             conditions.append(table.c.id < filters.cursor)
-        query = select(table).order_by(table.c.id.desc()).limit(filters.limit + 1)
+        order = (table.c.executed_at.desc(), table.c.id.desc()) if by_time else (table.c.id.desc(),)
+        query = select(table).order_by(*order).limit(filters.limit + 1)
         if conditions:
             query = query.where(and_(*conditions))
         names = [column.name for column in table.columns]

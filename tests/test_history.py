@@ -6,6 +6,7 @@ engine worker; GET /api/orders and /api/fills read the database; /metrics shows 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -25,7 +26,7 @@ from sqlalchemy import select
 
 from hean.command_journal import journal_key
 from hean.db import commands, fills, open_database, orders
-from hean.history import FILL_COLUMNS, ORDER_COLUMNS, HistoryStore
+from hean.history import FILL_COLUMNS, ORDER_COLUMNS, HistoryFilter, HistoryStore
 from hean.processes import PROCESSES
 from hean.redis_server import PrivateRedis, free_port
 from postgres_server import PostgresServer
@@ -569,3 +570,68 @@ def test_the_bulk_insert_writes_what_sqlalchemys_insert_writes(
     assert [row["duplicate"] for row in written["orders"]] == [False, False, False, True]
     assert [row["order_id"] for row in written["orders"]] == [2**40 + seq for seq in range(4)]
     assert written["orders"][2]["price"] is None and written["fills"][0]["fee"] is None
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_listing_pages_through_every_row_once_newest_first_in_its_indexs_order(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A page follows the index its filters use (so that it reads about `limit` rows of it, not
+    every row of a symbol): with a symbol or a time range, newest first by execution time then
+    id; otherwise by id. Orders of one command share their time, and the host's clock may step
+    back: across pages of 3, every matching row comes once, in that order, on SQLite and
+    PostgreSQL; fills too."""
+    db = open_database(_database_url(kind, tmp_path, request, "pages"))
+    store = HistoryStore(db)
+    base = 1_800_000_000.0
+    times = [base + t for t in (1, 2, 2, 2, 3, 5, 4, 4, 6, 6, 6, 6, 7, 0.5, 8, 8)]  # 5 -> 4: a step back
+    with db.begin() as connection:
+        for table in (orders, fills):
+            connection.execute(
+                table.insert(),
+                [
+                    {
+                        "request_id": f"pages-{i // 4}",
+                        "seq": i % 4,
+                        "client_order_id": f"p-{i}",
+                        "order_id": i,
+                        "symbol": "BTC/USDT" if i % 3 else "ETH/USDT",
+                        "side": "BUY" if i % 2 else "SELL",
+                        "quantity": "1",
+                        "price": "10",
+                        **({"status": "FILLED", "duplicate": False} if table is orders else {}),
+                        "executed_at": at,
+                    }
+                    for i, at in enumerate(times)
+                ],
+            )
+    for listing in (store.orders, store.fills):
+        rows = listing(HistoryFilter(limit=1000))[0]
+        ids = {row["client_order_id"]: row["id"] for row in rows}
+        for filters, by_time in (
+            (HistoryFilter(limit=3), False),
+            (HistoryFilter(side="BUY", limit=3), False),
+            (HistoryFilter(symbol="BTC/USDT", limit=3), True),
+            (HistoryFilter(since=base + 2, limit=3), True),
+            (HistoryFilter(symbol="BTC/USDT", since=base + 1, until=base + 8, limit=3), True),
+        ):
+            seen: list[int] = []
+            cursor = None
+            for _ in range(len(times)):
+                page, cursor = listing(dataclasses.replace(filters, cursor=cursor))
+                assert len(page) <= 3
+                seen += [row["id"] for row in page]
+                if cursor is None:
+                    break
+            matching = [
+                (at, ids[f"p-{i}"])
+                for i, at in enumerate(times)
+                if (filters.symbol is None or filters.symbol == ("BTC/USDT" if i % 3 else "ETH/USDT"))
+                and (filters.side is None or filters.side == ("BUY" if i % 2 else "SELL"))
+                and (filters.since is None or at >= filters.since)
+                and (filters.until is None or at < filters.until)
+            ]
+            # by time: newest first, the later id first among equal times; else by id
+            expected = sorted(matching, reverse=True) if by_time else sorted(matching, key=lambda m: -m[1])
+            assert seen == [rid for _, rid in expected], (listing.__name__, filters)
+    db.dispose()
