@@ -1,7 +1,8 @@
 """Reads of the history that can take long (hean/db_reads.py): under eventlet, on SQLite, they
 run in a native thread and the web process's other green threads run meanwhile; their rows are
 those SQLAlchemy reads, typed the same; a read past its budget is interrupted. Real SQLite files,
-a real eventlet hub (in a child process: the test process is not monkey-patched)."""
+a real eventlet hub (in a child process: the test process is not monkey-patched). At most
+READS_AT_ONCE run at a time."""
 
 from __future__ import annotations
 
@@ -117,6 +118,12 @@ try:
 except db_reads.ReadTooLong as exc:
     report["too_long"] = str(exc)
 report["after"] = db_reads.read(db, [orders.select().where(orders.c.id == 1)])[0][0][:3]
+
+# four at once: READS_AT_ONCE run, the others wait their turn; all are answered
+db_reads.running[1] = 0
+pool = eventlet.GreenPool()
+counts = list(pool.imap(lambda _: db_reads.read(db, [{_SLOW}])[0][0][0], range(4)))
+report["at_once"] = [counts, db_reads.running[1], db_reads.READS_AT_ONCE]
 print(json.dumps(report))
 """
 
@@ -151,6 +158,8 @@ def test_a_read_under_eventlet_runs_off_the_hub_and_reads_what_sqlalchemy_reads(
     assert took > 0.05  # so the budget below is what stops the same read
     assert "took over 0.05 s" in report["too_long"]
     assert report["after"] == [1, "r-0", 0]  # the next read runs as usual
+    counts, most, allowed = report["at_once"]
+    assert counts == [_ROWS**2] * 4 and most == allowed == 2
     db.dispose()
 
 
