@@ -355,7 +355,8 @@ from hean.redis_client import sync_client
 from hean.topology import BATCH_TASKS, ENGINE_OWNER_KEY, ENGINE_QUEUE
 from test_engine_take import envelope
 from workers.app import app
-from workers.engine import SHARD
+from workers.engine import SHARD, fenced_only
+from workers.execution import answer_dropped
 from workers.shard_owner import Fence, ShardLost, ShardOwner
 
 lost = []
@@ -369,7 +370,7 @@ class Owner(ShardOwner):  # the lease as held, without the renewal thread (which
 client = sync_client()
 owner = Owner(sync_client, me="here:1:" + sys.argv[1])
 client.set(ENGINE_OWNER_KEY, owner.me)
-SHARD.fence = Fence(owner)
+SHARD.hooks.fence = SHARD.fence = Fence(owner)  # as workers.engine.hold_the_shard sets them
 frame = batch_frame(app, BATCH_TASKS[ENGINE_QUEUE], ENGINE_QUEUE, "batch-1", "submit_order")
 for batch in sys.argv[2:]:
     rids = batch.split(",")
@@ -382,7 +383,14 @@ for batch in sys.argv[2:]:
         taken, started = SHARD.take([])
         print(json.dumps({"taken": sorted(started)}), flush=True)
     except ShardLost as exc:
-        print(json.dumps({"lost": str(exc), "told": len(lost)}), flush=True)
+        unstarted = [client.hget(journal_key(rid), "s") for rid in rids].count(None)
+        print(json.dumps({"lost": str(exc), "told": len(lost), "unstarted": unstarted}), flush=True)
+# past its caps, a worker answers what it held `dropped` (a commit of its own, fenced too)
+try:
+    answer_dropped([json.loads(envelope(rid)) for rid in rids], ENGINE_QUEUE, 9, fenced_only())
+    print(json.dumps({"dropped": "answered"}), flush=True)
+except ShardLost:
+    print(json.dumps({"dropped": "refused", "told": len(lost)}), flush=True)
 """
 
 
@@ -418,8 +426,10 @@ def test_a_replaced_engine_workers_take_moves_nothing(
     lines = [json.loads(line) for line in done.stdout.strip().splitlines()]
     assert lines[0] == {"taken": sorted(first)}  # while it held the shard
     assert lines[1]["told"] == 1 and "held by another" in lines[1]["lost"], lines
+    assert lines[2] == {"dropped": "refused", "told": 2}, lines
     assert redis_client.llen(ENGINE_QUEUE) == 1  # the second batch, still queued
     assert second[0].encode() in (redis_client.lindex(ENGINE_QUEUE, 0) or b"")
     assert redis_client.llen(ENGINE_INFLIGHT_KEY) == 1  # the first only
-    assert redis_client.hget(journal_key(second[0]), "s") is None  # not started
+    assert lines[1]["unstarted"] == len(second)  # none of its commands marked started
+    assert redis_client.hget(journal_key(second[0]), "r") is None  # nor answered `dropped`
     assert all(redis_client.hget(journal_key(rid), "s") for rid in first)

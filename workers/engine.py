@@ -44,6 +44,7 @@ from hean.topology import BATCH_TASKS, ENGINE_ALONE_KEY, ENGINE_PING_TASK, ENGIN
 from workers.app import app, inline_strategy, redeliveries_key
 from workers.execution import (
     DROPPED,
+    BatchHooks,
     answer_dropped,
     answer_dropped_message,
     answer_failed_batch,
@@ -550,7 +551,7 @@ BATCH_SHOWN_EVERY_S: Final = 1.0
             events_every_s=BATCH_SHOWN_EVERY_S,
             failures_reported=True,
             capped=True,
-            on_dropped=functools.partial(answer_dropped_message, queue=ENGINE_QUEUE),
+            on_dropped=lambda args: answer_dropped_message(args, ENGINE_QUEUE, fenced_only()),
             decode=_delivered_body,
         )
     ),
@@ -627,6 +628,13 @@ def hold_the_shard() -> None:
     SHARD.log.writer.fence = SHARD.state_fence = Fence(OWNER, chained=False)
 
 
+def fenced_only() -> BatchHooks:
+    """Hooks for a commit of this worker that carries none of the engine's own writes (commands
+    answered `dropped`): fenced by the lease all the same, so that a replaced worker answers
+    nothing of what the holder runs now (and stops)."""
+    return BatchHooks(fence=SHARD.hooks.fence)
+
+
 @worker_shutdown.connect
 def _snapshot_on_shutdown(**_: Any) -> None:
     if SHARD.loaded:
@@ -695,7 +703,7 @@ def _announce_engine(sender: Any = None, **_: Any) -> None:
                 pipe.expire(LEFTOVER_TRIES_KEY, LEFTOVER_TRIES_TTL_S)
                 tries.append(int(pipe.execute()[0]))
         if tries[0] > celeryconfig.MAX_REDELIVERIES:
-            answered = answer_dropped(leftover, ENGINE_QUEUE, tries[0])
+            answered = answer_dropped(leftover, ENGINE_QUEUE, tries[0], fenced_only())
             client.delete(INFLIGHT_KEY, LEFTOVER_TRIES_KEY)
             log.error(
                 "event=inflight_dropped commands=%d answered=%d tries=%d", len(leftover), answered, tries[0]

@@ -102,7 +102,7 @@ def _refused(envelope: QueuedEnvelope, error: ErrorInfo) -> dict[str, Any]:
 DROPPED = "dropped"
 
 
-def answer_dropped_message(args: list[Any], queue: str) -> None:
+def answer_dropped_message(args: list[Any], queue: str, hooks: BatchHooks = NO_HOOKS) -> None:
     """A batch message of `queue` dropped past the redelivery cap: answer each of its commands
     that has no result `dropped` (answer_dropped), so that no sender waits for ever and the
     journal holds no command started for good."""
@@ -110,7 +110,7 @@ def answer_dropped_message(args: list[Any], queue: str) -> None:
 
     if not args or not isinstance(args[0], list):
         return
-    answered = answer_dropped(args[0], queue, celeryconfig.MAX_REDELIVERIES + 1)
+    answered = answer_dropped(args[0], queue, celeryconfig.MAX_REDELIVERIES + 1, hooks)
     log.error("event=dropped_commands_answered queue=%s commands=%d", queue, answered)
 
 
@@ -171,10 +171,13 @@ def answer_failed_batch(
     return True
 
 
-def answer_dropped(envelopes_data: list[dict[str, Any]], queue: str, deliveries: int) -> int:
+def answer_dropped(
+    envelopes_data: list[dict[str, Any]], queue: str, deliveries: int, hooks: BatchHooks = NO_HOOKS
+) -> int:
     """Answer every command of a dropped batch that has no result yet with a `dropped` error,
     without running it: its sender learns the command did not run, and may send it again under
-    a new request id (the same one gets this answer). Held until Redis takes the commit."""
+    a new request id (the same one gets this answer). Held until Redis takes the commit, which
+    runs with `hooks` (the engine's: its lease's fence only)."""
     error = ErrorInfo(
         code=DROPPED,
         message=(
@@ -183,7 +186,7 @@ def answer_dropped(envelopes_data: list[dict[str, Any]], queue: str, deliveries:
             "again with a new request_id"
         ),
     )
-    return answer_unrun(envelopes_data, queue, error)
+    return answer_unrun(envelopes_data, queue, error, hooks)
 
 
 def _run_of(
