@@ -23,7 +23,7 @@ from test_engine_crash import command_ok, open_market
 from hean.command_journal import CommandJournal, journal_key
 from hean.core.system.redis_state import StateOp, SyncRedisStateManager
 from hean.redis_client import OwnConnection, execute_transaction
-from hean.topology import ENGINE_INFLIGHT_KEY, ENGINE_OWNER_KEY, ENGINE_QUEUE
+from hean.topology import ENGINE_ALONE_KEY, ENGINE_INFLIGHT_KEY, ENGINE_OWNER_KEY, ENGINE_QUEUE
 from support import Client, start_engine_worker, wait_for
 from workers import shard_owner
 from workers.shard_owner import OWNER_ALIVE_KEY, Fence, ShardLost, ShardOwner, gone, host_and_pid
@@ -355,7 +355,7 @@ from hean.redis_client import sync_client
 from hean.topology import BATCH_TASKS, ENGINE_OWNER_KEY, ENGINE_QUEUE
 from test_engine_take import envelope
 from workers.app import app
-from workers.engine import SHARD, fenced_only
+from workers.engine import SHARD, _name_alone, fenced_only
 from workers.execution import answer_dropped
 from workers.shard_owner import Fence, ShardLost, ShardOwner
 
@@ -371,6 +371,7 @@ client = sync_client()
 owner = Owner(sync_client, me="here:1:" + sys.argv[1])
 client.set(ENGINE_OWNER_KEY, owner.me)
 SHARD.hooks.fence = SHARD.fence = Fence(owner)  # as workers.engine.hold_the_shard sets them
+_name_alone(client, "held-1 0")  # while it holds the shard
 frame = batch_frame(app, BATCH_TASKS[ENGINE_QUEUE], ENGINE_QUEUE, "batch-1", "submit_order")
 for batch in sys.argv[2:]:
     rids = batch.split(",")
@@ -385,6 +386,12 @@ for batch in sys.argv[2:]:
     except ShardLost as exc:
         unstarted = [client.hget(journal_key(rid), "s") for rid in rids].count(None)
         print(json.dumps({"lost": str(exc), "told": len(lost), "unstarted": unstarted}), flush=True)
+# in recovery, a worker names the commands it runs alone next (for its successor), fenced too
+try:
+    _name_alone(client, rids[0] + " 0")
+    print(json.dumps({"alone": "named"}), flush=True)
+except ShardLost:
+    print(json.dumps({"alone": "refused", "told": len(lost)}), flush=True)
 # past its caps, a worker answers what it held `dropped` (a commit of its own, fenced too)
 try:
     answer_dropped([json.loads(envelope(rid)) for rid in rids], ENGINE_QUEUE, 9, fenced_only())
@@ -426,7 +433,9 @@ def test_a_replaced_engine_workers_take_moves_nothing(
     lines = [json.loads(line) for line in done.stdout.strip().splitlines()]
     assert lines[0] == {"taken": sorted(first)}  # while it held the shard
     assert lines[1]["told"] == 1 and "held by another" in lines[1]["lost"], lines
-    assert lines[2] == {"dropped": "refused", "told": 2}, lines
+    assert lines[2] == {"alone": "refused", "told": 2}, lines
+    assert lines[3] == {"dropped": "refused", "told": 3}, lines
+    assert redis_client.get(ENGINE_ALONE_KEY) == b"held-1 0"  # named while held, kept
     assert redis_client.llen(ENGINE_QUEUE) == 1  # the second batch, still queued
     assert second[0].encode() in (redis_client.lindex(ENGINE_QUEUE, 0) or b"")
     assert redis_client.llen(ENGINE_INFLIGHT_KEY) == 1  # the first only

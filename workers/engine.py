@@ -40,7 +40,7 @@ from hean.engine import BatchResult, EngineState, OrderBatch, OrderResult, order
 from hean.messages import ErrorInfo
 from hean.process_wide import ProcessWide
 from hean.redis_client import SendAhead, sync_client, text
-from hean.topology import BATCH_TASKS, ENGINE_ALONE_KEY, ENGINE_PING_TASK, ENGINE_QUEUE
+from hean.topology import BATCH_TASKS, ENGINE_ALONE_KEY, ENGINE_OWNER_KEY, ENGINE_PING_TASK, ENGINE_QUEUE
 from workers.app import app, inline_strategy, redeliveries_key
 from workers.execution import (
     DROPPED,
@@ -53,7 +53,7 @@ from workers.execution import (
     until_committed,
 )
 from workers.shard import INFLIGHT_KEY, EngineShard
-from workers.shard_owner import Fence, ShardOwner
+from workers.shard_owner import Fence, ShardOwner, fence_lua, run_fenced
 from workers.transport import has_typed_values
 
 log = logging.getLogger(__name__)
@@ -464,10 +464,15 @@ def _count_deaths_again(client: Any) -> None:
         log.warning("event=death_count_not_reset error=%s", exc)
 
 
+#: SET ALONE_KEY (KEYS[1]) to ARGV[1] for ARGV[2] s, while this worker holds the shard (KEYS[2]).
+_NAME_ALONE = fence_lua(2) + "redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])\nreturn 1\n"
+
+
 def _name_alone(client: Any, named: str) -> int:
-    """Name the commands about to run in recovery in ALONE_KEY (durably, before they run)."""
-    client.set(ALONE_KEY, named, ex=ALONE_TTL_S)
-    return 1
+    """Name the commands about to run in recovery in ALONE_KEY (durably, before they run), under
+    the lease: a replaced worker in recovery would overwrite the holder's names."""
+    keys, args = [ALONE_KEY, ENGINE_OWNER_KEY], [named, ALONE_TTL_S]
+    return int(run_fenced(SHARD.fence, client.connection_pool, _NAME_ALONE, keys, args))
 
 
 #: The error of a command named in ALONE_KEY when a worker starts on its batch again.

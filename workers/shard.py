@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from pydantic import BaseModel
-from redis.exceptions import ResponseError
 
 from hean import _core, fastjson, metrics
 from hean.celery_wire import IDS_LUA_PATTERN, batch_envelopes, task_marker
@@ -43,7 +42,6 @@ from hean.redis_client import (
     execute_transaction,
     hot_connection,
     next_stream_id,
-    run_script,
     sync_client,
     text,
 )
@@ -63,7 +61,7 @@ from hean.topology import (
     SYSTEM_NAMESPACE,
 )
 from workers.execution import BatchHooks
-from workers.shard_owner import SHARD_LOST_ERROR, Fence, fence_lua
+from workers.shard_owner import Fence, fence_lua, run_fenced
 
 log = logging.getLogger(__name__)
 
@@ -337,11 +335,12 @@ class StatePublisher:
 # plus what it took); per delivered command, its earlier result or false; the request ids of
 # the commands taken; and per command taken, its earlier result or false. (A message without
 # the ids, from a version before them, is taken all the same: its commands are started later.)
-# Fenced first: when ARGV[4] names this worker and another holds the shard (KEYS[3]), it takes and
-# marks nothing (workers.shard_owner.fence_lua); a take inside a commit passes '' (its WATCH fences).
+# Fenced first: when ARGV[4] (the last) names this worker and another holds the shard (KEYS[3]),
+# it takes and marks nothing (workers.shard_owner.fence_lua); a take inside a commit passes ''
+# (its WATCH fences it).
 _TAKE = (
     (
-        fence_lua(3, 4)
+        fence_lua(3)
         + START_LUA
         + """
 local taken = {}
@@ -578,14 +577,7 @@ class EngineShard:
         client = sync_client()
         ids = [rid for envelope in delivered if isinstance(rid := envelope.get("request_id"), str)]
         keys = [ENGINE_QUEUE, INFLIGHT_KEY, ENGINE_OWNER_KEY, *(journal_key(rid) for rid in ids)]
-        fence = self.fence
-        args = [drain, _BATCH_MARKER, time.time(), fence.me if fence is not None else ""]
-        try:
-            reply = run_script(hot_connection(), _TAKE, keys, args)
-        except ResponseError as exc:
-            if fence is not None and str(exc).startswith(SHARD_LOST_ERROR):
-                fence.refused(str(exc))  # another worker holds the shard: this one took nothing
-            raise
+        reply = run_fenced(self.fence, hot_connection(), _TAKE, keys, [drain, _BATCH_MARKER, time.time()])
         newest_first, results, taken, taken_results = reply
         return self._in_flight(client, newest_first), _started(ids, results) | _started(taken, taken_results)
 

@@ -31,14 +31,14 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final, NoReturn
 
 import psutil
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from hean.celery_wire import holder_id
-from hean.redis_client import text
+from hean.redis_client import run_script, text
 from hean.topology import ENGINE_OWNER_KEY
 
 log = logging.getLogger(__name__)
@@ -85,19 +85,33 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-#: The error a script fenced by the lease answers, having written nothing, when ARGV names a holder
-#: that no longer holds the shard (the engine's take: workers.shard.EngineShard.take).
+#: The error a script fenced by the lease answers, having written nothing, when its last ARGV
+#: names a holder that no longer holds the shard (`run_fenced`).
 SHARD_LOST_ERROR: Final = "HEANSHARDLOST"
 
 
-def fence_lua(key: int, arg: int) -> str:
-    """Lua for the top of a script fenced by the lease: KEYS[key] is the holder's key, ARGV[arg]
-    this process's id ('' in a script that a WATCH fences instead, inside a commit)."""
+def fence_lua(key: int) -> str:
+    """Lua for the top of a script fenced by the lease: KEYS[key] is the holder's key, the last
+    ARGV this process's id ('' in a script that a WATCH fences instead, inside a commit)."""
     return (
-        f"if ARGV[{arg}] ~= '' and redis.call('GET', KEYS[{key}]) ~= ARGV[{arg}] then\n"
+        f"if ARGV[#ARGV] ~= '' and redis.call('GET', KEYS[{key}]) ~= ARGV[#ARGV] then\n"
         f"  return redis.error_reply('{SHARD_LOST_ERROR} the engine shard is held by another worker')\n"
         "end\n"
     )
+
+
+def run_fenced(
+    fence: Fence | None, source: Any, script: str, keys: Sequence[Any], args: Sequence[Any]
+) -> Any:
+    """`run_script` of `script` (which begins with `fence_lua`) on a connection of `source`, with
+    this process's id as its last ARGV ('' without a fence). Raises ShardLost (after
+    `ShardOwner.lost`) when another holds the shard: the script wrote nothing."""
+    try:
+        return run_script(source, script, keys, [*args, fence.me if fence is not None else ""])
+    except ResponseError as exc:
+        if fence is not None and str(exc).startswith(SHARD_LOST_ERROR):
+            fence.refused(str(exc))
+        raise
 
 
 def host_and_pid(holder: str) -> tuple[str, int] | None:
