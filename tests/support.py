@@ -274,6 +274,17 @@ def python_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
+def child_report(
+    script: str, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 120
+) -> Any:
+    """Run `script` in a Python child (`python -c`), which must exit 0; the JSON its last line of
+    output holds (what it saw, for the test to assert on)."""
+    argv = [sys.executable, "-c", script, *args]
+    done = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 RESULT_TIMEOUT_S = 30
 
 

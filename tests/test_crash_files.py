@@ -4,12 +4,9 @@ next worker to start reports a file whose process is gone. Workers start togethe
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
-from support import REPO_ROOT
+from support import REPO_ROOT, child_report
 
 # In a worker of its own: its crash file is made while a neighbour sweeps the directory at the
 # worst moment, between the file's creation and its lock (injected at the lock).
@@ -42,11 +39,7 @@ print(json.dumps({"swept": swept, "exists": path.exists(), "text": path.read_tex
 
 def test_a_crash_file_being_made_is_not_swept_by_a_neighbour(tmp_path: Path) -> None:
     env = {"HEAN_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"}
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stderr
-    seen = json.loads(done.stdout.splitlines()[-1])
+    seen = child_report(SCRIPT, cwd=REPO_ROOT, env=env, timeout=60)
     assert seen["swept"] == [0]  # the neighbour swept while the file was being made ...
     assert seen["exists"], seen  # ... and left it: its process is alive
     assert "node=engine@test" in seen["text"]
@@ -77,16 +70,7 @@ print(json.dumps({"sent": sent, "files": sorted(p.name for p in directory.iterdi
 
 def test_a_dead_workers_unfinished_crash_file_is_removed_and_a_live_ones_kept(tmp_path: Path) -> None:
     env = {"HEAN_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"}
-    done = subprocess.run(
-        [sys.executable, "-c", STALE_SCRIPT],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    seen = json.loads(done.stdout.splitlines()[-1])
+    seen = child_report(STALE_SCRIPT, cwd=REPO_ROOT, env=env, timeout=60)
     names = seen["names"]
     assert seen["sent"] == 0  # nothing in them to report
     # the stale unlocked one is gone; one made just now (its maker may be about to lock it) and

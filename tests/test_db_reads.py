@@ -7,8 +7,6 @@ READS_AT_ONCE run at a time."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ from hean import db_reads
 from hean.command_journal import HistoryUnavailable
 from hean.db import commands, open_database, orders
 from hean.history import HistoryFilter, HistoryStore
+from support import child_report
 
 _ROWS = 3000
 
@@ -131,11 +130,7 @@ print(json.dumps(report))
 def test_a_read_under_eventlet_runs_off_the_hub_and_reads_what_sqlalchemy_reads(tmp_path: Path) -> None:
     path = tmp_path / "history.db"
     _filled(path)
-    done = subprocess.run(
-        [sys.executable, "-c", _UNDER_EVENTLET, str(path)], capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    report = child_report(_UNDER_EVENTLET, str(path))
     assert report["patched"] is True
 
     # the same rows, typed the same (reprs: True is not 1, None is not ''), as SQLAlchemy gives

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -39,6 +37,7 @@ from hean.core.system.redis_state import (
     state_channel,
     state_key,
 )
+from support import child_report
 
 GET_TIMEOUT = 10.0  # anti-hang only
 
@@ -624,15 +623,7 @@ EVENTLET_SCRIPT = textwrap.dedent("""
 def test_sync_face_under_eventlet_survives_idle_and_does_not_block_the_hub(
     own_db_url: str, redis_client: redis.Redis, repo_root: Path
 ) -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", EVENTLET_SCRIPT, own_db_url],
-        cwd=repo_root,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = child_report(EVENTLET_SCRIPT, own_db_url, cwd=repo_root, timeout=60)
     assert report["first"] == 0
     assert report["versions"] == list(range(1, 21))
     assert report["callback"] == list(range(0, 21))

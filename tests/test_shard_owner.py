@@ -5,7 +5,6 @@ process on this host is gone, and after the lease's TTL otherwise. Real Redis, r
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -24,7 +23,7 @@ from hean.command_journal import CommandJournal, journal_key
 from hean.core.system.redis_state import StateOp, SyncRedisStateManager
 from hean.redis_client import OwnConnection, execute_transaction
 from hean.topology import ENGINE_ALONE_KEY, ENGINE_INFLIGHT_KEY, ENGINE_OWNER_KEY, ENGINE_QUEUE
-from support import Client, start_engine_worker, wait_for
+from support import Client, child_report, start_engine_worker, wait_for
 from workers import shard_owner
 from workers.shard_owner import OWNER_ALIVE_KEY, Fence, ShardLost, ShardOwner, gone, host_and_pid
 
@@ -359,7 +358,7 @@ from workers.engine import SHARD, _name_alone, fenced_only
 from workers.execution import answer_dropped
 from workers.shard_owner import Fence, ShardLost, ShardOwner
 
-lost = []
+lost, seen = [], []  # what it saw, printed at the end
 
 
 class Owner(ShardOwner):  # the lease as held, without the renewal thread (which races the take)
@@ -382,22 +381,23 @@ for batch in sys.argv[2:]:
         client.set(ENGINE_OWNER_KEY, "elsewhere:2:y")  # taken over while this worker was frozen
     try:
         taken, started = SHARD.take([])
-        print(json.dumps({"taken": sorted(started)}), flush=True)
+        seen.append({"taken": sorted(started)})
     except ShardLost as exc:
         unstarted = [client.hget(journal_key(rid), "s") for rid in rids].count(None)
-        print(json.dumps({"lost": str(exc), "told": len(lost), "unstarted": unstarted}), flush=True)
+        seen.append({"lost": str(exc), "told": len(lost), "unstarted": unstarted})
 # in recovery, a worker names the commands it runs alone next (for its successor), fenced too
 try:
     _name_alone(client, rids[0] + " 0")
-    print(json.dumps({"alone": "named"}), flush=True)
+    seen.append({"alone": "named"})
 except ShardLost:
-    print(json.dumps({"alone": "refused", "told": len(lost)}), flush=True)
+    seen.append({"alone": "refused", "told": len(lost)})
 # past its caps, a worker answers what it held `dropped` (a commit of its own, fenced too)
 try:
     answer_dropped([json.loads(envelope(rid)) for rid in rids], ENGINE_QUEUE, 9, fenced_only())
-    print(json.dumps({"dropped": "answered"}), flush=True)
+    seen.append({"dropped": "answered"})
 except ShardLost:
-    print(json.dumps({"dropped": "refused", "told": len(lost)}), flush=True)
+    seen.append({"dropped": "refused", "told": len(lost)})
+print(json.dumps(seen))
 """
 
 
@@ -415,22 +415,8 @@ def test_a_replaced_engine_workers_take_moves_nothing(
         filter(None, [os.path.dirname(__file__), os.environ.get("PYTHONPATH")])
     )
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            _REPLACED_TAKE_SCRIPT,
-            uuid.uuid4().hex[:8],
-            ",".join(first),
-            ",".join(second),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    lines = [json.loads(line) for line in done.stdout.strip().splitlines()]
+    batches = (",".join(first), ",".join(second))
+    lines = child_report(_REPLACED_TAKE_SCRIPT, uuid.uuid4().hex[:8], *batches, env=env)
     assert lines[0] == {"taken": sorted(first)}  # while it held the shard
     assert lines[1]["told"] == 1 and "held by another" in lines[1]["lost"], lines
     assert lines[2] == {"alone": "refused", "told": 2}, lines
