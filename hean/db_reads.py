@@ -71,10 +71,14 @@ def read(
             return _read_off_the_hub(db, statements, budget_s)
         with db.connect() as connection:
             return [[tuple(row) for row in connection.execute(statement)] for statement in statements]
-    except HistoryUnavailable:
-        raise
     except (SQLAlchemyError, sqlite3.Error, OSError) as exc:
         raise HistoryUnavailable(f"history unreadable: {type(exc).__name__}") from exc
+
+
+def records(table: sqlalchemy.Table, rows: Rows) -> list[dict[str, Any]]:
+    """`rows` of `select(table)` as dicts by column name."""
+    names = [column.name for column in table.columns]
+    return [dict(zip(names, row, strict=True)) for row in rows]
 
 
 def _read_off_the_hub(
@@ -148,9 +152,9 @@ def _run_sqlite(
         connection.execute("BEGIN")  # one snapshot for all of them
         try:
             return [connection.execute(sql, params).fetchall() for sql, params in statements]
-        except sqlite3.OperationalError as exc:
+        except sqlite3.OperationalError:
             if time.monotonic() > deadline:  # interrupted by the handler, or a lock waited out
                 return None
-            raise exc
+            raise
     finally:
         connection.close()

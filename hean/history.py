@@ -155,10 +155,8 @@ class HistoryStore:
         for start in range(0, len(ids), CHUNK):
             query = select(commands).where(commands.c.request_id.in_(ids[start : start + CHUNK]))
             queries.append(query.where(commands.c.result.is_not(None)) if answered_only else query)
-        names = [column.name for column in commands.columns]
         for rows in self.read(queries):
-            for row in rows:
-                record = dict(zip(names, row, strict=True))
+            for record in db_reads.records(commands, rows):
                 found[record["request_id"]] = _record(record)
         return found
 
@@ -439,8 +437,7 @@ class HistoryStore:
         query = select(table).order_by(*order).limit(filters.limit + 1)
         if conditions:
             query = query.where(and_(*conditions))
-        names = [column.name for column in table.columns]
-        rows = [dict(zip(names, row, strict=True)) for row in self.read([query])[0]]
+        rows = db_reads.records(table, self.read([query])[0])
         more = len(rows) > filters.limit
         rows = rows[: filters.limit]
         return rows, (int(rows[-1]["id"]) if more and rows else None)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +27,7 @@ from hean.command_journal import CommandJournal, Reservation
 from hean.commands import CONTROL_COMMANDS, command_names, get_command, validation_error
 from hean.commands.fast_params import params_json
 from hean.core.system.probes import REDIS_MEMORY_ORDERS_SHARE, MemoryCheck
+from hean.db_reads import eventlet_patched
 from hean.group_commit import GroupCommit
 from hean.history import HistoryUnavailable
 from hean.logs import FailureLog
@@ -561,12 +561,6 @@ def _deadline(seconds: float) -> Iterator[None]:
         yield
     finally:
         timeout.cancel()
-
-
-def eventlet_patched() -> bool:
-    """True in a process that eventlet monkey-patched (the web process)."""
-    patcher = sys.modules.get("eventlet.patcher")
-    return patcher is not None and bool(patcher.is_monkey_patched("thread"))
 
 
 class PendingCommand:

@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 
 from hean.analyzer.models import ErrorReport
 from hean.db import Database, analyses, llm_calls
-from hean.db_reads import read
+from hean.db_reads import read, records
 
 HOUR_S = 3600.0
 
@@ -100,9 +100,8 @@ class AnalysisHistory:
         query = select(analyses).order_by(analyses.c.last_seen.desc(), analyses.c.id.desc())
         if status:
             query = query.where(analyses.c.status == status)
-        names = [column.name for column in analyses.columns]
         rows = read(self.database, [query.limit(limit).offset(offset)])[0]  # off the web's hub on SQLite
-        return [_row_dict(dict(zip(names, row, strict=True))) for row in rows]
+        return [_row_dict(row) for row in records(analyses, rows)]
 
     def counts(self) -> dict[str, Any]:
         """Totals: groups, occurrences, per status, model calls and cost (all time and last hour)."""
