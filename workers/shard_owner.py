@@ -85,6 +85,7 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
 #: The error a script fenced by the lease answers, having written nothing, when its last ARGV
 #: names a holder that no longer holds the shard (`run_fenced`).
 SHARD_LOST_ERROR: Final = "HEANSHARDLOST"
@@ -278,7 +279,7 @@ class Fence:
 
     @property
     def me(self) -> str:
-        """This process's holder id, which a script fenced by the lease is given (FENCE_LUA)."""
+        """This process's holder id, which a script fenced by the lease is given (`run_fenced`)."""
         return self._owner.me
 
     def refused(self, why: str) -> NoReturn:
