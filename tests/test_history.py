@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import redis
+import sqlalchemy
 from celery import Celery
 from sqlalchemy import select
 
@@ -572,6 +573,9 @@ def test_the_bulk_insert_writes_what_sqlalchemys_insert_writes(
     assert written["orders"][2]["price"] is None and written["fills"][0]["fee"] is None
 
 
+_STATUS_OF = ("FILLED", "REJECTED", "FILLED", "RESTING", "CANCELLED")
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_a_listing_pages_through_every_row_once_newest_first_in_its_indexs_order(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest
@@ -580,7 +584,7 @@ def test_a_listing_pages_through_every_row_once_newest_first_in_its_indexs_order
     every row of a symbol): with a symbol or a time range, newest first by execution time then
     id; otherwise by id. Orders of one command share their time, and the host's clock may step
     back: across pages of 3, every matching row comes once, in that order, on SQLite and
-    PostgreSQL; fills too."""
+    PostgreSQL; fills too (they have no status to filter by)."""
     db = open_database(_database_url(kind, tmp_path, request, "pages"))
     store = HistoryStore(db)
     base = 1_800_000_000.0
@@ -599,7 +603,7 @@ def test_a_listing_pages_through_every_row_once_newest_first_in_its_indexs_order
                         "side": "BUY" if i % 2 else "SELL",
                         "quantity": "1",
                         "price": "10",
-                        **({"status": "FILLED", "duplicate": False} if table is orders else {}),
+                        **({"status": _STATUS_OF[i % 5], "duplicate": False} if table is orders else {}),
                         "executed_at": at,
                     }
                     for i, at in enumerate(times)
@@ -614,6 +618,12 @@ def test_a_listing_pages_through_every_row_once_newest_first_in_its_indexs_order
             (HistoryFilter(symbol="BTC/USDT", limit=3), True),
             (HistoryFilter(since=base + 2, limit=3), True),
             (HistoryFilter(symbol="BTC/USDT", since=base + 1, until=base + 8, limit=3), True),
+            (HistoryFilter(status="FILLED", limit=3), False),
+            (HistoryFilter(status="REJECTED", limit=3), False),  # through ix_orders_status
+            (HistoryFilter(status="RESTING", side="SELL", limit=3), False),
+            (HistoryFilter(status="EXPIRED", limit=3), False),  # none
+            (HistoryFilter(status="REJECTED", symbol="BTC/USDT", limit=3), True),
+            (HistoryFilter(status="CANCELLED", since=base + 2, limit=3), True),
         ):
             seen: list[int] = []
             cursor = None
@@ -630,8 +640,86 @@ def test_a_listing_pages_through_every_row_once_newest_first_in_its_indexs_order
                 and (filters.side is None or filters.side == ("BUY" if i % 2 else "SELL"))
                 and (filters.since is None or at >= filters.since)
                 and (filters.until is None or at < filters.until)
+                and (listing == store.fills or filters.status in (None, _STATUS_OF[i % 5]))
             ]
             # by time: newest first, the later id first among equal times; else by id
             expected = sorted(matching, reverse=True) if by_time else sorted(matching, key=lambda m: -m[1])
             assert seen == [rid for _, rid in expected], (listing.__name__, filters)
     db.dispose()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_database_an_older_version_made_gains_the_status_index_and_a_status_page_reads_it(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """`create_all` never adds an index to a table that exists: `open_database` creates
+    ix_orders_status on a database made without it, with the rows already there in it. On
+    SQLite a page filtered by a status other than FILLED searches that index instead of reading
+    the table (for a status no order has: every row of it); with a symbol, its own index."""
+    url = _database_url(kind, tmp_path, request, "status")
+    db = open_database(url)
+    with db.begin() as connection:
+        connection.execute(sqlalchemy.text("DROP INDEX ix_orders_status"))  # as an older version made it
+        connection.execute(
+            orders.insert(),
+            [
+                {
+                    "request_id": f"old-{i}",
+                    "seq": 0,
+                    "client_order_id": f"o-{i}",
+                    "symbol": "BTC/USDT",
+                    "side": "BUY",
+                    "status": _STATUS_OF[i % 5],
+                    "duplicate": False,
+                    "executed_at": 1e9 + i,
+                }
+                for i in range(20)
+            ],
+        )
+    db.dispose()
+    db = open_database(url)
+    try:
+        assert "ix_orders_status" in {index["name"] for index in sqlalchemy.inspect(db).get_indexes("orders")}
+        if kind == "postgresql":
+            with db.connect() as connection:
+                where = connection.execute(
+                    sqlalchemy.text(
+                        "SELECT pg_get_expr(indpred, indrelid) FROM pg_index "
+                        "WHERE indexrelid = 'ix_orders_status'::regclass"
+                    )
+                ).scalar()
+            assert where == "((status)::text <> 'FILLED'::text)"
+        else:
+            with db.connect() as connection:
+                indexed = connection.execute(
+                    sqlalchemy.text(
+                        "SELECT count(*) FROM orders INDEXED BY ix_orders_status"
+                        " WHERE status = 'REJECTED' AND status <> 'FILLED'"
+                    )
+                ).scalar()
+            assert indexed == 4  # the rows there before the index, in it
+        statements: list[tuple[str, Any]] = []
+        sqlalchemy.event.listen(
+            db, "before_cursor_execute", lambda _c, _k, sql, params, *_: statements.append((sql, params))
+        )
+        store = HistoryStore(db)
+        for filters, index in (
+            (HistoryFilter(status="REJECTED", limit=2), "ix_orders_status"),
+            (HistoryFilter(status="EXPIRED"), "ix_orders_status"),
+            (HistoryFilter(status="CANCELLED", side="BUY"), "ix_orders_status"),
+            (HistoryFilter(status="REJECTED", symbol="BTC/USDT"), "ix_orders_symbol_time"),
+        ):
+            statements.clear()
+            page, _ = store.orders(filters)
+            assert {row["status"] for row in page} <= {filters.status}
+            assert len(page) == min(filters.limit, sum(s == filters.status for s in (_STATUS_OF * 4)))
+            if kind == "sqlite":
+                [(sql, params)] = statements
+                with db.connect() as connection:
+                    plan = " ".join(
+                        str(row[-1])
+                        for row in connection.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params)
+                    )
+                assert f"USING INDEX {index} " in plan, (filters, plan)
+    finally:
+        db.dispose()
