@@ -271,8 +271,9 @@ def _create_added_indexes(db: Database) -> None:
         have = {index["name"] for index in inspector.get_indexes(table.name)}
         for index in sorted(table.indexes, key=lambda index: str(index.name)):
             if index.name not in have:
-                # reads the whole table: a few seconds for tens of millions of rows
-                log.info("event=db_index_creating index=%s table=%s", index.name, table.name)
+                # reads the whole table (a few seconds for tens of millions of rows): a warning,
+                # so that it shows in the workers' logs too (they log from warnings up)
+                log.warning("event=db_index_creating index=%s table=%s", index.name, table.name)
                 started = time.monotonic()
                 index.create(db)
                 log.info(
