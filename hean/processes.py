@@ -60,7 +60,8 @@ PROCESSES: tuple[ProcessSpec, ...] = (
     # copies the history stream to the database in batches, off every hot path (hean/history.py)
     ProcessSpec("history", "hean.history", (), "history writer (commands, orders, fills -> database)"),
     ProcessSpec("beat", "celery", ("-A", "workers", "beat", "-l", "warning"), "celery beat"),
-    ProcessSpec("flower", "celery", ("-A", "workers", "flower"), "Flower monitor"),
+    # Flower with its event capture reconnecting within 2 s of Redis (workers/monitor.py)
+    ProcessSpec("flower", "workers", ("flower",), "Flower monitor"),
 )
 
 

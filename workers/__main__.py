@@ -7,17 +7,27 @@ Celery's umbrella command imports every sub-command before it runs one: `celery 
 points bring Flower's whole web app. About 0.2 s of each worker's start went there, and a
 killed engine worker's orders wait for its start (benchmarks/bench_restart.py). `hean up` and
 docker-compose start the workers this way; `celery -A workers worker ...` still works.
+
+`python -m workers flower <options>`: Flower, as `celery -A workers flower <options>` runs it,
+with an event capture that reconnects to Redis at most 2 s apart (workers/monitor.py).
 """
 
 from __future__ import annotations
 
 import sys
 
-USAGE = "usage: python -m workers worker [celery worker options]  (celery -A workers worker --help)"
+USAGE = (
+    "usage: python -m workers worker [celery worker options]  (celery -A workers worker --help)\n"
+    "       python -m workers flower [flower options]  (celery -A workers flower --help)"
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if args and args[0] == "flower":
+        from workers.monitor import main as flower
+
+        return int(flower(args[1:]) or 0)
     if not args or args[0] != "worker":
         print(USAGE, file=sys.stderr)
         return 2
