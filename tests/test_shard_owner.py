@@ -354,7 +354,10 @@ from hean.redis_client import sync_client
 from hean.topology import BATCH_TASKS, ENGINE_OWNER_KEY, ENGINE_QUEUE
 from test_engine_take import envelope
 from workers.app import app
-from workers.engine import SHARD, _name_alone, fenced_only
+from workers.engine import (
+    _COUNT, _FORGET, _RECOUNT, INFLIGHT_KEY, LEFTOVER_TRIES_KEY, SHARD, _count_deaths_again, _fenced,
+    _name_alone, fenced_only,
+)
 from workers.execution import answer_dropped
 from workers.shard_owner import Fence, ShardLost, ShardOwner
 
@@ -371,6 +374,19 @@ owner = Owner(sync_client, me="here:1:" + sys.argv[1])
 client.set(ENGINE_OWNER_KEY, owner.me)
 SHARD.hooks.fence = SHARD.fence = Fence(owner)  # as workers.engine.hold_the_shard sets them
 _name_alone(client, "held-1 0")  # while it holds the shard
+# recovery's counts, while it holds the shard: counted, started over (TTL kept), forgotten
+client.delete(LEFTOVER_TRIES_KEY)
+counted = [_fenced(client, _COUNT, [LEFTOVER_TRIES_KEY], (3600,)) for _ in range(3)]
+_fenced(client, _RECOUNT, [LEFTOVER_TRIES_KEY, "hean:test:no-such-count"])
+recounted = [
+    client.get(LEFTOVER_TRIES_KEY).decode(),
+    client.ttl(LEFTOVER_TRIES_KEY) > 3000,
+    client.exists("hean:test:no-such-count"),
+]
+client.set("hean:test:forget-me", 1)
+_fenced(client, _FORGET, ["hean:test:forget-me"])
+seen.append({"held": [counted, recounted, client.exists("hean:test:forget-me")]})
+_fenced(client, _COUNT, [LEFTOVER_TRIES_KEY], (3600,))  # 2, for the replaced worker to leave alone
 frame = batch_frame(app, BATCH_TASKS[ENGINE_QUEUE], ENGINE_QUEUE, "batch-1", "submit_order")
 for batch in sys.argv[2:]:
     rids = batch.split(",")
@@ -397,6 +413,20 @@ try:
     seen.append({"dropped": "answered"})
 except ShardLost:
     seen.append({"dropped": "refused", "told": len(lost)})
+# nor count the holder's deaths, start them over or forget the holder's names
+for what, call in (
+    ("count", lambda: _fenced(client, _COUNT, [LEFTOVER_TRIES_KEY], (3600,))),
+    ("recount", lambda: _count_deaths_again(client)),
+    ("forget", lambda: _fenced(client, _FORGET, [LEFTOVER_TRIES_KEY, "hean:engine:alone"])),
+    # an in-flight list past its tries: answered `dropped`, and deleted in the same commit
+    ("inflight", lambda: answer_dropped([json.loads(envelope(rids[0]))], ENGINE_QUEUE, 9,
+                                        fenced_only(INFLIGHT_KEY, LEFTOVER_TRIES_KEY))),
+):
+    try:
+        call()
+        seen.append({what: "done"})
+    except ShardLost:
+        seen.append({what: "refused"})
 print(json.dumps(seen))
 """
 
@@ -417,10 +447,19 @@ def test_a_replaced_engine_workers_take_moves_nothing(
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     batches = (",".join(first), ",".join(second))
     lines = child_report(_REPLACED_TAKE_SCRIPT, uuid.uuid4().hex[:8], *batches, env=env)
+    assert lines[0] == {"held": [[1, 2, 3], ["1", True, 0], 0]}, lines
+    lines = lines[1:]
     assert lines[0] == {"taken": sorted(first)}  # while it held the shard
     assert lines[1]["told"] == 1 and "held by another" in lines[1]["lost"], lines
     assert lines[2] == {"alone": "refused", "told": 2}, lines
     assert lines[3] == {"dropped": "refused", "told": 3}, lines
+    assert lines[4:] == [
+        {"count": "refused"},
+        {"recount": "refused"},
+        {"forget": "refused"},
+        {"inflight": "refused"},
+    ]
+    assert redis_client.get("hean:engine:inflight-tries") == b"2"  # counted while held, left alone
     assert redis_client.get(ENGINE_ALONE_KEY) == b"held-1 0"  # named while held, kept
     assert redis_client.llen(ENGINE_QUEUE) == 1  # the second batch, still queued
     assert second[0].encode() in (redis_client.lindex(ENGINE_QUEUE, 0) or b"")

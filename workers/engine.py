@@ -431,7 +431,7 @@ def _run_alone(delivered: list[dict[str, Any]], exc: Exception | None = None) ->
         SHARD.keep_in_flight = False
     if exc is None:
         with contextlib.suppress(RedisError):  # if left, it names commands with a result: harmless
-            client.delete(ALONE_KEY)
+            _fenced(client, _FORGET, [ALONE_KEY])
     log.error(
         "event=batch_run_alone queue=%s commands=%d groups=%d alone=%d raised_alone=%d dropped=%d cause=%s",
         ENGINE_QUEUE,
@@ -454,18 +454,35 @@ def _count_deaths_again(client: Any) -> None:
     command down with it past the caps."""
     delivery = SHARD.delivery
     task_id = (getattr(delivery, "headers", None) or {}).get("id")
+    counts = [LEFTOVER_TRIES_KEY, *([redeliveries_key(task_id)] if isinstance(task_id, str) else [])]
     try:
-        with client.pipeline(transaction=False) as pipe:
-            pipe.set(LEFTOVER_TRIES_KEY, 1, xx=True, keepttl=True)
-            if isinstance(task_id, str):
-                pipe.set(redeliveries_key(task_id), 1, xx=True, keepttl=True)
-            pipe.execute()
+        _fenced(client, _RECOUNT, counts)
     except RedisError as exc:  # the caps count on: they may drop the rest sooner, never loop
         log.warning("event=death_count_not_reset error=%s", exc)
 
 
 #: SET ALONE_KEY (KEYS[1]) to ARGV[1] for ARGV[2] s, while this worker holds the shard (KEYS[2]).
 _NAME_ALONE = fence_lua(2) + "redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])\nreturn 1\n"
+
+# Recovery's bookkeeping (the in-flight tries, the redelivery counts, the names of the commands
+# run alone) is written under the lease too, by `_fenced`: a replaced worker in recovery could
+# otherwise count a death too many, start the holder's counts over, or forget the holder's names.
+#: While this worker holds the shard (KEYS[1]): INCR KEYS[2], which expires ARGV[1] s later.
+_COUNT = (
+    fence_lua(1) + "local n = redis.call('INCR', KEYS[2])\nredis.call('EXPIRE', KEYS[2], ARGV[1])\nreturn n\n"
+)
+#: While this worker holds the shard (KEYS[1]): each of the other KEYS that exists set to 1, TTL kept.
+_RECOUNT = (
+    fence_lua(1) + "for i = 2, #KEYS do\n  redis.call('SET', KEYS[i], 1, 'XX', 'KEEPTTL')\nend\nreturn 1\n"
+)
+#: While this worker holds the shard (KEYS[1]): DEL the other KEYS.
+_FORGET = fence_lua(1) + "return redis.call('DEL', unpack(KEYS, 2))\n"
+
+
+def _fenced(client: Any, script: str, keys: list[str], args: tuple[Any, ...] = ()) -> Any:
+    """`script` (one of the above) on `keys`, while this worker holds the shard (ShardLost, and
+    this worker stops, otherwise: workers.shard_owner.run_fenced)."""
+    return run_fenced(SHARD.fence, client.connection_pool, script, [ENGINE_OWNER_KEY, *keys], args)
 
 
 def _name_alone(client: Any, named: str) -> int:
@@ -633,11 +650,14 @@ def hold_the_shard() -> None:
     SHARD.log.writer.fence = SHARD.state_fence = Fence(OWNER, chained=False)
 
 
-def fenced_only() -> BatchHooks:
+def fenced_only(*deleting: str) -> BatchHooks:
     """Hooks for a commit of this worker that carries none of the engine's own writes (commands
     answered `dropped`): fenced by the lease all the same, so that a replaced worker answers
-    nothing of what the holder runs now (and stops)."""
-    return BatchHooks(fence=SHARD.hooks.fence)
+    nothing of what the holder runs now (and stops). The commit also deletes the keys
+    `deleting` (the in-flight list it answered), under the same fence."""
+    if not deleting:
+        return BatchHooks(fence=SHARD.hooks.fence)
+    return BatchHooks(fence=SHARD.hooks.fence, after=lambda pipe: pipe.delete(*deleting))
 
 
 @worker_shutdown.connect
@@ -697,25 +717,24 @@ def _announce_engine(sender: Any = None, **_: Any) -> None:
         leftover, _ = SHARD.take([], drain=0)
         client = sync_client()
         if not leftover:  # nothing left over: no count carries over to a later crash
-            client.delete(LEFTOVER_TRIES_KEY)
+            _fenced(client, _FORGET, [LEFTOVER_TRIES_KEY])
             return 0
         # drained before a crash: finish them first (each runs at most once), unless the worker
         # died finishing them MAX_REDELIVERIES times already: then one of them kills it, and all
         # are answered `dropped` instead of looping for ever
         if not tries:
-            with client.pipeline(transaction=False) as pipe:
-                pipe.incr(LEFTOVER_TRIES_KEY)
-                pipe.expire(LEFTOVER_TRIES_KEY, LEFTOVER_TRIES_TTL_S)
-                tries.append(int(pipe.execute()[0]))
+            tries.append(int(_fenced(client, _COUNT, [LEFTOVER_TRIES_KEY], (LEFTOVER_TRIES_TTL_S,))))
         if tries[0] > celeryconfig.MAX_REDELIVERIES:
-            answered = answer_dropped(leftover, ENGINE_QUEUE, tries[0], fenced_only())
-            client.delete(INFLIGHT_KEY, LEFTOVER_TRIES_KEY)
+            # the in-flight list goes in the answers' commit: a worker replaced meanwhile deletes
+            # nothing (the holder's in-flight list may hold what it took since)
+            done = fenced_only(INFLIGHT_KEY, LEFTOVER_TRIES_KEY)
+            answered = answer_dropped(leftover, ENGINE_QUEUE, tries[0], done)
             log.error(
                 "event=inflight_dropped commands=%d answered=%d tries=%d", len(leftover), answered, tries[0]
             )
             return len(leftover)
         _run_alone([])  # one at a time; the last commit empties the in-flight list
-        client.delete(LEFTOVER_TRIES_KEY)
+        _fenced(client, _FORGET, [LEFTOVER_TRIES_KEY])
         log.warning("event=inflight_recovered commands=%d", len(leftover))
         return len(leftover)
 
