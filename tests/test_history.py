@@ -680,24 +680,21 @@ def test_a_database_an_older_version_made_gains_the_status_index_and_a_status_pa
     db = open_database(url)
     try:
         assert "ix_orders_status" in {index["name"] for index in sqlalchemy.inspect(db).get_indexes("orders")}
-        if kind == "postgresql":
-            with db.connect() as connection:
-                where = connection.execute(
-                    sqlalchemy.text(
-                        "SELECT pg_get_expr(indpred, indrelid) FROM pg_index "
-                        "WHERE indexrelid = 'ix_orders_status'::regclass"
-                    )
-                ).scalar()
-            assert where == "((status)::text <> 'FILLED'::text)"
-        else:
-            with db.connect() as connection:
-                indexed = connection.execute(
-                    sqlalchemy.text(
-                        "SELECT count(*) FROM orders INDEXED BY ix_orders_status"
-                        " WHERE status = 'REJECTED' AND status <> 'FILLED'"
-                    )
-                ).scalar()
-            assert indexed == 4  # the rows there before the index, in it
+        # PostgreSQL: the index's condition; SQLite: the rows there before the index, in it
+        sql, expected = {
+            "postgresql": (
+                "SELECT pg_get_expr(indpred, indrelid) FROM pg_index "
+                "WHERE indexrelid = 'ix_orders_status'::regclass",
+                "((status)::text <> 'FILLED'::text)",
+            ),
+            "sqlite": (
+                "SELECT count(*) FROM orders INDEXED BY ix_orders_status "
+                "WHERE status = 'REJECTED' AND status <> 'FILLED'",
+                4,
+            ),
+        }[kind]
+        with db.connect() as connection:
+            assert connection.execute(sqlalchemy.text(sql)).scalar() == expected
         statements: list[tuple[str, Any]] = []
         sqlalchemy.event.listen(
             db, "before_cursor_execute", lambda _c, _k, sql, params, *_: statements.append((sql, params))
