@@ -276,7 +276,7 @@ def _create_added_indexes(db: Database) -> None:
                 log.warning("event=db_index_creating index=%s table=%s", index.name, table.name)
                 started = time.monotonic()
                 index.create(db)
-                log.info(
+                log.warning(
                     "event=db_index_created index=%s seconds=%.1f", index.name, time.monotonic() - started
                 )
 

@@ -464,8 +464,8 @@ def _count_deaths_again(client: Any) -> None:
 #: SET ALONE_KEY (KEYS[1]) to ARGV[1] for ARGV[2] s, while this worker holds the shard (KEYS[2]).
 _NAME_ALONE = fence_lua(2) + "redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])\nreturn 1\n"
 
-# Recovery's bookkeeping (the in-flight tries, the redelivery counts, the names of the commands
-# run alone) is written under the lease too, by `_fenced`: a replaced worker in recovery could
+# Recovery's bookkeeping (the in-flight tries, the restart of the death counts, the names of the
+# commands run alone) is written under the lease too, by `_fenced`: a replaced worker in recovery could
 # otherwise count a death too many, start the holder's counts over, or forget the holder's names.
 #: While this worker holds the shard (KEYS[1]): INCR KEYS[2], which expires ARGV[1] s later.
 _COUNT = (

@@ -10,9 +10,9 @@ the events flow again).
 
 `python -m workers flower [options]` (workers/__main__.py) runs Flower's own command with this
 capture in place of Flower's: the same options, `FLOWER_*` variables and defaults as
-`celery -A workers flower`. This relies on two names inside Flower (`flower.app.Events`, which
-Flower's app instantiates, and the `Events` thread's `capp` and `on_event`): pyproject.toml
-bounds Flower to the release they were read from.
+`celery -A workers flower`. This relies on Flower's internals: the name `flower.app.Events`, by
+which Flower's app makes its event thread, and that thread's `capp` and `on_event`;
+pyproject.toml bounds Flower to the release they were read from.
 """
 
 from __future__ import annotations
@@ -42,6 +42,12 @@ class CapturedEvents(Events):
         def unreachable(exc: BaseException, interval: float) -> None:
             failures.failed("event=flower_events_unreachable error=%s retry_in_s=%.1f", _name(exc), interval)
 
+        def on_event(event: dict[str, Any]) -> None:
+            if failures.failures:  # the first event since a failure (a connection alone is not
+                # enough: a Redis loading its data takes connections and refuses the commands)
+                failures.recovered("event=flower_events_captured")
+            self.on_event(event)
+
         while True:
             try:
                 with self.capp.connection() as connection:
@@ -52,8 +58,7 @@ class CapturedEvents(Events):
                         interval_step=0.5,
                         interval_max=RECONNECT_MAX_S,
                     )
-                    receiver = EventReceiver(connection, handlers={"*": self.on_event}, app=self.capp)
-                    failures.recovered("event=flower_events_captured")
+                    receiver = EventReceiver(connection, handlers={"*": on_event}, app=self.capp)
                     receiver.capture(limit=None, timeout=None, wakeup=True)
             except (KeyboardInterrupt, SystemExit):
                 _thread.interrupt_main()
