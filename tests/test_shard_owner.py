@@ -438,7 +438,9 @@ def test_a_replaced_engine_workers_take_moves_nothing(
     linger, recovery's read) is fenced too: once another worker holds the shard, Redis takes
     nothing and starts nothing for a replaced one, however late its take arrives, and the worker
     is told. Unfenced, its take moved batches into the in-flight list just before the holder's
-    next commit emptied that list: acked commands, never run."""
+    next commit emptied that list: acked commands, never run. So are recovery's writes: the
+    names of the commands run alone, the `dropped` answers (with the in-flight list they delete),
+    the in-flight tries and the restart of the death counts."""
     first, second = [f"t-{uuid.uuid4().hex}" for _ in range(2)], [f"u-{uuid.uuid4().hex}"]
     env = dict(os.environ, REDIS_URL=own_db_url, HEAN_HOME=str(tmp_path / "home"))
     env["PYTHONPATH"] = os.pathsep.join(
