@@ -59,7 +59,8 @@ PROCESSES: tuple[ProcessSpec, ...] = (
     _worker("llm", f"{LLM_QUEUE},{DEFAULT_QUEUE}", "threads", 4, "LLM analysis + default worker"),
     # copies the history stream to the database in batches, off every hot path (hean/history.py)
     ProcessSpec("history", "hean.history", (), "history writer (commands, orders, fills -> database)"),
-    ProcessSpec("beat", "celery", ("-A", "workers", "beat", "-l", "warning"), "celery beat"),
+    # Celery's beat command without the rest of its command line (workers/__main__.py)
+    ProcessSpec("beat", "workers", ("beat", "-l", "warning"), "celery beat"),
     # Flower with its event capture reconnecting within 2 s of Redis (workers/monitor.py)
     ProcessSpec("flower", "workers", ("flower",), "Flower monitor"),
 )
