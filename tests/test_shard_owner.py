@@ -353,10 +353,10 @@ from hean.command_journal import journal_key
 from hean.redis_client import sync_client
 from hean.topology import BATCH_TASKS, ENGINE_OWNER_KEY, ENGINE_QUEUE
 from test_engine_take import envelope
-from workers.app import app
+from workers.app import app, count_deliveries_with, redeliveries_exhausted, redeliveries_key
 from workers.engine import (
-    _COUNT, _FORGET, _RECOUNT, INFLIGHT_KEY, LEFTOVER_TRIES_KEY, SHARD, _count_deaths_again, _fenced,
-    _name_alone, fenced_only,
+    _COUNT, _FORGET, _RECOUNT, INFLIGHT_KEY, LEFTOVER_TRIES_KEY, SHARD, _count_deaths_again,
+    _count_delivery_fenced, _fenced, _name_alone, fenced_only,
 )
 from workers.execution import answer_dropped
 from workers.shard_owner import Fence, ShardLost, ShardOwner
@@ -373,6 +373,8 @@ client = sync_client()
 owner = Owner(sync_client, me="here:1:" + sys.argv[1])
 client.set(ENGINE_OWNER_KEY, owner.me)
 SHARD.hooks.fence = SHARD.fence = Fence(owner)  # as workers.engine.hold_the_shard sets them
+count_deliveries_with(_count_delivery_fenced)  # as hold_the_shard does
+task, redelivered = app.tasks[BATCH_TASKS[ENGINE_QUEUE]], {"redelivered": True}
 _name_alone(client, "held-1 0")  # while it holds the shard
 # recovery's counts, while it holds the shard: counted, started over (TTL kept), forgotten
 client.delete(LEFTOVER_TRIES_KEY)
@@ -385,7 +387,10 @@ recounted = [
 ]
 client.set("hean:test:forget-me", 1)
 _fenced(client, _FORGET, ["hean:test:forget-me"])
-seen.append({"held": [counted, recounted, client.exists("hean:test:forget-me")]})
+exhausted = redeliveries_exhausted(task, sys.argv[1], redelivered)  # counted: 1
+forgotten = client.exists("hean:test:forget-me")
+held = [counted, recounted, forgotten, exhausted, client.get(redeliveries_key(sys.argv[1])).decode()]
+seen.append({"held": held})
 _fenced(client, _COUNT, [LEFTOVER_TRIES_KEY], (3600,))  # 2, for the replaced worker to leave alone
 frame = batch_frame(app, BATCH_TASKS[ENGINE_QUEUE], ENGINE_QUEUE, "batch-1", "submit_order")
 for batch in sys.argv[2:]:
@@ -417,6 +422,7 @@ except ShardLost:
 for what, call in (
     ("count", lambda: _fenced(client, _COUNT, [LEFTOVER_TRIES_KEY], (3600,))),
     ("recount", lambda: _count_deaths_again(client)),
+    ("redelivery", lambda: redeliveries_exhausted(task, sys.argv[1], redelivered)),
     ("forget", lambda: _fenced(client, _FORGET, [LEFTOVER_TRIES_KEY, "hean:engine:alone"])),
     # an in-flight list past its tries: answered `dropped`, and deleted in the same commit
     ("inflight", lambda: answer_dropped([json.loads(envelope(rids[0]))], ENGINE_QUEUE, 9,
@@ -440,7 +446,7 @@ def test_a_replaced_engine_workers_take_moves_nothing(
     is told. Unfenced, its take moved batches into the in-flight list just before the holder's
     next commit emptied that list: acked commands, never run. So are recovery's writes: the
     names of the commands run alone, the `dropped` answers (with the in-flight list they delete),
-    the in-flight tries and the restart of the death counts."""
+    the in-flight tries, a redelivered message's count and the restart of the death counts."""
     first, second = [f"t-{uuid.uuid4().hex}" for _ in range(2)], [f"u-{uuid.uuid4().hex}"]
     env = dict(os.environ, REDIS_URL=own_db_url, HEAN_HOME=str(tmp_path / "home"))
     env["PYTHONPATH"] = os.pathsep.join(
@@ -448,8 +454,9 @@ def test_a_replaced_engine_workers_take_moves_nothing(
     )
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     batches = (",".join(first), ",".join(second))
-    lines = child_report(_REPLACED_TAKE_SCRIPT, uuid.uuid4().hex[:8], *batches, env=env)
-    assert lines[0] == {"held": [[1, 2, 3], ["1", True, 0], 0]}, lines
+    holder = uuid.uuid4().hex[:8]  # also the task id of the redelivered message it counts
+    lines = child_report(_REPLACED_TAKE_SCRIPT, holder, *batches, env=env)
+    assert lines[0] == {"held": [[1, 2, 3], ["1", True, 0], 0, False, "1"]}, lines
     lines = lines[1:]
     assert lines[0] == {"taken": sorted(first)}  # while it held the shard
     assert lines[1]["told"] == 1 and "held by another" in lines[1]["lost"], lines
@@ -458,10 +465,12 @@ def test_a_replaced_engine_workers_take_moves_nothing(
     assert lines[4:] == [
         {"count": "refused"},
         {"recount": "refused"},
+        {"redelivery": "refused"},
         {"forget": "refused"},
         {"inflight": "refused"},
     ]
     assert redis_client.get("hean:engine:inflight-tries") == b"2"  # counted while held, left alone
+    assert redis_client.get(f"hean:redeliveries:{holder}") == b"1"
     assert redis_client.get(ENGINE_ALONE_KEY) == b"held-1 0"  # named while held, kept
     assert redis_client.llen(ENGINE_QUEUE) == 1  # the second batch, still queued
     assert second[0].encode() in (redis_client.lindex(ENGINE_QUEUE, 0) or b"")

@@ -30,6 +30,24 @@ def redeliveries_key(task_id: str) -> str:
     return f"hean:redeliveries:{task_id}"
 
 
+def _count_delivery(task: Any, key: str, ttl: int) -> int:
+    with task.app.pool.acquire(block=True) as conn:
+        pipe = conn.default_channel.client.pipeline()
+        pipe.incr(key)
+        pipe.expire(key, ttl)
+        return int(pipe.execute()[0])
+
+
+#: How a redelivery is counted: INCR `key`, which expires `ttl` s later; the new count.
+_counter: list[Callable[[Any, str, int], int]] = [_count_delivery]
+
+
+def count_deliveries_with(counter: Callable[[Any, str, int], int]) -> None:
+    """Count redeliveries with `counter` in this process: the engine worker counts under its
+    lease (workers.engine.hold_the_shard), so that a replaced one counts nothing of the holder's."""
+    _counter[0] = counter
+
+
 def redeliveries_exhausted(task: Any, task_id: str | None, delivery_info: dict[str, Any] | None) -> bool:
     """Count a redelivered message's delivery (in Redis); True once it was delivered more than
     MAX_REDELIVERIES times again: a message that keeps killing its worker stops looping.
@@ -41,11 +59,7 @@ def redeliveries_exhausted(task: Any, task_id: str | None, delivery_info: dict[s
     key = redeliveries_key(task_id)
     ttl = get_settings().visibility_timeout * (celeryconfig.MAX_REDELIVERIES + 2)
     try:
-        with task.app.pool.acquire(block=True) as conn:
-            pipe = conn.default_channel.client.pipeline()
-            pipe.incr(key)
-            pipe.expire(key, ttl)
-            redeliveries = int(pipe.execute()[0])
+        redeliveries = _counter[0](task, key, ttl)
     except RedisError as exc:
         # Redis full or away: uncounted, it runs (the journal runs each command once);
         # failing here would drop the message, and with it commands already acked

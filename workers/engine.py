@@ -41,7 +41,7 @@ from hean.messages import ErrorInfo
 from hean.process_wide import ProcessWide
 from hean.redis_client import SendAhead, sync_client, text
 from hean.topology import BATCH_TASKS, ENGINE_ALONE_KEY, ENGINE_OWNER_KEY, ENGINE_PING_TASK, ENGINE_QUEUE
-from workers.app import app, inline_strategy, redeliveries_key
+from workers.app import app, count_deliveries_with, inline_strategy, redeliveries_key
 from workers.execution import (
     DROPPED,
     BatchHooks,
@@ -464,8 +464,8 @@ def _count_deaths_again(client: Any) -> None:
 #: SET ALONE_KEY (KEYS[1]) to ARGV[1] for ARGV[2] s, while this worker holds the shard (KEYS[2]).
 _NAME_ALONE = fence_lua(2) + "redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])\nreturn 1\n"
 
-# Recovery's bookkeeping (the in-flight tries, the restart of the death counts, the names of the
-# commands run alone) is written under the lease too, by `_fenced`: a replaced worker in recovery could
+# Recovery's bookkeeping (the in-flight tries, a redelivered message's count and the restart of
+# the death counts, the names of the commands run alone) is written under the lease too, by `_fenced`: a replaced worker in recovery could
 # otherwise count a death too many, start the holder's counts over, or forget the holder's names.
 #: While this worker holds the shard (KEYS[1]): INCR KEYS[2], which expires ARGV[1] s later.
 _COUNT = (
@@ -648,6 +648,12 @@ def hold_the_shard() -> None:
     OWNER.acquire(on_lost=_shard_lost)
     SHARD.hooks.fence = SHARD.fence = Fence(OWNER)
     SHARD.log.writer.fence = SHARD.state_fence = Fence(OWNER, chained=False)
+    count_deliveries_with(_count_delivery_fenced)
+
+
+def _count_delivery_fenced(task: Any, key: str, ttl: int) -> int:
+    """A redelivered batch message's delivery, counted under the lease (workers.app)."""
+    return int(_fenced(sync_client(), _COUNT, [key], (ttl,)))
 
 
 def fenced_only(*deleting: str) -> BatchHooks:
