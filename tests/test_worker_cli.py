@@ -10,6 +10,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from hean.processes import PROCESSES
 
 PROBE = """
@@ -31,29 +33,27 @@ def _options(help_text: str) -> set[str]:
     return set(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", help_text))
 
 
-def test_the_worker_command_has_celerys_options_without_its_other_commands() -> None:
-    lean = _run(sys.executable, "-c", PROBE, "worker", "--help")
+@pytest.mark.parametrize(
+    ("command", "some_options"),
+    [
+        ("worker", {"-Q", "--queues", "-P", "--pool", "--without-gossip", "-E"}),
+        # beat too: the pulse waits for its restart (`--help` alone used 0.58-0.95 s of CPU
+        # through `celery`, 0.42-0.45 s this way, five times each in turns)
+        ("beat", {"-S", "--scheduler", "-l", "--loglevel", "--max-interval"}),
+    ],
+)
+def test_the_command_has_celerys_options_without_its_other_commands(
+    command: str, some_options: set[str]
+) -> None:
+    lean = _run(sys.executable, "-c", PROBE, command, "--help")
     assert lean.returncode == 0, lean.stderr
-    assert "Usage: python -m workers worker [OPTIONS]" in lean.stdout
+    assert f"Usage: python -m workers {command} [OPTIONS]" in lean.stdout
     assert lean.stdout.rstrip().endswith("exit 0 flower False prompt_toolkit False"), lean.stdout[-300:]
-    celery = _run(sys.executable, "-m", "celery", "-A", "workers", "worker", "--help")
+    celery = _run(sys.executable, "-m", "celery", "-A", "workers", command, "--help")
     assert celery.returncode == 0, celery.stderr
-    # the same options: celery's umbrella adds none to its worker command
+    # the same options: celery's umbrella adds none to its command
     assert _options(lean.stdout) == _options(celery.stdout)
-    assert {"-Q", "--queues", "-P", "--pool", "--without-gossip", "-E"} <= _options(lean.stdout)
-
-
-def test_the_beat_command_has_celerys_options_without_its_other_commands() -> None:
-    """beat too: the pulse waits for its restart (`--help` alone used 0.58-0.95 s of CPU through
-    `celery`, 0.42-0.45 s this way, five times each in turns)."""
-    lean = _run(sys.executable, "-c", PROBE, "beat", "--help")
-    assert lean.returncode == 0, lean.stderr
-    assert "Usage: python -m workers beat [OPTIONS]" in lean.stdout
-    assert lean.stdout.rstrip().endswith("exit 0 flower False prompt_toolkit False"), lean.stdout[-300:]
-    celery = _run(sys.executable, "-m", "celery", "-A", "workers", "beat", "--help")
-    assert celery.returncode == 0, celery.stderr
-    assert _options(lean.stdout) == _options(celery.stdout)
-    assert {"-S", "--scheduler", "-l", "--loglevel", "--max-interval"} <= _options(lean.stdout)
+    assert some_options <= _options(lean.stdout)
 
 
 def test_anything_else_gets_the_usage_and_bad_options_celerys_error() -> None:

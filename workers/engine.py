@@ -465,8 +465,9 @@ def _count_deaths_again(client: Any) -> None:
 _NAME_ALONE = fence_lua(2) + "redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])\nreturn 1\n"
 
 # Recovery's bookkeeping (the in-flight tries, a redelivered message's count and the restart of
-# the death counts, the names of the commands run alone) is written under the lease too, by `_fenced`: a replaced worker in recovery could
-# otherwise count a death too many, start the holder's counts over, or forget the holder's names.
+# the death counts, the names of the commands run alone) is written under the lease too, by
+# `_fenced`: a replaced worker in recovery could otherwise count a death too many, start the
+# holder's counts over, or forget the holder's names.
 #: While this worker holds the shard (KEYS[1]): INCR KEYS[2], which expires ARGV[1] s later.
 _COUNT = (
     fence_lua(1) + "local n = redis.call('INCR', KEYS[2])\nredis.call('EXPIRE', KEYS[2], ARGV[1])\nreturn n\n"
