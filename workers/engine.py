@@ -461,9 +461,6 @@ def _count_deaths_again(client: Any) -> None:
         log.warning("event=death_count_not_reset error=%s", exc)
 
 
-#: SET ALONE_KEY (KEYS[1]) to ARGV[1] for ARGV[2] s, while this worker holds the shard (KEYS[2]).
-_NAME_ALONE = fence_lua(2) + "redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])\nreturn 1\n"
-
 # Recovery's bookkeeping (the in-flight tries, a redelivered message's count and the restart of
 # the death counts, the names of the commands run alone) is written under the lease too, by
 # `_fenced`: a replaced worker in recovery could otherwise count a death too many, start the
@@ -478,6 +475,8 @@ _RECOUNT = (
 )
 #: While this worker holds the shard (KEYS[1]): DEL the other KEYS.
 _FORGET = fence_lua(1) + "return redis.call('DEL', unpack(KEYS, 2))\n"
+#: While this worker holds the shard (KEYS[1]): SET KEYS[2] to ARGV[1] for ARGV[2] s.
+_NAME_ALONE = fence_lua(1) + "redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])\nreturn 1\n"
 
 
 def _fenced(client: Any, script: str, keys: list[str], args: tuple[Any, ...] = ()) -> Any:
@@ -489,8 +488,7 @@ def _fenced(client: Any, script: str, keys: list[str], args: tuple[Any, ...] = (
 def _name_alone(client: Any, named: str) -> int:
     """Name the commands about to run in recovery in ALONE_KEY (durably, before they run), under
     the lease: a replaced worker in recovery would overwrite the holder's names."""
-    keys, args = [ALONE_KEY, ENGINE_OWNER_KEY], [named, ALONE_TTL_S]
-    return int(run_fenced(SHARD.fence, client.connection_pool, _NAME_ALONE, keys, args))
+    return int(_fenced(client, _NAME_ALONE, [ALONE_KEY], (named, ALONE_TTL_S)))
 
 
 #: The error of a command named in ALONE_KEY when a worker starts on its batch again.
