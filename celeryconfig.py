@@ -12,6 +12,7 @@ from hean.config import get_settings
 from hean.topology import (
     ALL_QUEUES,
     DEFAULT_QUEUE,
+    ENGINE_OWNER_KEY,
     ENGINE_QUEUE,
     LLM_QUEUE,
     PULSE_PERIOD_S,
@@ -61,6 +62,9 @@ if broker_url.startswith("redis://"):
 broker_transport_options = {
     "visibility_timeout": _settings.visibility_timeout,
     "hean_atomic_queues": [ENGINE_QUEUE],
+    # its one consumer is the engine shard's lease holder: only it puts back what its delivering
+    # list holds that it was not delivered (a replaced worker's pops)
+    "hean_atomic_owner_keys": {ENGINE_QUEUE: ENGINE_OWNER_KEY},
     "priority_steps": [0],
     # how often each consumer checks for messages whose holder died (workers/transport.py:
     # QoS.restore_visible; kombu's own visibility-timeout restore runs every 10th check)

@@ -35,7 +35,7 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
@@ -401,12 +401,20 @@ def delivering_key(queue: str) -> str:
     return f"hean:delivering:{queue}"
 
 
-# KEYS: the delivering list, the queue; ARGV: pairs of (message as held, message marked
-# redelivered), newest first. Each one still held goes onto the consuming end, so that the
-# oldest is consumed first.
+# KEYS: the delivering list, the queue[, the queue's owner key]; ARGV: pairs of (message as
+# held, message marked redelivered), newest first[, then the caller's holder id]. Each one still
+# held goes onto the consuming end, so that the oldest is consumed first. With an owner key, only
+# while it holds the caller's id (-1 otherwise, nothing moved).
 _RESTORE_HELD = """
+local last = #ARGV
+if #KEYS == 3 then
+  if redis.call('GET', KEYS[3]) ~= ARGV[last] then
+    return -1
+  end
+  last = last - 1
+end
 local n = 0
-for i = 1, #ARGV, 2 do
+for i = 1, last, 2 do
   if redis.call('LREM', KEYS[1], 1, ARGV[i]) == 1 then
     redis.call('RPUSH', KEYS[2], ARGV[i + 1])
     n = n + 1
@@ -427,18 +435,37 @@ def redelivered(raw: bytes) -> bytes:
     return json.dumps(message).encode()
 
 
-def restore_held(client: redis.Redis, queue: str, *messages: bytes) -> int:
+class NotTheOwner(RuntimeError):
+    """A restore fenced by a queue's owner key found another process's id in it."""
+
+
+def restore_held(client: redis.Redis, queue: str, *messages: bytes, owner_key: str | None = None) -> int:
     """Put `messages` (newest first) back at the consuming end of `queue`, each only if it is
-    still in the queue's delivering list (so never twice), marked redelivered; returns how many."""
+    still in the queue's delivering list (so never twice), marked redelivered; returns how many.
+
+    With `owner_key` (the key that names the queue's one consumer), only while it names this
+    process (`holder_id`): raises NotTheOwner otherwise, nothing moved."""
     args = [part for raw in messages for part in (raw, redelivered(raw))]
-    return int(run_script(client.connection_pool, _RESTORE_HELD, [delivering_key(queue), queue], args))
+    keys = [delivering_key(queue), queue]
+    if owner_key is not None:
+        keys.append(owner_key)
+        args.append(holder_id().encode())
+    restored = int(run_script(client.connection_pool, _RESTORE_HELD, keys, args))
+    if restored < 0:
+        raise NotTheOwner(f"{owner_key} does not name this process")
+    return restored
 
 
-def restore_delivering(client: redis.Redis, queue: str) -> int:
+def restore_delivering(
+    client: redis.Redis, queue: str, keep: Collection[bytes] = (), owner_key: str | None = None
+) -> int:
     """Put every message popped from `queue` and not acknowledged (its consumer died or lost
-    the reply) back at the consuming end of the queue, marked redelivered; returns how many.
+    the reply, or a consumer replaced meanwhile popped it) back at the consuming end of the
+    queue, marked redelivered; returns how many. The messages in `keep` (the caller's own,
+    delivered and not yet acknowledged) stay; `owner_key` as for `restore_held`.
 
     Only for a queue with exactly one consumer, called by that consumer while it is not
-    delivering: then nothing in the list is being delivered."""
+    delivering: then nothing else in the list is being delivered."""
     held = cast(list[bytes], client.lrange(delivering_key(queue), 0, -1))  # newest first
-    return restore_held(client, queue, *held) if held else 0
+    strays = [raw for raw in held if raw not in keep]
+    return restore_held(client, queue, *strays, owner_key=owner_key) if strays else 0

@@ -19,8 +19,10 @@ import redis
 
 from hean.celery_wire import (
     UNACKED_KEY,
+    NotTheOwner,
     batch_frame,
     delivering_key,
+    holder_id,
     reclaim_unacked,
     redelivered,
     restore_delivering,
@@ -602,6 +604,27 @@ def test_restore_delivering_puts_leftovers_back_oldest_first(redis_client: redis
     assert restore_delivering(redis_client, ENGINE_QUEUE) == 0
     # consumers pop from the right: the oldest popped comes back first
     assert [redis_client.rpop(ENGINE_QUEUE) for _ in range(3)] == [b"old", b"new", b"waiting"]
+
+
+def test_restore_delivering_keeps_the_callers_own_and_runs_only_for_the_queues_owner(
+    redis_client: redis.Redis,
+) -> None:
+    """The one consumer's periodic check (workers.transport) keeps what it was delivered and has
+    not acknowledged yet, and, fenced by the queue's owner key, moves nothing for a process the
+    key does not name (a replaced consumer that runs again)."""
+    delivering = delivering_key(ENGINE_QUEUE)
+    owner = "hean:test:owner"
+    redis_client.lpush(delivering, "stray", "mine")
+    redis_client.set(owner, "someone-else")
+    with pytest.raises(NotTheOwner):
+        restore_delivering(redis_client, ENGINE_QUEUE, [b"mine"], owner_key=owner)
+    assert redis_client.lrange(delivering, 0, -1) == [b"mine", b"stray"]  # nothing moved
+    redis_client.set(owner, holder_id())
+    assert restore_delivering(redis_client, ENGINE_QUEUE, [b"mine"], owner_key=owner) == 1
+    assert redis_client.lrange(delivering, 0, -1) == [b"mine"]
+    assert redis_client.lrange(ENGINE_QUEUE, 0, -1) == [b"stray"]
+    assert restore_delivering(redis_client, ENGINE_QUEUE, [b"mine"], owner_key=owner) == 0
+    redis_client.delete(owner, delivering, ENGINE_QUEUE)
 
 
 def test_restored_messages_are_marked_redelivered_and_restored_once(redis_client: redis.Redis) -> None:

@@ -6,6 +6,7 @@ process on this host is gone, and after the lease's TTL otherwise. Real Redis, r
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import redis
 from redis.exceptions import WatchError
 from test_engine_crash import command_ok, open_market
 
+from hean.celery_wire import delivering_key
 from hean.command_journal import CommandJournal, journal_key
 from hean.core.system.redis_state import StateOp, SyncRedisStateManager
 from hean.redis_client import OwnConnection, execute_transaction
@@ -249,6 +251,46 @@ def test_an_engine_worker_whose_lease_was_taken_stops_and_its_successor_runs_on(
         assert command_ok(client, "submit_order", **order)["result"]["order"]["status"] == "FILLED"
         successor = next(p for p in system["processes"] if p.name.startswith("worker-engine"))
         assert _owner_pid(store) == successor.pid
+    finally:
+        client.close()
+        store.close()
+
+
+def test_a_message_a_replaced_engine_worker_popped_runs_on_the_holder(
+    system: dict[str, Any], system_redis_url: str
+) -> None:
+    """A replaced engine worker that runs again (frozen past its lease while another took over)
+    can pop messages into the engine queue's delivering list before it sees the takeover and
+    stops: messages the holder was never delivered, acked commands among them. The holder puts
+    them back and runs them within seconds, not only at its next start. Here the holder is
+    frozen for a moment instead (its pop times out meanwhile), and the test pops as the replaced
+    worker would."""
+    url, token = str(system["url"]), str(system["token"])
+    store = redis.Redis.from_url(system_redis_url)
+    client = Client(url, token)
+    delivering = delivering_key(ENGINE_QUEUE)
+    try:
+        sym = open_market(client, "STRAY")
+        worker = next(p for p in system["processes"] if p.name.startswith("worker-engine"))
+        request_id = uuid.uuid4().hex
+        os.kill(worker.pid, signal.SIGSTOP)
+        try:
+            time.sleep(2.0)  # its blocked pop timed out in Redis (1 s): what is sent now stays queued
+            order = {"client_order_id": uuid.uuid4().hex, "symbol": sym, "side": "BUY", "quantity": "1"}
+            ack = client.command({"command": "submit_order", "params": order, "request_id": request_id})
+            assert ack["accepted"], ack
+            wait_for(lambda: bool(store.llen(ENGINE_QUEUE)), 5, "the order to be queued")
+            popped = 0  # the replaced worker's pops, one message each, into the same list
+            while store.lmove(ENGINE_QUEUE, delivering, "RIGHT", "LEFT") is not None:
+                popped += 1
+            assert popped >= 1 and store.llen(delivering) == popped
+        finally:
+            os.kill(worker.pid, signal.SIGCONT)
+        result = client.result_for(request_id)
+        assert result["success"] and result["result"]["order"]["status"] == "FILLED", result
+        wait_for(lambda: not store.llen(delivering), 10, "the delivering list to empty")
+        assert "event=delivering_restored" in worker.log_text()
+        assert worker.alive()
     finally:
         client.close()
         store.close()

@@ -51,9 +51,13 @@ is needed. A consumer that commits its work to Redis can acknowledge the message
 very commit (`QoS.ack_within`, used by the engine worker): the message is done exactly when its
 batch is, in the same MULTI. What a dead predecessor (or a dropped connection) left in the
 delivering list goes back to the consuming end of the queue, marked redelivered, before the
-next pop (`restore_delivering`); with one consumer nothing else can be in it. Such a queue has
-no visibility timeout (nothing is in the unacked set for kombu to restore): only its consumer's
-restart gives a message back, and the queue's one consumer is the only one who could take it.
+next pop (`restore_delivering`), and every STRAYS_CHECKED_EVERY_S after: a consumer replaced
+meanwhile (an engine worker frozen past its lease, which pops once more before it sees that and
+stops) can leave messages there that the one consumer was never delivered. With the transport
+option ``hean_atomic_owner_keys`` only the process that key names (the engine shard's lease
+holder) puts them back. Such a queue has no visibility timeout (nothing is in the unacked set
+for kombu to restore): only its consumer gives a message back, and it is the only one who could
+take it.
 Such a queue takes no priorities: celeryconfig.py maps every priority onto the queue's one list
 (``priority_steps=[0]``), as an ordered queue needs.
 
@@ -87,6 +91,7 @@ from hean import fastjson
 from hean.celery_wire import (
     HOLDERS_KEY,
     LEASE_S,
+    NotTheOwner,
     delivering_key,
     holder_id,
     lease_key,
@@ -99,6 +104,9 @@ from hean.redis_client import text
 log = logging.getLogger(__name__)
 
 DETACHED = "the broker connection this channel belonged to was closed"
+#: How often an atomic queue's consumer puts back what it does not hold in the queue's delivering
+#: list (Channel._restore_strays): one LRANGE each time, between pops.
+STRAYS_CHECKED_EVERY_S = 2.0
 #: Pauses between tries to record a delivery while Redis is full: first and most.
 FULL_RETRY_FIRST_S, FULL_RETRY_MAX_S = 0.1, 1.0
 
@@ -299,6 +307,11 @@ class Channel(kombu_redis.Channel):
         self._moving: str | None = None
         #: Atomic queues whose delivering list may hold a message no record took out of it.
         self._unchecked: set[str] = set(self._atomic)
+        #: Atomic queue -> the key naming its one consumer (the engine shard's lease): a restore
+        #: of its delivering list runs only while that key names this process.
+        self._owner_keys: dict[str, str] = dict(options.get("hean_atomic_owner_keys", {}))
+        #: When each atomic queue's delivering list was last checked for strays.
+        self._checked_at: dict[str, float] = {}
 
     # -- atomic delivery ------------------------------------------------------------------------
 
@@ -308,12 +321,9 @@ class Channel(kombu_redis.Channel):
             super()._brpop_start(timeout)
             return
         queue = queues[0]
-        if queue in self._unchecked:  # nothing is being delivered: what is there was left over
-            with self.conn_or_acquire() as client:
-                restored = restore_delivering(client, queue)
-            if restored:
-                log.warning("event=delivering_restored queue=%s messages=%d", queue, restored)
-            self._unchecked.discard(queue)
+        now = time.monotonic()
+        if queue in self._unchecked or now - self._checked_at.get(queue, now) >= STRAYS_CHECKED_EVERY_S:
+            self._restore_strays(queue, now)
         self._in_poll = self.client.connection
         self._moving = queue
         self._brpop_sent_at = time.monotonic()  # type: ignore[assignment]  # kombu declares it None
@@ -325,6 +335,23 @@ class Channel(kombu_redis.Channel):
             "LEFT",
             self.brpop_timeout if timeout is None else timeout,
         )
+
+    def _restore_strays(self, queue: str, now: float) -> None:
+        """Put back what this channel does not hold in `queue`'s delivering list: left over by a
+        dead consumer, moved by a pop whose reply was lost, or popped by a consumer replaced
+        meanwhile (an engine worker frozen past its lease runs again and pops before it sees the
+        takeover, then stops). Called while nothing is being delivered; then every STRAYS_CHECKED_EVERY_S."""
+        held = [raw for held_queue, raw in self.qos._held.values() if held_queue == queue]
+        try:
+            with self.conn_or_acquire() as client:
+                restored = restore_delivering(client, queue, held, self._owner_keys.get(queue))
+        except NotTheOwner:  # replaced itself: it stops, and leaves the list to the owner
+            log.warning("event=delivering_not_restored queue=%s reason=not_the_owner", queue)
+            restored = 0
+        if restored:
+            log.warning("event=delivering_restored queue=%s messages=%d", queue, restored)
+        self._unchecked.discard(queue)
+        self._checked_at[queue] = now
 
     def _brpop_read(self, **options: Any) -> Any:
         queue, self._moving = self._moving, None
