@@ -296,6 +296,60 @@ def test_a_message_a_replaced_engine_worker_popped_runs_on_the_holder(
         store.close()
 
 
+def test_a_frozen_engine_worker_is_replaced_by_a_standby_and_every_acked_order_runs_once(
+    system: dict[str, Any], system_redis_url: str, logs_dir: Any
+) -> None:
+    """Orders flowing, the engine worker frozen (SIGSTOP: a stalled VM, a debugger) past its
+    lease beside a standby: the standby takes over, the frozen one exits with code 3 once it
+    runs again, and every order acked before, during and after ran exactly once (filled, none
+    a duplicate of itself)."""
+    url, token = str(system["url"]), str(system["token"])
+    client = Client(url, token)
+    sent: list[str] = []
+    stop = threading.Event()
+
+    def send(sym: str) -> None:
+        while not stop.is_set():
+            request_id = uuid.uuid4().hex
+            order = {"client_order_id": request_id, "symbol": sym, "side": "BUY", "quantity": "1"}
+            ack = client.command({"command": "submit_order", "params": order, "request_id": request_id})
+            assert ack["accepted"], ack
+            sent.append(request_id)
+            time.sleep(0.01)
+
+    try:
+        sym = open_market(client, "FROZEN")
+        first = next(p for p in system["processes"] if p.name.startswith("worker-engine"))
+        start_engine_worker(system, logs_dir)
+        second = system["processes"][0]
+        wait_for(lambda: "event=engine_shard_waiting" in second.log_text(), 60, "the standby to wait")
+        sender = threading.Thread(target=send, args=(sym,), daemon=True)
+        sender.start()
+        time.sleep(1.0)
+        os.kill(first.pid, signal.SIGSTOP)
+        try:
+            wait_for(lambda: "event=engine_shard_taken_over" in second.log_text(), 30, "the takeover")
+            time.sleep(1.0)  # orders run on the standby meanwhile
+        finally:
+            os.kill(first.pid, signal.SIGCONT)
+        assert first.process.wait(timeout=15) == 3
+        first.stop()
+        system["processes"].remove(first)
+        time.sleep(1.0)
+        stop.set()
+        sender.join(timeout=15)
+        assert not sender.is_alive() and len(sent) > 100
+        for request_id in sent:
+            result = client.result_for(request_id)
+            assert result["success"], result
+            order = result["result"]["order"]
+            assert order["status"] == "FILLED" and order["duplicate"] is False, order
+        assert "event=engine_shard_lost" in first.log_text()
+    finally:
+        stop.set()
+        client.close()
+
+
 def test_the_engine_workers_commit_is_fenced_by_its_lease(
     system: dict[str, Any], system_redis_url: str
 ) -> None:
