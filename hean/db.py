@@ -105,7 +105,7 @@ commands = Table(
     Column("runs", Integer),  # results a worker recorded for it: 1, or more if it ever ran twice
 )
 
-#: The condition of the orders in `ix_orders_status`.
+#: The condition of the orders in `ix_orders_status` and `ix_orders_symbol_status`.
 NOT_FILLED = sqlalchemy.text("status <> 'FILLED'")
 
 #: One row per order outcome (a `submit_order`, or each order of a `submit_orders`).
@@ -143,6 +143,16 @@ orders = Table(
     # a FILLED page is found near the table's newest rows. SQLite uses a partial index only for
     # a query that states its condition (hean.history.HistoryStore._page adds it).
     Index("ix_orders_status", "status", "id", sqlite_where=NOT_FILLED, postgresql_where=NOT_FILLED),
+    # The same with a symbol, in the order of a symbol's page (by time): without it a status no
+    # order of the symbol has read all of the symbol's orders (0.26 s for 750,000 cached).
+    Index(
+        "ix_orders_symbol_status",
+        "symbol",
+        "status",
+        "executed_at",
+        sqlite_where=NOT_FILLED,
+        postgresql_where=NOT_FILLED,
+    ),
 )
 
 #: One row per execution: an order filled on submission, or a resting order filled by a market

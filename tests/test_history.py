@@ -648,18 +648,24 @@ def test_a_listing_pages_through_every_row_once_newest_first_in_its_indexs_order
     db.dispose()
 
 
+#: The partial indexes of the orders not FILLED, which a status page reads.
+STATUS_INDEXES = ("ix_orders_status", "ix_orders_symbol_status")
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
-def test_a_database_an_older_version_made_gains_the_status_index_and_a_status_page_reads_it(
+def test_a_database_an_older_version_made_gains_the_status_indexes_and_a_status_page_reads_them(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """`create_all` never adds an index to a table that exists: `open_database` creates
-    ix_orders_status on a database made without it, with the rows already there in it. On
-    SQLite a page filtered by a status other than FILLED searches that index instead of reading
-    the table (for a status no order has: every row of it); with a symbol, its own index."""
+    ix_orders_status and ix_orders_symbol_status on a database made without them, with the rows
+    already there in them. On SQLite a page filtered by a status other than FILLED searches one
+    of them instead of reading the table (for a status no order has: every row of it), or with a
+    symbol, every order of the symbol; with times alone, the time index (the page's order)."""
     url = _database_url(kind, tmp_path, request, "status")
     db = open_database(url)
     with db.begin() as connection:
-        connection.execute(sqlalchemy.text("DROP INDEX ix_orders_status"))  # as an older version made it
+        for index in STATUS_INDEXES:  # as an older version made it
+            connection.execute(sqlalchemy.text(f"DROP INDEX {index}"))
         connection.execute(
             orders.insert(),
             [
@@ -679,22 +685,25 @@ def test_a_database_an_older_version_made_gains_the_status_index_and_a_status_pa
     db.dispose()
     db = open_database(url)
     try:
-        assert "ix_orders_status" in {index["name"] for index in sqlalchemy.inspect(db).get_indexes("orders")}
-        # PostgreSQL: the index's condition; SQLite: the rows there before the index, in it
-        sql, expected = {
-            "postgresql": (
-                "SELECT pg_get_expr(indpred, indrelid) FROM pg_index "
-                "WHERE indexrelid = 'ix_orders_status'::regclass",
-                "((status)::text <> 'FILLED'::text)",
-            ),
-            "sqlite": (
-                "SELECT count(*) FROM orders INDEXED BY ix_orders_status "
-                "WHERE status = 'REJECTED' AND status <> 'FILLED'",
-                4,
-            ),
-        }[kind]
-        with db.connect() as connection:
-            assert connection.execute(sqlalchemy.text(sql)).scalar() == expected
+        assert set(STATUS_INDEXES) <= {
+            index["name"] for index in sqlalchemy.inspect(db).get_indexes("orders")
+        }
+        for index in STATUS_INDEXES:
+            # PostgreSQL: the index's condition; SQLite: the rows there before the index, in it
+            sql, expected = {
+                "postgresql": (
+                    "SELECT pg_get_expr(indpred, indrelid) FROM pg_index "
+                    f"WHERE indexrelid = '{index}'::regclass",
+                    "((status)::text <> 'FILLED'::text)",
+                ),
+                "sqlite": (
+                    f"SELECT count(*) FROM orders INDEXED BY {index} "
+                    "WHERE symbol = 'BTC/USDT' AND status = 'REJECTED' AND status <> 'FILLED'",
+                    4,
+                ),
+            }[kind]
+            with db.connect() as connection:
+                assert connection.execute(sqlalchemy.text(sql)).scalar() == expected
         statements: list[tuple[str, Any]] = []
         sqlalchemy.event.listen(
             db, "before_cursor_execute", lambda _c, _k, sql, params, *_: statements.append((sql, params))
@@ -704,12 +713,18 @@ def test_a_database_an_older_version_made_gains_the_status_index_and_a_status_pa
             (HistoryFilter(status="REJECTED", limit=2), "ix_orders_status"),
             (HistoryFilter(status="EXPIRED"), "ix_orders_status"),
             (HistoryFilter(status="CANCELLED", side="BUY"), "ix_orders_status"),
-            (HistoryFilter(status="REJECTED", symbol="BTC/USDT"), "ix_orders_symbol_time"),
+            (HistoryFilter(status="REJECTED", symbol="BTC/USDT"), "ix_orders_symbol_status"),
+            (HistoryFilter(status="EXPIRED", symbol="BTC/USDT", since=1e9 + 3), "ix_orders_symbol_status"),
+            (HistoryFilter(status="RESTING", since=1e9), "ix_orders_time"),
+            (HistoryFilter(status="FILLED", symbol="BTC/USDT"), "ix_orders_symbol_time"),
         ):
             statements.clear()
             page, _ = store.orders(filters)
             assert {row["status"] for row in page} <= {filters.status}
-            assert len(page) == min(filters.limit, sum(s == filters.status for s in (_STATUS_OF * 4)))
+            expected_rows = [i for i in range(20) if _STATUS_OF[i % 5] == filters.status]
+            if filters.since is not None:
+                expected_rows = [i for i in expected_rows if 1e9 + i >= filters.since]
+            assert len(page) == min(filters.limit, len(expected_rows))
             if kind == "sqlite":
                 [(sql, params)] = statements
                 with db.connect() as connection:

@@ -121,6 +121,9 @@ def post_command() -> ResponseReturnValue:
 @blueprint.get("/api/commands/<request_id>")
 @require_token
 def get_command(request_id: str) -> ResponseReturnValue:
+    # an ack sent moments ago may still wait for the next batch to journal it: asked first, since
+    # the intake forgets it once journaled, which may happen while the journal is read
+    unjournaled = current_app.extensions["hean_intake"].unjournaled_ack(request_id)
     try:
         record = CommandJournal(sync_client(), HistoryStore(database)).get(request_id)
     except (RedisError, HistoryUnavailable):
@@ -133,8 +136,7 @@ def get_command(request_id: str) -> ResponseReturnValue:
             "request_id": request_id,
             "command": record["command"],
             "status": status,
-            # an ack sent moments ago may still wait for the next batch to journal it
-            "ack": record["ack"] or current_app.extensions["hean_intake"].unjournaled_ack(request_id),
+            "ack": record["ack"] or unjournaled,
             "result": record["result"],
         }
     )
