@@ -596,6 +596,33 @@ def test_an_unreadable_message_taken_along_is_set_aside_and_the_batch_runs(
         store.close()
 
 
+def test_an_idle_engine_worker_waits_out_a_full_redis_and_runs_on(
+    system: dict[str, Any], system_redis_url: str
+) -> None:
+    """Redis full (maxmemory, noeviction) for a few seconds while the engine worker waits for
+    work: its pop (BLMOVE) is refused. It stopped there ("Unrecoverable error"), and nothing
+    ran what the web acked once Redis had room; now it waits, and the same process fills the
+    next order."""
+    store = redis.Redis.from_url(system_redis_url)
+    client = Client(str(system["url"]), str(system["token"]))
+    limit = store.config_get("maxmemory")["maxmemory"]
+    try:
+        sym = open_market(client, "ROOM")
+        worker = next(p for p in system["processes"] if p.name.startswith("worker-engine"))
+        store.config_set("maxmemory", 1)  # below what it holds: full
+        wait_for(lambda: "event=pop_refused" in worker.log_text(), 10, "the pop to be refused")
+        time.sleep(2.0)
+        store.config_set("maxmemory", limit)
+        order = {"client_order_id": uuid.uuid4().hex, "symbol": sym, "side": "BUY", "quantity": "1"}
+        assert command_ok(client, "submit_order", **order)["result"]["order"]["status"] == "FILLED"
+        assert worker.alive() and "Unrecoverable error" not in worker.log_text()
+        assert "event=pop_recovered queue=engine" in worker.log_text()
+    finally:
+        store.config_set("maxmemory", limit)
+        client.close()
+        store.close()
+
+
 def test_restore_delivering_puts_leftovers_back_oldest_first(redis_client: redis.Redis) -> None:
     delivering = delivering_key(ENGINE_QUEUE)
     redis_client.lpush(ENGINE_QUEUE, "waiting")

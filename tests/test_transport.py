@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import socket
+from pathlib import Path
+
+import pytest
 import redis
 from kombu import Connection, Queue
 
@@ -120,4 +125,52 @@ def test_a_delivery_cut_short_by_a_stopping_worker_keeps_its_message(own_db_url:
         assert received == [{"order": 1}]
         assert client.llen(delivering_key(name)) == 0
     finally:
+        client.close()
+
+
+def test_an_atomic_queues_consumer_puts_back_what_it_was_not_delivered_and_waits_out_a_full_redis(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While Redis is full, BLMOVE (it may create the delivering list) is refused: the consumer
+    says so, waits and pops again, where kombu stopped the worker. A message another consumer
+    popped into the list (a replaced engine worker) goes back to the queue at the one consumer's
+    next check, and is delivered to it once Redis has room."""
+    from hean.celery_wire import delivering_key
+    from hean.redis_server import PrivateRedis
+    from workers import transport
+
+    monkeypatch.setattr(transport, "STRAYS_CHECKED_EVERY_S", 0.0)
+    name = "atomic-stray-test"
+    options = {"hean_atomic_queues": [name]}
+    with PrivateRedis(tmp_path / "redis") as server:
+        client = redis.Redis.from_url(server.url)
+        with Connection(server.url, transport=Transport, transport_options=options) as connection:
+            queue = Queue(name, routing_key=name)
+            with connection.Producer() as producer:
+                producer.publish({"order": 1}, routing_key=name, declare=[queue])
+            assert client.lmove(name, delivering_key(name), "RIGHT", "LEFT") is not None  # another's pop
+            received: list[object] = []
+
+            def take(body: object, message: object) -> None:
+                received.append(body)
+                message.ack()  # type: ignore[attr-defined]
+
+            client.config_set("maxmemory", 1)  # below what it holds: full
+            with connection.Consumer(queue, callbacks=[take]), caplog.at_level(logging.WARNING):
+                with pytest.raises(socket.timeout):
+                    connection.drain_events(timeout=1.5)
+                # put back (Redis runs the script: it frees as much as it adds), not popped
+                assert received == [] and client.llen(delivering_key(name)) == 0 and client.llen(name) == 1
+                said = [record.getMessage() for record in caplog.records]
+                assert "event=delivering_restored queue=atomic-stray-test messages=1" in said, said
+                assert any(
+                    line.startswith("event=pop_refused") and "reason=redis_out_of_memory" in line
+                    for line in said
+                ), said
+                client.config_set("maxmemory", server.maxmemory)
+                connection.drain_events(timeout=5)
+                said = [record.getMessage() for record in caplog.records]
+                assert any(line.startswith("event=pop_recovered") for line in said), said
+        assert received == [{"order": 1}]
+        assert client.llen(delivering_key(name)) == 0 and client.llen(name) == 0
         client.close()

@@ -37,7 +37,9 @@ message off the queue, then records it as delivered and unacknowledged (ZADD + H
 Redis refuses while full). kombu took the refusal as fatal: the worker stopped with
 "Unrecoverable error: OutOfMemoryError", and the popped message, recorded nowhere, was lost
 with it (acked commands included). Here the record is retried until Redis has room again,
-holding the message; the worker does nothing else meanwhile, and neither could it.
+holding the message; the worker does nothing else meanwhile, and neither could it. An atomic
+queue's pop (below) is refused while Redis is full too: its consumer waits and pops again
+(`Channel._wait_for_room`).
 
 Atomic delivery for a queue with exactly one consumer (the engine queue; transport option
 ``hean_atomic_queues``, celeryconfig.py). kombu pops a message (BRPOP), then records it as
@@ -312,6 +314,9 @@ class Channel(kombu_redis.Channel):
         self._owner_keys: dict[str, str] = dict(options.get("hean_atomic_owner_keys", {}))
         #: When each atomic queue's delivering list was last checked for strays.
         self._checked_at: dict[str, float] = {}
+        self._restore_failures = FailureLog(log)
+        self._pop_refused = FailureLog(log)
+        self._room_wait_s = FULL_RETRY_FIRST_S
 
     # -- atomic delivery ------------------------------------------------------------------------
 
@@ -348,10 +353,29 @@ class Channel(kombu_redis.Channel):
         except NotTheOwner:  # replaced itself: it stops, and leaves the list to the owner
             log.warning("event=delivering_not_restored queue=%s reason=not_the_owner", queue)
             restored = 0
+        except self.connection_errors:  # Redis away: the pop fails too, and the consumer reconnects
+            raise
+        except RedisError as exc:  # full (the restore writes): the messages wait in the list
+            self._restore_failures.failed(
+                "event=delivering_not_restored queue=%s error=%s action=retry", queue, type(exc).__name__
+            )
+            self._checked_at[queue] = now
+            return
+        self._restore_failures.recovered("event=delivering_restore_recovered queue=%s", queue)
         if restored:
             log.warning("event=delivering_restored queue=%s messages=%d", queue, restored)
         self._unchecked.discard(queue)
         self._checked_at[queue] = now
+
+    def _wait_for_room(self, queue: str) -> None:
+        """Redis is full (maxmemory, noeviction) and refuses BLMOVE, which may create the
+        delivering list (BRPOP it would run). kombu took the refusal as fatal: the engine worker
+        stopped ("Unrecoverable error"), and once Redis had room again nobody ran what it acked.
+        The consumer waits instead (it could not commit a batch meanwhile either), longer at each
+        refusal up to FULL_RETRY_MAX_S, and pops again."""
+        self._pop_refused.failed("event=pop_refused queue=%s reason=redis_out_of_memory action=retry", queue)
+        time.sleep(self._room_wait_s)
+        self._room_wait_s = min(FULL_RETRY_MAX_S, self._room_wait_s * 2)
 
     def _brpop_read(self, **options: Any) -> Any:
         queue, self._moving = self._moving, None
@@ -364,6 +388,12 @@ class Channel(kombu_redis.Channel):
                 self.client.connection.disconnect()
                 self._unchecked.add(queue)  # Redis may have moved a message whose reply was lost
                 raise
+            except OutOfMemoryError:
+                self._wait_for_room(queue)
+                raise Empty() from None  # nothing moved: the loop pops again
+            if self._pop_refused.failures:
+                self._pop_refused.recovered("event=pop_recovered queue=%s", queue)
+                self._room_wait_s = FULL_RETRY_FIRST_S
             if item is None:
                 raise Empty()
             transport = self.connection
