@@ -316,7 +316,25 @@ class Channel(kombu_redis.Channel):
         self._checked_at: dict[str, float] = {}
         self._restore_failures = FailureLog(log)
         self._pop_refused = FailureLog(log)
+        self._binding_refused = FailureLog(log)
         self._room_wait_s = FULL_RETRY_FIRST_S
+
+    def maybe_refresh_binding_expiry(self) -> None:
+        """kombu's refresh of this channel's queue bindings (a script), its refusal logged as a
+        recurring failure: a full Redis refuses the script (consuming goes on), and kombu logged
+        that with its traceback, 25 lines a second per worker for as long as Redis stayed full."""
+        try:
+            super().maybe_refresh_binding_expiry()
+        except self.connection_errors:  # the polling loop reconnects
+            raise
+        except self.ResponseError as exc:  # tried again at the next cycle, as kombu does
+            self._binding_refused.failed(
+                "event=binding_refresh_refused error=%s action=retry",
+                type(exc).__name__,
+                level=logging.WARNING,
+            )
+            return
+        self._binding_refused.recovered("event=binding_refresh_recovered")
 
     # -- atomic delivery ------------------------------------------------------------------------
 
