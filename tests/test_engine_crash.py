@@ -629,6 +629,34 @@ def test_an_idle_engine_worker_waits_out_a_full_redis_and_runs_on(
         store.close()
 
 
+def test_an_engine_worker_started_while_redis_is_full_waits_and_then_runs(
+    system: dict[str, Any], system_redis_url: str, logs_dir: Any
+) -> None:
+    """Started (after a crash) while Redis is full: it cannot take the shard's lease, and waits
+    for room, saying so once (it said so twice a second), then takes the shard and runs."""
+    store = redis.Redis.from_url(system_redis_url)
+    client = Client(str(system["url"]), str(system["token"]))
+    limit = store.config_get("maxmemory")["maxmemory"]
+    try:
+        sym = open_market(client, "WAIT")
+        stop_engine_worker(system, crash=True)
+        store.config_set("maxmemory", 1)  # below what it holds: full
+        start_engine_worker(system, logs_dir)
+        worker = system["processes"][0]
+        wait_for(lambda: "event=engine_shard_unreachable" in worker.log_text(), 30, "the lease refused")
+        time.sleep(3.0)
+        assert worker.alive()
+        assert worker.log_text().count("event=engine_shard_unreachable error=OutOfMemoryError") == 1
+        store.config_set("maxmemory", limit)
+        order = {"client_order_id": uuid.uuid4().hex, "symbol": sym, "side": "BUY", "quantity": "1"}
+        assert command_ok(client, "submit_order", **order)["result"]["order"]["status"] == "FILLED"
+        assert "event=engine_shard_reachable failures=" in worker.log_text()
+    finally:
+        store.config_set("maxmemory", limit)
+        client.close()
+        store.close()
+
+
 def test_restore_delivering_puts_leftovers_back_oldest_first(redis_client: redis.Redis) -> None:
     delivering = delivering_key(ENGINE_QUEUE)
     redis_client.lpush(ENGINE_QUEUE, "waiting")

@@ -38,6 +38,7 @@ import psutil
 from redis.exceptions import RedisError, ResponseError
 
 from hean.celery_wire import holder_id
+from hean.logs import FailureLog
 from hean.redis_client import run_script, text
 from hean.topology import ENGINE_OWNER_KEY
 
@@ -157,16 +158,18 @@ class ShardOwner:
         thread (`on_lost` is called there if another holder took it). Returns the holder it
         took over from, if any."""
         waiting_since = said_at = None
+        refused = FailureLog(log)  # Redis away or full: one line, then one every 10 s
         while True:
             try:
                 taken, before = self._take("")
-                if taken and not before:
-                    break
                 holder = text(before or b"")
                 if taken:
                     reason = "lease_lapsed"
                 elif gone(holder, *(host_and_pid(self.me) or (None, None))):
                     taken, reason = self._take(holder)[0], "holder_gone"
+                refused.recovered("event=engine_shard_reachable")
+                if taken and not before:
+                    break
                 if taken:
                     log.warning(
                         "event=engine_shard_taken_over holder=%s from=%s reason=%s", self.me, holder, reason
@@ -183,8 +186,10 @@ class ShardOwner:
                         OWNER_TTL_S,
                     )
                     said_at = now
-            except RedisError as exc:  # Redis away: nothing to consume anyway
-                log.warning("event=engine_shard_unreachable error=%s", type(exc).__name__)
+            except RedisError as exc:  # Redis away (or full): nothing to consume anyway
+                refused.failed(
+                    "event=engine_shard_unreachable error=%s", type(exc).__name__, level=logging.WARNING
+                )
             time.sleep(WAIT_TRY_S)
         if waiting_since is not None:
             log.warning(
