@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from kombu import Connection, Queue
+from kombu import Connection, Exchange, Queue
 
 from workers.transport import Transport
 
@@ -173,4 +173,35 @@ def test_an_atomic_queues_consumer_puts_back_what_it_was_not_delivered_and_waits
                 assert any(line.startswith("event=pop_recovered") for line in said), said
         assert received == [{"order": 1}]
         assert client.llen(delivering_key(name)) == 0 and client.llen(name) == 0
+        client.close()
+
+
+def test_a_refused_binding_refresh_is_logged_once_and_consuming_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """kombu refreshes an expiring queue's binding with a script, every cycle while it fails; a
+    full Redis refuses it (BRPOP it still runs). The refusal is one line, then one every 10 s,
+    and a recovered line: kombu logged each with its traceback, about 25 lines a second."""
+    from hean.redis_server import PrivateRedis
+
+    with PrivateRedis(tmp_path / "redis") as server:
+        client = redis.Redis.from_url(server.url)
+        with Connection(server.url, transport=Transport) as connection:
+            exchange = Exchange("expiring-test", type="direct")  # a binding table, as Celery's pidbox has
+            queue = Queue("expiring-test", exchange=exchange, routing_key="expiring-test", expires=30.0)
+            with connection.Consumer(queue, callbacks=[lambda body, message: message.ack()]):
+                channel = connection.default_channel
+                client.config_set("maxmemory", 1)  # below what it holds: full
+                with caplog.at_level(logging.WARNING):
+                    for _ in range(3):  # kombu's poller calls it every cycle while it fails
+                        channel._binding_expiry_refreshed_at = 0.0
+                        channel.maybe_refresh_binding_expiry()
+                    client.config_set("maxmemory", server.maxmemory)
+                    channel._binding_expiry_refreshed_at = 0.0
+                    channel.maybe_refresh_binding_expiry()
+        said = [record.getMessage() for record in caplog.records]
+        assert said == [
+            "event=binding_refresh_refused error=OutOfMemoryError action=retry failures=1",
+            "event=binding_refresh_recovered failures=3",
+        ], said
         client.close()
