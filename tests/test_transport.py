@@ -176,7 +176,7 @@ def test_an_atomic_queues_consumer_puts_back_what_it_was_not_delivered_and_waits
         client.close()
 
 
-def test_a_refused_binding_refresh_is_logged_once_and_consuming_goes_on(
+def test_a_refused_binding_refresh_is_logged_once_not_every_second(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """kombu refreshes an expiring queue's binding with a script, every cycle while it fails; a
