@@ -205,3 +205,78 @@ def test_a_refused_binding_refresh_is_logged_once_not_every_second(
             "event=binding_refresh_recovered failures=3",
         ], said
         client.close()
+
+
+def test_an_atomic_queues_consumer_waits_out_a_redis_that_cannot_persist(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Redis whose snapshot failed (a full disk; `stop-writes-on-bgsave-error`, as an external
+    Redis saving RDB snapshots has by default) refuses writes with MISCONF, BLMOVE among them:
+    the consumer waits and pops again, and gets the message once Redis can persist again."""
+    import subprocess
+    import time
+
+    from hean.redis_server import free_port, server_binary
+
+    port = free_port()
+    # `dir` is a protected config: this server lets it be set, to make its next save fail
+    options = {"port": str(port), "bind": "127.0.0.1", "save": "", "appendonly": "no", "dir": str(tmp_path)}
+    options["enable-protected-configs"] = "yes"
+    server = subprocess.Popen(
+        [str(server_binary()), *(part for k, v in options.items() for part in (f"--{k}", v))],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    name = "atomic-misconf-test"
+
+    def save_into(directory: str, status: str) -> None:
+        client.config_set("dir", directory)
+        client.bgsave()
+        deadline = time.monotonic() + 10
+        while client.info("persistence")["rdb_bgsave_in_progress"] or (
+            client.info("persistence")["rdb_last_bgsave_status"] != status
+        ):
+            assert time.monotonic() < deadline, f"the save did not end {status}"
+            time.sleep(0.05)
+
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.05)
+        with Connection(
+            url, transport=Transport, transport_options={"hean_atomic_queues": [name]}
+        ) as connection:
+            queue = Queue(name, routing_key=name)
+            with connection.Producer() as producer:
+                producer.publish({"order": 1}, routing_key=name, declare=[queue])
+            received: list[object] = []
+
+            def take(body: object, message: object) -> None:
+                received.append(body)
+                message.ack()  # type: ignore[attr-defined]
+
+            client.config_set("save", "3600 1")
+            save_into("/proc", "err")  # no file can be made there: writes refused from now on
+            with connection.Consumer(queue, callbacks=[take]), caplog.at_level(logging.WARNING):
+                with pytest.raises(socket.timeout):
+                    connection.drain_events(timeout=1.5)
+                assert received == [] and client.llen(name) == 1
+                said = [record.getMessage() for record in caplog.records]
+                assert any(
+                    line.startswith("event=pop_refused") and "reason=redis_cannot_persist" in line
+                    for line in said
+                ), said
+                save_into(str(tmp_path), "ok")
+                connection.drain_events(timeout=5)
+        assert received == [{"order": 1}]
+    finally:
+        client.close()
+        server.kill()
+        server.wait(timeout=10)

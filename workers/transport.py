@@ -38,8 +38,8 @@ Redis refuses while full). kombu took the refusal as fatal: the worker stopped w
 "Unrecoverable error: OutOfMemoryError", and the popped message, recorded nowhere, was lost
 with it (acked commands included). Here the record is retried until Redis has room again,
 holding the message; the worker does nothing else meanwhile, and neither could it. An atomic
-queue's pop (below) is refused while Redis is full too: its consumer waits and pops again
-(`Channel._wait_for_room`).
+queue's pop (below) is refused while Redis is full too, and while it cannot save its snapshots
+(MISCONF): its consumer waits and pops again (`Channel._wait_for_writes`).
 
 Atomic delivery for a queue with exactly one consumer (the engine queue; transport option
 ``hean_atomic_queues``, celeryconfig.py). kombu pops a message (BRPOP), then records it as
@@ -87,7 +87,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils import json as kombu_json
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ExecAbortError, OutOfMemoryError, RedisError
+from redis.exceptions import ExecAbortError, OutOfMemoryError, RedisError, ResponseError
 
 from hean import fastjson
 from hean.celery_wire import (
@@ -111,6 +111,16 @@ DETACHED = "the broker connection this channel belonged to was closed"
 STRAYS_CHECKED_EVERY_S = 2.0
 #: Pauses between tries to record a delivery while Redis is full: first and most.
 FULL_RETRY_FIRST_S, FULL_RETRY_MAX_S = 0.1, 1.0
+
+
+def _writes_refused(exc: ResponseError) -> str | None:
+    """Why Redis refused a write for now (full, or unable to persist), or None for any other
+    refusal (a wrong type, a missing permission: not something waiting would mend)."""
+    if isinstance(exc, OutOfMemoryError):
+        return "redis_out_of_memory"
+    if str(exc).startswith("MISCONF"):
+        return "redis_cannot_persist"
+    return None
 
 
 def _out_of_memory(exc: BaseException) -> bool:
@@ -385,13 +395,14 @@ class Channel(kombu_redis.Channel):
         self._unchecked.discard(queue)
         self._checked_at[queue] = now
 
-    def _wait_for_room(self, queue: str) -> None:
-        """Redis is full (maxmemory, noeviction) and refuses BLMOVE, which may create the
-        delivering list (BRPOP it would run). kombu took the refusal as fatal: the engine worker
-        stopped ("Unrecoverable error"), and once Redis had room again nobody ran what it acked.
-        The consumer waits instead (it could not commit a batch meanwhile either), longer at each
-        refusal up to FULL_RETRY_MAX_S, and pops again."""
-        self._pop_refused.failed("event=pop_refused queue=%s reason=redis_out_of_memory action=retry", queue)
+    def _wait_for_writes(self, queue: str, reason: str) -> None:
+        """Redis refuses BLMOVE, which may create the delivering list, for now: full (maxmemory,
+        noeviction; BRPOP it would run), or unable to save its snapshots (MISCONF). kombu took the
+        refusal as fatal: the engine worker stopped ("Unrecoverable error"), and until something
+        started it again nobody ran what the web had acked. The consumer waits instead (it could
+        not commit a batch meanwhile either), longer at each refusal up to FULL_RETRY_MAX_S, and
+        pops again."""
+        self._pop_refused.failed("event=pop_refused queue=%s reason=%s action=retry", queue, reason)
         time.sleep(self._room_wait_s)
         self._room_wait_s = min(FULL_RETRY_MAX_S, self._room_wait_s * 2)
 
@@ -406,8 +417,11 @@ class Channel(kombu_redis.Channel):
                 self.client.connection.disconnect()
                 self._unchecked.add(queue)  # Redis may have moved a message whose reply was lost
                 raise
-            except OutOfMemoryError:
-                self._wait_for_room(queue)
+            except ResponseError as exc:
+                reason = _writes_refused(exc)
+                if reason is None:
+                    raise
+                self._wait_for_writes(queue, reason)
                 raise Empty() from None  # nothing moved: the loop pops again
             if self._pop_refused.failures:
                 self._pop_refused.recovered("event=pop_recovered queue=%s", queue)
