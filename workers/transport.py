@@ -327,6 +327,7 @@ class Channel(kombu_redis.Channel):
         self._restore_failures = FailureLog(log)
         self._pop_refused = FailureLog(log)
         self._binding_refused = FailureLog(log)
+        #: The next wait while Redis refuses the atomic pop (full, or unable to persist).
         self._room_wait_s = FULL_RETRY_FIRST_S
 
     def maybe_refresh_binding_expiry(self) -> None:
