@@ -336,8 +336,6 @@ class Channel(kombu_redis.Channel):
         that with its traceback, 25 lines a second per worker for as long as Redis stayed full."""
         try:
             super().maybe_refresh_binding_expiry()
-        except self.connection_errors:  # the polling loop reconnects
-            raise
         except self.ResponseError as exc:  # tried again at the next cycle, as kombu does
             self._binding_refused.failed(
                 "event=binding_refresh_refused error=%s action=retry",
