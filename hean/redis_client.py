@@ -379,16 +379,21 @@ OOM_GUARD: Final = ("SET", "hean:oom-guard", "", "XX")
 class TransactionFence(Protocol):
     """What `execute_transaction` asks of a fence (workers.shard_owner.Fence): `open` on the
     connection before the transaction, the commands of `TAIL` sent after its EXEC, their replies
-    to `close`, and `broken` when the connection failed."""
+    to `close` (with whether the EXEC ran), and `broken` when the connection failed."""
 
     @property
     def TAIL(self) -> Sequence[Sequence[Any]]: ...  # a constant of each fence
 
     def open(self, conn: Any) -> None: ...
 
-    def close(self, conn: Any, replies: list[Any]) -> None: ...
+    def close(self, conn: Any, replies: list[Any], ran: bool) -> None: ...
 
     def broken(self) -> None: ...
+
+    @property
+    def lost_after_commit(self) -> str | None: ...  # set by `close` when a commit ran and then lost
+
+    def settle(self) -> None: ...  # raises once the caller has sent what such a commit owes
 
 
 def execute_transaction(
@@ -406,7 +411,7 @@ def execute_transaction(
     OutOfMemoryError is raised. `pipe` is reset.
 
     With `fence`, the transaction runs only while the fence holds (its `open` before, its TAIL's
-    replies to `close` after, which raise if it no longer does)."""
+    replies to `close` after, which raise if it no longer does and the EXEC ran nothing)."""
     commands = [args for args, _options in pipe.command_stack]
     pipe.reset()
     tail = fence.TAIL if fence is not None else ()
@@ -422,7 +427,7 @@ def execute_transaction(
             except ResponseError as exc:
                 replies.append(exc)
         if fence is not None:
-            fence.close(conn, replies[len(replies) - len(tail) :])
+            fence.close(conn, replies[len(replies) - len(tail) :], isinstance(replies[-len(tail) - 1], list))
             del replies[len(replies) - len(tail) :]
     except BaseException:
         conn.disconnect()  # replies may still be on their way: the next use reconnects it

@@ -574,3 +574,82 @@ def test_a_replaced_engine_workers_take_moves_nothing(
     assert lines[1]["unstarted"] == len(second)  # none of its commands marked started
     assert redis_client.hget(journal_key(second[0]), "r") is None  # nor answered `dropped`
     assert all(redis_client.hget(journal_key(rid), "s") for rid in first)
+
+
+_LOST_AFTER_COMMIT_SCRIPT = """
+import json, sys
+
+from hean.command_journal import journal_key
+from hean.config import get_settings
+from hean.messages import envelope_json
+from hean.redis_client import OwnConnection, sync_client
+from hean.topology import DEFAULT_QUEUE, ENGINE_OWNER_KEY
+from workers import execution
+from workers.execution import BatchHooks, execute_batch
+from workers.shard_owner import Fence, ShardLost, ShardOwner
+
+lost = []
+
+
+class Owner(ShardOwner):  # the lease as held, without the renewal thread
+    def lost(self):
+        lost.append(1)
+
+
+client = sync_client()
+owner = Owner(sync_client, me="here:1:" + sys.argv[1])
+client.set(ENGINE_OWNER_KEY, owner.me)
+fence = Fence(owner)
+execution.hot_connection = lambda conn=OwnConnection(client.connection_pool): conn  # the engine's own
+listener = client.pubsub()
+listener.subscribe(get_settings().socketio_channel)
+listener.get_message(timeout=5)  # the subscription's confirmation
+
+
+def batch(rid, takeover, state_first):
+    after = (lambda pipe: pipe.set(ENGINE_OWNER_KEY, "elsewhere:3:z")) if takeover else (lambda pipe: None)
+    hooks = BatchHooks(fence=fence, after=after, state_first=lambda: state_first)
+    data = json.loads(envelope_json(rid, "list_commands", "{}", "sid-1", 1.5))
+    try:
+        execute_batch([data], DEFAULT_QUEUE, hooks=hooks)
+        outcome = "ran"
+    except ShardLost as exc:
+        outcome = "lost: " + str(exc)
+    sent = []
+    while (message := listener.get_message(timeout=1)) is not None:
+        sent.append(rid in message["data"].decode(errors="replace"))
+    return {"outcome": outcome, "told": len(lost), "sent": sent,
+            "recorded": client.hget(journal_key(rid), "r") is not None}
+
+
+seen = [batch("held-" + sys.argv[1], False, False)]  # held throughout; the next one is chained
+# taken over inside the commit, as when Redis ran its EXEC and only then, in a turn of its own,
+# another worker's takeover, before the tail's GET: results published after the commit (a batch
+# with control commands, or acks that wait for WAITAOF) must still go out
+seen.append(batch("late-" + sys.argv[1], True, True))
+seen.append(batch("after-" + sys.argv[1], False, True))  # the next commit: refused, nothing runs
+print(json.dumps(seen))
+"""
+
+
+def test_a_commit_that_ran_before_a_takeover_still_sends_its_results_then_stops(
+    redis_client: redis.Redis, own_db_url: str, tmp_path: Any
+) -> None:
+    """A chained commit whose EXEC ran while this worker held the shard, whose tail then reads
+    another holder (a takeover that landed between the two): the commit is durable and its
+    results are the holder's, which no successor sends; they go out before the worker is told
+    it lost the shard. Before, the worker stopped with them recorded and unsent. Its next commit
+    runs nothing."""
+    env = dict(os.environ, REDIS_URL=own_db_url, HEAN_HOME=str(tmp_path / "home"))
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [os.path.dirname(__file__), os.environ.get("PYTHONPATH")])
+    )
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    held, late, after = child_report(_LOST_AFTER_COMMIT_SCRIPT, uuid.uuid4().hex[:8], env=env)
+    assert held == {"outcome": "ran", "told": 0, "sent": [True], "recorded": True}, held
+    assert late["recorded"] and late["sent"] == [True], late
+    assert late["outcome"].startswith("lost: ") and "after a commit that ran" in late["outcome"], late
+    assert late["told"] == 1, late
+    assert after["outcome"].startswith("lost: ") and after["told"] == 2, after
+    assert after["sent"] == [] and not after["recorded"], after
+    assert redis_client.get(ENGINE_OWNER_KEY) == b"elsewhere:3:z"

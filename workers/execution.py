@@ -391,6 +391,12 @@ def execute_batch(
         committer.connection_pool if durable.required else hot_connection(), pipe, hooks.fence
     )
     wait_durable(committer, durable)
+    if hooks.fence is not None and hooks.fence.lost_after_commit:
+        # it ran while this process held the shard, whose new holder will not send its results:
+        # they go out now, and the process stops (no state of an engine no longer the one)
+        if not publish_in_commit:
+            _publish(committer, emits)
+        hooks.fence.settle()
     hooks.committed(replies)
     if not publish_in_commit and not state_first:
         _publish(committer, emits)

@@ -256,7 +256,13 @@ class Fence:
     WATCH and the GET for the next one (`TAIL`, in the same packet: no round trip); a connection
     not watched yet (the first, a reconnect) is watched first, one round trip. Unchained (pooled
     connections, which other code uses in between: no WATCH may stay on them): every commit is
-    watched first. The caller holds the connection from `open` to `close`."""
+    watched first. The caller holds the connection from `open` to `close`.
+
+    A takeover that lands after a chained commit's EXEC and before its TAIL's GET (Redis read the
+    packet in two parts) leaves a commit that ran while this process held the shard: its results
+    are durable and no one else will send them. `close` then only marks the shard lost
+    (`lost_after_commit`); the caller sends what the commit owes its clients and calls `settle`,
+    which stops the process as any other loss does."""
 
     _WATCH: Final = (("WATCH", ENGINE_OWNER_KEY), ("GET", ENGINE_OWNER_KEY))
 
@@ -265,10 +271,13 @@ class Fence:
         self._chained = chained
         self.TAIL: tuple[tuple[str, str], ...] = self._WATCH if chained else ()
         self._watching: Any = None  # the socket on which the chained WATCH stands
+        #: Why the shard was found lost at the end of a commit that ran (see the class), until `settle`
+        self.lost_after_commit: str | None = None
 
     def open(self, conn: Any) -> None:
         """Before a commit on `conn` (a redis-py connection): the WATCH stands on it, set while
         this process held the shard. Raises ShardLost (after `ShardOwner.lost`) otherwise."""
+        self.settle()
         sock = getattr(conn, "_sock", None)
         if self._chained and sock is not None and sock is self._watching:
             return
@@ -276,11 +285,29 @@ class Fence:
         conn.send_packed_command(conn.pack_commands(self._WATCH))
         self._check(conn, [conn.read_response(), conn.read_response()])
 
-    def close(self, conn: Any, replies: list[Any]) -> None:
-        """After a commit on `conn`: `replies` are its TAIL's. Raises ShardLost (after
-        `ShardOwner.lost`) if another holds the shard."""
-        if self._chained:
-            self._check(conn, replies)
+    def close(self, conn: Any, replies: list[Any], ran: bool) -> None:
+        """After a commit on `conn`: `replies` are its TAIL's, `ran` whether its EXEC ran. If
+        another holds the shard: raises ShardLost (after `ShardOwner.lost`) when the EXEC ran
+        nothing; marks it for `settle` when it ran (the class)."""
+        if not self._chained:
+            return
+        holder = self._holder(replies)
+        if holder is None:
+            self._watching = getattr(conn, "_sock", None)
+        elif ran:
+            self._watching = None
+            self.lost_after_commit = f"the engine shard is held by {holder} (after a commit that ran)"
+            log.critical(
+                "event=engine_shard_lost_after_commit holder=%s action=send_results_then_stop", self.me
+            )
+        else:
+            self.refused(f"the engine shard is held by {holder}")
+
+    def settle(self) -> None:
+        """After a commit and what it owes its clients: raises ShardLost (after
+        `ShardOwner.lost`) if its `close` found the shard lost."""
+        if self.lost_after_commit is not None:
+            self.refused(self.lost_after_commit)
 
     @property
     def me(self) -> str:
@@ -294,10 +321,17 @@ class Fence:
         self._owner.lost()
         raise ShardLost(why)
 
-    def _check(self, conn: Any, replies: list[Any]) -> None:
+    def _holder(self, replies: list[Any]) -> str | None:
+        """Who holds the shard by the replies of WATCH and GET: None when this process does."""
         holder = replies[1]
-        if not isinstance(holder, bytes | str) or text(holder) != self._owner.me:
-            self.refused(f"the engine shard is held by {text(holder) if holder else 'nobody'}")
+        if isinstance(holder, bytes | str) and text(holder) == self._owner.me:
+            return None
+        return text(holder) if isinstance(holder, bytes | str) and holder else "nobody"
+
+    def _check(self, conn: Any, replies: list[Any]) -> None:
+        holder = self._holder(replies)
+        if holder is not None:
+            self.refused(f"the engine shard is held by {holder}")
         if self._chained:
             self._watching = getattr(conn, "_sock", None)
 
