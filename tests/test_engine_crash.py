@@ -656,6 +656,38 @@ def test_an_engine_worker_started_while_redis_is_full_waits_and_then_runs(
         store.close()
 
 
+def test_an_engine_worker_stopped_while_redis_is_full_says_so_and_its_successor_replays_the_log(
+    system: dict[str, Any], system_redis_url: str, logs_dir: Any
+) -> None:
+    """Stopped (SIGTERM) while Redis is full: its last snapshot is refused. One line says so
+    (it was a traceback); the successor, started once Redis has room, restores the snapshot
+    before and replays the log: an order filled before the stop is in its positions and its
+    client order id is still known."""
+    store = redis.Redis.from_url(system_redis_url)
+    client = Client(str(system["url"]), str(system["token"]))
+    limit = store.config_get("maxmemory")["maxmemory"]
+    try:
+        sym = open_market(client, "SHUT")
+        order = {"client_order_id": uuid.uuid4().hex, "symbol": sym, "side": "BUY", "quantity": "2"}
+        assert command_ok(client, "submit_order", **order)["result"]["order"]["status"] == "FILLED"
+        worker = next(p for p in system["processes"] if p.name.startswith("worker-engine"))
+        store.config_set("maxmemory", 1)  # below what it holds: full
+        stop_engine_worker(system, crash=False)
+        assert worker.process.returncode == 0
+        text = worker.log_text()
+        assert "event=engine_snapshot_failed reason=shutdown" in text, text[-3000:]
+        assert "Traceback" not in text, text[-3000:]
+        store.config_set("maxmemory", limit)
+        start_engine_worker(system, logs_dir)
+        wait_for_position(system_redis_url, sym, 2)
+        again = command_ok(client, "submit_order", **order)["result"]["order"]
+        assert again["duplicate"] is True, again
+    finally:
+        store.config_set("maxmemory", limit)
+        client.close()
+        store.close()
+
+
 def test_restore_delivering_puts_leftovers_back_oldest_first(redis_client: redis.Redis) -> None:
     delivering = delivering_key(ENGINE_QUEUE)
     redis_client.lpush(ENGINE_QUEUE, "waiting")

@@ -669,8 +669,15 @@ def fenced_only(*deleting: str) -> BatchHooks:
 def _snapshot_on_shutdown(**_: Any) -> None:
     if SHARD.loaded:
         SHARD.publisher.stop()
-        SHARD.snapshot()
-        log.info("event=engine_snapshot reason=shutdown log_id=%s", SHARD.log.last_id)
+        try:
+            SHARD.snapshot()
+            log.info("event=engine_snapshot reason=shutdown log_id=%s", SHARD.log.last_id)
+        except RedisError as exc:  # full, away: the next start replays the log since the last one
+            log.warning(
+                "event=engine_snapshot_failed reason=shutdown log_id=%s error=%s action=replay_at_next_start",
+                SHARD.log.last_id,
+                type(exc).__name__,
+            )
     if OWNER.held:
         OWNER.release()  # after the last snapshot: the next engine worker starts from it
 
