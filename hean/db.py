@@ -276,6 +276,9 @@ def create_schema(db: Database) -> None:
 
 
 def _create_added_indexes(db: Database) -> None:
+    if db.dialect.name == "postgresql":
+        _create_added_indexes_concurrently(db)
+        return
     inspector = sqlalchemy.inspect(db)
     for table in metadata.sorted_tables:
         have = {index["name"] for index in inspector.get_indexes(table.name)}
@@ -289,6 +292,73 @@ def _create_added_indexes(db: Database) -> None:
                 log.warning(
                     "event=db_index_created index=%s seconds=%.1f", index.name, time.monotonic() - started
                 )
+
+
+#: The key of the PostgreSQL advisory lock that one process at a time holds to build the indexes
+#: a database lacks ("HEAN" in ASCII).
+INDEX_BUILD_LOCK = 0x4845414E
+
+
+def _create_added_indexes_concurrently(db: Database) -> None:
+    """PostgreSQL: build the indexes `db` lacks with CREATE INDEX CONCURRENTLY, which lets the
+    history writer's inserts (and every other write) go on meanwhile; a plain CREATE INDEX held
+    them for the whole build, a scan of the table. One process builds (the advisory lock
+    INDEX_BUILD_LOCK); another that finds it taken goes on without waiting (its queries work
+    without the index, only slower until it is there). A concurrent build that was cut short (the
+    process stopped, the connection lost) leaves its index INVALID, which PostgreSQL keeps up to
+    date and never reads: the next builder drops it and builds it again."""
+    with db.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        if not _lacking_on_postgresql(connection)[0]:
+            return
+        if not connection.execute(
+            sqlalchemy.text("SELECT pg_try_advisory_lock(:key)"), {"key": INDEX_BUILD_LOCK}
+        ).scalar():
+            log.warning("event=db_index_building_elsewhere action=continue")
+            return
+        try:
+            lacking, invalid = _lacking_on_postgresql(connection)  # again: another may have built them
+            for index in lacking:
+                if index.name in invalid:
+                    log.warning("event=db_index_invalid index=%s action=drop_and_build", index.name)
+                    connection.execute(sqlalchemy.text(f'DROP INDEX CONCURRENTLY IF EXISTS "{index.name}"'))
+                log.warning(
+                    "event=db_index_creating index=%s table=%s concurrently=1", index.name, index.table
+                )
+                started = time.monotonic()
+                connection.execute(sqlalchemy.text(_concurrently(index, db)))
+                log.warning(
+                    "event=db_index_created index=%s seconds=%.1f", index.name, time.monotonic() - started
+                )
+        finally:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": INDEX_BUILD_LOCK})
+
+
+def _lacking_on_postgresql(connection: Any) -> tuple[list[Index], set[str]]:
+    """The schema's indexes that the database has no valid index of the same name for (in the
+    tables' and names' order), and the names of its invalid indexes."""
+    found = connection.execute(
+        sqlalchemy.text(
+            "SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = current_schema()"
+        )
+    ).all()
+    valid = {name for name, ok in found if ok}
+    lacking = [
+        index
+        for table in metadata.sorted_tables
+        for index in sorted(table.indexes, key=lambda index: str(index.name))
+        if index.name not in valid
+    ]
+    return lacking, {name for name, ok in found if not ok}
+
+
+def _concurrently(index: Index, db: Database) -> str:
+    """`index`'s CREATE INDEX as SQLAlchemy writes it for `db`, built CONCURRENTLY."""
+    ddl = str(sqlalchemy.schema.CreateIndex(index, if_not_exists=True).compile(dialect=db.dialect))
+    plain = "UNIQUE INDEX IF NOT EXISTS " if index.unique else "INDEX IF NOT EXISTS "
+    if not ddl.startswith("CREATE " + plain):
+        raise RuntimeError(f"unexpected DDL for {index.name}: {ddl[:80]}")
+    return "CREATE " + plain.replace("INDEX ", "INDEX CONCURRENTLY ", 1) + ddl[len("CREATE " + plain) :]
 
 
 def database() -> Database:

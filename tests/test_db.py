@@ -4,13 +4,16 @@ that may not exist yet, and each opens it (hean.db.open_database creates what is
 from __future__ import annotations
 
 import multiprocessing
+import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 import sqlalchemy
+from test_history import STATUS_INDEXES
 
-from hean.db import metadata, open_database
+from hean.db import INDEX_BUILD_LOCK, metadata, open_database, orders
 from postgres_server import PostgresServer
 
 PROCESSES = 4
@@ -98,3 +101,119 @@ def test_the_registered_adapters_store_what_sqlite3s_own_lookup_stored(tmp_path:
         (True, None, 0),
         (False, None, 1),
     ]
+
+
+def _status_index_build_setup(postgres: PostgresServer, name: str) -> tuple[str, sqlalchemy.Engine]:
+    """A PostgreSQL database as an older version made it (without the two status indexes), with
+    some orders in it; its URL and an engine of the test's own on it."""
+    url = postgres.create_database(f"{name}_{uuid.uuid4().hex[:8]}")
+    open_database(url).dispose()
+    db = sqlalchemy.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with db.begin() as connection:
+        for index in STATUS_INDEXES:
+            connection.execute(sqlalchemy.text(f"DROP INDEX {index}"))
+        connection.execute(
+            orders.insert(), [_order(f"old-{i}", "REJECTED" if i % 2 else "FILLED") for i in range(50)]
+        )
+    return url, db
+
+
+def _order(request_id: str, status: str) -> dict[str, object]:
+    return {"request_id": request_id, "seq": 0, "symbol": "BTC/USDT", "side": "BUY", "status": status,
+            "duplicate": False, "executed_at": time.time()}  # fmt: skip
+
+
+def _valid_indexes(db: sqlalchemy.Engine) -> dict[str, bool]:
+    with db.connect() as connection:
+        rows = connection.execute(
+            sqlalchemy.text(
+                "SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                "WHERE c.relname LIKE 'ix_orders_%status'"
+            )
+        ).all()
+    return {str(name): bool(valid) for name, valid in rows}
+
+
+def test_postgresql_builds_an_added_index_while_the_history_writer_inserts_on(
+    postgres_server: PostgresServer,
+) -> None:
+    """An index a newer version added is built CONCURRENTLY on PostgreSQL: inserts go on during
+    the build. Here the build waits for a transaction that wrote to the table and is still open
+    (as a history batch being written); another insert meanwhile lands at once. A plain CREATE
+    INDEX queued for its lock behind that transaction, and every insert after it queued behind
+    the CREATE INDEX (it failed on its 3 s lock timeout), for as long as the build."""
+    url, db = _status_index_build_setup(postgres_server, "concurrent")
+    opened: list[object] = []
+    try:
+        with db.connect() as writing:
+            writing.execute(orders.insert(), [_order("open-1", "REJECTED")])  # its transaction stays open
+            opener = threading.Thread(target=lambda: opened.append(open_database(url)))
+            opener.start()
+
+            def building() -> bool:
+                with db.connect() as connection:
+                    return bool(
+                        connection.execute(
+                            sqlalchemy.text(
+                                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'CREATE INDEX%' "
+                                "AND wait_event_type = 'Lock'"
+                            )
+                        ).scalar()
+                    )
+
+            deadline = time.monotonic() + 30
+            while not building():
+                assert time.monotonic() < deadline, "the build never began"
+                time.sleep(0.05)
+            with db.begin() as inserting:  # meanwhile, as the history writer's next batch
+                inserting.execute(sqlalchemy.text("SET LOCAL lock_timeout = '3s'"))
+                inserting.execute(orders.insert(), [_order("during-1", "REJECTED")])
+            writing.commit()
+        opener.join(timeout=60)
+        assert not opener.is_alive() and opened
+        assert _valid_indexes(db) == dict.fromkeys(STATUS_INDEXES, True)
+        with db.connect() as connection:  # every row in the index, both inserts among them
+            count = connection.execute(
+                sqlalchemy.text(
+                    "SELECT count(*) FROM orders WHERE status = 'REJECTED' AND status <> 'FILLED'"
+                )
+            ).scalar()
+        assert count == 25 + 2
+    finally:
+        for engine in opened:
+            engine.dispose()  # type: ignore[attr-defined]
+        db.dispose()
+
+
+def test_postgresql_rebuilds_an_index_a_cut_build_left_invalid_and_builds_one_at_a_time(
+    postgres_server: PostgresServer,
+) -> None:
+    """A concurrent build cut short leaves its index INVALID (never read, always written): the
+    next process to open the database drops it and builds it again. While another process holds
+    the builders' lock, one that opens the database goes on at once without building."""
+    url, db = _status_index_build_setup(postgres_server, "invalid")
+    try:
+        # a concurrent build that fails half way (the status repeats: not unique) leaves an invalid index
+        autocommit = db.connect().execution_options(isolation_level="AUTOCOMMIT")
+        with autocommit as connection, pytest.raises(sqlalchemy.exc.IntegrityError):
+            connection.execute(
+                sqlalchemy.text("CREATE UNIQUE INDEX CONCURRENTLY ix_orders_status ON orders (status)")
+            )
+        assert _valid_indexes(db) == {"ix_orders_status": False}
+        with db.connect() as holder:  # another process building
+            holder.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": INDEX_BUILD_LOCK})
+            started = time.monotonic()
+            open_database(url).dispose()
+            assert time.monotonic() - started < 10  # it did not wait for the lock
+            assert _valid_indexes(db) == {"ix_orders_status": False}
+            holder.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": INDEX_BUILD_LOCK})
+            holder.commit()
+        open_database(url).dispose()
+        assert _valid_indexes(db) == dict.fromkeys(STATUS_INDEXES, True)
+        with db.connect() as connection:  # the schema's index, not the unique one the cut build began
+            definition = connection.execute(
+                sqlalchemy.text("SELECT pg_get_indexdef('ix_orders_status'::regclass)")
+            ).scalar()
+        assert "UNIQUE" not in str(definition) and "WHERE" in str(definition), definition
+    finally:
+        db.dispose()
