@@ -207,12 +207,14 @@ def test_a_refused_binding_refresh_is_logged_once_not_every_second(
         client.close()
 
 
-def test_an_atomic_queues_consumer_waits_out_a_redis_that_cannot_persist(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("atomic", [True, False], ids=["atomic", "brpop"])
+def test_a_consumer_waits_out_a_redis_that_cannot_persist(
+    atomic: bool, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A Redis whose snapshot failed (a full disk; `stop-writes-on-bgsave-error`, as an external
-    Redis saving RDB snapshots has by default) refuses writes with MISCONF, BLMOVE among them:
-    the consumer waits and pops again, and gets the message once Redis can persist again."""
+    Redis saving RDB snapshots has by default) refuses writes with MISCONF, BLMOVE and BRPOP
+    among them: the consumer waits and pops again, and gets the message once Redis can persist
+    again. A BRPOP consumer (the pulse, llm and default queues) stopped its worker before."""
     import subprocess
     import time
 
@@ -229,7 +231,7 @@ def test_an_atomic_queues_consumer_waits_out_a_redis_that_cannot_persist(
     )
     url = f"redis://127.0.0.1:{port}/0"
     client = redis.Redis.from_url(url)
-    name = "atomic-misconf-test"
+    name = "atomic-misconf-test" if atomic else "brpop-misconf-test"
 
     def save_into(directory: str, status: str) -> None:
         client.config_set("dir", directory)
@@ -250,9 +252,8 @@ def test_an_atomic_queues_consumer_waits_out_a_redis_that_cannot_persist(
             except redis.ConnectionError:
                 assert time.monotonic() < deadline, "the server did not start"
                 time.sleep(0.05)
-        with Connection(
-            url, transport=Transport, transport_options={"hean_atomic_queues": [name]}
-        ) as connection:
+        options = {"hean_atomic_queues": [name]} if atomic else {}
+        with Connection(url, transport=Transport, transport_options=options) as connection:
             queue = Queue(name, routing_key=name)
             with connection.Producer() as producer:
                 producer.publish({"order": 1}, routing_key=name, declare=[queue])
@@ -275,6 +276,8 @@ def test_an_atomic_queues_consumer_waits_out_a_redis_that_cannot_persist(
                 ), said
                 save_into(str(tmp_path), "ok")
                 connection.drain_events(timeout=5)
+                said = [record.getMessage() for record in caplog.records]
+                assert f"event=pop_recovered queue={name} failures=" in " ".join(said), said
         assert received == [{"order": 1}]
     finally:
         client.close()

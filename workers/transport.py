@@ -39,7 +39,8 @@ Redis refuses while full). kombu took the refusal as fatal: the worker stopped w
 with it (acked commands included). Here the record is retried until Redis has room again,
 holding the message; the worker does nothing else meanwhile, and neither could it. An atomic
 queue's pop (below) is refused while Redis is full too, and while it cannot save its snapshots
-(MISCONF): its consumer waits and pops again (`Channel._wait_for_writes`).
+(MISCONF), which refuses every consumer's BRPOP as well: the consumer waits and pops again
+(`Channel._wait_for_writes`), where kombu stopped the worker.
 
 Atomic delivery for a queue with exactly one consumer (the engine queue; transport option
 ``hean_atomic_queues``, celeryconfig.py). kombu pops a message (BRPOP), then records it as
@@ -76,6 +77,7 @@ kombu's own (where the pulse queue's no_ack still spares the bookkeeping at deli
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Iterator
@@ -121,6 +123,35 @@ def _writes_refused(exc: ResponseError) -> str | None:
     if str(exc).startswith("MISCONF"):
         return "redis_cannot_persist"
     return None
+
+
+class PopRefused(Exception):
+    """Redis refused a consumer's BRPOP for now (`_writes_refused`): nothing was popped."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@functools.cache
+def _refusing_pops(base: type) -> type:
+    """`base` (the client class kombu's channel builds) whose read of a BRPOP's reply raises
+    PopRefused for a refusal that waiting mends. A Redis that cannot save its snapshots
+    (MISCONF) refuses BRPOP as a write: kombu read the refusal as fatal, and the worker stopped
+    ("Unrecoverable error"). Only the pop's own reply is read this way: a refusal of what comes
+    after a message was popped (its record) is never taken for "nothing popped"."""
+
+    class RefusingPops(base):
+        def parse_response(self, connection: Any, command_name: Any, **options: Any) -> Any:
+            try:
+                return super().parse_response(connection, command_name, **options)
+            except ResponseError as exc:
+                reason = _writes_refused(exc) if command_name == "BRPOP" else None
+                if reason is None:
+                    raise
+                raise PopRefused(reason) from exc
+
+    return RefusingPops
 
 
 def _out_of_memory(exc: BaseException) -> bool:
@@ -330,6 +361,9 @@ class Channel(kombu_redis.Channel):
         #: The next wait while Redis refuses the atomic pop (full, or unable to persist).
         self._room_wait_s = FULL_RETRY_FIRST_S
 
+    def _get_client(self) -> Any:
+        return _refusing_pops(super()._get_client())
+
     def maybe_refresh_binding_expiry(self) -> None:
         """kombu's refresh of this channel's queue bindings (a script), its refusal logged as a
         recurring failure: a full Redis refuses the script (consuming goes on), and kombu logged
@@ -396,19 +430,34 @@ class Channel(kombu_redis.Channel):
 
     def _wait_for_writes(self, queue: str, reason: str) -> None:
         """Redis refuses BLMOVE, which may create the delivering list, for now: full (maxmemory,
-        noeviction; BRPOP it would run), or unable to save its snapshots (MISCONF). kombu took the
-        refusal as fatal: the engine worker stopped ("Unrecoverable error"), and until something
-        started it again nobody ran what the web had acked. The consumer waits instead (it could
-        not commit a batch meanwhile either), longer at each refusal up to FULL_RETRY_MAX_S, and
-        pops again."""
+        noeviction; BRPOP it would run), or unable to save its snapshots (MISCONF, which refuses
+        BRPOP too). kombu took the refusal as fatal: the worker stopped ("Unrecoverable error"),
+        and until something started it again nobody ran what the web had acked (the engine
+        queue) or the pulse. The consumer waits instead (it could not commit its work meanwhile
+        either), longer at each refusal up to FULL_RETRY_MAX_S, and pops again."""
         self._pop_refused.failed("event=pop_refused queue=%s reason=%s action=retry", queue, reason)
         time.sleep(self._room_wait_s)
         self._room_wait_s = min(FULL_RETRY_MAX_S, self._room_wait_s * 2)
 
+    def _popped_again(self, queue: str) -> None:
+        if self._pop_refused.failures:
+            self._pop_refused.recovered("event=pop_recovered queue=%s", queue)
+            self._room_wait_s = FULL_RETRY_FIRST_S
+
     def _brpop_read(self, **options: Any) -> Any:
         queue, self._moving = self._moving, None
         if queue is None:
-            return super()._brpop_read(**options)
+            queues = ",".join(sorted(self.active_queues))
+            try:
+                delivered = super()._brpop_read(**options)
+            except PopRefused as refused:
+                self._wait_for_writes(queues, refused.reason)
+                raise Empty() from None  # nothing popped: the loop pops again
+            except Empty:
+                self._popped_again(queues)
+                raise
+            self._popped_again(queues)
+            return delivered
         try:
             try:
                 item = self.client.parse_response(self.client.connection, "BLMOVE", **options)
@@ -422,9 +471,7 @@ class Channel(kombu_redis.Channel):
                     raise
                 self._wait_for_writes(queue, reason)
                 raise Empty() from None  # nothing moved: the loop pops again
-            if self._pop_refused.failures:
-                self._pop_refused.recovered("event=pop_recovered queue=%s", queue)
-                self._room_wait_s = FULL_RETRY_FIRST_S
+            self._popped_again(queue)
             if item is None:
                 raise Empty()
             transport = self.connection
