@@ -153,6 +153,12 @@ orders = Table(
         sqlite_where=NOT_FILLED,
         postgresql_where=NOT_FILLED,
     ),
+    # The same by time, for a status with a time range and no symbol, in the order of such a page:
+    # without it the page went through the time index and checked every row of the range (0.8 s
+    # for 3 million orders cached; a day at 1,000 orders/s ran past the listing's 10 s).
+    Index(
+        "ix_orders_status_time", "status", "executed_at", sqlite_where=NOT_FILLED, postgresql_where=NOT_FILLED
+    ),
 )
 
 #: One row per execution: an order filled on submission, or a resting order filled by a market

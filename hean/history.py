@@ -433,11 +433,12 @@ class HistoryStore:
             conditions.append(or_(table.c.executed_at < at, table.c.id < filters.cursor))
         elif filters.cursor is not None:
             conditions.append(table.c.id < filters.cursor)
-        if status is not None and filters.status not in (None, "FILLED") and (filters.symbol or not by_time):
-            # the condition of ix_orders_status (ix_orders_symbol_status with a symbol), true of
-            # every such row, stated for SQLite to use it (PostgreSQL finds it implied). Not with
-            # times alone, whose index gives the page's order: SQLite would weigh the two without
-            # statistics of either, and ix_orders_status's order is not the page's
+        by_id = filters.request_id is not None or filters.client_order_id is not None
+        if status is not None and filters.status not in (None, "FILLED") and not by_id:
+            # the condition of ix_orders_status (ix_orders_symbol_status with a symbol,
+            # ix_orders_status_time with times alone), true of every such row, stated for SQLite
+            # to use them (PostgreSQL finds it implied). Not with a request or client order id,
+            # whose own index finds their few rows
             conditions.append(status != sqlalchemy.literal_column("'FILLED'"))
         order = (table.c.executed_at.desc(), table.c.id.desc()) if by_time else (table.c.id.desc(),)
         query = select(table).order_by(*order).limit(filters.limit + 1)

@@ -128,7 +128,7 @@ def _valid_indexes(db: sqlalchemy.Engine) -> dict[str, bool]:
         rows = connection.execute(
             sqlalchemy.text(
                 "SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-                "WHERE c.relname LIKE 'ix_orders_%status'"
+                "WHERE c.relname LIKE 'ix_orders_%status%'"
             )
         ).all()
     return {str(name): bool(valid) for name, valid in rows}

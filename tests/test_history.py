@@ -649,7 +649,7 @@ def test_a_listing_pages_through_every_row_once_newest_first_in_its_indexs_order
 
 
 #: The partial indexes of the orders not FILLED, which a status page reads.
-STATUS_INDEXES = ("ix_orders_status", "ix_orders_symbol_status")
+STATUS_INDEXES = ("ix_orders_status", "ix_orders_status_time", "ix_orders_symbol_status")
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
@@ -657,10 +657,11 @@ def test_a_database_an_older_version_made_gains_the_status_indexes_and_a_status_
     kind: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """`create_all` never adds an index to a table that exists: `open_database` creates
-    ix_orders_status and ix_orders_symbol_status on a database made without them, with the rows
-    already there in them. On SQLite a page filtered by a status other than FILLED searches one
-    of them instead of reading the table (for a status no order has: every row of it), or with a
-    symbol, every order of the symbol; with times alone, the time index (the page's order)."""
+    ix_orders_status, ix_orders_status_time and ix_orders_symbol_status on a database made
+    without them, with the rows already there in them. On SQLite a page filtered by a status
+    other than FILLED searches one of them instead of reading the table (for a status no order
+    has: every row of it), with a symbol every order of the symbol, or with times alone every
+    order of the range; with a request or client order id, that id's own index."""
     url = _database_url(kind, tmp_path, request, "status")
     db = open_database(url)
     with db.begin() as connection:
@@ -715,16 +716,32 @@ def test_a_database_an_older_version_made_gains_the_status_indexes_and_a_status_
             (HistoryFilter(status="CANCELLED", side="BUY"), "ix_orders_status"),
             (HistoryFilter(status="REJECTED", symbol="BTC/USDT"), "ix_orders_symbol_status"),
             (HistoryFilter(status="EXPIRED", symbol="BTC/USDT", since=1e9 + 3), "ix_orders_symbol_status"),
-            (HistoryFilter(status="RESTING", since=1e9), "ix_orders_time"),
+            (HistoryFilter(status="RESTING", since=1e9), "ix_orders_status_time"),
+            (
+                HistoryFilter(status="CANCELLED", side="BUY", since=1e9 + 2, until=1e9 + 15),
+                "ix_orders_status_time",
+            ),
+            # with an id, its own index, not the status's
+            (HistoryFilter(status="REJECTED", request_id="old-6", since=1e9), "sqlite_autoindex_orders_1"),
+            (HistoryFilter(status="REJECTED", client_order_id="o-11"), "ix_orders_client_order_id"),
             (HistoryFilter(status="FILLED", symbol="BTC/USDT"), "ix_orders_symbol_time"),
         ):
             statements.clear()
             page, _ = store.orders(filters)
             assert {row["status"] for row in page} <= {filters.status}
-            expected_rows = [i for i in range(20) if _STATUS_OF[i % 5] == filters.status]
-            if filters.since is not None:
-                expected_rows = [i for i in expected_rows if 1e9 + i >= filters.since]
-            assert len(page) == min(filters.limit, len(expected_rows))
+            expected_rows = [
+                i
+                for i in range(20)
+                if _STATUS_OF[i % 5] == filters.status
+                and filters.side in (None, "BUY")
+                and filters.request_id in (None, f"old-{i}")
+                and filters.client_order_id in (None, f"o-{i}")
+                and (filters.since is None or 1e9 + i >= filters.since)
+                and (filters.until is None or 1e9 + i < filters.until)
+            ]
+            assert [row["request_id"] for row in page] == [f"old-{i}" for i in reversed(expected_rows)][
+                : filters.limit
+            ], filters
             if kind == "sqlite":
                 [(sql, params)] = statements
                 with db.connect() as connection:
