@@ -439,24 +439,24 @@ class Channel(kombu_redis.Channel):
         time.sleep(self._room_wait_s)
         self._room_wait_s = min(FULL_RETRY_MAX_S, self._room_wait_s * 2)
 
-    def _popped_again(self, queue: str) -> None:
+    def _popped_again(self, queue: str | None = None) -> None:
         if self._pop_refused.failures:
+            queue = queue or ",".join(sorted(self.active_queues))
             self._pop_refused.recovered("event=pop_recovered queue=%s", queue)
             self._room_wait_s = FULL_RETRY_FIRST_S
 
     def _brpop_read(self, **options: Any) -> Any:
         queue, self._moving = self._moving, None
         if queue is None:
-            queues = ",".join(sorted(self.active_queues))
             try:
                 delivered = super()._brpop_read(**options)
             except PopRefused as refused:
-                self._wait_for_writes(queues, refused.reason)
+                self._wait_for_writes(",".join(sorted(self.active_queues)), refused.reason)
                 raise Empty() from None  # nothing popped: the loop pops again
             except Empty:
-                self._popped_again(queues)
+                self._popped_again()
                 raise
-            self._popped_again(queues)
+            self._popped_again()
             return delivered
         try:
             try:
