@@ -306,37 +306,74 @@ INDEX_BUILD_LOCK = 0x4845414E
 
 
 def _create_added_indexes_concurrently(db: Database) -> None:
-    """PostgreSQL: build the indexes `db` lacks with CREATE INDEX CONCURRENTLY, which lets the
-    history writer's inserts (and every other write) go on meanwhile; a plain CREATE INDEX held
-    them for the whole build, a scan of the table. One process builds (the advisory lock
-    INDEX_BUILD_LOCK); another that finds it taken goes on without waiting (its queries work
-    without the index, only slower until it is there). A concurrent build that was cut short (the
-    process stopped, the connection lost) leaves its index INVALID, which PostgreSQL keeps up to
-    date and never reads: the next builder drops it and builds it again."""
-    with db.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+    """PostgreSQL: build the indexes `db` lacks with CREATE INDEX CONCURRENTLY, in a thread of
+    this process's own, so that every write goes on meanwhile, this process's too (the history
+    writer is often the first to open the database, and so the builder); a plain CREATE INDEX
+    held the table's writes for the whole build, a scan of the table. One process builds (the
+    advisory lock INDEX_BUILD_LOCK); another that finds it taken goes on (queries work without
+    the index, only slower until it is there). A build cut short (the process stopped, the
+    connection lost) leaves its index INVALID, which PostgreSQL keeps up to date and never reads:
+    the next builder drops it and builds it again. A build that fails is logged, and tried again
+    at the next start."""
+    with db.connect() as connection:
         if not _lacking_on_postgresql(connection)[0]:
             return
-        if not connection.execute(
-            sqlalchemy.text("SELECT pg_try_advisory_lock(:key)"), {"key": INDEX_BUILD_LOCK}
-        ).scalar():
-            log.warning("event=db_index_building_elsewhere action=continue")
-            return
-        try:
-            lacking, invalid = _lacking_on_postgresql(connection)  # again: another may have built them
-            for index in lacking:
-                if index.name in invalid:
-                    log.warning("event=db_index_invalid index=%s action=drop_and_build", index.name)
-                    connection.execute(sqlalchemy.text(f'DROP INDEX CONCURRENTLY IF EXISTS "{index.name}"'))
-                log.warning(
-                    "event=db_index_creating index=%s table=%s concurrently=1", index.name, index.table
+    builder = threading.Thread(target=_build_lacking, args=(db,), name="hean-index-build", daemon=True)
+    with _lock:
+        _index_builds.append(builder)
+    builder.start()
+
+
+#: This process's index builders (_create_added_indexes_concurrently), for `wait_for_index_builds`
+_index_builds: list[threading.Thread] = []
+
+
+def wait_for_index_builds(timeout: float) -> bool:
+    """Wait until this process's index builders have ended; False if one still runs after
+    `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    with _lock:
+        builders = list(_index_builds)
+    for builder in builders:
+        builder.join(max(0.0, deadline - time.monotonic()))
+    return not any(builder.is_alive() for builder in builders)
+
+
+def _build_lacking(db: Database) -> None:
+    # a connection of its own, closed at the end: not one of the process's pool for minutes, and
+    # none left behind in a pool disposed meanwhile
+    own = sqlalchemy.create_engine(db.url, poolclass=sqlalchemy.pool.NullPool, hide_parameters=True)
+    try:
+        with own.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            if not connection.execute(
+                sqlalchemy.text("SELECT pg_try_advisory_lock(:key)"), {"key": INDEX_BUILD_LOCK}
+            ).scalar():
+                log.warning("event=db_index_building_elsewhere action=continue")
+                return
+            try:
+                lacking, invalid = _lacking_on_postgresql(connection)  # again: another may have built them
+                for index in lacking:
+                    if index.name in invalid:
+                        log.warning("event=db_index_invalid index=%s action=drop_and_build", index.name)
+                        connection.execute(
+                            sqlalchemy.text(f'DROP INDEX CONCURRENTLY IF EXISTS "{index.name}"')
+                        )
+                    log.warning(
+                        "event=db_index_creating index=%s table=%s concurrently=1", index.name, index.table
+                    )
+                    started = time.monotonic()
+                    connection.execute(sqlalchemy.text(_concurrently(index, db)))
+                    log.warning(
+                        "event=db_index_created index=%s seconds=%.1f", index.name, time.monotonic() - started
+                    )
+            finally:
+                connection.execute(
+                    sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": INDEX_BUILD_LOCK}
                 )
-                started = time.monotonic()
-                connection.execute(sqlalchemy.text(_concurrently(index, db)))
-                log.warning(
-                    "event=db_index_created index=%s seconds=%.1f", index.name, time.monotonic() - started
-                )
-        finally:
-            connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": INDEX_BUILD_LOCK})
+    except Exception as exc:  # the indexes only speed reads up: never a reason to stop this process
+        log.error("event=db_index_build_failed error=%s action=retry_at_next_start", describe_error(exc))
+    finally:
+        own.dispose()
 
 
 def _lacking_on_postgresql(connection: Any) -> tuple[list[Index], set[str]]:

@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy
 from test_history import STATUS_INDEXES
 
-from hean.db import INDEX_BUILD_LOCK, metadata, open_database, orders
+from hean.db import INDEX_BUILD_LOCK, metadata, open_database, orders, wait_for_index_builds
 from postgres_server import PostgresServer
 
 PROCESSES = 4
@@ -137,51 +137,58 @@ def _valid_indexes(db: sqlalchemy.Engine) -> dict[str, bool]:
 def test_postgresql_builds_an_added_index_while_the_history_writer_inserts_on(
     postgres_server: PostgresServer,
 ) -> None:
-    """An index a newer version added is built CONCURRENTLY on PostgreSQL: inserts go on during
-    the build. Here the build waits for a transaction that wrote to the table and is still open
-    (as a history batch being written); another insert meanwhile lands at once. A plain CREATE
-    INDEX queued for its lock behind that transaction, and every insert after it queued behind
-    the CREATE INDEX (it failed on its 3 s lock timeout), for as long as the build."""
+    """An index a newer version added is built CONCURRENTLY on PostgreSQL, in a thread of the
+    process that opened the database: that process and every other write on. Here the build waits
+    for a transaction that wrote to the table and is still open (as a history batch being
+    written); meanwhile the opener has its database at once, and inserts through it and through
+    another connection land at once. A plain CREATE INDEX held the opener until the build was
+    done, queued for its lock behind that transaction, and every insert after it queued behind it
+    (it failed on its 3 s lock timeout), for as long as the build."""
     url, db = _status_index_build_setup(postgres_server, "concurrent")
-    opened: list[object] = []
+    opened: list[sqlalchemy.Engine] = []
+
+    def building() -> bool:
+        with db.connect() as connection:
+            return bool(
+                connection.execute(
+                    sqlalchemy.text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'CREATE INDEX%' "
+                        "AND wait_event_type = 'Lock'"
+                    )
+                ).scalar()
+            )
+
     try:
         with db.connect() as writing:
             writing.execute(orders.insert(), [_order("open-1", "REJECTED")])  # its transaction stays open
             opener = threading.Thread(target=lambda: opened.append(open_database(url)))
             opener.start()
-
-            def building() -> bool:
-                with db.connect() as connection:
-                    return bool(
-                        connection.execute(
-                            sqlalchemy.text(
-                                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'CREATE INDEX%' "
-                                "AND wait_event_type = 'Lock'"
-                            )
-                        ).scalar()
-                    )
-
+            opener.join(timeout=20)  # it does not wait for the build, which cannot end yet
+            assert opened, "open_database waited for the index build"
             deadline = time.monotonic() + 30
             while not building():
                 assert time.monotonic() < deadline, "the build never began"
                 time.sleep(0.05)
-            with db.begin() as inserting:  # meanwhile, as the history writer's next batch
-                inserting.execute(sqlalchemy.text("SET LOCAL lock_timeout = '3s'"))
-                inserting.execute(orders.insert(), [_order("during-1", "REJECTED")])
+            for n, engine in enumerate(
+                (opened[0], db)
+            ):  # the builder's process (the history writer), another
+                with engine.begin() as inserting:
+                    inserting.execute(sqlalchemy.text("SET LOCAL lock_timeout = '3s'"))
+                    inserting.execute(orders.insert(), [_order(f"during-{n}", "REJECTED")])
+            assert not any(_valid_indexes(db).values())  # still building
             writing.commit()
-        opener.join(timeout=60)
-        assert not opener.is_alive() and opened
+        assert wait_for_index_builds(60)
         assert _valid_indexes(db) == dict.fromkeys(STATUS_INDEXES, True)
-        with db.connect() as connection:  # every row in the index, both inserts among them
+        with db.connect() as connection:  # every row in the index, all three inserts among them
             count = connection.execute(
                 sqlalchemy.text(
                     "SELECT count(*) FROM orders WHERE status = 'REJECTED' AND status <> 'FILLED'"
                 )
             ).scalar()
-        assert count == 25 + 2
+        assert count == 25 + 3
     finally:
-        for engine in opened:
-            engine.dispose()  # type: ignore[attr-defined]
+        if opened:
+            opened[0].dispose()
         db.dispose()
 
 
@@ -204,11 +211,13 @@ def test_postgresql_rebuilds_an_index_a_cut_build_left_invalid_and_builds_one_at
             holder.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": INDEX_BUILD_LOCK})
             started = time.monotonic()
             open_database(url).dispose()
-            assert time.monotonic() - started < 10  # it did not wait for the lock
+            assert wait_for_index_builds(10)  # its builder did not wait for the lock
+            assert time.monotonic() - started < 10
             assert _valid_indexes(db) == {"ix_orders_status": False}
             holder.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": INDEX_BUILD_LOCK})
             holder.commit()
         open_database(url).dispose()
+        assert wait_for_index_builds(60)
         assert _valid_indexes(db) == dict.fromkeys(STATUS_INDEXES, True)
         with db.connect() as connection:  # the schema's index, not the unique one the cut build began
             definition = connection.execute(

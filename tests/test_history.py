@@ -26,7 +26,7 @@ from celery import Celery
 from sqlalchemy import select
 
 from hean.command_journal import journal_key
-from hean.db import commands, fills, open_database, orders
+from hean.db import commands, fills, open_database, orders, wait_for_index_builds
 from hean.history import FILL_COLUMNS, ORDER_COLUMNS, HistoryFilter, HistoryStore
 from hean.processes import PROCESSES
 from hean.redis_server import PrivateRedis, free_port
@@ -685,6 +685,7 @@ def test_a_database_an_older_version_made_gains_the_status_indexes_and_a_status_
         )
     db.dispose()
     db = open_database(url)
+    assert wait_for_index_builds(60)  # PostgreSQL builds them in a thread of its own
     try:
         assert set(STATUS_INDEXES) <= {
             index["name"] for index in sqlalchemy.inspect(db).get_indexes("orders")
