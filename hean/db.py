@@ -12,11 +12,13 @@ module.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -286,18 +288,39 @@ def _create_added_indexes(db: Database) -> None:
         _create_added_indexes_concurrently(db)
         return
     inspector = sqlalchemy.inspect(db)
-    for table in metadata.sorted_tables:
-        have = {index["name"] for index in inspector.get_indexes(table.name)}
-        for index in sorted(table.indexes, key=lambda index: str(index.name)):
-            if index.name not in have:
-                # reads the whole table (a few seconds for tens of millions of rows): a warning,
-                # so that it shows in the workers' logs too (they log from warnings up)
-                log.warning("event=db_index_creating index=%s table=%s", index.name, table.name)
-                started = time.monotonic()
-                index.create(db)
-                log.warning(
-                    "event=db_index_created index=%s seconds=%.1f", index.name, time.monotonic() - started
-                )
+    have = {
+        table.name: {index["name"] for index in inspector.get_indexes(table.name)}
+        for table in metadata.tables.values()
+    }
+    for table, index in _schema_indexes():
+        if index.name not in have[table.name]:
+            _create_logged(table, index, functools.partial(index.create, db))
+
+
+def _schema_indexes() -> list[tuple[Table, Index]]:
+    """The schema's indexes with their tables, table by table (as they are created), by name."""
+    return [
+        (table, index)
+        for table in metadata.sorted_tables
+        for index in sorted(table.indexes, key=lambda index: str(index.name))
+    ]
+
+
+def _create_logged(
+    table: Table, index: Index, create: Callable[[], object], concurrently: bool = False
+) -> None:
+    """`create()` `index`, said before and after. It reads the whole table (a few seconds for
+    tens of millions of rows): a warning, so that it shows in the workers' logs too (they log
+    from warnings up)."""
+    log.warning(
+        "event=db_index_creating index=%s table=%s%s",
+        index.name,
+        table.name,
+        " concurrently=1" if concurrently else "",
+    )
+    started = time.monotonic()
+    create()
+    log.warning("event=db_index_created index=%s seconds=%.1f", index.name, time.monotonic() - started)
 
 
 #: The key of the PostgreSQL advisory lock that one process at a time holds to build the indexes
@@ -352,19 +375,15 @@ def _build_lacking(db: Database) -> None:
                 return
             try:
                 lacking, invalid = _lacking_on_postgresql(connection)  # again: another may have built them
-                for index in lacking:
+                for table, index in lacking:
                     if index.name in invalid:
                         log.warning("event=db_index_invalid index=%s action=drop_and_build", index.name)
                         connection.execute(
                             sqlalchemy.text(f'DROP INDEX CONCURRENTLY IF EXISTS "{index.name}"')
                         )
-                    log.warning(
-                        "event=db_index_creating index=%s table=%s concurrently=1", index.name, index.table
-                    )
-                    started = time.monotonic()
-                    connection.execute(sqlalchemy.text(_concurrently(index, db)))
-                    log.warning(
-                        "event=db_index_created index=%s seconds=%.1f", index.name, time.monotonic() - started
+                    ddl = sqlalchemy.text(_concurrently(index, db))
+                    _create_logged(
+                        table, index, functools.partial(connection.execute, ddl), concurrently=True
                     )
             finally:
                 connection.execute(
@@ -376,7 +395,7 @@ def _build_lacking(db: Database) -> None:
         own.dispose()
 
 
-def _lacking_on_postgresql(connection: Any) -> tuple[list[Index], set[str]]:
+def _lacking_on_postgresql(connection: Any) -> tuple[list[tuple[Table, Index]], set[str]]:
     """The schema's indexes that the database has no valid index of the same name for (in the
     tables' and names' order), and the names of its invalid indexes."""
     found = connection.execute(
@@ -386,12 +405,7 @@ def _lacking_on_postgresql(connection: Any) -> tuple[list[Index], set[str]]:
         )
     ).all()
     valid = {name for name, ok in found if ok}
-    lacking = [
-        index
-        for table in metadata.sorted_tables
-        for index in sorted(table.indexes, key=lambda index: str(index.name))
-        if index.name not in valid
-    ]
+    lacking = [(table, index) for table, index in _schema_indexes() if index.name not in valid]
     return lacking, {name for name, ok in found if not ok}
 
 
