@@ -5,11 +5,13 @@ timeout (one hour here)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -108,6 +110,34 @@ def wait_for_position(redis_url: str, sym: str, quantity: int) -> None:
         30,
         f"the {sym} position to equal {quantity}",
     )
+
+
+@contextlib.contextmanager
+def redis_that_fills(
+    system: dict[str, Any], redis_url: str
+) -> Iterator[tuple[Client, Callable[[bool], None]]]:
+    """A client of the shared system, and `full(on)`: the system's Redis full (its maxmemory
+    below what it holds; noeviction) or back at its own limit, as it is again at the end."""
+    store = redis.Redis.from_url(redis_url)
+    client = Client(str(system["url"]), str(system["token"]))
+    limit = store.config_get("maxmemory")["maxmemory"]
+
+    def full(on: bool) -> None:
+        store.config_set("maxmemory", 1 if on else limit)
+
+    try:
+        yield client, full
+    finally:
+        full(False)
+        client.close()
+        store.close()
+
+
+def fill_one(client: Client, sym: str, quantity: str = "1") -> dict[str, Any]:
+    """Submit a market BUY of `sym` and check that it filled; the order's params."""
+    order = {"client_order_id": uuid.uuid4().hex, "symbol": sym, "side": "BUY", "quantity": quantity}
+    assert command_ok(client, "submit_order", **order)["result"]["order"]["status"] == "FILLED"
+    return order
 
 
 def test_orders_a_killed_engine_worker_held_are_applied_once_after_the_restart(
@@ -603,18 +633,14 @@ def test_an_idle_engine_worker_waits_out_a_full_redis_and_runs_on(
     work: its pop (BLMOVE) is refused. It stopped there ("Unrecoverable error"), and nothing
     ran what the web acked once Redis had room; now it waits, and the same process fills the
     next order."""
-    store = redis.Redis.from_url(system_redis_url)
-    client = Client(str(system["url"]), str(system["token"]))
-    limit = store.config_get("maxmemory")["maxmemory"]
-    try:
+    with redis_that_fills(system, system_redis_url) as (client, full):
         sym = open_market(client, "ROOM")
         worker = next(p for p in system["processes"] if p.name.startswith("worker-engine"))
-        store.config_set("maxmemory", 1)  # below what it holds: full
+        full(True)
         wait_for(lambda: "event=pop_refused" in worker.log_text(), 10, "the pop to be refused")
         time.sleep(2.0)
-        store.config_set("maxmemory", limit)
-        order = {"client_order_id": uuid.uuid4().hex, "symbol": sym, "side": "BUY", "quantity": "1"}
-        assert command_ok(client, "submit_order", **order)["result"]["order"]["status"] == "FILLED"
+        full(False)
+        fill_one(client, sym)
         assert worker.alive() and "Unrecoverable error" not in worker.log_text()
         assert "event=pop_recovered queue=engine" in worker.log_text()
         # the LLM worker's refresh of its remote-control binding, if due meanwhile, was refused
@@ -622,10 +648,6 @@ def test_an_idle_engine_worker_waits_out_a_full_redis_and_runs_on(
         llm = next(p for p in system["processes"] if p.name.startswith("worker-llm")).log_text()
         assert "maybe_refresh_binding_expiry" not in llm
         assert llm.count("event=binding_refresh_refused error=OutOfMemoryError") <= 1, llm[-3000:]
-    finally:
-        store.config_set("maxmemory", limit)
-        client.close()
-        store.close()
 
 
 def test_an_engine_worker_started_while_redis_is_full_waits_and_then_runs(
@@ -633,27 +655,19 @@ def test_an_engine_worker_started_while_redis_is_full_waits_and_then_runs(
 ) -> None:
     """Started (after a crash) while Redis is full: it cannot take the shard's lease, and waits
     for room, saying so once (it said so twice a second), then takes the shard and runs."""
-    store = redis.Redis.from_url(system_redis_url)
-    client = Client(str(system["url"]), str(system["token"]))
-    limit = store.config_get("maxmemory")["maxmemory"]
-    try:
+    with redis_that_fills(system, system_redis_url) as (client, full):
         sym = open_market(client, "WAIT")
         stop_engine_worker(system, crash=True)
-        store.config_set("maxmemory", 1)  # below what it holds: full
+        full(True)
         start_engine_worker(system, logs_dir)
         worker = system["processes"][0]
         wait_for(lambda: "event=engine_shard_unreachable" in worker.log_text(), 30, "the lease refused")
         time.sleep(3.0)
         assert worker.alive()
         assert worker.log_text().count("event=engine_shard_unreachable error=OutOfMemoryError") == 1
-        store.config_set("maxmemory", limit)
-        order = {"client_order_id": uuid.uuid4().hex, "symbol": sym, "side": "BUY", "quantity": "1"}
-        assert command_ok(client, "submit_order", **order)["result"]["order"]["status"] == "FILLED"
+        full(False)
+        fill_one(client, sym)
         assert "event=engine_shard_reachable failures=" in worker.log_text()
-    finally:
-        store.config_set("maxmemory", limit)
-        client.close()
-        store.close()
 
 
 def test_an_engine_worker_stopped_while_redis_is_full_says_so_and_its_successor_replays_the_log(
@@ -663,29 +677,21 @@ def test_an_engine_worker_stopped_while_redis_is_full_says_so_and_its_successor_
     (it was a traceback); the successor, started once Redis has room, restores the snapshot
     before and replays the log: an order filled before the stop is in its positions and its
     client order id is still known."""
-    store = redis.Redis.from_url(system_redis_url)
-    client = Client(str(system["url"]), str(system["token"]))
-    limit = store.config_get("maxmemory")["maxmemory"]
-    try:
+    with redis_that_fills(system, system_redis_url) as (client, full):
         sym = open_market(client, "SHUT")
-        order = {"client_order_id": uuid.uuid4().hex, "symbol": sym, "side": "BUY", "quantity": "2"}
-        assert command_ok(client, "submit_order", **order)["result"]["order"]["status"] == "FILLED"
+        order = fill_one(client, sym, quantity="2")
         worker = next(p for p in system["processes"] if p.name.startswith("worker-engine"))
-        store.config_set("maxmemory", 1)  # below what it holds: full
+        full(True)
         stop_engine_worker(system, crash=False)
         assert worker.process.returncode == 0
         text = worker.log_text()
         assert "event=engine_snapshot_failed reason=shutdown" in text, text[-3000:]
         assert "Traceback" not in text, text[-3000:]
-        store.config_set("maxmemory", limit)
+        full(False)
         start_engine_worker(system, logs_dir)
         wait_for_position(system_redis_url, sym, 2)
         again = command_ok(client, "submit_order", **order)["result"]["order"]
         assert again["duplicate"] is True, again
-    finally:
-        store.config_set("maxmemory", limit)
-        client.close()
-        store.close()
 
 
 def test_restore_delivering_puts_leftovers_back_oldest_first(redis_client: redis.Redis) -> None:
