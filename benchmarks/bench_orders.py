@@ -7,6 +7,9 @@ Designs, each on its own freshly started processes, in turn:
 - echo after one Redis write, 1 order/event: the same handler, which first pushes the event onto
   a list in its private Redis (`appendfsync always`, as HEAN's) and answers once Redis confirmed
   it: what an ack sent after a durable write costs at the least, Redis's CPU included;
+- echo after grouped Redis writes, 1 order/event: the events that wait share one write, as
+  HEAN's command writer shares them (its group-commit linger), each acked after it: the least a
+  durable ack costs with HEAN's batching;
 - naive: a Flask-SocketIO handler calling ``apply_async`` per order, a Celery worker applying
   it to the engine and emitting the result through the Redis message queue
   (benchmarks/naive_orders.py), 1 order/event;
@@ -91,7 +94,9 @@ REDIS_COMMANDS_SHOWN = 10
 class Design:
     key: str
     title: str
-    system: str  # "echo", "echo-redis" (the echo after one Redis write), "naive" or "hean"
+    # "echo", "echo-redis" (the echo after one Redis write), "echo-redis-grouped" (after a write
+    # shared by the events that wait), "naive" or "hean"
+    system: str
     per_event: int
     loader: str  # "raw" or "client"
     rates: str  # which ramp: "single" or "batched"
@@ -101,6 +106,7 @@ DESIGNS = (
     Design("echo1", "echo floor, 1 order/event", "echo", 1, "raw", "single"),
     Design("echo100", "echo floor, 100 orders/event", "echo", 100, "raw", "batched"),
     Design("echo1redis", "echo after a Redis write, 1/event", "echo-redis", 1, "raw", "single"),
+    Design("echo1group", "echo after grouped writes, 1/event", "echo-redis-grouped", 1, "raw", "single"),
     Design("naive", "naive (apply_async per order)", "naive", 1, "raw", "single"),
     Design("hean1", "HEAN, 1 order/event", "hean", 1, "raw", "single"),
     Design("client", "HEAN, hean.client coalescing", "hean", 1, "client", "single"),
@@ -300,7 +306,7 @@ def start_system(design: Design) -> tuple[Stack, str, str]:
     system.env["PYTHONPATH"] = os.pathsep.join([here, str(REPO_ROOT)])
     if design.system.startswith("echo"):
         # the echo that writes first uses the stack's private Redis (REDIS_URL in its environment)
-        write = ["--redis"] if design.system == "echo-redis" else []
+        write = {"echo-redis": ["--redis"], "echo-redis-grouped": ["--redis-grouped"]}.get(design.system, [])
         system.spawn(
             "echo",
             [sys.executable, str(REPO_ROOT / "benchmarks" / "echo_server.py"), str(port), *write],
@@ -620,7 +626,15 @@ def target_rows(runs: dict[str, dict[str, Any]]) -> list[list[str]]:
         if durable is not None:  # not a bar of the issue: the floor of the Redis one
             redis_floor = _server_ms(durable["reference"]).get("redis", 0.0)
             row("  floor: Redis of the echo after a Redis write", redis_floor, SINGLE_REDIS_MS, "ms", 1.0)
+        grouped = runs.get("echo1group")
+        if grouped is not None:  # nor these: the least a durable ack costs with HEAN's batching
+            floor_cpu = _server_ms(grouped["reference"])
+            floor_redis = floor_cpu.get("redis", 0.0)
+            row("  floor: Redis of the echo after grouped writes", floor_redis, SINGLE_REDIS_MS, "ms", 1.0)
         row("single @1,000/s: all HEAN processes", sum(cpu.values()), SINGLE_TOTAL_MS, "ms", 1.0)
+        if grouped is not None:
+            floor_all = sum(floor_cpu.values())
+            row("  floor: all of the echo after grouped writes", floor_all, SINGLE_TOTAL_MS, "ms", 1.0)
     batched, echo100 = runs.get("hean100"), runs.get("echo100")
     if batched is not None:
         for label, step in (("", batched["reference"]), (" (highest sustained)", batched["best"])):
