@@ -96,13 +96,18 @@ def cmd_analyses(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    db = None
     try:
-        history = AnalysisHistory(open_database(url), settings.logs_dir / "fix_suggestions.log")
+        db = open_database(url, build_in_background=False)
+        history = AnalysisHistory(db, settings.logs_dir / "fix_suggestions.log")
         rows = history.recent(limit=args.limit, status=args.status)
         counts = history.counts()
     except SQLAlchemyError as exc:
         print(f"hean: cannot read the analysis history: {type(exc).__name__}", file=sys.stderr)
         return 1
+    finally:
+        if db is not None:
+            db.dispose()
     if args.json:
         print(json.dumps({"analyses": rows, "counts": counts}, indent=2, default=str))
         return 0
@@ -166,7 +171,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-        db = open_database(url)
+        db = open_database(url, build_in_background=False)
         report = reconcile(client, HistoryStore(db), since, until, settle_s=args.settle)
     except (HistoryUnavailable, redis_py.RedisError) as exc:
         print(f"hean: cannot reconcile: {_redis_trouble(settings, exc)}", file=sys.stderr)
@@ -219,7 +224,7 @@ def cmd_prune_history(args: argparse.Namespace) -> int:
         print(f"hean: no database at {missing}: nothing to prune (HEAN_HOME? DATABASE_URL?)", file=sys.stderr)
         return 1
     try:
-        db = open_database(url)
+        db = open_database(url, build_in_background=False)
     except SQLAlchemyError as exc:
         print(f"hean: cannot open the database {where}: {describe_error(exc)}", file=sys.stderr)
         return 1

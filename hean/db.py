@@ -233,8 +233,13 @@ def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
     cursor.close()
 
 
-def open_database(url: str) -> Database:
-    """A database on `url` with the project's schema created (SQLite: WAL mode, directory made)."""
+def open_database(url: str, build_in_background: bool = True) -> Database:
+    """A database on `url` with the project's schema created (SQLite: WAL mode, directory made).
+
+    `build_in_background=False` (the command line's short-lived commands): an index a newer
+    version added is not built on PostgreSQL, where the build runs in a thread of this process
+    (`_create_added_indexes_concurrently`) that the process's exit would cut short, leaving the
+    index INVALID; the services build it. SQLite builds it before returning either way."""
     parsed = make_url(url)
     if parsed.drivername in ("postgresql", "postgres"):  # SQLAlchemy's default is psycopg2
         parsed = parsed.set(drivername="postgresql+psycopg")
@@ -246,7 +251,7 @@ def open_database(url: str) -> Database:
     db = sqlalchemy.create_engine(url, pool_pre_ping=True, hide_parameters=True)
     if db.dialect.name == "sqlite":
         event.listen(db, "connect", _sqlite_pragmas)
-    create_schema(db)
+    create_schema(db, build_in_background)
     return db
 
 
@@ -259,7 +264,7 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
-def create_schema(db: Database) -> None:
+def create_schema(db: Database, build_in_background: bool = True) -> None:
     """Create the tables and indexes `db` lacks, while other processes may do the same.
 
     `hean up` starts every process at once, and each opens the database: `create_all` checks
@@ -270,12 +275,13 @@ def create_schema(db: Database) -> None:
     (a database that cannot be written) is raised as the last try raised it.
 
     `create_all` creates a missing table with its indexes, never an index added later to a table
-    that exists: those are created here, once, on a database an older version made."""
+    that exists: those are created here, once, on a database an older version made (on
+    PostgreSQL only if `build_in_background`: see `open_database`)."""
     tries = 1 + len(metadata.tables) + sum(len(table.indexes) for table in metadata.tables.values())
     for attempt in range(tries):
         try:
             metadata.create_all(db)
-            _create_added_indexes(db)
+            _create_added_indexes(db, build_in_background)
             return
         except sqlalchemy.exc.DBAPIError:
             if attempt == tries - 1:
@@ -283,9 +289,10 @@ def create_schema(db: Database) -> None:
             time.sleep(0.01)
 
 
-def _create_added_indexes(db: Database) -> None:
+def _create_added_indexes(db: Database, build_in_background: bool) -> None:
     if db.dialect.name == "postgresql":
-        _create_added_indexes_concurrently(db)
+        if build_in_background:
+            _create_added_indexes_concurrently(db)
         return
     inspector = sqlalchemy.inspect(db)
     have = {

@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy
 from test_history import STATUS_INDEXES
 
+from hean import cli
 from hean.db import INDEX_BUILD_LOCK, metadata, open_database, orders, wait_for_index_builds
 from postgres_server import PostgresServer
 
@@ -224,5 +225,30 @@ def test_postgresql_rebuilds_an_index_a_cut_build_left_invalid_and_builds_one_at
                 sqlalchemy.text("SELECT pg_get_indexdef('ix_orders_status'::regclass)")
             ).scalar()
         assert "UNIQUE" not in str(definition) and "WHERE" in str(definition), definition
+    finally:
+        db.dispose()
+
+
+def test_a_command_line_command_leaves_an_added_index_to_the_services(
+    postgres_server: PostgresServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`hean analyses` (as `reconcile` and `prune-history`) reads a PostgreSQL database that lacks
+    an index a newer version added, and starts no build: the build runs in a thread that the
+    command's exit would cut short, leaving the index INVALID (written on every insert, never
+    read) until a service built it again. The next service to open the database builds it."""
+    url, db = _status_index_build_setup(postgres_server, "cli")
+    try:
+        monkeypatch.setenv("DATABASE_URL", url)
+        monkeypatch.setenv("HEAN_HOME", str(tmp_path / "home"))
+        assert cli.main(["analyses", "--json"]) == 0
+        assert '"analyses": []' in capsys.readouterr().out
+        assert wait_for_index_builds(30)  # had one begun, it would have ended by now
+        assert _valid_indexes(db) == {}  # neither built nor begun
+        open_database(url).dispose()  # a service
+        assert wait_for_index_builds(60)
+        assert _valid_indexes(db) == dict.fromkeys(STATUS_INDEXES, True)
     finally:
         db.dispose()
