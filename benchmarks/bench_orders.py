@@ -10,6 +10,10 @@ Designs, each on its own freshly started processes, in turn:
 - echo after grouped Redis writes, 1 order/event: the events that wait share one write, as
   HEAN's command writer shares them (its group-commit linger), each acked after it: the least a
   durable ack costs with HEAN's batching;
+- the pipeline's floor, 1 order/event: HEAN's shape with none of its safeguards
+  (benchmarks/pipeline_floor.py): the echo after grouped writes, whose writes are a work list
+  that a worker process takes, runs through the engine and commits with its results in one
+  MULTI, publishing them to the web, which sends each to its sender;
 - naive: a Flask-SocketIO handler calling ``apply_async`` per order, a Celery worker applying
   it to the engine and emitting the result through the Redis message queue
   (benchmarks/naive_orders.py), 1 order/event;
@@ -95,7 +99,7 @@ class Design:
     key: str
     title: str
     # "echo", "echo-redis" (the echo after one Redis write), "echo-redis-grouped" (after a write
-    # shared by the events that wait), "naive" or "hean"
+    # shared by the events that wait), "floor" (the pipeline's floor), "naive" or "hean"
     system: str
     per_event: int
     loader: str  # "raw" or "client"
@@ -107,6 +111,7 @@ DESIGNS = (
     Design("echo100", "echo floor, 100 orders/event", "echo", 100, "raw", "batched"),
     Design("echo1redis", "echo after a Redis write, 1/event", "echo-redis", 1, "raw", "single"),
     Design("echo1group", "echo after grouped writes, 1/event", "echo-redis-grouped", 1, "raw", "single"),
+    Design("floor1", "floor: grouped write, worker, result", "floor", 1, "raw", "single"),
     Design("naive", "naive (apply_async per order)", "naive", 1, "raw", "single"),
     Design("hean1", "HEAN, 1 order/event", "hean", 1, "raw", "single"),
     Design("client", "HEAN, hean.client coalescing", "hean", 1, "client", "single"),
@@ -312,6 +317,10 @@ def start_system(design: Design) -> tuple[Stack, str, str]:
             [sys.executable, str(REPO_ROOT / "benchmarks" / "echo_server.py"), str(port), *write],
             pin_as="web",
         )
+    elif design.system == "floor":
+        script = str(REPO_ROOT / "benchmarks" / "pipeline_floor.py")
+        system.spawn("floor-web", [sys.executable, script, "web", str(port)], pin_as="web")
+        system.spawn("floor-worker", [sys.executable, script, "worker"], pin_as="worker-engine")
     else:
         system.spawn(
             "naive-web",
@@ -632,6 +641,13 @@ def target_rows(runs: dict[str, dict[str, Any]]) -> list[list[str]]:
             floor_redis = floor_cpu.get("redis", 0.0)
             row("  floor: Redis of the echo after grouped writes", floor_redis, SINGLE_REDIS_MS, "ms", 1.0)
         row("single @1,000/s: all HEAN processes", sum(cpu.values()), SINGLE_TOTAL_MS, "ms", 1.0)
+        pipeline = runs.get("floor1")
+        if pipeline is not None:  # nor these: HEAN's shape with none of its safeguards
+            piped = _server_ms(pipeline["reference"])
+            worker = piped.get("floor-worker", 0.0)
+            row("  floor: the pipeline's worker", worker, SINGLE_ENGINE_MS, "ms", 1.0)
+            row("  floor: the pipeline's Redis", piped.get("redis", 0.0), SINGLE_REDIS_MS, "ms", 1.0)
+            row("  floor: all of the pipeline", sum(piped.values()), SINGLE_TOTAL_MS, "ms", 1.0)
         if grouped is not None:
             floor_all = sum(floor_cpu.values())
             row("  floor: all of the echo after grouped writes", floor_all, SINGLE_TOTAL_MS, "ms", 1.0)
