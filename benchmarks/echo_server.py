@@ -7,9 +7,9 @@ the least that an ack sent "after a confirmed broker publish" can cost on this s
 write per event.
 
 With --redis-grouped, the events share their writes as HEAN's command writer shares them
-(web/intake.py): one greenlet takes whatever events wait, after HEAN's own group-commit linger
-(`HEAN_INTAKE_LINGER_MS`, hean/group_commit.py), pushes them onto the list in one round trip,
-then sends each its ack as a raw packet, the way the web process sends acks. No validation, no
+(grouped_writes.py): one greenlet takes whatever events wait, after HEAN's own group-commit
+linger, pushes them onto the list in one round trip, then sends each its ack as a raw packet,
+the way the web process sends acks. No validation, no
 journal, no Celery message: the least a durable ack costs with HEAN's batching.
 
 Usage: python benchmarks/echo_server.py PORT [--redis | --redis-grouped]   (the Redis at
@@ -23,18 +23,13 @@ eventlet.monkey_patch()
 
 import json  # noqa: E402
 import os  # noqa: E402
-import queue  # noqa: E402
 import sys  # noqa: E402
-from typing import Any  # noqa: E402
 
 import redis  # noqa: E402
-from engineio import packet as eio_packet  # noqa: E402
 from flask import Flask  # noqa: E402
 from flask_socketio import SocketIO  # noqa: E402
+from grouped_writes import Pending, group_commands, send  # noqa: E402
 
-from hean.config import get_settings  # noqa: E402
-from hean.group_commit import GroupCommit  # noqa: E402
-from web.intake import LINGER_WINDOW_S, MAX_BATCH  # noqa: E402
 from web.server import serve  # noqa: E402
 
 #: The list the publishing echoes push onto, trimmed to its last 1,000 events.
@@ -49,39 +44,16 @@ def push(broker: redis.Redis, events: list[str]) -> None:
 
 
 def group_writes(sio: SocketIO, broker: redis.Redis) -> None:
-    """`command` events taken before python-socketio acks them (as web/socket_handlers.py
-    does), written in groups by one greenlet, then acked."""
-    server = sio.server
-    waiting: queue.Queue[tuple[str, Any, Any]] = queue.Queue()
-    group_commit = GroupCommit(get_settings().intake_linger_ms / 1000.0, LINGER_WINDOW_S)
+    """Each group of waiting `command` events written in one round trip, then acked."""
 
-    def writer() -> None:
-        while True:
-            batch = [waiting.get()]
-            group_commit.wait()
-            while len(batch) < MAX_BATCH:
-                try:
-                    batch.append(waiting.get_nowait())
-                except queue.Empty:
-                    break
-            encoded = [json.dumps(data) for _, _, data in batch]
-            push(broker, encoded)
-            for (eio_sid, ack_id, _), text in zip(batch, encoded, strict=True):
-                if ack_id is not None:
-                    ack = eio_packet.Packet(eio_packet.MESSAGE, f"3{ack_id}[{text}]")
-                    server._send_eio_packet(eio_sid, ack)
-            group_commit.done()
+    def write(batch: list[Pending]) -> None:
+        encoded = [json.dumps(data) for _, _, data in batch]
+        push(broker, encoded)
+        for (eio_sid, ack_id, _), text in zip(batch, encoded, strict=True):
+            if ack_id is not None:
+                send(sio, eio_sid, f"3{ack_id}[{text}]")
 
-    default_event = server._handle_event_internal
-
-    def handle_event(srv: Any, sid: str, eio_sid: str, data: list[Any], namespace: str, ack_id: Any) -> None:
-        if data and data[0] == "command":
-            waiting.put((eio_sid, ack_id, data[1] if len(data) > 1 else None))
-            return
-        default_event(srv, sid, eio_sid, data, namespace, ack_id)
-
-    server._handle_event_internal = handle_event
-    sio.start_background_task(writer)
+    group_commands(sio, write)
 
 
 def main() -> None:

@@ -1,10 +1,10 @@
 """The least HEAN's single-order path can cost on this stack: bench_orders' floor of the whole
 pipeline (design `floor1`), with HEAN's shape and none of its safeguards.
 
-- web (Flask-SocketIO on eventlet, served like HEAN's web): `command` events are taken before
-  python-socketio acks them, as web/socket_handlers.py takes them; one greenlet writes whatever
-  waits after HEAN's intake linger (`HEAN_INTAKE_LINGER_MS`, hean/group_commit.py) onto a work
-  list in one round trip (`RPUSH`), then acks each by a raw packet; another greenlet reads the
+- web (Flask-SocketIO on eventlet, served like HEAN's web): `command` events taken as HEAN's
+  command writer takes them (grouped_writes.py): one greenlet writes whatever waits after
+  HEAN's intake linger onto a work list in one round trip (`RPUSH`), then acks each by a raw
+  packet; another greenlet reads the
   worker's results from a pub/sub channel and sends each to the connection that sent its order.
 - worker (a plain process, one engine): pops the first event (`BLMOVE` into an in-flight list),
   lingers HEAN's engine linger (`HEAN_ENGINE_LINGER_MS`), takes what waits into the in-flight
@@ -27,7 +27,6 @@ import json
 import os
 import sys
 import time
-from typing import Any
 
 WORK = "hean:bench:floor:work"
 IN_FLIGHT = "hean:bench:floor:in-flight"
@@ -51,46 +50,26 @@ def serve_web(port: int) -> None:
     import eventlet
 
     eventlet.monkey_patch()
-    import queue
-
     import redis
-    from engineio import packet as eio_packet
     from flask import Flask
     from flask_socketio import SocketIO
+    from grouped_writes import Pending, group_commands, send
 
-    from hean.config import get_settings
-    from hean.group_commit import GroupCommit
-    from web.intake import LINGER_WINDOW_S, MAX_BATCH
     from web.server import serve
 
     app = Flask(__name__)
     sio = SocketIO(app, async_mode="eventlet", async_handlers=False)
-    server = sio.server
     broker = redis.Redis.from_url(os.environ["REDIS_URL"])
-    waiting: queue.Queue[tuple[str, Any, dict[str, Any]]] = queue.Queue()
     senders: dict[str, str] = {}  # request id -> the Engine.IO session that sent it
-    group_commit = GroupCommit(get_settings().intake_linger_ms / 1000.0, LINGER_WINDOW_S)
 
-    def send(eio_sid: str, text: str) -> None:
-        server._send_eio_packet(eio_sid, eio_packet.Packet(eio_packet.MESSAGE, text))
-
-    def writer() -> None:
-        while True:
-            batch = [waiting.get()]
-            group_commit.wait()
-            while len(batch) < MAX_BATCH:
-                try:
-                    batch.append(waiting.get_nowait())
-                except queue.Empty:
-                    break
-            for eio_sid, _, data in batch:
-                senders[data["request_id"]] = eio_sid
-            broker.rpush(WORK, *[json.dumps(data) for _, _, data in batch])
-            for eio_sid, ack_id, data in batch:
-                if ack_id is not None:
-                    ack = json.dumps({"accepted": True, "request_id": data["request_id"]})
-                    send(eio_sid, f"3{ack_id}[{ack}]")
-            group_commit.done()
+    def write(batch: list[Pending]) -> None:
+        for eio_sid, _, data in batch:
+            senders[data["request_id"]] = eio_sid
+        broker.rpush(WORK, *[json.dumps(data) for _, _, data in batch])
+        for eio_sid, ack_id, data in batch:
+            if ack_id is not None:
+                ack = json.dumps({"accepted": True, "request_id": data["request_id"]})
+                send(sio, eio_sid, f"3{ack_id}[{ack}]")
 
     def results() -> None:
         pubsub = broker.pubsub(ignore_subscribe_messages=True)
@@ -99,18 +78,9 @@ def serve_web(port: int) -> None:
             for result in json.loads(message["data"]):
                 eio_sid = senders.pop(result["request_id"], None)
                 if eio_sid is not None:
-                    send(eio_sid, f'2["command_result",{json.dumps(result)}]')
+                    send(sio, eio_sid, f'2["command_result",{json.dumps(result)}]')
 
-    default_event = server._handle_event_internal
-
-    def handle_event(srv: Any, sid: str, eio_sid: str, data: list[Any], namespace: str, ack_id: Any) -> None:
-        if data and data[0] == "command" and len(data) > 1 and isinstance(data[1], dict):
-            waiting.put((eio_sid, ack_id, data[1]))
-            return
-        default_event(srv, sid, eio_sid, data, namespace, ack_id)
-
-    server._handle_event_internal = handle_event
-    sio.start_background_task(writer)
+    group_commands(sio, write)
     sio.start_background_task(results)
     serve(app, "127.0.0.1", port)
 
