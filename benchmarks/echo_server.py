@@ -9,8 +9,8 @@ write per event.
 With --redis-grouped, the events share their writes as HEAN's command writer shares them
 (grouped_writes.py): one greenlet takes whatever events wait, after HEAN's own group-commit
 linger, pushes them onto the list in one round trip, then sends each its ack as a raw packet,
-the way the web process sends acks. No validation, no
-journal, no Celery message: the least a durable ack costs with HEAN's batching.
+the way the web process sends acks. No validation, no journal, no Celery message: the least a
+durable ack costs with HEAN's batching.
 
 Usage: python benchmarks/echo_server.py PORT [--redis | --redis-grouped]   (the Redis at
 REDIS_URL, read from the environment: a URL may carry a password, and a command line is visible
